@@ -1,0 +1,348 @@
+//! ONNX Runtime: finding and loading the library, choosing execution providers, and the NanoDet detector.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::Instant;
+
+use ort::environment::Environment;
+use ort::ep::{self, ExecutionProvider, ExecutionProviderDispatch};
+use ort::session::builder::GraphOptimizationLevel;
+use ort::session::Session;
+use ort::value::TensorRef;
+
+use super::nanodet::{Level, NanoDetDecoder};
+use super::nms::nms;
+use super::{DetectError, DetectTimings, Detection, Detector, InputSpec};
+use crate::config::{default_onnxruntime_path, RuntimeConfig};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error(
+        "ONNX Runtime library not found (looked for {}). Install it with `scripts/setup.sh` (or \
+         `python3 models/build.py runtime`), or point `runtime.onnxruntime` in the config or ORT_DYLIB_PATH at \
+         a libonnxruntime.so",
+        .looked.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+    )]
+    NotFound { looked: Vec<PathBuf> },
+    #[error("cannot load ONNX Runtime from {}: {reason}", path.display())]
+    Load { path: PathBuf, reason: String },
+    #[error("ONNX Runtime environment: {0}")]
+    Environment(String),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    #[error("model file not found: {}. Produce it with `scripts/setup.sh` (or `python3 models/build.py models`)", .0.display())]
+    NotFound(PathBuf),
+    #[error("cannot load model {}: {reason}", path.display())]
+    Load { path: PathBuf, reason: String },
+    #[error("model {} does not look like NanoDet: {reason}", path.display())]
+    Unsupported { path: PathBuf, reason: String },
+}
+
+static ENVIRONMENT: OnceLock<Environment> = OnceLock::new();
+
+/// The library path the configuration resolves to: config, then `ORT_DYLIB_PATH`, then the cache.
+pub fn library_candidates(cfg: &RuntimeConfig) -> Vec<PathBuf> {
+    if let Some(p) = &cfg.onnxruntime {
+        return vec![p.clone()];
+    }
+    let mut v = Vec::new();
+    if let Some(p) = std::env::var_os("ORT_DYLIB_PATH").filter(|p| !p.is_empty()) {
+        v.push(PathBuf::from(p));
+    }
+    v.push(default_onnxruntime_path());
+    v
+}
+
+/// Loads ONNX Runtime once per process. Never panics when the library is missing or wrong.
+pub fn environment(cfg: &RuntimeConfig) -> Result<&'static Environment, RuntimeError> {
+    if let Some(env) = ENVIRONMENT.get() {
+        return Ok(env);
+    }
+    let looked = library_candidates(cfg);
+    let path = looked
+        .iter()
+        .find(|p| p.is_file())
+        .cloned()
+        .ok_or(RuntimeError::NotFound { looked })?;
+    let builder = ort::init_from(&path).map_err(|e| RuntimeError::Load {
+        path: path.clone(),
+        reason: e.to_string(),
+    })?;
+    let env = builder
+        .with_name("lpmesh")
+        .build()
+        .map_err(|e| RuntimeError::Environment(e.to_string()))?;
+    tracing::info!(library = %path.display(), "ONNX Runtime loaded");
+    Ok(ENVIRONMENT.get_or_init(|| env))
+}
+
+fn provider(name: &str) -> Option<(ExecutionProviderDispatch, bool)> {
+    fn d<E: ExecutionProvider + Default + 'static>(
+        e: E,
+    ) -> Option<(ExecutionProviderDispatch, bool)>
+    where
+        ExecutionProviderDispatch: From<E>,
+    {
+        let available = E::is_available().unwrap_or(false);
+        Some((
+            ExecutionProviderDispatch::from(e).error_on_failure(),
+            available,
+        ))
+    }
+    match name.to_ascii_lowercase().as_str() {
+        "cpu" => d(ep::CPU::default()),
+        "cuda" => d(ep::CUDA::default()),
+        "tensorrt" => d(ep::TensorRT::default()),
+        "openvino" => d(ep::OpenVINO::default()),
+        "qnn" => d(ep::QNN::default()),
+        "rknpu" => d(ep::RKNPU::default()),
+        "nnapi" => d(ep::NNAPI::default()),
+        "xnnpack" => d(ep::XNNPACK::default()),
+        "acl" => d(ep::ACL::default()),
+        "vsinpu" => d(ep::VSINPU::default()),
+        "rocm" => d(ep::ROCm::default()),
+        "migraphx" => d(ep::MIGraphX::default()),
+        "onednn" => d(ep::OneDNN::default()),
+        "cann" => d(ep::CANN::default()),
+        "vitis" => d(ep::Vitis::default()),
+        _ => None,
+    }
+}
+
+/// Where to find each head in the session's outputs, per stride.
+#[derive(Clone, Debug)]
+struct LevelIndex {
+    stride: u32,
+    scores: String,
+    boxes: String,
+}
+
+pub struct OnnxDetector {
+    session: Session,
+    spec: InputSpec,
+    decoder: NanoDetDecoder,
+    levels: Vec<LevelIndex>,
+    nms_iou: f32,
+    version: String,
+    providers: Vec<String>,
+}
+
+#[derive(Clone, Debug)]
+pub struct OnnxOptions {
+    pub score_threshold: f32,
+    pub nms_iou: f32,
+}
+
+impl OnnxDetector {
+    pub fn load(
+        model: &Path,
+        runtime: &RuntimeConfig,
+        opts: &OnnxOptions,
+    ) -> Result<Self, ModelError> {
+        let env = environment(runtime)?;
+        if !model.is_file() {
+            return Err(ModelError::NotFound(model.to_path_buf()));
+        }
+        let load_err = |e: ort::Error| ModelError::Load {
+            path: model.to_path_buf(),
+            reason: e.to_string(),
+        };
+        let mut chosen = Vec::new();
+        let mut dispatch = Vec::new();
+        for name in &runtime.execution_providers {
+            match provider(name) {
+                Some((_, false)) => {
+                    tracing::warn!(provider = %name, "execution provider not available in this ONNX Runtime build; skipped")
+                }
+                Some((p, true)) => {
+                    chosen.push(name.to_ascii_lowercase());
+                    dispatch.push(p);
+                }
+                None => tracing::warn!(provider = %name, "unknown execution provider; skipped"),
+            }
+        }
+        if !chosen.iter().any(|p| p == "cpu") {
+            chosen.push("cpu".into());
+        }
+        let session = Session::builder(env)
+            .map_err(load_err)?
+            .with_optimization_level(GraphOptimizationLevel::Level3)
+            .map_err(|e| load_err(e.into()))?
+            .with_intra_threads(runtime.threads())
+            .map_err(|e| load_err(e.into()))?
+            .with_execution_providers(dispatch)
+            .map_err(|e| load_err(e.into()))?
+            .commit_from_file(model)
+            .map_err(load_err)?;
+        let unsupported = |reason: String| ModelError::Unsupported {
+            path: model.to_path_buf(),
+            reason,
+        };
+        let spec = InputSpec::nanodet_m_416();
+        let input = session
+            .inputs()
+            .first()
+            .ok_or_else(|| unsupported("no input".into()))?;
+        let in_shape: Vec<i64> = input
+            .dtype()
+            .tensor_shape()
+            .map(|s| s.to_vec())
+            .unwrap_or_default();
+        if in_shape.len() != 4
+            || in_shape[1] != 3
+            || in_shape[2] != spec.height as i64
+            || in_shape[3] != spec.width as i64
+        {
+            return Err(unsupported(format!(
+                "input shape {in_shape:?}, expected [1, 3, 416, 416]"
+            )));
+        }
+        let decoder = NanoDetDecoder::nanodet_m_416(opts.score_threshold);
+        // Outputs are matched by shape, not by name: names depend on the converter.
+        let mut scores = Vec::new();
+        let mut boxes = Vec::new();
+        for out in session.outputs() {
+            let shape: Vec<i64> = out
+                .dtype()
+                .tensor_shape()
+                .map(|s| s.to_vec())
+                .unwrap_or_default();
+            let (Some(&cells), Some(&channels)) = (shape.get(1), shape.get(2)) else {
+                continue;
+            };
+            let g = (cells as f64).sqrt().round() as u32;
+            if g == 0 || (g * g) as i64 != cells {
+                continue;
+            }
+            let stride = spec.width / g;
+            if channels == decoder.num_classes as i64 {
+                scores.push((stride, out.name().to_string()));
+            } else if channels == 4 * (decoder.reg_max as i64 + 1) {
+                boxes.push((stride, out.name().to_string()));
+            }
+        }
+        let mut levels = Vec::new();
+        for (stride, s) in scores {
+            if let Some((_, b)) = boxes.iter().find(|(st, _)| *st == stride) {
+                levels.push(LevelIndex {
+                    stride,
+                    scores: s,
+                    boxes: b.clone(),
+                });
+            }
+        }
+        levels.sort_by_key(|l| l.stride);
+        if levels.len() != 3 {
+            return Err(unsupported(format!(
+                "found {} score/box output pairs, expected 3",
+                levels.len()
+            )));
+        }
+        let version = model
+            .file_stem()
+            .map_or_else(|| "unknown".into(), |s| s.to_string_lossy().into_owned());
+        tracing::info!(model = %model.display(), providers = ?chosen, threads = runtime.threads(), "detector ready");
+        Ok(Self {
+            session,
+            spec,
+            decoder,
+            levels,
+            nms_iou: opts.nms_iou,
+            version,
+            providers: chosen,
+        })
+    }
+
+    /// Execution providers in use, in order.
+    pub fn providers(&self) -> &[String] {
+        &self.providers
+    }
+
+    fn input_shape(&self) -> [usize; 4] {
+        [1, 3, self.spec.height as usize, self.spec.width as usize]
+    }
+
+    fn check_input(&self, input: &[f32]) -> Result<(), DetectError> {
+        if input.len() != self.spec.tensor_len() {
+            return Err(DetectError::InputSize {
+                got: input.len(),
+                want: self.spec.tensor_len(),
+            });
+        }
+        Ok(())
+    }
+}
+
+impl Detector for OnnxDetector {
+    fn input_spec(&self) -> &InputSpec {
+        &self.spec
+    }
+
+    fn detect(
+        &mut self,
+        input: &[f32],
+        frame_width: u32,
+        frame_height: u32,
+        out: &mut Vec<Detection>,
+    ) -> Result<DetectTimings, DetectError> {
+        self.check_input(input)?;
+        let shape = self.input_shape();
+        let t0 = Instant::now();
+        let tensor = TensorRef::from_array_view((shape, input))
+            .map_err(|e| DetectError::Inference(e.to_string()))?;
+        let outputs = self
+            .session
+            .run(ort::inputs![tensor])
+            .map_err(|e| DetectError::Inference(e.to_string()))?;
+        let t1 = Instant::now();
+        let mut heads = Vec::with_capacity(self.levels.len());
+        for l in &self.levels {
+            let scores = outputs
+                .get(&l.scores)
+                .ok_or_else(|| DetectError::Output(format!("missing output {}", l.scores)))?
+                .try_extract_tensor::<f32>()
+                .map_err(|e| DetectError::Output(e.to_string()))?
+                .1;
+            let boxes = outputs
+                .get(&l.boxes)
+                .ok_or_else(|| DetectError::Output(format!("missing output {}", l.boxes)))?
+                .try_extract_tensor::<f32>()
+                .map_err(|e| DetectError::Output(e.to_string()))?
+                .1;
+            heads.push(Level {
+                stride: l.stride,
+                scores,
+                boxes,
+            });
+        }
+        let start = out.len();
+        self.decoder
+            .decode(&heads, frame_width, frame_height, out)
+            .map_err(|e| DetectError::Output(e.to_string()))?;
+        let mut mine = out.split_off(start);
+        nms(&mut mine, self.nms_iou);
+        out.extend(mine);
+        Ok(DetectTimings {
+            infer: t1 - t0,
+            postprocess: t1.elapsed(),
+        })
+    }
+
+    fn run_model_only(&mut self, input: &[f32]) -> Result<(), DetectError> {
+        self.check_input(input)?;
+        let tensor = TensorRef::from_array_view((self.input_shape(), input))
+            .map_err(|e| DetectError::Inference(e.to_string()))?;
+        self.session
+            .run(ort::inputs![tensor])
+            .map_err(|e| DetectError::Inference(e.to_string()))?;
+        Ok(())
+    }
+
+    fn model_version(&self) -> &str {
+        &self.version
+    }
+}

@@ -1,0 +1,35 @@
+//! An lpmesh store node: cameras, detection, tracking, and the `lpmesh` command line.
+//!
+//! # Layout
+//!
+//! Pure cores (no I/O, no OpenCV, no ONNX Runtime; time is an input), tested on their own:
+//! - [`geom`]: boxes and IoU.
+//! - [`detect`]: the [`detect::Detector`] trait, pixel normalisation, NanoDet decoding and NMS.
+//! - [`assign`]: optimal assignment for matching tracks to detections.
+//! - [`track`]: the multi-person tracker.
+//! - [`motion`]: the motion gate that skips inference on still scenes.
+//! - [`pipeline`]: the two-thread capture/analysis loop with its bounded queue and stats.
+//! - [`config`]: the node's TOML configuration and its checks.
+//! - [`source`]: the [`source::FrameSource`] trait and reconnect backoff.
+//!
+//! Behind the default `vision` feature (OpenCV and ONNX Runtime):
+//! - `source::opencv`: files, streams and devices through OpenCV.
+//! - `capture`: resize/normalise/thumbnail on the capture thread.
+//! - `detect::onnx`: loading ONNX Runtime and the NanoDet detector.
+//! - `bench`: `lpmesh bench pipeline`.
+//!
+//! [`output`] writes tracks as JSON lines or MOTChallenge text.
+
+pub mod assign;
+#[cfg(feature = "vision")]
+pub mod bench;
+#[cfg(feature = "vision")]
+pub mod capture;
+pub mod config;
+pub mod detect;
+pub mod geom;
+pub mod motion;
+pub mod output;
+pub mod pipeline;
+pub mod source;
+pub mod track;

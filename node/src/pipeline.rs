@@ -1,0 +1,527 @@
+//! One camera's pipeline: capture -> prepare -> detect -> track, on two threads.
+//!
+//! The capture thread decodes a frame, resizes and normalises it into a pooled tensor, and runs the
+//! motion gate on a thumbnail; the full-size pixels never leave that thread. The analysis thread (the
+//! caller's) runs the detector and the tracker and hands each result to a sink. Decoding the next frame
+//! thus overlaps inference of the current one.
+//!
+//! The queue between them is bounded ([`FRAME_QUEUE`]). For a file analysed as fast as possible the
+//! capture thread waits for room (nothing is lost); for live sources it never waits: a frame that finds
+//! the queue full is dropped and counted, and the analysis side always takes the newest queued frame,
+//! because a late answer about an old frame is worth less than a fresh one.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{bounded, Receiver, Sender, TryRecvError, TrySendError};
+use serde::Serialize;
+
+use crate::detect::{DetectError, Detection, Detector};
+use crate::motion::Decision;
+use crate::track::{TrackedPerson, Tracker, TrackerConfig};
+
+/// Frames waiting between capture and analysis.
+pub const FRAME_QUEUE: usize = 2;
+/// Spare tensors kept for reuse (queue + one in flight on each side).
+pub const TENSOR_POOL: usize = FRAME_QUEUE + 2;
+
+/// A frame made ready for the detector by the capture thread.
+#[derive(Debug)]
+pub struct PreparedFrame {
+    pub seq: u64,
+    pub pts: f64,
+    pub width: u32,
+    pub height: u32,
+    pub tensor: Vec<f32>,
+    pub decision: Decision,
+    /// The motion gate judged the scene still (skipped or not).
+    pub still: bool,
+    pub decode: Duration,
+    pub preprocess: Duration,
+}
+
+/// What the sink sees for each analysed frame.
+#[derive(Debug)]
+pub struct FrameResult<'a> {
+    pub seq: u64,
+    pub pts: f64,
+    pub width: u32,
+    pub height: u32,
+    /// False when the motion gate skipped inference: `people` are then as of the last inferred frame.
+    pub inferred: bool,
+    pub people: &'a [TrackedPerson],
+    /// Tracks that ended with this frame.
+    pub ended: &'a [TrackedPerson],
+}
+
+/// Counters and time per stage, summed over a run.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct PipelineStats {
+    pub frames: u64,
+    pub inferred: u64,
+    pub skipped_by_motion: u64,
+    /// Frames the motion gate judged still; equals `skipped_by_motion` when the gate is on.
+    pub still: u64,
+    pub dropped: u64,
+    pub ids_issued: u64,
+    #[serde(skip)]
+    pub decode: Duration,
+    #[serde(skip)]
+    pub preprocess: Duration,
+    #[serde(skip)]
+    pub infer: Duration,
+    #[serde(skip)]
+    pub postprocess: Duration,
+    #[serde(skip)]
+    pub track: Duration,
+    #[serde(skip)]
+    pub wall: Duration,
+}
+
+/// Mean milliseconds per frame of each stage.
+#[derive(Clone, Debug, Serialize)]
+pub struct StagesMs {
+    pub decode: f64,
+    pub preprocess: f64,
+    pub infer: f64,
+    pub postprocess: f64,
+    pub track: f64,
+}
+
+impl PipelineStats {
+    pub fn fps(&self) -> f64 {
+        if self.wall.is_zero() {
+            0.0
+        } else {
+            self.frames as f64 / self.wall.as_secs_f64()
+        }
+    }
+
+    pub fn stages_ms(&self) -> StagesMs {
+        let per = |d: Duration, n: u64| {
+            if n == 0 {
+                0.0
+            } else {
+                d.as_secs_f64() * 1e3 / n as f64
+            }
+        };
+        StagesMs {
+            decode: per(self.decode, self.frames),
+            preprocess: per(self.preprocess, self.frames),
+            infer: per(self.infer, self.inferred),
+            postprocess: per(self.postprocess, self.inferred),
+            track: per(self.track, self.inferred),
+        }
+    }
+}
+
+/// Detection plus tracking for one camera. Pure apart from the detector.
+pub struct Analyzer {
+    detector: Box<dyn Detector>,
+    tracker: Tracker,
+    dets: Vec<Detection>,
+    stats: PipelineStats,
+}
+
+impl Analyzer {
+    pub fn new(detector: Box<dyn Detector>, tracker: TrackerConfig) -> Self {
+        Self {
+            detector,
+            tracker: Tracker::new(tracker),
+            dets: Vec::with_capacity(64),
+            stats: PipelineStats::default(),
+        }
+    }
+
+    pub fn detector_mut(&mut self) -> &mut dyn Detector {
+        self.detector.as_mut()
+    }
+
+    pub fn stats(&self) -> &PipelineStats {
+        &self.stats
+    }
+
+    pub fn process(&mut self, f: &PreparedFrame) -> Result<FrameResult<'_>, DetectError> {
+        self.stats.frames += 1;
+        self.stats.decode += f.decode;
+        self.stats.preprocess += f.preprocess;
+        self.stats.still += u64::from(f.still);
+        let inferred = f.decision == Decision::Infer;
+        if inferred {
+            self.dets.clear();
+            let t = self
+                .detector
+                .detect(&f.tensor, f.width, f.height, &mut self.dets)?;
+            let t0 = Instant::now();
+            self.tracker.update(&self.dets, f.pts);
+            self.stats.track += t0.elapsed();
+            self.stats.infer += t.infer;
+            self.stats.postprocess += t.postprocess;
+            self.stats.inferred += 1;
+        } else {
+            self.stats.skipped_by_motion += 1;
+        }
+        self.stats.ids_issued = self.tracker.ids_issued();
+        Ok(FrameResult {
+            seq: f.seq,
+            pts: f.pts,
+            width: f.width,
+            height: f.height,
+            inferred,
+            people: self.tracker.people(),
+            ended: if inferred { self.tracker.ended() } else { &[] },
+        })
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error(transparent)]
+    Detect(#[from] DetectError),
+    #[error("capture: {0}")]
+    Capture(String),
+    #[error("output: {0}")]
+    Sink(String),
+}
+
+/// Options for [`run`].
+#[derive(Clone, Debug, Default)]
+pub struct RunOptions {
+    pub max_frames: Option<u64>,
+    /// Live source: drop stale frames instead of waiting for the detector.
+    pub live: bool,
+}
+
+/// The producing half, run on the capture thread: fills a [`PreparedFrame`] per source frame.
+pub trait Capture: Send {
+    /// The next prepared frame, written into `tensor` (a pooled buffer); `Ok(None)` at the end.
+    fn next(&mut self, tensor: Vec<f32>) -> Result<Option<PreparedFrame>, String>;
+}
+
+/// Runs `capture` on its own thread and `analyzer` on this one until the source ends, `max_frames`
+/// frames were analysed, `stop` is set, or the sink returns `Ok(false)`.
+pub fn run<C, S>(
+    capture: C,
+    analyzer: &mut Analyzer,
+    opts: &RunOptions,
+    stop: &Arc<AtomicBool>,
+    mut sink: S,
+) -> Result<PipelineStats, PipelineError>
+where
+    C: Capture,
+    S: FnMut(&FrameResult<'_>) -> Result<bool, String>,
+{
+    let started = Instant::now();
+    let (tx, rx) = bounded::<PreparedFrame>(FRAME_QUEUE);
+    let (pool_tx, pool_rx) = bounded::<Vec<f32>>(TENSOR_POOL);
+    let start_frames = analyzer.stats.frames;
+    // Set when the consumer is done, so the producer stops without touching the caller's `stop`.
+    let done = AtomicBool::new(false);
+    let result: Result<u64, PipelineError> = std::thread::scope(|scope| {
+        let producer =
+            scope.spawn(|| produce(capture, tx, pool_rx, pool_tx.clone(), opts, stop, &done));
+        let consumed = consume(analyzer, rx, &pool_tx, opts, stop, &mut sink, start_frames);
+        done.store(true, Ordering::Relaxed);
+        let produced = producer
+            .join()
+            .map_err(|_| PipelineError::Capture("capture thread panicked".into()))?;
+        let dropped = produced?;
+        consumed?;
+        Ok(dropped)
+    });
+    let dropped = result?;
+    analyzer.stats.dropped += dropped;
+    analyzer.stats.wall += started.elapsed();
+    Ok(analyzer.stats.clone())
+}
+
+fn produce<C: Capture>(
+    mut capture: C,
+    tx: Sender<PreparedFrame>,
+    pool_rx: Receiver<Vec<f32>>,
+    pool_tx: Sender<Vec<f32>>,
+    opts: &RunOptions,
+    stop: &AtomicBool,
+    done: &AtomicBool,
+) -> Result<u64, PipelineError> {
+    let mut dropped = 0;
+    let mut produced = 0u64;
+    while !stop.load(Ordering::Relaxed) && !done.load(Ordering::Relaxed) {
+        if opts.max_frames.is_some_and(|m| produced >= m) {
+            break;
+        }
+        let tensor = pool_rx.try_recv().unwrap_or_default();
+        let Some(frame) = capture.next(tensor).map_err(PipelineError::Capture)? else {
+            break;
+        };
+        produced += 1;
+        if opts.live {
+            match tx.try_send(frame) {
+                Ok(()) => {}
+                Err(TrySendError::Full(frame)) => {
+                    dropped += 1;
+                    let _ = pool_tx.try_send(frame.tensor);
+                }
+                Err(TrySendError::Disconnected(_)) => break,
+            }
+        } else if tx.send(frame).is_err() {
+            break;
+        }
+    }
+    Ok(dropped)
+}
+
+fn consume<S>(
+    analyzer: &mut Analyzer,
+    rx: Receiver<PreparedFrame>,
+    pool_tx: &Sender<Vec<f32>>,
+    opts: &RunOptions,
+    stop: &AtomicBool,
+    sink: &mut S,
+    start_frames: u64,
+) -> Result<(), PipelineError>
+where
+    S: FnMut(&FrameResult<'_>) -> Result<bool, String>,
+{
+    loop {
+        let mut frame = match rx.recv() {
+            Ok(f) => f,
+            Err(_) => return Ok(()),
+        };
+        if opts.live {
+            loop {
+                match rx.try_recv() {
+                    Ok(newer) => {
+                        analyzer.stats.dropped += 1;
+                        let _ = pool_tx.try_send(std::mem::replace(&mut frame, newer).tensor);
+                    }
+                    Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+                }
+            }
+        }
+        let keep_going = {
+            let result = analyzer.process(&frame)?;
+            sink(&result).map_err(PipelineError::Sink)?
+        };
+        let _ = pool_tx.try_send(frame.tensor);
+        let done = opts
+            .max_frames
+            .is_some_and(|m| analyzer.stats.frames - start_frames >= m);
+        if !keep_going || done || stop.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+    }
+}
+
+/// The peak resident memory of this process so far, in MiB (Linux `VmHWM`).
+pub fn peak_rss_mb() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::detect::{DetectTimings, InputSpec};
+    use crate::geom::BBox;
+
+    /// A detector that "sees" one person whose position is encoded in the first tensor value.
+    struct Scripted {
+        spec: InputSpec,
+    }
+
+    impl Detector for Scripted {
+        fn input_spec(&self) -> &InputSpec {
+            &self.spec
+        }
+        fn detect(
+            &mut self,
+            input: &[f32],
+            _: u32,
+            _: u32,
+            out: &mut Vec<Detection>,
+        ) -> Result<DetectTimings, DetectError> {
+            let x = input[0];
+            out.push(Detection {
+                bbox: BBox::new(x, 10.0, x + 20.0, 60.0),
+                score: 0.9,
+                class: 0,
+            });
+            Ok(DetectTimings::default())
+        }
+        fn run_model_only(&mut self, _: &[f32]) -> Result<(), DetectError> {
+            Ok(())
+        }
+        fn model_version(&self) -> &str {
+            "scripted"
+        }
+    }
+
+    struct Frames {
+        n: u64,
+        seq: u64,
+        skip_every: Option<u64>,
+        delay: Duration,
+    }
+
+    impl Capture for Frames {
+        fn next(&mut self, mut tensor: Vec<f32>) -> Result<Option<PreparedFrame>, String> {
+            if self.seq == self.n {
+                return Ok(None);
+            }
+            std::thread::sleep(self.delay);
+            self.seq += 1;
+            tensor.clear();
+            tensor.push(self.seq as f32 * 2.0);
+            let skip = self.skip_every.is_some_and(|k| self.seq % k == 0);
+            Ok(Some(PreparedFrame {
+                seq: self.seq,
+                pts: self.seq as f64 / 10.0,
+                width: 640,
+                height: 480,
+                tensor,
+                decision: if skip {
+                    Decision::Skip
+                } else {
+                    Decision::Infer
+                },
+                still: skip,
+                decode: Duration::ZERO,
+                preprocess: Duration::ZERO,
+            }))
+        }
+    }
+
+    fn scripted() -> Box<dyn Detector> {
+        Box::new(Scripted {
+            spec: InputSpec::nanodet_m_416(),
+        })
+    }
+
+    #[test]
+    fn a_file_is_analysed_frame_by_frame_in_order_without_drops() {
+        let mut a = Analyzer::new(
+            scripted(),
+            TrackerConfig {
+                high_score: 0.5,
+                ..TrackerConfig::default()
+            },
+        );
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut seen = Vec::new();
+        let stats = run(
+            Frames {
+                n: 50,
+                seq: 0,
+                skip_every: Some(5),
+                delay: Duration::ZERO,
+            },
+            &mut a,
+            &RunOptions::default(),
+            &stop,
+            |r| {
+                seen.push((
+                    r.seq,
+                    r.inferred,
+                    r.people.iter().map(|p| p.id).collect::<Vec<_>>(),
+                ));
+                Ok(true)
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            seen.iter().map(|s| s.0).collect::<Vec<_>>(),
+            (1..=50).collect::<Vec<_>>()
+        );
+        assert_eq!(
+            (
+                stats.frames,
+                stats.inferred,
+                stats.skipped_by_motion,
+                stats.dropped
+            ),
+            (50, 40, 10, 0)
+        );
+        // Skipped frames keep reporting the last tracks; the person keeps id 1 throughout.
+        assert!(seen[10..].iter().all(|s| s.2 == vec![1]), "{seen:?}");
+        assert_eq!(stats.ids_issued, 1);
+    }
+
+    #[test]
+    fn max_frames_and_a_sink_that_stops_end_the_run() {
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut a = Analyzer::new(scripted(), TrackerConfig::default());
+        let opts = RunOptions {
+            max_frames: Some(7),
+            live: false,
+        };
+        let s = run(
+            Frames {
+                n: 100,
+                seq: 0,
+                skip_every: None,
+                delay: Duration::ZERO,
+            },
+            &mut a,
+            &opts,
+            &stop,
+            |_| Ok(true),
+        )
+        .unwrap();
+        assert_eq!(s.frames, 7);
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut a = Analyzer::new(scripted(), TrackerConfig::default());
+        let s = run(
+            Frames {
+                n: 100,
+                seq: 0,
+                skip_every: None,
+                delay: Duration::ZERO,
+            },
+            &mut a,
+            &RunOptions::default(),
+            &stop,
+            |r| Ok(r.seq < 3),
+        )
+        .unwrap();
+        assert_eq!(s.frames, 3);
+    }
+
+    #[test]
+    fn a_slow_consumer_of_a_live_source_drops_stale_frames() {
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut a = Analyzer::new(scripted(), TrackerConfig::default());
+        let opts = RunOptions {
+            max_frames: None,
+            live: true,
+        };
+        let mut last = 0;
+        let s = run(
+            Frames {
+                n: 60,
+                seq: 0,
+                skip_every: None,
+                delay: Duration::from_millis(1),
+            },
+            &mut a,
+            &opts,
+            &stop,
+            |r| {
+                assert!(r.seq > last, "frames stay in order");
+                last = r.seq;
+                std::thread::sleep(Duration::from_millis(8));
+                Ok(true)
+            },
+        )
+        .unwrap();
+        assert!(s.dropped > 20, "{s:?}");
+        assert_eq!(
+            s.frames + s.dropped,
+            60,
+            "every frame is either analysed or counted as dropped"
+        );
+    }
+}

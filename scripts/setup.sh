@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Installs everything lpmesh needs on a fresh Debian machine, idempotently:
+#   1. Debian packages for building and running the node (OpenCV, clang for the bindings);
+#   2. the ONNX Runtime library, the default detector and the test footage, into the cache
+#      ($LPMESH_CACHE, else $XDG_CACHE_HOME/lpmesh, else ~/.cache/lpmesh) by models/build.py.
+# Run again, it only checks what is already there (a few seconds).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { printf '[setup] %s\n' "$*" >&2; }
+
+SUDO=""
+if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
+
+# --- Debian packages ------------------------------------------------------------------------------------------
+DEB_PKGS=(pkg-config clang libclang-dev libopencv-dev npm)
+missing=()
+for p in "${DEB_PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  log "installing Debian packages: ${missing[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+else
+  log "Debian packages present"
+fi
+
+# --- runtime, models, footage --------------------------------------------------------------------------------
+python3 models/build.py all
+python3 models/build.py footage
