@@ -373,8 +373,8 @@ mod tests {
         }
     }
 
-    /// Runs frames through a tracker; returns, per frame, the visible (id, centre x) pairs.
-    fn run(tr: &mut Tracker, frames: &[Vec<Detection>]) -> Vec<Vec<(u64, f32)>> {
+    /// Runs frames through a tracker; returns, per frame, the visible (id, centre x, height).
+    fn run(tr: &mut Tracker, frames: &[Vec<Detection>]) -> Vec<Vec<(u64, f32, f32)>> {
         frames
             .iter()
             .enumerate()
@@ -383,17 +383,18 @@ mod tests {
                 tr.people()
                     .iter()
                     .filter(|p| p.visible)
-                    .map(|p| (p.id, p.bbox.center().0))
+                    .map(|p| (p.id, p.bbox.center().0, p.bbox.height()))
                     .collect()
             })
             .collect()
     }
 
-    fn id_near(frame: &[(u64, f32)], x: f32) -> Option<u64> {
+    /// The id of the person near centre x `x` whose box is about `h` tall.
+    fn id_at(frame: &[(u64, f32, f32)], x: f32, h: f32) -> Option<u64> {
         frame
             .iter()
-            .find(|(_, cx)| (cx - x).abs() < 15.0)
-            .map(|(id, _)| *id)
+            .find(|(_, cx, bh)| (cx - x).abs() < 15.0 && (bh - h).abs() < 10.0)
+            .map(|(id, _, _)| *id)
     }
 
     #[test]
@@ -428,18 +429,18 @@ mod tests {
             })
             .collect();
         let out = run(&mut tr, &frames);
-        let a = id_near(&out[3], 130.0).unwrap();
-        let b = id_near(&out[3], 470.0).unwrap();
+        let a = id_at(&out[3], 130.0, 160.0).unwrap();
+        let b = id_at(&out[3], 470.0, 120.0).unwrap();
         assert_ne!(a, b);
         for (f, frame) in out.iter().enumerate().skip(3) {
             let f = f as f32;
             assert_eq!(
-                id_near(frame, 100.0 + 10.0 * f),
+                id_at(frame, 100.0 + 10.0 * f, 160.0),
                 Some(a),
                 "frame {f}: {frame:?}"
             );
             assert_eq!(
-                id_near(frame, 500.0 - 10.0 * f),
+                id_at(frame, 500.0 - 10.0 * f, 120.0),
                 Some(b),
                 "frame {f}: {frame:?}"
             );
@@ -461,7 +462,7 @@ mod tests {
             })
             .collect();
         let out = run(&mut tr, &frames);
-        assert_eq!(id_near(&out[9], 100.0 + 8.0 * 9.0), Some(1));
+        assert_eq!(id_at(&out[9], 100.0 + 8.0 * 9.0, 100.0), Some(1));
         assert!(out[12].is_empty(), "not visible while hidden");
         // During the miss the person is still known, as a prediction.
         assert_eq!(out[16].len(), 1);

@@ -1,0 +1,248 @@
+//! The `lpmesh` binary as a user runs it: real video, real model, and the ways it can go wrong.
+
+use std::process::Output;
+
+use lpmesh_tests::{footage, lpmesh, TempDir};
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn assert_clean_failure(o: &Output, expect: &[&str]) {
+    let err = stderr(o);
+    assert!(!o.status.success(), "should fail; stderr: {err}");
+    assert!(
+        !err.contains("panicked"),
+        "panicked instead of an error: {err}"
+    );
+    for e in expect {
+        assert!(err.contains(e), "stderr lacks {e:?}: {err}");
+    }
+}
+
+#[test]
+fn detect_writes_mot_records_for_tracked_people() {
+    let o = lpmesh()
+        .args([
+            "detect",
+            &footage().to_string_lossy(),
+            "--format",
+            "mot",
+            "--max-frames",
+            "40",
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = String::from_utf8(o.stdout.clone()).unwrap();
+    let rows: Vec<Vec<f64>> = text
+        .lines()
+        .map(|l| {
+            l.split(',')
+                .map(|v| {
+                    v.parse::<f64>()
+                        .unwrap_or_else(|_| panic!("bad MOT line {l:?}"))
+                })
+                .collect()
+        })
+        .collect();
+    assert!(
+        rows.len() > 40,
+        "a few people per frame over 40 frames, got {} rows",
+        rows.len()
+    );
+    for r in &rows {
+        assert_eq!(r.len(), 10);
+        assert!((1.0..=40.0).contains(&r[0]), "frames count from 1: {r:?}");
+        assert!(r[1] >= 1.0, "ids from 1");
+        assert!(r[4] > 0.0 && r[5] > 0.0 && r[6] >= 0.3 && r[6] <= 1.0);
+        assert_eq!(&r[7..], &[-1.0, -1.0, -1.0]);
+    }
+    // No id appears twice in one frame.
+    let mut seen = std::collections::HashSet::new();
+    assert!(rows.iter().all(|r| seen.insert((r[0] as u64, r[1] as u64))));
+    assert!(
+        stderr(&o).contains("40 frames"),
+        "summary on stderr: {}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn detect_jsonl_records_carry_pixels_and_normalised_boxes() {
+    let o = lpmesh()
+        .args(["detect", &footage().to_string_lossy(), "--max-frames", "10"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = String::from_utf8(o.stdout.clone()).unwrap();
+    let first: serde_json::Value =
+        serde_json::from_str(text.lines().next().expect("records")).unwrap();
+    for key in ["frame", "time_s", "id", "bbox", "bbox_norm", "score"] {
+        assert!(first.get(key).is_some(), "missing {key}: {first}");
+    }
+    let norm: Vec<f64> = serde_json::from_value(first["bbox_norm"].clone()).unwrap();
+    assert!(norm.iter().all(|v| (0.0..=1.0).contains(v)), "{norm:?}");
+}
+
+#[test]
+fn a_missing_model_is_a_clear_error() {
+    let o = lpmesh()
+        .args([
+            "detect",
+            &footage().to_string_lossy(),
+            "--model",
+            "/nonexistent/model.onnx",
+        ])
+        .output()
+        .unwrap();
+    assert_clean_failure(
+        &o,
+        &[
+            "model file not found",
+            "/nonexistent/model.onnx",
+            "scripts/setup.sh",
+        ],
+    );
+}
+
+#[test]
+fn a_missing_onnx_runtime_is_a_clear_error() {
+    let dir = TempDir::new("no-ort");
+    let cfg = dir.join("node.toml");
+    std::fs::write(
+        &cfg,
+        "[runtime]\nonnxruntime = \"/nonexistent/libonnxruntime.so\"\n",
+    )
+    .unwrap();
+    let o = lpmesh()
+        .args([
+            "detect",
+            &footage().to_string_lossy(),
+            "--config",
+            &cfg.to_string_lossy(),
+        ])
+        .output()
+        .unwrap();
+    assert_clean_failure(
+        &o,
+        &[
+            "ONNX Runtime library not found",
+            "/nonexistent/libonnxruntime.so",
+            "scripts/setup.sh",
+        ],
+    );
+}
+
+#[test]
+fn a_file_that_is_not_onnx_runtime_is_a_clear_error() {
+    let dir = TempDir::new("bad-ort");
+    let lib = dir.join("libonnxruntime.so");
+    std::fs::write(&lib, b"not a shared library").unwrap();
+    let o = lpmesh()
+        .env("ORT_DYLIB_PATH", &lib)
+        .env("LPMESH_CACHE", dir.join("empty-cache"))
+        .args([
+            "detect",
+            &footage().to_string_lossy(),
+            "--model",
+            "/nonexistent.onnx",
+        ])
+        .output()
+        .unwrap();
+    assert_clean_failure(&o, &["cannot load ONNX Runtime", "libonnxruntime.so"]);
+}
+
+#[test]
+fn an_unreadable_video_is_a_clear_error() {
+    let o = lpmesh()
+        .args(["detect", "/nonexistent/video.avi"])
+        .output()
+        .unwrap();
+    assert_clean_failure(
+        &o,
+        &[
+            "cannot open video source /nonexistent/video.avi",
+            "no such file",
+        ],
+    );
+
+    let dir = TempDir::new("garbage-video");
+    let bad = dir.join("garbage.avi");
+    std::fs::write(&bad, vec![0x5au8; 64 * 1024]).unwrap();
+    let o = lpmesh()
+        .args(["detect", &bad.to_string_lossy()])
+        .output()
+        .unwrap();
+    assert_clean_failure(&o, &["cannot open video source", "garbage.avi"]);
+}
+
+#[test]
+fn validate_reports_file_line_and_field() {
+    let dir = TempDir::new("validate");
+    let cfg = dir.join("node.toml");
+    std::fs::write(
+        &cfg,
+        "[detector]\nscore_threshold = 2.0\n\n[tracker]\nmin_hits = 0\n",
+    )
+    .unwrap();
+    let o = lpmesh()
+        .args(["validate", &cfg.to_string_lossy()])
+        .output()
+        .unwrap();
+    assert_clean_failure(
+        &o,
+        &[
+            "node.toml:2: detector.score_threshold",
+            "node.toml:5: tracker.min_hits",
+        ],
+    );
+
+    std::fs::write(&cfg, "[detector]\nscore_threshold = 0.6\n").unwrap();
+    let o = lpmesh()
+        .args(["validate", &cfg.to_string_lossy()])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+}
+
+#[test]
+fn the_example_configuration_is_valid() {
+    let example =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/node.example.toml");
+    let o = lpmesh()
+        .args(["validate", &example.to_string_lossy()])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+}
+
+#[test]
+fn bench_pipeline_prints_the_figures_as_json() {
+    let o = lpmesh()
+        .args([
+            "bench",
+            "pipeline",
+            "--video",
+            &footage().to_string_lossy(),
+            "--frames",
+            "20",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("one JSON object");
+    for key in ["model_fps", "pipeline_fps", "ratio"] {
+        assert!(v[key].as_f64().is_some_and(|x| x > 0.0), "{key}: {v}");
+    }
+    for stage in ["decode", "preprocess", "infer", "postprocess", "track"] {
+        assert!(
+            v["stages_ms"][stage].as_f64().is_some_and(|x| x >= 0.0),
+            "stages_ms.{stage}: {v}"
+        );
+    }
+    assert!(v["stages_ms"]["infer"].as_f64().unwrap() > 0.0);
+    assert!(v["peak_rss_mb"].as_f64().is_some_and(|x| x > 10.0), "{v}");
+    assert_eq!(v["frames"], 20);
+}
