@@ -13,11 +13,14 @@ SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
 
 # --- Debian packages ------------------------------------------------------------------------------------------
-DEB_PKGS=(pkg-config clang libclang-dev libopencv-dev npm)
+# OpenCV's headers and libraries for the `opencv` crate, clang for its binding generator.
+DEB_PKGS=(pkg-config clang libclang-dev libopencv-dev)
 missing=()
 for p in "${DEB_PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
 done
+# npm fetches the model package once; a machine may have it from elsewhere than Debian.
+command -v npm >/dev/null 2>&1 || missing+=(npm)
 if [ ${#missing[@]} -gt 0 ]; then
   log "installing Debian packages: ${missing[*]}"
   $SUDO apt-get update -qq

@@ -189,13 +189,13 @@ impl NodeConfig {
         if self.tracker.min_hits == 0 {
             p.push(("tracker.min_hits".into(), "must be at least 1".into()));
         }
-        if !(self.tracker.max_lost_secs >= 0.0) {
+        if self.tracker.max_lost_secs.is_nan() || self.tracker.max_lost_secs < 0.0 {
             p.push((
                 "tracker.max_lost_secs".into(),
                 "must be zero or more".into(),
             ));
         }
-        if !(self.motion.max_skip_secs > 0.0) {
+        if self.motion.max_skip_secs.is_nan() || self.motion.max_skip_secs <= 0.0 {
             p.push((
                 "motion.max_skip_secs".into(),
                 "must be more than zero".into(),

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{bounded, Receiver, Sender, TryRecvError, TrySendError};
+use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
 use serde::Serialize;
 
 use crate::detect::{DetectError, Detection, Detector};
@@ -290,14 +290,9 @@ where
             Err(_) => return Ok(()),
         };
         if opts.live {
-            loop {
-                match rx.try_recv() {
-                    Ok(newer) => {
-                        analyzer.stats.dropped += 1;
-                        let _ = pool_tx.try_send(std::mem::replace(&mut frame, newer).tensor);
-                    }
-                    Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
-                }
+            while let Ok(newer) = rx.try_recv() {
+                analyzer.stats.dropped += 1;
+                let _ = pool_tx.try_send(std::mem::replace(&mut frame, newer).tensor);
             }
         }
         let keep_going = {

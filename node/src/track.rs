@@ -141,17 +141,17 @@ impl Track {
         let dt = (now - self.t) as f32;
         if self.hits == 1 && dt > 0.0 {
             // Second sighting: the displacement is the best velocity estimate there is.
-            for i in 0..4 {
-                self.vel[i] = (z[i] - self.state[i]) / dt;
+            for ((v, zi), si) in self.vel.iter_mut().zip(z).zip(self.state) {
+                *v = (zi - si) / dt;
             }
             self.state = z;
         } else {
             let pred = self.predict(now);
-            for i in 0..4 {
-                let r = z[i] - pred[i];
-                self.state[i] = pred[i] + ALPHA * r;
+            for (((s, v), zi), pi) in self.state.iter_mut().zip(&mut self.vel).zip(z).zip(pred) {
+                let r = zi - pi;
+                *s = pi + ALPHA * r;
                 if dt > 0.0 {
-                    self.vel[i] += BETA * r / dt.max(1e-3);
+                    *v += BETA * r / dt.max(1e-3);
                 }
             }
         }

@@ -103,7 +103,7 @@ fn provider(name: &str) -> Option<(ExecutionProviderDispatch, bool)> {
         "nnapi" => d(ep::NNAPI::default()),
         "xnnpack" => d(ep::XNNPACK::default()),
         "acl" => d(ep::ACL::default()),
-        "vsinpu" => d(ep::VSINPU::default()),
+        "vsinpu" => d(ep::VSINPU),
         "rocm" => d(ep::ROCm::default()),
         "migraphx" => d(ep::MIGraphX::default()),
         "onednn" => d(ep::OneDNN::default()),

@@ -227,7 +227,7 @@ impl OpenCvSource {
     }
 
     /// Copies `self.mat` (any of grey, BGR, BGRA) into `buf` as packed BGR.
-    fn to_bgr(&mut self, mut buf: Vec<u8>) -> Result<(u32, u32, Vec<u8>), String> {
+    fn copy_bgr(&mut self, mut buf: Vec<u8>) -> Result<(u32, u32, Vec<u8>), String> {
         let typ = self.mat.typ();
         let src = match typ {
             t if t == CV_8UC3 => &self.mat,
@@ -308,7 +308,7 @@ impl FrameSource for OpenCvSource {
                     continue;
                 }
             }
-            let (width, height, bgr) = match self.to_bgr(buf) {
+            let (width, height, bgr) = match self.copy_bgr(buf) {
                 Ok(v) => v,
                 Err(reason) => {
                     return Err(SourceError::Read {
