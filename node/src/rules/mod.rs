@@ -41,6 +41,12 @@ pub struct ZoneSpec {
     pub loiter_secs: Option<f64>,
     /// People at once that make a crowd here; `None`: no crowding rule in this zone.
     pub crowd_min: Option<u32>,
+    /// Reach time for `shelf_interaction` (shelf zones).
+    pub interaction_secs: f64,
+    /// Severity overrides for events in this zone.
+    pub severity: HashMap<EventKind, Severity>,
+    /// Rules switched off in this zone.
+    pub disabled: Vec<EventKind>,
 }
 
 #[derive(Clone, Debug)]
@@ -140,6 +146,8 @@ pub struct CameraSpec {
     pub lines: Vec<LineSpec>,
     pub settings: RuleSettings,
     pub schedule: Schedule,
+    /// Rules switched off for the whole camera.
+    pub disabled: Vec<EventKind>,
 }
 
 /// What the capture thread measured on the pixels of one frame (the pixels themselves stay there).

@@ -149,7 +149,10 @@ impl CameraRules {
             camera: self.spec.camera.clone(),
             zone: s.zone.map(|z| self.spec.zones[z].name.clone()),
             kind,
-            severity: self.spec.settings.severity_of(kind),
+            severity: s
+                .zone
+                .and_then(|z| self.spec.zones[z].severity.get(&kind).copied())
+                .unwrap_or_else(|| self.spec.settings.severity_of(kind)),
             started_at_ms: o.started_ms,
             at_ms: now,
             ended_at_ms: matches!(phase, Phase::End | Phase::Instant).then_some(now),
@@ -175,6 +178,32 @@ impl CameraRules {
 
     /// Processes one frame; appends the events it causes to `out`.
     pub fn observe(&mut self, obs: &Observation<'_>, out: &mut Vec<Event>) {
+        let first = out.len();
+        self.evaluate(obs, out);
+        // Switched-off rules still keep their state (so switching one on mid-incident is consistent),
+        // they just say nothing.
+        let mut i = first;
+        while i < out.len() {
+            if self.enabled(&out[i]) {
+                i += 1;
+            } else {
+                out.remove(i);
+            }
+        }
+    }
+
+    fn enabled(&self, e: &Event) -> bool {
+        if self.spec.disabled.contains(&e.kind) {
+            return false;
+        }
+        let zone = e
+            .zone
+            .as_deref()
+            .and_then(|name| self.spec.zones.iter().find(|z| z.name == name));
+        !zone.is_some_and(|z| z.disabled.contains(&e.kind))
+    }
+
+    fn evaluate(&mut self, obs: &Observation<'_>, out: &mut Vec<Event>) {
         let now = obs.now_ms;
         self.offline_rule(obs.online, now, out);
         if !obs.online {
@@ -227,7 +256,7 @@ impl CameraRules {
             if score < z.min_confidence {
                 continue;
             }
-            let (kind, loiter_secs) = (z.kind, z.loiter_secs);
+            let (kind, loiter_secs, interaction_secs) = (z.kind, z.loiter_secs, z.interaction_secs);
             let d = z.polygon.signed_distance(feet);
             let overlap = if kind == ZoneKind::Shelf {
                 z.polygon.overlap_fraction(nb)
@@ -320,8 +349,7 @@ impl CameraRules {
                     let since = *m.overlap_since.get_or_insert(now);
                     m.last_overlap_ms = now;
                     st.visited_shelf = true;
-                    if m.interaction.is_none()
-                        && (now - since) as f64 >= s.shelf_interaction_secs * 1000.0
+                    if m.interaction.is_none() && (now - since) as f64 >= interaction_secs * 1000.0
                     {
                         let mut o = self.open(now);
                         o.started_ms = since;

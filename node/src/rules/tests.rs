@@ -1,5 +1,7 @@
 //! Every rule with synthetic tracks and explicit time.
 
+use std::collections::HashMap;
+
 use chrono::{DateTime, NaiveDateTime, TimeZone};
 
 use super::*;
@@ -25,6 +27,9 @@ fn zone(name: &str, kind: ZoneKind, pts: &[[f32; 2]]) -> ZoneSpec {
             ZoneKind::Checkout => None,
             _ => Some(4),
         },
+        interaction_secs: 2.0,
+        severity: HashMap::new(),
+        disabled: Vec::new(),
     }
 }
 
@@ -42,6 +47,7 @@ fn spec(zones: Vec<ZoneSpec>, lines: Vec<LineSpec>) -> CameraSpec {
         lines,
         settings: RuleSettings::default(),
         schedule: Schedule::always_open(chrono_tz::UTC),
+        disabled: Vec::new(),
     }
 }
 
@@ -555,4 +561,22 @@ fn severities_come_from_the_kind_or_the_configuration() {
         sim.of(EventKind::ShelfInteraction)[0].severity,
         crate::event::Severity::Info
     );
+}
+
+#[test]
+fn switched_off_rules_say_nothing() {
+    let mut s = spec(
+        vec![zone(
+            "stock",
+            ZoneKind::Restricted,
+            &rect(0.2, 0.2, 0.8, 0.8),
+        )],
+        vec![],
+    );
+    s.zones[0].disabled.push(EventKind::Loitering);
+    s.disabled.push(EventKind::AfterHours);
+    let mut sim = Sim::new(s);
+    sim.hold(&[at(1, 0.5, 0.5)], 70.0);
+    assert!(sim.of(EventKind::Loitering).is_empty());
+    assert_eq!(sim.phases(EventKind::RestrictedEntry), vec![Phase::Start]);
 }
