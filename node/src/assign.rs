@@ -10,9 +10,7 @@ pub fn assign(cost: &[Vec<f64>], cols: usize) -> Vec<Option<usize>> {
     }
     if rows > cols {
         // Solve the transpose so that the side being assigned is the smaller one.
-        let t: Vec<Vec<f64>> = (0..cols)
-            .map(|c| (0..rows).map(|r| cost[r][c]).collect())
-            .collect();
+        let t: Vec<Vec<f64>> = (0..cols).map(|c| (0..rows).map(|r| cost[r][c]).collect()).collect();
         let by_col = assign(&t, rows);
         let mut out = vec![None; rows];
         for (c, r) in by_col.into_iter().enumerate() {
@@ -90,10 +88,7 @@ mod tests {
     use proptest::prelude::*;
 
     fn total(cost: &[Vec<f64>], a: &[Option<usize>]) -> f64 {
-        a.iter()
-            .enumerate()
-            .filter_map(|(r, c)| c.map(|c| cost[r][c]))
-            .sum()
+        a.iter().enumerate().filter_map(|(r, c)| c.map(|c| cost[r][c])).sum()
     }
 
     /// Every injective assignment, for comparing against on small matrices.

@@ -7,12 +7,12 @@ use std::time::Instant;
 
 use serde::Serialize;
 
+use crate::camera::{load_detector, open_camera, CameraError};
 use crate::capture::OpenCvCapture;
 use crate::config::NodeConfig;
-use crate::detect::onnx::{OnnxDetector, OnnxOptions};
 use crate::detect::Detector;
 use crate::motion::MotionConfig;
-use crate::pipeline::{peak_rss_mb, run, Analyzer, RunOptions, StagesMs};
+use crate::pipeline::{peak_rss_mb, run, RunOptions, StagesMs};
 use crate::source::opencv::OpenCvOptions;
 
 #[derive(Debug, Serialize)]
@@ -33,6 +33,8 @@ pub struct BenchReport {
     /// Frames the motion gate would have skipped on the same frames, had it been on.
     pub motion_would_skip: u64,
     pub mean_people_per_frame: f64,
+    /// Loss-prevention events raised (with a configuration that has a camera and zones).
+    pub events: u64,
     pub track_ids: u64,
     pub peak_rss_mb: f64,
 }
@@ -43,6 +45,8 @@ pub enum BenchError {
     Model(#[from] crate::detect::onnx::ModelError),
     #[error(transparent)]
     Source(#[from] crate::source::SourceError),
+    #[error(transparent)]
+    Camera(#[from] CameraError),
     #[error("{0}")]
     Prepare(String),
     #[error(transparent)]
@@ -57,21 +61,9 @@ pub enum BenchError {
 const PREMADE: usize = 16;
 const WARMUP_RUNS: usize = 10;
 
-pub fn bench_pipeline(
-    video: &Path,
-    cfg: &NodeConfig,
-    frames: u64,
-    model: &Path,
-) -> Result<BenchReport, BenchError> {
+pub fn bench_pipeline(video: &Path, cfg: &NodeConfig, frames: u64, model: &Path) -> Result<BenchReport, BenchError> {
     let stop = Arc::new(AtomicBool::new(false));
-    let mut detector = OnnxDetector::load(
-        model,
-        &cfg.runtime,
-        &OnnxOptions {
-            score_threshold: cfg.decode_threshold(),
-            nms_iou: cfg.detector.nms_iou,
-        },
-    )?;
+    let mut detector = load_detector(cfg, model)?;
     let spec = detector.input_spec().clone();
     let providers = detector.providers().to_vec();
     let video_s = video.to_string_lossy().into_owned();
@@ -105,18 +97,20 @@ pub fn bench_pipeline(
     drop(inputs);
 
     // (b) The whole pipeline on the same video from its first frame, gate measured but not applied.
-    let motion = MotionConfig {
-        enabled: false,
-        ..cfg.motion.clone()
-    };
-    let capture = OpenCvCapture::open(
+    // The gate is measured but not applied; with the configuration's first camera, its pixel measures
+    // and rules run too.
+    let mut cfg = cfg.clone();
+    cfg.motion.enabled = false;
+    let cam = cfg.cameras.first().cloned();
+    let (capture, mut analyzer) = open_camera(
+        &cfg,
+        cam.as_ref(),
         &video_s,
         OpenCvOptions::default(),
-        spec,
-        motion,
+        Box::new(detector),
+        chrono::Utc::now().timestamp_millis(),
         stop.clone(),
     )?;
-    let mut analyzer = Analyzer::new(Box::new(detector), cfg.tracker_config());
     let mut people = 0u64;
     let opts = RunOptions {
         max_frames: Some(frames),
@@ -135,14 +129,11 @@ pub fn bench_pipeline(
         frames: stats.frames,
         model_fps,
         pipeline_fps,
-        ratio: if model_fps > 0.0 {
-            pipeline_fps / model_fps
-        } else {
-            0.0
-        },
+        ratio: if model_fps > 0.0 { pipeline_fps / model_fps } else { 0.0 },
         stages_ms: stats.stages_ms(),
         motion_would_skip: stats.still,
         mean_people_per_frame: people as f64 / stats.frames.max(1) as f64,
+        events: stats.events,
         track_ids: stats.ids_issued,
         peak_rss_mb: peak_rss_mb().unwrap_or(0.0),
     })

@@ -1,5 +1,5 @@
 //! The capture side of a camera pipeline with OpenCV: decode, resize to the detector's input,
-//! normalise, and compute the motion thumbnail. The full-size frame stays here.
+//! normalise, the motion thumbnail and the pixel measures. The full-size frame stays here.
 
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -10,30 +10,44 @@ use opencv::imgproc;
 
 use crate::detect::preprocess::Normalizer;
 use crate::detect::InputSpec;
+use crate::measure::{PixelMeter, DETAIL_SIZE};
 use crate::motion::{Gate, MotionConfig, MotionGate, THUMB_HEIGHT, THUMB_WIDTH};
 use crate::pipeline::{Capture, PreparedFrame};
+use crate::rules::PixelMeasures;
 use crate::source::opencv::{OpenCvOptions, OpenCvSource, SourceKind};
 use crate::source::{Frame, FrameSource, SourceError};
 
-/// Resizing, normalising and the motion measure, with buffers reused from frame to frame.
+/// Resizing, normalising, the motion gate and the pixel measures, with buffers reused frame to frame.
 pub struct Preparer {
     spec: InputSpec,
     normalizer: Normalizer,
     resized: Mat,
-    small: Mat,
     gray: Mat,
+    thumb: Mat,
+    detail: Mat,
     gate: MotionGate,
+    meter: Option<PixelMeter>,
+}
+
+/// What [`Preparer::prepare`] found besides the tensor.
+pub struct Prepared {
+    pub gate: Gate,
+    pub pixels: Option<PixelMeasures>,
+    /// Time spent on the pixel measures (part of the preparation time).
+    pub measure: std::time::Duration,
 }
 
 impl Preparer {
-    pub fn new(spec: InputSpec, motion: MotionConfig) -> Self {
+    pub fn new(spec: InputSpec, motion: MotionConfig, meter: Option<PixelMeter>) -> Self {
         Self {
             normalizer: Normalizer::new(&spec),
             spec,
             resized: Mat::default(),
-            small: Mat::default(),
             gray: Mat::default(),
+            thumb: Mat::default(),
+            detail: Mat::default(),
             gate: MotionGate::new(motion),
+            meter,
         }
     }
 
@@ -41,44 +55,48 @@ impl Preparer {
         &self.gate
     }
 
-    /// Fills `tensor` from `frame` and decides whether the frame needs inference.
-    pub fn prepare(&mut self, frame: &Frame, tensor: &mut Vec<f32>) -> Result<Gate, String> {
+    /// Fills `tensor` from `frame`, decides whether the frame needs inference, and measures it.
+    pub fn prepare(&mut self, frame: &Frame, tensor: &mut Vec<f32>) -> Result<Prepared, String> {
         let cv = |e: opencv::Error| e.message;
         let rows = frame.height as i32;
-        let flat =
-            Mat::new_rows_cols_with_data(rows, frame.width as i32 * 3, &frame.bgr).map_err(cv)?;
+        let flat = Mat::new_rows_cols_with_data(rows, frame.width as i32 * 3, &frame.bgr).map_err(cv)?;
         let img = flat.reshape(3, rows).map_err(cv)?;
         let size = Size::new(self.spec.width as i32, self.spec.height as i32);
-        imgproc::resize(
-            &img,
-            &mut self.resized,
-            size,
-            0.0,
-            0.0,
-            imgproc::INTER_LINEAR,
-        )
-        .map_err(cv)?;
+        imgproc::resize(&img, &mut self.resized, size, 0.0, 0.0, imgproc::INTER_LINEAR).map_err(cv)?;
         tensor.resize(self.spec.tensor_len(), 0.0);
-        if !self
-            .normalizer
-            .fill(self.resized.data_bytes().map_err(cv)?, tensor)
-        {
+        if !self.normalizer.fill(self.resized.data_bytes().map_err(cv)?, tensor) {
             return Err("resized frame has an unexpected size".into());
         }
-        // The thumbnail comes from the already small model input: cheaper than from the full frame.
-        let thumb = Size::new(THUMB_WIDTH as i32, THUMB_HEIGHT as i32);
-        imgproc::resize(
-            &self.resized,
-            &mut self.small,
-            thumb,
-            0.0,
-            0.0,
-            imgproc::INTER_AREA,
-        )
-        .map_err(cv)?;
-        imgproc::cvt_color_def(&self.small, &mut self.gray, imgproc::COLOR_BGR2GRAY).map_err(cv)?;
-        let thumb = self.gray.data_bytes().map_err(cv)?;
-        Ok(self.gate.decide(thumb, frame.pts))
+        // The small grey images come from the already small model input: cheaper than from the frame.
+        imgproc::cvt_color_def(&self.resized, &mut self.gray, imgproc::COLOR_BGR2GRAY).map_err(cv)?;
+        let thumb_size = Size::new(THUMB_WIDTH as i32, THUMB_HEIGHT as i32);
+        imgproc::resize(&self.gray, &mut self.thumb, thumb_size, 0.0, 0.0, imgproc::INTER_AREA).map_err(cv)?;
+        let gate = self.gate.decide(self.thumb.data_bytes().map_err(cv)?, frame.pts);
+        let t0 = Instant::now();
+        let pixels = match self.meter.as_mut() {
+            Some(meter) => {
+                let d = DETAIL_SIZE as i32;
+                imgproc::resize(
+                    &self.gray,
+                    &mut self.detail,
+                    Size::new(d, d),
+                    0.0,
+                    0.0,
+                    imgproc::INTER_AREA,
+                )
+                .map_err(cv)?;
+                Some(meter.measure(
+                    self.thumb.data_bytes().map_err(cv)?,
+                    self.detail.data_bytes().map_err(cv)?,
+                ))
+            }
+            None => None,
+        };
+        Ok(Prepared {
+            gate,
+            pixels,
+            measure: t0.elapsed(),
+        })
     }
 }
 
@@ -87,6 +105,9 @@ pub struct OpenCvCapture {
     source: OpenCvSource,
     preparer: Preparer,
     bgr: Vec<u8>,
+    /// Analyse at most this many frames per second (the rest are decoded and dropped here).
+    detect_interval: Option<f64>,
+    next_due: f64,
 }
 
 impl OpenCvCapture {
@@ -100,16 +121,31 @@ impl OpenCvCapture {
         let source = OpenCvSource::open(SourceKind::parse(input), opts, stop)?;
         Ok(Self {
             source,
-            preparer: Preparer::new(spec, motion),
+            preparer: Preparer::new(spec, motion, None),
             bgr: Vec::new(),
+            detect_interval: None,
+            next_due: 0.0,
         })
+    }
+
+    /// Measures pixels for the rules (tamper, shelf change).
+    pub fn with_meter(mut self, meter: PixelMeter) -> Self {
+        self.preparer.meter = Some(meter);
+        self
+    }
+
+    /// Analyses at most `fps` frames per second.
+    pub fn with_detect_fps(mut self, fps: f64) -> Self {
+        // A little slack so a 10 fps file is not decimated by rounding at detect_fps = 10.
+        self.detect_interval = (fps > 0.0).then(|| 0.98 / fps);
+        self
     }
 
     pub fn source(&self) -> &OpenCvSource {
         &self.source
     }
 
-    /// Reads and prepares one frame outside a pipeline (the benchmark's pre-made inputs).
+    /// Reads and prepares one frame outside a pipeline (the benchmark's pre-made inputs, tests).
     pub fn next_prepared(&mut self) -> Result<Option<PreparedFrame>, String> {
         self.next(Vec::new())
     }
@@ -117,33 +153,48 @@ impl OpenCvCapture {
 
 impl Capture for OpenCvCapture {
     fn next(&mut self, mut tensor: Vec<f32>) -> Result<Option<PreparedFrame>, String> {
-        let t0 = Instant::now();
-        let frame = match self.source.next_frame(std::mem::take(&mut self.bgr)) {
-            Ok(Some(f)) => f,
-            Ok(None) | Err(SourceError::Stopped) => return Ok(None),
-            Err(e) => return Err(e.to_string()),
-        };
-        let t1 = Instant::now();
-        let gate = self.preparer.prepare(&frame, &mut tensor)?;
-        let preprocess = t1.elapsed();
-        let Frame {
-            seq,
-            pts,
-            width,
-            height,
-            bgr,
-        } = frame;
-        self.bgr = bgr;
-        Ok(Some(PreparedFrame {
-            seq,
-            pts,
-            width,
-            height,
-            tensor,
-            decision: gate.decision,
-            still: gate.still,
-            decode: t1 - t0,
-            preprocess,
-        }))
+        loop {
+            let t0 = Instant::now();
+            let frame = match self.source.next_frame(std::mem::take(&mut self.bgr)) {
+                Ok(Some(f)) => f,
+                Ok(None) | Err(SourceError::Stopped) => return Ok(None),
+                Err(SourceError::Unavailable { .. }) => {
+                    return Ok(Some(PreparedFrame::offline(self.source.clock(), tensor)))
+                }
+                Err(e) => return Err(e.to_string()),
+            };
+            if let Some(interval) = self.detect_interval {
+                if frame.pts < self.next_due {
+                    self.bgr = frame.bgr;
+                    continue;
+                }
+                self.next_due = frame.pts + interval;
+            }
+            let t1 = Instant::now();
+            let prepared = self.preparer.prepare(&frame, &mut tensor)?;
+            let preprocess = t1.elapsed().saturating_sub(prepared.measure);
+            let Frame {
+                seq,
+                pts,
+                width,
+                height,
+                bgr,
+            } = frame;
+            self.bgr = bgr;
+            return Ok(Some(PreparedFrame {
+                seq,
+                pts,
+                width,
+                height,
+                tensor,
+                decision: prepared.gate.decision,
+                still: prepared.gate.still,
+                online: true,
+                pixels: prepared.pixels,
+                decode: t1 - t0,
+                preprocess,
+                measure: prepared.measure,
+            }));
+        }
     }
 }

@@ -134,8 +134,7 @@ impl ScheduleConfig {
     /// The schedule, or every problem with it as (field, message).
     pub fn compile(&self) -> Result<Schedule, Vec<(FieldPath, String)>> {
         let mut problems = Vec::new();
-        let tz = Schedule::parse_tz(&self.timezone)
-            .map_err(|e| problems.push((path(&["schedule", "timezone"]), e)));
+        let tz = Schedule::parse_tz(&self.timezone).map_err(|e| problems.push((path(&["schedule", "timezone"]), e)));
         let configured = self.days().iter().any(|d| d.is_some());
         let mut days: [Vec<(u32, u32)>; 7] = Default::default();
         for (i, day) in self.days().iter().enumerate() {
@@ -277,8 +276,8 @@ impl Default for RuntimeConfig {
 
 /// The execution providers lpmesh knows by name.
 pub const EXECUTION_PROVIDERS: &[&str] = &[
-    "cpu", "cuda", "tensorrt", "openvino", "qnn", "rknpu", "nnapi", "xnnpack", "acl", "vsinpu",
-    "rocm", "migraphx", "onednn", "cann", "vitis",
+    "cpu", "cuda", "tensorrt", "openvino", "qnn", "rknpu", "nnapi", "xnnpack", "acl", "vsinpu", "rocm", "migraphx",
+    "onednn", "cann", "vitis",
 ];
 
 impl RuntimeConfig {
@@ -495,11 +494,7 @@ impl Reader<'_> {
                     (None, Some(f)) => at.dotted(&f),
                     (None, None) => at,
                 };
-                let message = if missing {
-                    format!("{first} (required)")
-                } else {
-                    first
-                };
+                let message = if missing { format!("{first} (required)") } else { first };
                 self.problem(at, message);
                 None
             }
@@ -624,9 +619,7 @@ impl NodeConfig {
         } else {
             // In file order, so the list reads top to bottom.
             r.problems.sort_by_key(|p| p.line.unwrap_or(usize::MAX));
-            Err(ConfigError::Invalid {
-                problems: r.problems,
-            })
+            Err(ConfigError::Invalid { problems: r.problems })
         }
     }
 
@@ -650,26 +643,10 @@ impl NodeConfig {
             path(&["detector", "score_threshold"]),
             self.detector.score_threshold,
         );
-        unit(
-            &mut p,
-            path(&["detector", "nms_iou"]),
-            self.detector.nms_iou,
-        );
-        unit(
-            &mut p,
-            path(&["tracker", "low_score"]),
-            self.tracker.low_score,
-        );
-        unit(
-            &mut p,
-            path(&["tracker", "match_iou"]),
-            self.tracker.match_iou,
-        );
-        unit(
-            &mut p,
-            path(&["tracker", "low_match_iou"]),
-            self.tracker.low_match_iou,
-        );
+        unit(&mut p, path(&["detector", "nms_iou"]), self.detector.nms_iou);
+        unit(&mut p, path(&["tracker", "low_score"]), self.tracker.low_score);
+        unit(&mut p, path(&["tracker", "match_iou"]), self.tracker.match_iou);
+        unit(&mut p, path(&["tracker", "low_match_iou"]), self.tracker.low_match_iou);
         unit(
             &mut p,
             path(&["motion", "min_changed_fraction"]),
@@ -688,16 +665,10 @@ impl NodeConfig {
             p.push((path(&["tracker", "min_hits"]), "must be at least 1".into()));
         }
         if self.tracker.max_lost_secs.is_nan() || self.tracker.max_lost_secs < 0.0 {
-            p.push((
-                path(&["tracker", "max_lost_secs"]),
-                "must be zero or more".into(),
-            ));
+            p.push((path(&["tracker", "max_lost_secs"]), "must be zero or more".into()));
         }
         if self.motion.max_skip_secs.is_nan() || self.motion.max_skip_secs <= 0.0 {
-            p.push((
-                path(&["motion", "max_skip_secs"]),
-                "must be more than zero".into(),
-            ));
+            p.push((path(&["motion", "max_skip_secs"]), "must be more than zero".into()));
         }
         for (i, ep) in self.runtime.execution_providers.iter().enumerate() {
             if !EXECUTION_PROVIDERS.contains(&ep.to_ascii_lowercase().as_str()) {
@@ -712,21 +683,9 @@ impl NodeConfig {
         }
         let r = &self.rules;
         unit(&mut p, path(&["rules", "hysteresis"]), r.hysteresis);
-        unit(
-            &mut p,
-            path(&["rules", "shelf_min_overlap"]),
-            r.shelf_min_overlap,
-        );
-        unit(
-            &mut p,
-            path(&["rules", "sweep_min_changed"]),
-            r.sweep_min_changed,
-        );
-        unit(
-            &mut p,
-            path(&["rules", "tamper_blur_ratio"]),
-            r.tamper_blur_ratio,
-        );
+        unit(&mut p, path(&["rules", "shelf_min_overlap"]), r.shelf_min_overlap);
+        unit(&mut p, path(&["rules", "sweep_min_changed"]), r.sweep_min_changed);
+        unit(&mut p, path(&["rules", "tamper_blur_ratio"]), r.tamper_blur_ratio);
         unit(
             &mut p,
             path(&["rules", "tamper_min_similarity"]),
@@ -745,10 +704,7 @@ impl NodeConfig {
             ("offline_secs", r.offline_secs),
         ] {
             if v.is_nan() || v < 0.0 {
-                p.push((
-                    path(&["rules", key]),
-                    format!("must be zero or more seconds, got {v}"),
-                ));
+                p.push((path(&["rules", key]), format!("must be zero or more seconds, got {v}")));
             }
         }
         if r.crowding_min_people < 2 {
@@ -791,10 +747,7 @@ impl NodeConfig {
                 } else if !names.insert(z.name.as_str()) {
                     p.push((
                         zat.clone().key("name"),
-                        format!(
-                            "{:?} is already the name of a zone or line of this camera",
-                            z.name
-                        ),
+                        format!("{:?} is already the name of a zone or line of this camera", z.name),
                     ));
                 }
                 if z.polygon.len() < 3 {
@@ -817,20 +770,20 @@ impl NodeConfig {
                 } else if !names.insert(l.name.as_str()) {
                     p.push((
                         lat.clone().key("name"),
-                        format!(
-                            "{:?} is already the name of a zone or line of this camera",
-                            l.name
-                        ),
+                        format!("{:?} is already the name of a zone or line of this camera", l.name),
                     ));
                 }
                 let ok_from = check_point(&mut p, lat.clone().key("from"), &l.from);
                 let ok_to = check_point(&mut p, lat.clone().key("to"), &l.to);
                 if ok_from
                     && ok_to
-                    && CountingLine::new([l.from[0], l.from[1]], [l.to[0], l.to[1]], l.in_heading)
-                        .is_none()
+                    && CountingLine::new([l.from[0], l.from[1]], [l.to[0], l.to[1]], l.in_heading).is_none()
                 {
-                    p.push((lat.clone().key("in"), "the line is too short, or runs along the `in` heading (it could never be crossed that way)".into()));
+                    p.push((
+                        lat.clone().key("in"),
+                        "the line is too short, or runs along the `in` heading (it could never be crossed that way)"
+                            .into(),
+                    ));
                 }
             }
             for (ri, o) in cam.rules.iter().enumerate() {
@@ -840,11 +793,7 @@ impl NodeConfig {
                         let known: Vec<&str> = cam.zones.iter().map(|z| z.name.as_str()).collect();
                         p.push((
                             rat.clone().key("zone"),
-                            format!(
-                                "no zone {z:?} on camera {:?} (zones: {})",
-                                cam.name,
-                                known.join(", ")
-                            ),
+                            format!("no zone {z:?} on camera {:?} (zones: {})", cam.name, known.join(", ")),
                         ));
                     }
                     if !ZONE_KINDS.contains(&o.kind) {
@@ -854,9 +803,7 @@ impl NodeConfig {
                         ));
                     }
                 }
-                if o.secs.is_some()
-                    && !matches!(o.kind, EventKind::Loitering | EventKind::ShelfInteraction)
-                {
+                if o.secs.is_some() && !matches!(o.kind, EventKind::Loitering | EventKind::ShelfInteraction) {
                     p.push((
                         rat.clone().key("secs"),
                         format!("{} has no duration threshold", o.kind.as_str()),
@@ -872,10 +819,7 @@ impl NodeConfig {
                     ));
                 }
                 if o.people.is_some_and(|n| n < 2) {
-                    p.push((
-                        rat.clone().key("people"),
-                        "a crowd is at least 2 people".into(),
-                    ));
+                    p.push((rat.clone().key("people"), "a crowd is at least 2 people".into()));
                 }
             }
         }
@@ -914,11 +858,7 @@ impl NodeConfig {
         // Later overrides win; a zone-specific one is listed after a camera-wide one by convention,
         // but specificity decides regardless of order.
         let pick = |kind: EventKind, zone: Option<&str>| -> Vec<&RuleOverride> {
-            let mut v: Vec<&RuleOverride> = cam
-                .rules
-                .iter()
-                .filter(|o| applies(o, kind, zone))
-                .collect();
+            let mut v: Vec<&RuleOverride> = cam.rules.iter().filter(|o| applies(o, kind, zone)).collect();
             v.sort_by_key(|o| o.zone.is_some());
             v
         };
@@ -970,12 +910,10 @@ impl NodeConfig {
             .lines
             .iter()
             .filter_map(|l| {
-                CountingLine::new([l.from[0], l.from[1]], [l.to[0], l.to[1]], l.in_heading).map(
-                    |line| LineSpec {
-                        name: l.name.clone(),
-                        line,
-                    },
-                )
+                CountingLine::new([l.from[0], l.from[1]], [l.to[0], l.to[1]], l.in_heading).map(|line| LineSpec {
+                    name: l.name.clone(),
+                    line,
+                })
             })
             .collect();
         let mut settings = self.rules.clone();
@@ -1096,10 +1034,9 @@ mod tests {
 
     fn problems(text: &str) -> Vec<(Option<usize>, Option<String>, String)> {
         match parse(text) {
-            Err(ConfigError::Invalid { problems }) => problems
-                .into_iter()
-                .map(|p| (p.line, p.field, p.message))
-                .collect(),
+            Err(ConfigError::Invalid { problems }) => {
+                problems.into_iter().map(|p| (p.line, p.field, p.message)).collect()
+            }
             other => panic!("expected problems, got {other:?}"),
         }
     }
@@ -1129,10 +1066,7 @@ mod tests {
         };
         assert_eq!(problems.len(), 1);
         assert_eq!(problems[0].line, Some(5));
-        assert_eq!(
-            problems[0].field.as_deref(),
-            Some("detector.score_treshold")
-        );
+        assert_eq!(problems[0].field.as_deref(), Some("detector.score_treshold"));
         assert!(
             problems[0]
                 .to_string()
@@ -1148,14 +1082,8 @@ mod tests {
             "{HEAD}[motion]\nenabled = \"yes\"\n[tracker]\nmin_hits = \"three\"\n"
         ));
         assert_eq!(p.len(), 2, "{p:?}");
-        assert_eq!(
-            (p[0].0, p[0].1.as_deref()),
-            (Some(4), Some("motion.enabled"))
-        );
-        assert_eq!(
-            (p[1].0, p[1].1.as_deref()),
-            (Some(6), Some("tracker.min_hits"))
-        );
+        assert_eq!((p[0].0, p[0].1.as_deref()), (Some(4), Some("motion.enabled")));
+        assert_eq!((p[1].0, p[1].1.as_deref()), (Some(6), Some("tracker.min_hits")));
     }
 
     #[test]
@@ -1207,10 +1135,7 @@ to = [0.9, 0.5]
 in = "left"
 "#;
         let p = problems(text);
-        let got: Vec<(Option<usize>, &str)> = p
-            .iter()
-            .map(|p| (p.0, p.1.as_deref().unwrap_or("")))
-            .collect();
+        let got: Vec<(Option<usize>, &str)> = p.iter().map(|p| (p.0, p.1.as_deref().unwrap_or(""))).collect();
         assert_eq!(
             got,
             vec![
@@ -1286,10 +1211,7 @@ enabled = false
             spec.zones[1].loiter_secs, None,
             "no loitering at the checkout by default"
         );
-        assert_eq!(
-            spec.settings.severity_of(EventKind::Crowding),
-            Severity::High
-        );
+        assert_eq!(spec.settings.severity_of(EventKind::Crowding), Severity::High);
         assert_eq!(spec.disabled, vec![EventKind::LineCrossing]);
         assert_eq!(cfg.rules.loitering_secs, 90.0);
     }

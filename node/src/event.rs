@@ -56,9 +56,7 @@ impl EventKind {
         match self {
             EventKind::LineCrossing | EventKind::ShelfInteraction => Severity::Info,
             EventKind::Loitering => Severity::Low,
-            EventKind::RestrictedEntry | EventKind::Crowding | EventKind::CameraOffline => {
-                Severity::Medium
-            }
+            EventKind::RestrictedEntry | EventKind::Crowding | EventKind::CameraOffline => Severity::Medium,
             EventKind::ShelfSweep
             | EventKind::ExitWithoutCheckout
             | EventKind::AfterHours

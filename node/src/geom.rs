@@ -95,17 +95,11 @@ mod tests {
         // Overlap 5x10 = 50, union 150.
         let b = BBox::new(5.0, 0.0, 15.0, 10.0);
         assert!((a.iou(&b) - 50.0 / 150.0).abs() < 1e-6);
-        assert_eq!(
-            BBox::new(1.0, 1.0, 1.0, 1.0).iou(&BBox::new(1.0, 1.0, 1.0, 1.0)),
-            0.0
-        );
+        assert_eq!(BBox::new(1.0, 1.0, 1.0, 1.0).iou(&BBox::new(1.0, 1.0, 1.0, 1.0)), 0.0);
     }
 
     #[test]
     fn bottom_center_is_the_feet() {
-        assert_eq!(
-            BBox::new(10.0, 20.0, 30.0, 100.0).bottom_center(),
-            (20.0, 100.0)
-        );
+        assert_eq!(BBox::new(10.0, 20.0, 30.0, 100.0).bottom_center(), (20.0, 100.0));
     }
 }

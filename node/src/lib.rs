@@ -10,11 +10,15 @@
 //! - [`motion`]: the motion gate that skips inference on still scenes.
 //! - [`pipeline`]: the two-thread capture/analysis loop with its bounded queue and stats.
 //! - [`config`]: the node's TOML configuration and its checks.
+//! - [`zone`], [`schedule`], [`event`], [`rules`]: zones and lines, opening hours, loss-prevention
+//!   events, and the rules engine that turns tracks and pixel measures into events.
+//! - [`measure`]: the pixel measures (tamper, shelf change) computed on small grey images.
 //! - [`source`]: the [`source::FrameSource`] trait and reconnect backoff.
 //!
 //! Behind the default `vision` feature (OpenCV and ONNX Runtime):
 //! - `source::opencv`: files, streams and devices through OpenCV.
-//! - `capture`: resize/normalise/thumbnail on the capture thread.
+//! - `capture`: resize/normalise/thumbnail/pixel measures on the capture thread.
+//! - `camera`: one camera assembled from the configuration (source, detector, tracker, rules).
 //! - `detect::onnx`: loading ONNX Runtime and the NanoDet detector.
 //! - `bench`: `lpmesh bench pipeline`.
 //!
@@ -24,11 +28,14 @@ pub mod assign;
 #[cfg(feature = "vision")]
 pub mod bench;
 #[cfg(feature = "vision")]
+pub mod camera;
+#[cfg(feature = "vision")]
 pub mod capture;
 pub mod config;
 pub mod detect;
 pub mod event;
 pub mod geom;
+pub mod measure;
 pub mod motion;
 pub mod output;
 pub mod pipeline;

@@ -29,52 +29,62 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Detect and track people in a video file or camera URL; one record per tracked person per frame.
+    /// Detect and track people in a video file or camera URL; one record per tracked person per frame,
+    /// or the loss-prevention events with `--format events`.
     #[cfg(feature = "vision")]
-    Detect {
-        /// A video file, an rtsp:// or http:// URL, or a device (/dev/video0 or 0).
-        video: String,
-        /// Node configuration (TOML); defaults apply without one.
-        #[arg(long)]
-        config: Option<PathBuf>,
-        #[arg(long, value_enum, default_value = "jsonl")]
-        format: Format,
-        /// Stop after this many frames.
-        #[arg(long)]
-        max_frames: Option<u64>,
-        /// Pace a file at its frame rate, as a live camera would deliver it (drops frames when behind).
-        #[arg(long)]
-        realtime: bool,
-        /// Start a file again when it ends.
-        #[arg(long = "loop")]
-        looping: bool,
-        /// Write records here instead of stdout.
-        #[arg(long, short)]
-        output: Option<PathBuf>,
-        /// ONNX model (overrides the configuration).
-        #[arg(long)]
-        model: Option<PathBuf>,
-    },
+    Detect(DetectArgs),
     /// Benchmarks.
     #[cfg(feature = "vision")]
     Bench {
         #[command(subcommand)]
         what: BenchWhat,
     },
-    /// Watch people being detected and tracked live on the demo footage.
+    /// Watch people being detected and tracked, and events raised, live on the demo footage.
     #[cfg(feature = "vision")]
     Demo {
-        /// Video to play (default: vtest.avi from the cache, installed by scripts/setup.sh).
+        /// Node configuration with the demo camera's zones (default: config/demo/store.toml).
         #[arg(long)]
-        video: Option<PathBuf>,
+        config: Option<PathBuf>,
         /// Stop after this many seconds (default: play the video once).
         #[arg(long)]
         duration: Option<f64>,
-        #[arg(long)]
-        config: Option<PathBuf>,
     },
     /// Check a configuration file without opening cameras or models; exit code 0 only when valid.
     Validate { file: PathBuf },
+}
+
+#[cfg(feature = "vision")]
+#[derive(clap::Args)]
+struct DetectArgs {
+    /// A video file, an rtsp:// or http:// URL, or a device (/dev/video0 or 0).
+    video: String,
+    /// Node configuration (TOML); defaults apply without one.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// The camera of the configuration whose zones and rules apply (default: the first one).
+    #[arg(long)]
+    camera: Option<String>,
+    #[arg(long, value_enum, default_value = "jsonl")]
+    format: Format,
+    /// Stop after this many frames.
+    #[arg(long)]
+    max_frames: Option<u64>,
+    /// Pace a file at its frame rate, as a live camera would deliver it (drops frames when behind).
+    #[arg(long)]
+    realtime: bool,
+    /// Start a file again when it ends.
+    #[arg(long = "loop")]
+    looping: bool,
+    /// Write records here instead of stdout.
+    #[arg(long, short)]
+    output: Option<PathBuf>,
+    /// ONNX model (overrides the configuration).
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Wall-clock time of the video's first frame, RFC 3339 (default: now). Events of a file then have
+    /// the same times on every run.
+    #[arg(long)]
+    clock_start: Option<String>,
 }
 
 #[cfg(feature = "vision")]
@@ -120,25 +130,7 @@ fn init_logging(level: &str) {
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         #[cfg(feature = "vision")]
-        Command::Detect {
-            video,
-            config,
-            format,
-            max_frames,
-            realtime,
-            looping,
-            output,
-            model,
-        } => vision::detect(
-            &video,
-            config.as_deref(),
-            format,
-            max_frames,
-            realtime,
-            looping,
-            output.as_deref(),
-            model,
-        ),
+        Command::Detect(args) => vision::detect(args),
         #[cfg(feature = "vision")]
         Command::Bench {
             what:
@@ -151,11 +143,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 },
         } => vision::bench(video, frames, json, config.as_deref(), model),
         #[cfg(feature = "vision")]
-        Command::Demo {
-            video,
-            duration,
-            config,
-        } => vision::demo(video, duration, config.as_deref()),
+        Command::Demo { config, duration } => vision::demo(config, duration),
         Command::Validate { file } => match NodeConfig::load(&file) {
             Ok(_) => {
                 println!("{}: valid", file.display());
@@ -195,25 +183,17 @@ fn stop_flag() -> Arc<AtomicBool> {
 mod vision {
     use super::*;
     use lpmesh_node::bench::bench_pipeline;
-    use lpmesh_node::capture::OpenCvCapture;
-    use lpmesh_node::detect::onnx::{OnnxDetector, OnnxOptions};
-    use lpmesh_node::detect::Detector;
-    use lpmesh_node::pipeline::{peak_rss_mb, run, Analyzer, PipelineStats, RunOptions};
+    use lpmesh_node::camera::{load_detector, open_camera, resolve_source};
+    use lpmesh_node::config::CameraConfig;
+    use lpmesh_node::event::{Event, Phase};
+    use lpmesh_node::pipeline::{peak_rss_mb, run, PipelineStats, RunOptions};
     use lpmesh_node::source::opencv::{OpenCvOptions, SourceKind};
     use lpmesh_node::source::FrameSource;
     use std::collections::HashSet;
 
-    fn detector(cfg: &NodeConfig, model: &Path) -> Result<Box<dyn Detector>> {
-        let opts = OnnxOptions {
-            score_threshold: cfg.decode_threshold(),
-            nms_iou: cfg.detector.nms_iou,
-        };
-        Ok(Box::new(OnnxDetector::load(model, &cfg.runtime, &opts)?))
-    }
-
     fn summary(stats: &PipelineStats) -> String {
         format!(
-            "{} frames in {:.1} s ({:.1} frames/s): {} inferred, {} skipped by the motion gate, {} dropped; {} track ids; peak memory {:.0} MB",
+            "{} frames in {:.1} s ({:.1} frames/s): {} inferred, {} skipped by the motion gate, {} dropped; {} track ids; {} events; peak memory {:.0} MB",
             stats.frames,
             stats.wall.as_secs_f64(),
             stats.fps(),
@@ -221,57 +201,81 @@ mod vision {
             stats.skipped_by_motion,
             stats.dropped,
             stats.ids_issued,
+            stats.events,
             peak_rss_mb().unwrap_or(0.0)
         )
     }
 
-    #[allow(clippy::too_many_arguments)]
-    pub fn detect(
-        video: &str,
-        config: Option<&Path>,
-        format: Format,
-        max_frames: Option<u64>,
-        realtime: bool,
-        looping: bool,
-        output: Option<&Path>,
-        model: Option<PathBuf>,
-    ) -> Result<ExitCode> {
-        let cfg = load_config(config)?;
-        let model = model_path(model, &cfg);
-        let det = detector(&cfg, &model)?;
+    fn pick_camera<'c>(cfg: &'c NodeConfig, name: Option<&str>) -> Result<Option<&'c CameraConfig>> {
+        match name {
+            Some(n) => match cfg.camera(n) {
+                Some(c) => Ok(Some(c)),
+                None => bail!(
+                    "no camera {n:?} in the configuration (cameras: {})",
+                    cfg.cameras
+                        .iter()
+                        .map(|c| c.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            },
+            None => Ok(cfg.cameras.first()),
+        }
+    }
+
+    fn clock_start(arg: Option<&str>) -> Result<i64> {
+        match arg {
+            Some(s) => Ok(chrono::DateTime::parse_from_rfc3339(s)
+                .with_context(|| format!("--clock-start {s:?} is not an RFC 3339 time like 2026-11-24T10:00:00Z"))?
+                .timestamp_millis()),
+            None => Ok(chrono::Utc::now().timestamp_millis()),
+        }
+    }
+
+    pub fn detect(a: DetectArgs) -> Result<ExitCode> {
+        let cfg = load_config(a.config.as_deref())?;
+        let cam = pick_camera(&cfg, a.camera.as_deref())?;
+        if a.format == Format::Events && cam.is_none() {
+            bail!("--format events needs --config with a [[camera]] whose zones and rules apply");
+        }
+        let model = model_path(a.model, &cfg);
+        let det = load_detector(&cfg, &model)?;
         let stop = stop_flag();
-        let live = realtime || SourceKind::parse(video).is_live();
-        let capture = OpenCvCapture::open(
-            video,
-            OpenCvOptions { realtime, looping },
-            det.input_spec().clone(),
-            cfg.motion.clone(),
+        let live = a.realtime || SourceKind::parse(&a.video).is_live();
+        let (capture, mut analyzer) = open_camera(
+            &cfg,
+            cam,
+            &a.video,
+            OpenCvOptions {
+                realtime: a.realtime,
+                looping: a.looping,
+            },
+            Box::new(det),
+            clock_start(a.clock_start.as_deref())?,
             stop.clone(),
         )?;
         let total = capture.source().frame_count();
-        let mut out: Box<dyn Write> = match output {
+        let mut out: Box<dyn Write> = match &a.output {
             Some(p) => Box::new(BufWriter::new(
-                std::fs::File::create(p)
-                    .with_context(|| format!("cannot create {}", p.display()))?,
+                std::fs::File::create(p).with_context(|| format!("cannot create {}", p.display()))?,
             )),
             None => Box::new(BufWriter::new(std::io::stdout().lock())),
         };
-        let bar = (std::io::stderr().is_terminal() && !realtime).then(|| {
-            let len = max_frames.or(total).unwrap_or(0);
-            let bar = indicatif::ProgressBar::new(len);
+        let bar = (std::io::stderr().is_terminal() && !a.realtime).then(|| {
+            let bar = indicatif::ProgressBar::new(a.max_frames.or(total).unwrap_or(0));
             bar.set_style(
-                indicatif::ProgressStyle::with_template(
-                    "{bar:40} {pos}/{len} frames  {per_sec}  eta {eta}",
-                )
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+                indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} frames  {per_sec}  eta {eta}")
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
             );
             bar
         });
-        let mut analyzer = Analyzer::new(det, cfg.tracker_config());
-        let opts = RunOptions { max_frames, live };
+        let opts = RunOptions {
+            max_frames: a.max_frames,
+            live,
+        };
         let stats = run(capture, &mut analyzer, &opts, &stop, |r| {
-            write_frame(&mut out, format, r).map_err(|e| e.to_string())?;
-            if realtime {
+            write_frame(&mut out, a.format, r).map_err(|e| e.to_string())?;
+            if a.realtime || !r.events.is_empty() && live {
                 // A reader following live output must not wait for a buffer to fill.
                 out.flush().map_err(|e| e.to_string())?;
             }
@@ -314,54 +318,94 @@ mod vision {
                 r.threads
             );
             println!("model alone    {:7.1} frames/s", r.model_fps);
+            println!("whole pipeline {:7.1} frames/s   ratio {:.3}", r.pipeline_fps, r.ratio);
             println!(
-                "whole pipeline {:7.1} frames/s   ratio {:.3}",
-                r.pipeline_fps, r.ratio
+                "stages (ms/frame): decode {:.2}  preprocess {:.2}  infer {:.2}  postprocess+nms {:.3}  track {:.3}  pixel measures {:.3}  rules {:.3}",
+                s.decode, s.preprocess, s.infer, s.postprocess, s.track, s.measure, s.rules
             );
             println!(
-                "stages (ms/frame): decode {:.2}  preprocess {:.2}  infer {:.2}  postprocess+nms {:.3}  track {:.3}",
-                s.decode, s.preprocess, s.infer, s.postprocess, s.track
-            );
-            println!(
-                "people/frame {:.2}   track ids {}   motion gate would skip {} of {} frames",
-                r.mean_people_per_frame, r.track_ids, r.motion_would_skip, r.frames
+                "people/frame {:.2}   track ids {}   events {}   motion gate would skip {} of {} frames",
+                r.mean_people_per_frame, r.track_ids, r.events, r.motion_would_skip, r.frames
             );
             println!("peak memory {:.0} MB", r.peak_rss_mb);
         }
         Ok(ExitCode::SUCCESS)
     }
 
-    pub fn demo(
-        video: Option<PathBuf>,
-        duration: Option<f64>,
-        config: Option<&Path>,
-    ) -> Result<ExitCode> {
-        let cfg = load_config(config)?;
-        let model = model_path(None, &cfg);
-        let video = video.unwrap_or_else(default_footage_path);
-        if !video.exists() {
-            bail!(
-                "demo footage {} not found; run scripts/setup.sh to install it",
-                video.display()
-            );
+    fn describe(e: &Event, at: &str) -> String {
+        let what = e.kind.as_str().replace('_', " ");
+        let zone = e.zone.as_deref().map(|z| format!(" in {z}")).unwrap_or_default();
+        let who = e.track.map(|t| format!(" (person #{t})")).unwrap_or_default();
+        let mut extra = Vec::new();
+        if let Some(d) = e.detail.dwell_secs {
+            extra.push(format!("{d:.0} s"));
         }
-        let det = detector(&cfg, &model)?;
+        if let Some(n) = e.detail.people {
+            extra.push(format!("{n} people"));
+        }
+        if let (Some(l), Some(d)) = (&e.detail.line, e.detail.direction) {
+            extra.push(format!(
+                "{l} {}",
+                serde_json::to_value(d)
+                    .ok()
+                    .and_then(|v| v.as_str().map(String::from))
+                    .unwrap_or_default()
+            ));
+        }
+        if let Some(r) = e.detail.reason {
+            extra.push(format!("{r:?}").to_lowercase());
+        }
+        let extra = if extra.is_empty() {
+            String::new()
+        } else {
+            format!(" [{}]", extra.join(", "))
+        };
+        let phase = match e.phase {
+            Phase::Start => "started",
+            Phase::Update => "continues",
+            Phase::End => "ended",
+            Phase::Instant => "",
+        };
+        format!(
+            "[{at}] {:>6} {what} {phase}{zone}{who}{extra}",
+            format!("{:?}", e.severity).to_uppercase()
+        )
+    }
+
+    pub fn demo(config: Option<PathBuf>, duration: Option<f64>) -> Result<ExitCode> {
+        let config = config.unwrap_or_else(|| PathBuf::from("config/demo/store.toml"));
+        let cfg = NodeConfig::load(&config)?;
+        let cam = cfg
+            .cameras
+            .first()
+            .with_context(|| format!("{} has no [[camera]]", config.display()))?;
+        let video = resolve_source(&cam.source);
+        if !Path::new(&video).exists() && !SourceKind::parse(&video).is_live() {
+            bail!("demo footage {video} not found; run scripts/setup.sh to install it");
+        }
+        let model = model_path(None, &cfg);
+        let det = load_detector(&cfg, &model)?;
         let stop = stop_flag();
-        let capture = OpenCvCapture::open(
-            &video.to_string_lossy(),
+        let (capture, mut analyzer) = open_camera(
+            &cfg,
+            Some(cam),
+            &video,
             OpenCvOptions {
                 realtime: true,
-                looping: duration.is_some(),
+                looping: duration.is_some() || cam.looping,
             },
-            det.input_spec().clone(),
-            cfg.motion.clone(),
+            Box::new(det),
+            chrono::Utc::now().timestamp_millis(),
             stop.clone(),
         )?;
         println!(
-            "lpmesh demo: detecting and tracking people in {} in real time (Ctrl-C to stop)",
-            video.display()
+            "lpmesh demo: store {}, node {}, camera {} ({} zones, {} lines) on {video}, in real time (Ctrl-C to stop)",
+            cfg.store,
+            cfg.node,
+            cam.name,
+            cam.zones.len(),
+            cam.lines.len()
         );
-        let mut analyzer = Analyzer::new(det, cfg.tracker_config());
         let mut announced: HashSet<u64> = HashSet::new();
         let mut next_status = 0.0;
         let opts = RunOptions {
@@ -372,40 +416,28 @@ mod vision {
         let stats = run(capture, &mut analyzer, &opts, &stop, |r| {
             let at = clock(r.pts);
             let mut lines = Vec::new();
-            for p in r
-                .people
-                .iter()
-                .filter(|p| p.visible && !announced.contains(&p.id))
-            {
+            for p in r.people.iter().filter(|p| p.visible && !announced.contains(&p.id)) {
                 let (x, y) = p.bbox.bottom_center();
                 lines.push(format!(
-                    "[{at}] person #{} appeared at ({:.2}, {:.2})",
+                    "[{at}]        person #{} appeared at ({:.2}, {:.2})",
                     p.id,
-                    x / r.width as f32,
-                    y / r.height as f32
+                    x / r.width.max(1) as f32,
+                    y / r.height.max(1) as f32
                 ));
             }
             announced.extend(r.people.iter().filter(|p| p.visible).map(|p| p.id));
-            for p in r.ended {
-                lines.push(format!(
-                    "[{at}] person #{} left after {:.1} s in view",
-                    p.id,
-                    p.last_seen - p.first_seen
-                ));
+            for e in r.events {
+                lines.push(describe(e, &at));
             }
             if r.pts >= next_status {
-                next_status = r.pts + 5.0;
+                next_status = r.pts + 10.0;
                 let ids: Vec<String> = r
                     .people
                     .iter()
                     .filter(|p| p.visible)
                     .map(|p| format!("#{}", p.id))
                     .collect();
-                lines.push(format!(
-                    "[{at}] in view: {} people {}",
-                    ids.len(),
-                    ids.join(" ")
-                ));
+                lines.push(format!("[{at}]        in view: {} people {}", ids.len(), ids.join(" ")));
             }
             for l in lines {
                 writeln!(stdout, "{l}").map_err(|e| e.to_string())?;

@@ -92,9 +92,7 @@ impl MotionGate {
             .filter(|(a, b)| a.abs_diff(**b) > t)
             .count();
         let fraction = changed as f32 / thumb.len() as f32;
-        let overdue = self
-            .last_infer
-            .is_none_or(|l| now - l >= self.cfg.max_skip_secs);
+        let overdue = self.last_infer.is_none_or(|l| now - l >= self.cfg.max_skip_secs);
         if fraction >= self.cfg.min_changed_fraction || overdue {
             self.refresh(thumb, now);
             return infer(fraction);
@@ -184,12 +182,7 @@ mod tests {
         }
         assert_eq!(
             decisions,
-            vec![
-                Decision::Skip,
-                Decision::Skip,
-                Decision::Skip,
-                Decision::Infer
-            ]
+            vec![Decision::Skip, Decision::Skip, Decision::Skip, Decision::Infer]
         );
     }
 

@@ -12,6 +12,8 @@ pub enum Format {
     Jsonl,
     /// MOTChallenge: `frame,id,x,y,w,h,score,-1,-1,-1`, frames from 1, pixels.
     Mot,
+    /// Loss-prevention events as JSON lines, as they start, update and end (needs zones in --config).
+    Events,
 }
 
 #[derive(Serialize)]
@@ -32,11 +34,14 @@ fn round(v: f32, places: i32) -> f32 {
 }
 
 /// Writes the people *seen* in this frame (predictions during a miss are not detections).
-pub fn write_frame(
-    out: &mut dyn Write,
-    format: Format,
-    r: &FrameResult<'_>,
-) -> std::io::Result<()> {
+pub fn write_frame(out: &mut dyn Write, format: Format, r: &FrameResult<'_>) -> std::io::Result<()> {
+    if format == Format::Events {
+        for e in r.events {
+            serde_json::to_writer(&mut *out, e)?;
+            out.write_all(b"\n")?;
+        }
+        return Ok(());
+    }
     for p in r.people.iter().filter(|p| p.visible) {
         let b = p.bbox;
         let (x, y, w, h) = (b.x1, b.y1, b.width(), b.height());
@@ -46,6 +51,7 @@ pub fn write_frame(
                 "{},{},{:.2},{:.2},{:.2},{:.2},{:.4},-1,-1,-1",
                 r.seq, p.id, x, y, w, h, p.score
             )?,
+            Format::Events => {}
             Format::Jsonl => {
                 let fw = r.width.max(1) as f32;
                 let fh = r.height.max(1) as f32;
@@ -54,12 +60,7 @@ pub fn write_frame(
                     time_s: (r.pts * 1000.0).round() / 1000.0,
                     id: p.id,
                     bbox: [round(x, 1), round(y, 1), round(w, 1), round(h, 1)],
-                    bbox_norm: [
-                        round(x / fw, 4),
-                        round(y / fh, 4),
-                        round(w / fw, 4),
-                        round(h / fh, 4),
-                    ],
+                    bbox_norm: [round(x / fw, 4), round(y / fh, 4), round(w / fw, 4), round(h / fh, 4)],
                     score: round(p.score, 4),
                 };
                 serde_json::to_writer(&mut *out, &rec)?;
@@ -98,6 +99,8 @@ mod tests {
             inferred: true,
             people: &people,
             ended: &[],
+            events: &[],
+            online: true,
         };
         let mut mot = Vec::new();
         write_frame(&mut mot, Format::Mot, &r).unwrap();

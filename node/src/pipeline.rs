@@ -18,7 +18,9 @@ use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
 use serde::Serialize;
 
 use crate::detect::{DetectError, Detection, Detector};
+use crate::event::Event;
 use crate::motion::Decision;
+use crate::rules::{CameraRules, Observation, PixelMeasures};
 use crate::track::{TrackedPerson, Tracker, TrackerConfig};
 
 /// Frames waiting between capture and analysis.
@@ -37,8 +39,32 @@ pub struct PreparedFrame {
     pub decision: Decision,
     /// The motion gate judged the scene still (skipped or not).
     pub still: bool,
+    /// False for a heartbeat sent while the camera delivers nothing (no tensor, no pixels).
+    pub online: bool,
+    pub pixels: Option<PixelMeasures>,
     pub decode: Duration,
     pub preprocess: Duration,
+    pub measure: Duration,
+}
+
+impl PreparedFrame {
+    /// A heartbeat for a camera that is not delivering frames, so time-based rules still run.
+    pub fn offline(pts: f64, tensor: Vec<f32>) -> Self {
+        Self {
+            seq: 0,
+            pts,
+            width: 0,
+            height: 0,
+            tensor,
+            decision: Decision::Skip,
+            still: false,
+            online: false,
+            pixels: None,
+            decode: Duration::ZERO,
+            preprocess: Duration::ZERO,
+            measure: Duration::ZERO,
+        }
+    }
 }
 
 /// What the sink sees for each analysed frame.
@@ -53,6 +79,9 @@ pub struct FrameResult<'a> {
     pub people: &'a [TrackedPerson],
     /// Tracks that ended with this frame.
     pub ended: &'a [TrackedPerson],
+    /// Loss-prevention events this frame caused (empty without rules).
+    pub events: &'a [Event],
+    pub online: bool,
 }
 
 /// Counters and time per stage, summed over a run.
@@ -76,7 +105,13 @@ pub struct PipelineStats {
     #[serde(skip)]
     pub track: Duration,
     #[serde(skip)]
+    pub measure: Duration,
+    #[serde(skip)]
+    pub rules: Duration,
+    #[serde(skip)]
     pub wall: Duration,
+    pub events: u64,
+    pub offline_heartbeats: u64,
 }
 
 /// Mean milliseconds per frame of each stage.
@@ -87,6 +122,9 @@ pub struct StagesMs {
     pub infer: f64,
     pub postprocess: f64,
     pub track: f64,
+    /// Pixel measures for the rules (capture thread).
+    pub measure: f64,
+    pub rules: f64,
 }
 
 impl PipelineStats {
@@ -112,6 +150,8 @@ impl PipelineStats {
             infer: per(self.infer, self.inferred),
             postprocess: per(self.postprocess, self.inferred),
             track: per(self.track, self.inferred),
+            measure: per(self.measure, self.frames),
+            rules: per(self.rules, self.frames),
         }
     }
 }
@@ -121,6 +161,10 @@ pub struct Analyzer {
     detector: Box<dyn Detector>,
     tracker: Tracker,
     dets: Vec<Detection>,
+    rules: Option<CameraRules>,
+    /// Wall-clock time (Unix ms) of stream time 0.
+    clock_start_ms: i64,
+    events: Vec<Event>,
     stats: PipelineStats,
 }
 
@@ -130,8 +174,28 @@ impl Analyzer {
             detector,
             tracker: Tracker::new(tracker),
             dets: Vec::with_capacity(64),
+            rules: None,
+            clock_start_ms: 0,
+            events: Vec::new(),
             stats: PipelineStats::default(),
         }
+    }
+
+    /// Ends every open incident at stream time `pts` (end of stream, shutdown); the events closing them.
+    pub fn finish(&mut self, pts: f64) -> &[Event] {
+        self.events.clear();
+        if let Some(rules) = self.rules.as_mut() {
+            rules.finish(self.clock_start_ms + (pts * 1000.0).round() as i64, &mut self.events);
+            self.stats.events += self.events.len() as u64;
+        }
+        &self.events
+    }
+
+    /// Adds the loss-prevention rules; stream time `pts` maps to wall time `clock_start_ms + pts`.
+    pub fn with_rules(mut self, rules: CameraRules, clock_start_ms: i64) -> Self {
+        self.rules = Some(rules);
+        self.clock_start_ms = clock_start_ms;
+        self
     }
 
     pub fn detector_mut(&mut self) -> &mut dyn Detector {
@@ -143,26 +207,46 @@ impl Analyzer {
     }
 
     pub fn process(&mut self, f: &PreparedFrame) -> Result<FrameResult<'_>, DetectError> {
-        self.stats.frames += 1;
+        if f.online {
+            self.stats.frames += 1;
+        } else {
+            self.stats.offline_heartbeats += 1;
+        }
         self.stats.decode += f.decode;
         self.stats.preprocess += f.preprocess;
+        self.stats.measure += f.measure;
         self.stats.still += u64::from(f.still);
-        let inferred = f.decision == Decision::Infer;
+        let inferred = f.online && f.decision == Decision::Infer;
         if inferred {
             self.dets.clear();
-            let t = self
-                .detector
-                .detect(&f.tensor, f.width, f.height, &mut self.dets)?;
+            let t = self.detector.detect(&f.tensor, f.width, f.height, &mut self.dets)?;
             let t0 = Instant::now();
             self.tracker.update(&self.dets, f.pts);
             self.stats.track += t0.elapsed();
             self.stats.infer += t.infer;
             self.stats.postprocess += t.postprocess;
             self.stats.inferred += 1;
-        } else {
+        } else if f.online {
             self.stats.skipped_by_motion += 1;
         }
         self.stats.ids_issued = self.tracker.ids_issued();
+        let ended = if inferred { self.tracker.ended() } else { &[] };
+        self.events.clear();
+        if let Some(rules) = self.rules.as_mut() {
+            let t0 = Instant::now();
+            let obs = Observation {
+                now_ms: self.clock_start_ms + (f.pts * 1000.0).round() as i64,
+                width: f.width,
+                height: f.height,
+                people: if f.online { self.tracker.people() } else { &[] },
+                ended,
+                pixels: f.pixels.as_ref(),
+                online: f.online,
+            };
+            rules.observe(&obs, &mut self.events);
+            self.stats.rules += t0.elapsed();
+            self.stats.events += self.events.len() as u64;
+        }
         Ok(FrameResult {
             seq: f.seq,
             pts: f.pts,
@@ -170,7 +254,9 @@ impl Analyzer {
             height: f.height,
             inferred,
             people: self.tracker.people(),
-            ended: if inferred { self.tracker.ended() } else { &[] },
+            ended,
+            events: &self.events,
+            online: f.online,
         })
     }
 }
@@ -219,8 +305,7 @@ where
     // Set when the consumer is done, so the producer stops without touching the caller's `stop`.
     let done = AtomicBool::new(false);
     let result: Result<u64, PipelineError> = std::thread::scope(|scope| {
-        let producer =
-            scope.spawn(|| produce(capture, tx, pool_rx, pool_tx.clone(), opts, stop, &done));
+        let producer = scope.spawn(|| produce(capture, tx, pool_rx, pool_tx.clone(), opts, stop, &done));
         let consumed = consume(analyzer, rx, &pool_tx, opts, stop, &mut sink, start_frames);
         done.store(true, Ordering::Relaxed);
         let produced = producer
@@ -284,10 +369,33 @@ fn consume<S>(
 where
     S: FnMut(&FrameResult<'_>) -> Result<bool, String>,
 {
+    let mut last: Option<(u64, f64, u32, u32)> = None;
+    // Open incidents end with the stream (or the node stopping): the sink hears about it.
+    let finish = |analyzer: &mut Analyzer, last: Option<(u64, f64, u32, u32)>, sink: &mut S| {
+        let Some((seq, pts, width, height)) = last else {
+            return Ok(());
+        };
+        let events = analyzer.finish(pts);
+        if events.is_empty() {
+            return Ok(());
+        }
+        let r = FrameResult {
+            seq,
+            pts,
+            width,
+            height,
+            inferred: false,
+            people: &[],
+            ended: &[],
+            events,
+            online: true,
+        };
+        sink(&r).map(|_| ()).map_err(PipelineError::Sink)
+    };
     loop {
         let mut frame = match rx.recv() {
             Ok(f) => f,
-            Err(_) => return Ok(()),
+            Err(_) => return finish(analyzer, last, sink),
         };
         if opts.live {
             while let Ok(newer) = rx.try_recv() {
@@ -299,12 +407,15 @@ where
             let result = analyzer.process(&frame)?;
             sink(&result).map_err(PipelineError::Sink)?
         };
+        if frame.online {
+            last = Some((frame.seq, frame.pts, frame.width, frame.height));
+        }
         let _ = pool_tx.try_send(frame.tensor);
         let done = opts
             .max_frames
             .is_some_and(|m| analyzer.stats.frames - start_frames >= m);
         if !keep_going || done || stop.load(Ordering::Relaxed) {
-            return Ok(());
+            return finish(analyzer, last, sink);
         }
     }
 }
@@ -378,14 +489,13 @@ mod tests {
                 width: 640,
                 height: 480,
                 tensor,
-                decision: if skip {
-                    Decision::Skip
-                } else {
-                    Decision::Infer
-                },
+                decision: if skip { Decision::Skip } else { Decision::Infer },
                 still: skip,
+                online: true,
+                pixels: None,
                 decode: Duration::ZERO,
                 preprocess: Duration::ZERO,
+                measure: Duration::ZERO,
             }))
         }
     }
@@ -418,11 +528,7 @@ mod tests {
             &RunOptions::default(),
             &stop,
             |r| {
-                seen.push((
-                    r.seq,
-                    r.inferred,
-                    r.people.iter().map(|p| p.id).collect::<Vec<_>>(),
-                ));
+                seen.push((r.seq, r.inferred, r.people.iter().map(|p| p.id).collect::<Vec<_>>()));
                 Ok(true)
             },
         )
@@ -432,12 +538,7 @@ mod tests {
             (1..=50).collect::<Vec<_>>()
         );
         assert_eq!(
-            (
-                stats.frames,
-                stats.inferred,
-                stats.skipped_by_motion,
-                stats.dropped
-            ),
+            (stats.frames, stats.inferred, stats.skipped_by_motion, stats.dropped),
             (50, 40, 10, 0)
         );
         // Skipped frames keep reporting the last tracks; the person keeps id 1 throughout.

@@ -29,9 +29,8 @@ impl Schedule {
 
     /// Parses a time zone name (IANA, e.g. "Europe/London").
     pub fn parse_tz(name: &str) -> Result<Tz, String> {
-        name.parse::<Tz>().map_err(|_| {
-            format!("unknown time zone {name:?} (use an IANA name such as \"Europe/London\")")
-        })
+        name.parse::<Tz>()
+            .map_err(|_| format!("unknown time zone {name:?} (use an IANA name such as \"Europe/London\")"))
     }
 
     /// Parses "HH:MM-HH:MM" (24:00 allowed as an end).
@@ -78,8 +77,7 @@ impl Schedule {
             return true;
         }
         // Yesterday's ranges that run past midnight.
-        date.pred_opt()
-            .is_some_and(|y| open_on(y, minute + 24 * 60))
+        date.pred_opt().is_some_and(|y| open_on(y, minute + 24 * 60))
     }
 }
 
@@ -94,19 +92,11 @@ mod tests {
 
     fn ms(tz: Tz, local: &str) -> i64 {
         let naive = NaiveDateTime::parse_from_str(local, "%Y-%m-%d %H:%M").unwrap();
-        tz.from_local_datetime(&naive)
-            .earliest()
-            .unwrap()
-            .timestamp_millis()
+        tz.from_local_datetime(&naive).earliest().unwrap().timestamp_millis()
     }
 
     fn weekdays(ranges: &[&str]) -> [Vec<(u32, u32)>; 7] {
-        std::array::from_fn(|_| {
-            ranges
-                .iter()
-                .map(|r| Schedule::parse_range(r).unwrap())
-                .collect()
-        })
+        std::array::from_fn(|_| ranges.iter().map(|r| Schedule::parse_range(r).unwrap()).collect())
     }
 
     #[test]
@@ -129,14 +119,8 @@ mod tests {
         assert!(s.is_open(ms(tz, "2026-11-27 23:30")));
         assert!(s.is_open(ms(tz, "2026-11-28 01:59")));
         assert!(!s.is_open(ms(tz, "2026-11-28 02:00")));
-        assert!(
-            !s.is_open(ms(tz, "2026-11-28 23:30")),
-            "Saturday night is closed"
-        );
-        assert!(
-            !s.is_open(ms(tz, "2026-11-27 01:00")),
-            "Thursday night is closed"
-        );
+        assert!(!s.is_open(ms(tz, "2026-11-28 23:30")), "Saturday night is closed");
+        assert!(!s.is_open(ms(tz, "2026-11-27 01:00")), "Thursday night is closed");
     }
 
     #[test]
@@ -150,10 +134,7 @@ mod tests {
         let after = DateTime::parse_from_rfc3339("2026-03-29T07:30:00Z")
             .unwrap()
             .timestamp_millis();
-        assert!(
-            !s.is_open(before),
-            "07:30 UTC is 07:30 local in winter: closed"
-        );
+        assert!(!s.is_open(before), "07:30 UTC is 07:30 local in winter: closed");
         assert!(s.is_open(after), "07:30 UTC is 08:30 local in summer: open");
         // And back on 2026-10-25.
         let summer = DateTime::parse_from_rfc3339("2026-10-24T20:30:00Z")
@@ -162,14 +143,8 @@ mod tests {
         let winter = DateTime::parse_from_rfc3339("2026-10-25T20:30:00Z")
             .unwrap()
             .timestamp_millis();
-        assert!(
-            !s.is_open(summer),
-            "20:30 UTC is 21:30 local in summer: closed"
-        );
-        assert!(
-            s.is_open(winter),
-            "20:30 UTC is 20:30 local in winter: open"
-        );
+        assert!(!s.is_open(summer), "20:30 UTC is 21:30 local in summer: closed");
+        assert!(s.is_open(winter), "20:30 UTC is 20:30 local in winter: open");
     }
 
     #[test]

@@ -237,10 +237,7 @@ impl Tracker {
             .copied()
             .filter(|&i| !matched[i] && self.tracks[i].missed == 0)
             .collect();
-        let boxes: Vec<BBox> = seen
-            .iter()
-            .map(|&i| self.tracks[i].predicted_box(now))
-            .collect();
+        let boxes: Vec<BBox> = seen.iter().map(|&i| self.tracks[i].predicted_box(now)).collect();
         let low_used = vec![false; low.len()];
         for (row, col) in match_iou(&boxes, &low, &low_used, cfg.low_match_iou) {
             self.tracks[seen[row]].update(low[col], now);
@@ -251,10 +248,7 @@ impl Tracker {
         let tentative: Vec<usize> = (0..self.tracks.len())
             .filter(|&i| self.tracks[i].id.is_none())
             .collect();
-        let boxes: Vec<BBox> = tentative
-            .iter()
-            .map(|&i| self.tracks[i].predicted_box(now))
-            .collect();
+        let boxes: Vec<BBox> = tentative.iter().map(|&i| self.tracks[i].predicted_box(now)).collect();
         for (row, col) in match_iou(&boxes, &high, &high_used, cfg.match_iou) {
             let t = &mut self.tracks[tentative[row]];
             t.update(high[col], now);
@@ -324,12 +318,7 @@ fn person(id: u64, t: &Track, now: f64) -> TrackedPerson {
 
 /// Optimal assignment of `boxes` (rows) to the not-yet-used detections (columns) with IoU >= `min_iou`.
 /// Returns (row, detection index) pairs.
-fn match_iou(
-    boxes: &[BBox],
-    dets: &[&Detection],
-    used: &[bool],
-    min_iou: f32,
-) -> Vec<(usize, usize)> {
+fn match_iou(boxes: &[BBox], dets: &[&Detection], used: &[bool], min_iou: f32) -> Vec<(usize, usize)> {
     let cols: Vec<usize> = (0..dets.len()).filter(|&c| !used[c]).collect();
     if boxes.is_empty() || cols.is_empty() {
         return Vec::new();
@@ -352,10 +341,7 @@ fn match_iou(
     assign(&cost, cols.len())
         .into_iter()
         .enumerate()
-        .filter_map(|(row, col)| {
-            col.filter(|&c| cost[row][c] < FORBIDDEN)
-                .map(|c| (row, cols[c]))
-        })
+        .filter_map(|(row, col)| col.filter(|&c| cost[row][c] < FORBIDDEN).map(|c| (row, cols[c])))
         .collect()
 }
 
@@ -404,10 +390,7 @@ mod tests {
             .map(|f| vec![det(100.0 + 5.0 * f as f32, 200.0, 40.0, 100.0, 0.8)])
             .collect();
         let out = run(&mut tr, &frames);
-        assert!(
-            out[0].is_empty() && out[1].is_empty(),
-            "tentative tracks have no id"
-        );
+        assert!(out[0].is_empty() && out[1].is_empty(), "tentative tracks have no id");
         assert_eq!(out[2].len(), 1);
         assert_eq!(out[2][0].0, 1);
         assert!((out[2][0].1 - 110.0).abs() < 0.5, "{:?}", out[2]);
@@ -434,16 +417,8 @@ mod tests {
         assert_ne!(a, b);
         for (f, frame) in out.iter().enumerate().skip(3) {
             let f = f as f32;
-            assert_eq!(
-                id_at(frame, 100.0 + 10.0 * f, 160.0),
-                Some(a),
-                "frame {f}: {frame:?}"
-            );
-            assert_eq!(
-                id_at(frame, 500.0 - 10.0 * f, 120.0),
-                Some(b),
-                "frame {f}: {frame:?}"
-            );
+            assert_eq!(id_at(frame, 100.0 + 10.0 * f, 160.0), Some(a), "frame {f}: {frame:?}");
+            assert_eq!(id_at(frame, 500.0 - 10.0 * f, 120.0), Some(b), "frame {f}: {frame:?}");
         }
         assert_eq!(tr.ids_issued(), 2);
     }
@@ -466,11 +441,7 @@ mod tests {
         assert!(out[12].is_empty(), "not visible while hidden");
         // During the miss the person is still known, as a prediction.
         assert_eq!(out[16].len(), 1);
-        assert_eq!(
-            out[16][0].0, 1,
-            "same id after the occlusion: {:?}",
-            out[16]
-        );
+        assert_eq!(out[16][0].0, 1, "same id after the occlusion: {:?}", out[16]);
         assert_eq!(tr.ids_issued(), 1);
     }
 
@@ -500,10 +471,7 @@ mod tests {
             ended_at > 1.9 + cfg.max_lost_secs && ended_at < 1.9 + cfg.max_lost_secs + 0.15,
             "{ended_at}"
         );
-        assert_eq!(
-            tr.people().iter().map(|p| p.id).collect::<Vec<_>>(),
-            vec![2]
-        );
+        assert_eq!(tr.people().iter().map(|p| p.id).collect::<Vec<_>>(), vec![2]);
     }
 
     #[test]
@@ -526,15 +494,10 @@ mod tests {
             })
             .collect();
         let out = run(&mut tr, &frames);
-        assert!(
-            out[5..].iter().all(|f| f.len() == 1 && f[0].0 == 1),
-            "{out:?}"
-        );
+        assert!(out[5..].iter().all(|f| f.len() == 1 && f[0].0 == 1), "{out:?}");
         // A weak-only person never becomes a track.
         let mut tr = Tracker::new(TrackerConfig::default());
-        let weak: Vec<Vec<Detection>> = (0..10)
-            .map(|_| vec![det(200.0, 200.0, 40.0, 100.0, 0.4)])
-            .collect();
+        let weak: Vec<Vec<Detection>> = (0..10).map(|_| vec![det(200.0, 200.0, 40.0, 100.0, 0.4)]).collect();
         run(&mut tr, &weak);
         assert_eq!(tr.ids_issued(), 0);
     }

@@ -22,10 +22,7 @@ impl Polygon {
     }
 
     fn edges(&self) -> impl Iterator<Item = (Point, Point)> + '_ {
-        self.pts
-            .iter()
-            .copied()
-            .zip(self.pts.iter().copied().cycle().skip(1))
+        self.pts.iter().copied().zip(self.pts.iter().copied().cycle().skip(1))
     }
 
     pub fn contains(&self, p: Point) -> bool {
@@ -74,20 +71,8 @@ impl Polygon {
     /// Axis-aligned bounds (x1, y1, x2, y2).
     pub fn bounds(&self) -> [f32; 4] {
         self.pts.iter().fold(
-            [
-                f32::INFINITY,
-                f32::INFINITY,
-                f32::NEG_INFINITY,
-                f32::NEG_INFINITY,
-            ],
-            |b, p| {
-                [
-                    b[0].min(p[0]),
-                    b[1].min(p[1]),
-                    b[2].max(p[0]),
-                    b[3].max(p[1]),
-                ]
-            },
+            [f32::INFINITY, f32::INFINITY, f32::NEG_INFINITY, f32::NEG_INFINITY],
+            |b, p| [b[0].min(p[0]), b[1].min(p[1]), b[2].max(p[0]), b[3].max(p[1])],
         )
     }
 }

@@ -23,11 +23,7 @@ fn footage() -> PathBuf {
 
 fn detector(cfg: &NodeConfig) -> OnnxDetector {
     let model = default_model_path();
-    assert!(
-        model.exists(),
-        "{} missing: run scripts/setup.sh",
-        model.display()
-    );
+    assert!(model.exists(), "{} missing: run scripts/setup.sh", model.display());
     let opts = OnnxOptions {
         score_threshold: cfg.decode_threshold(),
         nms_iou: cfg.detector.nms_iou,
@@ -57,18 +53,13 @@ fn frames(wanted: &[u64]) -> Vec<PreparedFrame> {
             break;
         }
     }
-    assert_eq!(
-        out.len(),
-        wanted.len(),
-        "vtest.avi has fewer frames than expected"
-    );
+    assert_eq!(out.len(), wanted.len(), "vtest.avi has fewer frames than expected");
     out
 }
 
 fn people(det: &mut OnnxDetector, f: &PreparedFrame, min_score: f32) -> Vec<Detection> {
     let mut out = Vec::new();
-    det.detect(&f.tensor, f.width, f.height, &mut out)
-        .expect("detect");
+    det.detect(&f.tensor, f.width, f.height, &mut out).expect("detect");
     out.retain(|d| d.score >= min_score);
     out
 }
@@ -81,31 +72,22 @@ fn people_are_found_where_people_are_and_nowhere_else() {
     // Frame 100 (checked by eye): six to eight people on the walkway in the upper half, nobody on the
     // lawn below y = 300.
     let f100 = people(&mut det, &fs[0], 0.5);
-    let tall = f100
-        .iter()
-        .filter(|d| d.bbox.height() > 1.5 * d.bbox.width())
-        .count();
-    assert!(
-        tall >= 5,
-        "expected several standing people in frame 100, got {f100:?}"
-    );
+    let tall = f100.iter().filter(|d| d.bbox.height() > 1.5 * d.bbox.width()).count();
+    assert!(tall >= 5, "expected several standing people in frame 100, got {f100:?}");
     assert!(
         f100.iter().all(|d| d.bbox.y1 < 300.0),
         "a box on the empty lawn in frame 100: {f100:?}"
     );
     assert!(
-        f100.iter()
-            .all(|d| d.bbox.height() > 20.0 && d.bbox.height() < 200.0),
+        f100.iter().all(|d| d.bbox.height() > 20.0 && d.bbox.height() < 200.0),
         "{f100:?}"
     );
     // Frame 520: a person walks across the lawn close to the camera (bottom centre, x 500-600), and
     // nobody is in the left third of the picture.
     let f520 = people(&mut det, &fs[1], 0.5);
     assert!(
-        f520.iter().any(|d| d.bbox.y2 > 540.0
-            && d.bbox.x1 > 480.0
-            && d.bbox.x2 < 620.0
-            && d.bbox.height() > 120.0),
+        f520.iter()
+            .any(|d| d.bbox.y2 > 540.0 && d.bbox.x1 > 480.0 && d.bbox.x2 < 620.0 && d.bbox.height() > 120.0),
         "the near walker in frame 520 was missed: {f520:?}"
     );
     assert!(
@@ -142,17 +124,10 @@ fn the_whole_video_yields_a_bounded_number_of_stable_tracks() {
     })
     .expect("pipeline");
     assert_eq!(stats.frames, 795);
-    assert_eq!(
-        stats.dropped, 0,
-        "a file analysed as fast as possible loses no frame"
-    );
+    assert_eq!(stats.dropped, 0, "a file analysed as fast as possible loses no frame");
     // About thirty different people cross the scene; an id per person plus a few re-identifications
     // after long occlusions is fine, an id every few frames is not.
-    assert!(
-        (15..=60).contains(&stats.ids_issued),
-        "track ids: {}",
-        stats.ids_issued
-    );
+    assert!((15..=60).contains(&stats.ids_issued), "track ids: {}", stats.ids_issued);
     let mean_len = rows as f64 / stats.ids_issued as f64;
     assert!(
         mean_len >= 30.0,
@@ -167,8 +142,6 @@ fn the_whole_video_yields_a_bounded_number_of_stable_tracks() {
 #[test]
 fn a_wrong_input_size_is_an_error_not_a_crash() {
     let mut det = detector(&NodeConfig::default());
-    let err = det
-        .detect(&[0.0; 10], 768, 576, &mut Vec::new())
-        .unwrap_err();
+    let err = det.detect(&[0.0; 10], 768, 576, &mut Vec::new()).unwrap_err();
     assert!(err.to_string().contains("10 values"), "{err}");
 }

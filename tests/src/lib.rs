@@ -8,10 +8,7 @@ use std::process::Command;
 pub fn lpmesh_path() -> PathBuf {
     // target/<profile>/deps/<test-binary> -> target/<profile>/lpmesh
     let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe
-        .parent()
-        .and_then(|d| d.parent())
-        .expect("target directory");
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target directory");
     let bin = dir.join("lpmesh");
     assert!(
         bin.exists(),

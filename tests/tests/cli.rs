@@ -11,10 +11,7 @@ fn stderr(o: &Output) -> String {
 fn assert_clean_failure(o: &Output, expect: &[&str]) {
     let err = stderr(o);
     assert!(!o.status.success(), "should fail; stderr: {err}");
-    assert!(
-        !err.contains("panicked"),
-        "panicked instead of an error: {err}"
-    );
+    assert!(!err.contains("panicked"), "panicked instead of an error: {err}");
     for e in expect {
         assert!(err.contains(e), "stderr lacks {e:?}: {err}");
     }
@@ -39,10 +36,7 @@ fn detect_writes_mot_records_for_tracked_people() {
         .lines()
         .map(|l| {
             l.split(',')
-                .map(|v| {
-                    v.parse::<f64>()
-                        .unwrap_or_else(|_| panic!("bad MOT line {l:?}"))
-                })
+                .map(|v| v.parse::<f64>().unwrap_or_else(|_| panic!("bad MOT line {l:?}")))
                 .collect()
         })
         .collect();
@@ -61,11 +55,7 @@ fn detect_writes_mot_records_for_tracked_people() {
     // No id appears twice in one frame.
     let mut seen = std::collections::HashSet::new();
     assert!(rows.iter().all(|r| seen.insert((r[0] as u64, r[1] as u64))));
-    assert!(
-        stderr(&o).contains("40 frames"),
-        "summary on stderr: {}",
-        stderr(&o)
-    );
+    assert!(stderr(&o).contains("40 frames"), "summary on stderr: {}", stderr(&o));
 }
 
 #[test]
@@ -76,8 +66,7 @@ fn detect_jsonl_records_carry_pixels_and_normalised_boxes() {
         .unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
     let text = String::from_utf8(o.stdout.clone()).unwrap();
-    let first: serde_json::Value =
-        serde_json::from_str(text.lines().next().expect("records")).unwrap();
+    let first: serde_json::Value = serde_json::from_str(text.lines().next().expect("records")).unwrap();
     for key in ["frame", "time_s", "id", "bbox", "bbox_norm", "score"] {
         assert!(first.get(key).is_some(), "missing {key}: {first}");
     }
@@ -98,11 +87,7 @@ fn a_missing_model_is_a_clear_error() {
         .unwrap();
     assert_clean_failure(
         &o,
-        &[
-            "model file not found",
-            "/nonexistent/model.onnx",
-            "scripts/setup.sh",
-        ],
+        &["model file not found", "/nonexistent/model.onnx", "scripts/setup.sh"],
     );
 }
 
@@ -110,11 +95,7 @@ fn a_missing_model_is_a_clear_error() {
 fn a_missing_onnx_runtime_is_a_clear_error() {
     let dir = TempDir::new("no-ort");
     let cfg = dir.join("node.toml");
-    std::fs::write(
-        &cfg,
-        "[runtime]\nonnxruntime = \"/nonexistent/libonnxruntime.so\"\n",
-    )
-    .unwrap();
+    std::fs::write(&cfg, "store = \"s\"\nnode = \"n\"\n[runtime]\nonnxruntime = \"/nonexistent/libonnxruntime.so\"\n").unwrap();
     let o = lpmesh()
         .args([
             "detect",
@@ -142,12 +123,7 @@ fn a_file_that_is_not_onnx_runtime_is_a_clear_error() {
     let o = lpmesh()
         .env("ORT_DYLIB_PATH", &lib)
         .env("LPMESH_CACHE", dir.join("empty-cache"))
-        .args([
-            "detect",
-            &footage().to_string_lossy(),
-            "--model",
-            "/nonexistent.onnx",
-        ])
+        .args(["detect", &footage().to_string_lossy(), "--model", "/nonexistent.onnx"])
         .output()
         .unwrap();
     assert_clean_failure(&o, &["cannot load ONNX Runtime", "libonnxruntime.so"]);
@@ -155,25 +131,13 @@ fn a_file_that_is_not_onnx_runtime_is_a_clear_error() {
 
 #[test]
 fn an_unreadable_video_is_a_clear_error() {
-    let o = lpmesh()
-        .args(["detect", "/nonexistent/video.avi"])
-        .output()
-        .unwrap();
-    assert_clean_failure(
-        &o,
-        &[
-            "cannot open video source /nonexistent/video.avi",
-            "no such file",
-        ],
-    );
+    let o = lpmesh().args(["detect", "/nonexistent/video.avi"]).output().unwrap();
+    assert_clean_failure(&o, &["cannot open video source /nonexistent/video.avi", "no such file"]);
 
     let dir = TempDir::new("garbage-video");
     let bad = dir.join("garbage.avi");
     std::fs::write(&bad, vec![0x5au8; 64 * 1024]).unwrap();
-    let o = lpmesh()
-        .args(["detect", &bad.to_string_lossy()])
-        .output()
-        .unwrap();
+    let o = lpmesh().args(["detect", &bad.to_string_lossy()]).output().unwrap();
     assert_clean_failure(&o, &["cannot open video source", "garbage.avi"]);
 }
 
@@ -181,40 +145,33 @@ fn an_unreadable_video_is_a_clear_error() {
 fn validate_reports_file_line_and_field() {
     let dir = TempDir::new("validate");
     let cfg = dir.join("node.toml");
-    std::fs::write(
-        &cfg,
-        "[detector]\nscore_threshold = 2.0\n\n[tracker]\nmin_hits = 0\n",
-    )
-    .unwrap();
-    let o = lpmesh()
-        .args(["validate", &cfg.to_string_lossy()])
-        .output()
-        .unwrap();
+    let text = "store = \"s\"\n[detector]\nscore_threshold = 2.0\n\n[tracker]\nmin_hits = 0\n\n[[camera]]\nname = \"c\"\nsource = \"x\"\n[[camera.zone]]\nname = \"z\"\nkind = \"shelf\"\npolygon = [[0, 0], [2, 0]]\n";
+    std::fs::write(&cfg, text).unwrap();
+    let o = lpmesh().args(["validate", &cfg.to_string_lossy()]).output().unwrap();
     assert_clean_failure(
         &o,
         &[
-            "node.toml:2: detector.score_threshold",
-            "node.toml:5: tracker.min_hits",
+            "5 problems",
+            "node.toml: node: required",
+            "node.toml:3: detector.score_threshold",
+            "node.toml:6: tracker.min_hits",
+            "node.toml:14: camera[0].zone[0].polygon: a polygon needs at least 3 points",
+            "node.toml:14: camera[0].zone[0].polygon[1]: coordinates",
         ],
     );
 
-    std::fs::write(&cfg, "[detector]\nscore_threshold = 0.6\n").unwrap();
-    let o = lpmesh()
-        .args(["validate", &cfg.to_string_lossy()])
-        .output()
-        .unwrap();
+    std::fs::write(&cfg, "store = \"s\"\nnode = \"n\"\n[detector]\nscore_threshold = 0.6\n").unwrap();
+    let o = lpmesh().args(["validate", &cfg.to_string_lossy()]).output().unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
 }
 
 #[test]
-fn the_example_configuration_is_valid() {
-    let example =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/node.example.toml");
-    let o = lpmesh()
-        .args(["validate", &example.to_string_lossy()])
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", stderr(&o));
+fn the_example_configurations_are_valid() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    for file in ["config/store.example.toml", "config/demo/store.toml"] {
+        let o = lpmesh().args(["validate", &root.join(file).to_string_lossy()]).output().unwrap();
+        assert!(o.status.success(), "{file}: {}", stderr(&o));
+    }
 }
 
 #[test]

@@ -102,11 +102,7 @@ impl NanoDetDecoder {
                         .clipped(self.input_width as f32, self.input_height as f32)
                         .scaled(sx, sy);
                     if b.area() > 0.0 {
-                        out.push(Detection {
-                            bbox: b,
-                            score,
-                            class,
-                        });
+                        out.push(Detection { bbox: b, score, class });
                     }
                 }
             }
@@ -158,15 +154,7 @@ mod tests {
         }
     }
 
-    fn set_cell(
-        t: &mut Tensors,
-        stride: u32,
-        x: usize,
-        y: usize,
-        class: usize,
-        score: f32,
-        sides: [usize; 4],
-    ) {
+    fn set_cell(t: &mut Tensors, stride: u32, x: usize, y: usize, class: usize, score: f32, sides: [usize; 4]) {
         let g = 416usize.div_ceil(stride as usize);
         let cell = y * g + x;
         t.scores[cell * 80 + class] = score;

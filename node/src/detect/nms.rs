@@ -35,12 +35,7 @@ mod tests {
 
     #[test]
     fn overlapping_boxes_keep_the_best_and_distinct_ones_survive() {
-        let mut d = vec![
-            det(0.0, 0.6, 0),
-            det(1.0, 0.9, 0),
-            det(50.0, 0.7, 0),
-            det(2.0, 0.8, 1),
-        ];
+        let mut d = vec![det(0.0, 0.6, 0), det(1.0, 0.9, 0), det(50.0, 0.7, 0), det(2.0, 0.8, 1)];
         nms(&mut d, 0.5);
         // 0.9 at x=1 suppresses 0.6 at x=0 (IoU 0.82); x=50 is apart; class 1 is never suppressed by class 0.
         let got: Vec<(f32, u16)> = d.iter().map(|d| (d.score, d.class)).collect();

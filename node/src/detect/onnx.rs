@@ -81,17 +81,12 @@ pub fn environment(cfg: &RuntimeConfig) -> Result<&'static Environment, RuntimeE
 }
 
 fn provider(name: &str) -> Option<(ExecutionProviderDispatch, bool)> {
-    fn d<E: ExecutionProvider + Default + 'static>(
-        e: E,
-    ) -> Option<(ExecutionProviderDispatch, bool)>
+    fn d<E: ExecutionProvider + Default + 'static>(e: E) -> Option<(ExecutionProviderDispatch, bool)>
     where
         ExecutionProviderDispatch: From<E>,
     {
         let available = E::is_available().unwrap_or(false);
-        Some((
-            ExecutionProviderDispatch::from(e).error_on_failure(),
-            available,
-        ))
+        Some((ExecutionProviderDispatch::from(e).error_on_failure(), available))
     }
     match name.to_ascii_lowercase().as_str() {
         "cpu" => d(ep::CPU::default()),
@@ -138,11 +133,7 @@ pub struct OnnxOptions {
 }
 
 impl OnnxDetector {
-    pub fn load(
-        model: &Path,
-        runtime: &RuntimeConfig,
-        opts: &OnnxOptions,
-    ) -> Result<Self, ModelError> {
+    pub fn load(model: &Path, runtime: &RuntimeConfig, opts: &OnnxOptions) -> Result<Self, ModelError> {
         let env = environment(runtime)?;
         if !model.is_file() {
             return Err(ModelError::NotFound(model.to_path_buf()));
@@ -183,15 +174,8 @@ impl OnnxDetector {
             reason,
         };
         let spec = InputSpec::nanodet_m_416();
-        let input = session
-            .inputs()
-            .first()
-            .ok_or_else(|| unsupported("no input".into()))?;
-        let in_shape: Vec<i64> = input
-            .dtype()
-            .tensor_shape()
-            .map(|s| s.to_vec())
-            .unwrap_or_default();
+        let input = session.inputs().first().ok_or_else(|| unsupported("no input".into()))?;
+        let in_shape: Vec<i64> = input.dtype().tensor_shape().map(|s| s.to_vec()).unwrap_or_default();
         if in_shape.len() != 4
             || in_shape[1] != 3
             || in_shape[2] != spec.height as i64
@@ -206,11 +190,7 @@ impl OnnxDetector {
         let mut scores = Vec::new();
         let mut boxes = Vec::new();
         for out in session.outputs() {
-            let shape: Vec<i64> = out
-                .dtype()
-                .tensor_shape()
-                .map(|s| s.to_vec())
-                .unwrap_or_default();
+            let shape: Vec<i64> = out.dtype().tensor_shape().map(|s| s.to_vec()).unwrap_or_default();
             let (Some(&cells), Some(&channels)) = (shape.get(1), shape.get(2)) else {
                 continue;
             };
@@ -292,8 +272,7 @@ impl Detector for OnnxDetector {
         self.check_input(input)?;
         let shape = self.input_shape();
         let t0 = Instant::now();
-        let tensor = TensorRef::from_array_view((shape, input))
-            .map_err(|e| DetectError::Inference(e.to_string()))?;
+        let tensor = TensorRef::from_array_view((shape, input)).map_err(|e| DetectError::Inference(e.to_string()))?;
         let outputs = self
             .session
             .run(ort::inputs![tensor])

@@ -132,15 +132,7 @@ impl CameraRules {
         }
     }
 
-    fn record(
-        &self,
-        kind: EventKind,
-        phase: Phase,
-        o: &Open,
-        now: i64,
-        s: Subject,
-        detail: Detail,
-    ) -> Event {
+    fn record(&self, kind: EventKind, phase: Phase, o: &Open, now: i64, s: Subject, detail: Detail) -> Event {
         Event {
             incident: o.incident.clone(),
             phase,
@@ -164,14 +156,7 @@ impl CameraRules {
         }
     }
 
-    fn instant(
-        &mut self,
-        kind: EventKind,
-        now: i64,
-        s: Subject,
-        detail: Detail,
-        out: &mut Vec<Event>,
-    ) {
+    fn instant(&mut self, kind: EventKind, now: i64, s: Subject, detail: Detail, out: &mut Vec<Event>) {
         let o = self.open(now);
         out.push(self.record(kind, Phase::Instant, &o, now, s, detail));
     }
@@ -182,6 +167,63 @@ impl CameraRules {
         self.evaluate(obs, out);
         // Switched-off rules still keep their state (so switching one on mid-incident is consistent),
         // they just say nothing.
+        let mut i = first;
+        while i < out.len() {
+            if self.enabled(&out[i]) {
+                i += 1;
+            } else {
+                out.remove(i);
+            }
+        }
+    }
+
+    /// Ends every open incident (the stream ended or the node is stopping): people leave the view,
+    /// crowds and outages are over as far as this camera can tell.
+    pub fn finish(&mut self, now: i64, out: &mut Vec<Event>) {
+        let first = out.len();
+        let mut ids: Vec<u64> = self.tracks.keys().copied().collect();
+        ids.sort_unstable();
+        for id in ids {
+            self.end_track(id, now, out);
+        }
+        for zi in 0..self.zones.len() {
+            self.zones[zi].sweep = None;
+            if let Some(o) = self.zones[zi].crowd.take() {
+                let detail = Detail {
+                    people: Some(o.peak),
+                    ..Detail::default()
+                };
+                let subject = Subject {
+                    zone: Some(zi),
+                    ..Subject::default()
+                };
+                out.push(self.record(EventKind::Crowding, Phase::End, &o, now, subject, detail));
+            }
+        }
+        if let Some(o) = self.after_hours.take() {
+            let detail = Detail {
+                people: Some(o.peak),
+                ..Detail::default()
+            };
+            out.push(self.record(EventKind::AfterHours, Phase::End, &o, now, Subject::default(), detail));
+        }
+        if let Some((o, reason)) = self.tamper.take() {
+            let detail = Detail {
+                reason: Some(reason),
+                ..Detail::default()
+            };
+            out.push(self.record(EventKind::CameraTamper, Phase::End, &o, now, Subject::default(), detail));
+        }
+        if let Some(o) = self.offline.take() {
+            out.push(self.record(
+                EventKind::CameraOffline,
+                Phase::End,
+                &o,
+                now,
+                Subject::default(),
+                Detail::default(),
+            ));
+        }
         let mut i = first;
         while i < out.len() {
             if self.enabled(&out[i]) {
@@ -270,17 +312,9 @@ impl CameraRules {
                 match kind {
                     ZoneKind::Shelf => st.visited_shelf = true,
                     ZoneKind::Checkout => st.visited_checkout = true,
-                    ZoneKind::Exit
-                        if st.visited_shelf && !st.visited_checkout && !st.exit_flagged =>
-                    {
+                    ZoneKind::Exit if st.visited_shelf && !st.visited_checkout && !st.exit_flagged => {
                         st.exit_flagged = true;
-                        self.instant(
-                            EventKind::ExitWithoutCheckout,
-                            now,
-                            subject(zi),
-                            Detail::default(),
-                            out,
-                        );
+                        self.instant(EventKind::ExitWithoutCheckout, now, subject(zi), Detail::default(), out);
                     }
                     ZoneKind::Restricted => {
                         let o = self.open(now);
@@ -313,27 +347,13 @@ impl CameraRules {
                     None if dwell >= limit => {
                         let mut o = self.open(now);
                         o.started_ms = since;
-                        out.push(self.record(
-                            EventKind::Loitering,
-                            Phase::Start,
-                            &o,
-                            now,
-                            subject(zi),
-                            detail,
-                        ));
+                        out.push(self.record(EventKind::Loitering, Phase::Start, &o, now, subject(zi), detail));
                         st.zones[zi].loiter = Some(o);
                     }
                     Some(mut o) => {
                         if self.due(&o, now) {
                             o.last_update_ms = now;
-                            out.push(self.record(
-                                EventKind::Loitering,
-                                Phase::Update,
-                                &o,
-                                now,
-                                subject(zi),
-                                detail,
-                            ));
+                            out.push(self.record(EventKind::Loitering, Phase::Update, &o, now, subject(zi), detail));
                         }
                         st.zones[zi].loiter = Some(o);
                     }
@@ -349,8 +369,7 @@ impl CameraRules {
                     let since = *m.overlap_since.get_or_insert(now);
                     m.last_overlap_ms = now;
                     st.visited_shelf = true;
-                    if m.interaction.is_none() && (now - since) as f64 >= interaction_secs * 1000.0
-                    {
+                    if m.interaction.is_none() && (now - since) as f64 >= interaction_secs * 1000.0 {
                         let mut o = self.open(now);
                         o.started_ms = since;
                         out.push(self.record(
@@ -363,9 +382,7 @@ impl CameraRules {
                         ));
                         st.zones[zi].interaction = Some(o);
                     }
-                } else if m.overlap_since.is_some()
-                    && (now - m.last_overlap_ms) as f64 > s.grace_secs * 1000.0
-                {
+                } else if m.overlap_since.is_some() && (now - m.last_overlap_ms) as f64 > s.grace_secs * 1000.0 {
                     self.end_interaction(&mut st.zones[zi], zi, id, nb, score, now, out);
                 }
             }
@@ -466,14 +483,7 @@ impl CameraRules {
                 dwell_secs: Some((now - o.started_ms) as f32 / 1000.0),
                 ..Detail::default()
             };
-            out.push(self.record(
-                EventKind::ShelfInteraction,
-                Phase::End,
-                &o,
-                now,
-                subject,
-                detail,
-            ));
+            out.push(self.record(EventKind::ShelfInteraction, Phase::End, &o, now, subject, detail));
             // Watch the shelf for what the person may have taken.
             self.zones[zi].sweep = Some(SweepWatch {
                 track: id,
@@ -518,28 +528,14 @@ impl CameraRules {
                     None => {
                         let mut o = self.open(now);
                         o.peak = count;
-                        out.push(self.record(
-                            EventKind::Crowding,
-                            Phase::Start,
-                            &o,
-                            now,
-                            subject,
-                            detail,
-                        ));
+                        out.push(self.record(EventKind::Crowding, Phase::Start, &o, now, subject, detail));
                         self.zones[zi].crowd = Some(o);
                     }
                     Some(mut o) => {
                         if count > o.peak || self.due(&o, now) {
                             o.peak = o.peak.max(count);
                             o.last_update_ms = now;
-                            out.push(self.record(
-                                EventKind::Crowding,
-                                Phase::Update,
-                                &o,
-                                now,
-                                subject,
-                                detail,
-                            ));
+                            out.push(self.record(EventKind::Crowding, Phase::Update, &o, now, subject, detail));
                         }
                         self.zones[zi].crowd = Some(o);
                     }
@@ -552,14 +548,7 @@ impl CameraRules {
                             people: Some(o.peak),
                             ..Detail::default()
                         };
-                        out.push(self.record(
-                            EventKind::Crowding,
-                            Phase::End,
-                            &o,
-                            now,
-                            subject,
-                            detail,
-                        ));
+                        out.push(self.record(EventKind::Crowding, Phase::End, &o, now, subject, detail));
                     }
                     self.zones[zi].below_since = None;
                 }
@@ -589,49 +578,28 @@ impl CameraRules {
                 None => {
                     let mut o = self.open(now);
                     o.peak = seen;
-                    out.push(self.record(
-                        EventKind::AfterHours,
-                        Phase::Start,
-                        &o,
-                        now,
-                        subject,
-                        detail,
-                    ));
+                    out.push(self.record(EventKind::AfterHours, Phase::Start, &o, now, subject, detail));
                     self.after_hours = Some(o);
                 }
                 Some(mut o) => {
                     if seen > o.peak || self.due(&o, now) {
                         o.peak = o.peak.max(seen);
                         o.last_update_ms = now;
-                        out.push(self.record(
-                            EventKind::AfterHours,
-                            Phase::Update,
-                            &o,
-                            now,
-                            subject,
-                            detail,
-                        ));
+                        out.push(self.record(EventKind::AfterHours, Phase::Update, &o, now, subject, detail));
                     }
                     self.after_hours = Some(o);
                 }
             }
         } else if self.after_hours.is_some() {
-            let quiet = (now - self.last_seen_after_hours_ms) as f64
-                >= self.spec.settings.after_hours_clear_secs * 1000.0;
+            let quiet =
+                (now - self.last_seen_after_hours_ms) as f64 >= self.spec.settings.after_hours_clear_secs * 1000.0;
             if quiet || open_now {
                 if let Some(o) = self.after_hours.take() {
                     let detail = Detail {
                         people: Some(o.peak),
                         ..Detail::default()
                     };
-                    out.push(self.record(
-                        EventKind::AfterHours,
-                        Phase::End,
-                        &o,
-                        now,
-                        subject,
-                        detail,
-                    ));
+                    out.push(self.record(EventKind::AfterHours, Phase::End, &o, now, subject, detail));
                 }
             }
         }
@@ -716,9 +684,7 @@ impl CameraRules {
             return;
         }
         let since = *self.offline_since.get_or_insert(now);
-        if self.offline.is_none()
-            && (now - since) as f64 >= self.spec.settings.offline_secs * 1000.0
-        {
+        if self.offline.is_none() && (now - since) as f64 >= self.spec.settings.offline_secs * 1000.0 {
             let mut o = self.open(now);
             o.started_ms = since;
             out.push(self.record(
@@ -774,9 +740,9 @@ impl CameraRules {
                     continue;
                 }
             }
-            let started_in_window = watch.changed_since.is_some_and(|c| {
-                ((c - watch.interaction_ended_ms) as f64) <= s.sweep_window_secs * 1000.0
-            });
+            let started_in_window = watch
+                .changed_since
+                .is_some_and(|c| ((c - watch.interaction_ended_ms) as f64) <= s.sweep_window_secs * 1000.0);
             if since_end <= s.sweep_window_secs || started_in_window {
                 self.zones[zi].sweep = Some(watch);
             }

@@ -132,17 +132,11 @@ fn loitering_fires_at_the_limit_updates_and_ends_when_the_person_leaves() {
     sim.hold(&inside, 0.2);
     assert_eq!(sim.phases(EventKind::Loitering), vec![Phase::Start]);
     let start = sim.of(EventKind::Loitering)[0].clone();
-    assert_eq!(
-        start.started_at_ms, NOON,
-        "the incident starts when the person arrived"
-    );
+    assert_eq!(start.started_at_ms, NOON, "the incident starts when the person arrived");
     assert_eq!(start.zone.as_deref(), Some("aisle"));
     assert_eq!(start.track, Some(1));
     sim.hold(&inside, 31.0);
-    assert_eq!(
-        sim.phases(EventKind::Loitering),
-        vec![Phase::Start, Phase::Update]
-    );
+    assert_eq!(sim.phases(EventKind::Loitering), vec![Phase::Start, Phase::Update]);
     sim.hold(&[at(1, 0.95, 0.95)], 0.2);
     let end = (*sim.of(EventKind::Loitering).last().unwrap()).clone();
     assert_eq!(end.phase, Phase::End);
@@ -170,11 +164,7 @@ fn a_person_just_under_the_loitering_limit_is_no_incident() {
 #[test]
 fn standing_on_a_zone_edge_does_not_flicker() {
     let mut sim = Sim::new(spec(
-        vec![zone(
-            "stock",
-            ZoneKind::Restricted,
-            &rect(0.2, 0.2, 0.8, 0.8),
-        )],
+        vec![zone("stock", ZoneKind::Restricted, &rect(0.2, 0.2, 0.8, 0.8))],
         vec![],
     ));
     sim.hold(&[at(1, 0.5, 0.5)], 1.0);
@@ -185,10 +175,7 @@ fn standing_on_a_zone_edge_does_not_flicker() {
     }
     assert_eq!(sim.phases(EventKind::RestrictedEntry), vec![Phase::Start]);
     sim.hold(&[at(1, 0.9, 0.5)], 0.5);
-    assert_eq!(
-        sim.phases(EventKind::RestrictedEntry),
-        vec![Phase::Start, Phase::End]
-    );
+    assert_eq!(sim.phases(EventKind::RestrictedEntry), vec![Phase::Start, Phase::End]);
 }
 
 #[test]
@@ -237,10 +224,7 @@ fn exit_without_checkout_needs_a_shelf_visit_and_no_checkout() {
     let mut sim = Sim::new(spec(store_zones(), vec![]));
     sim.hold(&[at(3, 0.5, 0.5)], 1.0);
     sim.hold(&[at(3, 0.9, 0.9)], 1.0);
-    assert!(
-        sim.of(EventKind::ExitWithoutCheckout).is_empty(),
-        "never at a shelf"
-    );
+    assert!(sim.of(EventKind::ExitWithoutCheckout).is_empty(), "never at a shelf");
 }
 
 #[test]
@@ -251,10 +235,7 @@ fn crowding_needs_n_people_and_ends_after_they_disperse() {
     ));
     let three: Vec<TrackedPerson> = (1..=3).map(|i| at(i, 0.3 + 0.1 * i as f32, 0.5)).collect();
     sim.hold(&three, 5.0);
-    assert!(
-        sim.of(EventKind::Crowding).is_empty(),
-        "a crowd of N-1 is not a crowd"
-    );
+    assert!(sim.of(EventKind::Crowding).is_empty(), "a crowd of N-1 is not a crowd");
     let four: Vec<TrackedPerson> = (1..=4).map(|i| at(i, 0.25 + 0.1 * i as f32, 0.5)).collect();
     sim.hold(&four, 1.0);
     assert_eq!(sim.phases(EventKind::Crowding), vec![Phase::Start]);
@@ -267,11 +248,7 @@ fn crowding_needs_n_people_and_ends_after_they_disperse() {
         "a bigger crowd updates"
     );
     sim.hold(&three, 2.0);
-    assert_eq!(
-        sim.of(EventKind::Crowding).len(),
-        2,
-        "not ended before the clear time"
-    );
+    assert_eq!(sim.of(EventKind::Crowding).len(), 2, "not ended before the clear time");
     sim.hold(&three, 2.0);
     let end = (*sim.of(EventKind::Crowding).last().unwrap()).clone();
     assert_eq!((end.phase, end.detail.people), (Phase::End, Some(5)));
@@ -289,10 +266,7 @@ fn london_schedule(range: &str) -> Schedule {
 fn london_ms(local: &str) -> i64 {
     let tz = Schedule::parse_tz("Europe/London").unwrap();
     let naive = NaiveDateTime::parse_from_str(local, "%Y-%m-%d %H:%M:%S").unwrap();
-    tz.from_local_datetime(&naive)
-        .earliest()
-        .unwrap()
-        .timestamp_millis()
+    tz.from_local_datetime(&naive).earliest().unwrap().timestamp_millis()
 }
 
 #[test]
@@ -301,17 +275,11 @@ fn after_hours_across_closing_time_and_midnight() {
     s.schedule = london_schedule("08:00-22:00");
     let mut sim = Sim::starting(s, london_ms("2026-11-24 21:59:00"));
     sim.hold(&[at(1, 0.5, 0.5)], 50.0);
-    assert!(
-        sim.of(EventKind::AfterHours).is_empty(),
-        "still open at 21:59"
-    );
+    assert!(sim.of(EventKind::AfterHours).is_empty(), "still open at 21:59");
     sim.hold(&[at(1, 0.5, 0.5)], 15.0); // past 22:00
     assert_eq!(sim.phases(EventKind::AfterHours), vec![Phase::Start]);
     sim.hold(&[], 11.0);
-    assert_eq!(
-        sim.phases(EventKind::AfterHours),
-        vec![Phase::Start, Phase::End]
-    );
+    assert_eq!(sim.phases(EventKind::AfterHours), vec![Phase::Start, Phase::End]);
     // Someone at 03:00 the next night is after hours too (the range does not wrap).
     let mut s = spec(vec![], vec![]);
     s.schedule = london_schedule("08:00-22:00");
@@ -327,9 +295,7 @@ fn after_hours_follows_daylight_saving_time() {
     let run = |utc: &str| {
         let mut s = spec(vec![], vec![]);
         s.schedule = london_schedule("08:00-20:00");
-        let t = DateTime::parse_from_rfc3339(utc)
-            .unwrap()
-            .timestamp_millis();
+        let t = DateTime::parse_from_rfc3339(utc).unwrap().timestamp_millis();
         let mut sim = Sim::starting(s, t);
         sim.hold(&[at(1, 0.5, 0.5)], 1.0);
         sim.of(EventKind::AfterHours).len()
@@ -350,11 +316,7 @@ fn line_crossings_are_counted_per_direction_once_each() {
         sim.frame(&[at(1, 0.5, 0.7 - 0.02 * i as f32)], &[], 100);
     }
     for i in 0..20 {
-        sim.frame(
-            &[at(2, 0.3, if i % 2 == 0 { 0.495 } else { 0.505 })],
-            &[],
-            100,
-        );
+        sim.frame(&[at(2, 0.3, if i % 2 == 0 { 0.495 } else { 0.505 })], &[], 100);
     }
     for i in 0..20 {
         sim.frame(&[at(1, 0.5, 0.3 + 0.02 * i as f32)], &[], 100);
@@ -370,10 +332,7 @@ fn line_crossings_are_counted_per_direction_once_each() {
         .collect();
     assert_eq!(
         dirs,
-        vec![
-            (Some(1), Some(Direction::In)),
-            (Some(1), Some(Direction::Out))
-        ]
+        vec![(Some(1), Some(Direction::In)), (Some(1), Some(Direction::Out))]
     );
     assert!(sim
         .of(EventKind::LineCrossing)
@@ -383,11 +342,7 @@ fn line_crossings_are_counted_per_direction_once_each() {
 
 #[test]
 fn shelf_interaction_needs_a_sustained_reach() {
-    let zones = vec![zone(
-        "cosmetics",
-        ZoneKind::Shelf,
-        &rect(0.0, 0.0, 0.3, 0.3),
-    )];
+    let zones = vec![zone("cosmetics", ZoneKind::Shelf, &rect(0.0, 0.0, 0.3, 0.3))];
     let mut sim = Sim::new(spec(zones.clone(), vec![]));
     // Feet at (0.3, 0.45): outside the zone, but a quarter of the body box reaches into it.
     let reaching = at(1, 0.3, 0.45);
@@ -400,18 +355,11 @@ fn shelf_interaction_needs_a_sustained_reach() {
     sim.hold(&[reaching], 3.0);
     assert_eq!(sim.phases(EventKind::ShelfInteraction), vec![Phase::Start]);
     sim.hold(&[at(1, 0.6, 0.9)], 2.0);
-    assert_eq!(
-        sim.phases(EventKind::ShelfInteraction),
-        vec![Phase::Start, Phase::End]
-    );
+    assert_eq!(sim.phases(EventKind::ShelfInteraction), vec![Phase::Start, Phase::End]);
 }
 
 fn sweep_sim() -> Sim {
-    let zones = vec![zone(
-        "cosmetics",
-        ZoneKind::Shelf,
-        &rect(0.0, 0.0, 0.3, 0.3),
-    )];
+    let zones = vec![zone("cosmetics", ZoneKind::Shelf, &rect(0.0, 0.0, 0.3, 0.3))];
     let mut sim = Sim::new(spec(zones, vec![]));
     sim.pixels = Some(PixelMeasures {
         brightness: 120.0,
@@ -437,11 +385,7 @@ fn a_shelf_left_changed_after_an_interaction_is_a_sweep() {
         (Some(7), Some(0.5))
     );
     sim.hold(&[], 10.0);
-    assert_eq!(
-        sim.of(EventKind::ShelfSweep).len(),
-        1,
-        "one sweep, not one per frame"
-    );
+    assert_eq!(sim.of(EventKind::ShelfSweep).len(), 1, "one sweep, not one per frame");
 }
 
 #[test]
@@ -451,10 +395,7 @@ fn a_person_who_only_passes_leaves_the_shelf_as_it_was() {
     sim.hold(&[at(7, 0.3, 0.45)], 4.0);
     sim.pixels.as_mut().unwrap().zone_change[0] = Some(0.03); // back to the learned background
     sim.hold(&[at(7, 0.7, 0.9)], 8.0);
-    assert_eq!(
-        sim.phases(EventKind::ShelfInteraction),
-        vec![Phase::Start, Phase::End]
-    );
+    assert_eq!(sim.phases(EventKind::ShelfInteraction), vec![Phase::Start, Phase::End]);
     assert!(sim.of(EventKind::ShelfSweep).is_empty());
 }
 
@@ -472,24 +413,14 @@ fn tamper_needs_a_lasting_condition_and_says_why() {
     sim.pixels.as_mut().unwrap().sharpness_ratio = 0.1;
     sim.hold(&[], 4.0);
     let t = sim.of(EventKind::CameraTamper);
-    assert_eq!(
-        (t.len(), t[0].detail.reason),
-        (1, Some(TamperReason::Blurred))
-    );
+    assert_eq!((t.len(), t[0].detail.reason), (1, Some(TamperReason::Blurred)));
     sim.pixels.as_mut().unwrap().sharpness_ratio = 1.0;
     sim.hold(&[], 4.0);
-    assert_eq!(
-        sim.phases(EventKind::CameraTamper),
-        vec![Phase::Start, Phase::End]
-    );
+    assert_eq!(sim.phases(EventKind::CameraTamper), vec![Phase::Start, Phase::End]);
     sim.pixels.as_mut().unwrap().similarity = 0.2;
     sim.hold(&[], 4.0);
     assert_eq!(
-        sim.of(EventKind::CameraTamper)
-            .last()
-            .unwrap()
-            .detail
-            .reason,
+        sim.of(EventKind::CameraTamper).last().unwrap().detail.reason,
         Some(TamperReason::Moved)
     );
 }
@@ -522,34 +453,23 @@ fn an_offline_camera_is_reported_and_cleared() {
 #[test]
 fn a_track_that_ends_closes_its_incidents() {
     let mut sim = Sim::new(spec(
-        vec![zone(
-            "stock",
-            ZoneKind::Restricted,
-            &rect(0.2, 0.2, 0.8, 0.8),
-        )],
+        vec![zone("stock", ZoneKind::Restricted, &rect(0.2, 0.2, 0.8, 0.8))],
         vec![],
     ));
     let p = at(4, 0.5, 0.5);
     sim.hold(&[p], 61.0);
     assert_eq!(sim.phases(EventKind::Loitering), vec![Phase::Start]);
     sim.frame(&[], &[p], 100);
-    assert_eq!(
-        sim.phases(EventKind::Loitering),
-        vec![Phase::Start, Phase::End]
-    );
-    assert_eq!(
-        sim.phases(EventKind::RestrictedEntry),
-        vec![Phase::Start, Phase::End]
-    );
+    assert_eq!(sim.phases(EventKind::Loitering), vec![Phase::Start, Phase::End]);
+    assert_eq!(sim.phases(EventKind::RestrictedEntry), vec![Phase::Start, Phase::End]);
 }
 
 #[test]
 fn severities_come_from_the_kind_or_the_configuration() {
     let mut s = spec(store_zones(), vec![]);
-    s.settings.severity.insert(
-        EventKind::ExitWithoutCheckout,
-        crate::event::Severity::Critical,
-    );
+    s.settings
+        .severity
+        .insert(EventKind::ExitWithoutCheckout, crate::event::Severity::Critical);
     let mut sim = Sim::new(s);
     sim.hold(&[at(1, 0.15, 0.2)], 3.0);
     sim.hold(&[at(1, 0.9, 0.9)], 1.0);
@@ -566,11 +486,7 @@ fn severities_come_from_the_kind_or_the_configuration() {
 #[test]
 fn switched_off_rules_say_nothing() {
     let mut s = spec(
-        vec![zone(
-            "stock",
-            ZoneKind::Restricted,
-            &rect(0.2, 0.2, 0.8, 0.8),
-        )],
+        vec![zone("stock", ZoneKind::Restricted, &rect(0.2, 0.2, 0.8, 0.8))],
         vec![],
     );
     s.zones[0].disabled.push(EventKind::Loitering);
@@ -579,4 +495,21 @@ fn switched_off_rules_say_nothing() {
     sim.hold(&[at(1, 0.5, 0.5)], 70.0);
     assert!(sim.of(EventKind::Loitering).is_empty());
     assert_eq!(sim.phases(EventKind::RestrictedEntry), vec![Phase::Start]);
+}
+
+#[test]
+fn finishing_ends_every_open_incident() {
+    let mut sim = Sim::new(spec(
+        vec![zone("stock", ZoneKind::Restricted, &rect(0.2, 0.2, 0.8, 0.8))],
+        vec![],
+    ));
+    let four: Vec<TrackedPerson> = (1..=4).map(|i| at(i, 0.3 + 0.1 * i as f32, 0.5)).collect();
+    sim.hold(&four, 61.0);
+    let mut out = Vec::new();
+    sim.rules.finish(sim.now, &mut out);
+    let ends = |k| out.iter().filter(|e| e.kind == k && e.phase == Phase::End).count();
+    assert_eq!(ends(EventKind::RestrictedEntry), 4);
+    assert_eq!(ends(EventKind::Loitering), 4);
+    assert_eq!(ends(EventKind::Crowding), 1);
+    assert!(out.iter().all(|e| e.phase == Phase::End));
 }

@@ -28,12 +28,7 @@ impl Backoff {
 
     /// The defaults for cameras: 0.5 s doubling up to 30 s, +-20%.
     pub fn for_camera(seed: u64) -> Self {
-        Self::new(
-            Duration::from_millis(500),
-            Duration::from_secs(30),
-            0.2,
-            seed,
-        )
+        Self::new(Duration::from_millis(500), Duration::from_secs(30), 0.2, seed)
     }
 
     /// The delay before the next attempt.
@@ -66,12 +61,7 @@ mod tests {
 
     #[test]
     fn doubles_caps_and_resets() {
-        let mut b = Backoff::new(
-            Duration::from_millis(100),
-            Duration::from_millis(1000),
-            0.0,
-            1,
-        );
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_millis(1000), 0.0, 1);
         let d: Vec<u128> = (0..6).map(|_| b.next_delay().as_millis()).collect();
         assert_eq!(d, vec![100, 200, 400, 800, 1000, 1000]);
         assert_eq!(b.attempts(), 6);

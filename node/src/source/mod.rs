@@ -24,6 +24,9 @@ pub enum SourceError {
     Open { source_name: String, reason: String },
     #[error("reading from {source_name} failed: {reason}")]
     Read { source_name: String, reason: String },
+    /// A live source could not be (re)connected this time; it will be tried again.
+    #[error("{source_name} is unavailable: {reason}")]
+    Unavailable { source_name: String, reason: String },
     #[error("stopped")]
     Stopped,
 }
@@ -42,4 +45,7 @@ pub trait FrameSource: Send {
 
     /// Total frames, for files that know it (progress bars).
     fn frame_count(&self) -> Option<u64>;
+
+    /// Stream time now, for reporting while no frame arrives.
+    fn clock(&self) -> f64;
 }

@@ -35,10 +35,7 @@ impl SourceKind {
         if let Ok(n) = s.parse::<i32>() {
             return Self::Device(n);
         }
-        if let Some(n) = s
-            .strip_prefix("/dev/video")
-            .and_then(|n| n.parse::<i32>().ok())
-        {
+        if let Some(n) = s.strip_prefix("/dev/video").and_then(|n| n.parse::<i32>().ok()) {
             return Self::Device(n);
         }
         Self::File(s.into())
@@ -101,6 +98,7 @@ pub struct OpenCvSource {
     frames_this_loop: u64,
     started: Instant,
     backoff: Backoff,
+    next_attempt: Option<Instant>,
     stop: Arc<AtomicBool>,
     stats: Arc<SourceStats>,
 }
@@ -108,14 +106,11 @@ pub struct OpenCvSource {
 impl OpenCvSource {
     /// Opens the source now. A file that cannot be opened is an error; a live source that cannot be
     /// reached yet is not (it is retried on the first `next_frame`).
-    pub fn open(
-        kind: SourceKind,
-        opts: OpenCvOptions,
-        stop: Arc<AtomicBool>,
-    ) -> Result<Self, SourceError> {
+    pub fn open(kind: SourceKind, opts: OpenCvOptions, stop: Arc<AtomicBool>) -> Result<Self, SourceError> {
         let name = kind.display_name();
         let mut s = Self {
             backoff: Backoff::for_camera(seed_from(&name)),
+            next_attempt: None,
             kind,
             name,
             opts,
@@ -165,9 +160,7 @@ impl OpenCvSource {
         }
         .map_err(|e| self.open_err(e.message.clone()))?;
         if !cap.is_opened().unwrap_or(false) {
-            return Err(self.open_err(
-                "OpenCV could not open it (not a video, unsupported codec, or unreachable)",
-            ));
+            return Err(self.open_err("OpenCV could not open it (not a video, unsupported codec, or unreachable)"));
         }
         let mut cap = cap;
         if self.kind.is_live() {
@@ -181,6 +174,13 @@ impl OpenCvSource {
         self.cap = Some(cap);
         self.stats.connected.store(true, Ordering::Relaxed);
         Ok(())
+    }
+
+    fn unavailable(&self, reason: &str) -> SourceError {
+        SourceError::Unavailable {
+            source_name: self.name.clone(),
+            reason: reason.to_string(),
+        }
     }
 
     fn disconnect(&mut self, why: &str) {
@@ -237,8 +237,7 @@ impl OpenCvSource {
                 } else {
                     imgproc::COLOR_BGRA2BGR
                 };
-                imgproc::cvt_color_def(&self.mat, &mut self.converted, code)
-                    .map_err(|e| e.message)?;
+                imgproc::cvt_color_def(&self.mat, &mut self.converted, code).map_err(|e| e.message)?;
                 &self.converted
             }
             other => return Err(format!("unsupported pixel type {other}")),
@@ -268,17 +267,28 @@ impl FrameSource for OpenCvSource {
             if self.cap.is_none() {
                 if !self.kind.is_live() {
                     self.connect()?;
-                } else if let Err(e) = self.connect() {
-                    let delay = self.backoff.next_delay();
-                    tracing::warn!(camera = %self.name, error = %e, attempt = self.backoff.attempts(),
-                        retry_in_ms = delay.as_millis() as u64, "camera reconnect failed");
-                    if !self.sleep(delay) {
-                        return Err(SourceError::Stopped);
-                    }
-                    continue;
                 } else {
-                    self.stats.reconnects.fetch_add(1, Ordering::Relaxed);
-                    tracing::info!(camera = %self.name, "camera reconnected");
+                    // While waiting for the next attempt, report every second so the node's rules
+                    // see the outage as it lasts.
+                    let now = Instant::now();
+                    if let Some(at) = self.next_attempt.filter(|at| *at > now) {
+                        if !self.sleep((at - now).min(Duration::from_secs(1))) {
+                            return Err(SourceError::Stopped);
+                        }
+                        return Err(self.unavailable("waiting to reconnect"));
+                    }
+                    if let Err(e) = self.connect() {
+                        let delay = self.backoff.next_delay();
+                        self.next_attempt = Some(Instant::now() + delay);
+                        tracing::warn!(camera = %self.name, error = %e, attempt = self.backoff.attempts(),
+                            retry_in_ms = delay.as_millis() as u64, "camera reconnect failed");
+                        return Err(self.unavailable(&e.to_string()));
+                    }
+                    self.next_attempt = None;
+                    if self.stats.failures.load(Ordering::Relaxed) > 0 {
+                        self.stats.reconnects.fetch_add(1, Ordering::Relaxed);
+                        tracing::info!(camera = %self.name, "camera reconnected");
+                    }
                 }
             }
             match self.read_raw() {
@@ -349,6 +359,10 @@ impl FrameSource for OpenCvSource {
         self.fps
     }
 
+    fn clock(&self) -> f64 {
+        self.started.elapsed().as_secs_f64()
+    }
+
     fn frame_count(&self) -> Option<u64> {
         if self.opts.looping {
             None
@@ -360,9 +374,8 @@ impl FrameSource for OpenCvSource {
 
 fn seed_from(name: &str) -> u64 {
     // Different cameras get different jitter sequences; stable per camera for reproducible logs.
-    name.bytes().fold(0xcbf29ce484222325u64, |h, b| {
-        (h ^ b as u64).wrapping_mul(0x100000001b3)
-    })
+    name.bytes()
+        .fold(0xcbf29ce484222325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100000001b3))
 }
 
 #[cfg(test)]
@@ -377,19 +390,13 @@ mod tests {
         );
         assert_eq!(SourceKind::parse("0"), SourceKind::Device(0));
         assert_eq!(SourceKind::parse("/dev/video2"), SourceKind::Device(2));
-        assert_eq!(
-            SourceKind::parse("clips/a.avi"),
-            SourceKind::File("clips/a.avi".into())
-        );
+        assert_eq!(SourceKind::parse("clips/a.avi"), SourceKind::File("clips/a.avi".into()));
     }
 
     #[test]
     fn passwords_never_reach_the_logs() {
         let k = SourceKind::parse("rtsp://admin:hunter2@10.0.0.5:554/h264");
         assert_eq!(k.display_name(), "rtsp://***@10.0.0.5:554/h264");
-        assert_eq!(
-            SourceKind::parse("http://cam/mjpg").display_name(),
-            "http://cam/mjpg"
-        );
+        assert_eq!(SourceKind::parse("http://cam/mjpg").display_name(), "http://cam/mjpg");
     }
 }
