@@ -262,6 +262,10 @@ pub struct RuntimeConfig {
     pub execution_providers: Vec<String>,
     /// Threads for one inference; 0 = one per core, at most 4.
     pub intra_threads: usize,
+    /// Let inference threads spin while waiting for work. Off by default: spinning makes the model
+    /// alone ~5% faster on 2 cores but starves the capture thread and other cameras, and the whole
+    /// pipeline ends up slower (measured, see ARCHITECTURE.md).
+    pub spin_wait: bool,
 }
 
 impl Default for RuntimeConfig {
@@ -270,6 +274,7 @@ impl Default for RuntimeConfig {
             onnxruntime: None,
             execution_providers: vec!["cpu".into()],
             intra_threads: 0,
+            spin_wait: false,
         }
     }
 }

@@ -95,7 +95,11 @@ fn a_missing_model_is_a_clear_error() {
 fn a_missing_onnx_runtime_is_a_clear_error() {
     let dir = TempDir::new("no-ort");
     let cfg = dir.join("node.toml");
-    std::fs::write(&cfg, "store = \"s\"\nnode = \"n\"\n[runtime]\nonnxruntime = \"/nonexistent/libonnxruntime.so\"\n").unwrap();
+    std::fs::write(
+        &cfg,
+        "store = \"s\"\nnode = \"n\"\n[runtime]\nonnxruntime = \"/nonexistent/libonnxruntime.so\"\n",
+    )
+    .unwrap();
     let o = lpmesh()
         .args([
             "detect",
@@ -169,7 +173,10 @@ fn validate_reports_file_line_and_field() {
 fn the_example_configurations_are_valid() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     for file in ["config/store.example.toml", "config/demo/store.toml"] {
-        let o = lpmesh().args(["validate", &root.join(file).to_string_lossy()]).output().unwrap();
+        let o = lpmesh()
+            .args(["validate", &root.join(file).to_string_lossy()])
+            .output()
+            .unwrap();
         assert!(o.status.success(), "{file}: {}", stderr(&o));
     }
 }

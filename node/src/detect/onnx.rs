@@ -165,6 +165,8 @@ impl OnnxDetector {
             .map_err(|e| load_err(e.into()))?
             .with_intra_threads(runtime.threads())
             .map_err(|e| load_err(e.into()))?
+            .with_intra_op_spinning(runtime.spin_wait)
+            .map_err(|e| load_err(e.into()))?
             .with_execution_providers(dispatch)
             .map_err(|e| load_err(e.into()))?
             .commit_from_file(model)
