@@ -210,3 +210,32 @@ fn bench_pipeline_prints_the_figures_as_json() {
     assert!(v["peak_rss_mb"].as_f64().is_some_and(|x| x > 10.0), "{v}");
     assert_eq!(v["frames"], 20);
 }
+
+#[test]
+fn an_execution_provider_that_is_not_available_is_skipped_with_a_warning() {
+    let dir = TempDir::new("providers");
+    let cfg = dir.join("node.toml");
+    std::fs::write(
+        &cfg,
+        "store = \"s\"\nnode = \"n\"\n[runtime]\nexecution_providers = [\"tensorrt\", \"cuda\", \"cpu\"]\n",
+    )
+    .unwrap();
+    let o = lpmesh()
+        .args([
+            "detect",
+            &footage().to_string_lossy(),
+            "--config",
+            &cfg.to_string_lossy(),
+            "--max-frames",
+            "3",
+        ])
+        .output()
+        .unwrap();
+    let err = stderr(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.contains("not available") && err.contains("cuda") && err.contains("tensorrt"),
+        "{err}"
+    );
+    assert!(!o.stdout.is_empty(), "it still detects, on the CPU");
+}
