@@ -24,18 +24,8 @@ pub fn lpmesh() -> Command {
     c
 }
 
-/// The cache `models/build.py` fills (same rule as the node's `config::cache_dir`).
-pub fn cache_dir() -> PathBuf {
-    if let Some(p) = std::env::var_os("LPMESH_CACHE").filter(|p| !p.is_empty()) {
-        return PathBuf::from(p);
-    }
-    if let Some(p) = std::env::var_os("XDG_CACHE_HOME").filter(|p| !p.is_empty()) {
-        return PathBuf::from(p).join("lpmesh");
-    }
-    PathBuf::from(std::env::var_os("HOME").expect("HOME"))
-        .join(".cache")
-        .join("lpmesh")
-}
+/// The cache `models/build.py` fills: the node's own rule, so tests and node never disagree.
+pub use lpmesh_node::config::cache_dir;
 
 pub fn footage() -> PathBuf {
     let p = cache_dir().join("data").join("vtest.avi");

@@ -167,14 +167,7 @@ impl CameraRules {
         self.evaluate(obs, out);
         // Switched-off rules still keep their state (so switching one on mid-incident is consistent),
         // they just say nothing.
-        let mut i = first;
-        while i < out.len() {
-            if self.enabled(&out[i]) {
-                i += 1;
-            } else {
-                out.remove(i);
-            }
-        }
+        self.drop_disabled(out, first);
     }
 
     /// Ends every open incident (the stream ended or the node is stopping): people leave the view,
@@ -224,6 +217,11 @@ impl CameraRules {
                 Detail::default(),
             ));
         }
+        self.drop_disabled(out, first);
+    }
+
+    /// Removes, from the events appended since `first`, those of switched-off rules.
+    fn drop_disabled(&self, out: &mut Vec<Event>, first: usize) {
         let mut i = first;
         while i < out.len() {
             if self.enabled(&out[i]) {
