@@ -239,3 +239,34 @@ fn an_execution_provider_that_is_not_available_is_skipped_with_a_warning() {
     );
     assert!(!o.stdout.is_empty(), "it still detects, on the CPU");
 }
+
+#[test]
+fn detect_fps_analyses_only_that_many_frames_per_second() {
+    let dir = TempDir::new("detect-fps");
+    let cfg = dir.join("node.toml");
+    std::fs::write(
+        &cfg,
+        "store = \"s\"\nnode = \"n\"\n[[camera]]\nname = \"c\"\nsource = \"x\"\ndetect_fps = 5\n",
+    )
+    .unwrap();
+    let o = lpmesh()
+        .args([
+            "detect",
+            &footage().to_string_lossy(),
+            "--config",
+            &cfg.to_string_lossy(),
+        ])
+        .args(["--format", "mot", "--max-frames", "20"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let mut frames: Vec<u64> = String::from_utf8(o.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| l.split(',').next().unwrap().parse().unwrap())
+        .collect();
+    frames.dedup();
+    // vtest.avi is 10 fps: every other frame, 20 analysed frames spanning ~40 source frames.
+    assert!(frames.windows(2).all(|w| w[1] - w[0] == 2), "{frames:?}");
+    assert!(*frames.last().unwrap() >= 35, "{frames:?}");
+}
