@@ -1,4 +1,20 @@
-//! The store's replicated, signed, encrypted event log and the private libp2p network that carries it.
+//! The store's replicated, signed, encrypted event log. Knows nothing about cameras or models: it carries
+//! opaque payloads (the node's events and operator actions), encrypted to the store.
 //!
-//! This crate knows nothing about cameras or models. It is filled by issue [3/7] (see ARCHITECTURE.md);
-//! until then it only reserves its place in the workspace so that `node` depends on it from the start.
+//! # Layout
+//!
+//! - [`hlc`]: hybrid logical clock (order that survives skewed wall clocks).
+//! - [`record`]: the record, its wire encoding (version byte + CBOR, size limits) and its signature.
+//! - [`crypto`]: the store's age identity and recipient (payload encryption).
+//! - [`log`]: the log on disk (sled): durable appends with group commit, idempotent verified inserts,
+//!   the version vector.
+//! - [`sync`]: anti-entropy as a pure state machine, with a seeded simulation in its tests.
+//!
+//! The libp2p network (private network, gossipsub, request-response anti-entropy) comes next; see
+//! ARCHITECTURE.md.
+
+pub mod crypto;
+pub mod hlc;
+pub mod log;
+pub mod record;
+pub mod sync;
