@@ -10,11 +10,12 @@
 //!   the version vector.
 //! - [`sync`]: anti-entropy as a pure state machine, with a seeded simulation in its tests.
 //!
-//! The libp2p network (private network, gossipsub, request-response anti-entropy) comes next; see
-//! ARCHITECTURE.md.
+//! - [`net`]: the libp2p actor: private network over TCP, gossipsub, request-response anti-entropy,
+//!   mDNS and bootstrap; [`net::MeshHandle`] is how the node talks to it.
 
 pub mod crypto;
 pub mod hlc;
 pub mod log;
+pub mod net;
 pub mod record;
 pub mod sync;

@@ -1,0 +1,695 @@
+//! The store's network: one actor owns the libp2p swarm and the log (EXAMPLES.md 5-8).
+//!
+//! - Transport: TCP, then the private-network handshake with the store's pre-shared key, then Noise and
+//!   Yamux. A device without the key cannot complete a connection. No QUIC: pnet cannot protect it.
+//! - Gossipsub on one topic per store carries each new record (strict signing, content-addressed ids,
+//!   validation before forwarding: a bad record is rejected and its sender scored down).
+//! - Anti-entropy over request-response (CBOR): version vectors on connect and every few seconds with a
+//!   random peer, then the missing records in bounded batches ([`crate::sync`] decides, this carries out).
+//! - mDNS on the LAN (optional) plus configured bootstrap addresses.
+//!
+//! [`MeshHandle`] talks to the actor over a bounded command channel; each command carries a `oneshot` for
+//! its answer. New records (our own and others') go out on a bounded broadcast channel; a subscriber too
+//! slow to keep up is told how many it missed (and can re-read them from the log).
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures::StreamExt;
+use libp2p::core::upgrade::Version;
+use libp2p::core::Transport;
+use libp2p::gossipsub::{self, IdentTopic, MessageAcceptance, MessageAuthenticity, ValidationMode};
+use libp2p::pnet::{PnetConfig, PreSharedKey};
+use libp2p::request_response::{self, ProtocolSupport};
+use libp2p::swarm::behaviour::toggle::Toggle;
+use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
+use libp2p::{identify, mdns, noise, ping, tcp, yamux, Multiaddr, PeerId, StreamProtocol, Swarm, SwarmBuilder};
+use libp2p_identity::Keypair;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+use crate::crypto::StoreRecipient;
+use crate::log::{Inserted, Log, LogError, VersionVector};
+use crate::record::{Origin, Record, RecordKind, MAX_RECORD_BYTES};
+use crate::sync::{Action, AntiEntropy, Input};
+
+/// Commands waiting for the actor.
+pub const COMMAND_QUEUE: usize = 256;
+/// New records waiting for each subscriber before it is told it lagged.
+pub const RECORD_BROADCAST: usize = 4096;
+/// Bytes of records in one anti-entropy answer (the codec refuses larger requests).
+pub const SYNC_BATCH_BYTES: usize = 4 * 1024 * 1024;
+const SYNC_MAX_REQUEST_BYTES: u64 = 8 * 1024 * 1024;
+const SYNC_PROTOCOL: &str = "/lpmesh/sync/1";
+
+#[derive(Clone, Debug)]
+pub struct MeshConfig {
+    pub store: String,
+    /// The store's private-network key.
+    pub psk: [u8; 32],
+    pub data_dir: PathBuf,
+    pub listen: Vec<Multiaddr>,
+    pub bootstrap: Vec<Multiaddr>,
+    pub mdns: bool,
+    pub anti_entropy_interval: Duration,
+    /// Records per anti-entropy answer.
+    pub sync_batch: u64,
+}
+
+impl MeshConfig {
+    pub fn new(store: &str, psk: [u8; 32], data_dir: PathBuf) -> Self {
+        Self {
+            store: store.to_string(),
+            psk,
+            data_dir,
+            listen: vec!["/ip4/0.0.0.0/tcp/0".parse().expect("valid multiaddr")],
+            bootstrap: Vec::new(),
+            mdns: true,
+            anti_entropy_interval: Duration::from_secs(5),
+            sync_batch: 2000,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MeshError {
+    #[error(transparent)]
+    Log(#[from] LogError),
+    #[error("network: {0}")]
+    Network(String),
+    #[error("the mesh has stopped")]
+    Stopped,
+}
+
+/// Counters for the node's metrics.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct MeshStats {
+    pub peers: usize,
+    pub records: u64,
+    pub appended: u64,
+    pub received_gossip: u64,
+    pub received_sync: u64,
+    pub duplicates: u64,
+    /// Refused records and messages by reason.
+    pub rejected: BTreeMap<String, u64>,
+    pub sync_rounds: u64,
+    /// Records that arrived through anti-entropy rather than gossip.
+    pub repaired: u64,
+    /// Connections that failed before they were up (a wrong store key looks like this).
+    pub handshake_failures: u64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+enum SyncRequest {
+    Summary {
+        vv: Vec<(Origin, u64)>,
+        reply: bool,
+    },
+    Records {
+        records: Vec<serde_bytes::ByteBuf>,
+        full: bool,
+    },
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct SyncResponse {
+    accepted: u32,
+}
+
+#[derive(NetworkBehaviour)]
+struct Behaviour {
+    gossipsub: gossipsub::Behaviour,
+    sync: request_response::cbor::Behaviour<SyncRequest, SyncResponse>,
+    identify: identify::Behaviour,
+    ping: ping::Behaviour,
+    mdns: Toggle<mdns::tokio::Behaviour>,
+}
+
+enum Command {
+    Append {
+        items: Vec<(RecordKind, Vec<u8>)>,
+        reply: oneshot::Sender<Result<Vec<Record>, MeshError>>,
+    },
+    VersionVector(oneshot::Sender<VersionVector>),
+    Range {
+        origin: Origin,
+        from: u64,
+        limit: usize,
+        reply: oneshot::Sender<Result<Vec<Record>, MeshError>>,
+    },
+    Stats(oneshot::Sender<MeshStats>),
+    ListenAddrs(oneshot::Sender<Vec<Multiaddr>>),
+    Peers(oneshot::Sender<Vec<PeerId>>),
+    Dial(Multiaddr),
+    /// Test and operations hook: drop and refuse connections with these peers (a simulated partition).
+    Block(Vec<PeerId>),
+    Unblock(Vec<PeerId>),
+    Shutdown(oneshot::Sender<()>),
+}
+
+/// The handle the rest of the node uses; cheap to clone.
+#[derive(Clone)]
+pub struct MeshHandle {
+    cmd: mpsc::Sender<Command>,
+    records: broadcast::Sender<Record>,
+    peer_id: PeerId,
+    origin: Origin,
+}
+
+impl MeshHandle {
+    pub fn peer_id(&self) -> PeerId {
+        self.peer_id
+    }
+
+    pub fn origin(&self) -> Origin {
+        self.origin
+    }
+
+    /// New records as they become durable here, ours and others'.
+    pub fn subscribe(&self) -> broadcast::Receiver<Record> {
+        self.records.subscribe()
+    }
+
+    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, MeshError> {
+        let (tx, rx) = oneshot::channel();
+        self.cmd.send(make(tx)).await.map_err(|_| MeshError::Stopped)?;
+        rx.await.map_err(|_| MeshError::Stopped)
+    }
+
+    /// Appends our own records (one durable commit for all) and gossips them.
+    pub async fn append(&self, items: Vec<(RecordKind, Vec<u8>)>) -> Result<Vec<Record>, MeshError> {
+        self.ask(|reply| Command::Append { items, reply }).await?
+    }
+
+    pub async fn version_vector(&self) -> Result<VersionVector, MeshError> {
+        self.ask(Command::VersionVector).await
+    }
+
+    pub async fn range(&self, origin: Origin, from: u64, limit: usize) -> Result<Vec<Record>, MeshError> {
+        self.ask(|reply| Command::Range {
+            origin,
+            from,
+            limit,
+            reply,
+        })
+        .await?
+    }
+
+    pub async fn stats(&self) -> Result<MeshStats, MeshError> {
+        self.ask(Command::Stats).await
+    }
+
+    pub async fn listen_addrs(&self) -> Result<Vec<Multiaddr>, MeshError> {
+        self.ask(Command::ListenAddrs).await
+    }
+
+    pub async fn peers(&self) -> Result<Vec<PeerId>, MeshError> {
+        self.ask(Command::Peers).await
+    }
+
+    pub async fn dial(&self, addr: Multiaddr) -> Result<(), MeshError> {
+        self.cmd.send(Command::Dial(addr)).await.map_err(|_| MeshError::Stopped)
+    }
+
+    pub async fn block(&self, peers: Vec<PeerId>) -> Result<(), MeshError> {
+        self.cmd
+            .send(Command::Block(peers))
+            .await
+            .map_err(|_| MeshError::Stopped)
+    }
+
+    pub async fn unblock(&self, peers: Vec<PeerId>) -> Result<(), MeshError> {
+        self.cmd
+            .send(Command::Unblock(peers))
+            .await
+            .map_err(|_| MeshError::Stopped)
+    }
+
+    /// Flushes and closes; returns when the actor has stopped.
+    pub async fn shutdown(&self) -> Result<(), MeshError> {
+        self.ask(Command::Shutdown).await
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn build_swarm(cfg: &MeshConfig, key: &Keypair) -> Result<Swarm<Behaviour>, MeshError> {
+    let net = |e: &dyn std::fmt::Display| MeshError::Network(e.to_string());
+    let psk = PreSharedKey::new(cfg.psk);
+    let store = cfg.store.clone();
+    let mdns_on = cfg.mdns;
+    let swarm = SwarmBuilder::with_existing_identity(key.clone())
+        .with_tokio()
+        .with_other_transport(|key| -> Result<_, Box<dyn std::error::Error + Send + Sync>> {
+            // The PSK handshake runs on the raw TCP stream, before Noise: without the key, nothing else
+            // of libp2p is ever reached.
+            Ok(tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
+                .and_then(move |socket, _| PnetConfig::new(psk).handshake(socket))
+                .upgrade(Version::V1)
+                .authenticate(noise::Config::new(key)?)
+                .multiplex(yamux::Config::default())
+                // A peer with the wrong key never finishes Noise: give up on it quickly.
+                .timeout(Duration::from_secs(5)))
+        })
+        .map_err(|e| net(&e))?
+        .with_behaviour(|key| -> Result<_, Box<dyn std::error::Error + Send + Sync>> {
+            let gcfg = gossipsub::ConfigBuilder::default()
+                .validation_mode(ValidationMode::Strict)
+                .validate_messages()
+                .heartbeat_interval(Duration::from_millis(500))
+                .max_transmit_size(MAX_RECORD_BYTES + 4096)
+                .message_id_fn(|m: &gossipsub::Message| {
+                    use std::hash::{Hash, Hasher};
+                    // Content-addressed: the same record relayed by two peers is one message.
+                    let mut h = std::collections::hash_map::DefaultHasher::new();
+                    m.data.hash(&mut h);
+                    let a = h.finish();
+                    m.data.len().hash(&mut h);
+                    gossipsub::MessageId::from([a.to_be_bytes(), h.finish().to_be_bytes()].concat())
+                })
+                .build()?;
+            let mut gossipsub = gossipsub::Behaviour::new(MessageAuthenticity::Signed(key.clone()), gcfg)?;
+            let mut params = gossipsub::PeerScoreParams::default();
+            let topic = IdentTopic::new(topic_name(&store));
+            let tparams = gossipsub::TopicScoreParams {
+                invalid_message_deliveries_weight: -100.0,
+                invalid_message_deliveries_decay: 0.5,
+                ..Default::default()
+            };
+            params.topics.insert(topic.hash(), tparams);
+            gossipsub.with_peer_score(params, gossipsub::PeerScoreThresholds::default())?;
+            let codec = request_response::cbor::codec::Codec::default()
+                .set_request_size_maximum(SYNC_MAX_REQUEST_BYTES)
+                .set_response_size_maximum(64 * 1024);
+            let sync = request_response::Behaviour::with_codec(
+                codec,
+                [(StreamProtocol::new(SYNC_PROTOCOL), ProtocolSupport::Full)],
+                request_response::Config::default().with_request_timeout(Duration::from_secs(30)),
+            );
+            let mdns = if mdns_on {
+                Some(mdns::tokio::Behaviour::new(
+                    mdns::Config::default(),
+                    key.public().to_peer_id(),
+                )?)
+            } else {
+                None
+            };
+            Ok(Behaviour {
+                gossipsub,
+                sync,
+                identify: identify::Behaviour::new(identify::Config::new("/lpmesh/1".into(), key.public())),
+                ping: ping::Behaviour::new(ping::Config::new()),
+                mdns: Toggle::from(mdns),
+            })
+        })
+        .map_err(|e| net(&e))?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
+        .build();
+    Ok(swarm)
+}
+
+fn topic_name(store: &str) -> String {
+    format!("/lpmesh/{store}/records/1")
+}
+
+/// Starts the mesh actor on the current tokio runtime (multi-threaded: log writes block in place).
+pub fn start(cfg: MeshConfig, key: Keypair, recipient: StoreRecipient) -> Result<MeshHandle, MeshError> {
+    let log = Log::open(&cfg.data_dir, &cfg.store, key.clone(), recipient)?;
+    let mut swarm = build_swarm(&cfg, &key)?;
+    let topic = IdentTopic::new(topic_name(&cfg.store));
+    swarm
+        .behaviour_mut()
+        .gossipsub
+        .subscribe(&topic)
+        .map_err(|e| MeshError::Network(e.to_string()))?;
+    for addr in &cfg.listen {
+        swarm
+            .listen_on(addr.clone())
+            .map_err(|e| MeshError::Network(format!("listen on {addr}: {e}")))?;
+    }
+    for addr in &cfg.bootstrap {
+        if let Err(e) = swarm.dial(addr.clone()) {
+            tracing::warn!(%addr, error = %e, "cannot dial bootstrap address");
+        }
+    }
+    let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_QUEUE);
+    let (records, _) = broadcast::channel(RECORD_BROADCAST);
+    let peer_id = key.public().to_peer_id();
+    let origin = log.origin();
+    let seed = u64::from_be_bytes(origin.0[..8].try_into().unwrap_or([0; 8]));
+    let mut stats = MeshStats {
+        records: log.len(),
+        ..MeshStats::default()
+    };
+    stats.peers = 0;
+    let actor = Actor {
+        swarm,
+        log,
+        topic,
+        ae: AntiEntropy::new(cfg.anti_entropy_interval.as_millis() as u64, cfg.sync_batch, seed),
+        records: records.clone(),
+        stats,
+        connected: HashSet::new(),
+        blocked: HashSet::new(),
+        listen: Vec::new(),
+    };
+    tokio::spawn(actor.run(cmd_rx));
+    Ok(MeshHandle {
+        cmd: cmd_tx,
+        records,
+        peer_id,
+        origin,
+    })
+}
+
+struct Actor {
+    swarm: Swarm<Behaviour>,
+    log: Log,
+    topic: IdentTopic,
+    ae: AntiEntropy<PeerId>,
+    records: broadcast::Sender<Record>,
+    stats: MeshStats,
+    connected: HashSet<PeerId>,
+    blocked: HashSet<PeerId>,
+    listen: Vec<Multiaddr>,
+}
+
+impl Actor {
+    async fn run(mut self, mut cmd_rx: mpsc::Receiver<Command>) {
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            tokio::select! {
+                cmd = cmd_rx.recv() => match cmd {
+                    Some(Command::Shutdown(done)) => {
+                        // sled flushes on every commit already; dropping closes the database cleanly.
+                        drop(self);
+                        let _ = done.send(());
+                        return;
+                    }
+                    Some(c) => self.on_command(c),
+                    None => return,
+                },
+                ev = self.swarm.select_next_some() => self.on_swarm(ev),
+                _ = tick.tick() => {
+                    let actions = self.ae.handle(Input::Tick { now_ms: now_ms() }, self.log.version_vector());
+                    self.carry_out(actions);
+                }
+            }
+        }
+    }
+
+    fn on_command(&mut self, c: Command) {
+        match c {
+            Command::Append { items, reply } => {
+                let refs: Vec<(RecordKind, &[u8])> = items.iter().map(|(k, p)| (*k, p.as_slice())).collect();
+                let res = tokio::task::block_in_place(|| self.log.append_batch(&refs, now_ms()));
+                match res {
+                    Ok(recs) => {
+                        self.stats.appended += recs.len() as u64;
+                        for r in &recs {
+                            // No peer yet is fine: anti-entropy delivers it when one appears.
+                            let _ = self
+                                .swarm
+                                .behaviour_mut()
+                                .gossipsub
+                                .publish(self.topic.clone(), r.encode());
+                            let _ = self.records.send(r.clone());
+                        }
+                        let _ = reply.send(Ok(recs));
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(e.into()));
+                    }
+                }
+            }
+            Command::VersionVector(reply) => {
+                let _ = reply.send(self.log.version_vector().clone());
+            }
+            Command::Range {
+                origin,
+                from,
+                limit,
+                reply,
+            } => {
+                let _ = reply.send(self.log.range(&origin, from, limit).map_err(Into::into));
+            }
+            Command::Stats(reply) => {
+                self.stats.peers = self.connected.len();
+                self.stats.records = self.log.len();
+                let _ = reply.send(self.stats.clone());
+            }
+            Command::ListenAddrs(reply) => {
+                let _ = reply.send(self.listen.clone());
+            }
+            Command::Peers(reply) => {
+                let _ = reply.send(self.connected.iter().copied().collect());
+            }
+            Command::Dial(addr) => {
+                if let Err(e) = self.swarm.dial(addr.clone()) {
+                    tracing::warn!(%addr, error = %e, "dial failed");
+                }
+            }
+            Command::Block(peers) => {
+                for p in peers {
+                    self.blocked.insert(p);
+                    let _ = self.swarm.disconnect_peer_id(p);
+                }
+            }
+            Command::Unblock(peers) => {
+                for p in peers {
+                    self.blocked.remove(&p);
+                }
+            }
+            Command::Shutdown(_) => {}
+        }
+    }
+
+    fn reject(&mut self, reason: &str) {
+        *self.stats.rejected.entry(reason.to_string()).or_insert(0) += 1;
+    }
+
+    /// Stores records received from `from`; returns how many were new. Each new one is announced.
+    fn ingest(&mut self, records: Vec<Record>) -> (u32, Vec<Result<Inserted, crate::log::Rejected>>) {
+        let res = tokio::task::block_in_place(|| self.log.insert_batch(records.clone(), now_ms()));
+        let outcomes = match res {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot store received records");
+                return (0, Vec::new());
+            }
+        };
+        let mut new = 0;
+        for (r, o) in records.into_iter().zip(&outcomes) {
+            match o {
+                Ok(Inserted::New) => {
+                    new += 1;
+                    let _ = self.records.send(r);
+                }
+                Ok(Inserted::Duplicate) => self.stats.duplicates += 1,
+                Err(e) => {
+                    tracing::warn!(error = %e, "record refused");
+                    self.reject(e.reason());
+                }
+            }
+        }
+        (new, outcomes)
+    }
+
+    fn on_swarm(&mut self, ev: SwarmEvent<BehaviourEvent>) {
+        match ev {
+            SwarmEvent::NewListenAddr { address, .. } => self.listen.push(address),
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                num_established,
+                ..
+            } => {
+                if self.blocked.contains(&peer_id) {
+                    let _ = self.swarm.disconnect_peer_id(peer_id);
+                    return;
+                }
+                if num_established.get() == 1 {
+                    self.connected.insert(peer_id);
+                    let actions = self.ae.handle(Input::Connected(peer_id), self.log.version_vector());
+                    self.carry_out(actions);
+                }
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                num_established: 0,
+                ..
+            } => {
+                self.connected.remove(&peer_id);
+                self.ae.handle(Input::Disconnected(peer_id), self.log.version_vector());
+            }
+            SwarmEvent::IncomingConnectionError { error, .. } => {
+                self.stats.handshake_failures += 1;
+                tracing::debug!(%error, "incoming connection failed (a device without the store key looks like this)");
+            }
+            SwarmEvent::OutgoingConnectionError { error, .. } => {
+                self.stats.handshake_failures += 1;
+                tracing::debug!(%error, "outgoing connection failed");
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(found))) => {
+                for (peer, addr) in found {
+                    if !self.connected.contains(&peer) && !self.blocked.contains(&peer) {
+                        let _ = self.swarm.dial(addr);
+                    }
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(gossipsub::Event::Message {
+                propagation_source,
+                message_id,
+                message,
+            })) => self.on_gossip(propagation_source, message_id, message),
+            SwarmEvent::Behaviour(BehaviourEvent::Sync(request_response::Event::Message {
+                peer,
+                message: request_response::Message::Request { request, channel, .. },
+                ..
+            })) => self.on_sync_request(peer, request, channel),
+            SwarmEvent::Behaviour(BehaviourEvent::Sync(request_response::Event::OutboundFailure {
+                peer,
+                error,
+                ..
+            })) => {
+                tracing::debug!(%peer, %error, "anti-entropy request failed");
+            }
+            _ => {}
+        }
+    }
+
+    fn on_gossip(&mut self, source: PeerId, id: gossipsub::MessageId, message: gossipsub::Message) {
+        let gs = |a: &mut Self, acceptance| {
+            let _ = a
+                .swarm
+                .behaviour_mut()
+                .gossipsub
+                .report_message_validation_result(&id, &source, acceptance);
+        };
+        if self.blocked.contains(&source) {
+            gs(self, MessageAcceptance::Ignore);
+            return;
+        }
+        let record = match Record::decode(&message.data) {
+            Ok(r) => r,
+            Err(e) => {
+                self.reject(e.reason());
+                gs(self, MessageAcceptance::Reject);
+                return;
+            }
+        };
+        self.stats.received_gossip += 1;
+        let (_, outcomes) = self.ingest(vec![record]);
+        let acceptance = match outcomes.first() {
+            Some(Ok(Inserted::New)) => MessageAcceptance::Accept,
+            Some(Ok(Inserted::Duplicate)) | None => MessageAcceptance::Ignore,
+            Some(Err(_)) => MessageAcceptance::Reject,
+        };
+        gs(self, acceptance);
+    }
+
+    fn on_sync_request(
+        &mut self,
+        peer: PeerId,
+        request: SyncRequest,
+        channel: request_response::ResponseChannel<SyncResponse>,
+    ) {
+        if self.blocked.contains(&peer) {
+            return;
+        }
+        let (accepted, actions) = match request {
+            SyncRequest::Summary { vv, reply } => {
+                self.stats.sync_rounds += 1;
+                let vv: VersionVector = vv.into_iter().collect();
+                (
+                    0,
+                    self.ae
+                        .handle(Input::Summary { from: peer, vv, reply }, self.log.version_vector()),
+                )
+            }
+            SyncRequest::Records { records, full } => {
+                let mut decoded = Vec::with_capacity(records.len());
+                for b in records {
+                    match Record::decode(&b) {
+                        Ok(r) => decoded.push(r),
+                        Err(e) => self.reject(e.reason()),
+                    }
+                }
+                self.stats.received_sync += decoded.len() as u64;
+                let (new, _) = self.ingest(decoded);
+                self.stats.repaired += new as u64;
+                (
+                    new,
+                    self.ae
+                        .handle(Input::Applied { from: peer, full }, self.log.version_vector()),
+                )
+            }
+        };
+        let _ = self
+            .swarm
+            .behaviour_mut()
+            .sync
+            .send_response(channel, SyncResponse { accepted });
+        self.carry_out(actions);
+    }
+
+    fn carry_out(&mut self, actions: Vec<Action<PeerId>>) {
+        for a in actions {
+            match a {
+                Action::SendSummary { to, reply } => {
+                    let vv = self.log.version_vector().iter().map(|(o, s)| (*o, *s)).collect();
+                    self.swarm
+                        .behaviour_mut()
+                        .sync
+                        .send_request(&to, SyncRequest::Summary { vv, reply });
+                }
+                Action::SendRecords { to, ranges } => {
+                    let mut out = Vec::new();
+                    let mut bytes = 0usize;
+                    let mut truncated = false;
+                    'ranges: for r in ranges {
+                        let recs = match self.log.range(&r.origin, r.from, r.len() as usize) {
+                            Ok(v) => v,
+                            Err(e) => {
+                                tracing::error!(error = %e, "cannot read records for a peer");
+                                continue;
+                            }
+                        };
+                        for rec in recs.into_iter().filter(|x| x.seq <= r.to) {
+                            let enc = rec.encode();
+                            if bytes + enc.len() > SYNC_BATCH_BYTES {
+                                truncated = true;
+                                break 'ranges;
+                            }
+                            bytes += enc.len();
+                            out.push(serde_bytes::ByteBuf::from(enc));
+                        }
+                    }
+                    if out.is_empty() {
+                        continue;
+                    }
+                    let full = truncated || out.len() as u64 >= self.ae.batch();
+                    self.swarm
+                        .behaviour_mut()
+                        .sync
+                        .send_request(&to, SyncRequest::Records { records: out, full });
+                }
+            }
+        }
+    }
+}
+
+/// The number of records held per origin, for tests and status output.
+pub fn count(vv: &VersionVector) -> u64 {
+    vv.values().sum()
+}
+
+/// Groups version vectors by equality (for convergence checks).
+pub fn all_equal(vvs: &[VersionVector]) -> bool {
+    vvs.windows(2).all(|w| w[0] == w[1])
+}

@@ -1,0 +1,248 @@
+//! Real swarms on loopback, in one process: propagation, a device without the store key, partition and
+//! heal, and a node catching up after being away.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use libp2p::Multiaddr;
+use libp2p_identity::Keypair;
+use lpmesh_mesh::crypto::StoreSecret;
+use lpmesh_mesh::net::{self, MeshConfig, MeshHandle};
+use lpmesh_mesh::record::RecordKind;
+
+const STORE: &str = "store-7";
+
+struct Dir(PathBuf);
+impl Dir {
+    fn new(tag: &str) -> Self {
+        Dir(std::env::temp_dir().join(format!(
+            "lpmesh-net-{tag}-{}-{}",
+            std::process::id(),
+            rand::random::<u32>()
+        )))
+    }
+}
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn start(dir: &Dir, key: &Keypair, psk: [u8; 32], secret: &StoreSecret, bootstrap: Vec<Multiaddr>) -> MeshHandle {
+    let mut cfg = MeshConfig::new(STORE, psk, dir.0.clone());
+    cfg.listen = vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()];
+    cfg.mdns = false;
+    cfg.bootstrap = bootstrap;
+    cfg.anti_entropy_interval = Duration::from_millis(1000);
+    net::start(cfg, key.clone(), secret.recipient()).unwrap()
+}
+
+async fn addr(h: &MeshHandle) -> Multiaddr {
+    for _ in 0..200 {
+        if let Some(a) = h.listen_addrs().await.unwrap().first() {
+            return format!("{a}/p2p/{}", h.peer_id()).parse().unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("no listen address");
+}
+
+async fn eventually(what: &str, limit: Duration, mut check: impl AsyncFnMut() -> bool) -> Duration {
+    let t = Instant::now();
+    while t.elapsed() < limit {
+        if check().await {
+            return t.elapsed();
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("{what}: not within {limit:?}");
+}
+
+struct Cluster {
+    secret: StoreSecret,
+    psk: [u8; 32],
+    dirs: Vec<Dir>,
+    keys: Vec<Keypair>,
+    nodes: Vec<MeshHandle>,
+}
+
+impl Cluster {
+    /// Stops every actor before the runtime goes away, as a node does on shutdown.
+    async fn stop(self, extra: &[&MeshHandle]) {
+        for h in self.nodes.iter().chain(extra.iter().copied()) {
+            let _ = h.shutdown().await;
+        }
+    }
+}
+
+async fn cluster(n: usize) -> Cluster {
+    let secret = StoreSecret::generate();
+    let psk: [u8; 32] = rand::random();
+    let mut c = Cluster {
+        secret,
+        psk,
+        dirs: Vec::new(),
+        keys: Vec::new(),
+        nodes: Vec::new(),
+    };
+    for i in 0..n {
+        let dir = Dir::new(&format!("n{i}"));
+        let key = Keypair::generate_ed25519();
+        let mut boot = Vec::new();
+        for h in &c.nodes {
+            boot.push(addr(h).await);
+        }
+        let h = start(&dir, &key, psk, &c.secret, boot);
+        c.dirs.push(dir);
+        c.keys.push(key);
+        c.nodes.push(h);
+    }
+    for (i, h) in c.nodes.iter().enumerate() {
+        eventually(
+            &format!("node {i} connected to all"),
+            Duration::from_secs(10),
+            async || h.peers().await.unwrap().len() == n - 1,
+        )
+        .await;
+    }
+    // Let gossipsub build its mesh (two heartbeats).
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    c
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_appended_on_one_of_five_nodes_is_on_all_within_a_second() {
+    let c = cluster(5).await;
+    let mut subs: Vec<_> = c.nodes.iter().map(|h| h.subscribe()).collect();
+    let t = Instant::now();
+    let appended = c.nodes[3]
+        .append(vec![(RecordKind::Event, b"loitering at aisle 4".to_vec())])
+        .await
+        .unwrap();
+    let mut latest = Duration::ZERO;
+    for (i, s) in subs.iter_mut().enumerate() {
+        let r = tokio::time::timeout(Duration::from_secs(1), s.recv())
+            .await
+            .unwrap_or_else(|_| panic!("node {i} did not get it in 1 s"))
+            .unwrap();
+        assert_eq!(r, appended[0]);
+        assert_eq!(c.secret.decrypt(&r.ciphertext).unwrap(), b"loitering at aisle 4");
+        latest = latest.max(t.elapsed());
+    }
+    println!("propagation to all 5 nodes: {latest:?}");
+    for h in &c.nodes {
+        let s = h.stats().await.unwrap();
+        assert!(s.rejected.is_empty(), "{s:?}");
+    }
+    c.stop(&[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_without_the_store_key_cannot_connect() {
+    let c = cluster(2).await;
+    let dir = Dir::new("intruder");
+    let intruder = start(
+        &dir,
+        &Keypair::generate_ed25519(),
+        rand::random(),
+        &c.secret,
+        vec![addr(&c.nodes[0]).await],
+    );
+    intruder.dial(addr(&c.nodes[1]).await).await.unwrap();
+    eventually(
+        "both sides saw the handshake fail",
+        Duration::from_secs(15),
+        async || {
+            c.nodes[0].stats().await.unwrap().handshake_failures > 0
+                && intruder.stats().await.unwrap().handshake_failures > 0
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(intruder.peers().await.unwrap().is_empty());
+    assert_eq!(c.nodes[0].peers().await.unwrap().len(), 1, "only the honest peer");
+    intruder
+        .append(vec![(RecordKind::Event, b"forged".to_vec())])
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let vv = c.nodes[0].version_vector().await.unwrap();
+    assert!(!vv.contains_key(&intruder.origin()));
+    c.stop(&[&intruder]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_heals_into_identical_logs() {
+    let c = cluster(5).await;
+    let (left, right) = c.nodes.split_at(2);
+    let ids = |hs: &[MeshHandle]| hs.iter().map(|h| h.peer_id()).collect::<Vec<_>>();
+    for h in left {
+        h.block(ids(right)).await.unwrap();
+    }
+    for h in right {
+        h.block(ids(left)).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for (i, h) in c.nodes.iter().enumerate() {
+        for j in 0..20 {
+            h.append(vec![(RecordKind::Event, format!("node {i} event {j}").into_bytes())])
+                .await
+                .unwrap();
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let vv0 = c.nodes[0].version_vector().await.unwrap();
+    let vv4 = c.nodes[4].version_vector().await.unwrap();
+    assert_ne!(vv0, vv4, "the sides diverged while split");
+    assert_eq!(vv0.len(), 2, "the left side only knows itself: {vv0:?}");
+    for h in &c.nodes {
+        h.unblock(ids(&c.nodes)).await.unwrap();
+    }
+    for (i, h) in c.nodes.iter().enumerate() {
+        for (j, other) in c.nodes.iter().enumerate() {
+            if i < j {
+                h.dial(addr(other).await).await.unwrap();
+            }
+        }
+    }
+    let took = eventually("all logs identical", Duration::from_secs(10), async || {
+        let mut vvs = Vec::new();
+        for h in &c.nodes {
+            vvs.push(h.version_vector().await.unwrap());
+        }
+        net::all_equal(&vvs) && net::count(&vvs[0]) == 100
+    })
+    .await;
+    println!("partition healed in {took:?}");
+    c.stop(&[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_was_away_catches_up_and_continues_its_own_seq() {
+    let c = cluster(3).await;
+    c.nodes[2]
+        .append(vec![(RecordKind::Event, b"before".to_vec())])
+        .await
+        .unwrap();
+    c.nodes[2].shutdown().await.unwrap();
+    let batch: Vec<(RecordKind, Vec<u8>)> = (0..500)
+        .map(|i| (RecordKind::Event, format!("event {i:05}").into_bytes()))
+        .collect();
+    for _ in 0..20 {
+        c.nodes[0].append(batch.clone()).await.unwrap();
+    }
+    let target = c.nodes[0].version_vector().await.unwrap();
+    assert_eq!(net::count(&target), 10_001);
+    let t = Instant::now();
+    let back = start(&c.dirs[2], &c.keys[2], c.psk, &c.secret, vec![addr(&c.nodes[0]).await]);
+    eventually("caught up", Duration::from_secs(30), async || {
+        back.version_vector().await.unwrap() == target
+    })
+    .await;
+    println!("caught up on 10,000 records in {:?}", t.elapsed());
+    let mine = back.append(vec![(RecordKind::Event, b"after".to_vec())]).await.unwrap();
+    assert_eq!(mine[0].seq, 2, "its own seq continues after the restart");
+    let s = back.stats().await.unwrap();
+    assert!(s.repaired >= 10_000, "{s:?}");
+    c.stop(&[&back]).await;
+}
