@@ -6,6 +6,7 @@
 //! - [`hlc`]: hybrid logical clock (order that survives skewed wall clocks).
 //! - [`record`]: the record, its wire encoding (version byte + CBOR, size limits) and its signature.
 //! - [`crypto`]: the store's age identity and recipient (payload encryption).
+//! - [`keys`]: key files in the data directory and the join token.
 //! - [`log`]: the log on disk (sled): durable appends with group commit, idempotent verified inserts,
 //!   the version vector.
 //! - [`sync`]: anti-entropy as a pure state machine, with a seeded simulation in its tests.
@@ -15,6 +16,7 @@
 
 pub mod crypto;
 pub mod hlc;
+pub mod keys;
 pub mod log;
 pub mod net;
 pub mod record;

@@ -36,6 +36,8 @@ pub enum LogError {
     Corrupt { origin: Origin, seq: u64, reason: String },
     #[error("the node key is not Ed25519")]
     UnsupportedKey,
+    #[error("the log is in use by another process (is the node running?)")]
+    Locked,
 }
 
 /// What inserting a received record did.
@@ -95,7 +97,10 @@ impl Log {
     /// Opens (or creates) the log in `dir` for `store`, appending as the owner of `key`.
     pub fn open(dir: &Path, store: &str, key: Keypair, recipient: StoreRecipient) -> Result<Self, LogError> {
         let origin = Origin::of(&key).ok_or(LogError::UnsupportedKey)?;
-        let db = sled::Config::new().path(dir).open()?;
+        let db = sled::Config::new().path(dir).open().map_err(|e| match e {
+            sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock => LogError::Locked,
+            other => LogError::Db(other),
+        })?;
         let tree = db.open_tree("log")?;
         let mut vv = VersionVector::new();
         for item in tree.scan_prefix(b"v") {
@@ -267,6 +272,20 @@ impl Log {
             })?);
         }
         Ok(out)
+    }
+
+    /// Every record held, by origin then seq.
+    pub fn all(&self) -> impl Iterator<Item = Result<Record, LogError>> + '_ {
+        self.tree.scan_prefix(b"r").map(|item| {
+            let (k, v) = item?;
+            let origin = Origin(k[1..33].try_into().unwrap_or([0; 32]));
+            let seq = u64::from_be_bytes(k[33..41].try_into().unwrap_or([0; 8]));
+            Record::decode(&v).map_err(|e| LogError::Corrupt {
+                origin,
+                seq,
+                reason: e.to_string(),
+            })
+        })
     }
 
     pub fn get(&self, origin: &Origin, seq: u64) -> Result<Option<Record>, LogError> {

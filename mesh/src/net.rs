@@ -34,6 +34,8 @@ use crate::log::{Inserted, Log, LogError, VersionVector};
 use crate::record::{Origin, Record, RecordKind, MAX_RECORD_BYTES};
 use crate::sync::{Action, AntiEntropy, Input};
 
+pub use libp2p::{Multiaddr as Addr, PeerId as NodeId};
+
 /// Commands waiting for the actor.
 pub const COMMAND_QUEUE: usize = 256;
 /// New records waiting for each subscriber before it is told it lagged.

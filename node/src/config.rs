@@ -60,10 +60,30 @@ impl Default for NodeConfig {
     }
 }
 
-/// Reserved for the store mesh (issue [3/7]); no options yet.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct MeshConfig {}
+/// How this node joins the store's mesh.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MeshConfig {
+    /// Addresses to listen on (libp2p multiaddrs, TCP only).
+    pub listen: Vec<String>,
+    /// Nodes to dial at start (other subnets; mDNS finds nodes on the same LAN).
+    pub bootstrap: Vec<String>,
+    /// Find the store's other nodes on the LAN by multicast DNS.
+    pub mdns: bool,
+    /// Interval of anti-entropy rounds with a random peer.
+    pub anti_entropy_secs: f64,
+}
+
+impl Default for MeshConfig {
+    fn default() -> Self {
+        Self {
+            listen: vec!["/ip4/0.0.0.0/tcp/7420".into()],
+            bootstrap: Vec::new(),
+            mdns: true,
+            anti_entropy_secs: 5.0,
+        }
+    }
+}
 
 /// Reserved for alert routes (issue [5/7]); no options yet.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -720,6 +740,24 @@ impl NodeConfig {
         }
         if let Err(errs) = self.schedule.compile() {
             p.extend(errs);
+        }
+        for (key, list) in [("listen", &self.mesh.listen), ("bootstrap", &self.mesh.bootstrap)] {
+            for (i, a) in list.iter().enumerate() {
+                match a.parse::<lpmesh_mesh::net::Addr>() {
+                    Ok(addr) if addr.to_string().contains("/quic") || addr.to_string().contains("/udp") => p.push((
+                        path(&["mesh", key]).index(i),
+                        "only TCP addresses: the store's private network cannot protect QUIC or UDP".into(),
+                    )),
+                    Ok(_) => {}
+                    Err(e) => p.push((
+                        path(&["mesh", key]).index(i),
+                        format!("not a multiaddr like /ip4/10.0.0.5/tcp/7420: {e}"),
+                    )),
+                }
+            }
+        }
+        if self.mesh.anti_entropy_secs.is_nan() || self.mesh.anti_entropy_secs <= 0.0 {
+            p.push((path(&["mesh", "anti_entropy_secs"]), "must be more than zero".into()));
         }
         let mut camera_names = std::collections::HashSet::new();
         for (ci, cam) in self.cameras.iter().enumerate() {

@@ -37,6 +37,7 @@ pub mod event;
 pub mod geom;
 pub mod measure;
 pub mod motion;
+pub mod node;
 pub mod output;
 pub mod pipeline;
 pub mod rules;

@@ -1,15 +1,17 @@
 //! The `lpmesh` command line. `anyhow` lives here only; the library has typed errors.
 
-use std::io::{BufWriter, IsTerminal, Write};
+#[cfg(feature = "vision")]
+use lpmesh_node::event::Event;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
-use lpmesh_node::config::{default_footage_path, default_model_path, NodeConfig};
+use lpmesh_node::config::NodeConfig;
 #[cfg(feature = "vision")]
 use lpmesh_node::output::{write_frame, Format};
 
@@ -51,6 +53,47 @@ enum Command {
     },
     /// Check a configuration file without opening cameras or models; exit code 0 only when valid.
     Validate { file: PathBuf },
+    /// Create a new store's secrets and this first node's identity in a data directory.
+    Init {
+        #[arg(long)]
+        store: String,
+        #[arg(long)]
+        data: PathBuf,
+    },
+    /// Print a join token for another node of this store. It carries the store's secrets: treat it
+    /// like a password.
+    Invite {
+        #[arg(long)]
+        data: PathBuf,
+        /// Addresses of running nodes the new node should dial first (repeatable).
+        #[arg(long)]
+        bootstrap: Vec<String>,
+    },
+    /// Enrol a new node's data directory into a store, with a token from `lpmesh invite`.
+    Join {
+        token: String,
+        #[arg(long)]
+        data: PathBuf,
+    },
+    /// Run a node: join the store's mesh and analyse this node's cameras.
+    Run {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// List the store's events as this node holds them (decrypted). Stop the node first.
+    Events {
+        #[arg(long)]
+        data: PathBuf,
+        /// Only events at or after this time (RFC 3339).
+        #[arg(long)]
+        since: Option<String>,
+        /// Only this kind (e.g. loitering).
+        #[arg(long)]
+        kind: Option<String>,
+        /// One JSON object per line instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[cfg(feature = "vision")]
@@ -144,6 +187,70 @@ fn run(cli: Cli) -> Result<ExitCode> {
         } => vision::bench(video, frames, json, config.as_deref(), model),
         #[cfg(feature = "vision")]
         Command::Demo { config, duration } => vision::demo(config, duration),
+        Command::Init { store, data } => {
+            let peer = lpmesh_node::node::init(&store, &data)?;
+            println!("store {store} created in {}; this node is {peer}", data.display());
+            println!(
+                "next: `lpmesh invite --data {}` prints a token for each other node",
+                data.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Invite { data, bootstrap } => {
+            println!("{}", lpmesh_node::node::invite(&data, bootstrap)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Join { token, data } => {
+            let (store, bootstrap, peer) = lpmesh_node::node::join(&token, &data)?;
+            println!("joined store {store} in {}; this node is {peer}", data.display());
+            if !bootstrap.is_empty() {
+                println!("add to [mesh] bootstrap in this node's configuration: {bootstrap:?}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Run { config } => daemon::run(&config),
+        Command::Events {
+            data,
+            since,
+            kind,
+            json,
+        } => {
+            let since_ms = match since {
+                Some(s) => Some(
+                    chrono::DateTime::parse_from_rfc3339(&s)
+                        .with_context(|| format!("--since {s:?} is not an RFC 3339 time"))?
+                        .timestamp_millis(),
+                ),
+                None => None,
+            };
+            let events = lpmesh_node::node::read_events(&data)?;
+            let mut out = std::io::stdout().lock();
+            for e in events
+                .iter()
+                .filter(|e| since_ms.is_none_or(|t| e.at_ms >= t))
+                .filter(|e| kind.as_deref().is_none_or(|k| e.kind.as_str() == k))
+            {
+                if json {
+                    writeln!(out, "{}", serde_json::to_string(e)?)?;
+                } else {
+                    let at = chrono::DateTime::from_timestamp_millis(e.at_ms)
+                        .map(|t| t.to_rfc3339())
+                        .unwrap_or_default();
+                    writeln!(
+                        out,
+                        "{at}  {:<8} {:<22} {:<8} {}/{}/{}  {}",
+                        format!("{:?}", e.severity).to_lowercase(),
+                        e.kind.as_str(),
+                        format!("{:?}", e.phase).to_lowercase(),
+                        e.node,
+                        e.camera,
+                        e.zone.as_deref().unwrap_or("-"),
+                        e.incident
+                    )?;
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Validate { file } => match NodeConfig::load(&file) {
             Ok(_) => {
                 println!("{}: valid", file.display());
@@ -157,18 +264,6 @@ fn run(cli: Cli) -> Result<ExitCode> {
     }
 }
 
-fn load_config(path: Option<&Path>) -> Result<NodeConfig> {
-    match path {
-        Some(p) => Ok(NodeConfig::load(p)?),
-        None => Ok(NodeConfig::default()),
-    }
-}
-
-fn model_path(cli: Option<PathBuf>, cfg: &NodeConfig) -> PathBuf {
-    cli.or_else(|| cfg.detector.model.clone())
-        .unwrap_or_else(default_model_path)
-}
-
 /// Ctrl-C (and SIGTERM) set the flag; the pipeline drains and the summary is still printed.
 fn stop_flag() -> Arc<AtomicBool> {
     let stop = Arc::new(AtomicBool::new(false));
@@ -179,13 +274,93 @@ fn stop_flag() -> Arc<AtomicBool> {
     stop
 }
 
+mod daemon {
+    use super::*;
+    use lpmesh_mesh::keys::StoreSecrets;
+    use lpmesh_node::node::{append_events, open_event, start_mesh, EVENT_QUEUE};
+
+    pub fn run(config: &Path) -> Result<ExitCode> {
+        let cfg = NodeConfig::load(config)?;
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?;
+        rt.block_on(async {
+            let mesh = start_mesh(&cfg)?;
+            let secrets = StoreSecrets::load(&cfg.data_dir)?;
+            let stop = stop_flag();
+            let (tx, rx) = tokio::sync::mpsc::channel(EVENT_QUEUE);
+            let appender = tokio::spawn(append_events(mesh.clone(), rx));
+            let mut sub = mesh.subscribe();
+            let me = mesh.origin();
+            tokio::spawn(async move {
+                loop {
+                    match sub.recv().await {
+                        Ok(r) => {
+                            if let Some(e) = open_event(&secrets, &r) {
+                                let from = if r.origin == me { "here" } else { "peer" };
+                                tracing::info!(from, node = %e.node, camera = %e.camera, kind = e.kind.as_str(), phase = ?e.phase, zone = ?e.zone, "event");
+                            }
+                        }
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                            tracing::warn!(missed = n, "event display fell behind");
+                        }
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                    }
+                }
+            });
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            let addrs = mesh.listen_addrs().await?;
+            println!(
+                "node {} of store {}: {} listening on {}",
+                cfg.node,
+                cfg.store,
+                mesh.peer_id(),
+                addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", ")
+            );
+            #[cfg(feature = "vision")]
+            let cameras: Vec<_> = cfg.cameras.iter().map(|c| vision::spawn_camera(cfg.clone(), c.clone(), tx.clone(), stop.clone())).collect();
+            drop(tx);
+            while !stop.load(Ordering::Relaxed) {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            // Stop in order: cameras (their pipelines drain and close open incidents), then the
+            // events they produced, then the mesh.
+            #[cfg(feature = "vision")]
+            for c in cameras {
+                let _ = tokio::task::spawn_blocking(move || c.join()).await;
+            }
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(10), appender).await;
+            mesh.shutdown().await?;
+            println!("node {} stopped", cfg.node);
+            Ok(ExitCode::SUCCESS)
+        })
+    }
+}
+
 #[cfg(feature = "vision")]
 mod vision {
     use super::*;
+    use anyhow::bail;
+    use lpmesh_node::config::{default_footage_path, default_model_path};
+    use std::io::{BufWriter, IsTerminal};
+
+    fn load_config(path: Option<&Path>) -> Result<NodeConfig> {
+        match path {
+            Some(p) => Ok(NodeConfig::load(p)?),
+            None => Ok(NodeConfig::default()),
+        }
+    }
+
+    fn model_path(cli: Option<PathBuf>, cfg: &NodeConfig) -> PathBuf {
+        cli.or_else(|| cfg.detector.model.clone())
+            .unwrap_or_else(default_model_path)
+    }
+
     use lpmesh_node::bench::bench_pipeline;
     use lpmesh_node::camera::{load_detector, open_camera, resolve_source};
     use lpmesh_node::config::CameraConfig;
-    use lpmesh_node::event::{Event, Phase};
+    use lpmesh_node::event::Phase;
     use lpmesh_node::pipeline::{peak_rss_mb, run, PipelineStats, RunOptions};
     use lpmesh_node::source::opencv::{OpenCvOptions, SourceKind};
     use lpmesh_node::source::FrameSource;
@@ -447,6 +622,63 @@ mod vision {
         })?;
         println!("{}", summary(&stats));
         Ok(ExitCode::SUCCESS)
+    }
+
+    /// One camera's pipeline on its own thread; its events go to `tx`. A camera whose pipeline fails
+    /// is reported and started again after a pause; the others keep running.
+    pub fn spawn_camera(
+        cfg: NodeConfig,
+        cam: CameraConfig,
+        tx: tokio::sync::mpsc::Sender<Event>,
+        stop: Arc<AtomicBool>,
+    ) -> std::thread::JoinHandle<()> {
+        std::thread::spawn(move || {
+            let model = model_path(None, &cfg);
+            while !stop.load(Ordering::Relaxed) {
+                let source = resolve_source(&cam.source);
+                let result = (|| -> Result<()> {
+                    let det = load_detector(&cfg, &model)?;
+                    let is_file = !SourceKind::parse(&source).is_live();
+                    let (capture, mut analyzer) = open_camera(
+                        &cfg,
+                        Some(&cam),
+                        &source,
+                        OpenCvOptions {
+                            realtime: is_file,
+                            looping: cam.looping,
+                        },
+                        Box::new(det),
+                        chrono::Utc::now().timestamp_millis(),
+                        stop.clone(),
+                    )?;
+                    let opts = RunOptions {
+                        max_frames: None,
+                        live: true,
+                    };
+                    run(capture, &mut analyzer, &opts, &stop, |r| {
+                        for e in r.events {
+                            tx.blocking_send(e.clone())
+                                .map_err(|_| "the node is stopping".to_string())?;
+                        }
+                        Ok(true)
+                    })?;
+                    Ok(())
+                })();
+                match result {
+                    Ok(()) if stop.load(Ordering::Relaxed) => break,
+                    Ok(()) => tracing::warn!(camera = %cam.name, "camera stream ended; starting it again"),
+                    Err(e) => {
+                        tracing::error!(camera = %cam.name, error = %format!("{e:#}"), "camera failed; retrying in 5 s")
+                    }
+                }
+                for _ in 0..50 {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                }
+            }
+        })
     }
 
     fn clock(secs: f64) -> String {

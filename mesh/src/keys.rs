@@ -1,0 +1,343 @@
+//! A node's keys on disk, and the join token that enrols a new node into a store.
+//!
+//! In the data directory, each file owner-only (0600):
+//! - `node.key`: this node's libp2p identity (Ed25519, protobuf encoding); its public half is the node's
+//!   origin in the log.
+//! - `store.secrets`: the store's secrets shared by all its nodes: the private-network key, the age
+//!   identity payloads are encrypted to, and the store's signing key (for HQ summaries).
+//!
+//! `lpmesh init` creates both; `lpmesh invite` prints a token carrying the store secrets (treat it like a
+//! password: anyone holding it can join the store); `lpmesh join TOKEN` writes them on a new node.
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use base64::Engine;
+use libp2p_identity::Keypair;
+use serde::{Deserialize, Serialize};
+
+use crate::crypto::{StoreRecipient, StoreSecret};
+
+pub const NODE_KEY_FILE: &str = "node.key";
+pub const STORE_SECRETS_FILE: &str = "store.secrets";
+const TOKEN_PREFIX: &str = "lpmesh-join-1.";
+
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{} is not a valid key file: {reason}", path.display())]
+    Invalid { path: PathBuf, reason: String },
+    #[error("{} already exists: this data directory already belongs to a node", path.display())]
+    Exists { path: PathBuf },
+    #[error("{} is missing: run `lpmesh init` (first node) or `lpmesh join` (other nodes)", path.display())]
+    Missing { path: PathBuf },
+    #[error("{} is readable by others (mode {mode:o}); run chmod 600 on it", path.display())]
+    Permissions { path: PathBuf, mode: u32 },
+    #[error("not a valid join token: {0}")]
+    Token(String),
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> KeyError + '_ {
+    move |source| KeyError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Writes `bytes` to a new file readable only by its owner; refuses to overwrite.
+fn write_private(path: &Path, bytes: &[u8]) -> Result<(), KeyError> {
+    if path.exists() {
+        return Err(KeyError::Exists {
+            path: path.to_path_buf(),
+        });
+    }
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir).map_err(io(dir))?;
+    }
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io(path))?;
+    f.write_all(bytes).map_err(io(path))?;
+    f.sync_all().map_err(io(path))
+}
+
+fn read_private(path: &Path) -> Result<Vec<u8>, KeyError> {
+    let meta = match fs::metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(KeyError::Missing {
+                path: path.to_path_buf(),
+            })
+        }
+        Err(e) => {
+            return Err(KeyError::Io {
+                path: path.to_path_buf(),
+                source: e,
+            })
+        }
+    };
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(KeyError::Permissions {
+            path: path.to_path_buf(),
+            mode,
+        });
+    }
+    fs::read(path).map_err(io(path))
+}
+
+/// This node's identity, created on first use.
+pub fn create_node_key(dir: &Path) -> Result<Keypair, KeyError> {
+    let key = Keypair::generate_ed25519();
+    let path = dir.join(NODE_KEY_FILE);
+    let bytes = key.to_protobuf_encoding().map_err(|e| KeyError::Invalid {
+        path: path.clone(),
+        reason: e.to_string(),
+    })?;
+    write_private(&path, &bytes)?;
+    Ok(key)
+}
+
+pub fn load_node_key(dir: &Path) -> Result<Keypair, KeyError> {
+    let path = dir.join(NODE_KEY_FILE);
+    let bytes = read_private(&path)?;
+    Keypair::from_protobuf_encoding(&bytes).map_err(|e| KeyError::Invalid {
+        path,
+        reason: e.to_string(),
+    })
+}
+
+/// The secrets every node of a store shares.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreSecrets {
+    pub store: String,
+    /// Private-network key, hex.
+    pub psk: String,
+    /// The store's age identity (AGE-SECRET-KEY-1...).
+    pub age_secret: String,
+    /// The store's Ed25519 signing key (protobuf encoding, base64), for HQ summaries.
+    pub signing_key: String,
+}
+
+impl std::fmt::Debug for StoreSecrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the secrets themselves.
+        f.debug_struct("StoreSecrets")
+            .field("store", &self.store)
+            .finish_non_exhaustive()
+    }
+}
+
+impl StoreSecrets {
+    pub fn generate(store: &str) -> Result<Self, KeyError> {
+        let psk: [u8; 32] = rand::random();
+        let signing = Keypair::generate_ed25519();
+        let signing = signing.to_protobuf_encoding().map_err(|e| KeyError::Invalid {
+            path: PathBuf::from("signing key"),
+            reason: e.to_string(),
+        })?;
+        Ok(Self {
+            store: store.to_string(),
+            psk: psk.iter().map(|b| format!("{b:02x}")).collect(),
+            age_secret: StoreSecret::generate().expose(),
+            signing_key: base64::engine::general_purpose::STANDARD.encode(signing),
+        })
+    }
+
+    pub fn psk(&self) -> Result<[u8; 32], KeyError> {
+        let bad = || KeyError::Invalid {
+            path: PathBuf::from(STORE_SECRETS_FILE),
+            reason: "psk must be 64 hex digits".into(),
+        };
+        if self.psk.len() != 64 {
+            return Err(bad());
+        }
+        let mut out = [0u8; 32];
+        for (i, b) in out.iter_mut().enumerate() {
+            *b = u8::from_str_radix(&self.psk[2 * i..2 * i + 2], 16).map_err(|_| bad())?;
+        }
+        Ok(out)
+    }
+
+    pub fn store_secret(&self) -> Result<StoreSecret, KeyError> {
+        StoreSecret::parse(&self.age_secret).map_err(|e| KeyError::Invalid {
+            path: PathBuf::from(STORE_SECRETS_FILE),
+            reason: e.to_string(),
+        })
+    }
+
+    pub fn recipient(&self) -> Result<StoreRecipient, KeyError> {
+        Ok(self.store_secret()?.recipient())
+    }
+
+    pub fn signing_key(&self) -> Result<Keypair, KeyError> {
+        let bad = |r: String| KeyError::Invalid {
+            path: PathBuf::from(STORE_SECRETS_FILE),
+            reason: r,
+        };
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(&self.signing_key)
+            .map_err(|e| bad(e.to_string()))?;
+        Keypair::from_protobuf_encoding(&bytes).map_err(|e| bad(e.to_string()))
+    }
+
+    fn validate(self, path: &Path) -> Result<Self, KeyError> {
+        self.psk().map_err(|_| KeyError::Invalid {
+            path: path.to_path_buf(),
+            reason: "bad psk".into(),
+        })?;
+        self.store_secret().map_err(|_| KeyError::Invalid {
+            path: path.to_path_buf(),
+            reason: "bad age secret".into(),
+        })?;
+        self.signing_key().map_err(|_| KeyError::Invalid {
+            path: path.to_path_buf(),
+            reason: "bad signing key".into(),
+        })?;
+        Ok(self)
+    }
+
+    pub fn save(&self, dir: &Path) -> Result<(), KeyError> {
+        let path = dir.join(STORE_SECRETS_FILE);
+        let json = serde_json::to_vec_pretty(self).map_err(|e| KeyError::Invalid {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        write_private(&path, &json)
+    }
+
+    pub fn load(dir: &Path) -> Result<Self, KeyError> {
+        let path = dir.join(STORE_SECRETS_FILE);
+        let bytes = read_private(&path)?;
+        let s: StoreSecrets = serde_json::from_slice(&bytes).map_err(|e| KeyError::Invalid {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        s.validate(&path)
+    }
+}
+
+/// What a join token carries: the store secrets and where to find the store's nodes.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JoinToken {
+    pub secrets: StoreSecrets,
+    /// Multiaddrs of nodes to dial first (mDNS finds the others on the same LAN).
+    pub bootstrap: Vec<String>,
+}
+
+impl JoinToken {
+    pub fn encode(&self) -> String {
+        let json = serde_json::to_vec(self).unwrap_or_default();
+        format!(
+            "{TOKEN_PREFIX}{}",
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json)
+        )
+    }
+
+    pub fn decode(token: &str) -> Result<Self, KeyError> {
+        let body = token
+            .trim()
+            .strip_prefix(TOKEN_PREFIX)
+            .ok_or_else(|| KeyError::Token("it does not start with lpmesh-join-1.".into()))?;
+        let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(body)
+            .map_err(|e| KeyError::Token(e.to_string()))?;
+        let t: JoinToken = serde_json::from_slice(&json).map_err(|e| KeyError::Token(e.to_string()))?;
+        let secrets = t
+            .secrets
+            .validate(Path::new("token"))
+            .map_err(|e| KeyError::Token(e.to_string()))?;
+        Ok(JoinToken {
+            secrets,
+            bootstrap: t.bootstrap,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dir(tag: &str) -> PathBuf {
+        std::env::temp_dir().join(format!(
+            "lpmesh-keys-{tag}-{}-{}",
+            std::process::id(),
+            rand::random::<u32>()
+        ))
+    }
+
+    #[test]
+    fn init_then_join_gives_two_nodes_of_one_store() {
+        let (a, b) = (dir("a"), dir("b"));
+        let key_a = create_node_key(&a).unwrap();
+        let secrets = StoreSecrets::generate("store-9").unwrap();
+        secrets.save(&a).unwrap();
+        assert_eq!(
+            fs::metadata(a.join(NODE_KEY_FILE)).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        assert_eq!(
+            fs::metadata(a.join(STORE_SECRETS_FILE)).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        assert!(
+            matches!(secrets.save(&a), Err(KeyError::Exists { .. })),
+            "never overwritten"
+        );
+        assert_eq!(load_node_key(&a).unwrap().public(), key_a.public());
+
+        let token = JoinToken {
+            secrets: StoreSecrets::load(&a).unwrap(),
+            bootstrap: vec!["/ip4/10.0.0.2/tcp/7420".into()],
+        }
+        .encode();
+        let joined = JoinToken::decode(&token).unwrap();
+        joined.secrets.save(&b).unwrap();
+        create_node_key(&b).unwrap();
+        let sb = StoreSecrets::load(&b).unwrap();
+        assert_eq!(
+            (sb.store.as_str(), sb.psk().unwrap()),
+            ("store-9", secrets.psk().unwrap())
+        );
+        let c = sb.recipient().unwrap().encrypt(b"x").unwrap();
+        assert_eq!(secrets.store_secret().unwrap().decrypt(&c).unwrap(), b"x");
+        assert_ne!(
+            load_node_key(&b).unwrap().public(),
+            key_a.public(),
+            "each node has its own identity"
+        );
+        assert!(
+            !format!("{secrets:?}").contains(&secrets.psk),
+            "secrets never appear in debug output"
+        );
+        let _ = fs::remove_dir_all(&a);
+        let _ = fs::remove_dir_all(&b);
+    }
+
+    #[test]
+    fn bad_tokens_and_loose_permissions_are_refused() {
+        assert!(matches!(JoinToken::decode("hello"), Err(KeyError::Token(_))));
+        assert!(matches!(
+            JoinToken::decode("lpmesh-join-1.!!!"),
+            Err(KeyError::Token(_))
+        ));
+        let d = dir("perm");
+        create_node_key(&d).unwrap();
+        fs::set_permissions(d.join(NODE_KEY_FILE), fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(matches!(load_node_key(&d), Err(KeyError::Permissions { .. })));
+        assert!(matches!(StoreSecrets::load(&d), Err(KeyError::Missing { .. })));
+        let _ = fs::remove_dir_all(&d);
+    }
+}

@@ -1,0 +1,125 @@
+//! Running a node: the store mesh plus this node's cameras, their events appended to the log.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use lpmesh_mesh::keys::{self, JoinToken, KeyError, StoreSecrets};
+use lpmesh_mesh::log::{Log, LogError};
+use lpmesh_mesh::net::{self, MeshConfig, MeshError, MeshHandle};
+use lpmesh_mesh::record::{Record, RecordKind};
+
+use crate::config::NodeConfig;
+use crate::event::Event;
+
+/// Events from cameras waiting to be appended (each append takes whatever is queued: group commit).
+pub const EVENT_QUEUE: usize = 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error(transparent)]
+    Keys(#[from] KeyError),
+    #[error(transparent)]
+    Mesh(#[from] MeshError),
+    #[error(transparent)]
+    Log(#[from] LogError),
+    #[error("{0}")]
+    Setup(String),
+}
+
+/// Where the log lives inside the data directory.
+pub fn log_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("log")
+}
+
+/// `lpmesh init`: the store's secrets and this node's identity.
+pub fn init(store: &str, data_dir: &Path) -> Result<lpmesh_mesh::net::NodeId, NodeError> {
+    let secrets = StoreSecrets::generate(store)?;
+    let key = keys::create_node_key(data_dir)?;
+    secrets.save(data_dir)?;
+    Ok(key.public().to_peer_id())
+}
+
+/// `lpmesh invite`: a token for a new node of the same store.
+pub fn invite(data_dir: &Path, bootstrap: Vec<String>) -> Result<String, NodeError> {
+    let secrets = StoreSecrets::load(data_dir)?;
+    Ok(JoinToken { secrets, bootstrap }.encode())
+}
+
+/// `lpmesh join`: enrols this data directory into the token's store. Returns the store and bootstrap list.
+pub fn join(token: &str, data_dir: &Path) -> Result<(String, Vec<String>, lpmesh_mesh::net::NodeId), NodeError> {
+    let t = JoinToken::decode(token)?;
+    let key = keys::create_node_key(data_dir)?;
+    t.secrets.save(data_dir)?;
+    Ok((t.secrets.store.clone(), t.bootstrap, key.public().to_peer_id()))
+}
+
+/// Starts the mesh for this node's configuration.
+pub fn start_mesh(cfg: &NodeConfig) -> Result<MeshHandle, NodeError> {
+    let key = keys::load_node_key(&cfg.data_dir)?;
+    let secrets = StoreSecrets::load(&cfg.data_dir)?;
+    if secrets.store != cfg.store {
+        return Err(NodeError::Setup(format!(
+            "{} belongs to store {:?}, but the configuration says store {:?}",
+            cfg.data_dir.display(),
+            secrets.store,
+            cfg.store
+        )));
+    }
+    let mut mc = MeshConfig::new(&cfg.store, secrets.psk()?, log_dir(&cfg.data_dir));
+    let parse = |v: &[String]| -> Result<Vec<net::Addr>, NodeError> {
+        v.iter()
+            .map(|a| a.parse().map_err(|e| NodeError::Setup(format!("bad address {a}: {e}"))))
+            .collect()
+    };
+    mc.listen = parse(&cfg.mesh.listen)?;
+    mc.bootstrap = parse(&cfg.mesh.bootstrap)?;
+    mc.mdns = cfg.mesh.mdns;
+    mc.anti_entropy_interval = Duration::from_secs_f64(cfg.mesh.anti_entropy_secs);
+    Ok(net::start(mc, key, secrets.recipient()?)?)
+}
+
+/// Appends camera events to the mesh as they come, batching whatever is queued into one commit.
+pub async fn append_events(mesh: MeshHandle, mut rx: tokio::sync::mpsc::Receiver<Event>) {
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < 256 {
+            match rx.try_recv() {
+                Ok(e) => batch.push(e),
+                Err(_) => break,
+            }
+        }
+        let items: Vec<(RecordKind, Vec<u8>)> = batch
+            .iter()
+            .filter_map(|e| serde_json::to_vec(e).ok())
+            .map(|b| (RecordKind::Event, b))
+            .collect();
+        if let Err(e) = mesh.append(items).await {
+            tracing::error!(error = %e, events = batch.len(), "cannot append events to the store log");
+        }
+    }
+}
+
+/// Decrypts and parses an event record.
+pub fn open_event(secrets: &StoreSecrets, r: &Record) -> Option<Event> {
+    if r.kind != RecordKind::Event {
+        return None;
+    }
+    let plain = secrets.store_secret().ok()?.decrypt(&r.ciphertext).ok()?;
+    serde_json::from_slice(&plain).ok()
+}
+
+/// `lpmesh events`: the store's events as this node holds them (the node must not be running: the
+/// database allows one process at a time).
+pub fn read_events(data_dir: &Path) -> Result<Vec<Event>, NodeError> {
+    let key = keys::load_node_key(data_dir)?;
+    let secrets = StoreSecrets::load(data_dir)?;
+    let log = Log::open(&log_dir(data_dir), &secrets.store, key, secrets.recipient()?)?;
+    let mut out = Vec::new();
+    for r in log.all() {
+        if let Some(e) = open_event(&secrets, &r?) {
+            out.push(e);
+        }
+    }
+    out.sort_by_key(|e| (e.at_ms, e.incident.clone()));
+    Ok(out)
+}

@@ -1,0 +1,146 @@
+//! Two real `lpmesh run` processes of one store on loopback, enrolled with `init`, `invite` and `join`:
+//! the events of the camera on one node reach the other, and `lpmesh events` lists them there.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use lpmesh_tests::{lpmesh, lpmesh_path, TempDir};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn run(config: &std::path::Path, log: &std::path::Path) -> Child {
+    Command::new(lpmesh_path())
+        .args(["run", "--config", &config.to_string_lossy()])
+        .env("LPMESH_LOG", "info")
+        .stdout(Stdio::from(std::fs::File::create(log.with_extension("out")).unwrap()))
+        .stderr(Stdio::from(std::fs::File::create(log).unwrap()))
+        .spawn()
+        .unwrap()
+}
+
+fn interrupt(child: &mut Child) {
+    // SIGINT, as Ctrl-C: the node stops its cameras, flushes, and exits by itself.
+    let _ = Command::new("kill").args(["-INT", &child.id().to_string()]).status();
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(20) {
+        if let Ok(Some(status)) = child.try_wait() {
+            assert!(status.success(), "node exited with {status}");
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    panic!("node did not stop within 20 s of SIGINT");
+}
+
+#[test]
+fn events_of_one_node_reach_the_other_node_of_the_store() {
+    let dir = TempDir::new("two-nodes");
+    let (n1, n2) = (dir.join("n1"), dir.join("n2"));
+    let out = lpmesh()
+        .args(["init", "--store", "shop-1", "--data", &n1.to_string_lossy()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = lpmesh()
+        .args(["invite", "--data", &n1.to_string_lossy()])
+        .output()
+        .unwrap();
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    assert!(token.starts_with("lpmesh-join-1."), "{token}");
+    let out = lpmesh()
+        .args(["join", &token, "--data", &n2.to_string_lossy()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // A node of another store, with its own secrets, must not get in.
+    let n3 = dir.join("n3");
+    assert!(lpmesh()
+        .args(["init", "--store", "shop-1", "--data", &n3.to_string_lossy()])
+        .output()
+        .unwrap()
+        .status
+        .success());
+
+    let (p1, p2, p3) = (free_port(), free_port(), free_port());
+    let c1 = dir.join("n1.toml");
+    std::fs::write(
+        &c1,
+        format!(
+            r#"store = "shop-1"
+node = "front"
+data_dir = "{}"
+[mesh]
+listen = ["/ip4/127.0.0.1/tcp/{p1}"]
+mdns = false
+[[camera]]
+name = "plaza"
+source = "cache:data/vtest.avi"
+[[camera.line]]
+name = "walkway"
+from = [0.45, 0.28]
+to = [0.45, 0.66]
+in = "left"
+"#,
+            n1.display()
+        ),
+    )
+    .unwrap();
+    let c2 = dir.join("n2.toml");
+    let c3 = dir.join("n3.toml");
+    for (cfg, data, name, port) in [(&c2, &n2, "back", p2), (&c3, &n3, "rogue", p3)] {
+        std::fs::write(
+            cfg,
+            format!(
+                "store = \"shop-1\"\nnode = \"{name}\"\ndata_dir = \"{}\"\n[mesh]\nlisten = [\"/ip4/127.0.0.1/tcp/{port}\"]\nbootstrap = [\"/ip4/127.0.0.1/tcp/{p1}\"]\nmdns = false\n",
+                data.display()
+            ),
+        )
+        .unwrap();
+    }
+    let mut a = run(&c1, &dir.join("n1.log"));
+    std::thread::sleep(Duration::from_millis(500));
+    let mut b = run(&c2, &dir.join("n2.log"));
+    let mut rogue = run(&c3, &dir.join("n3.log"));
+    // vtest.avi in real time: the first people cross the walkway within a few seconds.
+    std::thread::sleep(Duration::from_secs(14));
+    interrupt(&mut a);
+    interrupt(&mut b);
+    interrupt(&mut rogue);
+
+    let list = |data: &std::path::Path| {
+        let o = lpmesh()
+            .args(["events", "--data", &data.to_string_lossy(), "--json"])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8(o.stdout)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .collect::<Vec<_>>()
+    };
+    let on_front = list(&n1);
+    let on_back = list(&n2);
+    assert!(
+        !on_front.is_empty(),
+        "the camera raised events; log: {}",
+        std::fs::read_to_string(dir.join("n1.log")).unwrap()
+    );
+    assert_eq!(on_back, on_front, "the other node holds the same events");
+    assert!(on_back
+        .iter()
+        .all(|e| e["node"] == "front" && e["camera"] == "plaza" && e["store"] == "shop-1"));
+    assert!(list(&n3).is_empty(), "a node with other secrets got nothing");
+    let only_crossings = lpmesh()
+        .args(["events", "--data", &n2.to_string_lossy(), "--kind", "loitering"])
+        .output()
+        .unwrap();
+    assert!(only_crossings.stdout.is_empty());
+}
