@@ -14,6 +14,7 @@
 //! - [`net`]: the libp2p actor: private network over TCP, gossipsub, request-response anti-entropy,
 //!   mDNS and bootstrap; [`net::MeshHandle`] is how the node talks to it.
 
+pub mod bench;
 pub mod crypto;
 pub mod hlc;
 pub mod keys;

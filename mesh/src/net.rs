@@ -44,6 +44,8 @@ pub const RECORD_BROADCAST: usize = 4096;
 pub const SYNC_BATCH_BYTES: usize = 4 * 1024 * 1024;
 const SYNC_MAX_REQUEST_BYTES: u64 = 8 * 1024 * 1024;
 const SYNC_PROTOCOL: &str = "/lpmesh/sync/1";
+/// Swarm events handled before the gossiped records among them are committed.
+const GOSSIP_BURST: usize = 512;
 
 #[derive(Clone, Debug)]
 pub struct MeshConfig {
@@ -108,8 +110,13 @@ enum SyncRequest {
         vv: Vec<(Origin, u64)>,
         reply: bool,
     },
+    /// Part `part` of `parts` of answer `answer`; `full` when the answer was cut short (more to ask for).
+    /// Parts travel on separate streams and may arrive in any order: the next question waits for all.
     Records {
         records: Vec<serde_bytes::ByteBuf>,
+        answer: u64,
+        part: u32,
+        parts: u32,
         full: bool,
     },
 }
@@ -148,6 +155,7 @@ enum Command {
     Block(Vec<PeerId>),
     Unblock(Vec<PeerId>),
     Shutdown(oneshot::Sender<()>),
+    PublishRaw(Vec<u8>),
 }
 
 /// The handle the rest of the node uses; cheap to clone.
@@ -224,6 +232,16 @@ impl MeshHandle {
     pub async fn unblock(&self, peers: Vec<PeerId>) -> Result<(), MeshError> {
         self.cmd
             .send(Command::Unblock(peers))
+            .await
+            .map_err(|_| MeshError::Stopped)
+    }
+
+    /// Fault injection for tests: gossips arbitrary bytes as if they were a record. Any peer holding the
+    /// store key could do this with its own code; the honest nodes must cope.
+    #[doc(hidden)]
+    pub async fn publish_raw(&self, bytes: Vec<u8>) -> Result<(), MeshError> {
+        self.cmd
+            .send(Command::PublishRaw(bytes))
             .await
             .map_err(|_| MeshError::Stopped)
     }
@@ -359,6 +377,9 @@ pub fn start(cfg: MeshConfig, key: Keypair, recipient: StoreRecipient) -> Result
         connected: HashSet::new(),
         blocked: HashSet::new(),
         listen: Vec::new(),
+        pending_gossip: Vec::new(),
+        next_answer: 0,
+        answers: Default::default(),
     };
     tokio::spawn(actor.run(cmd_rx));
     Ok(MeshHandle {
@@ -379,6 +400,11 @@ struct Actor {
     connected: HashSet<PeerId>,
     blocked: HashSet<PeerId>,
     listen: Vec<Multiaddr>,
+    /// Gossiped records decoded but not yet committed (at most one burst).
+    pending_gossip: Vec<(gossipsub::MessageId, PeerId, Record)>,
+    next_answer: u64,
+    /// Per peer: the answer being received and how many of its parts have arrived.
+    answers: std::collections::HashMap<PeerId, (u64, u32)>,
 }
 
 impl Actor {
@@ -397,7 +423,18 @@ impl Actor {
                     Some(c) => self.on_command(c),
                     None => return,
                 },
-                ev = self.swarm.select_next_some() => self.on_swarm(ev),
+                ev = self.swarm.select_next_some() => {
+                    self.on_swarm(ev);
+                    // Take whatever else is ready, then store the gossiped records of the whole burst
+                    // with one flush (group commit on the receiving side too).
+                    for _ in 0..GOSSIP_BURST {
+                        match futures::FutureExt::now_or_never(self.swarm.select_next_some()) {
+                            Some(ev) => self.on_swarm(ev),
+                            None => break,
+                        }
+                    }
+                    self.flush_gossip();
+                }
                 _ = tick.tick() => {
                     let actions = self.ae.handle(Input::Tick { now_ms: now_ms() }, self.log.version_vector());
                     self.carry_out(actions);
@@ -469,6 +506,11 @@ impl Actor {
                 }
             }
             Command::Shutdown(_) => {}
+            Command::PublishRaw(bytes) => {
+                if let Err(e) = self.swarm.behaviour_mut().gossipsub.publish(self.topic.clone(), bytes) {
+                    tracing::debug!(error = %e, "raw publish refused locally");
+                }
+            }
         }
     }
 
@@ -566,33 +608,62 @@ impl Actor {
     }
 
     fn on_gossip(&mut self, source: PeerId, id: gossipsub::MessageId, message: gossipsub::Message) {
-        let gs = |a: &mut Self, acceptance| {
-            let _ = a
-                .swarm
-                .behaviour_mut()
-                .gossipsub
-                .report_message_validation_result(&id, &source, acceptance);
-        };
         if self.blocked.contains(&source) {
-            gs(self, MessageAcceptance::Ignore);
+            self.validate(&id, &source, MessageAcceptance::Ignore);
             return;
         }
-        let record = match Record::decode(&message.data) {
-            Ok(r) => r,
+        match Record::decode(&message.data) {
+            Ok(r) => {
+                self.stats.received_gossip += 1;
+                self.pending_gossip.push((id, source, r));
+            }
             Err(e) => {
                 self.reject(e.reason());
-                gs(self, MessageAcceptance::Reject);
-                return;
+                self.validate(&id, &source, MessageAcceptance::Reject);
             }
-        };
-        self.stats.received_gossip += 1;
-        let (_, outcomes) = self.ingest(vec![record]);
-        let acceptance = match outcomes.first() {
-            Some(Ok(Inserted::New)) => MessageAcceptance::Accept,
-            Some(Ok(Inserted::Duplicate)) | None => MessageAcceptance::Ignore,
-            Some(Err(_)) => MessageAcceptance::Reject,
-        };
-        gs(self, acceptance);
+        }
+    }
+
+    /// Counts a part of `peer`'s answer; true once every part has arrived.
+    fn answer_complete(&mut self, peer: PeerId, answer: u64, parts: u32) -> bool {
+        let entry = self.answers.entry(peer).or_insert((answer, 0));
+        if entry.0 != answer {
+            *entry = (answer, 0);
+        }
+        entry.1 += 1;
+        if entry.1 >= parts {
+            self.answers.remove(&peer);
+            true
+        } else {
+            false
+        }
+    }
+
+    fn validate(&mut self, id: &gossipsub::MessageId, source: &PeerId, acceptance: MessageAcceptance) {
+        let _ = self
+            .swarm
+            .behaviour_mut()
+            .gossipsub
+            .report_message_validation_result(id, source, acceptance);
+    }
+
+    /// Stores the gossiped records received so far in one commit, then lets gossipsub forward the good
+    /// ones (a record is passed on only once it is durable here) and penalise senders of bad ones.
+    fn flush_gossip(&mut self) {
+        if self.pending_gossip.is_empty() {
+            return;
+        }
+        let pending = std::mem::take(&mut self.pending_gossip);
+        let records: Vec<Record> = pending.iter().map(|(_, _, r)| r.clone()).collect();
+        let (_, outcomes) = self.ingest(records);
+        for (i, (id, source, _)) in pending.iter().enumerate() {
+            let acceptance = match outcomes.get(i) {
+                Some(Ok(Inserted::New)) => MessageAcceptance::Accept,
+                Some(Ok(Inserted::Duplicate)) | None => MessageAcceptance::Ignore,
+                Some(Err(_)) => MessageAcceptance::Reject,
+            };
+            self.validate(id, source, acceptance);
+        }
     }
 
     fn on_sync_request(
@@ -614,7 +685,13 @@ impl Actor {
                         .handle(Input::Summary { from: peer, vv, reply }, self.log.version_vector()),
                 )
             }
-            SyncRequest::Records { records, full } => {
+            SyncRequest::Records {
+                records,
+                answer,
+                part: _,
+                parts,
+                full,
+            } => {
                 let mut decoded = Vec::with_capacity(records.len());
                 for b in records {
                     match Record::decode(&b) {
@@ -627,8 +704,12 @@ impl Actor {
                 self.stats.repaired += new as u64;
                 (
                     new,
-                    self.ae
-                        .handle(Input::Applied { from: peer, full }, self.log.version_vector()),
+                    if self.answer_complete(peer, answer, parts) {
+                        self.ae
+                            .handle(Input::Applied { from: peer, full }, self.log.version_vector())
+                    } else {
+                        vec![]
+                    },
                 )
             }
         };
@@ -651,35 +732,52 @@ impl Actor {
                         .send_request(&to, SyncRequest::Summary { vv, reply });
                 }
                 Action::SendRecords { to, ranges } => {
-                    let mut out = Vec::new();
+                    // Messages of at most `batch` records and SYNC_BATCH_BYTES each; the last says
+                    // whether the answer was cut short (then the peer asks again for the rest).
+                    let requested: u64 = ranges.iter().map(|r| r.len()).sum();
+                    let batch = self.ae.batch() as usize;
+                    let mut chunks: Vec<Vec<serde_bytes::ByteBuf>> = vec![Vec::new()];
                     let mut bytes = 0usize;
-                    let mut truncated = false;
-                    'ranges: for r in ranges {
-                        let recs = match self.log.range(&r.origin, r.from, r.len() as usize) {
-                            Ok(v) => v,
-                            Err(e) => {
-                                tracing::error!(error = %e, "cannot read records for a peer");
-                                continue;
-                            }
-                        };
+                    let mut sent = 0u64;
+                    for r in ranges {
+                        let recs =
+                            match tokio::task::block_in_place(|| self.log.range(&r.origin, r.from, r.len() as usize)) {
+                                Ok(v) => v,
+                                Err(e) => {
+                                    tracing::error!(error = %e, "cannot read records for a peer");
+                                    continue;
+                                }
+                            };
                         for rec in recs.into_iter().filter(|x| x.seq <= r.to) {
                             let enc = rec.encode();
-                            if bytes + enc.len() > SYNC_BATCH_BYTES {
-                                truncated = true;
-                                break 'ranges;
+                            let last = chunks.len() - 1;
+                            if chunks[last].len() >= batch || bytes + enc.len() > SYNC_BATCH_BYTES {
+                                chunks.push(Vec::new());
+                                bytes = 0;
                             }
                             bytes += enc.len();
-                            out.push(serde_bytes::ByteBuf::from(enc));
+                            sent += 1;
+                            let last = chunks.len() - 1;
+                            chunks[last].push(serde_bytes::ByteBuf::from(enc));
                         }
                     }
-                    if out.is_empty() {
-                        continue;
+                    let n = chunks.len();
+                    self.next_answer += 1;
+                    let answer = self.next_answer;
+                    let cut_short = requested >= self.ae.batch() * crate::sync::PIPELINE || sent < requested;
+                    for (i, records) in chunks.into_iter().enumerate() {
+                        if records.is_empty() {
+                            continue;
+                        }
+                        let request = SyncRequest::Records {
+                            records,
+                            answer,
+                            part: i as u32,
+                            parts: n as u32,
+                            full: cut_short,
+                        };
+                        self.swarm.behaviour_mut().sync.send_request(&to, request);
                     }
-                    let full = truncated || out.len() as u64 >= self.ae.batch();
-                    self.swarm
-                        .behaviour_mut()
-                        .sync
-                        .send_request(&to, SyncRequest::Records { records: out, full });
                 }
             }
         }

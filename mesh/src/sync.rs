@@ -8,6 +8,9 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use crate::log::VersionVector;
+
+/// Batches in flight per anti-entropy answer.
+pub const PIPELINE: u64 = 4;
 use crate::record::Origin;
 
 /// Records `from..=to` of `origin`.
@@ -81,9 +84,16 @@ pub enum Action<P> {
     SendRecords { to: P, ranges: Vec<Range> },
 }
 
+/// An unanswered request for records is given up (and may be repeated) after this long.
+pub const ASK_TIMEOUT_MS: u64 = 10_000;
+
 #[derive(Debug)]
 pub struct AntiEntropy<P> {
     peers: BTreeSet<P>,
+    /// Peers we asked for records (sent our version vector to) and are waiting on, with when we asked:
+    /// one outstanding request per peer, or the same records would come several times.
+    asked: std::collections::BTreeMap<P, u64>,
+    now_ms: u64,
     interval_ms: u64,
     next_round_ms: Option<u64>,
     batch: u64,
@@ -91,10 +101,14 @@ pub struct AntiEntropy<P> {
 }
 
 impl<P: Clone + Ord> AntiEntropy<P> {
-    /// A round with a random peer every `interval_ms` (±20%), at most `batch` records per answer.
+    /// A round with a random peer every `interval_ms` (±20%). An answer covers at most
+    /// `batch * PIPELINE` records, which the network layer sends as messages of at most `batch`, so a
+    /// node far behind receives the next batches while it is still storing the first.
     pub fn new(interval_ms: u64, batch: u64, seed: u64) -> Self {
         Self {
             peers: BTreeSet::new(),
+            asked: Default::default(),
+            now_ms: 0,
             interval_ms,
             next_round_ms: None,
             batch,
@@ -106,17 +120,28 @@ impl<P: Clone + Ord> AntiEntropy<P> {
         self.batch
     }
 
+    fn waiting_on(&self, p: &P) -> bool {
+        self.asked.get(p).is_some_and(|&t| self.now_ms < t + ASK_TIMEOUT_MS)
+    }
+
+    fn ask(&mut self, p: P, reply: bool) -> Action<P> {
+        self.asked.insert(p.clone(), self.now_ms);
+        Action::SendSummary { to: p, reply }
+    }
+
     pub fn handle(&mut self, input: Input<P>, local: &VersionVector) -> Vec<Action<P>> {
         match input {
             Input::Connected(p) => {
                 self.peers.insert(p.clone());
-                vec![Action::SendSummary { to: p, reply: false }]
+                vec![self.ask(p, false)]
             }
             Input::Disconnected(p) => {
                 self.peers.remove(&p);
+                self.asked.remove(&p);
                 vec![]
             }
             Input::Tick { now_ms } => {
+                self.now_ms = now_ms;
                 let due = self.next_round_ms.is_none_or(|t| now_ms >= t);
                 if !due || self.peers.is_empty() {
                     self.next_round_ms.get_or_insert(now_ms + self.interval_ms);
@@ -135,7 +160,7 @@ impl<P: Clone + Ord> AntiEntropy<P> {
             }
             Input::Summary { from, vv, reply } => {
                 let mut out = Vec::new();
-                let ranges = missing(local, &vv, self.batch);
+                let ranges = missing(local, &vv, self.batch * PIPELINE);
                 if !ranges.is_empty() {
                     out.push(Action::SendRecords {
                         to: from.clone(),
@@ -144,15 +169,16 @@ impl<P: Clone + Ord> AntiEntropy<P> {
                 }
                 // They have something we lack: ask for it, unless this already was their answer to us
                 // (then they are sending it, and asking again would only duplicate the transfer).
-                if !reply && !dominates(local, &vv) {
-                    out.push(Action::SendSummary { to: from, reply: true });
+                if !reply && !dominates(local, &vv) && !self.waiting_on(&from) {
+                    out.push(self.ask(from, true));
                 }
                 out
             }
             Input::Applied { from, full } => {
                 if full {
-                    vec![Action::SendSummary { to: from, reply: false }]
+                    vec![self.ask(from, false)]
                 } else {
+                    self.asked.remove(&from);
                     vec![]
                 }
             }

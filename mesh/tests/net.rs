@@ -224,6 +224,12 @@ async fn a_node_that_was_away_catches_up_and_continues_its_own_seq() {
         .append(vec![(RecordKind::Event, b"before".to_vec())])
         .await
         .unwrap();
+    // Its record reached the others before it went away (gossip is fast, but not instant).
+    let origin2 = c.nodes[2].origin();
+    eventually("node 0 has node 2's record", Duration::from_secs(5), async || {
+        c.nodes[0].version_vector().await.unwrap().get(&origin2) == Some(&1)
+    })
+    .await;
     c.nodes[2].shutdown().await.unwrap();
     let batch: Vec<(RecordKind, Vec<u8>)> = (0..500)
         .map(|i| (RecordKind::Event, format!("event {i:05}").into_bytes()))
@@ -243,6 +249,75 @@ async fn a_node_that_was_away_catches_up_and_continues_its_own_seq() {
     let mine = back.append(vec![(RecordKind::Event, b"after".to_vec())]).await.unwrap();
     assert_eq!(mine[0].seq, 2, "its own seq continues after the restart");
     let s = back.stats().await.unwrap();
+    println!("{s:?}");
     assert!(s.repaired >= 10_000, "{s:?}");
     c.stop(&[&back]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_records_from_a_peer_with_the_key_are_rejected_counted_and_honest_ones_still_flow() {
+    use lpmesh_mesh::hlc::Timestamp;
+    use lpmesh_mesh::record::{Record, WIRE_VERSION};
+    let c = cluster(3).await;
+    let attacker = &c.nodes[2];
+    let good = attacker
+        .append(vec![(RecordKind::Event, b"honest".to_vec())])
+        .await
+        .unwrap()
+        .remove(0);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Malformed CBOR, a forged signature, another store, and a second record under an existing seq.
+    let mut forged = good.clone();
+    forged.ciphertext[0] ^= 1;
+    forged.seq = 2;
+    let other_store = Record::seal(
+        "store-8",
+        &c.keys[2],
+        3,
+        Timestamp::default(),
+        RecordKind::Event,
+        vec![1],
+    )
+    .unwrap();
+    let equivocation = Record::seal(
+        STORE,
+        &c.keys[2],
+        1,
+        Timestamp::default(),
+        RecordKind::Event,
+        vec![9, 9],
+    )
+    .unwrap();
+    for bytes in [
+        vec![WIRE_VERSION, 0xff, 0x13, 0x37],
+        forged.encode(),
+        other_store.encode(),
+        equivocation.encode(),
+    ] {
+        attacker.publish_raw(bytes).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let honest = c.nodes[0]
+        .append(vec![(RecordKind::Event, b"still flowing".to_vec())])
+        .await
+        .unwrap()
+        .remove(0);
+    eventually("the honest record reached node 1", Duration::from_secs(3), async || {
+        c.nodes[1].version_vector().await.unwrap().get(&honest.origin) == Some(&honest.seq)
+    })
+    .await;
+    let s = c.nodes[1].stats().await.unwrap();
+    for reason in ["malformed", "bad_signature", "wrong_store", "equivocation"] {
+        assert!(
+            s.rejected.get(reason).copied().unwrap_or(0) >= 1,
+            "{reason} not counted: {s:?}"
+        );
+    }
+    let vv = c.nodes[1].version_vector().await.unwrap();
+    assert_eq!(
+        vv.get(&good.origin),
+        Some(&1),
+        "only the attacker's genuine record is held"
+    );
+    c.stop(&[]).await;
 }

@@ -36,7 +36,6 @@ enum Command {
     #[cfg(feature = "vision")]
     Detect(DetectArgs),
     /// Benchmarks.
-    #[cfg(feature = "vision")]
     Bench {
         #[command(subcommand)]
         what: BenchWhat,
@@ -130,10 +129,20 @@ struct DetectArgs {
     clock_start: Option<String>,
 }
 
-#[cfg(feature = "vision")]
 #[derive(Subcommand)]
 enum BenchWhat {
+    /// N store nodes on loopback in this process: append throughput, propagation, catch-up.
+    Mesh {
+        #[arg(long, default_value_t = 10)]
+        nodes: usize,
+        /// Records the returning node has to catch up on.
+        #[arg(long, default_value_t = 100_000)]
+        records: u64,
+        #[arg(long)]
+        json: bool,
+    },
     /// The model alone versus the whole pipeline, on the same frames.
+    #[cfg(feature = "vision")]
     Pipeline {
         #[arg(long)]
         video: Option<PathBuf>,
@@ -185,6 +194,34 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     model,
                 },
         } => vision::bench(video, frames, json, config.as_deref(), model),
+        Command::Bench {
+            what: BenchWhat::Mesh { nodes, records, json },
+        } => {
+            let root = std::env::temp_dir().join(format!("lpmesh-bench-mesh-{}", std::process::id()));
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?;
+            let r = rt.block_on(lpmesh_mesh::bench::run(nodes, records, root))?;
+            if json {
+                println!("{}", serde_json::to_string(&r)?);
+            } else {
+                println!("{} nodes on loopback", r.nodes);
+                println!(
+                    "durable appends  {:>9.0} records/s in batches of {} ({:.0}/s one commit each)",
+                    r.append_records_per_s, r.append_batch, r.append_single_records_per_s
+                );
+                println!(
+                    "propagation      p50 {:.1} ms   p99 {:.1} ms   (append to receipt on all nodes, {} records)",
+                    r.propagation_p50_ms, r.propagation_p99_ms, r.propagation_samples
+                );
+                println!(
+                    "catch-up         {} records in {:.2} s",
+                    r.catch_up_records, r.catch_up_s
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         #[cfg(feature = "vision")]
         Command::Demo { config, duration } => vision::demo(config, duration),
         Command::Init { store, data } => {

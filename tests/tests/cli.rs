@@ -270,3 +270,24 @@ fn detect_fps_analyses_only_that_many_frames_per_second() {
     assert!(frames.windows(2).all(|w| w[1] - w[0] == 2), "{frames:?}");
     assert!(*frames.last().unwrap() >= 35, "{frames:?}");
 }
+
+#[test]
+fn bench_mesh_reports_throughput_latency_and_catch_up() {
+    let o = lpmesh()
+        .args(["bench", "mesh", "--nodes", "3", "--records", "2000", "--json"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("one JSON object");
+    for key in [
+        "append_records_per_s",
+        "append_single_records_per_s",
+        "propagation_p50_ms",
+        "propagation_p99_ms",
+        "catch_up_s",
+    ] {
+        assert!(v[key].as_f64().is_some_and(|x| x > 0.0 && x.is_finite()), "{key}: {v}");
+    }
+    assert_eq!(v["catch_up_records"], 2000);
+    assert_eq!(v["propagation_samples"], 200);
+}

@@ -1,0 +1,205 @@
+//! `lpmesh bench mesh`: N real nodes on loopback in one process; append throughput, propagation
+//! latency, and catch-up time of a node that was away.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use libp2p_identity::Keypair;
+use serde::Serialize;
+
+use crate::crypto::StoreSecret;
+use crate::net::{self, MeshConfig, MeshError, MeshHandle};
+use crate::record::{Origin, RecordKind};
+
+#[derive(Debug, Serialize)]
+pub struct MeshBenchReport {
+    pub nodes: usize,
+    /// Durable appends (signed, encrypted, flushed) per second, in batches of `append_batch`.
+    pub append_records_per_s: f64,
+    pub append_batch: usize,
+    /// The same with one commit per record (the worst case).
+    pub append_single_records_per_s: f64,
+    /// From the append call to receipt on every other node.
+    pub propagation_p50_ms: f64,
+    pub propagation_p99_ms: f64,
+    pub propagation_samples: usize,
+    pub catch_up_records: u64,
+    pub catch_up_s: f64,
+}
+
+struct Bench {
+    secret: StoreSecret,
+    psk: [u8; 32],
+    root: PathBuf,
+}
+
+impl Bench {
+    fn start(&self, i: usize, key: &Keypair, bootstrap: Vec<net::Addr>) -> Result<MeshHandle, MeshError> {
+        let mut cfg = MeshConfig::new("bench-store", self.psk, self.root.join(format!("node-{i}")));
+        cfg.listen = vec!["/ip4/127.0.0.1/tcp/0"
+            .parse()
+            .map_err(|e| MeshError::Network(format!("{e}")))?];
+        cfg.mdns = false;
+        cfg.bootstrap = bootstrap;
+        cfg.anti_entropy_interval = Duration::from_secs(2);
+        net::start(cfg, key.clone(), self.secret.recipient())
+    }
+}
+
+async fn addr(h: &MeshHandle) -> Result<net::Addr, MeshError> {
+    for _ in 0..500 {
+        if let Some(a) = h.listen_addrs().await?.first() {
+            return format!("{a}/p2p/{}", h.peer_id())
+                .parse()
+                .map_err(|e| MeshError::Network(format!("{e}")));
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Err(MeshError::Network("node did not start listening".into()))
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+/// Runs the benchmark in `root` (a scratch directory, removed afterwards).
+pub async fn run(nodes: usize, catch_up_records: u64, root: PathBuf) -> Result<MeshBenchReport, MeshError> {
+    let nodes = nodes.max(2);
+    let b = Bench {
+        secret: StoreSecret::generate(),
+        psk: rand::random(),
+        root: root.clone(),
+    };
+    let keys: Vec<Keypair> = (0..nodes).map(|_| Keypair::generate_ed25519()).collect();
+    let mut handles: Vec<MeshHandle> = Vec::new();
+    for (i, key) in keys.iter().enumerate() {
+        let mut boot = Vec::new();
+        for h in handles.iter().rev().take(3) {
+            boot.push(addr(h).await?);
+        }
+        handles.push(b.start(i, key, boot)?);
+    }
+    let t = Instant::now();
+    loop {
+        let mut ok = true;
+        for h in &handles {
+            ok &= !h.peers().await?.is_empty();
+        }
+        if ok {
+            break;
+        }
+        if t.elapsed() > Duration::from_secs(30) {
+            return Err(MeshError::Network("nodes did not connect".into()));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    // Propagation: single records from rotating nodes, one every 20 ms.
+    let mut subs: Vec<_> = handles.iter().map(|h| h.subscribe()).collect();
+    let samples = 200;
+    let mut sent: HashMap<(Origin, u64), (Instant, usize)> = HashMap::new();
+    let collector = {
+        let mut subs = std::mem::take(&mut subs);
+        tokio::spawn(async move {
+            let mut got: HashMap<(Origin, u64), Vec<Instant>> = HashMap::new();
+            let deadline = Instant::now() + Duration::from_secs(30);
+            let total = samples * subs.len();
+            let mut n = 0;
+            while n < total && Instant::now() < deadline {
+                for s in subs.iter_mut() {
+                    while let Ok(r) = s.try_recv() {
+                        got.entry((r.origin, r.seq)).or_default().push(Instant::now());
+                        n += 1;
+                    }
+                }
+                tokio::time::sleep(Duration::from_micros(200)).await;
+            }
+            got
+        })
+    };
+    for i in 0..samples {
+        let h = &handles[i % nodes];
+        let t0 = Instant::now();
+        let r = h.append(vec![(RecordKind::Event, vec![0u8; 400])]).await?;
+        if let Some(r) = r.first() {
+            sent.insert((r.origin, r.seq), (t0, i % nodes));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let got = collector.await.map_err(|e| MeshError::Network(e.to_string()))?;
+    let mut lat: Vec<f64> = Vec::new();
+    for (k, (t0, _)) in &sent {
+        match got.get(k) {
+            Some(times) if times.len() >= nodes => {
+                let last = times.iter().max().copied().unwrap_or(*t0);
+                lat.push(last.duration_since(*t0).as_secs_f64() * 1000.0);
+            }
+            _ => lat.push(f64::INFINITY),
+        }
+    }
+    lat.sort_by(f64::total_cmp);
+
+    // Durable append throughput on one node.
+    let single = 300;
+    let t = Instant::now();
+    for _ in 0..single {
+        handles[0].append(vec![(RecordKind::Event, vec![1u8; 400])]).await?;
+    }
+    let single_rate = single as f64 / t.elapsed().as_secs_f64();
+
+    // Catch-up: the last node goes away while the first appends, then comes back.
+    let away = nodes - 1;
+    handles[away].shutdown().await?;
+    let batch = 500usize;
+    let t = Instant::now();
+    let mut appended = 0u64;
+    while appended < catch_up_records {
+        let n = batch.min((catch_up_records - appended) as usize);
+        handles[0]
+            .append((0..n).map(|_| (RecordKind::Event, vec![2u8; 400])).collect())
+            .await?;
+        appended += n as u64;
+    }
+    let append_rate = appended as f64 / t.elapsed().as_secs_f64();
+    let target = handles[0].version_vector().await?;
+    // Let every other node finish taking in the appends before timing the returning node alone
+    // (they share this process's two cores).
+    let t = Instant::now();
+    for h in handles.iter().take(away) {
+        while h.version_vector().await? != target && t.elapsed() < Duration::from_secs(300) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let t = Instant::now();
+    let boot = vec![addr(&handles[0]).await?];
+    let back = b.start(away, &keys[away], boot)?;
+    while back.version_vector().await? != target {
+        if t.elapsed() > Duration::from_secs(300) {
+            return Err(MeshError::Network("catch-up did not finish in 5 minutes".into()));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let catch_up_s = t.elapsed().as_secs_f64();
+    let _ = back.shutdown().await;
+    for h in handles.iter().take(away) {
+        let _ = h.shutdown().await;
+    }
+    let _ = std::fs::remove_dir_all(&root);
+    Ok(MeshBenchReport {
+        nodes,
+        append_records_per_s: append_rate,
+        append_batch: batch,
+        append_single_records_per_s: single_rate,
+        propagation_p50_ms: percentile(&lat, 0.5),
+        propagation_p99_ms: percentile(&lat, 0.99),
+        propagation_samples: lat.len(),
+        catch_up_records: appended,
+        catch_up_s,
+    })
+}
