@@ -346,6 +346,30 @@ mod daemon {
                     }
                 }
             });
+            // The mesh's counters in the log every minute, until /metrics exists (issue [6/7]).
+            let m = mesh.clone();
+            tokio::spawn(async move {
+                let mut every = tokio::time::interval(std::time::Duration::from_secs(60));
+                every.tick().await;
+                loop {
+                    every.tick().await;
+                    match m.stats().await {
+                        Ok(s) => tracing::info!(
+                            peers = s.peers,
+                            log_records = s.records,
+                            appended = s.appended,
+                            received_gossip = s.received_gossip,
+                            received_sync = s.received_sync,
+                            repaired = s.repaired,
+                            sync_rounds = s.sync_rounds,
+                            rejected = ?s.rejected,
+                            handshake_failures = s.handshake_failures,
+                            "mesh"
+                        ),
+                        Err(_) => break,
+                    }
+                }
+            });
             tokio::time::sleep(std::time::Duration::from_millis(200)).await;
             let addrs = mesh.listen_addrs().await?;
             println!(
@@ -368,6 +392,16 @@ mod daemon {
                 let _ = tokio::task::spawn_blocking(move || c.join()).await;
             }
             let _ = tokio::time::timeout(std::time::Duration::from_secs(10), appender).await;
+            if let Ok(st) = mesh.stats().await {
+                println!(
+                    "mesh: {} records in the log, {} appended here, {} received ({} repaired by anti-entropy), {} rejected",
+                    st.records,
+                    st.appended,
+                    st.received_gossip + st.received_sync,
+                    st.repaired,
+                    st.rejected.values().sum::<u64>()
+                );
+            }
             mesh.shutdown().await?;
             println!("node {} stopped", cfg.node);
             Ok(ExitCode::SUCCESS)
