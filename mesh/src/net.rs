@@ -94,6 +94,8 @@ pub struct MeshStats {
     pub appended: u64,
     pub received_gossip: u64,
     pub received_sync: u64,
+    /// Records sent to peers in anti-entropy answers.
+    pub sent_sync: u64,
     pub duplicates: u64,
     /// Refused records and messages by reason.
     pub rejected: BTreeMap<String, u64>,
@@ -762,6 +764,7 @@ impl Actor {
                         }
                     }
                     let n = chunks.len();
+                    self.stats.sent_sync += sent;
                     self.next_answer += 1;
                     let answer = self.next_answer;
                     let cut_short = requested >= self.ae.batch() * crate::sync::PIPELINE || sent < requested;

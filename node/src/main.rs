@@ -360,6 +360,7 @@ mod daemon {
                             appended = s.appended,
                             received_gossip = s.received_gossip,
                             received_sync = s.received_sync,
+                            sent_sync = s.sent_sync,
                             repaired = s.repaired,
                             sync_rounds = s.sync_rounds,
                             rejected = ?s.rejected,
