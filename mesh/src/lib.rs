@@ -10,12 +10,14 @@
 //! - [`log`]: the log on disk (sled): durable appends with group commit, idempotent verified inserts,
 //!   the version vector.
 //! - [`sync`]: anti-entropy as a pure state machine, with a seeded simulation in its tests.
+//! - [`election`]: the uplink leader as a pure function of heartbeats and `now` (used by the HQ uplink).
 //!
 //! - [`net`]: the libp2p actor: private network over TCP, gossipsub, request-response anti-entropy,
 //!   mDNS and bootstrap; [`net::MeshHandle`] is how the node talks to it.
 
 pub mod bench;
 pub mod crypto;
+pub mod election;
 pub mod hlc;
 pub mod keys;
 pub mod log;
