@@ -30,6 +30,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::crypto::StoreRecipient;
+use crate::election::{Election, Heartbeat};
 use crate::log::{Inserted, Log, LogError, VersionVector};
 use crate::record::{Origin, Record, RecordKind, MAX_RECORD_BYTES};
 use crate::sync::{Action, AntiEntropy, Input};
@@ -57,6 +58,11 @@ pub struct MeshConfig {
     pub bootstrap: Vec<Multiaddr>,
     pub mdns: bool,
     pub anti_entropy_interval: Duration,
+    /// Uplink election: this node's preference, and how often it announces itself.
+    pub priority: u8,
+    pub heartbeat_interval: Duration,
+    /// A node silent this long is no longer a candidate (the leader's failover time).
+    pub leader_timeout: Duration,
     /// Records per anti-entropy answer.
     pub sync_batch: u64,
 }
@@ -72,6 +78,9 @@ impl MeshConfig {
             mdns: true,
             anti_entropy_interval: Duration::from_secs(5),
             sync_batch: 2000,
+            priority: 0,
+            heartbeat_interval: Duration::from_secs(5),
+            leader_timeout: Duration::from_secs(15),
         }
     }
 }
@@ -123,6 +132,13 @@ enum SyncRequest {
     },
 }
 
+/// A heartbeat on the wire; the send time keeps identical heartbeats from being taken for duplicates.
+#[derive(Debug, Serialize, Deserialize)]
+struct HeartbeatMsg {
+    hb: Heartbeat,
+    sent_ms: u64,
+}
+
 #[derive(Debug, Serialize, Deserialize)]
 struct SyncResponse {
     accepted: u32,
@@ -138,6 +154,9 @@ struct Behaviour {
 }
 
 enum Command {
+    /// Whether this node reached HQ at its last probe (the uplink sets it).
+    SetHqReachable(bool),
+    Leader(oneshot::Sender<Option<Origin>>),
     Append {
         items: Vec<(RecordKind, Vec<u8>)>,
         reply: oneshot::Sender<Result<Vec<Record>, MeshError>>,
@@ -192,6 +211,18 @@ impl MeshHandle {
     /// Appends our own records (one durable commit for all) and gossips them.
     pub async fn append(&self, items: Vec<(RecordKind, Vec<u8>)>) -> Result<Vec<Record>, MeshError> {
         self.ask(|reply| Command::Append { items, reply }).await?
+    }
+
+    /// The uplink leader as this node sees it now.
+    pub async fn leader(&self) -> Result<Option<Origin>, MeshError> {
+        self.ask(Command::Leader).await
+    }
+
+    pub async fn set_hq_reachable(&self, reachable: bool) -> Result<(), MeshError> {
+        self.cmd
+            .send(Command::SetHqReachable(reachable))
+            .await
+            .map_err(|_| MeshError::Stopped)
     }
 
     pub async fn version_vector(&self) -> Result<VersionVector, MeshError> {
@@ -344,11 +375,14 @@ pub fn start(cfg: MeshConfig, key: Keypair, recipient: StoreRecipient) -> Result
     let log = Log::open(&cfg.data_dir, &cfg.store, key.clone(), recipient)?;
     let mut swarm = build_swarm(&cfg, &key)?;
     let topic = IdentTopic::new(topic_name(&cfg.store));
-    swarm
-        .behaviour_mut()
-        .gossipsub
-        .subscribe(&topic)
-        .map_err(|e| MeshError::Network(e.to_string()))?;
+    let heartbeat_topic = IdentTopic::new(format!("/lpmesh/{}/heartbeat/1", cfg.store));
+    for t in [&topic, &heartbeat_topic] {
+        swarm
+            .behaviour_mut()
+            .gossipsub
+            .subscribe(t)
+            .map_err(|e| MeshError::Network(e.to_string()))?;
+    }
     for addr in &cfg.listen {
         swarm
             .listen_on(addr.clone())
@@ -374,6 +408,12 @@ pub fn start(cfg: MeshConfig, key: Keypair, recipient: StoreRecipient) -> Result
         log,
         topic,
         ae: AntiEntropy::new(cfg.anti_entropy_interval.as_millis() as u64, cfg.sync_batch, seed),
+        heartbeat_topic,
+        election: Election::new(origin, cfg.leader_timeout.as_millis() as u64),
+        priority: cfg.priority,
+        hq_reachable: false,
+        heartbeat_every_ms: cfg.heartbeat_interval.as_millis() as u64,
+        next_heartbeat_ms: 0,
         records: records.clone(),
         stats,
         connected: HashSet::new(),
@@ -396,6 +436,12 @@ struct Actor {
     swarm: Swarm<Behaviour>,
     log: Log,
     topic: IdentTopic,
+    heartbeat_topic: IdentTopic,
+    election: Election,
+    priority: u8,
+    hq_reachable: bool,
+    heartbeat_every_ms: u64,
+    next_heartbeat_ms: u64,
     ae: AntiEntropy<PeerId>,
     records: broadcast::Sender<Record>,
     stats: MeshStats,
@@ -438,8 +484,13 @@ impl Actor {
                     self.flush_gossip();
                 }
                 _ = tick.tick() => {
-                    let actions = self.ae.handle(Input::Tick { now_ms: now_ms() }, self.log.version_vector());
+                    let now = now_ms();
+                    let actions = self.ae.handle(Input::Tick { now_ms: now }, self.log.version_vector());
                     self.carry_out(actions);
+                    if now >= self.next_heartbeat_ms {
+                        self.next_heartbeat_ms = now + self.heartbeat_every_ms;
+                        self.heartbeat(now);
+                    }
                 }
             }
         }
@@ -508,6 +559,16 @@ impl Actor {
                 }
             }
             Command::Shutdown(_) => {}
+            Command::SetHqReachable(r) => {
+                if r != self.hq_reachable {
+                    self.hq_reachable = r;
+                    // Tell the others now rather than at the next beat: leadership may move.
+                    self.heartbeat(now_ms());
+                }
+            }
+            Command::Leader(reply) => {
+                let _ = reply.send(self.election.leader(now_ms()));
+            }
             Command::PublishRaw(bytes) => {
                 if let Err(e) = self.swarm.behaviour_mut().gossipsub.publish(self.topic.clone(), bytes) {
                     tracing::debug!(error = %e, "raw publish refused locally");
@@ -609,7 +670,55 @@ impl Actor {
         }
     }
 
+    fn heartbeat(&mut self, now: u64) {
+        let hb = Heartbeat {
+            node: self.log.origin(),
+            hq_reachable: self.hq_reachable,
+            priority: self.priority,
+        };
+        self.election.heard(hb, now);
+        self.election.prune(now);
+        let msg = HeartbeatMsg { hb, sent_ms: now };
+        let mut bytes = Vec::new();
+        if ciborium::into_writer(&msg, &mut bytes).is_ok() {
+            // Nobody to tell yet is fine.
+            let _ = self
+                .swarm
+                .behaviour_mut()
+                .gossipsub
+                .publish(self.heartbeat_topic.clone(), bytes);
+        }
+    }
+
+    fn on_heartbeat(&mut self, id: &gossipsub::MessageId, source: &PeerId, message: &gossipsub::Message) {
+        let parsed: Option<HeartbeatMsg> = if message.data.len() <= 256 {
+            ciborium::from_reader(message.data.as_slice()).ok()
+        } else {
+            None
+        };
+        // A heartbeat speaks for the node that signed the gossip message, no other.
+        let valid = parsed.filter(|m| message.source.is_some() && m.hb.node.peer_id() == message.source);
+        match valid {
+            Some(m) => {
+                self.election.heard(m.hb, now_ms());
+                self.validate(id, source, MessageAcceptance::Accept);
+            }
+            None => {
+                self.reject("bad_heartbeat");
+                self.validate(id, source, MessageAcceptance::Reject);
+            }
+        }
+    }
+
     fn on_gossip(&mut self, source: PeerId, id: gossipsub::MessageId, message: gossipsub::Message) {
+        if message.topic == self.heartbeat_topic.hash() {
+            if self.blocked.contains(&source) {
+                self.validate(&id, &source, MessageAcceptance::Ignore);
+            } else {
+                self.on_heartbeat(&id, &source, &message);
+            }
+            return;
+        }
         if self.blocked.contains(&source) {
             self.validate(&id, &source, MessageAcceptance::Ignore);
             return;

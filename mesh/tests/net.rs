@@ -34,6 +34,8 @@ fn start(dir: &Dir, key: &Keypair, psk: [u8; 32], secret: &StoreSecret, bootstra
     cfg.mdns = false;
     cfg.bootstrap = bootstrap;
     cfg.anti_entropy_interval = Duration::from_millis(1000);
+    cfg.heartbeat_interval = Duration::from_millis(300);
+    cfg.leader_timeout = Duration::from_millis(1500);
     net::start(cfg, key.clone(), secret.recipient()).unwrap()
 }
 
@@ -319,5 +321,33 @@ async fn bad_records_from_a_peer_with_the_key_are_rejected_counted_and_honest_on
         Some(&1),
         "only the attacker's genuine record is held"
     );
+    c.stop(&[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_nodes_agree_on_the_uplink_leader_and_fail_over() {
+    let c = cluster(3).await;
+    c.nodes[1].set_hq_reachable(true).await.unwrap();
+    c.nodes[2].set_hq_reachable(true).await.unwrap();
+    // Both reachable, same priority: the smaller id leads; the unreachable node 0 never does.
+    let (a, b) = (c.nodes[1].origin(), c.nodes[2].origin());
+    let (first, second, first_idx) = if a < b { (a, b, 1) } else { (b, a, 2) };
+    for (i, h) in c.nodes.iter().enumerate() {
+        eventually(
+            &format!("node {i} names the leader"),
+            Duration::from_secs(5),
+            async || h.leader().await.unwrap() == Some(first),
+        )
+        .await;
+    }
+    c.nodes[first_idx].shutdown().await.unwrap();
+    let t = Instant::now();
+    for (i, h) in c.nodes.iter().enumerate().filter(|(i, _)| *i != first_idx) {
+        eventually(&format!("node {i} fails over"), Duration::from_secs(5), async || {
+            h.leader().await.unwrap() == Some(second)
+        })
+        .await;
+    }
+    println!("failover in {:?} (leader timeout 1.5 s)", t.elapsed());
     c.stop(&[]).await;
 }
