@@ -72,6 +72,8 @@ pub struct MeshConfig {
     pub mdns: bool,
     /// Interval of anti-entropy rounds with a random peer.
     pub anti_entropy_secs: f64,
+    /// Preference of this node as the store's HQ uplink (higher wins among nodes that reach HQ).
+    pub priority: u8,
 }
 
 impl Default for MeshConfig {
@@ -81,6 +83,7 @@ impl Default for MeshConfig {
             bootstrap: Vec::new(),
             mdns: true,
             anti_entropy_secs: 5.0,
+            priority: 0,
         }
     }
 }
@@ -1197,6 +1200,20 @@ in = "left"
         );
         assert!(p[5].2.contains("already the name"), "{}", p[5].2);
         assert!(p[8].2.contains("no zone \"nowhere\""), "{}", p[8].2);
+    }
+
+    #[test]
+    fn mesh_addresses_must_be_tcp_multiaddrs() {
+        let p = problems(&format!(
+            "{HEAD}[mesh]\nlisten = [\"/ip4/0.0.0.0/udp/7420/quic-v1\", \"/ip4/0.0.0.0/tcp/7420\"]\nbootstrap = [\"10.0.0.5:7420\"]\n"
+        ));
+        let got: Vec<(Option<usize>, Option<&str>)> = p.iter().map(|p| (p.0, p.1.as_deref())).collect();
+        assert_eq!(
+            got,
+            vec![(Some(4), Some("mesh.listen[0]")), (Some(5), Some("mesh.bootstrap[0]"))],
+            "{p:?}"
+        );
+        assert!(p[0].2.contains("only TCP"), "{}", p[0].2);
     }
 
     #[test]

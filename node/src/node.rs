@@ -75,6 +75,7 @@ pub fn start_mesh(cfg: &NodeConfig) -> Result<MeshHandle, NodeError> {
     mc.bootstrap = parse(&cfg.mesh.bootstrap)?;
     mc.mdns = cfg.mesh.mdns;
     mc.anti_entropy_interval = Duration::from_secs_f64(cfg.mesh.anti_entropy_secs);
+    mc.priority = cfg.mesh.priority;
     Ok(net::start(mc, key, secrets.recipient()?)?)
 }
 
