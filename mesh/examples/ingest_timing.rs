@@ -30,7 +30,7 @@ fn main() {
     }
     println!("verify 2000 (one thread): {:?}", t.elapsed());
     let t = Instant::now();
-    dst.insert_batch(decoded, 1000).unwrap();
+    dst.insert_batch(&decoded, 1000).unwrap();
     println!("insert_batch 2000: {:?}", t.elapsed());
     assert_eq!(recs.len(), 2000);
     let _ = std::fs::remove_dir_all(&root);

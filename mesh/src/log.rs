@@ -191,15 +191,15 @@ impl Log {
     /// own outcome; a bad record does not stop the others.
     pub fn insert_batch(
         &mut self,
-        records: Vec<Record>,
+        records: &[Record],
         wall_ms: u64,
     ) -> Result<Vec<Result<Inserted, Rejected>>, LogError> {
         let mut outcomes = Vec::with_capacity(records.len());
         let mut batch = sled::Batch::default();
         let mut pending: BTreeMap<[u8; 41], Vec<u8>> = BTreeMap::new();
         let mut touched: Vec<Origin> = Vec::new();
-        let verdicts = verify_all(&records, &self.store);
-        for (r, verdict) in records.into_iter().zip(verdicts) {
+        let verdicts = verify_all(records, &self.store);
+        for (r, verdict) in records.iter().zip(verdicts) {
             if let Err(e) = verdict {
                 outcomes.push(Err(Rejected::Invalid(e)));
                 continue;
@@ -385,15 +385,15 @@ mod tests {
             .map(|i| a.append(RecordKind::Event, format!("e{i}").as_bytes(), 1000).unwrap())
             .collect();
         // Out of order: 3 and 5 first; the version vector waits for the gap.
-        let out = b.insert_batch(vec![recs[2].clone(), recs[4].clone()], 1000).unwrap();
+        let out = b.insert_batch(&[recs[2].clone(), recs[4].clone()], 1000).unwrap();
         assert_eq!(out, vec![Ok(Inserted::New), Ok(Inserted::New)]);
         assert_eq!(b.version_vector().get(&a.origin()), None);
         let out = b
-            .insert_batch(vec![recs[0].clone(), recs[1].clone(), recs[1].clone()], 1000)
+            .insert_batch(&[recs[0].clone(), recs[1].clone(), recs[1].clone()], 1000)
             .unwrap();
         assert_eq!(out, vec![Ok(Inserted::New), Ok(Inserted::New), Ok(Inserted::Duplicate)]);
         assert_eq!(b.version_vector().get(&a.origin()), Some(&3));
-        b.insert_batch(vec![recs[3].clone()], 1000).unwrap();
+        b.insert_batch(&[recs[3].clone()], 1000).unwrap();
         assert_eq!(b.version_vector().get(&a.origin()), Some(&5));
         assert_eq!(b.len(), 5);
 
@@ -403,9 +403,7 @@ mod tests {
         let foreign = Record::seal("store-2", &ka, 6, Timestamp::default(), RecordKind::Event, vec![1]).unwrap();
         let equivocation = Record::seal("store-1", &ka, 2, Timestamp::default(), RecordKind::Event, vec![9]).unwrap();
         let honest = a.append(RecordKind::Event, b"e5", 1000).unwrap();
-        let out = b
-            .insert_batch(vec![forged, foreign, equivocation, honest], 1000)
-            .unwrap();
+        let out = b.insert_batch(&[forged, foreign, equivocation, honest], 1000).unwrap();
         assert_eq!(out[0], Err(Rejected::Invalid(RecordError::BadSignature)));
         assert!(matches!(out[1], Err(Rejected::Invalid(RecordError::WrongStore(_)))));
         assert_eq!(
@@ -441,7 +439,7 @@ mod tests {
             let mut model: std::collections::BTreeSet<u64> = Default::default();
             for chunk in order.chunks(3) {
                 let batch: Vec<Record> = chunk.iter().map(|&i| recs[i].clone()).collect();
-                let out = dst.insert_batch(batch, 1000).unwrap();
+                let out = dst.insert_batch(&batch, 1000).unwrap();
                 for (&i, o) in chunk.iter().zip(out) {
                     let new = model.insert(recs[i].seq);
                     // Duplicates within one batch are reported as duplicates too.

@@ -583,7 +583,7 @@ impl Actor {
 
     /// Stores records received from `from`; returns how many were new. Each new one is announced.
     fn ingest(&mut self, records: Vec<Record>) -> (u32, Vec<Result<Inserted, crate::log::Rejected>>) {
-        let res = tokio::task::block_in_place(|| self.log.insert_batch(records.clone(), now_ms()));
+        let res = tokio::task::block_in_place(|| self.log.insert_batch(&records, now_ms()));
         let outcomes = match res {
             Ok(o) => o,
             Err(e) => {

@@ -529,6 +529,15 @@ impl Reader<'_> {
         }
     }
 
+    /// Each of a camera's `[[camera.KEY]]` tables on its own, so one bad entry does not hide the others.
+    fn items<T: DeserializeOwned>(&mut self, at: &FieldPath, key: &str, values: &[toml::Value]) -> Vec<T> {
+        values
+            .iter()
+            .enumerate()
+            .filter_map(|(j, v)| self.value(at.clone().key(key).index(j), v))
+            .collect()
+    }
+
     fn cameras(&mut self, v: &toml::Value) -> Vec<CameraConfig> {
         let Some(items) = v.as_array() else {
             self.problem(path(&["camera"]), "must be a list of [[camera]] tables");
@@ -540,24 +549,9 @@ impl Reader<'_> {
             let Some(raw) = self.value::<CameraRaw>(at.clone(), item) else {
                 continue;
             };
-            let zones = raw
-                .zone
-                .iter()
-                .enumerate()
-                .filter_map(|(j, z)| self.value(at.clone().key("zone").index(j), z))
-                .collect();
-            let lines = raw
-                .line
-                .iter()
-                .enumerate()
-                .filter_map(|(j, l)| self.value(at.clone().key("line").index(j), l))
-                .collect();
-            let rules = raw
-                .rule
-                .iter()
-                .enumerate()
-                .filter_map(|(j, r)| self.value(at.clone().key("rule").index(j), r))
-                .collect();
+            let zones = self.items(&at, "zone", &raw.zone);
+            let lines = self.items(&at, "line", &raw.line);
+            let rules = self.items(&at, "rule", &raw.rule);
             cams.push(CameraConfig {
                 name: raw.name,
                 source: raw.source,

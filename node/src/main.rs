@@ -324,7 +324,7 @@ mod daemon {
             .build()?;
         rt.block_on(async {
             let mesh = start_mesh(&cfg)?;
-            let secrets = StoreSecrets::load(&cfg.data_dir)?;
+            let secret = StoreSecrets::load(&cfg.data_dir)?.store_secret()?;
             let stop = stop_flag();
             let (tx, rx) = tokio::sync::mpsc::channel(EVENT_QUEUE);
             let appender = tokio::spawn(append_events(mesh.clone(), rx));
@@ -334,7 +334,7 @@ mod daemon {
                 loop {
                     match sub.recv().await {
                         Ok(r) => {
-                            if let Some(e) = open_event(&secrets, &r) {
+                            if let Some(e) = open_event(&secret, &r) {
                                 let from = if r.origin == me { "here" } else { "peer" };
                                 tracing::info!(from, node = %e.node, camera = %e.camera, kind = e.kind.as_str(), phase = ?e.phase, zone = ?e.zone, "event");
                             }

@@ -3,6 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use lpmesh_mesh::crypto::StoreSecret;
 use lpmesh_mesh::keys::{self, JoinToken, KeyError, StoreSecrets};
 use lpmesh_mesh::log::{Log, LogError};
 use lpmesh_mesh::net::{self, MeshConfig, MeshError, MeshHandle};
@@ -101,11 +102,11 @@ pub async fn append_events(mesh: MeshHandle, mut rx: tokio::sync::mpsc::Receiver
 }
 
 /// Decrypts and parses an event record.
-pub fn open_event(secrets: &StoreSecrets, r: &Record) -> Option<Event> {
+pub fn open_event(secret: &StoreSecret, r: &Record) -> Option<Event> {
     if r.kind != RecordKind::Event {
         return None;
     }
-    let plain = secrets.store_secret().ok()?.decrypt(&r.ciphertext).ok()?;
+    let plain = secret.decrypt(&r.ciphertext).ok()?;
     serde_json::from_slice(&plain).ok()
 }
 
@@ -115,9 +116,10 @@ pub fn read_events(data_dir: &Path) -> Result<Vec<Event>, NodeError> {
     let key = keys::load_node_key(data_dir)?;
     let secrets = StoreSecrets::load(data_dir)?;
     let log = Log::open(&log_dir(data_dir), &secrets.store, key, secrets.recipient()?)?;
+    let secret = secrets.store_secret()?;
     let mut out = Vec::new();
     for r in log.all() {
-        if let Some(e) = open_event(&secrets, &r?) {
+        if let Some(e) = open_event(&secret, &r?) {
             out.push(e);
         }
     }

@@ -85,7 +85,7 @@ pub struct FrameResult<'a> {
 }
 
 /// Counters and time per stage, summed over a run.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default)]
 pub struct PipelineStats {
     pub frames: u64,
     pub inferred: u64,
@@ -94,21 +94,13 @@ pub struct PipelineStats {
     pub still: u64,
     pub dropped: u64,
     pub ids_issued: u64,
-    #[serde(skip)]
     pub decode: Duration,
-    #[serde(skip)]
     pub preprocess: Duration,
-    #[serde(skip)]
     pub infer: Duration,
-    #[serde(skip)]
     pub postprocess: Duration,
-    #[serde(skip)]
     pub track: Duration,
-    #[serde(skip)]
     pub measure: Duration,
-    #[serde(skip)]
     pub rules: Duration,
-    #[serde(skip)]
     pub wall: Duration,
     pub events: u64,
     pub offline_heartbeats: u64,
