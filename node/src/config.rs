@@ -74,6 +74,10 @@ pub struct MeshConfig {
     pub anti_entropy_secs: f64,
     /// Preference of this node as the store's HQ uplink (higher wins among nodes that reach HQ).
     pub priority: u8,
+    /// How often this node announces itself for the uplink election.
+    pub heartbeat_secs: f64,
+    /// A node silent this long stops being a candidate: the uplink leader's failover time.
+    pub leader_timeout_secs: f64,
 }
 
 impl Default for MeshConfig {
@@ -84,6 +88,8 @@ impl Default for MeshConfig {
             mdns: true,
             anti_entropy_secs: 5.0,
             priority: 0,
+            heartbeat_secs: 5.0,
+            leader_timeout_secs: 15.0,
         }
     }
 }
@@ -93,10 +99,40 @@ impl Default for MeshConfig {
 #[serde(deny_unknown_fields)]
 pub struct AlertsConfig {}
 
-/// Reserved for the HQ uplink (issue [4/7]); no options yet.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct HqConfig {}
+/// The HQ uplink: where the store's elected leader sends its summaries. Without `url` the node never
+/// claims to reach HQ and sends nothing (an offline store).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HqConfig {
+    /// HQ's base URL, `https://host:port`.
+    pub url: Option<String>,
+    /// HQ's age recipient (`age1...`), printed by `lpmesh hq init`: summaries are encrypted to it.
+    pub recipient: Option<String>,
+    /// Certificates to trust for HQ (PEM), e.g. HQ's self-signed `cert.pem`; else the system's roots.
+    pub ca_cert: Option<PathBuf>,
+    /// Length of a summary period; periods are aligned to UTC midnight. Must divide a day.
+    pub period_secs: u32,
+    /// How often the node checks that HQ answers.
+    pub probe_secs: f64,
+    /// The least time between two uploads of the same period while it keeps changing.
+    pub resend_secs: f64,
+    /// How long one request to HQ may take.
+    pub timeout_secs: f64,
+}
+
+impl Default for HqConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            recipient: None,
+            ca_cert: None,
+            period_secs: 3600,
+            probe_secs: 10.0,
+            resend_secs: 60.0,
+            timeout_secs: 10.0,
+        }
+    }
+}
 
 /// Opening hours. Without any weekday set the store counts as always open (no `after_hours` events).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -382,6 +418,38 @@ impl fmt::Display for FieldPath {
             }
         }
         Ok(())
+    }
+}
+
+impl HqConfig {
+    fn check(&self) -> Vec<(FieldPath, String)> {
+        let mut p = Vec::new();
+        match (&self.url, &self.recipient) {
+            (Some(url), Some(r)) => {
+                if !url.starts_with("https://") || url.len() <= "https://".len() {
+                    p.push((path(&["hq", "url"]), "must be https://host[:port]: summaries only travel over TLS".into()));
+                }
+                if let Err(e) = lpmesh_hq::envelope::parse_recipient(r) {
+                    p.push((path(&["hq", "recipient"]), format!("not an age recipient (age1...): {e}")));
+                }
+            }
+            (Some(_), None) => p.push((path(&["hq", "recipient"]), "required with url: HQ's age recipient".into())),
+            (None, Some(_)) => p.push((path(&["hq", "url"]), "required with recipient".into())),
+            (None, None) => {}
+        }
+        if self.period_secs < 60 || 86_400 % self.period_secs != 0 {
+            p.push((path(&["hq", "period_secs"]), "must be at least 60 and divide a day (86400)".into()));
+        }
+        for (key, v) in [
+            ("probe_secs", self.probe_secs),
+            ("resend_secs", self.resend_secs),
+            ("timeout_secs", self.timeout_secs),
+        ] {
+            if v.is_nan() || v <= 0.0 {
+                p.push((path(&["hq", key]), "must be more than zero".into()));
+            }
+        }
+        p
     }
 }
 
@@ -753,9 +821,22 @@ impl NodeConfig {
                 }
             }
         }
-        if self.mesh.anti_entropy_secs.is_nan() || self.mesh.anti_entropy_secs <= 0.0 {
-            p.push((path(&["mesh", "anti_entropy_secs"]), "must be more than zero".into()));
+        for (key, v) in [
+            ("anti_entropy_secs", self.mesh.anti_entropy_secs),
+            ("heartbeat_secs", self.mesh.heartbeat_secs),
+            ("leader_timeout_secs", self.mesh.leader_timeout_secs),
+        ] {
+            if v.is_nan() || v <= 0.0 {
+                p.push((path(&["mesh", key]), "must be more than zero".into()));
+            }
         }
+        if self.mesh.leader_timeout_secs < 2.0 * self.mesh.heartbeat_secs {
+            p.push((
+                path(&["mesh", "leader_timeout_secs"]),
+                "must be at least twice heartbeat_secs, or one late heartbeat changes the leader".into(),
+            ));
+        }
+        p.extend(self.hq.check());
         let mut camera_names = std::collections::HashSet::new();
         for (ci, cam) in self.cameras.iter().enumerate() {
             let at = path(&["camera"]).index(ci);

@@ -22,8 +22,14 @@
 //! - `detect::onnx`: loading ONNX Runtime and the NanoDet detector.
 //! - `bench`: `lpmesh bench pipeline`.
 //!
+//! HQ uplink (no OpenCV):
+//! - [`action`]: operator actions on incidents (records of the mesh).
+//! - [`summary`]: HQ summaries computed from the log, a pure function of its records.
+//! - [`uplink`]: the outbox and the leader's uploads to HQ.
+//!
 //! [`output`] writes tracks as JSON lines or MOTChallenge text.
 
+pub mod action;
 pub mod assign;
 #[cfg(feature = "vision")]
 pub mod bench;
@@ -43,5 +49,7 @@ pub mod pipeline;
 pub mod rules;
 pub mod schedule;
 pub mod source;
+pub mod summary;
 pub mod track;
+pub mod uplink;
 pub mod zone;

@@ -79,6 +79,27 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// The HQ receiver: `lpmesh hq --config FILE` serves; subcommands set it up.
+    #[command(args_conflicts_with_subcommands = true)]
+    Hq {
+        /// HQ configuration (TOML; see config/hq.example.toml).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        cmd: Option<HqCommand>,
+    },
+    /// Print this store's public signing key, for `lpmesh hq register-store` at HQ.
+    StoreKey {
+        #[arg(long)]
+        data: PathBuf,
+    },
+    /// The HQ uplink as this node sees it: leader, last sync, periods waiting. Works while the node runs.
+    Status {
+        #[arg(long)]
+        data: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
     /// List the store's events as this node holds them (decrypted). Stop the node first.
     Events {
         #[arg(long)]
@@ -130,7 +151,38 @@ struct DetectArgs {
 }
 
 #[derive(Subcommand)]
+enum HqCommand {
+    /// Create HQ's identity and certificate (if missing) and print what the stores need.
+    Init {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Register a store's public signing key (from `lpmesh store-key`); works while HQ runs.
+    RegisterStore {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        store: String,
+        #[arg(long)]
+        key: String,
+    },
+}
+
+#[derive(Subcommand)]
 enum BenchWhat {
+    /// Summaries/s one HQ process ingests into PostgreSQL over HTTPS (verify and decrypt included).
+    Hq {
+        #[arg(long, default_value_t = 500)]
+        stores: usize,
+        /// Hourly summaries per store.
+        #[arg(long, default_value_t = 8)]
+        periods: usize,
+        /// PostgreSQL to use (default: a throw-away cluster started for the run).
+        #[arg(long)]
+        database_url: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
     /// N store nodes on loopback in this process: append throughput, propagation, catch-up.
     Mesh {
         #[arg(long, default_value_t = 10)]
@@ -222,6 +274,52 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Bench {
+            what:
+                BenchWhat::Hq {
+                    stores,
+                    periods,
+                    database_url,
+                    json,
+                },
+        } => {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?;
+            let r = rt.block_on(lpmesh_hq::bench::run(stores, periods, database_url))?;
+            if json {
+                println!("{}", serde_json::to_string(&r)?);
+            } else {
+                println!(
+                    "{} summaries from {} stores into {} over HTTPS, {} concurrent uploads",
+                    r.summaries, r.stores, r.database, r.concurrency
+                );
+                println!(
+                    "ingest           {:>8.0} summaries/s   (p50 {:.1} ms, p99 {:.1} ms per upload; {} B per envelope)",
+                    r.summaries_per_s, r.p50_ms, r.p99_ms, r.envelope_bytes
+                );
+                println!(
+                    "10,000 stores    {:.2} summaries/s hourly = {:.3} % of this HQ process (target < 1 %)",
+                    r.chain_10k_hourly_per_s,
+                    r.chain_10k_share * 100.0
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Hq { config, cmd } => hq::run(config, cmd),
+        Command::StoreKey { data } => {
+            let secrets = lpmesh_mesh::keys::StoreSecrets::load(&data)?;
+            let key = secrets.signing_key()?.public();
+            let text = lpmesh_hq::envelope::store_key_to_string(&key).context("the store key is not Ed25519")?;
+            println!("{text}");
+            eprintln!(
+                "register it at HQ: lpmesh hq register-store --config HQ.toml --store {} --key {text}",
+                secrets.store
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Status { data, json } => status(&data, json),
         #[cfg(feature = "vision")]
         Command::Demo { config, duration } => vision::demo(config, duration),
         Command::Init { store, data } => {
@@ -301,6 +399,117 @@ fn run(cli: Cli) -> Result<ExitCode> {
     }
 }
 
+fn status(data: &Path, json: bool) -> Result<ExitCode> {
+    let Some((st, age_ms)) = lpmesh_node::uplink::read_status(data)
+        .with_context(|| format!("cannot read the uplink status in {}", data.display()))?
+    else {
+        println!(
+            "no uplink status in {}: the node has not run with an [hq] section yet",
+            data.display()
+        );
+        return Ok(ExitCode::FAILURE);
+    };
+    if json {
+        println!("{}", serde_json::to_string(&st)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let when = |ms: Option<i64>| {
+        ms.and_then(chrono::DateTime::from_timestamp_millis).map_or("never".to_string(), |t| {
+            let ago = (chrono::Utc::now() - t).num_seconds().max(0);
+            format!("{} ({ago} s ago)", t.format("%Y-%m-%d %H:%M:%S UTC"))
+        })
+    };
+    println!("node            {}", st.node);
+    println!(
+        "uplink leader   {}{}",
+        st.leader.as_deref().unwrap_or("none (no heartbeats heard)"),
+        if st.am_leader { "  (this node)" } else { "" }
+    );
+    println!(
+        "HQ              {} ({})",
+        st.hq_url,
+        if st.hq_reachable { "reachable" } else { "unreachable" }
+    );
+    println!("last sync       {}", when(st.last_sync_ms));
+    println!("outbox          {} period(s) waiting, {} held by HQ as here", st.outbox, st.periods_done);
+    if let Some(e) = &st.last_error {
+        println!("last error      {e}");
+    }
+    if age_ms > 10_000 {
+        println!(
+            "(written {} s ago: the node is not running, or is stuck)",
+            age_ms / 1000
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+mod hq {
+    use super::*;
+    use lpmesh_hq::config::HqConfig;
+
+    fn runtime() -> Result<tokio::runtime::Runtime> {
+        Ok(tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?)
+    }
+
+    pub fn run(config: Option<PathBuf>, cmd: Option<HqCommand>) -> Result<ExitCode> {
+        match cmd {
+            Some(HqCommand::Init { config }) => {
+                let cfg = HqConfig::load(&config)?;
+                let id = lpmesh_hq::service::init(&cfg)?;
+                print_identity(&id);
+                Ok(ExitCode::SUCCESS)
+            }
+            Some(HqCommand::RegisterStore { config, store, key }) => {
+                let cfg = HqConfig::load(&config)?;
+                runtime()?.block_on(lpmesh_hq::service::register_store(&cfg, &store, &key))?;
+                println!("store {store} registered");
+                Ok(ExitCode::SUCCESS)
+            }
+            None => {
+                let config = config.context("lpmesh hq needs --config FILE (see config/hq.example.toml)")?;
+                let cfg = HqConfig::load(&config)?;
+                serve(&cfg)
+            }
+        }
+    }
+
+    fn print_identity(id: &lpmesh_hq::service::Identity) {
+        println!("HQ recipient    {}", id.recipient);
+        println!(
+            "certificate     {}{}",
+            id.cert_path.display(),
+            if id.self_signed { " (self-signed)" } else { "" }
+        );
+        println!("fingerprint     SHA-256 {}", id.fingerprint);
+        println!("stores need:    [hq] url = \"https://HOST:PORT\", recipient = \"{}\"{}", id.recipient,
+            if id.self_signed { ", ca_cert = (a copy of the certificate above)" } else { "" });
+    }
+
+    fn serve(cfg: &HqConfig) -> Result<ExitCode> {
+        let stop = stop_flag();
+        runtime()?.block_on(async {
+            let started = lpmesh_hq::service::start(cfg).await?;
+            print_identity(&started.identity);
+            println!(
+                "HQ listening on https://{} ({} store); dashboard at https://{}/",
+                started.running.addr,
+                started.state.store.kind(),
+                started.running.addr
+            );
+            while !stop.load(Ordering::Relaxed) {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            started.running.shutdown(std::time::Duration::from_secs(5)).await;
+            println!("HQ stopped");
+            Ok(ExitCode::SUCCESS)
+        })
+    }
+}
+
 /// Ctrl-C (and SIGTERM) set the flag; the pipeline drains and the summary is still printed.
 fn stop_flag() -> Arc<AtomicBool> {
     let stop = Arc::new(AtomicBool::new(false));
@@ -371,6 +580,27 @@ mod daemon {
                     }
                 }
             });
+            let uplink = match (&cfg.hq.url, &cfg.hq.recipient) {
+                (Some(url), Some(recipient)) => {
+                    let secrets = StoreSecrets::load(&cfg.data_dir)?;
+                    let settings = lpmesh_node::uplink::UplinkSettings {
+                        store: cfg.store.clone(),
+                        url: url.clone(),
+                        ca_cert: cfg.hq.ca_cert.clone(),
+                        recipient: lpmesh_hq::envelope::parse_recipient(recipient).map_err(anyhow::Error::msg)?,
+                        period_secs: cfg.hq.period_secs,
+                        probe_every: std::time::Duration::from_secs_f64(cfg.hq.probe_secs),
+                        resend_every: std::time::Duration::from_secs_f64(cfg.hq.resend_secs),
+                        timeout: std::time::Duration::from_secs_f64(cfg.hq.timeout_secs),
+                        data_dir: cfg.data_dir.clone(),
+                    };
+                    Some(lpmesh_node::uplink::start(settings, mesh.clone(), secrets.store_secret()?, secrets.signing_key()?)?)
+                }
+                _ => {
+                    tracing::info!("no [hq] url: this store sends nothing to HQ");
+                    None
+                }
+            };
             tokio::time::sleep(std::time::Duration::from_millis(200)).await;
             let addrs = mesh.listen_addrs().await?;
             println!(
@@ -393,6 +623,16 @@ mod daemon {
                 let _ = tokio::task::spawn_blocking(move || c.join()).await;
             }
             let _ = tokio::time::timeout(std::time::Duration::from_secs(10), appender).await;
+            if let Some(u) = uplink {
+                let st = u.status();
+                println!(
+                    "uplink: leader {}, {} summaries sent, {} period(s) waiting",
+                    if st.am_leader { "this node" } else { "another node" },
+                    st.summaries_sent,
+                    st.outbox
+                );
+                u.shutdown().await;
+            }
             if let Ok(st) = mesh.stats().await {
                 println!(
                     "mesh: {} records in the log, {} appended here, {} received ({} repaired by anti-entropy), {} rejected",

@@ -77,6 +77,8 @@ pub fn start_mesh(cfg: &NodeConfig) -> Result<MeshHandle, NodeError> {
     mc.mdns = cfg.mesh.mdns;
     mc.anti_entropy_interval = Duration::from_secs_f64(cfg.mesh.anti_entropy_secs);
     mc.priority = cfg.mesh.priority;
+    mc.heartbeat_interval = Duration::from_secs_f64(cfg.mesh.heartbeat_secs);
+    mc.leader_timeout = Duration::from_secs_f64(cfg.mesh.leader_timeout_secs);
     Ok(net::start(mc, key, secrets.recipient()?)?)
 }
 

@@ -1,0 +1,178 @@
+//! The store side of the protocol: an HTTPS client that posts envelopes to HQ and probes it.
+//!
+//! HQ's certificate is checked against `ca_cert` when one is configured (a self-signed HQ, pinned), else
+//! against the system's roots.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+use crate::server::{Ack, Refusal, INGEST_PATH};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("HQ URL {0:?}: {1}")]
+    Url(String, String),
+    #[error("TLS set-up: {0}")]
+    Tls(String),
+    #[error("HQ unreachable: {0}")]
+    Unreachable(String),
+    #[error("HQ did not answer within {0:?}")]
+    Timeout(Duration),
+    /// HQ answered, and refused (the envelope will not become acceptable by retrying unchanged).
+    #[error("HQ refused the summary ({status}): {error}: {message}")]
+    Refused {
+        status: u16,
+        error: String,
+        message: String,
+    },
+    /// HQ is there but cannot take it now (storage down): retry later.
+    #[error("HQ is unavailable ({status}): {message}")]
+    Unavailable { status: u16, message: String },
+    #[error("HQ answered something unexpected ({status}): {body}")]
+    Protocol { status: u16, body: String },
+}
+
+#[derive(Clone)]
+pub struct HqClient {
+    base: String,
+    client: Client<hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>, Full<Bytes>>,
+    timeout: Duration,
+}
+
+impl HqClient {
+    /// `url` is HQ's base URL (`https://host:port`); `ca_cert` a PEM file of certificates to trust.
+    pub fn new(url: &str, ca_cert: Option<&Path>, timeout: Duration) -> Result<HqClient, ClientError> {
+        let base = url.trim_end_matches('/').to_string();
+        let uri: hyper::Uri = base
+            .parse()
+            .map_err(|e: hyper::http::uri::InvalidUri| ClientError::Url(url.to_string(), e.to_string()))?;
+        if uri.scheme_str() != Some("https") || uri.host().is_none() {
+            return Err(ClientError::Url(
+                url.to_string(),
+                "must be https://host[:port] (summaries only travel over TLS)".into(),
+            ));
+        }
+        let mut roots = rustls::RootCertStore::empty();
+        match ca_cert {
+            Some(path) => {
+                let pem = std::fs::read(path).map_err(|e| ClientError::Tls(format!("{}: {e}", path.display())))?;
+                for c in rustls_pemfile::certs(&mut &pem[..]) {
+                    let c = c.map_err(|e| ClientError::Tls(format!("{}: {e}", path.display())))?;
+                    roots
+                        .add(c)
+                        .map_err(|e| ClientError::Tls(format!("{}: {e}", path.display())))?;
+                }
+                if roots.is_empty() {
+                    return Err(ClientError::Tls(format!(
+                        "{}: no certificate in the file",
+                        path.display()
+                    )));
+                }
+            }
+            None => {
+                for c in rustls_native_certs::load_native_certs().certs {
+                    let _ = roots.add(c);
+                }
+            }
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| ClientError::Tls(e.to_string()))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_only()
+            .enable_http1()
+            .build();
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build(https);
+        Ok(HqClient { base, client, timeout })
+    }
+
+    async fn request(&self, method: hyper::Method, path: &str, body: Vec<u8>) -> Result<(u16, Vec<u8>), ClientError> {
+        let req = hyper::Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", self.base))
+            .header(hyper::header::CONTENT_TYPE, "application/octet-stream")
+            .body(Full::new(Bytes::from(body)))
+            .map_err(|e| ClientError::Url(self.base.clone(), e.to_string()))?;
+        let fut = async {
+            let resp = self
+                .client
+                .request(req)
+                .await
+                .map_err(|e| ClientError::Unreachable(error_chain(&e)))?;
+            let status = resp.status().as_u16();
+            let body = resp
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| ClientError::Unreachable(e.to_string()))?
+                .to_bytes()
+                .to_vec();
+            Ok((status, body))
+        };
+        tokio::time::timeout(self.timeout, fut)
+            .await
+            .map_err(|_| ClientError::Timeout(self.timeout))?
+    }
+
+    /// Whether HQ answers its health check.
+    pub async fn probe(&self) -> Result<(), ClientError> {
+        let (status, body) = self.request(hyper::Method::GET, "/health", Vec::new()).await?;
+        if status == 200 {
+            Ok(())
+        } else {
+            Err(ClientError::Protocol {
+                status,
+                body: String::from_utf8_lossy(&body).into_owned(),
+            })
+        }
+    }
+
+    /// Posts one encoded envelope. `Ok` carries HQ's answer, stale (409) included: it says what HQ holds.
+    pub async fn post(&self, envelope: Vec<u8>) -> Result<Ack, ClientError> {
+        let (status, body) = self.request(hyper::Method::POST, INGEST_PATH, envelope).await?;
+        match status {
+            200 | 409 => serde_json::from_slice(&body).map_err(|_| ClientError::Protocol {
+                status,
+                body: String::from_utf8_lossy(&body).into_owned(),
+            }),
+            500..=599 => Err(ClientError::Unavailable {
+                status,
+                message: String::from_utf8_lossy(&body).into_owned(),
+            }),
+            _ => match serde_json::from_slice::<Refusal>(&body) {
+                Ok(r) => Err(ClientError::Refused {
+                    status,
+                    error: r.error,
+                    message: r.message,
+                }),
+                Err(_) => Err(ClientError::Protocol {
+                    status,
+                    body: String::from_utf8_lossy(&body).into_owned(),
+                }),
+            },
+        }
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}

@@ -1,0 +1,100 @@
+//! `lpmesh hq --config FILE`: the HQ receiver's configuration (TOML). See `config/hq.example.toml`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HqConfig {
+    /// Address of the HTTPS listener.
+    pub listen: SocketAddr,
+    /// HQ's identity (age), its self-signed certificate if none is configured, and the embedded store.
+    pub data_dir: PathBuf,
+    /// PostgreSQL connection string (`host=... user=... dbname=...` or `postgresql://...`). Without it,
+    /// summaries go to the embedded store in `data_dir`.
+    pub database_url: Option<String>,
+    /// A certificate chain and key (PEM) for a real deployment; both or neither.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// Names (DNS or IP) the generated self-signed certificate is valid for.
+    pub tls_names: Vec<String>,
+    /// Largest envelope accepted, bytes.
+    pub max_envelope_bytes: usize,
+}
+
+impl Default for HqConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 8443)),
+            data_dir: PathBuf::from("/var/lib/lpmesh-hq"),
+            database_url: None,
+            tls_cert: None,
+            tls_key: None,
+            tls_names: vec!["localhost".into(), "127.0.0.1".into()],
+            max_envelope_bytes: crate::envelope::MAX_ENVELOPE_BYTES,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum HqConfigError {
+    #[error("{path}: {reason}")]
+    Read { path: PathBuf, reason: String },
+    /// toml's message names the line, column and field.
+    #[error("{path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+impl HqConfig {
+    pub fn load(path: &Path) -> Result<HqConfig, HqConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| HqConfigError::Read {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+        Self::parse(&text, path)
+    }
+
+    pub fn parse(text: &str, path: &Path) -> Result<HqConfig, HqConfigError> {
+        let invalid = |message: String| HqConfigError::Invalid {
+            path: path.to_path_buf(),
+            message,
+        };
+        let cfg: HqConfig = toml::from_str(text).map_err(|e| invalid(e.to_string().trim_end().to_string()))?;
+        if cfg.tls_cert.is_some() != cfg.tls_key.is_some() {
+            return Err(invalid("tls_cert and tls_key go together: set both or neither".into()));
+        }
+        if cfg.max_envelope_bytes < 1024 || cfg.max_envelope_bytes > crate::envelope::MAX_ENVELOPE_BYTES {
+            return Err(invalid(format!(
+                "max_envelope_bytes must be 1024..={}",
+                crate::envelope::MAX_ENVELOPE_BYTES
+            )));
+        }
+        Ok(cfg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_name_the_file_line_and_field() {
+        let e = HqConfig::parse(
+            "listen = \"127.0.0.1:9000\"\ndatabse_url = \"x\"\n",
+            Path::new("hq.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.starts_with("hq.toml:"), "{e}");
+        assert!(e.contains("line 2") && e.contains("databse_url"), "{e}");
+        let e = HqConfig::parse("listen = \"nowhere\"\n", Path::new("hq.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("line 1") && e.contains("listen"), "{e}");
+        let ok = HqConfig::parse("data_dir = \"/tmp/x\"\n", Path::new("hq.toml")).unwrap();
+        assert_eq!(ok.data_dir, PathBuf::from("/tmp/x"));
+        assert!(HqConfig::parse("tls_cert = \"/a\"\n", Path::new("hq.toml")).is_err());
+    }
+}

@@ -1,0 +1,791 @@
+//! HQ's dashboard and export. Plain server-rendered HTML with an inline stylesheet and no scripts: HQ
+//! may have no internet and analysts' browsers may be locked down, so nothing is fetched from elsewhere.
+//!
+//! - `GET /`: the chain at a glance (last 24 h per store) and serious incidents of the last 7 days.
+//! - `GET /stores/{store}`: one store period by period (`?from=&to=`, by default the last 7 days).
+//! - `GET /export.csv`, `GET /export.json`: `?store=&from=&to=`, times as RFC 3339 or Unix milliseconds.
+//!
+//! Periods are selected by their start: `from` is inclusive, `to` exclusive.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use chrono::{DateTime, SecondsFormat};
+use serde::Deserialize;
+
+use crate::server::HqState;
+use crate::store::{Filter, StoreError, StoredSummary};
+use crate::summary::{Incident, Summary, MAX_INCIDENTS};
+
+const HOUR_MS: i64 = 3_600_000;
+const DAY_MS: i64 = 24 * HOUR_MS;
+/// Bounds a page's size when a store floods HQ with incidents.
+const MAX_SERIOUS_ROWS: usize = 200;
+/// In rising order; also the CSV's per-severity columns.
+const SEVERITIES: [&str; 5] = ["info", "low", "medium", "high", "critical"];
+const CSP: &str =
+    "default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:; form-action 'self'; frame-ancestors 'none'";
+const CSV_HEADER: &str = "store,period_start,period_secs,footfall_in,footfall_out,incidents,info,low,medium,high,\
+critical,acknowledged,resolved,false_alarms,ack_secs_mean,camera_uptime_min,serious_total,received_at,updates";
+
+const STYLE: &str = "body{font:14px/1.45 system-ui,-apple-system,'Segoe UI',Roboto,sans-serif;margin:0;color:#1d2330;\
+background:#f5f6f8}header{background:#1d2330;padding:.6rem 1.5rem;display:flex;gap:1.5rem;align-items:baseline}\
+header a{color:#fff;text-decoration:none}header .brand{font-weight:600;font-size:1.1rem}main{padding:1rem 1.5rem}\
+h1{font-size:1.4rem;margin:.2rem 0 1rem}h2{font-size:1.1rem;margin:1.8rem 0 .5rem}a{color:#1849a9}\
+table{border-collapse:collapse;background:#fff;font-variant-numeric:tabular-nums;border:1px solid #e3e6ea}\
+th,td{padding:.35rem .6rem;border-bottom:1px solid #e3e6ea;text-align:left;vertical-align:top;white-space:nowrap}\
+th{background:#eef0f3;font-size:.85rem}td.n{text-align:right}tr:hover td{background:#f9fafb}.scroll{overflow-x:auto}\
+.cards{display:flex;flex-wrap:wrap;gap:.8rem}.card{background:#fff;border:1px solid #e3e6ea;border-radius:6px;\
+padding:.6rem 1rem;min-width:9rem}.card b{display:block;font-size:1.5rem}.muted{color:#6b7280}\
+.sev-hi{background:#fde8e7;color:#a21c12;font-weight:600}.sev-med{background:#fef3dc;color:#93500a;font-weight:600}\
+form{margin:.5rem 0 1rem}input{font:inherit;padding:.2rem .4rem;margin-right:.5rem}";
+
+pub fn routes() -> Router<Arc<HqState>> {
+    Router::new()
+        .route("/", get(overview))
+        .route("/stores/{store}", get(store_page))
+        .route("/export.csv", get(export_csv))
+        .route("/export.json", get(export_json))
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct RangeQuery {
+    store: Option<String>,
+    from: Option<String>,
+    to: Option<String>,
+}
+
+impl RangeQuery {
+    fn range(&self) -> Result<(Option<i64>, Option<i64>), Response> {
+        Ok((
+            parse_time("from", self.from.as_deref())?,
+            parse_time("to", self.to.as_deref())?,
+        ))
+    }
+}
+
+fn parse_time(param: &str, value: Option<&str>) -> Result<Option<i64>, Response> {
+    // Empty fields are what a form sends for "no bound".
+    let v = match value.map(str::trim) {
+        None | Some("") => return Ok(None),
+        Some(v) => v,
+    };
+    let bad = || {
+        plain(
+            StatusCode::BAD_REQUEST,
+            format!("bad `{param}`: expected RFC 3339 or Unix milliseconds\n"),
+        )
+    };
+    if let Ok(ms) = v.parse::<i64>() {
+        return DateTime::from_timestamp_millis(ms).map(|_| Some(ms)).ok_or_else(bad);
+    }
+    // A `+` typed into a URL by hand arrives as a space; give the offset its sign back.
+    let plus = v.rsplit_once(' ').map(|(a, b)| format!("{a}+{b}"));
+    DateTime::parse_from_rfc3339(v)
+        .or_else(|e| plus.as_deref().map_or(Err(e), DateTime::parse_from_rfc3339))
+        .map(|t| Some(t.timestamp_millis()))
+        .map_err(|_| bad())
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+fn plain(status: StatusCode, msg: impl Into<String>) -> Response {
+    let headers = [
+        (header::CONTENT_TYPE, "text/plain; charset=utf-8"),
+        (header::CACHE_CONTROL, "no-store"),
+    ];
+    (status, headers, msg.into()).into_response()
+}
+
+fn unavailable(e: StoreError) -> Response {
+    tracing::error!(error = %e, "dashboard: storage failed");
+    plain(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "HQ storage is unavailable; try again shortly\n",
+    )
+}
+
+fn html(status: StatusCode, heading: &str, body: &str) -> Response {
+    let doc = format!(
+        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
+         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><title>lpmesh HQ</title>\
+         <style>{STYLE}</style></head><body><header><a class=\"brand\" href=\"/\">lpmesh HQ</a>\
+         <a href=\"/\">Chain overview</a><a href=\"/export.csv\">Export CSV</a><a href=\"/export.json\">Export JSON</a>\
+         </header><main><h1>{}</h1>{body}</main></body></html>\n",
+        esc(heading)
+    );
+    let headers = [
+        (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+        (header::CONTENT_SECURITY_POLICY, CSP),
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        (header::CACHE_CONTROL, "no-store"),
+    ];
+    (status, headers, doc).into_response()
+}
+
+fn esc(s: &str) -> String {
+    let mut o = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => o.push_str("&amp;"),
+            '<' => o.push_str("&lt;"),
+            '>' => o.push_str("&gt;"),
+            '"' => o.push_str("&quot;"),
+            '\'' => o.push_str("&#39;"),
+            c => o.push(c),
+        }
+    }
+    o
+}
+
+/// Percent-encodes everything but unreserved characters, for a path segment or a query value.
+fn enc(s: &str) -> String {
+    let mut o = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            o.push(char::from(b));
+        } else {
+            let _ = write!(o, "%{b:02X}");
+        }
+    }
+    o
+}
+
+fn store_link(store: &str) -> String {
+    format!("<a href=\"/stores/{}\">{}</a>", enc(store), esc(store))
+}
+
+fn utc(ms: i64, fmt: &str) -> String {
+    DateTime::from_timestamp_millis(ms).map_or_else(|| ms.to_string(), |t| t.format(fmt).to_string())
+}
+
+fn minute(ms: i64) -> String {
+    utc(ms, "%Y-%m-%d %H:%M")
+}
+
+fn rfc3339(ms: i64) -> String {
+    DateTime::from_timestamp_millis(ms).map_or_else(|| ms.to_string(), |t| t.to_rfc3339_opts(SecondsFormat::Secs, true))
+}
+
+fn ago(now: i64, ms: i64) -> String {
+    match (now - ms) / 1000 {
+        s if s < 0 => "in the future".into(),
+        0..=59 => "just now".into(),
+        s @ 60..=3599 => format!("{} min ago", s / 60),
+        s @ 3600..=86_399 => format!("{} h ago", s / 3600),
+        s => format!("{} d ago", s / 86_400),
+    }
+}
+
+fn duration(secs: f64) -> String {
+    if !secs.is_finite() || secs < 0.0 {
+        return "–".into();
+    }
+    let s = secs.round() as u64;
+    match s {
+        0..=59 => format!("{s} s"),
+        60..=3599 => format!("{} min {} s", s / 60, s % 60),
+        _ => format!("{} h {} min", s / 3600, s % 3600 / 60),
+    }
+}
+
+/// The class attribute for a severity; data never reaches the attribute itself.
+fn sev_class(sev: &str) -> &'static str {
+    match sev {
+        "critical" | "high" => " class=\"sev-hi\"",
+        "medium" => " class=\"sev-med\"",
+        _ => "",
+    }
+}
+
+fn compact<'a>(it: impl Iterator<Item = (&'a String, &'a u64)>) -> String {
+    let parts: Vec<String> = it.map(|(k, n)| format!("{} {n}", esc(k))).collect();
+    if parts.is_empty() {
+        "–".into()
+    } else {
+        parts.join(", ")
+    }
+}
+
+fn by_severity(m: &BTreeMap<String, u64>) -> String {
+    let mut v: Vec<_> = m.iter().collect();
+    // Worst first; severities HQ does not know go last.
+    v.sort_by_key(|(k, _)| std::cmp::Reverse(SEVERITIES.iter().position(|s| s == k)));
+    compact(v.into_iter())
+}
+
+/// (min, mean) uptime over cameras, 0..1.
+fn uptime(s: &Summary) -> Option<(f64, f64)> {
+    if s.cameras.is_empty() {
+        return None;
+    }
+    let min = s.cameras.iter().map(|c| c.uptime).fold(f64::INFINITY, f64::min);
+    Some((
+        min,
+        s.cameras.iter().map(|c| c.uptime).sum::<f64>() / s.cameras.len() as f64,
+    ))
+}
+
+fn num(n: impl std::fmt::Display) -> String {
+    format!("<td class=\"n\">{n}</td>")
+}
+
+fn serious_table(rows: &[StoredSummary]) -> String {
+    let mut all: Vec<(&str, &Incident)> = rows
+        .iter()
+        .flat_map(|r| r.summary.serious.iter().map(move |i| (r.summary.store.as_str(), i)))
+        .collect();
+    all.sort_by(|a, b| b.1.started_at_ms.cmp(&a.1.started_at_ms).then_with(|| a.0.cmp(b.0)));
+    let counted: u64 = rows.iter().map(|r| r.summary.serious_total).sum();
+    let mut h = String::new();
+    if all.is_empty() {
+        h.push_str("<p class=\"muted\">None.</p>");
+    } else {
+        h.push_str(
+            "<div class=\"scroll\"><table><tr><th>Started (UTC)</th><th>Store</th><th>Camera</th><th>Zone</th>\
+             <th>Kind</th><th>Severity</th><th>State</th><th>Time to acknowledge</th><th>Ended</th></tr>",
+        );
+        for (store, i) in all.iter().take(MAX_SERIOUS_ROWS) {
+            let ack = i
+                .acknowledged_at_ms
+                .map_or_else(String::new, |a| duration((a - i.started_at_ms) as f64 / 1e3));
+            let ended = i
+                .ended_at_ms
+                .map_or_else(|| "ongoing".to_string(), |e| format!("ended {}", minute(e)));
+            let _ = write!(
+                h,
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td{}>{}</td><td>{}</td><td>{ack}</td>\
+                 <td>{ended}</td></tr>",
+                utc(i.started_at_ms, "%Y-%m-%d %H:%M:%S"),
+                store_link(store),
+                esc(&i.camera),
+                esc(i.zone.as_deref().unwrap_or("")),
+                esc(&i.kind),
+                sev_class(&i.severity),
+                esc(&i.severity),
+                esc(&i.state),
+            );
+        }
+        h.push_str("</table></div>");
+    }
+    if all.len() > MAX_SERIOUS_ROWS {
+        let _ = write!(
+            h,
+            "<p class=\"muted\">Newest {MAX_SERIOUS_ROWS} of {} listed.</p>",
+            all.len()
+        );
+    }
+    if counted > all.len() as u64 {
+        let _ = write!(
+            h,
+            "<p class=\"muted\">Stores counted {counted} serious incidents; each lists at most {MAX_INCIDENTS} a period.</p>"
+        );
+    }
+    h
+}
+
+async fn overview(State(st): State<Arc<HqState>>) -> Response {
+    let now = now_ms();
+    let stores = match st.store.stores().await {
+        Ok(s) => s,
+        Err(e) => return unavailable(e),
+    };
+    let week_from = now - 7 * DAY_MS;
+    let week = match st
+        .store
+        .summaries(&Filter {
+            from_ms: Some(week_from),
+            ..Filter::default()
+        })
+        .await
+    {
+        Ok(w) => w,
+        Err(e) => return unavailable(e),
+    };
+    let day: Vec<&Summary> = week
+        .iter()
+        .map(|r| &r.summary)
+        .filter(|s| s.period_start_ms >= now - DAY_MS)
+        .collect();
+    let mut per: HashMap<&str, (u64, u64, u64)> = HashMap::new();
+    for s in &day {
+        let (i, o) = s.footfall_totals();
+        let e = per.entry(s.store.as_str()).or_default();
+        *e = (e.0 + i, e.1 + o, e.2 + s.incidents_total());
+    }
+    let synced = stores
+        .iter()
+        .filter(|r| r.last_sync_ms.is_some_and(|t| t >= now - 2 * HOUR_MS))
+        .count();
+    let cards = [
+        (stores.len() as u64, "stores"),
+        (synced as u64, "synced in the last 2 h"),
+        (per.values().map(|v| v.0).sum(), "footfall in"),
+        (per.values().map(|v| v.2).sum(), "incidents"),
+        (day.iter().map(|s| s.serious_total).sum(), "serious incidents"),
+    ];
+    let mut h = String::from("<h2>Last 24 hours</h2><div class=\"cards\">");
+    for (n, label) in cards {
+        let _ = write!(
+            h,
+            "<div class=\"card\"><b>{n}</b><span class=\"muted\">{label}</span></div>"
+        );
+    }
+    h.push_str(
+        "</div><h2>Stores</h2><div class=\"scroll\"><table><tr><th>Store</th><th>Registered (UTC)</th>\
+         <th>Last sync (UTC)</th><th>Periods held</th><th>Footfall in, 24 h</th><th>Footfall out, 24 h</th>\
+         <th>Incidents, 24 h</th></tr>",
+    );
+    for r in &stores {
+        let (i, o, n) = per.get(r.store.as_str()).copied().unwrap_or_default();
+        let sync = r
+            .last_sync_ms
+            .map_or_else(|| "never".into(), |t| format!("{} ({})", minute(t), ago(now, t)));
+        let _ = write!(
+            h,
+            "<tr><td>{}</td><td>{}</td><td>{sync}</td>{}{}{}{}</tr>",
+            store_link(&r.store),
+            minute(r.registered_at_ms),
+            num(r.periods),
+            num(i),
+            num(o),
+            num(n)
+        );
+    }
+    if stores.is_empty() {
+        h.push_str("<tr><td colspan=\"7\" class=\"muted\">No store is registered yet.</td></tr>");
+    }
+    let _ = write!(
+        h,
+        "</table></div><h2>Serious incidents across stores, last 7 days</h2>{}\
+         <p>Export the last 7 days: <a href=\"/export.csv?from={week_from}\">CSV</a> · \
+         <a href=\"/export.json?from={week_from}\">JSON</a>; everything: <a href=\"/export.csv\">CSV</a> · \
+         <a href=\"/export.json\">JSON</a>.</p>",
+        serious_table(&week)
+    );
+    html(StatusCode::OK, "Chain overview", &h)
+}
+
+async fn store_page(
+    State(st): State<Arc<HqState>>,
+    Path(store): Path<String>,
+    Query(q): Query<RangeQuery>,
+) -> Response {
+    let (from, to) = match q.range() {
+        Ok(r) => r,
+        Err(resp) => return resp,
+    };
+    let now = now_ms();
+    let stores = match st.store.stores().await {
+        Ok(s) => s,
+        Err(e) => return unavailable(e),
+    };
+    let Some(row) = stores.iter().find(|r| r.store == store) else {
+        let body = format!(
+            "<p>No store named <code>{}</code> is registered. <a href=\"/\">Back to the chain overview</a>.</p>",
+            esc(&store)
+        );
+        return html(StatusCode::NOT_FOUND, "Unknown store", &body);
+    };
+    let from = from.unwrap_or(now - 7 * DAY_MS);
+    let filter = Filter {
+        store: Some(store.clone()),
+        from_ms: Some(from),
+        to_ms: to,
+        limit: None,
+    };
+    let mut rows = match st.store.summaries(&filter).await {
+        Ok(r) => r,
+        Err(e) => return unavailable(e),
+    };
+    rows.reverse();
+    let sync = row
+        .last_sync_ms
+        .map_or_else(|| "never".into(), |t| format!("{} UTC ({})", minute(t), ago(now, t)));
+    let to_q = to.map_or_else(String::new, |t| format!("&to={t}"));
+    let export = format!("store={}&from={from}{to_q}", enc(&store));
+    let mut h = format!(
+        "<p>Registered {} UTC · last sync {sync} · {} periods held.</p>\
+         <form method=\"get\"><label>From <input name=\"from\" value=\"{}\" placeholder=\"RFC 3339 or Unix ms\"></label>\
+         <label>To <input name=\"to\" value=\"{}\" placeholder=\"RFC 3339 or Unix ms\"></label>\
+         <button type=\"submit\">Show</button></form>\
+         <h2>Periods from {} UTC{}</h2>",
+        minute(row.registered_at_ms),
+        row.periods,
+        esc(&rfc3339(from)),
+        esc(&to.map(rfc3339).unwrap_or_default()),
+        minute(from),
+        to.map_or_else(String::new, |t| format!(" to {} UTC", minute(t))),
+    );
+    if rows.is_empty() {
+        h.push_str("<p class=\"muted\">No summaries in this range.</p>");
+    } else {
+        h.push_str(
+            "<div class=\"scroll\"><table><tr><th>Period (UTC)</th><th>In</th><th>Out</th><th>Incidents</th>\
+             <th>By kind</th><th>By severity</th><th>Acknowledged</th><th>Mean time to ack</th><th>Resolved</th>\
+             <th>False alarms</th><th>Uptime min</th><th>Uptime mean</th><th>Peak occupancy</th><th>Updates</th>\
+             <th>Received (UTC)</th></tr>",
+        );
+        for r in &rows {
+            let s = &r.summary;
+            let (i, o) = s.footfall_totals();
+            let a = &s.acknowledgements;
+            let (umin, umean) = uptime(s).map_or_else(
+                || ("–".into(), "–".into()),
+                |(m, avg)| (format!("{:.1} %", m * 100.0), format!("{:.1} %", avg * 100.0)),
+            );
+            let peak = s
+                .peak_occupancy
+                .values()
+                .max()
+                .map_or_else(|| "–".into(), u32::to_string);
+            let _ = write!(
+                h,
+                "<tr><td>{}</td>{}{}{}<td>{}</td><td>{}</td>{}{}{}{}{}{}{}{}<td>{}</td></tr>",
+                minute(s.period_start_ms),
+                num(i),
+                num(o),
+                num(s.incidents_total()),
+                compact(s.incidents_by_kind.iter()),
+                by_severity(&s.incidents_by_severity),
+                num(a.acknowledged),
+                num(a.ack_secs_mean.map_or_else(|| "–".into(), duration)),
+                num(a.resolved),
+                num(a.false_alarms),
+                num(umin),
+                num(umean),
+                num(peak),
+                num(r.updates),
+                minute(r.received_at_ms),
+            );
+        }
+        h.push_str("</table></div>");
+    }
+    let _ = write!(
+        h,
+        "<h2>Serious incidents</h2>{}<p>Export these periods: <a href=\"/export.csv?{export}\">CSV</a> · \
+         <a href=\"/export.json?{export}\">JSON</a>.</p>",
+        serious_table(&rows)
+    );
+    html(StatusCode::OK, &format!("Store {store}"), &h)
+}
+
+async fn load(st: &HqState, q: &RangeQuery) -> Result<Vec<StoredSummary>, Response> {
+    let (from_ms, to_ms) = q.range()?;
+    let store = q.store.clone().filter(|s| !s.is_empty());
+    st.store
+        .summaries(&Filter {
+            store,
+            from_ms,
+            to_ms,
+            limit: None,
+        })
+        .await
+        .map_err(unavailable)
+}
+
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
+fn csv_row(r: &StoredSummary) -> String {
+    let s = &r.summary;
+    let (i, o) = s.footfall_totals();
+    let a = &s.acknowledgements;
+    let mut f = vec![
+        s.store.clone(),
+        rfc3339(s.period_start_ms),
+        s.period_secs.to_string(),
+        i.to_string(),
+        o.to_string(),
+        s.incidents_total().to_string(),
+    ];
+    f.extend(
+        SEVERITIES
+            .iter()
+            .map(|k| s.incidents_by_severity.get(*k).copied().unwrap_or(0).to_string()),
+    );
+    f.extend([
+        a.acknowledged.to_string(),
+        a.resolved.to_string(),
+        a.false_alarms.to_string(),
+        a.ack_secs_mean.map(|m| m.to_string()).unwrap_or_default(),
+        uptime(s).map(|(m, _)| m.to_string()).unwrap_or_default(),
+        s.serious_total.to_string(),
+        rfc3339(r.received_at_ms),
+        r.updates.to_string(),
+    ]);
+    f.iter().map(|x| csv_field(x)).collect::<Vec<_>>().join(",")
+}
+
+async fn export_csv(State(st): State<Arc<HqState>>, Query(q): Query<RangeQuery>) -> Response {
+    let rows = match load(&st, &q).await {
+        Ok(r) => r,
+        Err(resp) => return resp,
+    };
+    // RFC 4180 line ends.
+    let mut out = format!("{CSV_HEADER}\r\n");
+    for r in &rows {
+        out.push_str(&csv_row(r));
+        out.push_str("\r\n");
+    }
+    let headers = [
+        (header::CONTENT_TYPE, "text/csv; charset=utf-8"),
+        (
+            header::CONTENT_DISPOSITION,
+            "attachment; filename=\"lpmesh-summaries.csv\"",
+        ),
+        (header::CACHE_CONTROL, "no-store"),
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+    ];
+    (headers, out).into_response()
+}
+
+async fn export_json(State(st): State<Arc<HqState>>, Query(q): Query<RangeQuery>) -> Response {
+    match load(&st, &q).await {
+        Ok(rows) => ([(header::CACHE_CONTROL, "no-store")], Json(rows)).into_response(),
+        Err(resp) => resp,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use axum::body::Body;
+    use axum::http::{HeaderMap, Request};
+    use tower::ServiceExt;
+
+    use super::*;
+    use crate::store::{Embedded, HqStore};
+    use crate::summary::{AckStats, CameraUptime, LineCount};
+    use crate::vv::VersionVector;
+
+    const EVIL: &str = "<script>alert('x')</script>";
+
+    struct Fixture {
+        state: Arc<HqState>,
+        dir: PathBuf,
+        period: i64,
+    }
+
+    impl Fixture {
+        async fn new(name: &str) -> Fixture {
+            let nanos = chrono::Utc::now().timestamp_nanos_opt().unwrap_or_default();
+            let dir = std::env::temp_dir().join(format!("lpmesh-dash-{name}-{}-{nanos}", std::process::id()));
+            let store = HqStore::Embedded(Embedded::open(&dir).unwrap());
+            let state = HqState::new(store, age::x25519::Identity::generate(), 512 * 1024);
+            let now = now_ms();
+            for s in ["shop-1", EVIL] {
+                let key = libp2p_identity::Keypair::generate_ed25519().public();
+                let key = crate::envelope::store_key_to_string(&key).unwrap();
+                state.store.register_store(s, &key, now - DAY_MS).await.unwrap();
+            }
+            let period = now - now.rem_euclid(HOUR_MS) - HOUR_MS;
+            state.store.upsert(&summary("shop-1", period, 12), now).await.unwrap();
+            state.store.upsert(&summary(EVIL, period, 3), now).await.unwrap();
+            Fixture { state, dir, period }
+        }
+
+        async fn get(&self, uri: &str) -> (StatusCode, HeaderMap, String) {
+            let req = Request::get(uri).body(Body::empty()).unwrap();
+            let resp = crate::server::app(self.state.clone()).oneshot(req).await.unwrap();
+            let (status, headers) = (resp.status(), resp.headers().clone());
+            let body = axum::body::to_bytes(resp.into_body(), usize::MAX).await.unwrap();
+            (status, headers, String::from_utf8(body.to_vec()).unwrap())
+        }
+
+        fn done(self) {
+            let dir = self.dir.clone();
+            drop(self);
+            std::fs::remove_dir_all(dir).unwrap();
+        }
+    }
+
+    fn summary(store: &str, period: i64, entered: u64) -> Summary {
+        let s = Summary {
+            store: store.into(),
+            period_start_ms: period,
+            period_secs: 3600,
+            vv: VersionVector([("12D3KooWabc".to_string(), 5)].into_iter().collect()),
+            footfall: vec![LineCount {
+                camera: "door".into(),
+                line: "main".into(),
+                entered,
+                left: 10,
+            }],
+            peak_occupancy: [("door/entrance".to_string(), 7)].into(),
+            incidents_by_kind: [("exit_without_checkout".to_string(), 1), ("loitering".to_string(), 2)].into(),
+            incidents_by_severity: [("high".to_string(), 1), ("low".to_string(), 2)].into(),
+            acknowledgements: AckStats {
+                acknowledged: 1,
+                resolved: 1,
+                ack_secs_mean: Some(42.0),
+                ..AckStats::default()
+            },
+            cameras: vec![
+                CameraUptime {
+                    camera: "door".into(),
+                    offline_secs: 360.0,
+                    uptime: 0.9,
+                },
+                CameraUptime {
+                    camera: "till".into(),
+                    offline_secs: 0.0,
+                    uptime: 1.0,
+                },
+            ],
+            serious: vec![Incident {
+                incident: format!("{store}/door/1"),
+                camera: "door".into(),
+                zone: Some("exit".into()),
+                kind: "exit_without_checkout".into(),
+                severity: "high".into(),
+                started_at_ms: period + 60_000,
+                state: "acknowledged".into(),
+                acknowledged_at_ms: Some(period + 102_000),
+                ..Incident::default()
+            }],
+            serious_total: 1,
+            ..Summary::default()
+        };
+        s.validate().unwrap();
+        s
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn pages_list_stores_and_incidents_and_escape_data() {
+        let fx = Fixture::new("pages").await;
+        let (status, headers, body) = fx.get("/").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(headers[header::CONTENT_SECURITY_POLICY], CSP);
+        assert_eq!(headers[header::X_CONTENT_TYPE_OPTIONS], "nosniff");
+        assert_eq!(headers[header::CACHE_CONTROL], "no-store");
+        assert!(body.contains("<title>lpmesh HQ</title>"));
+        assert!(body.contains("<a href=\"/stores/shop-1\">shop-1</a>"));
+        assert!(body.contains("&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;"));
+        assert!(!body.contains(EVIL) && !body.contains("<script"));
+        assert!(body.contains("<b>15</b><span class=\"muted\">footfall in</span>"));
+        assert!(body.contains("exit_without_checkout") && body.contains(" class=\"sev-hi\">high<"));
+        assert!(body.contains("<td>42 s</td><td>ongoing</td>"));
+
+        let (status, headers, body) = fx.get("/stores/shop-1").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(headers[header::CONTENT_SECURITY_POLICY], CSP);
+        assert!(body.contains(&format!("<tr><td>{}</td><td class=\"n\">12</td>", minute(fx.period))));
+        assert!(body.contains("exit_without_checkout 1, loitering 2") && body.contains("high 1, low 2"));
+        assert!(body.contains("90.0 %") && body.contains("95.0 %"));
+
+        let (status, _, body) = fx.get(&format!("/stores/{}", enc(EVIL))).await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(!body.contains("<script"));
+
+        let (status, headers, body) = fx.get("/stores/unknown").await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert_eq!(headers[header::CONTENT_SECURITY_POLICY], CSP);
+        assert!(body.contains("<code>unknown</code>"));
+        fx.done();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn exports_carry_the_stored_summaries() {
+        let fx = Fixture::new("export").await;
+        let (status, headers, body) = fx.get("/export.csv?store=shop-1").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(headers[header::CONTENT_TYPE], "text/csv; charset=utf-8");
+        assert_eq!(
+            headers[header::CONTENT_DISPOSITION],
+            "attachment; filename=\"lpmesh-summaries.csv\""
+        );
+        let lines: Vec<&str> = body.lines().collect();
+        assert_eq!(lines.len(), 2);
+        assert_eq!(lines[0], CSV_HEADER);
+        let names: Vec<&str> = CSV_HEADER.split(',').collect();
+        let row: HashMap<&str, &str> = names.iter().copied().zip(lines[1].split(',')).collect();
+        assert_eq!(row.len(), names.len());
+        assert_eq!(row["store"], "shop-1");
+        assert_eq!(row["period_start"], rfc3339(fx.period));
+        let expect = [
+            ("footfall_in", "12"),
+            ("footfall_out", "10"),
+            ("incidents", "3"),
+            ("high", "1"),
+            ("low", "2"),
+        ];
+        for (k, v) in expect
+            .into_iter()
+            .chain([("critical", "0"), ("ack_secs_mean", "42"), ("updates", "1")])
+        {
+            assert_eq!(row[k], v, "{k}");
+        }
+        assert_eq!((row["camera_uptime_min"], row["serious_total"]), ("0.9", "1"));
+
+        let (_, _, all) = fx.get("/export.csv").await;
+        assert_eq!(all.lines().count(), 3);
+        let after = rfc3339(fx.period + HOUR_MS);
+        let (_, _, none) = fx.get(&format!("/export.csv?from={}", enc(&after))).await;
+        assert_eq!(none.lines().count(), 1);
+        let (_, _, one) = fx
+            .get(&format!("/export.csv?from={}&to={}", fx.period, fx.period + 1))
+            .await;
+        assert_eq!(one.lines().count(), 3);
+
+        let (status, _, body) = fx.get("/export.json").await;
+        assert_eq!(status, StatusCode::OK);
+        let parsed: Vec<StoredSummary> = serde_json::from_str(&body).unwrap();
+        assert_eq!(parsed, fx.state.store.summaries(&Filter::default()).await.unwrap());
+        assert_eq!(parsed.len(), 2);
+        fx.done();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn bad_times_are_refused_by_name() {
+        let fx = Fixture::new("bad").await;
+        for (uri, param) in [
+            ("/export.csv?from=garbage", "`from`"),
+            ("/export.json?to=yesterday", "`to`"),
+            ("/stores/shop-1?from=garbage", "`from`"),
+        ] {
+            let (status, _, body) = fx.get(uri).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{uri}");
+            assert!(body.contains(param), "{uri}: {body}");
+        }
+        let (status, _, _) = fx.get("/export.csv?from=2024-01-01T00:00:00%2B01:00&to=").await;
+        assert_eq!(status, StatusCode::OK);
+        fx.done();
+    }
+
+    #[test]
+    fn helpers_quote_and_format() {
+        assert_eq!(csv_field("plain"), "plain");
+        assert_eq!(csv_field("a,b"), "\"a,b\"");
+        assert_eq!(csv_field("say \"hi\"\n"), "\"say \"\"hi\"\"\n\"");
+        assert_eq!(esc("<a href=\"x\">&'"), "&lt;a href=&quot;x&quot;&gt;&amp;&#39;");
+        assert_eq!(enc("a b/c"), "a%20b%2Fc");
+        assert_eq!(
+            parse_time("from", Some("1700000000000")).ok(),
+            Some(Some(1_700_000_000_000))
+        );
+        assert_eq!(
+            parse_time("from", Some("2023-11-14T22:13:20 00:00")).ok(),
+            Some(Some(1_700_000_000_000))
+        );
+        assert_eq!(rfc3339(1_700_000_000_000), "2023-11-14T22:13:20Z");
+        assert_eq!(
+            (ago(200_000, 20_000), duration(185.0)),
+            ("3 min ago".to_string(), "3 min 5 s".to_string())
+        );
+    }
+}

@@ -1,0 +1,338 @@
+//! The HQ receiver: HTTPS (rustls), envelope ingestion, the dashboard and the export.
+//!
+//! `POST /api/v1/summaries` takes one envelope (`application/octet-stream`) and answers JSON:
+//!
+//! | outcome | status | body |
+//! |---|---|---|
+//! | stored, replaced, unchanged, concurrent (either way) | 200 | `{"status": …, "stored_vv": {…}}` |
+//! | stale (older than what HQ holds: a replay or a slow leader) | 409 | same, with HQ's version vector |
+//! | malformed envelope | 400 | `{"error": "malformed", "message": …}` |
+//! | signature does not verify | 401 | `bad_signature` |
+//! | store not registered | 403 | `unknown_store` |
+//! | larger than `max_envelope_bytes` | 413 | `too_large` |
+//! | not for this HQ's key, or a bad summary inside | 422 | `undecryptable` / `bad_summary` |
+//!
+//! A node counts a period as done once `stored_vv` includes the version vector it sent.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+
+use crate::envelope::{Envelope, EnvelopeError};
+use crate::store::{HqStore, KeyCache, StoreError};
+use crate::vv::{Decision, VersionVector};
+
+pub const INGEST_PATH: &str = "/api/v1/summaries";
+
+pub struct HqState {
+    pub store: HqStore,
+    pub identity: age::x25519::Identity,
+    pub keys: KeyCache,
+    pub metrics: Metrics,
+    pub max_envelope_bytes: usize,
+}
+
+impl HqState {
+    pub fn new(store: HqStore, identity: age::x25519::Identity, max_envelope_bytes: usize) -> Arc<HqState> {
+        Arc::new(HqState {
+            store,
+            identity,
+            keys: KeyCache::default(),
+            metrics: Metrics::default(),
+            max_envelope_bytes,
+        })
+    }
+}
+
+/// HQ's counters, served on `/metrics`.
+#[derive(Default)]
+pub struct Metrics {
+    pub received: AtomicU64,
+    outcomes: Mutex<BTreeMap<&'static str, u64>>,
+    rejected: Mutex<BTreeMap<&'static str, u64>>,
+}
+
+impl Metrics {
+    fn outcome(&self, d: Decision) {
+        *self
+            .outcomes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(d.as_str())
+            .or_insert(0) += 1;
+    }
+
+    fn rejected(&self, reason: &'static str) {
+        *self
+            .rejected
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(reason)
+            .or_insert(0) += 1;
+    }
+
+    pub fn outcomes(&self) -> BTreeMap<&'static str, u64> {
+        self.outcomes.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn rejections(&self) -> BTreeMap<&'static str, u64> {
+        self.rejected.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn prometheus(&self) -> String {
+        let mut s = String::new();
+        s.push_str("# HELP lpmesh_hq_envelopes_received_total Envelopes posted to HQ.\n");
+        s.push_str("# TYPE lpmesh_hq_envelopes_received_total counter\n");
+        s.push_str(&format!(
+            "lpmesh_hq_envelopes_received_total {}\n",
+            self.received.load(Ordering::Relaxed)
+        ));
+        s.push_str("# HELP lpmesh_hq_summaries_total Accepted envelopes by what HQ did with them.\n");
+        s.push_str("# TYPE lpmesh_hq_summaries_total counter\n");
+        for (k, v) in self.outcomes() {
+            s.push_str(&format!("lpmesh_hq_summaries_total{{outcome=\"{k}\"}} {v}\n"));
+        }
+        s.push_str("# HELP lpmesh_hq_rejected_total Refused envelopes by reason.\n");
+        s.push_str("# TYPE lpmesh_hq_rejected_total counter\n");
+        for (k, v) in self.rejections() {
+            s.push_str(&format!("lpmesh_hq_rejected_total{{reason=\"{k}\"}} {v}\n"));
+        }
+        s
+    }
+}
+
+/// HQ's answer to an accepted (or stale) envelope.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Ack {
+    pub status: String,
+    pub stored_vv: VersionVector,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Refusal {
+    pub error: String,
+    pub message: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error(transparent)]
+    Envelope(EnvelopeError),
+    #[error(transparent)]
+    Store(StoreError),
+}
+
+impl IngestError {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            IngestError::Envelope(e) => e.reason(),
+            IngestError::Store(_) => "storage",
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            IngestError::Envelope(e) => match e {
+                EnvelopeError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+                EnvelopeError::Malformed(_) | EnvelopeError::Version(_) => StatusCode::BAD_REQUEST,
+                EnvelopeError::UnknownStore(_) => StatusCode::FORBIDDEN,
+                EnvelopeError::BadSignature => StatusCode::UNAUTHORIZED,
+                EnvelopeError::Undecryptable(_) | EnvelopeError::BadSummary(_) | EnvelopeError::Invalid(_) => {
+                    StatusCode::UNPROCESSABLE_ENTITY
+                }
+                EnvelopeError::Seal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            },
+            // Not the sender's fault: it should try again later.
+            IngestError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+}
+
+impl IntoResponse for IngestError {
+    fn into_response(self) -> Response {
+        let body = Refusal {
+            error: self.reason().to_string(),
+            message: self.to_string(),
+        };
+        (self.status(), Json(body)).into_response()
+    }
+}
+
+/// Verifies, decrypts and stores one envelope, and counts the outcome. The order matters: nothing is
+/// decrypted before the signature of a registered store checks out.
+pub async fn ingest(state: &HqState, bytes: &[u8], now_ms: i64) -> Result<Ack, IngestError> {
+    state.metrics.received.fetch_add(1, Ordering::Relaxed);
+    match ingest_inner(state, bytes, now_ms).await {
+        Ok((decision, store, period, stored_vv)) => {
+            state.metrics.outcome(decision);
+            match decision {
+                Decision::ConcurrentReplace | Decision::ConcurrentKeep => {
+                    tracing::warn!(
+                    store, period, outcome = decision.as_str(),
+                    "two summaries of one period from concurrent log states (a partition); kept the tie-break winner"
+                )
+                }
+                Decision::Stale => tracing::info!(store, period, "stale summary refused (replay or slow leader)"),
+                _ => tracing::debug!(store, period, outcome = decision.as_str(), "summary"),
+            }
+            Ok(Ack {
+                status: decision.as_str().to_string(),
+                stored_vv,
+            })
+        }
+        Err(e) => {
+            state.metrics.rejected(e.reason());
+            tracing::info!(reason = e.reason(), error = %e, "envelope refused");
+            Err(e)
+        }
+    }
+}
+
+async fn ingest_inner(
+    state: &HqState,
+    bytes: &[u8],
+    now_ms: i64,
+) -> Result<(Decision, String, i64, VersionVector), IngestError> {
+    if bytes.len() > state.max_envelope_bytes {
+        return Err(IngestError::Envelope(EnvelopeError::TooLarge(bytes.len())));
+    }
+    let env = Envelope::decode(bytes).map_err(IngestError::Envelope)?;
+    let key = state
+        .keys
+        .get(&state.store, &env.store)
+        .await
+        .map_err(IngestError::Store)?
+        .ok_or_else(|| IngestError::Envelope(EnvelopeError::UnknownStore(env.store.clone())))?;
+    env.verify(&key).map_err(IngestError::Envelope)?;
+    // Decryption and JSON parsing cost CPU: keep them off the async workers.
+    let summary = tokio::task::block_in_place(|| env.open(&state.identity)).map_err(IngestError::Envelope)?;
+    let up = state.store.upsert(&summary, now_ms).await.map_err(IngestError::Store)?;
+    Ok((up.decision, env.store, env.period_start_ms, up.stored_vv))
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+async fn post_summary(State(state): State<Arc<HqState>>, body: Body) -> Response {
+    // Read one byte past the limit, so an oversized body is told apart from a broken one.
+    let bytes = match axum::body::to_bytes(body, state.max_envelope_bytes + 1).await {
+        Ok(b) => b,
+        Err(_) => {
+            state.metrics.received.fetch_add(1, Ordering::Relaxed);
+            let e = IngestError::Envelope(EnvelopeError::TooLarge(state.max_envelope_bytes + 1));
+            state.metrics.rejected(e.reason());
+            return e.into_response();
+        }
+    };
+    match ingest(&state, &bytes, now_ms()).await {
+        Ok(ack) => {
+            let status = if ack.status == Decision::Stale.as_str() {
+                StatusCode::CONFLICT
+            } else {
+                StatusCode::OK
+            };
+            (status, Json(ack)).into_response()
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn health() -> &'static str {
+    "ok\n"
+}
+
+async fn metrics(State(state): State<Arc<HqState>>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.prometheus(),
+    )
+        .into_response()
+}
+
+/// Every route of HQ.
+pub fn app(state: Arc<HqState>) -> Router {
+    Router::new()
+        .route(INGEST_PATH, post(post_summary))
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .merge(crate::dashboard::routes())
+        .layer(DefaultBodyLimit::disable())
+        .with_state(state)
+}
+
+/// A running HQ listener.
+pub struct Running {
+    pub addr: SocketAddr,
+    handle: axum_server::Handle<SocketAddr>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    /// Stops accepting, lets requests in flight finish (for at most `grace`), and waits.
+    pub async fn shutdown(self, grace: std::time::Duration) {
+        self.handle.graceful_shutdown(Some(grace));
+        let _ = self.task.await;
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot listen on {addr}: {reason}")]
+    Listen { addr: SocketAddr, reason: String },
+    #[error("TLS: {0}")]
+    Tls(String),
+}
+
+/// Serves HQ over HTTPS on `addr` (port 0 picks a free one; see [`Running::addr`]).
+pub async fn serve(
+    state: Arc<HqState>,
+    addr: SocketAddr,
+    cert_pem: Vec<u8>,
+    key_pem: Vec<u8>,
+) -> Result<Running, ServeError> {
+    // rustls is built with ring only; say so explicitly rather than rely on feature detection.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let tls = axum_server::tls_rustls::RustlsConfig::from_pem(cert_pem, key_pem)
+        .await
+        .map_err(|e| ServeError::Tls(e.to_string()))?;
+    let listener = std::net::TcpListener::bind(addr).map_err(|e| ServeError::Listen {
+        addr,
+        reason: e.to_string(),
+    })?;
+    listener.set_nonblocking(true).map_err(|e| ServeError::Listen {
+        addr,
+        reason: e.to_string(),
+    })?;
+    let local = listener.local_addr().map_err(|e| ServeError::Listen {
+        addr,
+        reason: e.to_string(),
+    })?;
+    let handle = axum_server::Handle::new();
+    let server = axum_server::from_tcp_rustls(listener, tls)
+        .map_err(|e| ServeError::Listen {
+            addr,
+            reason: e.to_string(),
+        })?
+        .handle(handle.clone());
+    let app = app(state);
+    let task = tokio::spawn(async move {
+        if let Err(e) = server.serve(app.into_make_service()).await {
+            tracing::error!(error = %e, "HQ listener stopped");
+        }
+    });
+    Ok(Running {
+        addr: local,
+        handle,
+        task,
+    })
+}

@@ -1,0 +1,595 @@
+//! Where HQ keeps what stores sent: PostgreSQL for a real chain (many stores, several HQ processes
+//! may share it), or an embedded sled database for the demo and small set-ups.
+//!
+//! Both keep, per (store, period), the one summary [`Decision`] chose, and the registry of stores and
+//! their public signing keys. The PostgreSQL upsert is optimistic (read, decide, conditional write,
+//! again if someone else wrote in between), so it needs no transaction and one connection can carry
+//! many uploads at once.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+
+use crate::envelope::parse_store_key;
+use crate::summary::Summary;
+use crate::vv::{Decision, VersionVector};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("embedded database {path}: {source}")]
+    Sled { path: PathBuf, source: sled::Error },
+    #[error("PostgreSQL: {0}")]
+    Postgres(#[from] tokio_postgres::Error),
+    #[error("{path}: {reason}")]
+    File { path: PathBuf, reason: String },
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+    #[error("bad store key for {store}: {reason}")]
+    BadKey { store: String, reason: String },
+    #[error("another writer keeps changing {store} period {period_start_ms}; giving up")]
+    Contended { store: String, period_start_ms: i64 },
+}
+
+/// A summary as HQ holds it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StoredSummary {
+    pub summary: Summary,
+    pub received_at_ms: i64,
+    /// How many times this (store, period) was written (first upload and replacements).
+    pub updates: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct StoreRow {
+    pub store: String,
+    pub key: String,
+    pub registered_at_ms: i64,
+    pub last_sync_ms: Option<i64>,
+    pub periods: u64,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Upserted {
+    pub decision: Decision,
+    /// What HQ holds for the period after this upload.
+    pub stored_vv: VersionVector,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Filter {
+    pub store: Option<String>,
+    pub from_ms: Option<i64>,
+    pub to_ms: Option<i64>,
+    pub limit: Option<usize>,
+}
+
+impl Filter {
+    fn matches(&self, s: &Summary) -> bool {
+        self.store.as_deref().is_none_or(|x| x == s.store)
+            && self.from_ms.is_none_or(|f| s.period_start_ms >= f)
+            && self.to_ms.is_none_or(|t| s.period_start_ms < t)
+    }
+}
+
+pub enum HqStore {
+    Embedded(Embedded),
+    Postgres(Postgres),
+}
+
+impl HqStore {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            HqStore::Embedded(_) => "embedded",
+            HqStore::Postgres(_) => "postgresql",
+        }
+    }
+
+    /// Opens the configured store, running migrations.
+    pub async fn open(data_dir: &Path, database_url: Option<&str>) -> Result<HqStore, StoreError> {
+        match database_url {
+            Some(url) => Ok(HqStore::Postgres(Postgres::connect(url, 4).await?)),
+            None => Ok(HqStore::Embedded(Embedded::open(data_dir)?)),
+        }
+    }
+
+    pub async fn register_store(&self, store: &str, key: &str, now_ms: i64) -> Result<(), StoreError> {
+        parse_store_key(key).map_err(|reason| StoreError::BadKey {
+            store: store.to_string(),
+            reason,
+        })?;
+        match self {
+            HqStore::Embedded(e) => e.register_store(store, key, now_ms),
+            HqStore::Postgres(p) => p.register_store(store, key, now_ms).await,
+        }
+    }
+
+    /// The registered key text of a store.
+    pub async fn store_key(&self, store: &str) -> Result<Option<String>, StoreError> {
+        match self {
+            HqStore::Embedded(e) => e.store_key(store),
+            HqStore::Postgres(p) => p.store_key(store).await,
+        }
+    }
+
+    pub async fn upsert(&self, summary: &Summary, received_at_ms: i64) -> Result<Upserted, StoreError> {
+        match self {
+            HqStore::Embedded(e) => e.upsert(summary, received_at_ms),
+            HqStore::Postgres(p) => p.upsert(summary, received_at_ms).await,
+        }
+    }
+
+    pub async fn stores(&self) -> Result<Vec<StoreRow>, StoreError> {
+        match self {
+            HqStore::Embedded(e) => e.stores(),
+            HqStore::Postgres(p) => p.stores().await,
+        }
+    }
+
+    /// Summaries by store, then period.
+    pub async fn summaries(&self, f: &Filter) -> Result<Vec<StoredSummary>, StoreError> {
+        match self {
+            HqStore::Embedded(e) => e.summaries(f),
+            HqStore::Postgres(p) => p.summaries(f).await,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Embedded
+
+/// sled for summaries; the registry of stores is a small JSON file beside it, so `lpmesh hq
+/// register-store` can add a store while HQ runs (sled admits one process at a time).
+pub struct Embedded {
+    db: sled::Db,
+    path: PathBuf,
+    registry: PathBuf,
+    /// Upserts are read-decide-write: one at a time.
+    write: Mutex<()>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+struct Registry {
+    stores: Vec<Registered>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct Registered {
+    store: String,
+    key: String,
+    registered_at_ms: i64,
+}
+
+const REGISTRY_FILE: &str = "stores.json";
+
+fn summary_key(store: &str, period_start_ms: i64) -> Vec<u8> {
+    let mut k = store.as_bytes().to_vec();
+    k.push(0);
+    // Offset so that negative times still sort in order.
+    k.extend_from_slice(&((period_start_ms as u64) ^ (1 << 63)).to_be_bytes());
+    k
+}
+
+/// Registers a store in the embedded store's registry without opening its database.
+pub fn register_in_file(data_dir: &Path, store: &str, key: &str, now_ms: i64) -> Result<(), StoreError> {
+    parse_store_key(key).map_err(|reason| StoreError::BadKey {
+        store: store.to_string(),
+        reason,
+    })?;
+    std::fs::create_dir_all(data_dir).map_err(|e| StoreError::File {
+        path: data_dir.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    write_registry(&data_dir.join(REGISTRY_FILE), store, key, now_ms)
+}
+
+fn read_registry_file(path: &Path) -> Result<Registry, StoreError> {
+    match std::fs::read(path) {
+        Ok(b) => serde_json::from_slice(&b).map_err(|e| StoreError::File {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Registry::default()),
+        Err(e) => Err(StoreError::File {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        }),
+    }
+}
+
+/// Adds or re-keys a store; the file is replaced atomically.
+fn write_registry(path: &Path, store: &str, key: &str, now_ms: i64) -> Result<(), StoreError> {
+    let mut reg = read_registry_file(path)?;
+    reg.stores.retain(|s| s.store != store);
+    reg.stores.push(Registered {
+        store: store.to_string(),
+        key: key.to_string(),
+        registered_at_ms: now_ms,
+    });
+    reg.stores.sort_by(|a, b| a.store.cmp(&b.store));
+    let file = |e: std::io::Error| StoreError::File {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    };
+    let tmp = path.with_extension("json.tmp");
+    let json = serde_json::to_vec_pretty(&reg).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    std::fs::write(&tmp, json).map_err(file)?;
+    std::fs::rename(&tmp, path).map_err(file)?;
+    Ok(())
+}
+
+impl Embedded {
+    pub fn open(data_dir: &Path) -> Result<Embedded, StoreError> {
+        let path = data_dir.join("hq.db");
+        std::fs::create_dir_all(data_dir).map_err(|e| StoreError::File {
+            path: data_dir.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+        let db = sled::open(&path).map_err(|source| StoreError::Sled {
+            path: path.clone(),
+            source,
+        })?;
+        Ok(Embedded {
+            db,
+            path,
+            registry: data_dir.join(REGISTRY_FILE),
+            write: Mutex::new(()),
+        })
+    }
+
+    fn sled<T>(&self, r: Result<T, sled::Error>) -> Result<T, StoreError> {
+        r.map_err(|source| StoreError::Sled {
+            path: self.path.clone(),
+            source,
+        })
+    }
+
+    fn read_registry(&self) -> Result<Registry, StoreError> {
+        read_registry_file(&self.registry)
+    }
+
+    pub fn register_store(&self, store: &str, key: &str, now_ms: i64) -> Result<(), StoreError> {
+        write_registry(&self.registry, store, key, now_ms)
+    }
+
+    pub fn store_key(&self, store: &str) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .read_registry()?
+            .stores
+            .into_iter()
+            .find(|s| s.store == store)
+            .map(|s| s.key))
+    }
+
+    fn get(&self, store: &str, period_start_ms: i64) -> Result<Option<StoredSummary>, StoreError> {
+        match self.sled(self.db.get(summary_key(store, period_start_ms)))? {
+            Some(v) => serde_json::from_slice(&v)
+                .map(Some)
+                .map_err(|e| StoreError::Corrupt(e.to_string())),
+            None => Ok(None),
+        }
+    }
+
+    pub fn upsert(&self, s: &Summary, received_at_ms: i64) -> Result<Upserted, StoreError> {
+        let _one = self.write.lock().unwrap_or_else(|p| p.into_inner());
+        let existing = self.get(&s.store, s.period_start_ms)?;
+        let decision = Decision::decide(existing.as_ref().map(|e| &e.summary.vv), &s.vv);
+        if !decision.writes() {
+            let stored_vv = existing.map(|e| e.summary.vv).unwrap_or_default();
+            return Ok(Upserted { decision, stored_vv });
+        }
+        let row = StoredSummary {
+            summary: s.clone(),
+            received_at_ms,
+            updates: existing.map_or(1, |e| e.updates + 1),
+        };
+        let bytes = serde_json::to_vec(&row).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        self.sled(self.db.insert(summary_key(&s.store, s.period_start_ms), bytes))?;
+        // Acknowledged means durable.
+        self.sled(self.db.flush())?;
+        Ok(Upserted {
+            decision,
+            stored_vv: s.vv.clone(),
+        })
+    }
+
+    pub fn stores(&self) -> Result<Vec<StoreRow>, StoreError> {
+        let mut out = Vec::new();
+        for r in self.read_registry()?.stores {
+            let mut prefix = r.store.as_bytes().to_vec();
+            prefix.push(0);
+            let mut last_sync_ms = None;
+            let mut periods = 0;
+            for kv in self.db.scan_prefix(&prefix) {
+                let (_, v) = self.sled(kv)?;
+                let s: StoredSummary = serde_json::from_slice(&v).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                periods += 1;
+                last_sync_ms = last_sync_ms.max(Some(s.received_at_ms));
+            }
+            out.push(StoreRow {
+                store: r.store,
+                key: r.key,
+                registered_at_ms: r.registered_at_ms,
+                last_sync_ms,
+                periods,
+            });
+        }
+        Ok(out)
+    }
+
+    pub fn summaries(&self, f: &Filter) -> Result<Vec<StoredSummary>, StoreError> {
+        let mut out = Vec::new();
+        let iter = match &f.store {
+            Some(store) => {
+                let mut prefix = store.as_bytes().to_vec();
+                prefix.push(0);
+                self.db.scan_prefix(prefix)
+            }
+            None => self.db.scan_prefix(b""),
+        };
+        for kv in iter {
+            let (_, v) = self.sled(kv)?;
+            let s: StoredSummary = serde_json::from_slice(&v).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            if f.matches(&s.summary) {
+                out.push(s);
+                if f.limit.is_some_and(|l| out.len() >= l) {
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// PostgreSQL
+
+/// Schema versions, applied in order at start, each once (recorded in `lpmesh_schema`).
+const MIGRATIONS: &[(i32, &str)] = &[(
+    1,
+    "CREATE TABLE stores (
+        store text PRIMARY KEY,
+        signing_key text NOT NULL,
+        registered_at_ms bigint NOT NULL
+     );
+     CREATE TABLE summaries (
+        store text NOT NULL REFERENCES stores(store),
+        period_start_ms bigint NOT NULL,
+        period_secs integer NOT NULL,
+        vv jsonb NOT NULL,
+        summary jsonb NOT NULL,
+        received_at_ms bigint NOT NULL,
+        updates integer NOT NULL DEFAULT 1,
+        PRIMARY KEY (store, period_start_ms)
+     );
+     CREATE INDEX summaries_by_period ON summaries (period_start_ms);",
+)];
+
+pub struct Postgres {
+    clients: Vec<tokio_postgres::Client>,
+    next: AtomicUsize,
+}
+
+/// Lets two HQ processes start against one database without racing through the migrations.
+const MIGRATION_LOCK: i64 = 0x6c70_6d65_7368;
+
+impl Postgres {
+    /// Opens `connections` connections (each carries many concurrent queries) and migrates the schema.
+    pub async fn connect(url: &str, connections: usize) -> Result<Postgres, StoreError> {
+        let mut clients = Vec::new();
+        for _ in 0..connections.max(1) {
+            let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::error!(error = %e, "PostgreSQL connection lost");
+                }
+            });
+            clients.push(client);
+        }
+        let pg = Postgres {
+            clients,
+            next: AtomicUsize::new(0),
+        };
+        pg.migrate().await?;
+        Ok(pg)
+    }
+
+    fn client(&self) -> &tokio_postgres::Client {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.clients.len();
+        &self.clients[i]
+    }
+
+    async fn migrate(&self) -> Result<(), StoreError> {
+        let c = &self.clients[0];
+        c.execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK]).await?;
+        let res = async {
+            c.batch_execute(
+                "CREATE TABLE IF NOT EXISTS lpmesh_schema (version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())",
+            )
+            .await?;
+            let done: Vec<i32> = c
+                .query("SELECT version FROM lpmesh_schema", &[])
+                .await?
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            for (version, sql) in MIGRATIONS {
+                if done.contains(version) {
+                    continue;
+                }
+                let script = format!("BEGIN; {sql}; INSERT INTO lpmesh_schema (version) VALUES ({version}); COMMIT;");
+                c.batch_execute(&script).await?;
+                tracing::info!(version, "HQ schema migrated");
+            }
+            Ok::<(), tokio_postgres::Error>(())
+        }
+        .await;
+        c.execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK]).await?;
+        res.map_err(Into::into)
+    }
+
+    pub async fn register_store(&self, store: &str, key: &str, now_ms: i64) -> Result<(), StoreError> {
+        self.client()
+            .execute(
+                "INSERT INTO stores (store, signing_key, registered_at_ms) VALUES ($1, $2, $3)
+                 ON CONFLICT (store) DO UPDATE SET signing_key = EXCLUDED.signing_key",
+                &[&store, &key, &now_ms],
+            )
+            .await?;
+        Ok(())
+    }
+
+    pub async fn store_key(&self, store: &str) -> Result<Option<String>, StoreError> {
+        let row = self
+            .client()
+            .query_opt("SELECT signing_key FROM stores WHERE store = $1", &[&store])
+            .await?;
+        Ok(row.map(|r| r.get(0)))
+    }
+
+    pub async fn upsert(&self, s: &Summary, received_at_ms: i64) -> Result<Upserted, StoreError> {
+        let c = self.client();
+        let vv_json = serde_json::to_string(&s.vv).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let body = serde_json::to_string(s).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let period_secs = s.period_secs as i32;
+        for _ in 0..8 {
+            let row = c
+                .query_opt(
+                    "SELECT vv::text FROM summaries WHERE store = $1 AND period_start_ms = $2",
+                    &[&s.store, &s.period_start_ms],
+                )
+                .await?;
+            let (stored_text, stored) = match row {
+                Some(r) => {
+                    let t: String = r.get(0);
+                    let vv: VersionVector = serde_json::from_str(&t).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                    (Some(t), Some(vv))
+                }
+                None => (None, None),
+            };
+            let decision = Decision::decide(stored.as_ref(), &s.vv);
+            if !decision.writes() {
+                return Ok(Upserted {
+                    decision,
+                    stored_vv: stored.unwrap_or_default(),
+                });
+            }
+            // Written only if nobody changed the row since it was read.
+            let n = match stored_text {
+                None => {
+                    c.execute(
+                        "INSERT INTO summaries (store, period_start_ms, period_secs, vv, summary, received_at_ms)
+                         VALUES ($1, $2, $3, $4::text::jsonb, $5::text::jsonb, $6) ON CONFLICT DO NOTHING",
+                        &[
+                            &s.store,
+                            &s.period_start_ms,
+                            &period_secs,
+                            &vv_json,
+                            &body,
+                            &received_at_ms,
+                        ],
+                    )
+                    .await?
+                }
+                Some(old) => {
+                    c.execute(
+                        "UPDATE summaries SET vv = $3::text::jsonb, summary = $4::text::jsonb, received_at_ms = $5,
+                                period_secs = $6, updates = updates + 1
+                         WHERE store = $1 AND period_start_ms = $2 AND vv = $7::text::jsonb",
+                        &[
+                            &s.store,
+                            &s.period_start_ms,
+                            &vv_json,
+                            &body,
+                            &received_at_ms,
+                            &period_secs,
+                            &old,
+                        ],
+                    )
+                    .await?
+                }
+            };
+            if n == 1 {
+                return Ok(Upserted {
+                    decision,
+                    stored_vv: s.vv.clone(),
+                });
+            }
+        }
+        Err(StoreError::Contended {
+            store: s.store.clone(),
+            period_start_ms: s.period_start_ms,
+        })
+    }
+
+    pub async fn stores(&self) -> Result<Vec<StoreRow>, StoreError> {
+        let rows = self
+            .client()
+            .query(
+                "SELECT s.store, s.signing_key, s.registered_at_ms, max(m.received_at_ms), count(m.period_start_ms)
+                 FROM stores s LEFT JOIN summaries m ON m.store = s.store
+                 GROUP BY s.store, s.signing_key, s.registered_at_ms ORDER BY s.store",
+                &[],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| StoreRow {
+                store: r.get(0),
+                key: r.get(1),
+                registered_at_ms: r.get(2),
+                last_sync_ms: r.get(3),
+                periods: r.get::<_, i64>(4) as u64,
+            })
+            .collect())
+    }
+
+    pub async fn summaries(&self, f: &Filter) -> Result<Vec<StoredSummary>, StoreError> {
+        let limit = f.limit.map_or(i64::MAX, |l| l as i64);
+        let rows = self
+            .client()
+            .query(
+                "SELECT summary::text, received_at_ms, updates FROM summaries
+                 WHERE ($1::text IS NULL OR store = $1) AND ($2::bigint IS NULL OR period_start_ms >= $2)
+                   AND ($3::bigint IS NULL OR period_start_ms < $3)
+                 ORDER BY store, period_start_ms LIMIT $4",
+                &[&f.store, &f.from_ms, &f.to_ms, &limit],
+            )
+            .await?;
+        rows.iter()
+            .map(|r| {
+                let text: String = r.get(0);
+                Ok(StoredSummary {
+                    summary: serde_json::from_str(&text).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                    received_at_ms: r.get(1),
+                    updates: r.get::<_, i32>(2) as u32,
+                })
+            })
+            .collect()
+    }
+}
+
+/// Keys parsed once, looked up again only for stores not seen yet (a new registration).
+#[derive(Default)]
+pub struct KeyCache {
+    keys: tokio::sync::RwLock<HashMap<String, libp2p_identity::PublicKey>>,
+}
+
+impl KeyCache {
+    pub async fn get(&self, store: &HqStore, name: &str) -> Result<Option<libp2p_identity::PublicKey>, StoreError> {
+        if let Some(k) = self.keys.read().await.get(name) {
+            return Ok(Some(k.clone()));
+        }
+        let Some(text) = store.store_key(name).await? else {
+            return Ok(None);
+        };
+        let key = parse_store_key(&text).map_err(|reason| StoreError::BadKey {
+            store: name.to_string(),
+            reason,
+        })?;
+        self.keys.write().await.insert(name.to_string(), key.clone());
+        Ok(Some(key))
+    }
+}

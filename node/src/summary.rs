@@ -1,0 +1,336 @@
+//! HQ summaries computed from the store's log: a pure function of the records a node holds, so every
+//! node holding the same records computes byte-identical summaries, whichever order they arrived in.
+//!
+//! Attribution: an incident belongs to the period in which it **started**; its updates, its end and
+//! the operator actions on it count there too (an action names its incident's start, so a late
+//! acknowledgement re-opens the right period). `camera_offline` incidents also count towards the
+//! uptime of every later period they overlap. Line crossings are footfall, not incidents.
+//!
+//! Only records covered by the ledger's own contiguous version vector are summarised, so the version
+//! vector a summary carries says exactly what it was computed from.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+
+use lpmesh_hq::summary::{self, AckStats, CameraUptime, Incident, LineCount, Summary};
+use lpmesh_hq::vv::VersionVector;
+use lpmesh_mesh::record::Origin;
+
+use crate::action::{Action, ActionKind};
+use crate::event::{Event, EventKind, Phase, Severity};
+use crate::zone::Direction;
+
+/// What a record of the log said, once decrypted.
+#[derive(Clone, Debug)]
+pub enum Entry {
+    Event(Event),
+    Action(Action),
+}
+
+#[derive(Clone, Debug)]
+struct Item {
+    origin: Origin,
+    seq: u64,
+    entry: Entry,
+}
+
+/// The period (its start, Unix ms) that `ms` falls in.
+pub fn period_of(ms: i64, period_secs: u32) -> i64 {
+    let p = i64::from(period_secs) * 1000;
+    ms.div_euclid(p) * p
+}
+
+/// Node ids as HQ's version vectors name them.
+pub fn node_id(o: &Origin) -> String {
+    o.to_string()
+}
+
+/// Every decrypted record of the log, grouped by period, plus each origin's contiguous sequence.
+pub struct Ledger {
+    period_secs: u32,
+    periods: BTreeMap<i64, Vec<Item>>,
+    /// Offline incidents by id: camera, start, and the latest time known to be offline.
+    offline: BTreeMap<String, (String, i64, i64)>,
+    seen: HashSet<(Origin, u64)>,
+    contiguous: BTreeMap<Origin, u64>,
+    above: BTreeMap<Origin, BTreeSet<u64>>,
+    /// Per period, per origin: the highest seq of a record in the period.
+    max_seq: BTreeMap<i64, BTreeMap<Origin, u64>>,
+}
+
+impl Ledger {
+    pub fn new(period_secs: u32) -> Self {
+        Ledger {
+            period_secs,
+            periods: BTreeMap::new(),
+            offline: BTreeMap::new(),
+            seen: HashSet::new(),
+            contiguous: BTreeMap::new(),
+            above: BTreeMap::new(),
+            max_seq: BTreeMap::new(),
+        }
+    }
+
+    pub fn period_secs(&self) -> u32 {
+        self.period_secs
+    }
+
+    /// Adds a record (given again: nothing happens). Returns the periods whose summary it changes.
+    pub fn add(&mut self, origin: Origin, seq: u64, entry: Option<Entry>) -> Vec<i64> {
+        if !self.seen.insert((origin, seq)) {
+            return Vec::new();
+        }
+        // The version vector advances over every record, even ones that are not ours to summarise.
+        let c = self.contiguous.entry(origin).or_insert(0);
+        let above = self.above.entry(origin).or_default();
+        if seq == *c + 1 {
+            *c = seq;
+            while above.remove(&(*c + 1)) {
+                *c += 1;
+            }
+        } else if seq > *c {
+            above.insert(seq);
+        }
+        let Some(entry) = entry else {
+            return Vec::new();
+        };
+        let start = match &entry {
+            Entry::Event(e) => e.started_at_ms,
+            Entry::Action(a) => a.incident_started_at_ms,
+        };
+        let p = period_of(start, self.period_secs);
+        let mut touched = vec![p];
+        if let Entry::Event(e) = &entry {
+            if e.kind == EventKind::CameraOffline {
+                let o = self
+                    .offline
+                    .entry(e.incident.clone())
+                    .or_insert((e.camera.clone(), e.started_at_ms, e.started_at_ms));
+                let known = e.ended_at_ms.unwrap_or(e.at_ms).max(e.at_ms);
+                o.2 = o.2.max(known);
+                let (from, to) = (o.1, o.2);
+                let step = i64::from(self.period_secs) * 1000;
+                let mut q = period_of(from, self.period_secs) + step;
+                while q <= period_of(to, self.period_secs) {
+                    touched.push(q);
+                    q += step;
+                }
+            }
+        }
+        let ms = self.max_seq.entry(p).or_default().entry(origin).or_insert(0);
+        *ms = (*ms).max(seq);
+        for q in &touched[1..] {
+            let ms = self.max_seq.entry(*q).or_default().entry(origin).or_insert(0);
+            *ms = (*ms).max(seq);
+        }
+        self.periods.entry(p).or_default().push(Item { origin, seq, entry });
+        touched
+    }
+
+    /// The version vector of what is summarised: per origin, the contiguous prefix held.
+    pub fn version_vector(&self) -> VersionVector {
+        VersionVector(
+            self.contiguous
+                .iter()
+                .filter(|(_, s)| **s > 0)
+                .map(|(o, s)| (node_id(o), *s))
+                .collect(),
+        )
+    }
+
+    /// Periods holding anything.
+    pub fn periods(&self) -> impl Iterator<Item = i64> + '_ {
+        self.max_seq.keys().copied()
+    }
+
+    /// Whether HQ's copy of period `p` (computed from `hq`) already includes every record of it held here.
+    pub fn covered(&self, p: i64, hq: &VersionVector) -> bool {
+        self.max_seq
+            .get(&p)
+            .is_none_or(|m| m.iter().all(|(o, s)| hq.covers(&node_id(o), *s)))
+    }
+
+    pub fn len(&self) -> usize {
+        self.seen.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.seen.is_empty()
+    }
+
+    /// The summary of period `p` as of this ledger's version vector.
+    pub fn summarize(&self, store: &str, p: i64) -> Summary {
+        let vv = self.contiguous.clone();
+        let included = |i: &&Item| vv.get(&i.origin).is_some_and(|c| i.seq <= *c);
+        let mut items: Vec<&Item> = self.periods.get(&p).map(|v| v.iter().filter(included).collect()).unwrap_or_default();
+        // Arrival order differs between nodes; the summary must not.
+        items.sort_by_key(|i| (i.origin, i.seq));
+        let mut s = Summary {
+            store: store.to_string(),
+            period_start_ms: p,
+            period_secs: self.period_secs,
+            vv: self.version_vector(),
+            ..Summary::default()
+        };
+        let mut footfall: BTreeMap<(String, String), (u64, u64)> = BTreeMap::new();
+        // Per incident: the start (or instant) event, the latest end time, and the actions.
+        let mut incidents: BTreeMap<&str, IncidentAcc> = BTreeMap::new();
+        let mut cameras: BTreeSet<String> = BTreeSet::new();
+        for it in &items {
+            match &it.entry {
+                Entry::Event(e) => {
+                    cameras.insert(e.camera.clone());
+                    if let Some(n) = e.detail.people {
+                        let key = zone_key(&e.camera, e.zone.as_deref());
+                        let m = s.peak_occupancy.entry(key).or_insert(0);
+                        *m = (*m).max(n);
+                    }
+                    if e.kind == EventKind::LineCrossing {
+                        let line = e.detail.line.clone().unwrap_or_else(|| "line".into());
+                        let f = footfall.entry((e.camera.clone(), line)).or_insert((0, 0));
+                        match e.detail.direction {
+                            Some(Direction::Out) => f.1 += 1,
+                            _ => f.0 += 1,
+                        }
+                        continue;
+                    }
+                    let acc = incidents.entry(e.incident.as_str()).or_default();
+                    if matches!(e.phase, Phase::Start | Phase::Instant) || acc.first.is_none() {
+                        // The start record wins over an update that happened to be held first.
+                        let better = match acc.first {
+                            None => true,
+                            Some(f) => !matches!(f.phase, Phase::Start | Phase::Instant),
+                        };
+                        if better {
+                            acc.first = Some(e);
+                        }
+                    }
+                    acc.severity = acc.severity.max(Some(e.severity));
+                    if let Some(end) = e.ended_at_ms {
+                        acc.ended = acc.ended.max(Some(end));
+                    }
+                }
+                Entry::Action(a) => incidents.entry(a.incident.as_str()).or_default().actions.push(a),
+            }
+        }
+        s.footfall = footfall
+            .into_iter()
+            .map(|((camera, line), (i, o))| LineCount {
+                camera,
+                line,
+                entered: i,
+                left: o,
+            })
+            .collect();
+        let mut ack_secs: Vec<f64> = Vec::new();
+        let mut ack = AckStats::default();
+        for (id, acc) in &incidents {
+            let Some(first) = acc.first else {
+                // Actions on an incident whose records are not here (yet): nothing to count.
+                continue;
+            };
+            let severity = acc.severity.unwrap_or(first.severity);
+            *s.incidents_by_kind.entry(first.kind.as_str().to_string()).or_insert(0) += 1;
+            *s.incidents_by_severity.entry(severity_str(severity).to_string()).or_insert(0) += 1;
+            *s.incidents_by_camera.entry(first.camera.clone()).or_insert(0) += 1;
+            if let Some(z) = &first.zone {
+                *s.incidents_by_zone.entry(zone_key(&first.camera, Some(z))).or_insert(0) += 1;
+            }
+            let mut actions = acc.actions.clone();
+            actions.sort_by(|a, b| (a.at_ms, a.action, &a.by).cmp(&(b.at_ms, b.action, &b.by)));
+            let first_ack = actions
+                .iter()
+                .find(|a| a.action != ActionKind::Note)
+                .map(|a| a.at_ms);
+            let state = actions
+                .iter()
+                .rev()
+                .find(|a| a.action != ActionKind::Note)
+                .map_or("open", |a| match a.action {
+                    ActionKind::Acknowledge | ActionKind::Note => "acknowledged",
+                    ActionKind::Resolve => "resolved",
+                    ActionKind::FalseAlarm => "false_alarm",
+                });
+            if let Some(t) = first_ack {
+                ack.acknowledged += 1;
+                ack_secs.push(((t - first.started_at_ms) as f64 / 1000.0).max(0.0));
+            }
+            match state {
+                "resolved" => ack.resolved += 1,
+                "false_alarm" => ack.false_alarms += 1,
+                _ => {}
+            }
+            if severity >= Severity::High {
+                s.serious_total += 1;
+                if s.serious.len() < summary::MAX_INCIDENTS {
+                    let note = actions.iter().rev().find_map(|a| a.note.clone());
+                    s.serious.push(Incident {
+                        incident: id.to_string(),
+                        camera: first.camera.clone(),
+                        zone: first.zone.clone(),
+                        kind: first.kind.as_str().to_string(),
+                        severity: severity_str(severity).to_string(),
+                        started_at_ms: first.started_at_ms,
+                        ended_at_ms: acc.ended.or(first.ended_at_ms),
+                        state: state.to_string(),
+                        acknowledged_at_ms: first_ack,
+                        note,
+                    });
+                }
+            }
+        }
+        if !ack_secs.is_empty() {
+            ack_secs.sort_by(f64::total_cmp);
+            let n = ack_secs.len();
+            ack.ack_secs_mean = Some(ack_secs.iter().sum::<f64>() / n as f64);
+            ack.ack_secs_p90 = Some(ack_secs[((n as f64 * 0.9).ceil() as usize).clamp(1, n) - 1]);
+            ack.ack_secs_max = ack_secs.last().copied();
+        }
+        s.acknowledgements = ack;
+        s.serious.sort_by(|a, b| (a.started_at_ms, &a.incident).cmp(&(b.started_at_ms, &b.incident)));
+        // Uptime: offline time of every incident overlapping the period, clipped to it.
+        let end = p + i64::from(self.period_secs) * 1000;
+        let mut offline: BTreeMap<String, i64> = BTreeMap::new();
+        for (camera, from, to) in self.offline.values() {
+            let (a, b) = ((*from).max(p), (*to).min(end));
+            if b > a || (*from < end && *to >= p) {
+                cameras.insert(camera.clone());
+                *offline.entry(camera.clone()).or_insert(0) += (b - a).max(0);
+            }
+        }
+        let period_ms = (end - p) as f64;
+        s.cameras = cameras
+            .into_iter()
+            .map(|camera| {
+                let off = offline.get(&camera).copied().unwrap_or(0).min(end - p) as f64;
+                CameraUptime {
+                    camera,
+                    offline_secs: off / 1000.0,
+                    uptime: (1.0 - off / period_ms).clamp(0.0, 1.0),
+                }
+            })
+            .collect();
+        s
+    }
+}
+
+#[derive(Default)]
+struct IncidentAcc<'a> {
+    first: Option<&'a Event>,
+    severity: Option<Severity>,
+    ended: Option<i64>,
+    actions: Vec<&'a Action>,
+}
+
+fn zone_key(camera: &str, zone: Option<&str>) -> String {
+    format!("{camera}/{}", zone.unwrap_or("-"))
+}
+
+fn severity_str(s: Severity) -> &'static str {
+    match s {
+        Severity::Info => "info",
+        Severity::Low => "low",
+        Severity::Medium => "medium",
+        Severity::High => "high",
+        Severity::Critical => "critical",
+    }
+}

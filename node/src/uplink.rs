@@ -1,0 +1,413 @@
+//! The HQ uplink: every node keeps the store's summaries up to date from the log and an outbox of the
+//! periods HQ does not have yet; only the elected leader sends them.
+//!
+//! - The [`Ledger`] is fed by the whole log at start and by every new record after.
+//! - A period is waiting (in the outbox) while it holds a record that HQ's copy does not include. The
+//!   outbox on disk (sled, `uplink/` in the data directory) keeps, per period, the version vector HQ
+//!   said it stored; what is waiting follows from it and the log, so nothing is lost in a crash.
+//! - A period is done when HQ answers with a stored version vector that includes the one sent.
+//!   HQ answering with a concurrent one (the other side of a partition won the tie-break) leaves the
+//!   period waiting: once the logs merge, the merged summary dominates both and replaces it.
+//! - Failures back off exponentially (1 s doubling to 5 min) with ±20 % jitter; the leader probes HQ
+//!   and tells the mesh whether it can reach it, which the election prefers.
+//! - The node's status (leader, last sync, outbox size) is written to `uplink-status.json` for
+//!   `lpmesh status`, which works while the node runs (the databases admit one process).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use lpmesh_hq::client::{ClientError, HqClient};
+use lpmesh_hq::envelope::{seal, HqRecipient};
+use lpmesh_hq::vv::VersionVector;
+use lpmesh_mesh::crypto::StoreSecret;
+use lpmesh_mesh::net::{MeshError, MeshHandle};
+use lpmesh_mesh::record::{Record, RecordKind};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{broadcast, oneshot, watch};
+
+use crate::summary::{node_id, Entry, Ledger};
+
+pub const STATUS_FILE: &str = "uplink-status.json";
+const OUTBOX_DIR: &str = "uplink";
+/// Periods sent per step, so a long backlog does not keep the loop from its other work.
+const SENDS_PER_STEP: usize = 16;
+const MAX_BACKOFF: Duration = Duration::from_secs(300);
+
+#[derive(Clone, Debug)]
+pub struct UplinkSettings {
+    pub store: String,
+    pub url: String,
+    pub ca_cert: Option<PathBuf>,
+    pub recipient: HqRecipient,
+    pub period_secs: u32,
+    pub probe_every: Duration,
+    pub resend_every: Duration,
+    pub timeout: Duration,
+    pub data_dir: PathBuf,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum UplinkError {
+    #[error("outbox {path}: {source}")]
+    Outbox { path: PathBuf, source: sled::Error },
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    #[error(transparent)]
+    Mesh(#[from] MeshError),
+}
+
+/// What `lpmesh status` shows (and later the UI).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct UplinkStatus {
+    pub node: String,
+    pub leader: Option<String>,
+    pub am_leader: bool,
+    pub hq_url: String,
+    pub hq_reachable: bool,
+    pub last_probe_ms: Option<i64>,
+    /// Last time HQ acknowledged a summary from this node.
+    pub last_sync_ms: Option<i64>,
+    pub last_error: Option<String>,
+    /// Periods waiting to be sent (or re-sent).
+    pub outbox: usize,
+    /// Periods HQ holds as they are here.
+    pub periods_done: usize,
+    pub summaries_sent: u64,
+    pub records: usize,
+    pub updated_ms: i64,
+}
+
+pub struct UplinkHandle {
+    status: watch::Receiver<UplinkStatus>,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl UplinkHandle {
+    pub fn status(&self) -> UplinkStatus {
+        self.status.borrow().clone()
+    }
+
+    /// Waits for the next change of status.
+    pub async fn changed(&mut self) -> Option<UplinkStatus> {
+        self.status.changed().await.ok()?;
+        Some(self.status.borrow().clone())
+    }
+
+    /// Stops after the current step; the outbox is flushed.
+    pub async fn shutdown(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        let _ = self.task.await;
+    }
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+fn period_key(p: i64) -> [u8; 8] {
+    ((p as u64) ^ (1 << 63)).to_be_bytes()
+}
+
+#[derive(Serialize, Deserialize)]
+struct Done {
+    hq_vv: VersionVector,
+    acked_ms: i64,
+}
+
+struct Uplink {
+    s: UplinkSettings,
+    mesh: MeshHandle,
+    secret: StoreSecret,
+    signing: libp2p_identity::Keypair,
+    client: HqClient,
+    outbox: sled::Db,
+    outbox_path: PathBuf,
+    ledger: Ledger,
+    /// What HQ said it stored, per period.
+    done: BTreeMap<i64, VersionVector>,
+    waiting: BTreeSet<i64>,
+    last_sent: HashMap<i64, Instant>,
+    failures: u32,
+    retry_at: Instant,
+    next_probe: Instant,
+    status: UplinkStatus,
+    status_tx: watch::Sender<UplinkStatus>,
+    status_written: Instant,
+}
+
+/// Starts the uplink on the current tokio runtime.
+pub fn start(
+    s: UplinkSettings,
+    mesh: MeshHandle,
+    secret: StoreSecret,
+    signing: libp2p_identity::Keypair,
+) -> Result<UplinkHandle, UplinkError> {
+    let client = HqClient::new(&s.url, s.ca_cert.as_deref(), s.timeout)?;
+    let outbox_path = s.data_dir.join(OUTBOX_DIR);
+    let outbox = sled::open(&outbox_path).map_err(|source| UplinkError::Outbox {
+        path: outbox_path.clone(),
+        source,
+    })?;
+    let mut done = BTreeMap::new();
+    for kv in outbox.iter() {
+        let (k, v) = kv.map_err(|source| UplinkError::Outbox {
+            path: outbox_path.clone(),
+            source,
+        })?;
+        let Ok(k) = <[u8; 8]>::try_from(k.as_ref()) else { continue };
+        let p = (u64::from_be_bytes(k) ^ (1 << 63)) as i64;
+        match serde_json::from_slice::<Done>(&v) {
+            Ok(d) => {
+                done.insert(p, d.hq_vv);
+            }
+            // Forgetting what HQ acknowledged only costs a re-send, which HQ takes as a no-op.
+            Err(e) => tracing::warn!(period = p, error = %e, "unreadable outbox entry; the period will be sent again"),
+        }
+    }
+    let status = UplinkStatus {
+        node: mesh.peer_id().to_string(),
+        hq_url: s.url.clone(),
+        ..UplinkStatus::default()
+    };
+    let (status_tx, status_rx) = watch::channel(status.clone());
+    let (stop_tx, stop_rx) = oneshot::channel();
+    let now = Instant::now();
+    let up = Uplink {
+        ledger: Ledger::new(s.period_secs),
+        s,
+        mesh,
+        secret,
+        signing,
+        client,
+        outbox,
+        outbox_path,
+        done,
+        waiting: BTreeSet::new(),
+        last_sent: HashMap::new(),
+        failures: 0,
+        retry_at: now,
+        next_probe: now,
+        status,
+        status_tx,
+        status_written: now - Duration::from_secs(10),
+    };
+    let task = tokio::spawn(up.run(stop_rx));
+    Ok(UplinkHandle {
+        status: status_rx,
+        stop: Some(stop_tx),
+        task,
+    })
+}
+
+impl Uplink {
+    async fn run(mut self, mut stop: oneshot::Receiver<()>) {
+        // Subscribe before reading the log, so nothing falls between the two (the ledger ignores repeats).
+        let mut sub = self.mesh.subscribe();
+        if let Err(e) = self.scan().await {
+            tracing::error!(error = %e, "uplink cannot read the log");
+            return;
+        }
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            tokio::select! {
+                _ = &mut stop => break,
+                r = sub.recv() => match r {
+                    Ok(rec) => self.take(&rec),
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        tracing::warn!(missed = n, "uplink fell behind the log; reading it again");
+                        if let Err(e) = self.scan().await {
+                            tracing::error!(error = %e, "uplink cannot read the log");
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Closed) => break,
+                },
+                _ = tick.tick() => {
+                    if let Err(e) = self.step().await {
+                        tracing::debug!(error = %e, "uplink step");
+                    }
+                }
+            }
+        }
+        let _ = self.outbox.flush_async().await;
+        self.write_status(true);
+    }
+
+    async fn scan(&mut self) -> Result<(), MeshError> {
+        let vv = self.mesh.version_vector().await?;
+        for (origin, high) in vv {
+            let mut from = 1;
+            while from <= high {
+                let recs = self.mesh.range(origin, from, 1000).await?;
+                let Some(last) = recs.last().map(|r| r.seq) else { break };
+                for r in &recs {
+                    self.take(r);
+                }
+                from = last + 1;
+            }
+        }
+        tracing::info!(records = self.ledger.len(), waiting = self.waiting.len(), "uplink read the log");
+        Ok(())
+    }
+
+    fn take(&mut self, r: &Record) {
+        let plain = self.secret.decrypt(&r.ciphertext).ok();
+        let entry = plain.and_then(|p| match r.kind {
+            RecordKind::Event => serde_json::from_slice(&p).ok().map(Entry::Event),
+            RecordKind::Action => serde_json::from_slice(&p).ok().map(Entry::Action),
+        });
+        for p in self.ledger.add(r.origin, r.seq, entry) {
+            let hq = self.done.get(&p).cloned().unwrap_or_default();
+            if !self.ledger.covered(p, &hq) {
+                self.waiting.insert(p);
+            }
+        }
+    }
+
+    fn backoff(&mut self, why: String) {
+        self.failures = self.failures.saturating_add(1);
+        let base = Duration::from_secs(1).saturating_mul(1u32 << self.failures.min(9)).min(MAX_BACKOFF);
+        let jitter = rand::Rng::gen_range(&mut rand::thread_rng(), 0.8..1.2);
+        self.retry_at = Instant::now() + base.mul_f64(jitter);
+        self.status.last_error = Some(why);
+    }
+
+    async fn set_reachable(&mut self, r: bool) {
+        if r != self.status.hq_reachable {
+            tracing::info!(reachable = r, url = %self.s.url, "HQ reachability changed");
+        }
+        self.status.hq_reachable = r;
+        let _ = self.mesh.set_hq_reachable(r).await;
+    }
+
+    async fn step(&mut self) -> Result<(), UplinkError> {
+        let now = Instant::now();
+        if now >= self.next_probe {
+            self.next_probe = now + self.s.probe_every;
+            let ok = tokio::time::timeout(self.s.timeout.min(Duration::from_secs(5)), self.client.probe()).await;
+            let reachable = matches!(ok, Ok(Ok(())));
+            self.status.last_probe_ms = Some(now_ms());
+            self.set_reachable(reachable).await;
+        }
+        let leader = self.mesh.leader().await?;
+        let me = self.mesh.origin();
+        self.status.leader = leader.as_ref().map(node_id);
+        self.status.am_leader = leader == Some(me);
+        if self.status.am_leader && self.status.hq_reachable && now >= self.retry_at {
+            self.send_waiting().await;
+        }
+        self.status.outbox = self.waiting.len();
+        self.status.periods_done = self.done.len();
+        self.status.records = self.ledger.len();
+        self.write_status(false);
+        Ok(())
+    }
+
+    async fn send_waiting(&mut self) {
+        let due: Vec<i64> = self
+            .waiting
+            .iter()
+            .copied()
+            .filter(|p| self.last_sent.get(p).is_none_or(|t| t.elapsed() >= self.s.resend_every))
+            .take(SENDS_PER_STEP)
+            .collect();
+        for p in due {
+            let summary = self.ledger.summarize(&self.s.store, p);
+            let env = match seal(&summary, &self.s.recipient, &self.signing) {
+                Ok(e) => e,
+                Err(e) => {
+                    tracing::error!(period = p, error = %e, "cannot seal a summary");
+                    continue;
+                }
+            };
+            self.last_sent.insert(p, Instant::now());
+            match self.client.post(env.encode()).await {
+                Ok(ack) => {
+                    self.status.summaries_sent += 1;
+                    self.failures = 0;
+                    self.status.last_error = None;
+                    if ack.stored_vv.includes(&summary.vv) {
+                        self.status.last_sync_ms = Some(now_ms());
+                        self.record_done(p, ack.stored_vv);
+                    } else {
+                        // HQ kept a summary from records this node has not seen yet; send again once
+                        // they have arrived (the period stays waiting).
+                        tracing::info!(period = p, status = %ack.status, "HQ holds a concurrent summary of this period");
+                    }
+                }
+                Err(e @ ClientError::Refused { .. }) => {
+                    tracing::error!(period = p, error = %e, "HQ refused a summary");
+                    self.backoff(e.to_string());
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot reach HQ");
+                    self.set_reachable(false).await;
+                    self.backoff(e.to_string());
+                    return;
+                }
+            }
+        }
+    }
+
+    fn record_done(&mut self, p: i64, hq_vv: VersionVector) {
+        let entry = Done {
+            hq_vv: hq_vv.clone(),
+            acked_ms: now_ms(),
+        };
+        let stored = serde_json::to_vec(&entry)
+            .ok()
+            .map(|v| self.outbox.insert(period_key(p), v));
+        if let Some(Err(e)) = stored {
+            tracing::error!(path = %self.outbox_path.display(), error = %e, "cannot record HQ's acknowledgement");
+        }
+        if self.ledger.covered(p, &hq_vv) {
+            self.waiting.remove(&p);
+        }
+        self.done.insert(p, hq_vv);
+    }
+
+    fn write_status(&mut self, force: bool) {
+        self.status.updated_ms = now_ms();
+        self.status_tx.send_if_modified(|s| {
+            let changed = {
+                let mut a = s.clone();
+                a.updated_ms = self.status.updated_ms;
+                a != self.status
+            };
+            *s = self.status.clone();
+            changed
+        });
+        if !force && self.status_written.elapsed() < Duration::from_secs(1) {
+            return;
+        }
+        self.status_written = Instant::now();
+        if let Err(e) = write_status_file(&self.s.data_dir, &self.status) {
+            tracing::debug!(error = %e, "cannot write the uplink status file");
+        }
+    }
+}
+
+fn write_status_file(dir: &Path, s: &UplinkStatus) -> std::io::Result<()> {
+    let path = dir.join(STATUS_FILE);
+    let tmp = dir.join(format!("{STATUS_FILE}.tmp"));
+    std::fs::write(&tmp, serde_json::to_vec_pretty(s).map_err(std::io::Error::other)?)?;
+    std::fs::rename(tmp, path)
+}
+
+/// `lpmesh status`: the uplink status a node last wrote, with its age in ms.
+pub fn read_status(data_dir: &Path) -> std::io::Result<Option<(UplinkStatus, i64)>> {
+    match std::fs::read(data_dir.join(STATUS_FILE)) {
+        Ok(b) => {
+            let s: UplinkStatus = serde_json::from_slice(&b).map_err(std::io::Error::other)?;
+            let age = now_ms() - s.updated_ms;
+            Ok(Some((s, age)))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
