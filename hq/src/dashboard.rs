@@ -61,8 +61,39 @@ struct RangeQuery {
     to: Option<String>,
 }
 
+/// Why a request failed; kept small so that every `Result` here stays cheap to return.
+enum Fail {
+    /// A query parameter that is neither RFC 3339 nor Unix milliseconds.
+    Param(&'static str),
+    Store(StoreError),
+}
+
+impl From<StoreError> for Fail {
+    fn from(e: StoreError) -> Fail {
+        Fail::Store(e)
+    }
+}
+
+impl IntoResponse for Fail {
+    fn into_response(self) -> Response {
+        match self {
+            Fail::Param(p) => plain(
+                StatusCode::BAD_REQUEST,
+                format!("bad `{p}`: expected RFC 3339 or Unix milliseconds\n"),
+            ),
+            Fail::Store(e) => {
+                tracing::error!(error = %e, "dashboard: storage failed");
+                plain(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "HQ storage is unavailable; try again shortly\n",
+                )
+            }
+        }
+    }
+}
+
 impl RangeQuery {
-    fn range(&self) -> Result<(Option<i64>, Option<i64>), Response> {
+    fn range(&self) -> Result<(Option<i64>, Option<i64>), Fail> {
         Ok((
             parse_time("from", self.from.as_deref())?,
             parse_time("to", self.to.as_deref())?,
@@ -70,18 +101,13 @@ impl RangeQuery {
     }
 }
 
-fn parse_time(param: &str, value: Option<&str>) -> Result<Option<i64>, Response> {
+fn parse_time(param: &'static str, value: Option<&str>) -> Result<Option<i64>, Fail> {
     // Empty fields are what a form sends for "no bound".
     let v = match value.map(str::trim) {
         None | Some("") => return Ok(None),
         Some(v) => v,
     };
-    let bad = || {
-        plain(
-            StatusCode::BAD_REQUEST,
-            format!("bad `{param}`: expected RFC 3339 or Unix milliseconds\n"),
-        )
-    };
+    let bad = || Fail::Param(param);
     if let Ok(ms) = v.parse::<i64>() {
         return DateTime::from_timestamp_millis(ms).map(|_| Some(ms)).ok_or_else(bad);
     }
@@ -103,14 +129,6 @@ fn plain(status: StatusCode, msg: impl Into<String>) -> Response {
         (header::CACHE_CONTROL, "no-store"),
     ];
     (status, headers, msg.into()).into_response()
-}
-
-fn unavailable(e: StoreError) -> Response {
-    tracing::error!(error = %e, "dashboard: storage failed");
-    plain(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "HQ storage is unavailable; try again shortly\n",
-    )
 }
 
 fn html(status: StatusCode, heading: &str, body: &str) -> Response {
@@ -292,24 +310,17 @@ fn serious_table(rows: &[StoredSummary]) -> String {
     h
 }
 
-async fn overview(State(st): State<Arc<HqState>>) -> Response {
+async fn overview(State(st): State<Arc<HqState>>) -> Result<Response, Fail> {
     let now = now_ms();
-    let stores = match st.store.stores().await {
-        Ok(s) => s,
-        Err(e) => return unavailable(e),
-    };
+    let stores = st.store.stores().await?;
     let week_from = now - 7 * DAY_MS;
-    let week = match st
+    let week = st
         .store
         .summaries(&Filter {
             from_ms: Some(week_from),
             ..Filter::default()
         })
-        .await
-    {
-        Ok(w) => w,
-        Err(e) => return unavailable(e),
-    };
+        .await?;
     let day: Vec<&Summary> = week
         .iter()
         .map(|r| &r.summary)
@@ -371,29 +382,23 @@ async fn overview(State(st): State<Arc<HqState>>) -> Response {
          <a href=\"/export.json\">JSON</a>.</p>",
         serious_table(&week)
     );
-    html(StatusCode::OK, "Chain overview", &h)
+    Ok(html(StatusCode::OK, "Chain overview", &h))
 }
 
 async fn store_page(
     State(st): State<Arc<HqState>>,
     Path(store): Path<String>,
     Query(q): Query<RangeQuery>,
-) -> Response {
-    let (from, to) = match q.range() {
-        Ok(r) => r,
-        Err(resp) => return resp,
-    };
+) -> Result<Response, Fail> {
+    let (from, to) = q.range()?;
     let now = now_ms();
-    let stores = match st.store.stores().await {
-        Ok(s) => s,
-        Err(e) => return unavailable(e),
-    };
+    let stores = st.store.stores().await?;
     let Some(row) = stores.iter().find(|r| r.store == store) else {
         let body = format!(
             "<p>No store named <code>{}</code> is registered. <a href=\"/\">Back to the chain overview</a>.</p>",
             esc(&store)
         );
-        return html(StatusCode::NOT_FOUND, "Unknown store", &body);
+        return Ok(html(StatusCode::NOT_FOUND, "Unknown store", &body));
     };
     let from = from.unwrap_or(now - 7 * DAY_MS);
     let filter = Filter {
@@ -402,10 +407,7 @@ async fn store_page(
         to_ms: to,
         limit: None,
     };
-    let mut rows = match st.store.summaries(&filter).await {
-        Ok(r) => r,
-        Err(e) => return unavailable(e),
-    };
+    let mut rows = st.store.summaries(&filter).await?;
     rows.reverse();
     let sync = row
         .last_sync_ms
@@ -475,21 +477,21 @@ async fn store_page(
          <a href=\"/export.json?{export}\">JSON</a>.</p>",
         serious_table(&rows)
     );
-    html(StatusCode::OK, &format!("Store {store}"), &h)
+    Ok(html(StatusCode::OK, &format!("Store {store}"), &h))
 }
 
-async fn load(st: &HqState, q: &RangeQuery) -> Result<Vec<StoredSummary>, Response> {
+async fn load(st: &HqState, q: &RangeQuery) -> Result<Vec<StoredSummary>, Fail> {
     let (from_ms, to_ms) = q.range()?;
     let store = q.store.clone().filter(|s| !s.is_empty());
-    st.store
+    Ok(st
+        .store
         .summaries(&Filter {
             store,
             from_ms,
             to_ms,
             limit: None,
         })
-        .await
-        .map_err(unavailable)
+        .await?)
 }
 
 fn csv_field(s: &str) -> String {
@@ -530,14 +532,10 @@ fn csv_row(r: &StoredSummary) -> String {
     f.iter().map(|x| csv_field(x)).collect::<Vec<_>>().join(",")
 }
 
-async fn export_csv(State(st): State<Arc<HqState>>, Query(q): Query<RangeQuery>) -> Response {
-    let rows = match load(&st, &q).await {
-        Ok(r) => r,
-        Err(resp) => return resp,
-    };
+async fn export_csv(State(st): State<Arc<HqState>>, Query(q): Query<RangeQuery>) -> Result<Response, Fail> {
     // RFC 4180 line ends.
     let mut out = format!("{CSV_HEADER}\r\n");
-    for r in &rows {
+    for r in &load(&st, &q).await? {
         out.push_str(&csv_row(r));
         out.push_str("\r\n");
     }
@@ -550,14 +548,12 @@ async fn export_csv(State(st): State<Arc<HqState>>, Query(q): Query<RangeQuery>)
         (header::CACHE_CONTROL, "no-store"),
         (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
     ];
-    (headers, out).into_response()
+    Ok((headers, out).into_response())
 }
 
-async fn export_json(State(st): State<Arc<HqState>>, Query(q): Query<RangeQuery>) -> Response {
-    match load(&st, &q).await {
-        Ok(rows) => ([(header::CACHE_CONTROL, "no-store")], Json(rows)).into_response(),
-        Err(resp) => resp,
-    }
+async fn export_json(State(st): State<Arc<HqState>>, Query(q): Query<RangeQuery>) -> Result<Response, Fail> {
+    let rows = load(&st, &q).await?;
+    Ok(([(header::CACHE_CONTROL, "no-store")], Json(rows)).into_response())
 }
 
 #[cfg(test)]

@@ -427,18 +427,30 @@ impl HqConfig {
         match (&self.url, &self.recipient) {
             (Some(url), Some(r)) => {
                 if !url.starts_with("https://") || url.len() <= "https://".len() {
-                    p.push((path(&["hq", "url"]), "must be https://host[:port]: summaries only travel over TLS".into()));
+                    p.push((
+                        path(&["hq", "url"]),
+                        "must be https://host[:port]: summaries only travel over TLS".into(),
+                    ));
                 }
                 if let Err(e) = lpmesh_hq::envelope::parse_recipient(r) {
-                    p.push((path(&["hq", "recipient"]), format!("not an age recipient (age1...): {e}")));
+                    p.push((
+                        path(&["hq", "recipient"]),
+                        format!("not an age recipient (age1...): {e}"),
+                    ));
                 }
             }
-            (Some(_), None) => p.push((path(&["hq", "recipient"]), "required with url: HQ's age recipient".into())),
+            (Some(_), None) => p.push((
+                path(&["hq", "recipient"]),
+                "required with url: HQ's age recipient".into(),
+            )),
             (None, Some(_)) => p.push((path(&["hq", "url"]), "required with recipient".into())),
             (None, None) => {}
         }
         if self.period_secs < 60 || 86_400 % self.period_secs != 0 {
-            p.push((path(&["hq", "period_secs"]), "must be at least 60 and divide a day (86400)".into()));
+            p.push((
+                path(&["hq", "period_secs"]),
+                "must be at least 60 and divide a day (86400)".into(),
+            ));
         }
         for (key, v) in [
             ("probe_secs", self.probe_secs),

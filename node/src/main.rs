@@ -414,10 +414,11 @@ fn status(data: &Path, json: bool) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let when = |ms: Option<i64>| {
-        ms.and_then(chrono::DateTime::from_timestamp_millis).map_or("never".to_string(), |t| {
-            let ago = (chrono::Utc::now() - t).num_seconds().max(0);
-            format!("{} ({ago} s ago)", t.format("%Y-%m-%d %H:%M:%S UTC"))
-        })
+        ms.and_then(chrono::DateTime::from_timestamp_millis)
+            .map_or("never".to_string(), |t| {
+                let ago = (chrono::Utc::now() - t).num_seconds().max(0);
+                format!("{} ({ago} s ago)", t.format("%Y-%m-%d %H:%M:%S UTC"))
+            })
     };
     println!("node            {}", st.node);
     println!(
@@ -431,7 +432,10 @@ fn status(data: &Path, json: bool) -> Result<ExitCode> {
         if st.hq_reachable { "reachable" } else { "unreachable" }
     );
     println!("last sync       {}", when(st.last_sync_ms));
-    println!("outbox          {} period(s) waiting, {} held by HQ as here", st.outbox, st.periods_done);
+    println!(
+        "outbox          {} period(s) waiting, {} held by HQ as here",
+        st.outbox, st.periods_done
+    );
     if let Some(e) = &st.last_error {
         println!("last error      {e}");
     }
@@ -485,8 +489,15 @@ mod hq {
             if id.self_signed { " (self-signed)" } else { "" }
         );
         println!("fingerprint     SHA-256 {}", id.fingerprint);
-        println!("stores need:    [hq] url = \"https://HOST:PORT\", recipient = \"{}\"{}", id.recipient,
-            if id.self_signed { ", ca_cert = (a copy of the certificate above)" } else { "" });
+        println!(
+            "stores need:    [hq] url = \"https://HOST:PORT\", recipient = \"{}\"{}",
+            id.recipient,
+            if id.self_signed {
+                ", ca_cert = (a copy of the certificate above)"
+            } else {
+                ""
+            }
+        );
     }
 
     fn serve(cfg: &HqConfig) -> Result<ExitCode> {
@@ -593,6 +604,7 @@ mod daemon {
                         resend_every: std::time::Duration::from_secs_f64(cfg.hq.resend_secs),
                         timeout: std::time::Duration::from_secs_f64(cfg.hq.timeout_secs),
                         data_dir: cfg.data_dir.clone(),
+                        settle: std::time::Duration::from_secs_f64(cfg.mesh.leader_timeout_secs),
                     };
                     Some(lpmesh_node::uplink::start(settings, mesh.clone(), secrets.store_secret()?, secrets.signing_key()?)?)
                 }

@@ -101,10 +101,11 @@ impl Ledger {
         let mut touched = vec![p];
         if let Entry::Event(e) = &entry {
             if e.kind == EventKind::CameraOffline {
-                let o = self
-                    .offline
-                    .entry(e.incident.clone())
-                    .or_insert((e.camera.clone(), e.started_at_ms, e.started_at_ms));
+                let o = self.offline.entry(e.incident.clone()).or_insert((
+                    e.camera.clone(),
+                    e.started_at_ms,
+                    e.started_at_ms,
+                ));
                 let known = e.ended_at_ms.unwrap_or(e.at_ms).max(e.at_ms);
                 o.2 = o.2.max(known);
                 let (from, to) = (o.1, o.2);
@@ -161,7 +162,11 @@ impl Ledger {
     pub fn summarize(&self, store: &str, p: i64) -> Summary {
         let vv = self.contiguous.clone();
         let included = |i: &&Item| vv.get(&i.origin).is_some_and(|c| i.seq <= *c);
-        let mut items: Vec<&Item> = self.periods.get(&p).map(|v| v.iter().filter(included).collect()).unwrap_or_default();
+        let mut items: Vec<&Item> = self
+            .periods
+            .get(&p)
+            .map(|v| v.iter().filter(included).collect())
+            .unwrap_or_default();
         // Arrival order differs between nodes; the summary must not.
         items.sort_by_key(|i| (i.origin, i.seq));
         let mut s = Summary {
@@ -230,17 +235,16 @@ impl Ledger {
             };
             let severity = acc.severity.unwrap_or(first.severity);
             *s.incidents_by_kind.entry(first.kind.as_str().to_string()).or_insert(0) += 1;
-            *s.incidents_by_severity.entry(severity_str(severity).to_string()).or_insert(0) += 1;
+            *s.incidents_by_severity
+                .entry(severity_str(severity).to_string())
+                .or_insert(0) += 1;
             *s.incidents_by_camera.entry(first.camera.clone()).or_insert(0) += 1;
             if let Some(z) = &first.zone {
                 *s.incidents_by_zone.entry(zone_key(&first.camera, Some(z))).or_insert(0) += 1;
             }
             let mut actions = acc.actions.clone();
             actions.sort_by(|a, b| (a.at_ms, a.action, &a.by).cmp(&(b.at_ms, b.action, &b.by)));
-            let first_ack = actions
-                .iter()
-                .find(|a| a.action != ActionKind::Note)
-                .map(|a| a.at_ms);
+            let first_ack = actions.iter().find(|a| a.action != ActionKind::Note).map(|a| a.at_ms);
             let state = actions
                 .iter()
                 .rev()
@@ -286,7 +290,8 @@ impl Ledger {
             ack.ack_secs_max = ack_secs.last().copied();
         }
         s.acknowledgements = ack;
-        s.serious.sort_by(|a, b| (a.started_at_ms, &a.incident).cmp(&(b.started_at_ms, &b.incident)));
+        s.serious
+            .sort_by(|a, b| (a.started_at_ms, &a.incident).cmp(&(b.started_at_ms, &b.incident)));
         // Uptime: offline time of every incident overlapping the period, clipped to it.
         let end = p + i64::from(self.period_secs) * 1000;
         let mut offline: BTreeMap<String, i64> = BTreeMap::new();
@@ -332,5 +337,229 @@ fn severity_str(s: Severity) -> &'static str {
         Severity::Medium => "medium",
         Severity::High => "high",
         Severity::Critical => "critical",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::Detail;
+
+    const H: i64 = 3_600_000;
+
+    fn origin(i: u8) -> Origin {
+        // A valid Ed25519 key, so the id prints as a PeerId.
+        let k = libp2p_identity::ed25519::SecretKey::try_from_bytes([i; 32]).unwrap();
+        let kp = libp2p_identity::ed25519::Keypair::from(k);
+        Origin(kp.public().to_bytes())
+    }
+
+    fn ev(incident: &str, kind: EventKind, phase: Phase, start: i64, at: i64) -> Event {
+        Event {
+            incident: incident.into(),
+            phase,
+            store: "s".into(),
+            node: "n".into(),
+            camera: "cam".into(),
+            zone: Some("z".into()),
+            kind,
+            severity: kind.default_severity(),
+            started_at_ms: start,
+            at_ms: at,
+            ended_at_ms: (phase == Phase::End).then_some(at),
+            track: Some(1),
+            bbox: None,
+            confidence: 0.9,
+            model: "m".into(),
+            detail: Detail::default(),
+        }
+    }
+
+    fn crossing(start: i64, dir: Direction) -> Event {
+        let mut e = ev("x", EventKind::LineCrossing, Phase::Instant, start, start);
+        e.incident = format!("n/cam/{start}");
+        e.detail.line = Some("door".into());
+        e.detail.direction = Some(dir);
+        e
+    }
+
+    fn ack(incident: &str, start: i64, at: i64, kind: ActionKind) -> Action {
+        Action {
+            incident: incident.into(),
+            incident_started_at_ms: start,
+            action: kind,
+            by: "sam".into(),
+            node: "n".into(),
+            at_ms: at,
+            note: None,
+        }
+    }
+
+    fn entries() -> Vec<(Origin, u64, Entry)> {
+        let p = 100 * H;
+        vec![
+            (origin(1), 1, Entry::Event(crossing(p + 10, Direction::In))),
+            (origin(1), 2, Entry::Event(crossing(p + 20, Direction::In))),
+            (origin(1), 3, Entry::Event(crossing(p + 30, Direction::Out))),
+            (
+                origin(1),
+                4,
+                Entry::Event(ev(
+                    "n/cam/e1",
+                    EventKind::ExitWithoutCheckout,
+                    Phase::Instant,
+                    p + 40,
+                    p + 40,
+                )),
+            ),
+            (
+                origin(2),
+                1,
+                Entry::Event(ev("n/cam/l1", EventKind::Loitering, Phase::Start, p + 50, p + 50)),
+            ),
+            // Ends in the next hour: still this hour's incident.
+            (
+                origin(2),
+                2,
+                Entry::Event(ev("n/cam/l1", EventKind::Loitering, Phase::End, p + 50, p + H + 5)),
+            ),
+            (
+                origin(2),
+                3,
+                Entry::Action(ack("n/cam/e1", p + 40, p + 40 + 12_000, ActionKind::Acknowledge)),
+            ),
+            (
+                origin(2),
+                4,
+                Entry::Action(ack("n/cam/e1", p + 40, p + 40 + 60_000, ActionKind::Resolve)),
+            ),
+            // Offline from 30 min into this hour until 15 min into the next.
+            (
+                origin(1),
+                5,
+                Entry::Event(ev(
+                    "n/cam/o1",
+                    EventKind::CameraOffline,
+                    Phase::Start,
+                    p + H / 2,
+                    p + H / 2,
+                )),
+            ),
+            (
+                origin(1),
+                6,
+                Entry::Event(ev(
+                    "n/cam/o1",
+                    EventKind::CameraOffline,
+                    Phase::End,
+                    p + H / 2,
+                    p + H + H / 4,
+                )),
+            ),
+        ]
+    }
+
+    #[test]
+    fn figures_of_a_period() {
+        let mut l = Ledger::new(3600);
+        for (o, s, e) in entries() {
+            l.add(o, s, Some(e));
+        }
+        let p = 100 * H;
+        let s = l.summarize("s", p);
+        s.validate().unwrap();
+        assert_eq!(s.footfall_totals(), (2, 1));
+        assert_eq!(s.incidents_by_kind.get("loitering"), Some(&1));
+        assert_eq!(s.incidents_by_kind.get("exit_without_checkout"), Some(&1));
+        assert_eq!(s.incidents_by_kind.get("line_crossing"), None, "crossings are footfall");
+        assert_eq!(s.serious_total, 1);
+        assert_eq!(s.serious[0].state, "resolved");
+        assert_eq!(s.serious[0].acknowledged_at_ms, Some(p + 40 + 12_000));
+        assert_eq!(s.acknowledgements.acknowledged, 1);
+        assert_eq!(s.acknowledgements.resolved, 1);
+        assert_eq!(s.acknowledgements.ack_secs_mean, Some(12.0));
+        let cam = &s.cameras[0];
+        assert_eq!((cam.offline_secs, cam.uptime), (1800.0, 0.5));
+        let next = l.summarize("s", p + H);
+        assert_eq!(
+            next.cameras[0].offline_secs, 900.0,
+            "offline time carries into the next hour"
+        );
+        assert_eq!(next.incidents_total(), 0);
+        assert_eq!(s.vv.0.len(), 2);
+        assert_eq!(s.vv.total(), 10);
+    }
+
+    #[test]
+    fn every_arrival_order_gives_the_same_summary() {
+        let base = entries();
+        let mut reference = Ledger::new(3600);
+        for (o, s, e) in base.clone() {
+            reference.add(o, s, Some(e));
+        }
+        let want = reference.summarize("s", 100 * H);
+        let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(7);
+        for _ in 0..20 {
+            let mut shuffled = base.clone();
+            rand::seq::SliceRandom::shuffle(&mut shuffled[..], &mut rng);
+            let mut l = Ledger::new(3600);
+            for (o, s, e) in shuffled.iter().cloned() {
+                l.add(o, s, Some(e));
+                // Repeats change nothing.
+                l.add(o, s, None);
+            }
+            assert_eq!(l.summarize("s", 100 * H), want);
+        }
+    }
+
+    #[test]
+    fn gaps_are_left_out_until_filled() {
+        let mut l = Ledger::new(3600);
+        let p = 100 * H;
+        l.add(origin(1), 1, Some(Entry::Event(crossing(p + 1, Direction::In))));
+        let touched = l.add(origin(1), 3, Some(Entry::Event(crossing(p + 3, Direction::In))));
+        assert_eq!(touched, vec![p]);
+        let s = l.summarize("s", p);
+        assert_eq!((s.footfall_totals().0, s.vv.total()), (1, 1), "seq 3 waits for seq 2");
+        l.add(origin(1), 2, Some(Entry::Event(crossing(p + 2, Direction::In))));
+        let s = l.summarize("s", p);
+        assert_eq!((s.footfall_totals().0, s.vv.total()), (3, 3));
+        // What HQ holds covers the period only if it includes every record of it.
+        assert!(l.covered(p, &s.vv));
+        assert!(!l.covered(p, &VersionVector([(node_id(&origin(1)), 2)].into_iter().collect())));
+        assert!(
+            l.covered(p + H, &VersionVector::default()),
+            "an empty period needs nothing"
+        );
+    }
+
+    #[test]
+    fn a_late_acknowledgement_touches_the_incident_period() {
+        let mut l = Ledger::new(3600);
+        let p = 100 * H;
+        l.add(
+            origin(1),
+            1,
+            Some(Entry::Event(ev(
+                "i",
+                EventKind::ShelfSweep,
+                Phase::Instant,
+                p + 5,
+                p + 5,
+            ))),
+        );
+        let two_days_later = p + 48 * H;
+        let t = l.add(
+            origin(2),
+            1,
+            Some(Entry::Action(ack("i", p + 5, two_days_later, ActionKind::FalseAlarm))),
+        );
+        assert_eq!(t, vec![p]);
+        assert_eq!(l.summarize("s", p).acknowledgements.false_alarms, 1);
+        assert_eq!(
+            period_of(-1, 3600),
+            -H,
+            "times before 1970 still fall in aligned periods"
+        );
     }
 }

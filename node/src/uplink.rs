@@ -45,6 +45,9 @@ pub struct UplinkSettings {
     pub resend_every: Duration,
     pub timeout: Duration,
     pub data_dir: PathBuf,
+    /// Time after start before this node may act as leader: long enough to hear every other node's
+    /// heartbeat (the leader timeout), so a node that boots does not briefly lead alone.
+    pub settle: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -137,6 +140,7 @@ struct Uplink {
     status: UplinkStatus,
     status_tx: watch::Sender<UplinkStatus>,
     status_written: Instant,
+    started: Instant,
 }
 
 /// Starts the uplink on the current tokio runtime.
@@ -158,7 +162,9 @@ pub fn start(
             path: outbox_path.clone(),
             source,
         })?;
-        let Ok(k) = <[u8; 8]>::try_from(k.as_ref()) else { continue };
+        let Ok(k) = <[u8; 8]>::try_from(k.as_ref()) else {
+            continue;
+        };
         let p = (u64::from_be_bytes(k) ^ (1 << 63)) as i64;
         match serde_json::from_slice::<Done>(&v) {
             Ok(d) => {
@@ -194,6 +200,7 @@ pub fn start(
         status,
         status_tx,
         status_written: now - Duration::from_secs(10),
+        started: now,
     };
     let task = tokio::spawn(up.run(stop_rx));
     Ok(UplinkHandle {
@@ -250,7 +257,11 @@ impl Uplink {
                 from = last + 1;
             }
         }
-        tracing::info!(records = self.ledger.len(), waiting = self.waiting.len(), "uplink read the log");
+        tracing::info!(
+            records = self.ledger.len(),
+            waiting = self.waiting.len(),
+            "uplink read the log"
+        );
         Ok(())
     }
 
@@ -270,7 +281,9 @@ impl Uplink {
 
     fn backoff(&mut self, why: String) {
         self.failures = self.failures.saturating_add(1);
-        let base = Duration::from_secs(1).saturating_mul(1u32 << self.failures.min(9)).min(MAX_BACKOFF);
+        let base = Duration::from_secs(1)
+            .saturating_mul(1u32 << self.failures.min(9))
+            .min(MAX_BACKOFF);
         let jitter = rand::Rng::gen_range(&mut rand::thread_rng(), 0.8..1.2);
         self.retry_at = Instant::now() + base.mul_f64(jitter);
         self.status.last_error = Some(why);
@@ -296,7 +309,7 @@ impl Uplink {
         let leader = self.mesh.leader().await?;
         let me = self.mesh.origin();
         self.status.leader = leader.as_ref().map(node_id);
-        self.status.am_leader = leader == Some(me);
+        self.status.am_leader = leader == Some(me) && self.started.elapsed() >= self.s.settle;
         if self.status.am_leader && self.status.hq_reachable && now >= self.retry_at {
             self.send_waiting().await;
         }
