@@ -240,6 +240,27 @@ impl Uplink {
                 }
             }
         }
+        // Last records first, then one last upload if this node leads: a node stopped for the night
+        // leaves HQ with the figures up to its last event. Bounded: a dead HQ must not hold the stop.
+        loop {
+            match sub.try_recv() {
+                Ok(rec) => self.take(&rec),
+                Err(broadcast::error::TryRecvError::Lagged(_)) => continue,
+                Err(_) => break,
+            }
+        }
+        if self.status.am_leader && self.status.hq_reachable && !self.waiting.is_empty() {
+            self.last_sent.clear();
+            let flush = tokio::time::timeout(self.s.timeout.min(Duration::from_secs(5)), self.send_waiting());
+            if flush.await.is_err() || !self.waiting.is_empty() {
+                tracing::warn!(
+                    waiting = self.waiting.len(),
+                    "periods left in the outbox at shutdown; sent after restart"
+                );
+            }
+        }
+        self.status.outbox = self.waiting.len();
+        self.status.periods_done = self.done.len();
         let _ = self.outbox.flush_async().await;
         self.write_status(true);
     }

@@ -1,0 +1,219 @@
+//! The HQ path as an installer sets it up, with the real binaries: `lpmesh hq init`, `lpmesh store-key`,
+//! `lpmesh hq register-store` while HQ runs, two `lpmesh run` nodes with an `[hq]` section, `lpmesh
+//! status` while they run, and at the end HQ's summaries agree with the events the store holds.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use lpmesh_hq::store::{Embedded, Filter, HqStore};
+use lpmesh_tests::{lpmesh, lpmesh_path, TempDir};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn spawn(args: &[&str], log: &Path) -> Child {
+    Command::new(lpmesh_path())
+        .args(args)
+        .env("LPMESH_LOG", "info")
+        .stdout(Stdio::from(std::fs::File::create(log.with_extension("out")).unwrap()))
+        .stderr(Stdio::from(std::fs::File::create(log).unwrap()))
+        .spawn()
+        .unwrap()
+}
+
+fn interrupt(child: &mut Child, what: &str) {
+    let _ = Command::new("kill").args(["-INT", &child.id().to_string()]).status();
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(20) {
+        if let Ok(Some(status)) = child.try_wait() {
+            assert!(status.success(), "{what} exited with {status}");
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    panic!("{what} did not stop within 20 s of SIGINT");
+}
+
+fn ok(args: &[&str]) -> String {
+    let out = lpmesh().args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "lpmesh {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn status(data: &Path) -> serde_json::Value {
+    let out = lpmesh()
+        .args(["status", "--data", &data.to_string_lossy(), "--json"])
+        .output()
+        .unwrap();
+    serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
+}
+
+#[test]
+fn a_store_reports_to_hq_through_its_elected_leader() {
+    let dir = TempDir::new("hq-e2e");
+    let hq_dir = dir.join("hq");
+    let hq_port = free_port();
+    let hq_toml = dir.join("hq.toml");
+    std::fs::write(
+        &hq_toml,
+        format!(
+            "listen = \"127.0.0.1:{hq_port}\"\ndata_dir = \"{}\"\n",
+            hq_dir.display()
+        ),
+    )
+    .unwrap();
+    let hq_cfg = hq_toml.to_string_lossy().to_string();
+    let init = ok(&["hq", "init", "--config", &hq_cfg]);
+    let recipient = init
+        .lines()
+        .find_map(|l| l.strip_prefix("HQ recipient"))
+        .map(|r| r.trim().to_string())
+        .unwrap();
+    assert!(recipient.starts_with("age1"), "{init}");
+    assert!(init.contains("fingerprint     SHA-256 "), "{init}");
+    let mut hq = spawn(&["hq", "--config", &hq_cfg], &dir.join("hq.log"));
+
+    let (n1, n2) = (dir.join("n1"), dir.join("n2"));
+    ok(&["init", "--store", "shop-e2e", "--data", &n1.to_string_lossy()]);
+    let token = ok(&["invite", "--data", &n1.to_string_lossy()]);
+    ok(&["join", token.trim(), "--data", &n2.to_string_lossy()]);
+    let key = ok(&["store-key", "--data", &n2.to_string_lossy()]);
+    assert!(key.starts_with("ed25519:"), "{key}");
+    // Registered while HQ is already running.
+    ok(&[
+        "hq",
+        "register-store",
+        "--config",
+        &hq_cfg,
+        "--store",
+        "shop-e2e",
+        "--key",
+        key.trim(),
+    ]);
+    let bad = lpmesh()
+        .args([
+            "hq",
+            "register-store",
+            "--config",
+            &hq_cfg,
+            "--store",
+            "x",
+            "--key",
+            "ed25519:AAAA",
+        ])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+
+    let (p1, p2) = (free_port(), free_port());
+    let hq_section = format!(
+        "[hq]\nurl = \"https://localhost:{hq_port}\"\nrecipient = \"{recipient}\"\nca_cert = \"{}\"\nprobe_secs = 0.5\nresend_secs = 1.0\n",
+        hq_dir.join("cert.pem").display()
+    );
+    let mesh = |port: u16, boot: &str| {
+        format!("[mesh]\nlisten = [\"/ip4/127.0.0.1/tcp/{port}\"]\n{boot}mdns = false\nheartbeat_secs = 0.5\nleader_timeout_secs = 2.0\n")
+    };
+    let c1 = dir.join("n1.toml");
+    std::fs::write(
+        &c1,
+        format!(
+            "store = \"shop-e2e\"\nnode = \"front\"\ndata_dir = \"{}\"\n{}{hq_section}[[camera]]\nname = \"plaza\"\nsource = \"cache:data/vtest.avi\"\n[[camera.line]]\nname = \"walkway\"\nfrom = [0.45, 0.28]\nto = [0.45, 0.66]\nin = \"left\"\n",
+            n1.display(),
+            mesh(p1, "")
+        ),
+    )
+    .unwrap();
+    let c2 = dir.join("n2.toml");
+    std::fs::write(
+        &c2,
+        format!(
+            "store = \"shop-e2e\"\nnode = \"back\"\ndata_dir = \"{}\"\n{}{hq_section}",
+            n2.display(),
+            mesh(p2, &format!("bootstrap = [\"/ip4/127.0.0.1/tcp/{p1}\"]\n"))
+        ),
+    )
+    .unwrap();
+    for c in [&c1, &c2] {
+        ok(&["validate", &c.to_string_lossy()]);
+    }
+    let mut a = spawn(&["run", "--config", &c1.to_string_lossy()], &dir.join("n1.log"));
+    std::thread::sleep(Duration::from_millis(300));
+    let mut b = spawn(&["run", "--config", &c2.to_string_lossy()], &dir.join("n2.log"));
+
+    // While they run: both name the same leader, and the leader has synced with HQ.
+    let t = Instant::now();
+    let synced = loop {
+        let (s1, s2) = (status(&n1), status(&n2));
+        let leader = s1["leader"].as_str().map(str::to_string);
+        let agreed = leader.is_some() && s2["leader"].as_str().map(str::to_string) == leader;
+        let leading = if s1["am_leader"] == true { &s1 } else { &s2 };
+        if agreed && leading["last_sync_ms"].is_i64() && leading["hq_reachable"] == true {
+            break leading.clone();
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(40),
+            "no sync within 40 s: {s1} / {s2}\n{}",
+            std::fs::read_to_string(dir.join("n1.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    assert!(synced["summaries_sent"].as_u64().unwrap() >= 1);
+    let human = ok(&["status", "--data", &n2.to_string_lossy()]);
+    assert!(
+        human.contains("uplink leader") && human.contains("reachable"),
+        "{human}"
+    );
+    // Long enough for people to cross the walkway.
+    std::thread::sleep(Duration::from_secs(10));
+    interrupt(&mut a, "node front");
+    std::thread::sleep(Duration::from_millis(1500));
+    interrupt(&mut b, "node back");
+    interrupt(&mut hq, "HQ");
+
+    // HQ's figures are the store's: every crossing counted once, every incident once.
+    let events: Vec<serde_json::Value> = ok(&["events", "--data", &n2.to_string_lossy(), "--json"])
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let crossings = events.iter().filter(|e| e["kind"] == "line_crossing").count() as u64;
+    assert!(crossings > 0, "the camera counted people");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let at_hq = rt.block_on(async {
+        let store = HqStore::Embedded(Embedded::open(&hq_dir).unwrap());
+        store.summaries(&Filter::default()).await.unwrap()
+    });
+    assert!(!at_hq.is_empty());
+    let footfall: u64 = at_hq
+        .iter()
+        .map(|s| {
+            let (i, o) = s.summary.footfall_totals();
+            i + o
+        })
+        .sum();
+    assert_eq!(footfall, crossings, "HQ's footfall is the log's");
+    let mut incidents: Vec<&str> = events
+        .iter()
+        .filter(|e| e["kind"] != "line_crossing")
+        .filter_map(|e| e["incident"].as_str())
+        .collect();
+    incidents.sort();
+    incidents.dedup();
+    let at_hq_incidents: u64 = at_hq.iter().map(|s| s.summary.incidents_total()).sum();
+    assert_eq!(at_hq_incidents, incidents.len() as u64);
+    // The leader flushed its outbox on the way down.
+    let leader_dir = if status(&n1)["am_leader"] == true { &n1 } else { &n2 };
+    let final_status = status(leader_dir);
+    assert_eq!(final_status["outbox"], 0, "nothing left waiting: {final_status}");
+}
