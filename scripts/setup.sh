@@ -13,8 +13,9 @@ SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
 
 # --- Debian packages ------------------------------------------------------------------------------------------
-# OpenCV's headers and libraries for the `opencv` crate, clang for its binding generator.
-DEB_PKGS=(pkg-config clang libclang-dev libopencv-dev)
+# OpenCV's headers and libraries for the `opencv` crate, clang for its binding generator; PostgreSQL's
+# server for the HQ tests and `lpmesh bench hq` (they start throw-away clusters with initdb/pg_ctl).
+DEB_PKGS=(pkg-config clang libclang-dev libopencv-dev postgresql)
 missing=()
 for p in "${DEB_PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
@@ -28,6 +29,9 @@ if [ ${#missing[@]} -gt 0 ]; then
 else
   log "Debian packages present"
 fi
+
+# Debian's package starts a cluster of its own on port 5432; lpmesh never uses it (tests start their
+# own on free ports), so leave it as the package set it up.
 
 # --- runtime, models, footage --------------------------------------------------------------------------------
 python3 models/build.py all

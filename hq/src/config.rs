@@ -97,4 +97,10 @@ mod tests {
         assert_eq!(ok.data_dir, PathBuf::from("/tmp/x"));
         assert!(HqConfig::parse("tls_cert = \"/a\"\n", Path::new("hq.toml")).is_err());
     }
+
+    #[test]
+    fn the_example_documents_the_defaults() {
+        let text = include_str!("../../config/hq.example.toml");
+        assert_eq!(HqConfig::parse(text, Path::new("hq.example.toml")).unwrap(), HqConfig::default());
+    }
 }

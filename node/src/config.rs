@@ -1362,4 +1362,27 @@ enabled = false
         assert_eq!(spec.disabled, vec![EventKind::LineCrossing]);
         assert_eq!(cfg.rules.loitering_secs, 90.0);
     }
+
+    #[test]
+    fn the_hq_section_is_checked() {
+        let text = format!(
+            "{HEAD}[mesh]\nheartbeat_secs = 5.0\nleader_timeout_secs = 6.0\n[hq]\nurl = \"http://hq.example.com\"\nrecipient = \"age1nope\"\nperiod_secs = 7000\n"
+        );
+        let got: Vec<(Option<usize>, Option<String>)> = problems(&text).into_iter().map(|p| (p.0, p.1)).collect();
+        assert_eq!(
+            got,
+            vec![
+                (Some(5), Some("mesh.leader_timeout_secs".into())),
+                (Some(7), Some("hq.url".into())),
+                (Some(8), Some("hq.recipient".into())),
+                (Some(9), Some("hq.period_secs".into())),
+            ]
+        );
+        let half = problems(&format!("{HEAD}[hq]\nurl = \"https://hq:8443\"\n"));
+        assert_eq!(half[0].1.as_deref(), Some("hq.recipient"));
+        let r = "age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p";
+        let ok = parse(&format!("{HEAD}[hq]\nurl = \"https://hq:8443\"\nrecipient = \"{r}\"\n")).unwrap();
+        assert_eq!(ok.hq.url.as_deref(), Some("https://hq:8443"));
+        assert_eq!(ok.hq.period_secs, 3600);
+    }
 }
