@@ -101,6 +101,9 @@ mod tests {
     #[test]
     fn the_example_documents_the_defaults() {
         let text = include_str!("../../config/hq.example.toml");
-        assert_eq!(HqConfig::parse(text, Path::new("hq.example.toml")).unwrap(), HqConfig::default());
+        assert_eq!(
+            HqConfig::parse(text, Path::new("hq.example.toml")).unwrap(),
+            HqConfig::default()
+        );
     }
 }

@@ -133,11 +133,21 @@ enum SyncRequest {
 }
 
 /// A heartbeat on the wire; the send time keeps identical heartbeats from being taken for duplicates.
+/// It also carries where the node listens, so every node can dial every other: a store whose nodes
+/// only know one bootstrap node must not fall apart when that node goes down.
 #[derive(Debug, Serialize, Deserialize)]
 struct HeartbeatMsg {
     hb: Heartbeat,
     sent_ms: u64,
+    #[serde(default)]
+    addrs: Vec<String>,
 }
+
+/// Largest heartbeat accepted, and the addresses one may carry.
+const MAX_HEARTBEAT_BYTES: usize = 1024;
+const MAX_HEARTBEAT_ADDRS: usize = 4;
+/// Least time between two dials of a peer learned from its heartbeat.
+const REDIAL_MS: u64 = 5000;
 
 #[derive(Debug, Serialize, Deserialize)]
 struct SyncResponse {
@@ -422,6 +432,7 @@ pub fn start(cfg: MeshConfig, key: Keypair, recipient: StoreRecipient) -> Result
         pending_gossip: Vec::new(),
         next_answer: 0,
         answers: Default::default(),
+        dialed: Default::default(),
     };
     tokio::spawn(actor.run(cmd_rx));
     Ok(MeshHandle {
@@ -453,6 +464,8 @@ struct Actor {
     next_answer: u64,
     /// Per peer: the answer being received and how many of its parts have arrived.
     answers: std::collections::HashMap<PeerId, (u64, u32)>,
+    /// When each peer heard of by heartbeat was last dialled.
+    dialed: std::collections::HashMap<PeerId, u64>,
 }
 
 impl Actor {
@@ -678,7 +691,18 @@ impl Actor {
         };
         self.election.heard(hb, now);
         self.election.prune(now);
-        let msg = HeartbeatMsg { hb, sent_ms: now };
+        let addrs = self
+            .listen
+            .iter()
+            .filter(|a| !a.to_string().starts_with("/ip4/0.0.0.0"))
+            .take(MAX_HEARTBEAT_ADDRS)
+            .map(|a| a.to_string())
+            .collect();
+        let msg = HeartbeatMsg {
+            hb,
+            sent_ms: now,
+            addrs,
+        };
         let mut bytes = Vec::new();
         if ciborium::into_writer(&msg, &mut bytes).is_ok() {
             // Nobody to tell yet is fine.
@@ -691,7 +715,7 @@ impl Actor {
     }
 
     fn on_heartbeat(&mut self, id: &gossipsub::MessageId, source: &PeerId, message: &gossipsub::Message) {
-        let parsed: Option<HeartbeatMsg> = if message.data.len() <= 256 {
+        let parsed: Option<HeartbeatMsg> = if message.data.len() <= MAX_HEARTBEAT_BYTES {
             ciborium::from_reader(message.data.as_slice()).ok()
         } else {
             None
@@ -700,13 +724,50 @@ impl Actor {
         let valid = parsed.filter(|m| message.source.is_some() && m.hb.node.peer_id() == message.source);
         match valid {
             Some(m) => {
-                self.election.heard(m.hb, now_ms());
+                let now = now_ms();
+                self.election.heard(m.hb, now);
                 self.validate(id, source, MessageAcceptance::Accept);
+                if let Some(peer) = m.hb.node.peer_id() {
+                    self.maybe_dial(peer, &m.addrs, now);
+                }
             }
             None => {
                 self.reject("bad_heartbeat");
                 self.validate(id, source, MessageAcceptance::Reject);
             }
+        }
+    }
+
+    /// Dials a node we hear of but are not connected to (at most every few seconds).
+    fn maybe_dial(&mut self, peer: PeerId, addrs: &[String], now: u64) {
+        if peer == *self.swarm.local_peer_id() || self.connected.contains(&peer) || self.blocked.contains(&peer) {
+            return;
+        }
+        if self
+            .dialed
+            .get(&peer)
+            .is_some_and(|t| now.saturating_sub(*t) < REDIAL_MS)
+        {
+            return;
+        }
+        if self.dialed.len() > 1024 {
+            self.dialed.clear();
+        }
+        self.dialed.insert(peer, now);
+        let addrs: Vec<Multiaddr> = addrs
+            .iter()
+            .take(MAX_HEARTBEAT_ADDRS)
+            .filter_map(|a| a.parse().ok())
+            .filter(|a: &Multiaddr| !a.to_string().contains("/udp"))
+            .collect();
+        if addrs.is_empty() {
+            return;
+        }
+        let opts = libp2p::swarm::dial_opts::DialOpts::peer_id(peer)
+            .addresses(addrs)
+            .build();
+        if let Err(e) = self.swarm.dial(opts) {
+            tracing::debug!(%peer, error = %e, "cannot dial a peer heard of by heartbeat");
         }
     }
 

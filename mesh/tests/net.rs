@@ -351,3 +351,35 @@ async fn the_nodes_agree_on_the_uplink_leader_and_fail_over() {
     println!("failover in {:?} (leader timeout 1.5 s)", t.elapsed());
     c.stop(&[]).await;
 }
+
+/// Nodes that only know the first node as bootstrap learn each other from heartbeats, so the store
+/// keeps one mesh when that first node goes away.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_mesh_survives_the_loss_of_the_bootstrap_node() {
+    let secret = StoreSecret::generate();
+    let psk: [u8; 32] = rand::random();
+    let dirs: Vec<Dir> = (0..3).map(|i| Dir::new(&format!("star{i}"))).collect();
+    let hub = start(&dirs[0], &Keypair::generate_ed25519(), psk, &secret, vec![]);
+    let boot = vec![addr(&hub).await];
+    let a = start(&dirs[1], &Keypair::generate_ed25519(), psk, &secret, boot.clone());
+    let b = start(&dirs[2], &Keypair::generate_ed25519(), psk, &secret, boot);
+    let took = eventually("the spokes dial each other", Duration::from_secs(10), async || {
+        a.peers().await.unwrap().contains(&b.peer_id())
+    })
+    .await;
+    hub.shutdown().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let mut sub = b.subscribe();
+    let sent = a
+        .append(vec![(RecordKind::Event, b"after the hub went".to_vec())])
+        .await
+        .unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(5), sub.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got, sent[0]);
+    eprintln!("spokes connected {took:?} after start");
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+}

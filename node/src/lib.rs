@@ -41,6 +41,7 @@ pub mod config;
 pub mod detect;
 pub mod event;
 pub mod geom;
+pub mod incidents;
 pub mod measure;
 pub mod motion;
 pub mod node;
