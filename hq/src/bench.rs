@@ -3,7 +3,8 @@
 //!
 //! S stores are registered; each sends a day of hourly summaries (sealed beforehand, so the stores'
 //! cost is not counted), posted by 32 concurrent clients on loopback. The clients share the machine
-//! with HQ and PostgreSQL, so the figure is a lower bound of HQ's capacity.
+//! with HQ and PostgreSQL, so the figure is a lower bound of HQ's capacity. The throw-away cluster
+//! runs with fsync on, as a production database would: every acknowledged summary is on disk.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

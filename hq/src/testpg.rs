@@ -45,7 +45,13 @@ fn is_root() -> bool {
 }
 
 impl TestPg {
+    /// A cluster for tests: fsync off (a crash of the test machine loses nothing that matters).
     pub fn start() -> Result<TestPg, PgError> {
+        Self::start_with(false)
+    }
+
+    /// `durable`: fsync on, as in production (what `lpmesh bench hq` measures).
+    pub fn start_with(durable: bool) -> Result<TestPg, PgError> {
         let bin = find_bin()?;
         let as_user = is_root().then(|| "postgres".to_string());
         let dir = std::env::temp_dir().join(format!("lpmesh-pg-{}-{}", std::process::id(), rand::random::<u32>()));
@@ -66,9 +72,10 @@ impl TestPg {
                 .arg(&data);
         })?;
         let opts = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=50",
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync={} -c max_connections=50",
             pg.port,
-            pg.dir.display()
+            pg.dir.display(),
+            if durable { "on" } else { "off" }
         );
         let log = pg.dir.join("server.log");
         let started = pg.cmd("pg_ctl", |c| {

@@ -291,3 +291,18 @@ fn bench_mesh_reports_throughput_latency_and_catch_up() {
     assert_eq!(v["catch_up_records"], 2000);
     assert_eq!(v["propagation_samples"], 200);
 }
+
+#[test]
+fn bench_hq_ingests_into_a_real_postgresql() {
+    let o = lpmesh()
+        .args(["bench", "hq", "--stores", "20", "--periods", "3", "--json"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("one JSON object");
+    assert_eq!(v["summaries"], 60);
+    assert_eq!(v["database"], "postgresql");
+    for key in ["summaries_per_s", "p50_ms", "p99_ms", "chain_10k_share"] {
+        assert!(v[key].as_f64().is_some_and(|x| x > 0.0 && x.is_finite()), "{key}: {v}");
+    }
+}
