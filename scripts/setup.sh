@@ -15,7 +15,9 @@ if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
 # --- Debian packages ------------------------------------------------------------------------------------------
 # OpenCV's headers and libraries for the `opencv` crate, clang for its binding generator; PostgreSQL's
 # server for the HQ tests and `lpmesh bench hq` (they start throw-away clusters with initdb/pg_ctl).
-DEB_PKGS=(pkg-config clang libclang-dev libopencv-dev postgresql)
+# Mosquitto for the MQTT alert tests (they start their own broker on a free port); Chromium for the
+# UI's browser tests (driven by playwright-core from npm, which never downloads a browser of its own).
+DEB_PKGS=(pkg-config clang libclang-dev libopencv-dev postgresql mosquitto chromium)
 missing=()
 for p in "${DEB_PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
@@ -32,6 +34,12 @@ fi
 
 # Debian's package starts a cluster of its own on port 5432; lpmesh never uses it (tests start their
 # own on free ports), so leave it as the package set it up.
+
+# --- the browser tests' driver -------------------------------------------------------------------------------
+if [ ! -d tests/browser/node_modules/playwright-core ]; then
+  log "installing playwright-core (npm) for the browser tests"
+  (cd tests/browser && npm ci --no-audit --no-fund --loglevel=error)
+fi
 
 # --- runtime, models, footage --------------------------------------------------------------------------------
 python3 models/build.py all

@@ -53,6 +53,15 @@ impl Election {
             .map(|(hb, _)| hb)
     }
 
+    /// Every node heard of (live or not yet pruned), with when it was last heard.
+    pub fn seen(&self) -> impl Iterator<Item = (&Heartbeat, u64)> {
+        self.seen.values().map(|(hb, at)| (hb, *at))
+    }
+
+    pub fn timeout_ms(&self) -> u64 {
+        self.timeout_ms
+    }
+
     pub fn leader(&self, now_ms: u64) -> Option<Origin> {
         self.live(now_ms)
             .min_by(|a, b| {

@@ -141,10 +141,29 @@ struct HeartbeatMsg {
     sent_ms: u64,
     #[serde(default)]
     addrs: Vec<String>,
+    /// What the node says about itself for the store's UI (its name, its cameras' health), opaque here.
+    #[serde(default, with = "serde_bytes")]
+    info: Vec<u8>,
+}
+
+/// Largest self-description a node may put in its heartbeat.
+pub const MAX_NODE_INFO_BYTES: usize = 1536;
+
+/// A node of the store as its heartbeats describe it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct NodeSeen {
+    pub origin: Origin,
+    pub hq_reachable: bool,
+    pub priority: u8,
+    /// Milliseconds since its last heartbeat.
+    pub silent_ms: u64,
+    pub live: bool,
+    #[serde(skip)]
+    pub info: Vec<u8>,
 }
 
 /// Largest heartbeat accepted, and the addresses one may carry.
-const MAX_HEARTBEAT_BYTES: usize = 1024;
+const MAX_HEARTBEAT_BYTES: usize = 2048;
 const MAX_HEARTBEAT_ADDRS: usize = 4;
 /// Least time between two dials of a peer learned from its heartbeat.
 const REDIAL_MS: u64 = 5000;
@@ -166,6 +185,8 @@ struct Behaviour {
 enum Command {
     /// Whether this node reached HQ at its last probe (the uplink sets it).
     SetHqReachable(bool),
+    SetInfo(Vec<u8>),
+    Nodes(oneshot::Sender<Vec<NodeSeen>>),
     Leader(oneshot::Sender<Option<Origin>>),
     Append {
         items: Vec<(RecordKind, Vec<u8>)>,
@@ -233,6 +254,20 @@ impl MeshHandle {
             .send(Command::SetHqReachable(reachable))
             .await
             .map_err(|_| MeshError::Stopped)
+    }
+
+    /// Sets what this node's heartbeats say about it (at most [`MAX_NODE_INFO_BYTES`]; longer is cut).
+    pub async fn set_info(&self, mut info: Vec<u8>) -> Result<(), MeshError> {
+        info.truncate(MAX_NODE_INFO_BYTES);
+        self.cmd
+            .send(Command::SetInfo(info))
+            .await
+            .map_err(|_| MeshError::Stopped)
+    }
+
+    /// Every node of the store heard of by heartbeat, this one included.
+    pub async fn nodes(&self) -> Result<Vec<NodeSeen>, MeshError> {
+        self.ask(Command::Nodes).await
     }
 
     pub async fn version_vector(&self) -> Result<VersionVector, MeshError> {
@@ -433,6 +468,8 @@ pub fn start(cfg: MeshConfig, key: Keypair, recipient: StoreRecipient) -> Result
         next_answer: 0,
         answers: Default::default(),
         dialed: Default::default(),
+        info: Vec::new(),
+        infos: Default::default(),
     };
     tokio::spawn(actor.run(cmd_rx));
     Ok(MeshHandle {
@@ -466,6 +503,8 @@ struct Actor {
     answers: std::collections::HashMap<PeerId, (u64, u32)>,
     /// When each peer heard of by heartbeat was last dialled.
     dialed: std::collections::HashMap<PeerId, u64>,
+    info: Vec<u8>,
+    infos: std::collections::HashMap<Origin, Vec<u8>>,
 }
 
 impl Actor {
@@ -582,6 +621,35 @@ impl Actor {
             Command::Leader(reply) => {
                 let _ = reply.send(self.election.leader(now_ms()));
             }
+            Command::SetInfo(info) => {
+                let changed = info != self.info;
+                self.info = info;
+                if changed {
+                    self.heartbeat(now_ms());
+                }
+            }
+            Command::Nodes(reply) => {
+                let now = now_ms();
+                let timeout = self.election.timeout_ms();
+                let me = self.log.origin();
+                let list = self
+                    .election
+                    .seen()
+                    .map(|(hb, at)| NodeSeen {
+                        origin: hb.node,
+                        hq_reachable: hb.hq_reachable,
+                        priority: hb.priority,
+                        silent_ms: now.saturating_sub(at),
+                        live: now.saturating_sub(at) <= timeout,
+                        info: if hb.node == me {
+                            self.info.clone()
+                        } else {
+                            self.infos.get(&hb.node).cloned().unwrap_or_default()
+                        },
+                    })
+                    .collect();
+                let _ = reply.send(list);
+            }
             Command::PublishRaw(bytes) => {
                 if let Err(e) = self.swarm.behaviour_mut().gossipsub.publish(self.topic.clone(), bytes) {
                     tracing::debug!(error = %e, "raw publish refused locally");
@@ -635,6 +703,9 @@ impl Actor {
                 }
                 if num_established.get() == 1 {
                     self.connected.insert(peer_id);
+                    // Tell the newcomer who we are soon (once gossipsub has joined the topic), rather
+                    // than at the next regular beat: the store's pages and the election see it sooner.
+                    self.next_heartbeat_ms = self.next_heartbeat_ms.min(now_ms() + 1000);
                     let actions = self.ae.handle(Input::Connected(peer_id), self.log.version_vector());
                     self.carry_out(actions);
                 }
@@ -702,6 +773,7 @@ impl Actor {
             hb,
             sent_ms: now,
             addrs,
+            info: self.info.clone(),
         };
         let mut bytes = Vec::new();
         if ciborium::into_writer(&msg, &mut bytes).is_ok() {
@@ -727,6 +799,11 @@ impl Actor {
                 let now = now_ms();
                 self.election.heard(m.hb, now);
                 self.validate(id, source, MessageAcceptance::Accept);
+                if self.infos.len() < 256 || self.infos.contains_key(&m.hb.node) {
+                    let mut info = m.info;
+                    info.truncate(MAX_NODE_INFO_BYTES);
+                    self.infos.insert(m.hb.node, info);
+                }
                 if let Some(peer) = m.hb.node.peer_id() {
                     self.maybe_dial(peer, &m.addrs, now);
                 }

@@ -38,6 +38,7 @@ pub struct NodeConfig {
     pub mesh: MeshConfig,
     pub alerts: AlertsConfig,
     pub hq: HqConfig,
+    pub ui: UiConfig,
 }
 
 impl Default for NodeConfig {
@@ -56,6 +57,31 @@ impl Default for NodeConfig {
             mesh: MeshConfig::default(),
             alerts: AlertsConfig::default(),
             hq: HqConfig::default(),
+            ui: UiConfig::default(),
+        }
+    }
+}
+
+/// The tablet UI this node serves on the store LAN.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UiConfig {
+    /// Address of the UI's listener; `enabled = false` serves none.
+    pub listen: String,
+    pub enabled: bool,
+    /// HTTPS with a certificate the node generates (its fingerprint is printed at start, for pinning).
+    pub tls: bool,
+    /// The address tablets use for this node, for links in alerts (default: http(s)://<listen>).
+    pub public_url: Option<String>,
+}
+
+impl Default for UiConfig {
+    fn default() -> Self {
+        Self {
+            listen: "0.0.0.0:8080".into(),
+            enabled: true,
+            tls: false,
+            public_url: None,
         }
     }
 }
@@ -707,9 +733,10 @@ impl NodeConfig {
                 "mesh" => cfg.mesh = r.value(at, v).unwrap_or_default(),
                 "alerts" => cfg.alerts = r.value(at, v).unwrap_or_default(),
                 "hq" => cfg.hq = r.value(at, v).unwrap_or_default(),
+                "ui" => cfg.ui = r.value(at, v).unwrap_or_default(),
                 other => r.problem(
                     at,
-                    format!("unknown key `{other}`; expected one of store, node, data_dir, runtime, detector, motion, tracker, rules, schedule, camera, mesh, alerts, hq"),
+                    format!("unknown key `{other}`; expected one of store, node, data_dir, runtime, detector, motion, tracker, rules, schedule, camera, mesh, alerts, hq, ui"),
                 ),
             }
         }
@@ -849,6 +876,17 @@ impl NodeConfig {
             ));
         }
         p.extend(self.hq.check());
+        if self.ui.listen.parse::<std::net::SocketAddr>().is_err() {
+            p.push((path(&["ui", "listen"]), "not an address like 0.0.0.0:8080".into()));
+        }
+        if let Some(u) = &self.ui.public_url {
+            if !(u.starts_with("http://") || u.starts_with("https://")) {
+                p.push((
+                    path(&["ui", "public_url"]),
+                    "must start with http:// or https://".into(),
+                ));
+            }
+        }
         let mut camera_names = std::collections::HashSet::new();
         for (ci, cam) in self.cameras.iter().enumerate() {
             let at = path(&["camera"]).index(ci);

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashSet};
 use serde::Serialize;
 
 use crate::action::{Action, ActionKind};
-use crate::event::{Event, EventKind, Phase, Severity};
+use crate::event::{Detail, Event, EventKind, Phase, Severity};
 
 /// Incidents kept in memory (oldest dropped first); the log keeps them all.
 pub const MAX_INCIDENTS: usize = 20_000;
@@ -61,6 +61,8 @@ pub struct Incident {
     pub state: State,
     pub acknowledged_by: Option<String>,
     pub confidence: f32,
+    /// The first record's figures (line and direction of a crossing, people of a crowd, ...).
+    pub detail: Detail,
     pub history: Vec<HistoryItem>,
 }
 
@@ -132,6 +134,7 @@ impl Book {
                     state: State::Open,
                     acknowledged_by: None,
                     confidence: e.confidence,
+                    detail: e.detail.clone(),
                     history: vec![item],
                 };
                 for a in self.orphans.remove(&e.incident).unwrap_or_default() {

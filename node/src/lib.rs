@@ -30,6 +30,7 @@
 //! [`output`] writes tracks as JSON lines or MOTChallenge text.
 
 pub mod action;
+pub mod alerts;
 pub mod assign;
 #[cfg(feature = "vision")]
 pub mod bench;
@@ -52,5 +53,6 @@ pub mod schedule;
 pub mod source;
 pub mod summary;
 pub mod track;
+pub mod ui;
 pub mod uplink;
 pub mod zone;

@@ -93,6 +93,11 @@ enum Command {
         #[arg(long)]
         data: PathBuf,
     },
+    /// Users of this node's tablet UI (managers and security staff).
+    User {
+        #[command(subcommand)]
+        cmd: UserCommand,
+    },
     /// The HQ uplink as this node sees it: leader, last sync, periods waiting. Works while the node runs.
     Status {
         #[arg(long)]
@@ -148,6 +153,31 @@ struct DetectArgs {
     /// the same times on every run.
     #[arg(long)]
     clock_start: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Add a user, or set a new password and role for an existing one (takes effect at once).
+    Add {
+        #[arg(long)]
+        data: PathBuf,
+        /// manager (everything) or security (incidents and alerts only).
+        #[arg(long)]
+        role: String,
+        name: String,
+        /// Read the password from the first line of standard input (for scripts).
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    Remove {
+        #[arg(long)]
+        data: PathBuf,
+        name: String,
+    },
+    List {
+        #[arg(long)]
+        data: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -320,6 +350,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Status { data, json } => status(&data, json),
+        Command::User { cmd } => user(cmd),
         #[cfg(feature = "vision")]
         Command::Demo { config, duration } => vision::demo(config, duration),
         Command::Init { store, data } => {
@@ -397,6 +428,51 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
         },
     }
+}
+
+fn read_password(from_stdin: bool) -> Result<String> {
+    use std::io::{BufRead, IsTerminal};
+    let tty = !from_stdin && std::io::stdin().is_terminal();
+    if tty {
+        eprint!("password: ");
+        // Keep the password off the screen.
+        let _ = std::process::Command::new("stty").arg("-echo").status();
+    }
+    let mut line = String::new();
+    let read = std::io::stdin().lock().read_line(&mut line);
+    if tty {
+        let _ = std::process::Command::new("stty").arg("echo").status();
+        eprintln!();
+    }
+    read.context("cannot read the password")?;
+    Ok(line.trim_end_matches(['\r', '\n']).to_string())
+}
+
+fn user(cmd: UserCommand) -> Result<ExitCode> {
+    use lpmesh_node::ui::auth::{Role, Users};
+    match cmd {
+        UserCommand::Add {
+            data,
+            role,
+            name,
+            password_stdin,
+        } => {
+            let role = Role::parse(&role).context("--role is manager or security")?;
+            let password = read_password(password_stdin)?;
+            Users::new(&data).add(&name, role, &password)?;
+            println!("user {name} ({role:?}) saved in {}", data.display());
+        }
+        UserCommand::Remove { data, name } => {
+            Users::new(&data).remove(&name)?;
+            println!("user {name} removed");
+        }
+        UserCommand::List { data } => {
+            for u in Users::new(&data).load()? {
+                println!("{:<24} {:?}", u.name, u.role);
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn status(data: &Path, json: bool) -> Result<ExitCode> {
@@ -533,6 +609,65 @@ fn stop_flag() -> Arc<AtomicBool> {
 
 mod daemon {
     use super::*;
+
+    /// Starts the tablet UI (unless switched off): the incident view fed from the log, the listener.
+    async fn start_ui(
+        cfg: &NodeConfig,
+        mesh: &lpmesh_mesh::net::MeshHandle,
+        uplink: Option<tokio::sync::watch::Receiver<lpmesh_node::uplink::UplinkStatus>>,
+        board: lpmesh_node::ui::CameraBoard,
+    ) -> Result<Option<(lpmesh_node::ui::Running, String)>> {
+        if !cfg.ui.enabled {
+            return Ok(None);
+        }
+        let secret = StoreSecrets::load(&cfg.data_dir)?.store_secret()?;
+        let tz = lpmesh_node::schedule::Schedule::parse_tz(&cfg.schedule.timezone).map_err(anyhow::Error::msg)?;
+        let state = lpmesh_node::ui::UiState::new(
+            &cfg.store,
+            &cfg.node,
+            cfg.data_dir.clone(),
+            mesh.clone(),
+            secret,
+            uplink,
+            board,
+            tz,
+            cfg.ui.tls,
+        );
+        let feed_state = state.clone();
+        tokio::spawn(async move {
+            if let Err(e) = lpmesh_node::ui::feed(feed_state).await {
+                tracing::error!(error = %e, "the UI's incident view stopped");
+            }
+        });
+        let addr: std::net::SocketAddr = cfg.ui.listen.parse().context("[ui] listen")?;
+        let tls = if cfg.ui.tls {
+            let names = vec!["localhost".to_string(), addr.ip().to_string()];
+            let cert = lpmesh_hq::tls::load_or_create_cert(&cfg.data_dir.join("ui-tls"), None, None, &names)?;
+            println!("UI certificate SHA-256 {} (pin it on the tablets)", cert.fingerprint);
+            Some((cert.cert_pem, cert.key_pem))
+        } else {
+            None
+        };
+        let running = lpmesh_node::ui::serve(state, addr, tls).await?;
+        let scheme = if cfg.ui.tls { "https" } else { "http" };
+        let url = cfg
+            .ui
+            .public_url
+            .clone()
+            .unwrap_or_else(|| format!("{scheme}://{}", running.addr));
+        println!("UI of node {} at {url}", cfg.node);
+        if lpmesh_node::ui::auth::Users::new(&cfg.data_dir)
+            .load()
+            .map(|u| u.is_empty())
+            .unwrap_or(true)
+        {
+            println!(
+                "no UI users yet: lpmesh user add --data {} --role manager NAME",
+                cfg.data_dir.display()
+            );
+        }
+        Ok(Some((running, url)))
+    }
     use lpmesh_mesh::keys::StoreSecrets;
     use lpmesh_node::node::{append_events, open_event, start_mesh, EVENT_QUEUE};
 
@@ -613,6 +748,28 @@ mod daemon {
                     None
                 }
             };
+            let board: lpmesh_node::ui::CameraBoard = Default::default();
+            let ui = start_ui(&cfg, &mesh, uplink.as_ref().map(|u| u.watch()), board.clone()).await?;
+            // What the other nodes' tablets show about this node: its name and its cameras' health.
+            let info_mesh = mesh.clone();
+            let info_board = board.clone();
+            let info = lpmesh_node::ui::NodeInfo {
+                name: cfg.node.clone(),
+                ui: ui.as_ref().map(|(_, url)| url.clone()),
+                cameras: Vec::new(),
+            };
+            tokio::spawn(async move {
+                let mut every = tokio::time::interval(std::time::Duration::from_secs(2));
+                loop {
+                    every.tick().await;
+                    let mut i = info.clone();
+                    i.cameras = info_board.read().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
+                    let Ok(bytes) = serde_json::to_vec(&i) else { continue };
+                    if info_mesh.set_info(bytes).await.is_err() {
+                        break;
+                    }
+                }
+            });
             tokio::time::sleep(std::time::Duration::from_millis(200)).await;
             let addrs = mesh.listen_addrs().await?;
             println!(
@@ -623,7 +780,7 @@ mod daemon {
                 addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", ")
             );
             #[cfg(feature = "vision")]
-            let cameras: Vec<_> = cfg.cameras.iter().map(|c| vision::spawn_camera(cfg.clone(), c.clone(), tx.clone(), stop.clone())).collect();
+            let cameras: Vec<_> = cfg.cameras.iter().map(|c| vision::spawn_camera(cfg.clone(), c.clone(), tx.clone(), stop.clone(), board.clone())).collect();
             drop(tx);
             while !stop.load(Ordering::Relaxed) {
                 tokio::time::sleep(std::time::Duration::from_millis(100)).await;
@@ -635,6 +792,9 @@ mod daemon {
                 let _ = tokio::task::spawn_blocking(move || c.join()).await;
             }
             let _ = tokio::time::timeout(std::time::Duration::from_secs(10), appender).await;
+            if let Some((running, _)) = ui {
+                running.shutdown(std::time::Duration::from_secs(2)).await;
+            }
             if let Some(u) = uplink {
                 let st = u.status();
                 println!(
@@ -955,9 +1115,35 @@ mod vision {
         cam: CameraConfig,
         tx: tokio::sync::mpsc::Sender<Event>,
         stop: Arc<AtomicBool>,
+        board: lpmesh_node::ui::CameraBoard,
     ) -> std::thread::JoinHandle<()> {
         std::thread::spawn(move || {
             let model = model_path(None, &cfg);
+            let zones: Vec<(String, lpmesh_node::zone::Polygon)> = cam
+                .zones
+                .iter()
+                .filter_map(|z| {
+                    let pts = z
+                        .polygon
+                        .iter()
+                        .filter(|p| p.len() == 2)
+                        .map(|p| [p[0], p[1]])
+                        .collect();
+                    lpmesh_node::zone::Polygon::new(pts).map(|p| (z.name.clone(), p))
+                })
+                .collect();
+            let mut live = lpmesh_node::ui::CameraLive {
+                name: cam.name.clone(),
+                ..Default::default()
+            };
+            let publish = |live: &lpmesh_node::ui::CameraLive| {
+                board
+                    .write()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(live.name.clone(), live.clone());
+            };
+            publish(&live);
+            let mut window = (std::time::Instant::now(), 0u32);
             while !stop.load(Ordering::Relaxed) {
                 let source = resolve_source(&cam.source);
                 let result = (|| -> Result<()> {
@@ -983,11 +1169,50 @@ mod vision {
                         for e in r.events {
                             tx.blocking_send(e.clone())
                                 .map_err(|_| "the node is stopping".to_string())?;
+                            if e.kind == lpmesh_node::event::EventKind::CameraTamper {
+                                live.tamper = match e.phase {
+                                    lpmesh_node::event::Phase::End => None,
+                                    _ => Some(
+                                        e.detail
+                                            .reason
+                                            .map_or("tamper".into(), |r| format!("{r:?}").to_lowercase()),
+                                    ),
+                                };
+                            }
+                        }
+                        if r.online {
+                            window.1 += 1;
+                            live.last_frame_ms = Some(chrono::Utc::now().timestamp_millis());
+                        }
+                        // The tablets' view of this camera, refreshed about once a second.
+                        let elapsed = window.0.elapsed().as_secs_f32();
+                        if elapsed >= 1.0 {
+                            live.online = r.online;
+                            live.fps = window.1 as f32 / elapsed;
+                            window = (std::time::Instant::now(), 0);
+                            live.occupancy = zones
+                                .iter()
+                                .map(|(name, poly)| {
+                                    let n = r
+                                        .people
+                                        .iter()
+                                        .filter(|p| {
+                                            let (w, h) = (r.width.max(1) as f32, r.height.max(1) as f32);
+                                            poly.contains([(p.bbox.x1 + p.bbox.x2) / 2.0 / w, p.bbox.y2 / h])
+                                        })
+                                        .count() as u32;
+                                    (name.clone(), n)
+                                })
+                                .collect();
+                            publish(&live);
                         }
                         Ok(true)
                     })?;
                     Ok(())
                 })();
+                live.online = false;
+                live.fps = 0.0;
+                publish(&live);
                 match result {
                     Ok(()) if stop.load(Ordering::Relaxed) => break,
                     Ok(()) => tracing::warn!(camera = %cam.name, "camera stream ended; starting it again"),

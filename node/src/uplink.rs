@@ -92,6 +92,11 @@ impl UplinkHandle {
         self.status.borrow().clone()
     }
 
+    /// A receiver of status changes (the UI's mesh page).
+    pub fn watch(&self) -> watch::Receiver<UplinkStatus> {
+        self.status.clone()
+    }
+
     /// Waits for the next change of status.
     pub async fn changed(&mut self) -> Option<UplinkStatus> {
         self.status.changed().await.ok()?;

@@ -1,0 +1,264 @@
+//! `[[alerts.route]]`: where a node sends alerts, and which ones.
+
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::event::{EventKind, Severity};
+use crate::schedule::Schedule;
+
+/// The MQTT port used when `broker` names none.
+pub const DEFAULT_MQTT_PORT: u16 = 1883;
+
+/// The `[alerts]` section: the node's alert routes. No route, no alerts (the default).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AlertsConfig {
+    /// One `[[alerts.route]]` table per destination.
+    pub route: Vec<RouteConfig>,
+}
+
+/// What kind of destination a route delivers to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RouteKind {
+    /// An MQTT broker (QoS 1; retained camera states).
+    Mqtt,
+    /// An HTTP(S) endpoint that receives each alert as a JSON POST.
+    Webhook,
+    /// One line per alert on the node's standard output.
+    Console,
+}
+
+impl RouteKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RouteKind::Mqtt => "mqtt",
+            RouteKind::Webhook => "webhook",
+            RouteKind::Console => "console",
+        }
+    }
+}
+
+/// One alert route (`[[alerts.route]]`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Unique among the node's routes; names the route in logs and metrics.
+    pub name: String,
+    /// `"mqtt"`, `"webhook"` or `"console"`.
+    #[serde(rename = "type")]
+    pub kind: RouteKind,
+    /// MQTT only: the broker as `host:port` (`[v6addr]:port` for IPv6); the port defaults to 1883.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub broker: Option<String>,
+    /// MQTT only: the first topic level. Alerts go to `{prefix}/{store}/{camera}/{kind}`, camera states
+    /// (retained) to `{prefix}/{store}/{camera}/state`.
+    #[serde(default = "default_topic_prefix")]
+    pub topic_prefix: String,
+    /// MQTT only: the client id; `lpmesh-<node>` when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
+    /// Webhook only: `http://` (LAN receivers) or `https://` (system roots) URL that alerts are POSTed to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// Alerts below this severity are not sent on this route.
+    #[serde(default = "default_min_severity")]
+    pub min_severity: Severity,
+    /// Only these kinds are sent; empty means every kind.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub kinds: Vec<EventKind>,
+    /// When the route is staffed, as `"HH:MM-HH:MM"` ranges in the store's time zone; a range whose end
+    /// is not after its start runs past midnight. Empty means always.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hours: Vec<String>,
+    /// After an alert for a camera + zone + kind, further ones for the same camera + zone + kind are
+    /// held back for this long. 0 sends every alert.
+    #[serde(default = "default_cooldown_secs")]
+    pub cooldown_secs: f64,
+}
+
+fn default_topic_prefix() -> String {
+    "lpmesh".into()
+}
+
+fn default_min_severity() -> Severity {
+    Severity::Medium
+}
+
+fn default_cooldown_secs() -> f64 {
+    60.0
+}
+
+impl Default for RouteConfig {
+    fn default() -> Self {
+        Self {
+            name: String::new(),
+            kind: RouteKind::Console,
+            broker: None,
+            topic_prefix: default_topic_prefix(),
+            client_id: None,
+            url: None,
+            min_severity: default_min_severity(),
+            kinds: Vec::new(),
+            hours: Vec::new(),
+            cooldown_secs: default_cooldown_secs(),
+        }
+    }
+}
+
+/// Splits `host[:port]` / `[v6]:port`. The host keeps IPv6 brackets because that is the form a socket
+/// address lookup wants back.
+pub fn parse_broker(s: &str) -> Result<(String, u16), String> {
+    let bad = |why: &str| format!("{s:?} is not a broker address like \"host:1883\": {why}");
+    let s = s.trim();
+    if s.is_empty() {
+        return Err(bad("empty"));
+    }
+    if s.contains("://") {
+        return Err(bad("give host:port, without a scheme"));
+    }
+    let (host, port) = if let Some(rest) = s.strip_prefix('[') {
+        let (h, after) = rest.split_once(']').ok_or_else(|| bad("unclosed ["))?;
+        if h.is_empty() {
+            return Err(bad("empty host"));
+        }
+        let port = match after {
+            "" => None,
+            p => Some(p.strip_prefix(':').ok_or_else(|| bad("expected :port after ]"))?),
+        };
+        (format!("[{h}]"), port)
+    } else {
+        match s.split_once(':') {
+            None => (s.to_string(), None),
+            Some((h, p)) => {
+                if p.contains(':') {
+                    return Err(bad("write IPv6 addresses in brackets, e.g. [::1]:1883"));
+                }
+                (h.to_string(), Some(p))
+            }
+        }
+    };
+    if host.is_empty() || host.chars().any(char::is_whitespace) {
+        return Err(bad("bad host"));
+    }
+    let port = match port {
+        None => DEFAULT_MQTT_PORT,
+        Some(p) => match p.parse::<u16>() {
+            Ok(0) | Err(_) => return Err(bad("the port must be a number from 1 to 65535")),
+            Ok(n) => n,
+        },
+    };
+    Ok((host, port))
+}
+
+/// Checks that a webhook URL is `http(s)://host...`.
+pub fn parse_webhook_url(s: &str) -> Result<hyper::Uri, String> {
+    let uri: hyper::Uri = s.parse().map_err(|e| format!("{s:?} is not a URL: {e}"))?;
+    match uri.scheme_str() {
+        Some("http") | Some("https") => {}
+        _ => return Err(format!("{s:?} must start with http:// or https://")),
+    }
+    if uri.host().is_none_or(str::is_empty) {
+        return Err(format!("{s:?} has no host"));
+    }
+    Ok(uri)
+}
+
+impl AlertsConfig {
+    /// Every problem with the routes, as (dotted field, message); empty when the section is usable.
+    pub fn check(&self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        let mut names: HashMap<&str, usize> = HashMap::new();
+        // Two MQTT sessions with one client id on one broker take each other's session over in a loop.
+        let mut sessions: HashMap<(String, u16, Option<&str>), usize> = HashMap::new();
+        for (i, r) in self.route.iter().enumerate() {
+            let at = |f: &str| format!("alerts.route[{i}].{f}");
+            let mut err = |f: &str, m: String| out.push((at(f), m));
+            if r.name.trim().is_empty() {
+                err("name", "a route needs a name".into());
+            } else if let Some(first) = names.insert(r.name.as_str(), i) {
+                err(
+                    "name",
+                    format!("route name {:?} is already used by alerts.route[{first}]", r.name),
+                );
+            }
+            let only = |field: &str, kind: &str| format!("`{field}` is only for {kind} routes");
+            match r.kind {
+                RouteKind::Mqtt => {
+                    match r.broker.as_deref() {
+                        None => err("broker", "an mqtt route needs `broker` (host:port)".into()),
+                        Some(b) => match parse_broker(b) {
+                            Err(m) => err("broker", m),
+                            Ok((host, port)) => {
+                                let id = r.client_id.as_deref();
+                                if let Some(first) = sessions.insert((host.to_ascii_lowercase(), port, id), i) {
+                                    err(
+                                        "client_id",
+                                        format!(
+                                            "alerts.route[{first}] uses the same broker and client id; give each \
+                                             mqtt route its own `client_id`"
+                                        ),
+                                    );
+                                }
+                            }
+                        },
+                    }
+                    let p = &r.topic_prefix;
+                    if p.is_empty() || p.starts_with('/') || p.ends_with('/') || p.contains(['+', '#', '\0']) {
+                        err(
+                            "topic_prefix",
+                            format!("{p:?} must be non-empty, without wildcards (+ #) or a leading/trailing /"),
+                        );
+                    }
+                    if let Some(id) = &r.client_id {
+                        if id.is_empty() || id.starts_with(' ') {
+                            err("client_id", "must be non-empty and not start with a space".into());
+                        }
+                    }
+                    if r.url.is_some() {
+                        err("url", only("url", "webhook"));
+                    }
+                }
+                RouteKind::Webhook => {
+                    match r.url.as_deref() {
+                        None => err("url", "a webhook route needs `url` (http:// or https://)".into()),
+                        Some(u) => {
+                            if let Err(m) = parse_webhook_url(u) {
+                                err("url", m);
+                            }
+                        }
+                    }
+                    if r.broker.is_some() {
+                        err("broker", only("broker", "mqtt"));
+                    }
+                    if r.client_id.is_some() {
+                        err("client_id", only("client_id", "mqtt"));
+                    }
+                }
+                RouteKind::Console => {
+                    if r.broker.is_some() {
+                        err("broker", only("broker", "mqtt"));
+                    }
+                    if r.client_id.is_some() {
+                        err("client_id", only("client_id", "mqtt"));
+                    }
+                    if r.url.is_some() {
+                        err("url", only("url", "webhook"));
+                    }
+                }
+            }
+            for (j, h) in r.hours.iter().enumerate() {
+                if let Err(m) = Schedule::parse_range(h) {
+                    err(&format!("hours[{j}]"), m);
+                }
+            }
+            if !r.cooldown_secs.is_finite() || r.cooldown_secs < 0.0 {
+                err("cooldown_secs", format!("{} must be a number >= 0", r.cooldown_secs));
+            } else if r.cooldown_secs > 7.0 * 86_400.0 {
+                err("cooldown_secs", format!("{} is more than a week", r.cooldown_secs));
+            }
+        }
+        out
+    }
+}

@@ -1,0 +1,268 @@
+// The store's tablet UI. Plain JavaScript, served by the node itself: no framework, nothing from the
+// internet. Talks to the node's JSON API and listens to its live stream of incident changes.
+'use strict';
+
+const $ = (s) => document.querySelector(s);
+const KINDS = ['loitering', 'shelf_interaction', 'shelf_sweep', 'exit_without_checkout', 'after_hours',
+  'restricted_entry', 'crowding', 'camera_tamper', 'camera_offline', 'line_crossing'];
+const SEVERITY = { info: 0, low: 1, medium: 2, high: 3, critical: 4 };
+let me = null;
+let source = null;
+let alertsOn = false;
+let audio = null;
+const feed = new Map();
+
+function el(tag, attrs, ...children) {
+  const e = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (k === 'class') e.className = v; else if (k.startsWith('data-')) e.setAttribute(k, v); else e[k] = v;
+  }
+  for (const c of children) e.append(c instanceof Node ? c : document.createTextNode(c == null ? '' : String(c)));
+  return e;
+}
+
+async function api(method, path, body) {
+  const headers = {};
+  if (body !== undefined) headers['Content-Type'] = 'application/json';
+  if (method !== 'GET' && me) headers['X-CSRF-Token'] = me.csrf;
+  const r = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body), credentials: 'same-origin' });
+  if (r.status === 401 && path !== '/api/login') { showLogin(); throw new Error('log in first'); }
+  const type = r.headers.get('content-type') || '';
+  const data = type.includes('json') ? await r.json() : await r.text();
+  if (!r.ok) throw new Error((data && data.error) || r.statusText);
+  return data;
+}
+
+const fmtTime = (ms) => (ms ? new Date(ms).toLocaleString() : '');
+const label = (k) => k.replace(/_/g, ' ');
+
+function showLogin() {
+  if (source) { source.close(); source = null; }
+  me = null;
+  $('#app').classList.add('hidden');
+  $('#login').classList.remove('hidden');
+  $('#login-name').focus();
+}
+
+async function start() {
+  $('#login').classList.add('hidden');
+  $('#app').classList.remove('hidden');
+  $('#brand').textContent = `lpmesh · ${me.store} · ${me.node}`;
+  $('#user').textContent = `${me.name} (${me.role})`;
+  document.querySelectorAll('.manager-only').forEach((e) => e.classList.toggle('hidden', me.role !== 'manager'));
+  const kindSel = document.querySelector('#filters select[name=kind]');
+  if (kindSel.options.length === 1) KINDS.forEach((k) => kindSel.append(el('option', { value: k }, label(k))));
+  connect();
+  await loadFeed();
+  route();
+}
+
+function connect() {
+  if (source) source.close();
+  source = new EventSource('/api/stream');
+  source.addEventListener('incident', (ev) => {
+    const msg = JSON.parse(ev.data);
+    upsertFeed(msg.incident, msg.new);
+    if (msg.new) notify(msg.incident);
+    if (location.hash === `#/incident/${encodeURIComponent(msg.incident.id)}`) renderIncident(msg.incident);
+  });
+  source.addEventListener('resync', () => loadFeed());
+  source.onerror = () => {
+    $('#banner').textContent = 'Connection to the node lost; reconnecting…';
+    $('#banner').classList.remove('hidden');
+  };
+  source.onopen = () => $('#banner').classList.add('hidden');
+}
+
+function feedItem(i) {
+  const li = el('li', { class: `sev-${i.severity}`, 'data-id': i.id },
+    el('span', { class: `badge ${i.severity}` }, i.severity),
+    el('b', {}, label(i.kind)),
+    el('span', {}, `${i.camera}${i.zone ? ' · ' + i.zone : ''}`),
+    el('span', { class: 'muted' }, fmtTime(i.started_at_ms)),
+    el('span', { class: 'state' }, `${label(i.state)}${i.ongoing ? ' · ongoing' : ''}`));
+  li.addEventListener('click', () => { location.hash = `#/incident/${encodeURIComponent(i.id)}`; });
+  return li;
+}
+
+function upsertFeed(i, fresh) {
+  if (i.kind === 'line_crossing') return;
+  feed.set(i.id, i);
+  const list = $('#feed');
+  const old = list.querySelector(`li[data-id="${CSS.escape(i.id)}"]`);
+  const li = feedItem(i);
+  if (fresh) li.classList.add('fresh');
+  if (old) old.replaceWith(li);
+  else {
+    const after = [...list.children].find((c) => (feed.get(c.dataset.id) || {}).started_at_ms < i.started_at_ms);
+    list.insertBefore(li, after || null);
+  }
+  while (list.children.length > 100) list.lastChild.remove();
+}
+
+async function loadFeed() {
+  const items = await api('GET', '/api/incidents?limit=50');
+  $('#feed').replaceChildren();
+  feed.clear();
+  items.reverse().forEach((i) => upsertFeed(i, false));
+}
+
+function beep() {
+  try {
+    audio = audio || new AudioContext();
+    const o = audio.createOscillator();
+    const g = audio.createGain();
+    o.frequency.value = 880;
+    g.gain.setValueAtTime(0.25, audio.currentTime);
+    g.gain.exponentialRampToValueAtTime(0.001, audio.currentTime + 0.6);
+    o.connect(g).connect(audio.destination);
+    o.start();
+    o.stop(audio.currentTime + 0.6);
+  } catch (e) { /* no sound on this browser */ }
+}
+
+function notify(i) {
+  if (SEVERITY[i.severity] < SEVERITY.medium || i.kind === 'line_crossing') return;
+  if (alertsOn) beep();
+  if (alertsOn && 'Notification' in window && Notification.permission === 'granted') {
+    const n = new Notification(`${i.severity.toUpperCase()}: ${label(i.kind)}`, { body: `${i.camera}${i.zone ? ' · ' + i.zone : ''}`, tag: i.id });
+    n.onclick = () => { window.focus(); location.hash = `#/incident/${encodeURIComponent(i.id)}`; };
+  }
+}
+
+async function loadCameras() {
+  const cams = await api('GET', '/api/cameras');
+  const box = $('#cameras');
+  box.replaceChildren(...cams.map((c) => {
+    const occ = Object.entries(c.occupancy || {}).map(([z, n]) => `${z}: ${n}`).join(', ');
+    const cls = !c.online ? 'cam offline' : c.tamper ? 'cam tamper' : 'cam';
+    return el('div', { class: cls, 'data-camera': c.name },
+      el('b', {}, c.name),
+      el('span', { class: 'muted' }, c.node), el('br'),
+      c.online ? `${c.fps.toFixed(1)} frames/s` : 'OFFLINE', el('br'),
+      el('span', { class: 'muted' }, c.last_frame_ms ? `last frame ${fmtTime(c.last_frame_ms)}` : 'no frame yet'),
+      c.tamper ? el('div', { class: 'error' }, `tamper: ${c.tamper}`) : '',
+      occ ? el('div', {}, `people: ${occ}`) : '');
+  }));
+  $('#camera-names').replaceChildren(...cams.map((c) => el('option', { value: c.name })));
+}
+
+async function loadIncidents() {
+  const form = new FormData($('#filters'));
+  const q = new URLSearchParams();
+  for (const [k, v] of form.entries()) {
+    if (!v) continue;
+    q.set(k, (k === 'from' || k === 'to') ? String(new Date(v).getTime()) : v);
+  }
+  const rows = await api('GET', `/api/incidents?${q}`);
+  $('#incident-rows').replaceChildren(...rows.map((i) => {
+    const tr = el('tr', { class: `sev-${i.severity}`, 'data-id': i.id },
+      el('td', {}, fmtTime(i.started_at_ms)), el('td', {}, label(i.kind)),
+      el('td', {}, el('span', { class: `badge ${i.severity}` }, i.severity)),
+      el('td', {}, i.camera), el('td', {}, i.zone || ''), el('td', {}, label(i.state)));
+    tr.addEventListener('click', () => { location.hash = `#/incident/${encodeURIComponent(i.id)}`; });
+    return tr;
+  }));
+}
+
+function renderIncident(i) {
+  $('#incident-detail').replaceChildren(
+    el('h2', {}, el('span', { class: `badge ${i.severity}` }, i.severity), label(i.kind)),
+    el('p', {}, `Camera ${i.camera}${i.zone ? ', zone ' + i.zone : ''} on node ${i.node}`),
+    el('p', {}, `Started ${fmtTime(i.started_at_ms)}${i.ended_at_ms ? ', ended ' + fmtTime(i.ended_at_ms) : i.ongoing ? ', ongoing' : ''}`),
+    el('p', { id: 'incident-state' }, `State: ${label(i.state)}${i.acknowledged_by ? ' (first handled by ' + i.acknowledged_by + ')' : ''}`));
+  $('#incident-detail').dataset.id = i.id;
+  $('#history').replaceChildren(...i.history.map((h) => el('li', {},
+    `${fmtTime(h.at_ms)} — ${label(h.what)}${h.by ? ' by ' + h.by : ''}${h.people ? ' (' + h.people + ' people)' : ''}${h.note ? ': ' + h.note : ''}`)));
+}
+
+async function showIncident(id) {
+  $('#action-error').textContent = '';
+  renderIncident(await api('GET', `/api/incidents/${encodeURIComponent(id)}`));
+}
+
+async function act(action) {
+  const id = $('#incident-detail').dataset.id;
+  const note = $('#note').value;
+  try {
+    const i = await api('POST', `/api/incidents/${encodeURIComponent(id)}/actions`, { action, note: note || null });
+    $('#note').value = '';
+    $('#action-error').textContent = '';
+    renderIncident(i);
+    upsertFeed(i, false);
+  } catch (e) { $('#action-error').textContent = e.message; }
+}
+
+function loadCharts(days) {
+  const t = Date.now();
+  $('#chart-footfall').src = `/api/charts/footfall.svg?days=${days}&t=${t}`;
+  $('#chart-incidents').src = `/api/charts/incidents.svg?days=${days}&t=${t}`;
+}
+
+async function loadMesh() {
+  const m = await api('GET', '/api/mesh');
+  const u = m.uplink;
+  const card = (t, v) => el('div', { class: 'card' }, el('span', { class: 'muted' }, t), el('b', {}, v));
+  $('#mesh-summary').replaceChildren(
+    card('Nodes online', `${m.nodes.filter((n) => n.online).length} of ${m.nodes.length}`),
+    card('Uplink leader', (m.nodes.find((n) => n.leader) || {}).name || 'none'),
+    card('Last HQ sync', u && u.last_sync_ms ? fmtTime(u.last_sync_ms) : (u ? 'never from this node' : 'HQ not configured')),
+    card('Outbox', u ? `${u.outbox} period(s)` : '-'),
+    card('Records in the log', String(m.records)));
+  $('#mesh-rows').replaceChildren(...m.nodes.map((n) => el('tr', {},
+    el('td', {}, `${n.name}${n.this ? ' (this node)' : ''}`),
+    el('td', {}, n.online ? 'online' : `silent ${n.silent_secs} s`),
+    el('td', {}, n.leader ? 'leader' : ''), el('td', {}, n.hq_reachable ? 'reachable' : 'no'),
+    el('td', {}, String(n.cameras)))));
+}
+
+let timer = null;
+function route() {
+  if (!me) return;
+  const h = location.hash || '#/live';
+  const [, tab, arg] = h.split('/');
+  document.querySelectorAll('main > .view').forEach((v) => v.classList.add('hidden'));
+  document.querySelectorAll('header nav a').forEach((a) => a.classList.toggle('active', a.dataset.tab === tab));
+  clearInterval(timer);
+  const show = (id) => $(`#view-${id}`).classList.remove('hidden');
+  const guard = (p) => p.catch((e) => { $('#banner').textContent = e.message; $('#banner').classList.remove('hidden'); });
+  switch (tab) {
+    case 'incidents': show('incidents'); guard(loadIncidents()); break;
+    case 'incident': show('incident'); guard(showIncident(decodeURIComponent(arg || ''))); break;
+    case 'charts': show('charts'); loadCharts(1); break;
+    case 'mesh': show('mesh'); guard(loadMesh()); timer = setInterval(() => guard(loadMesh()), 5000); break;
+    case 'zones': show('zones'); if (window.lpZones) guard(window.lpZones.open()); break;
+    case 'invite': show('invite'); break;
+    default: show('live'); guard(loadCameras()); timer = setInterval(() => guard(loadCameras()), 3000);
+  }
+}
+
+document.addEventListener('DOMContentLoaded', async () => {
+  $('#login-form').addEventListener('submit', async (ev) => {
+    ev.preventDefault();
+    $('#login-error').textContent = '';
+    try {
+      me = await api('POST', '/api/login', { name: $('#login-name').value, password: $('#login-password').value });
+      $('#login-password').value = '';
+      await start();
+    } catch (e) { $('#login-error').textContent = e.message; }
+  });
+  $('#logout').addEventListener('click', async () => { try { await api('POST', '/api/logout'); } finally { showLogin(); } });
+  $('#filters').addEventListener('submit', (ev) => { ev.preventDefault(); loadIncidents(); });
+  document.querySelectorAll('#incident-actions button').forEach((b) => b.addEventListener('click', () => act(b.dataset.action)));
+  document.querySelectorAll('button.days').forEach((b) => b.addEventListener('click', () => loadCharts(b.dataset.days)));
+  $('#enable-alerts').addEventListener('click', async () => {
+    alertsOn = true;
+    beep();
+    if ('Notification' in window && Notification.permission === 'default') await Notification.requestPermission();
+    $('#enable-alerts').textContent = 'Sound and notifications on';
+  });
+  $('#invite-show').addEventListener('click', async () => {
+    const r = await api('GET', '/api/invite');
+    $('#invite-qr').innerHTML = r.qr_svg;
+    $('#invite-token').value = r.token;
+    $('#invite-token').classList.remove('hidden');
+  });
+  window.addEventListener('hashchange', route);
+  try { me = await api('GET', '/api/me'); await start(); } catch (e) { showLogin(); }
+});

@@ -1,0 +1,763 @@
+//! The store's tablet UI, served by every node (axum): a single page embedded in the binary (no CDN,
+//! no external fonts, works with no internet), a JSON API behind a session, and a live stream of
+//! incident changes (server-sent events).
+//!
+//! Security: every route but `/health`, `/api/login` and the static assets needs a session (cookie
+//! `lpmesh_session`: HttpOnly, SameSite=Strict, Secure when TLS is on); every change also needs the
+//! session's CSRF token in `X-CSRF-Token`; login refuses cross-origin requests and is rate-limited per
+//! user and per address; the security role cannot edit zones or see invites; a strict
+//! Content-Security-Policy (scripts and styles only from the node itself) on every response.
+
+pub mod auth;
+pub mod charts;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use axum::extract::{FromRequestParts, Path, Query, Request, State};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use lpmesh_mesh::crypto::StoreSecret;
+use lpmesh_mesh::net::{MeshError, MeshHandle};
+use lpmesh_mesh::record::{Record, RecordKind};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{broadcast, watch};
+
+use crate::action::{Action, ActionKind, MAX_NOTE_LEN};
+use crate::event::{EventKind, Severity};
+use crate::incidents::{Book, Change, Incident};
+use crate::uplink::UplinkStatus;
+use auth::{LoginLimiter, Role, Session, Sessions, Users, SESSION_COOKIE};
+
+/// Incident changes waiting for each open page before it is told to reload.
+pub const LIVE_QUEUE: usize = 1024;
+const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
+connect-src 'self'; font-src 'none'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'";
+
+/// What a node tells the others about itself in its heartbeats, for their UI.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    pub name: String,
+    pub ui: Option<String>,
+    pub cameras: Vec<CameraLive>,
+}
+
+/// A camera's health as its node sees it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct CameraLive {
+    pub name: String,
+    pub online: bool,
+    pub fps: f32,
+    pub last_frame_ms: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tamper: Option<String>,
+    /// People in each zone now.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub occupancy: BTreeMap<String, u32>,
+}
+
+/// This node's cameras, updated by their pipelines.
+pub type CameraBoard = Arc<RwLock<BTreeMap<String, CameraLive>>>;
+
+pub struct UiState {
+    pub store: String,
+    pub node: String,
+    pub data_dir: PathBuf,
+    pub mesh: MeshHandle,
+    pub secret: StoreSecret,
+    pub users: Users,
+    pub sessions: Sessions,
+    pub limiter: LoginLimiter,
+    pub book: RwLock<Book>,
+    pub live: broadcast::Sender<Arc<str>>,
+    pub uplink: Option<watch::Receiver<UplinkStatus>>,
+    pub cameras: CameraBoard,
+    pub tz: chrono_tz::Tz,
+    /// Cookies get `Secure` (TLS is on).
+    pub secure: bool,
+}
+
+impl UiState {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        store: &str,
+        node: &str,
+        data_dir: PathBuf,
+        mesh: MeshHandle,
+        secret: StoreSecret,
+        uplink: Option<watch::Receiver<UplinkStatus>>,
+        cameras: CameraBoard,
+        tz: chrono_tz::Tz,
+        secure: bool,
+    ) -> Arc<UiState> {
+        let (live, _) = broadcast::channel(LIVE_QUEUE);
+        Arc::new(UiState {
+            store: store.to_string(),
+            node: node.to_string(),
+            users: Users::new(&data_dir),
+            data_dir,
+            mesh,
+            secret,
+            sessions: Sessions::default(),
+            limiter: LoginLimiter::default(),
+            book: RwLock::new(Book::new()),
+            live,
+            uplink,
+            cameras,
+            tz,
+            secure,
+        })
+    }
+
+    /// Folds one record into the incident view and tells open pages.
+    pub fn take(&self, r: &Record) -> Option<Change> {
+        let plain = self.secret.decrypt(&r.ciphertext).ok()?;
+        let change = {
+            let mut book = self.book.write().unwrap_or_else(|p| p.into_inner());
+            match r.kind {
+                RecordKind::Event => book.event((r.origin, r.seq), &serde_json::from_slice(&plain).ok()?),
+                RecordKind::Action => book.action((r.origin, r.seq), &serde_json::from_slice(&plain).ok()?),
+            }
+        }?;
+        let json = {
+            let book = self.book.read().unwrap_or_else(|p| p.into_inner());
+            let inc = book.get(change.id())?;
+            serde_json::to_string(&LiveMsg {
+                new: matches!(change, Change::New(_)),
+                incident: inc,
+            })
+            .ok()?
+        };
+        let _ = self.live.send(Arc::from(json));
+        Some(change)
+    }
+}
+
+#[derive(Serialize)]
+struct LiveMsg<'a> {
+    new: bool,
+    incident: &'a Incident,
+}
+
+/// Reads the whole log into the view, then follows new records. Runs until the mesh stops.
+pub async fn feed(state: Arc<UiState>) -> Result<(), MeshError> {
+    let mut sub = state.mesh.subscribe();
+    scan(&state).await?;
+    loop {
+        match sub.recv().await {
+            Ok(r) => {
+                state.take(&r);
+            }
+            Err(broadcast::error::RecvError::Lagged(n)) => {
+                tracing::warn!(missed = n, "UI fell behind the log; reading it again");
+                scan(&state).await?;
+            }
+            Err(broadcast::error::RecvError::Closed) => return Ok(()),
+        }
+    }
+}
+
+async fn scan(state: &UiState) -> Result<(), MeshError> {
+    for (origin, high) in state.mesh.version_vector().await? {
+        let mut from = 1;
+        while from <= high {
+            let recs = state.mesh.range(origin, from, 1000).await?;
+            let Some(last) = recs.last().map(|r| r.seq) else { break };
+            for r in &recs {
+                state.take(r);
+            }
+            from = last + 1;
+        }
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Errors and auth
+
+#[derive(Debug)]
+pub struct ApiError(StatusCode, String);
+
+impl ApiError {
+    fn new(status: StatusCode, msg: impl Into<String>) -> Self {
+        ApiError(status, msg.into())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(serde_json::json!({ "error": self.1 }))).into_response()
+    }
+}
+
+fn cookie_token(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == SESSION_COOKIE)
+        .map(|(_, v)| v.to_string())
+}
+
+/// A logged-in request; for anything but GET/HEAD the CSRF token was checked too.
+pub struct Authed(pub Session);
+
+impl FromRequestParts<Arc<UiState>> for Authed {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &Arc<UiState>) -> Result<Self, Self::Rejection> {
+        let session = cookie_token(&parts.headers)
+            .and_then(|t| state.sessions.get(&t))
+            .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "log in first"))?;
+        if !matches!(parts.method, Method::GET | Method::HEAD) {
+            let sent = parts.headers.get("x-csrf-token").and_then(|v| v.to_str().ok());
+            if sent != Some(session.csrf.as_str()) {
+                return Err(ApiError::new(StatusCode::FORBIDDEN, "missing or wrong CSRF token"));
+            }
+        }
+        Ok(Authed(session))
+    }
+}
+
+/// Only managers.
+pub struct Manager(pub Session);
+
+impl FromRequestParts<Arc<UiState>> for Manager {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &Arc<UiState>) -> Result<Self, Self::Rejection> {
+        let Authed(s) = Authed::from_request_parts(parts, state).await?;
+        if s.role != Role::Manager {
+            return Err(ApiError::new(StatusCode::FORBIDDEN, "managers only"));
+        }
+        Ok(Manager(s))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Routes
+
+pub fn app(state: Arc<UiState>) -> Router {
+    Router::new()
+        .route("/", get(index))
+        .route("/app.js", get(app_js))
+        .route("/app.css", get(app_css))
+        .route("/health", get(|| async { "ok\n" }))
+        .route("/api/login", post(login))
+        .route("/api/logout", post(logout))
+        .route("/api/me", get(me))
+        .route("/api/incidents", get(incidents))
+        .route("/api/incidents/{id}", get(incident))
+        .route("/api/incidents/{id}/actions", post(act))
+        .route("/api/stream", get(stream))
+        .route("/api/cameras", get(cameras))
+        .route("/api/mesh", get(mesh_status))
+        .route("/api/charts/{which}", get(chart))
+        .route("/api/invite", get(invite))
+        .layer(axum::extract::DefaultBodyLimit::max(64 * 1024))
+        .layer(middleware::from_fn(security_headers))
+        .with_state(state)
+}
+
+async fn security_headers(req: Request, next: Next) -> Response {
+    let mut resp = next.run(req).await;
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP));
+    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    if !h.contains_key(header::CACHE_CONTROL) {
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
+    resp
+}
+
+fn asset(ct: &'static str, body: &'static str) -> Response {
+    ([(header::CONTENT_TYPE, ct), (header::CACHE_CONTROL, "no-cache")], body).into_response()
+}
+
+async fn index() -> Response {
+    asset("text/html; charset=utf-8", include_str!("assets/index.html"))
+}
+
+async fn app_js() -> Response {
+    asset("text/javascript; charset=utf-8", include_str!("assets/app.js"))
+}
+
+async fn app_css() -> Response {
+    asset("text/css; charset=utf-8", include_str!("assets/app.css"))
+}
+
+#[derive(Deserialize)]
+struct LoginBody {
+    name: String,
+    password: String,
+}
+
+#[derive(Serialize)]
+struct Me<'a> {
+    name: &'a str,
+    role: Role,
+    csrf: &'a str,
+    store: &'a str,
+    node: &'a str,
+}
+
+/// A browser always says where a request comes from on POST: refuse other origins (login CSRF).
+fn same_origin(headers: &HeaderMap) -> bool {
+    let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
+        return true;
+    };
+    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or("");
+    origin.split_once("://").is_some_and(|(_, rest)| rest == host)
+}
+
+async fn login(State(state): State<Arc<UiState>>, req: Request) -> Result<Response, ApiError> {
+    let ip = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip());
+    if !same_origin(req.headers()) {
+        return Err(ApiError::new(StatusCode::FORBIDDEN, "cross-origin login refused"));
+    }
+    let bytes = axum::body::to_bytes(req.into_body(), 8 * 1024)
+        .await
+        .map_err(|_| ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "request too large"))?;
+    let body: LoginBody = serde_json::from_slice(&bytes)
+        .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "send {\"name\": ..., \"password\": ...}"))?;
+    if let Some(wait) = state.limiter.blocked(&body.name, ip) {
+        let mut r = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!("too many failed logins; try again in {wait} s"),
+        )
+        .into_response();
+        if let Ok(v) = HeaderValue::from_str(&wait.to_string()) {
+            r.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        return Ok(r);
+    }
+    let users = &state.users;
+    let (name, password) = (body.name.clone(), body.password.clone());
+    // argon2 takes tens of milliseconds on purpose: keep it off the async workers.
+    let role = tokio::task::block_in_place(|| users.check(&name, &password));
+    let Some(role) = role else {
+        state.limiter.failed(&body.name, ip);
+        tracing::warn!(user = %body.name, ?ip, "failed login");
+        return Err(ApiError::new(StatusCode::UNAUTHORIZED, "wrong name or password"));
+    };
+    state.limiter.succeeded(&body.name);
+    let (token, session) = state.sessions.create(&body.name, role);
+    let cookie = format!(
+        "{SESSION_COOKIE}={token}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}{}",
+        auth::SESSION_IDLE.as_secs(),
+        if state.secure { "; Secure" } else { "" }
+    );
+    let me = Me {
+        name: &session.user,
+        role: session.role,
+        csrf: &session.csrf,
+        store: &state.store,
+        node: &state.node,
+    };
+    let mut r = Json(me).into_response();
+    if let Ok(v) = HeaderValue::from_str(&cookie) {
+        r.headers_mut().insert(header::SET_COOKIE, v);
+    }
+    Ok(r)
+}
+
+async fn logout(State(state): State<Arc<UiState>>, headers: HeaderMap, Authed(_): Authed) -> Response {
+    if let Some(t) = cookie_token(&headers) {
+        state.sessions.remove(&t);
+    }
+    let mut r = StatusCode::NO_CONTENT.into_response();
+    r.headers_mut().insert(
+        header::SET_COOKIE,
+        HeaderValue::from_static("lpmesh_session=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0"),
+    );
+    r
+}
+
+async fn me(State(state): State<Arc<UiState>>, Authed(s): Authed) -> Json<serde_json::Value> {
+    Json(serde_json::json!({
+        "name": s.user, "role": s.role, "csrf": s.csrf, "store": state.store, "node": state.node,
+    }))
+}
+
+#[derive(Deserialize, Default)]
+struct IncidentQuery {
+    from: Option<String>,
+    to: Option<String>,
+    camera: Option<String>,
+    zone: Option<String>,
+    kind: Option<String>,
+    severity: Option<String>,
+    state: Option<String>,
+    limit: Option<usize>,
+}
+
+fn parse_time(field: &str, v: &Option<String>) -> Result<Option<i64>, ApiError> {
+    let Some(s) = v.as_deref().filter(|s| !s.is_empty()) else {
+        return Ok(None);
+    };
+    if let Ok(ms) = s.parse::<i64>() {
+        return Ok(Some(ms));
+    }
+    chrono::DateTime::parse_from_rfc3339(s)
+        .map(|t| Some(t.timestamp_millis()))
+        .map_err(|_| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, format!("{field}: not a time")))
+}
+
+fn parse_enum<T: serde::de::DeserializeOwned>(field: &str, v: &Option<String>) -> Result<Option<T>, ApiError> {
+    match v.as_deref().filter(|s| !s.is_empty()) {
+        None => Ok(None),
+        Some(s) => serde_json::from_value(serde_json::Value::String(s.to_string()))
+            .map(Some)
+            .map_err(|_| {
+                ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    format!("{field}: unknown value {s:?}"),
+                )
+            }),
+    }
+}
+
+async fn incidents(
+    State(state): State<Arc<UiState>>,
+    Authed(_): Authed,
+    Query(q): Query<IncidentQuery>,
+) -> Result<Json<Vec<Incident>>, ApiError> {
+    let from = parse_time("from", &q.from)?;
+    let to = parse_time("to", &q.to)?;
+    let kind: Option<EventKind> = parse_enum("kind", &q.kind)?;
+    let min_sev: Option<Severity> = parse_enum("severity", &q.severity)?;
+    let st = q.state.as_deref().filter(|s| !s.is_empty());
+    if let Some(s) = st {
+        if !["open", "acknowledged", "resolved", "false_alarm"].contains(&s) {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!("state: unknown value {s:?}"),
+            ));
+        }
+    }
+    let limit = q.limit.unwrap_or(200).clamp(1, 1000);
+    let book = state.book.read().unwrap_or_else(|p| p.into_inner());
+    let mut list: Vec<&Incident> = book
+        .all()
+        .filter(|i| from.is_none_or(|f| i.last_at_ms >= f))
+        .filter(|i| to.is_none_or(|t| i.started_at_ms < t))
+        .filter(|i| q.camera.as_deref().is_none_or(|c| c.is_empty() || i.camera == c))
+        .filter(|i| {
+            q.zone
+                .as_deref()
+                .is_none_or(|z| z.is_empty() || i.zone.as_deref() == Some(z))
+        })
+        // Crossings are counting, not incidents: only when asked for by kind.
+        .filter(|i| match kind {
+            Some(k) => i.kind == k,
+            None => i.kind != EventKind::LineCrossing,
+        })
+        .filter(|i| min_sev.is_none_or(|m| i.severity >= m))
+        .filter(|i| st.is_none_or(|s| i.state.as_str() == s))
+        .collect();
+    list.sort_by(|a, b| (b.started_at_ms, &b.id).cmp(&(a.started_at_ms, &a.id)));
+    Ok(Json(list.into_iter().take(limit).cloned().collect()))
+}
+
+async fn incident(
+    State(state): State<Arc<UiState>>,
+    Authed(_): Authed,
+    Path(id): Path<String>,
+) -> Result<Json<Incident>, ApiError> {
+    let book = state.book.read().unwrap_or_else(|p| p.into_inner());
+    book.get(&id)
+        .cloned()
+        .map(Json)
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "no such incident"))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ActBody {
+    action: ActionKind,
+    #[serde(default)]
+    note: Option<String>,
+}
+
+async fn act(
+    State(state): State<Arc<UiState>>,
+    Authed(s): Authed,
+    Path(id): Path<String>,
+    body: Result<Json<ActBody>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<Incident>, ApiError> {
+    let Json(body) = body.map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.body_text()))?;
+    let note = body.note.map(|n| n.trim().to_string()).filter(|n| !n.is_empty());
+    if note.as_ref().is_some_and(|n| n.len() > MAX_NOTE_LEN) {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("note: at most {MAX_NOTE_LEN} bytes"),
+        ));
+    }
+    if matches!(body.action, ActionKind::Resolve | ActionKind::Note) && note.is_none() {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "note: required to resolve or annotate",
+        ));
+    }
+    let started = {
+        let book = state.book.read().unwrap_or_else(|p| p.into_inner());
+        book.get(&id)
+            .map(|i| i.started_at_ms)
+            .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "no such incident"))?
+    };
+    let action = Action {
+        incident: id.clone(),
+        incident_started_at_ms: started,
+        action: body.action,
+        by: s.user.clone(),
+        node: state.node.clone(),
+        at_ms: chrono::Utc::now().timestamp_millis(),
+        note,
+    };
+    let bytes =
+        serde_json::to_vec(&action).map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let recs = state
+        .mesh
+        .append(vec![(RecordKind::Action, bytes)])
+        .await
+        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+    // Applied here at once, so the answer shows it (the subscription sees it again: a no-op).
+    for r in &recs {
+        state.take(r);
+    }
+    tracing::info!(incident = %id, action = action.action.as_str(), by = %s.user, "operator action");
+    let book = state.book.read().unwrap_or_else(|p| p.into_inner());
+    book.get(&id)
+        .cloned()
+        .map(Json)
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "no such incident"))
+}
+
+async fn stream(
+    State(state): State<Arc<UiState>>,
+    Authed(_): Authed,
+) -> Sse<impl futures::Stream<Item = Result<SseEvent, std::convert::Infallible>>> {
+    let rx = state.live.subscribe();
+    let s = futures::stream::unfold(rx, |mut rx| async move {
+        let ev = match rx.recv().await {
+            Ok(json) => SseEvent::default().event("incident").data(json.as_ref()),
+            // Too slow to keep up: the page reloads its list rather than miss changes.
+            Err(broadcast::error::RecvError::Lagged(_)) => SseEvent::default().event("resync").data("{}"),
+            Err(broadcast::error::RecvError::Closed) => return None,
+        };
+        Some((Ok(ev), rx))
+    });
+    Sse::new(s).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+}
+
+#[derive(Serialize)]
+struct CameraRow {
+    node: String,
+    node_live: bool,
+    #[serde(flatten)]
+    camera: CameraLive,
+}
+
+async fn node_infos(state: &UiState) -> Vec<(lpmesh_mesh::net::NodeSeen, NodeInfo)> {
+    let mut out = Vec::new();
+    for n in state.mesh.nodes().await.unwrap_or_default() {
+        let info: NodeInfo = serde_json::from_slice(&n.info).unwrap_or_default();
+        out.push((n, info));
+    }
+    out
+}
+
+async fn cameras(State(state): State<Arc<UiState>>, Authed(_): Authed) -> Json<Vec<CameraRow>> {
+    let mut rows: Vec<CameraRow> = state
+        .cameras
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .values()
+        .map(|c| CameraRow {
+            node: state.node.clone(),
+            node_live: true,
+            camera: c.clone(),
+        })
+        .collect();
+    let me = state.mesh.origin();
+    for (n, info) in node_infos(&state).await {
+        if n.origin == me {
+            continue;
+        }
+        for c in info.cameras {
+            rows.push(CameraRow {
+                node: info.name.clone(),
+                node_live: n.live,
+                camera: CameraLive {
+                    // A node that stopped beating cannot vouch for its cameras.
+                    online: c.online && n.live,
+                    ..c
+                },
+            });
+        }
+    }
+    rows.sort_by(|a, b| (&a.node, &a.camera.name).cmp(&(&b.node, &b.camera.name)));
+    Json(rows)
+}
+
+async fn mesh_status(State(state): State<Arc<UiState>>, Authed(_): Authed) -> Json<serde_json::Value> {
+    let me = state.mesh.origin();
+    let leader = state.mesh.leader().await.ok().flatten();
+    let nodes: Vec<serde_json::Value> = node_infos(&state)
+        .await
+        .into_iter()
+        .map(|(n, info)| {
+            serde_json::json!({
+                "id": n.origin.to_string(),
+                "name": if info.name.is_empty() { n.origin.to_string() } else { info.name },
+                "online": n.live,
+                "silent_secs": n.silent_ms / 1000,
+                "hq_reachable": n.hq_reachable,
+                "priority": n.priority,
+                "leader": leader == Some(n.origin),
+                "this": n.origin == me,
+                "cameras": info.cameras.len(),
+            })
+        })
+        .collect();
+    let uplink = state.uplink.as_ref().map(|u| u.borrow().clone());
+    let stats = state.mesh.stats().await.ok();
+    Json(serde_json::json!({
+        "store": state.store,
+        "node": state.node,
+        "leader": leader.map(|l| l.to_string()),
+        "nodes": nodes,
+        "peers": stats.as_ref().map_or(0, |s| s.peers),
+        "records": stats.as_ref().map_or(0, |s| s.records),
+        "uplink": uplink,
+    }))
+}
+
+#[derive(Deserialize)]
+struct ChartQuery {
+    days: Option<u32>,
+}
+
+async fn chart(
+    State(state): State<Arc<UiState>>,
+    Authed(_): Authed,
+    Path(which): Path<String>,
+    Query(q): Query<ChartQuery>,
+) -> Result<Response, ApiError> {
+    let days = q.days.unwrap_or(1);
+    if days != 1 && days != 7 {
+        return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "days: 1 or 7"));
+    }
+    let now = chrono::Utc::now().timestamp_millis();
+    let svg = {
+        let book = state.book.read().unwrap_or_else(|p| p.into_inner());
+        match which.as_str() {
+            "footfall.svg" => charts::footfall(&book, state.tz, now, days),
+            "incidents.svg" => charts::incidents(&book, state.tz, now, days),
+            _ => return Err(ApiError::new(StatusCode::NOT_FOUND, "no such chart")),
+        }
+    };
+    Ok(([(header::CONTENT_TYPE, "image/svg+xml")], svg).into_response())
+}
+
+async fn invite(State(state): State<Arc<UiState>>, Manager(s): Manager) -> Result<Json<serde_json::Value>, ApiError> {
+    let peer = state.mesh.peer_id();
+    let boot: Vec<String> = state
+        .mesh
+        .listen_addrs()
+        .await
+        .unwrap_or_default()
+        .iter()
+        .filter(|a| !a.to_string().contains("/127.0.0.1/"))
+        .map(|a| format!("{a}/p2p/{peer}"))
+        .collect();
+    let token = crate::node::invite(&state.data_dir, boot)
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let svg = qrcode::QrCode::new(token.as_bytes())
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+        .render::<qrcode::render::svg::Color>()
+        .min_dimensions(320, 320)
+        .build();
+    tracing::info!(by = %s.user, "join token shown in the UI");
+    Ok(Json(serde_json::json!({ "token": token, "qr_svg": svg })))
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Serving
+
+pub struct Running {
+    pub addr: SocketAddr,
+    handle: axum_server::Handle<SocketAddr>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    pub async fn shutdown(self, grace: Duration) {
+        self.handle.graceful_shutdown(Some(grace));
+        let _ = self.task.await;
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum UiError {
+    #[error("UI cannot listen on {addr}: {reason}")]
+    Listen { addr: SocketAddr, reason: String },
+    #[error("UI TLS: {0}")]
+    Tls(String),
+}
+
+/// Serves the UI on `addr`, over TLS when `tls` holds a PEM certificate and key.
+pub async fn serve(state: Arc<UiState>, addr: SocketAddr, tls: Option<(Vec<u8>, Vec<u8>)>) -> Result<Running, UiError> {
+    let listen = |e: std::io::Error| UiError::Listen {
+        addr,
+        reason: e.to_string(),
+    };
+    let listener = std::net::TcpListener::bind(addr).map_err(listen)?;
+    listener.set_nonblocking(true).map_err(listen)?;
+    let local = listener.local_addr().map_err(listen)?;
+    let handle = axum_server::Handle::new();
+    let svc = app(state).into_make_service_with_connect_info::<SocketAddr>();
+    let h = handle.clone();
+    let task = match tls {
+        Some((cert, key)) => {
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            let cfg = axum_server::tls_rustls::RustlsConfig::from_pem(cert, key)
+                .await
+                .map_err(|e| UiError::Tls(e.to_string()))?;
+            let server = axum_server::from_tcp_rustls(listener, cfg).map_err(listen)?.handle(h);
+            tokio::spawn(async move {
+                if let Err(e) = server.serve(svc).await {
+                    tracing::error!(error = %e, "UI listener stopped");
+                }
+            })
+        }
+        None => {
+            let server = axum_server::from_tcp(listener).map_err(listen)?.handle(h);
+            tokio::spawn(async move {
+                if let Err(e) = server.serve(svc).await {
+                    tracing::error!(error = %e, "UI listener stopped");
+                }
+            })
+        }
+    };
+    Ok(Running {
+        addr: local,
+        handle,
+        task,
+    })
+}

@@ -1,0 +1,459 @@
+//! The tablet UI's router in-process (`ui::app(state)` over a real single-node mesh): every route's
+//! authentication and role checks, CSRF, login limits, validation, and the incident flow.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{header, Request, StatusCode};
+use libp2p_identity::Keypair;
+use lpmesh_mesh::crypto::StoreSecret;
+use lpmesh_mesh::keys::StoreSecrets;
+use lpmesh_mesh::net::{self, MeshConfig};
+use lpmesh_mesh::record::RecordKind;
+use lpmesh_node::event::{Detail, Event, EventKind, Phase, Severity};
+use lpmesh_node::ui::auth::Role;
+use lpmesh_node::ui::{self, UiState};
+use tower::ServiceExt;
+
+struct Fixture {
+    state: Arc<UiState>,
+    dir: std::path::PathBuf,
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+async fn fixture(secure: bool) -> Fixture {
+    let dir = std::env::temp_dir().join(format!("lpmesh-ui-{}-{}", std::process::id(), rand::random::<u32>()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let secrets = StoreSecrets::generate("shop-ui").unwrap();
+    secrets.save(&dir).unwrap();
+    let mut cfg = MeshConfig::new("shop-ui", secrets.psk().unwrap(), dir.join("log"));
+    cfg.listen = vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()];
+    cfg.mdns = false;
+    let mesh = net::start(cfg, Keypair::generate_ed25519(), secrets.recipient().unwrap()).unwrap();
+    let secret = StoreSecret::parse(&secrets.age_secret).unwrap();
+    let state = UiState::new(
+        "shop-ui",
+        "front",
+        dir.clone(),
+        mesh,
+        secret,
+        None,
+        Default::default(),
+        chrono_tz::Europe::London,
+        secure,
+    );
+    tokio::spawn(ui::feed(state.clone()));
+    state.users.add("manager", Role::Manager, "manager password").unwrap();
+    state.users.add("guard", Role::Security, "guard password").unwrap();
+    Fixture { state, dir }
+}
+
+async fn send(f: &Fixture, req: Request<Body>) -> (StatusCode, axum::http::HeaderMap, Vec<u8>) {
+    let resp = ui::app(f.state.clone()).oneshot(req).await.unwrap();
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let body = axum::body::to_bytes(resp.into_body(), 4 << 20).await.unwrap().to_vec();
+    (status, headers, body)
+}
+
+fn get(path: &str, cookie: Option<&str>) -> Request<Body> {
+    let mut r = Request::get(path);
+    if let Some(c) = cookie {
+        r = r.header(header::COOKIE, c);
+    }
+    r.body(Body::empty()).unwrap()
+}
+
+fn post(path: &str, cookie: Option<&str>, csrf: Option<&str>, body: serde_json::Value) -> Request<Body> {
+    let mut r = Request::post(path).header(header::CONTENT_TYPE, "application/json");
+    if let Some(c) = cookie {
+        r = r.header(header::COOKIE, c);
+    }
+    if let Some(t) = csrf {
+        r = r.header("x-csrf-token", t);
+    }
+    r.body(Body::from(body.to_string())).unwrap()
+}
+
+/// Logs in; returns the cookie and the CSRF token.
+async fn login(f: &Fixture, name: &str, password: &str) -> (String, String) {
+    let (status, headers, body) = send(
+        f,
+        post(
+            "/api/login",
+            None,
+            None,
+            serde_json::json!({"name": name, "password": password}),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+    let cookie = headers[header::SET_COOKIE].to_str().unwrap().to_string();
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    (
+        cookie.split(';').next().unwrap().to_string(),
+        v["csrf"].as_str().unwrap().to_string(),
+    )
+}
+
+fn event(id: &str, kind: EventKind, severity: Severity, at: i64) -> Event {
+    Event {
+        incident: id.into(),
+        phase: Phase::Start,
+        store: "shop-ui".into(),
+        node: "front".into(),
+        camera: "door".into(),
+        zone: Some("exit".into()),
+        kind,
+        severity,
+        started_at_ms: at,
+        at_ms: at,
+        ended_at_ms: None,
+        track: Some(1),
+        bbox: None,
+        confidence: 0.8,
+        model: "m".into(),
+        detail: Detail::default(),
+    }
+}
+
+async fn append(f: &Fixture, e: &Event) {
+    f.state
+        .mesh
+        .append(vec![(RecordKind::Event, serde_json::to_vec(e).unwrap())])
+        .await
+        .unwrap();
+    for _ in 0..100 {
+        if f.state.book.read().unwrap().get(&e.incident).is_some() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the UI never saw {}", e.incident);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_route_but_health_login_and_assets_needs_a_session() {
+    let f = fixture(false).await;
+    for path in ["/", "/app.js", "/app.css", "/health"] {
+        let (status, headers, body) = send(&f, get(path, None)).await;
+        assert_eq!(status, StatusCode::OK, "{path}");
+        let csp = headers[header::CONTENT_SECURITY_POLICY].to_str().unwrap();
+        assert!(
+            csp.contains("default-src 'none'") && csp.contains("script-src 'self'"),
+            "{csp}"
+        );
+        assert_eq!(headers[header::X_CONTENT_TYPE_OPTIONS], "nosniff");
+        // Nothing is loaded from elsewhere: works with no internet.
+        let text = String::from_utf8(body).unwrap();
+        assert!(
+            !text.contains("http://") && !text.contains("https://"),
+            "{path} refers to another site"
+        );
+    }
+    for path in [
+        "/api/me",
+        "/api/incidents",
+        "/api/incidents/x",
+        "/api/stream",
+        "/api/cameras",
+        "/api/mesh",
+        "/api/charts/footfall.svg",
+        "/api/invite",
+    ] {
+        assert_eq!(send(&f, get(path, None)).await.0, StatusCode::UNAUTHORIZED, "{path}");
+        assert_eq!(
+            send(&f, get(path, Some("lpmesh_session=forged"))).await.0,
+            StatusCode::UNAUTHORIZED,
+            "{path}"
+        );
+    }
+    for path in ["/api/logout", "/api/incidents/x/actions"] {
+        let (status, _, _) = send(&f, post(path, None, None, serde_json::json!({}))).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{path}");
+    }
+    // The first load, everything a tablet fetches before logging in, is small.
+    let size: usize = [
+        include_str!("../src/ui/assets/index.html"),
+        include_str!("../src/ui/assets/app.js"),
+        include_str!("../src/ui/assets/app.css"),
+    ]
+    .iter()
+    .map(|s| s.len())
+    .sum();
+    assert!(size < 300 * 1024, "first load {size} bytes");
+    eprintln!("UI first load: {size} bytes");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_sets_a_strict_cookie_and_failures_are_limited() {
+    let f = fixture(false).await;
+    let (status, headers, _) = send(
+        &f,
+        post(
+            "/api/login",
+            None,
+            None,
+            serde_json::json!({"name": "manager", "password": "manager password"}),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let cookie = headers[header::SET_COOKIE].to_str().unwrap();
+    assert!(
+        cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"),
+        "{cookie}"
+    );
+    assert!(!cookie.contains("Secure"), "no TLS, no Secure flag");
+    // From another site: refused before the password is even checked.
+    let mut cross = post(
+        "/api/login",
+        None,
+        None,
+        serde_json::json!({"name": "manager", "password": "manager password"}),
+    );
+    cross
+        .headers_mut()
+        .insert(header::ORIGIN, "http://evil.example".parse().unwrap());
+    cross
+        .headers_mut()
+        .insert(header::HOST, "10.0.0.5:8080".parse().unwrap());
+    assert_eq!(send(&f, cross).await.0, StatusCode::FORBIDDEN);
+    for _ in 0..5 {
+        let (s, _, _) = send(
+            &f,
+            post(
+                "/api/login",
+                None,
+                None,
+                serde_json::json!({"name": "guard", "password": "guess"}),
+            ),
+        )
+        .await;
+        assert_eq!(s, StatusCode::UNAUTHORIZED);
+    }
+    // Locked now, even with the right password.
+    let (s, h, _) = send(
+        &f,
+        post(
+            "/api/login",
+            None,
+            None,
+            serde_json::json!({"name": "guard", "password": "guard password"}),
+        ),
+    )
+    .await;
+    assert_eq!(s, StatusCode::TOO_MANY_REQUESTS);
+    assert!(h.contains_key(header::RETRY_AFTER));
+    let (s, _, _) = send(&f, post("/api/login", None, None, serde_json::json!({"nam": "x"}))).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+
+    let tls = fixture(true).await;
+    let (_, headers, _) = send(
+        &tls,
+        post(
+            "/api/login",
+            None,
+            None,
+            serde_json::json!({"name": "manager", "password": "manager password"}),
+        ),
+    )
+    .await;
+    assert!(headers[header::SET_COOKIE].to_str().unwrap().contains("; Secure"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_need_the_csrf_token_and_security_staff_cannot_invite() {
+    let f = fixture(false).await;
+    let now = chrono::Utc::now().timestamp_millis();
+    append(
+        &f,
+        &event("front/door/1", EventKind::ExitWithoutCheckout, Severity::High, now),
+    )
+    .await;
+    let (guard, guard_csrf) = login(&f, "guard", "guard password").await;
+    let ack = serde_json::json!({"action": "acknowledge"});
+    let path = "/api/incidents/front%2Fdoor%2F1/actions";
+    assert_eq!(
+        send(&f, post(path, Some(&guard), None, ack.clone())).await.0,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        send(&f, post(path, Some(&guard), Some("not-the-token"), ack.clone()))
+            .await
+            .0,
+        StatusCode::FORBIDDEN
+    );
+    let (manager, manager_csrf) = login(&f, "manager", "manager password").await;
+    assert_eq!(
+        send(&f, post(path, Some(&guard), Some(&manager_csrf), ack.clone()))
+            .await
+            .0,
+        StatusCode::FORBIDDEN,
+        "another session's token does not do"
+    );
+    let (s, _, body) = send(&f, post(path, Some(&guard), Some(&guard_csrf), ack)).await;
+    assert_eq!(s, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+    let inc: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(inc["state"], "acknowledged");
+    assert_eq!(inc["acknowledged_by"], "guard");
+    // Security staff do incidents, not invites.
+    assert_eq!(
+        send(&f, get("/api/invite", Some(&guard))).await.0,
+        StatusCode::FORBIDDEN
+    );
+    let (s, _, body) = send(&f, get("/api/invite", Some(&manager))).await;
+    assert_eq!(s, StatusCode::OK);
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert!(v["token"].as_str().unwrap().starts_with("lpmesh-join-1."));
+    assert!(v["qr_svg"].as_str().unwrap().contains("<svg"));
+    // Logging out ends the session.
+    assert_eq!(
+        send(
+            &f,
+            post("/api/logout", Some(&guard), Some(&guard_csrf), serde_json::json!({}))
+        )
+        .await
+        .0,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(send(&f, get("/api/me", Some(&guard))).await.0, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn incidents_are_listed_filtered_and_acted_on() {
+    let f = fixture(false).await;
+    let now = chrono::Utc::now().timestamp_millis();
+    append(
+        &f,
+        &event("front/door/1", EventKind::Loitering, Severity::Low, now - 60_000),
+    )
+    .await;
+    append(
+        &f,
+        &event(
+            "front/door/2",
+            EventKind::ExitWithoutCheckout,
+            Severity::High,
+            now - 30_000,
+        ),
+    )
+    .await;
+    let mut crossing = event("front/door/3", EventKind::LineCrossing, Severity::Info, now - 10_000);
+    crossing.phase = Phase::Instant;
+    append(&f, &crossing).await;
+    let (c, csrf) = login(&f, "manager", "manager password").await;
+    let list = |q: &'static str| {
+        let c = c.clone();
+        let f = &f;
+        async move {
+            let (s, _, b) = send(f, get(&format!("/api/incidents{q}"), Some(&c))).await;
+            (s, serde_json::from_slice::<serde_json::Value>(&b).unwrap_or_default())
+        }
+    };
+    let (s, all) = list("").await;
+    assert_eq!(s, StatusCode::OK);
+    let ids: Vec<&str> = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        vec!["front/door/2", "front/door/1"],
+        "newest first, crossings are not incidents"
+    );
+    assert_eq!(list("?severity=high").await.1.as_array().unwrap().len(), 1);
+    assert_eq!(list("?kind=line_crossing").await.1.as_array().unwrap().len(), 1);
+    assert_eq!(list("?camera=elsewhere").await.1.as_array().unwrap().len(), 0);
+    assert_eq!(list("?severity=extreme").await.0, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(list("?from=yesterday").await.0, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(list("?state=lost").await.0, StatusCode::UNPROCESSABLE_ENTITY);
+
+    let path = "/api/incidents/front%2Fdoor%2F2/actions";
+    let (s, _, _) = send(
+        &f,
+        post(path, Some(&c), Some(&csrf), serde_json::json!({"action": "resolve"})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "resolving needs a note");
+    let (s, _, _) = send(
+        &f,
+        post(path, Some(&c), Some(&csrf), serde_json::json!({"action": "explode"})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
+    let long = "x".repeat(300);
+    let (s, _, _) = send(
+        &f,
+        post(
+            path,
+            Some(&c),
+            Some(&csrf),
+            serde_json::json!({"action": "note", "note": long}),
+        ),
+    )
+    .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
+    let (s, _, _) = send(
+        &f,
+        post(
+            "/api/incidents/nope/actions",
+            Some(&c),
+            Some(&csrf),
+            serde_json::json!({"action": "acknowledge"}),
+        ),
+    )
+    .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, _, b) = send(
+        &f,
+        post(
+            path,
+            Some(&c),
+            Some(&csrf),
+            serde_json::json!({"action": "resolve", "note": "bag checked, receipt shown"}),
+        ),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{}", String::from_utf8_lossy(&b));
+    assert_eq!(list("?state=resolved").await.1.as_array().unwrap().len(), 1);
+    let (s, _, b) = send(&f, get("/api/incidents/front%2Fdoor%2F2", Some(&c))).await;
+    assert_eq!(s, StatusCode::OK);
+    let inc: serde_json::Value = serde_json::from_slice(&b).unwrap();
+    let history: Vec<&str> = inc["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["what"].as_str().unwrap())
+        .collect();
+    assert_eq!(history, vec!["start", "resolve"]);
+    // The action is a record of the mesh, so every node sees it.
+    let vv = f.state.mesh.version_vector().await.unwrap();
+    assert_eq!(net::count(&vv), 4);
+
+    let (s, h, b) = send(&f, get("/api/charts/footfall.svg?days=7", Some(&c))).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(h[header::CONTENT_TYPE], "image/svg+xml");
+    assert!(String::from_utf8(b).unwrap().starts_with("<svg"));
+    assert_eq!(
+        send(&f, get("/api/charts/incidents.svg?days=3", Some(&c))).await.0,
+        StatusCode::UNPROCESSABLE_ENTITY
+    );
+    let (s, _, b) = send(&f, get("/api/mesh", Some(&c))).await;
+    assert_eq!(s, StatusCode::OK);
+    let m: serde_json::Value = serde_json::from_slice(&b).unwrap();
+    assert_eq!(m["store"], "shop-ui");
+    let resp = ui::app(f.state.clone())
+        .oneshot(get("/api/stream", Some(&c)))
+        .await
+        .unwrap();
+    assert_eq!(resp.headers()[header::CONTENT_TYPE], "text/event-stream");
+}

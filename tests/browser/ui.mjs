@@ -1,0 +1,84 @@
+// Drives Debian's Chromium against two running lpmesh nodes (started by tests/tests/browser.rs):
+// log in on node A; an incident raised by node B's camera appears on A's page without a reload;
+// acknowledge it on A; node B's page shows it acknowledged. Screenshots go to $OUT.
+// Prints one JSON line with what it saw; exits non-zero on any failure.
+import { chromium } from 'playwright-core';
+
+const { URL_A, URL_B, USER, PASS, OUT, KIND } = process.env;
+const kindText = (KIND || 'restricted_entry').replace(/_/g, ' ');
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
+  headless: true,
+  args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking',
+    '--disable-component-update', '--disable-sync', '--disable-default-apps'],
+});
+const result = {};
+let current = null;
+try {
+  const login = async (url) => {
+    const ctx = await browser.newContext({ viewport: { width: 1280, height: 800 } });
+    const page = await ctx.newPage();
+    page.on('pageerror', (e) => { result.page_errors = (result.page_errors || []).concat(String(e)); });
+    await page.goto(url);
+    await page.fill('#login-name', USER);
+    await page.fill('#login-password', PASS);
+    await page.click('#login-submit');
+    await page.waitForSelector('#app:not(.hidden)', { timeout: 10000 });
+    current = page;
+    return page;
+  };
+  const a = await login(URL_A);
+  await a.evaluate(() => { window.__sameDocument = true; });
+  await a.screenshot({ path: `${OUT}/1-node-a-live.png`, fullPage: true });
+  // B's camera raises incidents; one that A's page did not have when it loaded must arrive by the
+  // live stream, with no reload.
+  const before = new Set(await a.locator('#feed li').evaluateAll((els) => els.map((e) => e.dataset.id)));
+  result.feed_at_load = before.size;
+  const started = Date.now();
+  const handle = await a.waitForFunction(({ known, kind }) => {
+    const li = [...document.querySelectorAll('#feed li')].find((e) => !known.includes(e.dataset.id) && e.textContent.includes(kind));
+    return li ? li.dataset.id : null;
+  }, { known: [...before], kind: kindText }, { timeout: 60000, polling: 100 });
+  const id = await handle.jsonValue();
+  result.seen_on_a_after_ms = Date.now() - started;
+  result.same_document = await a.evaluate(() => window.__sameDocument === true);
+  result.incident = id;
+  await a.screenshot({ path: `${OUT}/2-node-a-incident-arrived.png`, fullPage: true });
+  // The feed moves as incidents arrive: find the item by its id at the moment of the tap.
+  await a.locator(`#feed li[data-id="${id}"]`).click();
+  await a.waitForSelector('#view-incident:not(.hidden)');
+  await a.waitForFunction((want) => document.querySelector('#incident-detail').dataset.id === want, id);
+  await a.click('#btn-ack');
+  await a.locator('#incident-state', { hasText: 'acknowledged' }).waitFor({ timeout: 5000 });
+  await a.screenshot({ path: `${OUT}/3-node-a-acknowledged.png`, fullPage: true });
+
+  const b = await login(URL_B);
+  const t = Date.now();
+  await b.goto(`${URL_B}/#/incident/${encodeURIComponent(id)}`);
+  await b.locator('#incident-state', { hasText: 'acknowledged' }).waitFor({ timeout: 5000 });
+  result.acknowledged_on_b_after_ms = Date.now() - t;
+  await b.screenshot({ path: `${OUT}/4-node-b-shows-acknowledged.png`, fullPage: true });
+
+  // Charts and the mesh page render on B too.
+  await b.goto(`${URL_B}/#/mesh`);
+  await b.locator('#mesh-rows tr').nth(1).waitFor({ timeout: 15000 }).catch(() => {});
+  result.mesh_rows = await b.locator('#mesh-rows tr').count();
+  await b.screenshot({ path: `${OUT}/5-node-b-mesh.png`, fullPage: true });
+  await b.goto(`${URL_B}/#/charts`);
+  await b.waitForFunction(() => document.querySelector('#chart-footfall').naturalWidth > 0, null, { timeout: 10000 });
+  await b.screenshot({ path: `${OUT}/6-node-b-charts.png`, fullPage: true });
+  result.ok = !result.page_errors;
+} catch (e) {
+  result.ok = false;
+  result.error = String(e && e.stack || e);
+  if (current) {
+    result.url = current.url();
+    result.action_error = await current.locator('#action-error').textContent().catch(() => null);
+    result.state_text = await current.locator('#incident-state').textContent().catch(() => null);
+    await current.screenshot({ path: `${OUT}/failure.png`, fullPage: true }).catch(() => {});
+  }
+} finally {
+  await browser.close();
+}
+console.log(JSON.stringify(result));
+process.exit(result.ok ? 0 : 1);

@@ -1,0 +1,164 @@
+//! The tablet UI in a real browser (Debian's Chromium, headless, driven by Playwright from
+//! `tests/browser/ui.mjs`) against two real `lpmesh run` nodes: log in on node A; an incident raised by
+//! node B's camera appears on A's page without a reload; acknowledge it on A; node B's page shows it
+//! acknowledged. Screenshots are kept in `target/ui-artefacts/`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use lpmesh_tests::{lpmesh, lpmesh_path, TempDir};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn ok(args: &[&str], stdin: Option<&str>) -> String {
+    let mut c = lpmesh();
+    c.args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    if let Some(s) = stdin {
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(s.as_bytes()).unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "lpmesh {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+struct Node(Child);
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").args(["-INT", &self.0.id().to_string()]).status();
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_secs(15) {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.0.kill();
+    }
+}
+
+fn run(config: &Path, log: &Path) -> Node {
+    Node(
+        Command::new(lpmesh_path())
+            .args(["run", "--config", &config.to_string_lossy()])
+            .env("LPMESH_LOG", "info")
+            .stdout(Stdio::from(std::fs::File::create(log.with_extension("out")).unwrap()))
+            .stderr(Stdio::from(std::fs::File::create(log).unwrap()))
+            .spawn()
+            .unwrap(),
+    )
+}
+
+fn wait_for_port(port: u16) {
+    let t = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(t.elapsed() < Duration::from_secs(20), "nothing listens on {port}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+#[test]
+fn an_incident_on_node_b_reaches_node_a_and_its_acknowledgement_comes_back() {
+    let script = repo().join("tests/browser/ui.mjs");
+    assert!(
+        repo().join("tests/browser/node_modules/playwright-core").exists(),
+        "playwright-core missing: run scripts/setup.sh"
+    );
+    assert!(
+        Path::new("/usr/bin/chromium").exists(),
+        "Chromium missing: run scripts/setup.sh"
+    );
+    let dir = TempDir::new("browser");
+    let (n1, n2) = (dir.join("n1"), dir.join("n2"));
+    ok(&["init", "--store", "shop-ui", "--data", &n1.to_string_lossy()], None);
+    let token = ok(&["invite", "--data", &n1.to_string_lossy()], None);
+    ok(&["join", token.trim(), "--data", &n2.to_string_lossy()], None);
+    for n in [&n1, &n2] {
+        ok(
+            &[
+                "user",
+                "add",
+                "--data",
+                &n.to_string_lossy(),
+                "--role",
+                "manager",
+                "--password-stdin",
+                "alex",
+            ],
+            Some("store manager pass\n"),
+        );
+    }
+    let (m1, m2, u1, u2) = (free_port(), free_port(), free_port(), free_port());
+    let c1 = dir.join("n1.toml");
+    std::fs::write(
+        &c1,
+        format!(
+            "store = \"shop-ui\"\nnode = \"front\"\ndata_dir = \"{}\"\n[mesh]\nlisten = [\"/ip4/127.0.0.1/tcp/{m1}\"]\nmdns = false\n[ui]\nlisten = \"127.0.0.1:{u1}\"\n",
+            n1.display()
+        ),
+    )
+    .unwrap();
+    // Node B's camera: the whole view is a stockroom, so the first person seen is an incident.
+    let c2 = dir.join("n2.toml");
+    std::fs::write(
+        &c2,
+        format!(
+            "store = \"shop-ui\"\nnode = \"back\"\ndata_dir = \"{}\"\n[mesh]\nlisten = [\"/ip4/127.0.0.1/tcp/{m2}\"]\nbootstrap = [\"/ip4/127.0.0.1/tcp/{m1}\"]\nmdns = false\n[ui]\nlisten = \"127.0.0.1:{u2}\"\n[[camera]]\nname = \"stockroom-door\"\nsource = \"cache:data/vtest.avi\"\n[[camera.zone]]\nname = \"stockroom\"\nkind = \"restricted\"\npolygon = [[0.0, 0.0], [1.0, 0.0], [1.0, 1.0], [0.0, 1.0]]\n",
+            n2.display()
+        ),
+    )
+    .unwrap();
+    let _a = run(&c1, &dir.join("n1.log"));
+    wait_for_port(u1);
+    let _b = run(&c2, &dir.join("n2.log"));
+    wait_for_port(u2);
+    let out_dir = repo().join("target/ui-artefacts");
+    std::fs::create_dir_all(&out_dir).unwrap();
+    let out = Command::new("node")
+        .arg(&script)
+        .env("URL_A", format!("http://127.0.0.1:{u1}"))
+        .env("URL_B", format!("http://127.0.0.1:{u2}"))
+        .env("USER", "alex")
+        .env("PASS", "store manager pass")
+        .env("OUT", &out_dir)
+        .output()
+        .expect("node (Node.js) runs the browser script");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let last = stdout.lines().last().unwrap_or("{}");
+    let v: serde_json::Value = serde_json::from_str(last).unwrap_or_default();
+    assert!(
+        out.status.success() && v["ok"] == true,
+        "browser run failed: {stdout}\n{}\nnode A log:\n{}\nnode B log:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        std::fs::read_to_string(dir.join("n1.log")).unwrap_or_default(),
+        std::fs::read_to_string(dir.join("n2.log")).unwrap_or_default()
+    );
+    assert_eq!(v["same_document"], true, "the incident arrived without a reload");
+    assert!(
+        v["mesh_rows"].as_u64().unwrap() >= 2,
+        "both nodes on the mesh page: {v}"
+    );
+    for shot in ["2-node-a-incident-arrived.png", "4-node-b-shows-acknowledged.png"] {
+        assert!(out_dir.join(shot).metadata().unwrap().len() > 1000, "{shot}");
+    }
+    eprintln!("browser: {v}");
+}
