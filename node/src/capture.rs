@@ -108,6 +108,8 @@ pub struct OpenCvCapture {
     /// Analyse at most this many frames per second (the rest are decoded and dropped here).
     detect_interval: Option<f64>,
     next_due: f64,
+    /// Where this camera leaves a recent still for the zone editor (only on this node, in memory).
+    still: Option<(std::sync::Arc<crate::ui::zones::ZoneControl>, String, Option<Instant>)>,
 }
 
 impl OpenCvCapture {
@@ -125,6 +127,7 @@ impl OpenCvCapture {
             bgr: Vec::new(),
             detect_interval: None,
             next_due: 0.0,
+            still: None,
         })
     }
 
@@ -151,12 +154,37 @@ impl OpenCvCapture {
     }
 }
 
+impl OpenCvCapture {
+    /// Keeps a still of this camera for the zone editor, refreshed every few seconds.
+    pub fn with_still(mut self, zones: std::sync::Arc<crate::ui::zones::ZoneControl>, camera: &str) -> Self {
+        self.still = Some((zones, camera.to_string(), None));
+        self
+    }
+
+    fn keep_still(&mut self, frame: &Frame) {
+        let Some((zones, camera, last)) = &mut self.still else {
+            return;
+        };
+        if last.is_some_and(|t| t.elapsed().as_secs_f64() < crate::ui::zones::STILL_EVERY_SECS) {
+            return;
+        }
+        *last = Some(Instant::now());
+        let now = chrono::Utc::now().timestamp_millis();
+        if let Some(s) = crate::ui::zones::Still::downscale(&frame.bgr, frame.width, frame.height, now) {
+            zones.set_still(camera, s);
+        }
+    }
+}
+
 impl Capture for OpenCvCapture {
     fn next(&mut self, mut tensor: Vec<f32>) -> Result<Option<PreparedFrame>, String> {
         loop {
             let t0 = Instant::now();
             let frame = match self.source.next_frame(std::mem::take(&mut self.bgr)) {
-                Ok(Some(f)) => f,
+                Ok(Some(f)) => {
+                    self.keep_still(&f);
+                    f
+                }
                 Ok(None) | Err(SourceError::Stopped) => return Ok(None),
                 Err(SourceError::Unavailable { .. }) => {
                     return Ok(Some(PreparedFrame::offline(self.source.clock(), tensor)))

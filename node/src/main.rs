@@ -616,6 +616,7 @@ mod daemon {
         mesh: &lpmesh_mesh::net::MeshHandle,
         uplink: Option<tokio::sync::watch::Receiver<lpmesh_node::uplink::UplinkStatus>>,
         board: lpmesh_node::ui::CameraBoard,
+        zone_control: Arc<lpmesh_node::ui::zones::ZoneControl>,
     ) -> Result<Option<(lpmesh_node::ui::Running, String)>> {
         if !cfg.ui.enabled {
             return Ok(None);
@@ -632,7 +633,8 @@ mod daemon {
             board,
             tz,
             cfg.ui.tls,
-        );
+        )
+        .with_zones(zone_control);
         let feed_state = state.clone();
         tokio::spawn(async move {
             if let Err(e) = lpmesh_node::ui::feed(feed_state).await {
@@ -749,7 +751,8 @@ mod daemon {
                 }
             };
             let board: lpmesh_node::ui::CameraBoard = Default::default();
-            let ui = start_ui(&cfg, &mesh, uplink.as_ref().map(|u| u.watch()), board.clone()).await?;
+            let zone_control = lpmesh_node::ui::zones::ZoneControl::new(config.to_path_buf(), &cfg.cameras);
+            let ui = start_ui(&cfg, &mesh, uplink.as_ref().map(|u| u.watch()), board.clone(), zone_control.clone()).await?;
             // What the other nodes' tablets show about this node: its name and its cameras' health.
             let info_mesh = mesh.clone();
             let info_board = board.clone();
@@ -780,7 +783,7 @@ mod daemon {
                 addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", ")
             );
             #[cfg(feature = "vision")]
-            let cameras: Vec<_> = cfg.cameras.iter().map(|c| vision::spawn_camera(cfg.clone(), c.clone(), tx.clone(), stop.clone(), board.clone())).collect();
+            let cameras: Vec<_> = cfg.cameras.iter().map(|c| vision::spawn_camera(cfg.clone(), c.clone(), tx.clone(), stop.clone(), board.clone(), zone_control.clone())).collect();
             drop(tx);
             while !stop.load(Ordering::Relaxed) {
                 tokio::time::sleep(std::time::Duration::from_millis(100)).await;
@@ -1116,22 +1119,26 @@ mod vision {
         tx: tokio::sync::mpsc::Sender<Event>,
         stop: Arc<AtomicBool>,
         board: lpmesh_node::ui::CameraBoard,
+        zone_control: Arc<lpmesh_node::ui::zones::ZoneControl>,
     ) -> std::thread::JoinHandle<()> {
         std::thread::spawn(move || {
             let model = model_path(None, &cfg);
-            let zones: Vec<(String, lpmesh_node::zone::Polygon)> = cam
-                .zones
-                .iter()
-                .filter_map(|z| {
-                    let pts = z
-                        .polygon
-                        .iter()
-                        .filter(|p| p.len() == 2)
-                        .map(|p| [p[0], p[1]])
-                        .collect();
-                    lpmesh_node::zone::Polygon::new(pts).map(|p| (z.name.clone(), p))
-                })
-                .collect();
+            let polygons = |cam: &CameraConfig| -> Vec<(String, lpmesh_node::zone::Polygon)> {
+                cam.zones
+                    .iter()
+                    .filter_map(|z| {
+                        let pts = z
+                            .polygon
+                            .iter()
+                            .filter(|p| p.len() == 2)
+                            .map(|p| [p[0], p[1]])
+                            .collect();
+                        lpmesh_node::zone::Polygon::new(pts).map(|p| (z.name.clone(), p))
+                    })
+                    .collect()
+            };
+            let reload = zone_control.reload_flag(&cam.name).unwrap_or_default();
+            let mut cam = cam;
             let mut live = lpmesh_node::ui::CameraLive {
                 name: cam.name.clone(),
                 ..Default::default()
@@ -1145,6 +1152,12 @@ mod vision {
             publish(&live);
             let mut window = (std::time::Instant::now(), 0u32);
             while !stop.load(Ordering::Relaxed) {
+                // Zones edited in the UI since the last start apply from here.
+                if let Some(c) = zone_control.camera(&cam.name) {
+                    cam = c;
+                }
+                reload.store(false, Ordering::Relaxed);
+                let zones = polygons(&cam);
                 let source = resolve_source(&cam.source);
                 let result = (|| -> Result<()> {
                     let det = load_detector(&cfg, &model)?;
@@ -1161,6 +1174,7 @@ mod vision {
                         chrono::Utc::now().timestamp_millis(),
                         stop.clone(),
                     )?;
+                    let capture = capture.with_still(zone_control.clone(), &cam.name);
                     let opts = RunOptions {
                         max_frames: None,
                         live: true,
@@ -1206,7 +1220,8 @@ mod vision {
                                 .collect();
                             publish(&live);
                         }
-                        Ok(true)
+                        // New zones: end this run (its open incidents close) and start again with them.
+                        Ok(!reload.load(Ordering::Relaxed))
                     })?;
                     Ok(())
                 })();
@@ -1215,6 +1230,10 @@ mod vision {
                 publish(&live);
                 match result {
                     Ok(()) if stop.load(Ordering::Relaxed) => break,
+                    Ok(()) if reload.load(Ordering::Relaxed) => {
+                        tracing::info!(camera = %cam.name, "restarting the camera with its new zones");
+                        continue;
+                    }
                     Ok(()) => tracing::warn!(camera = %cam.name, "camera stream ended; starting it again"),
                     Err(e) => {
                         tracing::error!(camera = %cam.name, error = %format!("{e:#}"), "camera failed; retrying in 5 s")

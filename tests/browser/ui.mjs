@@ -67,6 +67,23 @@ try {
   await b.goto(`${URL_B}/#/charts`);
   await b.waitForFunction(() => document.querySelector('#chart-footfall').naturalWidth > 0, null, { timeout: 10000 });
   await b.screenshot({ path: `${OUT}/6-node-b-charts.png`, fullPage: true });
+  // Zones: B owns the camera; draw a zone on its still and save it.
+  await b.goto(`${URL_B}/#/zones`);
+  await b.waitForFunction(() => document.querySelector('#zone-still').naturalWidth > 0, null, { timeout: 15000 });
+  await b.click('#zone-add');
+  const box = await b.locator('#zone-svg').boundingBox();
+  for (const [x, y] of [[0.1, 0.6], [0.4, 0.6], [0.4, 0.9], [0.1, 0.9]]) {
+    await b.mouse.click(box.x + box.width * x, box.y + box.height * y);
+  }
+  await b.click('#zone-add');
+  const last = b.locator('#zone-list p').last();
+  await last.locator('input[data-field=name]').fill('till-queue');
+  await last.locator('input[data-field=name]').press('Tab');
+  await last.locator('select[data-field=kind]').selectOption('checkout');
+  await b.click('#zone-save');
+  await b.locator('#zone-hint', { hasText: 'Saved' }).waitFor({ timeout: 10000 });
+  await b.screenshot({ path: `${OUT}/7-node-b-zone-saved.png`, fullPage: true });
+  result.zone_saved = true;
   result.ok = !result.page_errors;
 } catch (e) {
   result.ok = false;

@@ -160,5 +160,13 @@ fn an_incident_on_node_b_reaches_node_a_and_its_acknowledgement_comes_back() {
     for shot in ["2-node-a-incident-arrived.png", "4-node-b-shows-acknowledged.png"] {
         assert!(out_dir.join(shot).metadata().unwrap().len() > 1000, "{shot}");
     }
+    // The zone drawn in the browser is in B's configuration file, which still validates.
+    assert_eq!(v["zone_saved"], true);
+    let saved = std::fs::read_to_string(&c2).unwrap();
+    assert!(
+        saved.contains("name = \"till-queue\"") && saved.contains("kind = \"checkout\""),
+        "{saved}"
+    );
+    ok(&["validate", &c2.to_string_lossy()], None);
     eprintln!("browser: {v}");
 }

@@ -32,7 +32,7 @@
 //!   broker acknowledged them (PubAck). A lost connection puts every unacknowledged alert back in front
 //!   of the queue; they are published again after the reconnect (exponential backoff, 0.5 s doubling to
 //!   30 s, ±20 % jitter). Sessions are clean, so rumqttc does not resend on its own and each alert is
-//!   resent exactly by this module; a receiver may see an alert twice after a reconnect and can
+//!   resent only by this module; a receiver may see an alert twice after a reconnect and can
 //!   de-duplicate by `incident`. At most [`mqtt::WINDOW`] publishes are outstanding, which keeps
 //!   rumqttc's bounded request channel from ever filling (no deadlock between publishing and polling).
 //!   Camera states are retained on `{prefix}/{store}/{camera}/state`, so a console that connects later

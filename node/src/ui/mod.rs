@@ -10,6 +10,7 @@
 
 pub mod auth;
 pub mod charts;
+pub mod zones;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -83,6 +84,8 @@ pub struct UiState {
     pub tz: chrono_tz::Tz,
     /// Cookies get `Secure` (TLS is on).
     pub secure: bool,
+    /// This node's cameras for the zone editor (none in tests that do not need it).
+    pub zones: RwLock<Option<Arc<zones::ZoneControl>>>,
 }
 
 impl UiState {
@@ -114,7 +117,17 @@ impl UiState {
             cameras,
             tz,
             secure,
+            zones: RwLock::new(None),
         })
+    }
+
+    pub fn with_zones(self: Arc<Self>, z: Arc<zones::ZoneControl>) -> Arc<Self> {
+        *self.zones.write().unwrap_or_else(|p| p.into_inner()) = Some(z);
+        self
+    }
+
+    fn zone_control(&self) -> Option<Arc<zones::ZoneControl>> {
+        self.zones.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Folds one record into the incident view and tells open pages.
@@ -264,6 +277,9 @@ pub fn app(state: Arc<UiState>) -> Router {
         .route("/api/mesh", get(mesh_status))
         .route("/api/charts/{which}", get(chart))
         .route("/api/invite", get(invite))
+        .route("/api/zones", get(zone_cameras))
+        .route("/api/zones/{camera}", get(get_zones).put(put_zones))
+        .route("/api/zones/{camera}/still.bmp", get(still))
         .layer(axum::extract::DefaultBodyLimit::max(64 * 1024))
         .layer(middleware::from_fn(security_headers))
         .with_state(state)
@@ -695,6 +711,69 @@ async fn invite(State(state): State<Arc<UiState>>, Manager(s): Manager) -> Resul
         .build();
     tracing::info!(by = %s.user, "join token shown in the UI");
     Ok(Json(serde_json::json!({ "token": token, "qr_svg": svg })))
+}
+
+/// The cameras whose zones this node can edit (its own).
+async fn zone_cameras(State(state): State<Arc<UiState>>, Manager(_): Manager) -> Json<Vec<String>> {
+    Json(state.zone_control().map(|z| z.names()).unwrap_or_default())
+}
+
+fn local_camera(
+    state: &UiState,
+    camera: &str,
+) -> Result<(Arc<zones::ZoneControl>, crate::config::CameraConfig), ApiError> {
+    let z = state
+        .zone_control()
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "this node has no cameras"))?;
+    let c = z.camera(camera).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("camera {camera:?} is not on this node: edit its zones on the UI of the node that has it"),
+        )
+    })?;
+    Ok((z, c))
+}
+
+async fn get_zones(
+    State(state): State<Arc<UiState>>,
+    Manager(_): Manager,
+    Path(camera): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let (_, c) = local_camera(&state, &camera)?;
+    Ok(Json(
+        serde_json::json!({ "camera": c.name, "zones": c.zones, "lines": c.lines }),
+    ))
+}
+
+async fn put_zones(
+    State(state): State<Arc<UiState>>,
+    Manager(s): Manager,
+    Path(camera): Path<String>,
+    body: Result<Json<zones::ZonesBody>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let Json(body) = body.map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.body_text()))?;
+    let (z, _) = local_camera(&state, &camera)?;
+    let n = body.zones.len();
+    tokio::task::block_in_place(|| z.save_zones(&camera, body.zones)).map_err(|e| match e {
+        zones::ZoneError::NoCamera(_) => ApiError::new(StatusCode::NOT_FOUND, e.to_string()),
+        zones::ZoneError::Invalid(_) => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()),
+        zones::ZoneError::File { .. } => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    })?;
+    tracing::info!(camera = %camera, zones = n, by = %s.user, "zones edited in the UI");
+    Ok(Json(serde_json::json!({ "saved": n })))
+}
+
+/// The still frame of one of this node's cameras; never cached, never sent anywhere else.
+async fn still(
+    State(state): State<Arc<UiState>>,
+    Manager(_): Manager,
+    Path(camera): Path<String>,
+) -> Result<Response, ApiError> {
+    let (z, _) = local_camera(&state, &camera)?;
+    let still = z
+        .still(&camera)
+        .ok_or_else(|| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "no frame from this camera yet"))?;
+    Ok(([(header::CONTENT_TYPE, "image/bmp")], still.to_bmp()).into_response())
 }
 
 // ---------------------------------------------------------------------------------------------------------

@@ -266,3 +266,113 @@ document.addEventListener('DOMContentLoaded', async () => {
   window.addEventListener('hashchange', route);
   try { me = await api('GET', '/api/me'); await start(); } catch (e) { showLogin(); }
 });
+
+// ---- Zone editor: the node's own cameras, drawn on a still frame only this node serves ----
+window.lpZones = (() => {
+  const KINDS_Z = ['shelf', 'checkout', 'exit', 'entrance', 'restricted', 'general'];
+  const NS = 'http://www.w3.org/2000/svg';
+  let camera = null;
+  let zones = [];
+  let selected = -1;
+  let drawing = null;
+  let drag = null;
+
+  const svg = () => $('#zone-svg');
+  const point = (ev) => {
+    const r = svg().getBoundingClientRect();
+    const clamp = (v) => Math.min(1, Math.max(0, v));
+    return [clamp((ev.clientX - r.left) / r.width), clamp((ev.clientY - r.top) / r.height)];
+  };
+  const svgEl = (tag, attrs) => {
+    const e = document.createElementNS(NS, tag);
+    for (const [k, v] of Object.entries(attrs)) e.setAttribute(k, v);
+    return e;
+  };
+
+  function render() {
+    const s = svg();
+    s.replaceChildren();
+    zones.forEach((z, i) => {
+      const poly = svgEl('polygon', { points: z.polygon.map((p) => p.join(',')).join(' '), class: i === selected ? 'selected' : '' });
+      poly.dataset.index = i;
+      poly.addEventListener('pointerdown', (ev) => { if (!drawing) { selected = i; render(); ev.stopPropagation(); } });
+      s.append(poly);
+    });
+    const active = drawing ? drawing.polygon : (zones[selected] || {}).polygon;
+    (active || []).forEach((p, j) => {
+      const c = svgEl('circle', { cx: p[0], cy: p[1], r: 0.012 });
+      c.addEventListener('pointerdown', (ev) => { if (!drawing) { drag = j; s.setPointerCapture(ev.pointerId); ev.stopPropagation(); } });
+      s.append(c);
+    });
+    if (drawing && drawing.polygon.length > 1) s.append(svgEl('polyline', { points: drawing.polygon.map((p) => p.join(',')).join(' '), fill: 'none', stroke: '#f59e0b', 'stroke-width': 0.004 }));
+    list();
+  }
+
+  function list() {
+    $('#zone-list').replaceChildren(...zones.map((z, i) => {
+      const name = el('input', { value: z.name, size: 14, 'data-field': 'name' });
+      name.addEventListener('change', () => { z.name = name.value.trim(); });
+      const kind = el('select', { 'data-field': 'kind' }, ...KINDS_Z.map((k) => el('option', { value: k, selected: k === z.kind }, k)));
+      kind.addEventListener('change', () => { z.kind = kind.value; });
+      const pick = el('button', { class: 'small secondary' }, i === selected ? 'editing' : 'edit');
+      pick.addEventListener('click', () => { selected = i; render(); });
+      const del = el('button', { class: 'small secondary' }, 'delete');
+      del.addEventListener('click', () => { zones.splice(i, 1); selected = -1; render(); });
+      return el('p', { class: 'actions' }, el('label', {}, 'Name', name), el('label', {}, 'Kind', kind), pick, del);
+    }));
+  }
+
+  async function load(cam) {
+    camera = cam;
+    const r = await api('GET', `/api/zones/${encodeURIComponent(cam)}`);
+    zones = r.zones.map((z) => ({ ...z, polygon: z.polygon.map((p) => [p[0], p[1]]) }));
+    selected = -1;
+    drawing = null;
+    $('#zone-add').textContent = 'Draw a new zone';
+    $('#zone-error').textContent = '';
+    $('#zone-still').src = `/api/zones/${encodeURIComponent(cam)}/still.bmp?t=${Date.now()}`;
+    render();
+  }
+
+  async function open() {
+    const cams = await api('GET', '/api/zones');
+    const sel = $('#zone-camera');
+    sel.replaceChildren(...cams.map((c) => el('option', { value: c }, c)));
+    $('#zone-hint').textContent = cams.length ? '' : 'This node has no cameras: edit zones on the UI of the node that has the camera.';
+    if (cams.length) await load(camera && cams.includes(camera) ? camera : cams[0]);
+  }
+
+  document.addEventListener('DOMContentLoaded', () => {
+    const s = svg();
+    s.addEventListener('pointerdown', (ev) => {
+      if (drawing) { drawing.polygon.push(point(ev)); render(); }
+    });
+    s.addEventListener('pointermove', (ev) => {
+      if (drag !== null && zones[selected]) { zones[selected].polygon[drag] = point(ev); render(); }
+    });
+    s.addEventListener('pointerup', () => { drag = null; });
+    $('#zone-camera').addEventListener('change', (ev) => load(ev.target.value));
+    $('#zone-still').addEventListener('error', () => { $('#zone-hint').textContent = 'No frame from this camera yet; zones can still be edited.'; });
+    $('#zone-add').addEventListener('click', () => {
+      if (!drawing) {
+        drawing = { name: `zone-${zones.length + 1}`, kind: 'general', polygon: [] };
+        $('#zone-add').textContent = 'Finish the zone';
+        $('#zone-hint').textContent = 'Tap the corners of the new zone on the picture, then finish.';
+      } else {
+        if (drawing.polygon.length >= 3) { zones.push(drawing); selected = zones.length - 1; }
+        drawing = null;
+        $('#zone-add').textContent = 'Draw a new zone';
+        $('#zone-hint').textContent = '';
+      }
+      render();
+    });
+    $('#zone-save').addEventListener('click', async () => {
+      $('#zone-error').textContent = '';
+      try {
+        const r = await api('PUT', `/api/zones/${encodeURIComponent(camera)}`, { zones });
+        $('#zone-hint').textContent = `Saved ${r.saved} zone(s); the camera uses them now.`;
+      } catch (e) { $('#zone-error').textContent = e.message; }
+    });
+  });
+  return { open };
+})();
