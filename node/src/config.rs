@@ -120,10 +120,8 @@ impl Default for MeshConfig {
     }
 }
 
-/// Reserved for alert routes (issue [5/7]); no options yet.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AlertsConfig {}
+/// Alert routes: `[[alerts.route]]` (MQTT, webhook, console); see `crate::alerts`.
+pub use crate::alerts::AlertsConfig;
 
 /// The HQ uplink: where the store's elected leader sends its summaries. Without `url` the node never
 /// claims to reach HQ and sends nothing (an offline store).
@@ -408,6 +406,27 @@ pub struct FieldPath(pub Vec<Seg>);
 pub enum Seg {
     Key(String),
     Index(usize),
+}
+
+/// `alerts.route[0].url` as a field path.
+fn field_path(dotted: &str) -> FieldPath {
+    let mut at = FieldPath(Vec::new());
+    for part in dotted.split('.').filter(|p| !p.is_empty()) {
+        let mut rest = part;
+        if let Some(i) = rest.find('[') {
+            at = at.key(&rest[..i]);
+            rest = &rest[i..];
+            while let Some(end) = rest.find(']') {
+                if let Ok(n) = rest[1..end].parse() {
+                    at = at.index(n);
+                }
+                rest = &rest[end + 1..];
+            }
+        } else {
+            at = at.key(rest);
+        }
+    }
+    at
 }
 
 fn path(keys: &[&str]) -> FieldPath {
@@ -876,6 +895,9 @@ impl NodeConfig {
             ));
         }
         p.extend(self.hq.check());
+        for (field, message) in self.alerts.check() {
+            p.push((field_path(&field), message));
+        }
         if self.ui.listen.parse::<std::net::SocketAddr>().is_err() {
             p.push((path(&["ui", "listen"]), "not an address like 0.0.0.0:8080".into()));
         }
@@ -1422,5 +1444,28 @@ enabled = false
         let ok = parse(&format!("{HEAD}[hq]\nurl = \"https://hq:8443\"\nrecipient = \"{r}\"\n")).unwrap();
         assert_eq!(ok.hq.url.as_deref(), Some("https://hq:8443"));
         assert_eq!(ok.hq.period_secs, 3600);
+    }
+
+    #[test]
+    fn alert_routes_are_checked_with_their_lines() {
+        let text = format!(
+            "{HEAD}[[alerts.route]]\nname = \"radio\"\ntype = \"mqtt\"\n\n[[alerts.route]]\nname = \"hook\"\ntype = \"webhook\"\nurl = \"ftp://x\"\n"
+        );
+        let got = problems(&text);
+        assert!(
+            got.iter()
+                .any(|p| p.1.as_deref() == Some("alerts.route[0].broker") && p.0 == Some(3)),
+            "{got:?}"
+        );
+        assert!(
+            got.iter()
+                .any(|p| p.1.as_deref() == Some("alerts.route[1].url") && p.0 == Some(10)),
+            "{got:?}"
+        );
+        let ok = parse(&format!(
+            "{HEAD}[[alerts.route]]\nname = \"radio\"\ntype = \"mqtt\"\nbroker = \"10.0.0.2\"\nmin_severity = \"high\"\n"
+        ))
+        .unwrap();
+        assert_eq!(ok.alerts.route.len(), 1);
     }
 }

@@ -34,6 +34,7 @@ pub mod alerts;
 pub mod assign;
 #[cfg(feature = "vision")]
 pub mod bench;
+pub mod bench_alerts;
 #[cfg(feature = "vision")]
 pub mod camera;
 #[cfg(feature = "vision")]

@@ -200,6 +200,13 @@ enum HqCommand {
 
 #[derive(Subcommand)]
 enum BenchWhat {
+    /// Incident appended on node B -> MQTT message of its alert route, and -> node A's UI stream.
+    Alerts {
+        #[arg(long, default_value_t = 200)]
+        incidents: usize,
+        #[arg(long)]
+        json: bool,
+    },
     /// Summaries/s one HQ process ingests into PostgreSQL over HTTPS (verify and decrypt included).
     Hq {
         #[arg(long, default_value_t = 500)]
@@ -333,6 +340,29 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     "10,000 stores    {:.2} summaries/s hourly = {:.3} % of this HQ process (target < 1 %)",
                     r.chain_10k_hourly_per_s,
                     r.chain_10k_share * 100.0
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench {
+            what: BenchWhat::Alerts { incidents, json },
+        } => {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?;
+            let r = rt.block_on(lpmesh_node::bench_alerts::run(incidents))?;
+            if json {
+                println!("{}", serde_json::to_string(&r)?);
+            } else {
+                println!("{} incidents appended on node B, on loopback", r.incidents);
+                println!(
+                    "-> MQTT message       p50 {:.1} ms   p99 {:.1} ms   ({} received; target p99 < 250 ms)",
+                    r.mqtt_p50_ms, r.mqtt_p99_ms, r.mqtt_received
+                );
+                println!(
+                    "-> node A's UI stream p50 {:.1} ms   p99 {:.1} ms   ({} received; target p99 < 250 ms)",
+                    r.stream_p50_ms, r.stream_p99_ms, r.stream_received
                 );
             }
             Ok(ExitCode::SUCCESS)
@@ -753,9 +783,21 @@ mod daemon {
             let board: lpmesh_node::ui::CameraBoard = Default::default();
             let zone_control = lpmesh_node::ui::zones::ZoneControl::new(config.to_path_buf(), &cfg.cameras);
             let ui = start_ui(&cfg, &mesh, uplink.as_ref().map(|u| u.watch()), board.clone(), zone_control.clone()).await?;
-            // What the other nodes' tablets show about this node: its name and its cameras' health.
+            let tz = lpmesh_node::schedule::Schedule::parse_tz(&cfg.schedule.timezone).map_err(anyhow::Error::msg)?;
+            let alerts = lpmesh_node::alerts::start(&cfg.alerts, &cfg.store, &cfg.node, tz)?;
+            tokio::spawn(lpmesh_node::node::follow_alerts(
+                mesh.clone(),
+                StoreSecrets::load(&cfg.data_dir)?.store_secret()?,
+                alerts.clone(),
+                cfg.node.clone(),
+                ui.as_ref().map(|(_, url)| url.clone()).unwrap_or_default(),
+            ));
+            // What the other nodes' tablets show about this node: its name and its cameras' health;
+            // and each camera's state for the alert routes (MQTT keeps it retained).
             let info_mesh = mesh.clone();
             let info_board = board.clone();
+            let info_alerts = alerts.clone();
+            let (store_name, node_name) = (cfg.store.clone(), cfg.node.clone());
             let info = lpmesh_node::ui::NodeInfo {
                 name: cfg.node.clone(),
                 ui: ui.as_ref().map(|(_, url)| url.clone()),
@@ -763,10 +805,27 @@ mod daemon {
             };
             tokio::spawn(async move {
                 let mut every = tokio::time::interval(std::time::Duration::from_secs(2));
+                let mut last_states = std::collections::HashMap::new();
                 loop {
                     every.tick().await;
                     let mut i = info.clone();
                     i.cameras = info_board.read().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
+                    for c in &i.cameras {
+                        let changed = last_states.get(&c.name).is_none_or(|(online, at): &(bool, std::time::Instant)| {
+                            *online != c.online || at.elapsed() >= std::time::Duration::from_secs(60)
+                        });
+                        if changed {
+                            last_states.insert(c.name.clone(), (c.online, std::time::Instant::now()));
+                            info_alerts.camera_state(lpmesh_node::alerts::CameraState {
+                                store: store_name.clone(),
+                                node: node_name.clone(),
+                                camera: c.name.clone(),
+                                online: c.online,
+                                fps: c.fps,
+                                last_frame_ms: c.last_frame_ms,
+                            });
+                        }
+                    }
                     let Ok(bytes) = serde_json::to_vec(&i) else { continue };
                     if info_mesh.set_info(bytes).await.is_err() {
                         break;
@@ -795,6 +854,8 @@ mod daemon {
                 let _ = tokio::task::spawn_blocking(move || c.join()).await;
             }
             let _ = tokio::time::timeout(std::time::Duration::from_secs(10), appender).await;
+            // Alerts raised by the cameras' last events go out before the network closes.
+            alerts.shutdown(std::time::Duration::from_secs(3)).await;
             if let Some((running, _)) = ui {
                 running.shutdown(std::time::Duration::from_secs(2)).await;
             }

@@ -128,3 +128,34 @@ pub fn read_events(data_dir: &Path) -> Result<Vec<Event>, NodeError> {
     out.sort_by_key(|e| (e.at_ms, e.incident.clone()));
     Ok(out)
 }
+
+/// Sends this node's new incidents to its alert routes, as they become durable in the log. A node
+/// alerts only for its own cameras, so one incident is one alert for the whole store.
+pub async fn follow_alerts(
+    mesh: MeshHandle,
+    secret: StoreSecret,
+    alerts: crate::alerts::Alerts,
+    node: String,
+    link_base: String,
+) {
+    let mut sub = mesh.subscribe();
+    let me = mesh.origin();
+    loop {
+        match sub.recv().await {
+            Ok(r) => {
+                if r.origin != me {
+                    continue;
+                }
+                if let Some(e) = open_event(&secret, &r) {
+                    if crate::alerts::is_alertable(&e, &node) {
+                        alerts.submit(crate::alerts::Alert::from_event(&e, &link_base));
+                    }
+                }
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                tracing::error!(missed = n, "alerting fell behind the log; some alerts were not sent");
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+        }
+    }
+}

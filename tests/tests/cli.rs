@@ -306,3 +306,18 @@ fn bench_hq_ingests_into_a_real_postgresql() {
         assert!(v[key].as_f64().is_some_and(|x| x > 0.0 && x.is_finite()), "{key}: {v}");
     }
 }
+
+#[test]
+fn bench_alerts_measures_mqtt_and_the_ui_stream() {
+    let o = lpmesh()
+        .args(["bench", "alerts", "--incidents", "20", "--json"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("one JSON object");
+    assert_eq!(v["mqtt_received"], 20, "{v}");
+    assert_eq!(v["stream_received"], 20, "{v}");
+    for key in ["mqtt_p50_ms", "mqtt_p99_ms", "stream_p50_ms", "stream_p99_ms"] {
+        assert!(v[key].as_f64().is_some_and(|x| x > 0.0 && x.is_finite()), "{key}: {v}");
+    }
+}

@@ -1,0 +1,294 @@
+//! `lpmesh bench alerts`: how long an incident takes from being appended on node B to (a) the MQTT
+//! message of B's alert route and (b) the event on node A's open UI stream. Everything is real and on
+//! loopback: two mesh nodes, a Mosquitto broker started for the run, A's UI over HTTP with a logged-in
+//! session reading `/api/stream`.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::Bytes;
+use lpmesh_mesh::keys::StoreSecrets;
+use lpmesh_mesh::net::{self, MeshConfig, MeshHandle};
+use lpmesh_mesh::record::RecordKind;
+use serde::Serialize;
+
+use crate::alerts::{self, AlertsConfig, RouteConfig};
+use crate::event::{Detail, Event, EventKind, Phase, Severity};
+use crate::ui::auth::Role;
+use crate::ui::{self, UiState};
+
+#[derive(Debug, thiserror::Error)]
+#[error("bench alerts: {0}")]
+pub struct BenchError(String);
+
+fn err(e: impl std::fmt::Display) -> BenchError {
+    BenchError(e.to_string())
+}
+
+#[derive(Debug, Serialize)]
+pub struct AlertsBench {
+    pub incidents: usize,
+    pub mqtt_received: usize,
+    pub mqtt_p50_ms: f64,
+    pub mqtt_p99_ms: f64,
+    pub stream_received: usize,
+    pub stream_p50_ms: f64,
+    pub stream_p99_ms: f64,
+}
+
+/// A broker for the run, on a free loopback port; stopped on drop.
+struct Broker {
+    child: std::process::Child,
+    dir: PathBuf,
+    port: u16,
+}
+
+impl Broker {
+    fn start() -> Result<Broker, BenchError> {
+        let bin = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
+            .iter()
+            .map(PathBuf::from)
+            .find(|p| p.is_file())
+            .ok_or_else(|| err("mosquitto not found: run scripts/setup.sh (Debian package mosquitto)"))?;
+        let port = free_port()?;
+        let dir = std::env::temp_dir().join(format!("lpmesh-bench-alerts-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).map_err(err)?;
+        let conf = dir.join("mosquitto.conf");
+        // As root Mosquitto would switch users and lose access to this directory.
+        std::fs::write(
+            &conf,
+            format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nuser root\n"),
+        )
+        .map_err(err)?;
+        let child = std::process::Command::new(bin)
+            .arg("-c")
+            .arg(&conf)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .map_err(err)?;
+        let t = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if t.elapsed() > Duration::from_secs(10) {
+                return Err(err("mosquitto did not start"));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(Broker { child, dir, port })
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn free_port() -> Result<u16, BenchError> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(err)?;
+    Ok(l.local_addr().map_err(err)?.port())
+}
+
+fn mesh_node(dir: &Path, secrets: &StoreSecrets, boot: Vec<net::Addr>) -> Result<MeshHandle, BenchError> {
+    let mut cfg = MeshConfig::new(&secrets.store, secrets.psk().map_err(err)?, dir.join("log"));
+    cfg.listen = vec!["/ip4/127.0.0.1/tcp/0".parse().map_err(err)?];
+    cfg.mdns = false;
+    cfg.bootstrap = boot;
+    net::start(
+        cfg,
+        libp2p_identity::Keypair::generate_ed25519(),
+        secrets.recipient().map_err(err)?,
+    )
+    .map_err(err)
+}
+
+fn pct(v: &mut [f64], q: f64) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(((v.len() as f64 * q).ceil() as usize).clamp(1, v.len().max(1)) - 1)
+        .copied()
+        .unwrap_or(0.0)
+}
+
+pub async fn run(incidents: usize) -> Result<AlertsBench, BenchError> {
+    let broker = tokio::task::spawn_blocking(Broker::start).await.map_err(err)??;
+    let root = std::env::temp_dir().join(format!("lpmesh-bench-alerts-nodes-{}", std::process::id()));
+    let (da, db) = (root.join("a"), root.join("b"));
+    for d in [&da, &db] {
+        std::fs::create_dir_all(d).map_err(err)?;
+    }
+    let secrets = StoreSecrets::generate("bench-store").map_err(err)?;
+    secrets.save(&da).map_err(err)?;
+    let a = mesh_node(&da, &secrets, vec![])?;
+    let mut boot = Vec::new();
+    for _ in 0..100 {
+        if let Some(addr) = a.listen_addrs().await.map_err(err)?.first() {
+            boot.push(format!("{addr}/p2p/{}", a.peer_id()).parse().map_err(err)?);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let b = mesh_node(&db, &secrets, boot)?;
+    // B's alert route to the broker; every incident is worth an alert here.
+    let route: RouteConfig = toml::from_str(&format!(
+        "name = \"bench\"\ntype = \"mqtt\"\nbroker = \"127.0.0.1:{}\"\nmin_severity = \"info\"\ncooldown_secs = 0\n",
+        broker.port
+    ))
+    .map_err(err)?;
+    let cfg = AlertsConfig { route: vec![route] };
+    let al = alerts::start(&cfg, "bench-store", "b", chrono_tz::UTC).map_err(err)?;
+    tokio::spawn(crate::node::follow_alerts(
+        b.clone(),
+        secrets.store_secret().map_err(err)?,
+        al.clone(),
+        "b".into(),
+        String::new(),
+    ));
+    // A's UI, a logged-in session on its stream.
+    let state = UiState::new(
+        "bench-store",
+        "a",
+        da.clone(),
+        a.clone(),
+        secrets.store_secret().map_err(err)?,
+        None,
+        Default::default(),
+        chrono_tz::UTC,
+        false,
+    );
+    tokio::spawn(ui::feed(state.clone()));
+    state
+        .users
+        .add("bench", Role::Security, "bench password")
+        .map_err(err)?;
+    let running = ui::serve(state.clone(), "127.0.0.1:0".parse().map_err(err)?, None)
+        .await
+        .map_err(err)?;
+    let base = format!("http://{}", running.addr);
+    let client: hyper_util::client::legacy::Client<_, Full<Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
+    let login = hyper::Request::post(format!("{base}/api/login"))
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(
+            r#"{"name":"bench","password":"bench password"}"#,
+        )))
+        .map_err(err)?;
+    let resp = client.request(login).await.map_err(err)?;
+    let cookie = resp
+        .headers()
+        .get("set-cookie")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .ok_or_else(|| err("login gave no cookie"))?
+        .to_string();
+    let seen_stream: Arc<Mutex<HashMap<String, Instant>>> = Default::default();
+    let stream_client: hyper_util::client::legacy::Client<_, Empty<Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
+    let req = hyper::Request::get(format!("{base}/api/stream"))
+        .header("cookie", &cookie)
+        .body(Empty::new())
+        .map_err(err)?;
+    let mut body = stream_client.request(req).await.map_err(err)?.into_body();
+    let seen = seen_stream.clone();
+    tokio::spawn(async move {
+        let mut buf = String::new();
+        while let Some(Ok(frame)) = body.frame().await {
+            let Some(data) = frame.data_ref() else { continue };
+            buf.push_str(&String::from_utf8_lossy(data));
+            while let Some(end) = buf.find("\n\n") {
+                let msg: String = buf.drain(..end + 2).collect();
+                if let Some(json) = msg.lines().find_map(|l| l.strip_prefix("data:")) {
+                    if let Ok(v) = serde_json::from_str::<serde_json::Value>(json.trim()) {
+                        if let Some(id) = v["incident"]["id"].as_str() {
+                            seen.lock()
+                                .map(|mut m| m.entry(id.to_string()).or_insert_with(Instant::now).elapsed())
+                                .ok();
+                        }
+                    }
+                }
+            }
+        }
+    });
+    // An MQTT subscriber standing in for the guards' radio gateway.
+    let seen_mqtt: Arc<Mutex<HashMap<String, Instant>>> = Default::default();
+    let mut opts = rumqttc::MqttOptions::new("bench-subscriber", "127.0.0.1", broker.port);
+    opts.set_keep_alive(Duration::from_secs(10));
+    let (sub, mut ev) = rumqttc::AsyncClient::new(opts, 64);
+    sub.subscribe("lpmesh/#", rumqttc::QoS::AtLeastOnce)
+        .await
+        .map_err(err)?;
+    let seen = seen_mqtt.clone();
+    tokio::spawn(async move {
+        while let Ok(e) = ev.poll().await {
+            if let rumqttc::Event::Incoming(rumqttc::Packet::Publish(p)) = e {
+                if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&p.payload) {
+                    if let Some(id) = v["incident"].as_str() {
+                        let _ = seen
+                            .lock()
+                            .map(|mut m| m.entry(id.to_string()).or_insert_with(Instant::now).elapsed());
+                    }
+                }
+            }
+        }
+    });
+    // Let the mesh, the route and both listeners settle.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut appended: Vec<(String, Instant)> = Vec::with_capacity(incidents);
+    let now = chrono::Utc::now().timestamp_millis();
+    for k in 0..incidents {
+        let id = format!("b/stockroom/{now}-{k}");
+        let e = Event {
+            incident: id.clone(),
+            phase: Phase::Start,
+            store: "bench-store".into(),
+            node: "b".into(),
+            camera: "stockroom".into(),
+            zone: Some("stockroom".into()),
+            kind: EventKind::RestrictedEntry,
+            severity: Severity::Medium,
+            started_at_ms: now + k as i64,
+            at_ms: now + k as i64,
+            ended_at_ms: None,
+            track: Some(k as u64),
+            bbox: Some([0.2, 0.3, 0.1, 0.3]),
+            confidence: 0.8,
+            model: "nanodet-m-416".into(),
+            detail: Detail::default(),
+        };
+        let bytes = serde_json::to_vec(&e).map_err(err)?;
+        appended.push((id, Instant::now()));
+        b.append(vec![(RecordKind::Event, bytes)]).await.map_err(err)?;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let lat = |seen: &Arc<Mutex<HashMap<String, Instant>>>| -> Vec<f64> {
+        let m = seen.lock().map(|m| m.clone()).unwrap_or_default();
+        appended
+            .iter()
+            .filter_map(|(id, t)| {
+                m.get(id)
+                    .map(|r| r.saturating_duration_since(*t).as_secs_f64() * 1000.0)
+            })
+            .collect()
+    };
+    let (mut mq, mut st) = (lat(&seen_mqtt), lat(&seen_stream));
+    al.shutdown(Duration::from_secs(1)).await;
+    running.shutdown(Duration::from_millis(200)).await;
+    let _ = a.shutdown().await;
+    let _ = b.shutdown().await;
+    drop(broker);
+    let _ = std::fs::remove_dir_all(&root);
+    Ok(AlertsBench {
+        incidents,
+        mqtt_received: mq.len(),
+        mqtt_p50_ms: pct(&mut mq, 0.5),
+        mqtt_p99_ms: pct(&mut mq, 0.99),
+        stream_received: st.len(),
+        stream_p50_ms: pct(&mut st, 0.5),
+        stream_p99_ms: pct(&mut st, 0.99),
+    })
+}
