@@ -223,13 +223,40 @@ fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 
+/// Bytes of an oversized body read (and thrown away) before answering 413: a client still sending
+/// when the server answers and closes would see a broken connection instead of the refusal.
+const DRAIN_LIMIT: usize = 8 * 1024 * 1024;
+
+/// The body, or `Err(size read)` when it is larger than `limit`.
+async fn read_limited(body: Body, limit: usize) -> Result<Vec<u8>, usize> {
+    use http_body_util::BodyExt;
+    let mut body = body;
+    let mut out = Vec::new();
+    let mut seen = 0usize;
+    while let Some(frame) = body.frame().await {
+        let Ok(frame) = frame else { break };
+        if let Some(data) = frame.data_ref() {
+            seen += data.len();
+            if seen <= limit {
+                out.extend_from_slice(data);
+            } else if seen > DRAIN_LIMIT {
+                break;
+            }
+        }
+    }
+    if seen > limit {
+        Err(seen)
+    } else {
+        Ok(out)
+    }
+}
+
 async fn post_summary(State(state): State<Arc<HqState>>, body: Body) -> Response {
-    // Read one byte past the limit, so an oversized body is told apart from a broken one.
-    let bytes = match axum::body::to_bytes(body, state.max_envelope_bytes + 1).await {
+    let bytes = match read_limited(body, state.max_envelope_bytes).await {
         Ok(b) => b,
-        Err(_) => {
+        Err(size) => {
             state.metrics.received.fetch_add(1, Ordering::Relaxed);
-            let e = IngestError::Envelope(EnvelopeError::TooLarge(state.max_envelope_bytes + 1));
+            let e = IngestError::Envelope(EnvelopeError::TooLarge(size));
             state.metrics.rejected(e.reason());
             return e.into_response();
         }

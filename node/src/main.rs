@@ -680,7 +680,15 @@ mod daemon {
         } else {
             None
         };
-        let running = lpmesh_node::ui::serve(state, addr, tls).await?;
+        // A node that cannot serve its page still detects, alerts and replicates: say so loudly, go on.
+        let running = match lpmesh_node::ui::serve(state, addr, tls).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = %e, "the tablet UI is not available on this node");
+                eprintln!("error: {e}: this node runs without its UI (check [ui] listen)");
+                return Ok(None);
+            }
+        };
         let scheme = if cfg.ui.tls { "https" } else { "http" };
         let url = cfg
             .ui

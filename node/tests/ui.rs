@@ -468,3 +468,27 @@ async fn incidents_are_listed_filtered_and_acted_on() {
         .unwrap();
     assert_eq!(resp.headers()[header::CONTENT_TYPE], "text/event-stream");
 }
+
+/// With `[ui] tls`, the page is served over HTTPS with the node's own certificate, pinned by the
+/// tablet (here: the HQ client, which trusts exactly that certificate).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ui_is_served_over_tls_with_a_pinned_certificate() {
+    let f = fixture(true).await;
+    let cert = lpmesh_hq::tls::load_or_create_cert(&f.dir.join("ui-tls"), None, None, &["localhost".into()]).unwrap();
+    assert_eq!(cert.fingerprint.split(':').count(), 32);
+    let running = ui::serve(
+        f.state.clone(),
+        "127.0.0.1:0".parse().unwrap(),
+        Some((cert.cert_pem.clone(), cert.key_pem.clone())),
+    )
+    .await
+    .unwrap();
+    let url = format!("https://localhost:{}", running.addr.port());
+    let pinned = lpmesh_hq::client::HqClient::new(&url, Some(&cert.cert_path), Duration::from_secs(5)).unwrap();
+    pinned.probe().await.unwrap();
+    // A client that trusts only another certificate refuses the connection.
+    let other = lpmesh_hq::tls::load_or_create_cert(&f.dir.join("other"), None, None, &["localhost".into()]).unwrap();
+    let stranger = lpmesh_hq::client::HqClient::new(&url, Some(&other.cert_path), Duration::from_secs(5)).unwrap();
+    assert!(stranger.probe().await.is_err());
+    running.shutdown(Duration::from_millis(200)).await;
+}

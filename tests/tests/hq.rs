@@ -123,7 +123,7 @@ fn a_store_reports_to_hq_through_its_elected_leader() {
         hq_dir.join("cert.pem").display()
     );
     let mesh = |port: u16, boot: &str| {
-        format!("[mesh]\nlisten = [\"/ip4/127.0.0.1/tcp/{port}\"]\n{boot}mdns = false\nheartbeat_secs = 0.5\nleader_timeout_secs = 2.0\n")
+        format!("[ui]\nlisten = \"127.0.0.1:{}\"\n[mesh]\nlisten = [\"/ip4/127.0.0.1/tcp/{port}\"]\n{boot}mdns = false\nheartbeat_secs = 0.5\nleader_timeout_secs = 2.0\n", free_port())
     };
     let c1 = dir.join("n1.toml");
     std::fs::write(

@@ -76,6 +76,8 @@ fn events_of_one_node_reach_the_other_node_of_the_store() {
             r#"store = "shop-1"
 node = "front"
 data_dir = "{}"
+[ui]
+enabled = false
 [mesh]
 listen = ["/ip4/127.0.0.1/tcp/{p1}"]
 mdns = false
@@ -98,7 +100,7 @@ in = "left"
         std::fs::write(
             cfg,
             format!(
-                "store = \"shop-1\"\nnode = \"{name}\"\ndata_dir = \"{}\"\n[mesh]\nlisten = [\"/ip4/127.0.0.1/tcp/{port}\"]\nbootstrap = [\"/ip4/127.0.0.1/tcp/{p1}\"]\nmdns = false\n",
+                "store = \"shop-1\"\nnode = \"{name}\"\ndata_dir = \"{}\"\n[ui]\nenabled = false\n[mesh]\nlisten = [\"/ip4/127.0.0.1/tcp/{port}\"]\nbootstrap = [\"/ip4/127.0.0.1/tcp/{p1}\"]\nmdns = false\n",
                 data.display()
             ),
         )
