@@ -252,7 +252,8 @@ async fn a_node_that_was_away_catches_up_and_continues_its_own_seq() {
     assert_eq!(mine[0].seq, 2, "its own seq continues after the restart");
     let s = back.stats().await.unwrap();
     println!("{s:?}");
-    assert!(s.repaired >= 10_000, "{s:?}");
+    // Mostly anti-entropy; gossipsub may also hand a newly connected peer its recent messages.
+    assert!(s.repaired >= 9_000 && s.repaired + s.received_gossip >= 10_000, "{s:?}");
     c.stop(&[&back]).await;
 }
 

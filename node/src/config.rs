@@ -39,6 +39,7 @@ pub struct NodeConfig {
     pub alerts: AlertsConfig,
     pub hq: HqConfig,
     pub ui: UiConfig,
+    pub ops: OpsConfig,
 }
 
 impl Default for NodeConfig {
@@ -58,6 +59,25 @@ impl Default for NodeConfig {
             alerts: AlertsConfig::default(),
             hq: HqConfig::default(),
             ui: UiConfig::default(),
+            ops: OpsConfig::default(),
+        }
+    }
+}
+
+/// `/metrics`, `/health` and `/ready` on their own listener: loopback by default, so the counters
+/// need no login; open it to the monitoring host if there is one.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OpsConfig {
+    pub listen: String,
+    pub enabled: bool,
+}
+
+impl Default for OpsConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:9420".into(),
+            enabled: true,
         }
     }
 }
@@ -753,9 +773,10 @@ impl NodeConfig {
                 "alerts" => cfg.alerts = r.value(at, v).unwrap_or_default(),
                 "hq" => cfg.hq = r.value(at, v).unwrap_or_default(),
                 "ui" => cfg.ui = r.value(at, v).unwrap_or_default(),
+                "ops" => cfg.ops = r.value(at, v).unwrap_or_default(),
                 other => r.problem(
                     at,
-                    format!("unknown key `{other}`; expected one of store, node, data_dir, runtime, detector, motion, tracker, rules, schedule, camera, mesh, alerts, hq, ui"),
+                    format!("unknown key `{other}`; expected one of store, node, data_dir, runtime, detector, motion, tracker, rules, schedule, camera, mesh, alerts, hq, ui, ops"),
                 ),
             }
         }
@@ -897,6 +918,9 @@ impl NodeConfig {
         p.extend(self.hq.check());
         for (field, message) in self.alerts.check() {
             p.push((field_path(&field), message));
+        }
+        if self.ops.listen.parse::<std::net::SocketAddr>().is_err() {
+            p.push((path(&["ops", "listen"]), "not an address like 127.0.0.1:9420".into()));
         }
         if self.ui.listen.parse::<std::net::SocketAddr>().is_err() {
             p.push((path(&["ui", "listen"]), "not an address like 0.0.0.0:8080".into()));

@@ -47,6 +47,7 @@ pub mod incidents;
 pub mod measure;
 pub mod motion;
 pub mod node;
+pub mod ops;
 pub mod output;
 pub mod pipeline;
 pub mod rules;

@@ -25,8 +25,17 @@ struct Cli {
     /// Log level for diagnostics on stderr (error, warn, info, debug, trace); LPMESH_LOG overrides.
     #[arg(long, global = true, default_value = "warn")]
     log_level: String,
+    /// Log lines as text for people (default) or one JSON object per line for log collectors.
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -249,7 +258,7 @@ enum BenchWhat {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(&cli.log_level);
+    init_logging(&cli.log_level, cli.log_format);
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
@@ -259,13 +268,16 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging(level: &str) {
+fn init_logging(level: &str, format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("LPMESH_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{level},ort=warn")));
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).init(),
+    }
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
@@ -789,6 +801,7 @@ mod daemon {
                 }
             };
             let board: lpmesh_node::ui::CameraBoard = Default::default();
+            let node_metrics: Arc<lpmesh_node::ops::NodeMetrics> = Default::default();
             let zone_control = lpmesh_node::ui::zones::ZoneControl::new(config.to_path_buf(), &cfg.cameras);
             let ui = start_ui(&cfg, &mesh, uplink.as_ref().map(|u| u.watch()), board.clone(), zone_control.clone()).await?;
             let tz = lpmesh_node::schedule::Schedule::parse_tz(&cfg.schedule.timezone).map_err(anyhow::Error::msg)?;
@@ -800,6 +813,25 @@ mod daemon {
                 cfg.node.clone(),
                 ui.as_ref().map(|(_, url)| url.clone()).unwrap_or_default(),
             ));
+            let ops = if cfg.ops.enabled {
+                let addr: std::net::SocketAddr = cfg.ops.listen.parse().context("[ops] listen")?;
+                let st = Arc::new(lpmesh_node::ops::OpsState {
+                    node: cfg.node.clone(),
+                    metrics: node_metrics.clone(),
+                    mesh: mesh.clone(),
+                    uplink: uplink.as_ref().map(|u| u.watch()),
+                    alerts: Some(alerts.clone()),
+                    board: board.clone(),
+                    cameras: cfg.cameras.iter().map(|c| c.name.clone()).collect(),
+                });
+                let r = lpmesh_node::ops::serve(st, addr).await;
+                if let Some(r) = &r {
+                    println!("metrics at http://{}/metrics, health at /health and /ready", r.addr);
+                }
+                r
+            } else {
+                None
+            };
             // What the other nodes' tablets show about this node: its name and its cameras' health;
             // and each camera's state for the alert routes (MQTT keeps it retained).
             let info_mesh = mesh.clone();
@@ -850,7 +882,7 @@ mod daemon {
                 addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", ")
             );
             #[cfg(feature = "vision")]
-            let cameras: Vec<_> = cfg.cameras.iter().map(|c| vision::spawn_camera(cfg.clone(), c.clone(), tx.clone(), stop.clone(), board.clone(), zone_control.clone())).collect();
+            let cameras: Vec<_> = cfg.cameras.iter().map(|c| vision::spawn_camera(cfg.clone(), c.clone(), tx.clone(), stop.clone(), board.clone(), zone_control.clone(), node_metrics.clone())).collect();
             drop(tx);
             while !stop.load(Ordering::Relaxed) {
                 tokio::time::sleep(std::time::Duration::from_millis(100)).await;
@@ -864,6 +896,9 @@ mod daemon {
             let _ = tokio::time::timeout(std::time::Duration::from_secs(10), appender).await;
             // Alerts raised by the cameras' last events go out before the network closes.
             alerts.shutdown(std::time::Duration::from_secs(3)).await;
+            if let Some(r) = ops {
+                r.shutdown(std::time::Duration::from_millis(500)).await;
+            }
             if let Some((running, _)) = ui {
                 running.shutdown(std::time::Duration::from_secs(2)).await;
             }
@@ -1189,6 +1224,7 @@ mod vision {
         stop: Arc<AtomicBool>,
         board: lpmesh_node::ui::CameraBoard,
         zone_control: Arc<lpmesh_node::ui::zones::ZoneControl>,
+        metrics: Arc<lpmesh_node::ops::NodeMetrics>,
     ) -> std::thread::JoinHandle<()> {
         std::thread::spawn(move || {
             let model = model_path(None, &cfg);
@@ -1249,6 +1285,7 @@ mod vision {
                         live: true,
                     };
                     run(capture, &mut analyzer, &opts, &stop, |r| {
+                        metrics.frame(&cam.name, r.counts, r.infer, r.events);
                         for e in r.events {
                             tx.blocking_send(e.clone())
                                 .map_err(|_| "the node is stopping".to_string())?;

@@ -101,6 +101,8 @@ mod tests {
             ended: &[],
             events: &[],
             online: true,
+            infer: std::time::Duration::ZERO,
+            counts: Default::default(),
         };
         let mut mot = Vec::new();
         write_frame(&mut mot, Format::Mot, &r).unwrap();

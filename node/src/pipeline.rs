@@ -82,6 +82,20 @@ pub struct FrameResult<'a> {
     /// Loss-prevention events this frame caused (empty without rules).
     pub events: &'a [Event],
     pub online: bool,
+    /// Time the detector took on this frame (zero when it did not run).
+    pub infer: Duration,
+    /// This run's counters so far, for the node's metrics.
+    pub counts: FrameCounts,
+}
+
+/// A run's frame counters as they stand (cheap to copy into every result).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FrameCounts {
+    pub frames: u64,
+    pub inferred: u64,
+    pub skipped_by_motion: u64,
+    /// Frames the analysis side found stale and dropped (live sources).
+    pub dropped: u64,
 }
 
 /// Counters and time per stage, summed over a run.
@@ -209,6 +223,7 @@ impl Analyzer {
         self.stats.measure += f.measure;
         self.stats.still += u64::from(f.still);
         let inferred = f.online && f.decision == Decision::Infer;
+        let mut infer = Duration::ZERO;
         if inferred {
             self.dets.clear();
             let t = self.detector.detect(&f.tensor, f.width, f.height, &mut self.dets)?;
@@ -216,6 +231,7 @@ impl Analyzer {
             self.tracker.update(&self.dets, f.pts);
             self.stats.track += t0.elapsed();
             self.stats.infer += t.infer;
+            infer = t.infer;
             self.stats.postprocess += t.postprocess;
             self.stats.inferred += 1;
         } else if f.online {
@@ -249,7 +265,23 @@ impl Analyzer {
             ended,
             events: &self.events,
             online: f.online,
+            infer,
+            counts: FrameCounts {
+                frames: self.stats.frames,
+                inferred: self.stats.inferred,
+                skipped_by_motion: self.stats.skipped_by_motion,
+                dropped: self.stats.dropped,
+            },
         })
+    }
+
+    pub fn counts(&self) -> FrameCounts {
+        FrameCounts {
+            frames: self.stats.frames,
+            inferred: self.stats.inferred,
+            skipped_by_motion: self.stats.skipped_by_motion,
+            dropped: self.stats.dropped,
+        }
     }
 }
 
@@ -367,6 +399,7 @@ where
         let Some((seq, pts, width, height)) = last else {
             return Ok(());
         };
+        let counts = analyzer.counts();
         let events = analyzer.finish(pts);
         if events.is_empty() {
             return Ok(());
@@ -381,6 +414,8 @@ where
             ended: &[],
             events,
             online: true,
+            infer: Duration::ZERO,
+            counts,
         };
         sink(&r).map(|_| ()).map_err(PipelineError::Sink)
     };

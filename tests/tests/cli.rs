@@ -321,3 +321,36 @@ fn bench_alerts_measures_mqtt_and_the_ui_stream() {
         assert!(v[key].as_f64().is_some_and(|x| x > 0.0 && x.is_finite()), "{key}: {v}");
     }
 }
+
+#[test]
+fn logs_can_be_json_lines_for_collectors() {
+    let o = lpmesh()
+        .args([
+            "--log-format",
+            "json",
+            "--log-level",
+            "info",
+            "bench",
+            "mesh",
+            "--nodes",
+            "2",
+            "--records",
+            "100",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let lines: Vec<serde_json::Value> = stderr(&o)
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    assert!(!lines.is_empty(), "info logs expected");
+    assert!(
+        lines
+            .iter()
+            .all(|l| l["level"].is_string() && l["timestamp"].is_string()),
+        "{lines:?}"
+    );
+}

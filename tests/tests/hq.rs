@@ -52,6 +52,42 @@ fn ok(args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// A plain HTTP GET on loopback (the ops listener speaks HTTP/1.1 without TLS).
+fn http_get(port: u16, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let status = out.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// Parses Prometheus text: every sample line is `name{labels} value`; returns (name+labels, value).
+fn prometheus(text: &str) -> Vec<(String, f64)> {
+    text.lines()
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|l| {
+            let (series, value) = l.rsplit_once(' ').unwrap_or_else(|| panic!("not a sample: {l:?}"));
+            let name_ok = series
+                .split('{')
+                .next()
+                .is_some_and(|n| !n.is_empty() && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'));
+            assert!(name_ok, "bad metric name in {l:?}");
+            let v: f64 = value.parse().unwrap_or_else(|_| panic!("bad value in {l:?}"));
+            (series.to_string(), v)
+        })
+        .collect()
+}
+
+fn sample(m: &[(String, f64)], series: &str) -> f64 {
+    m.iter().find(|(s, _)| s == series).map(|(_, v)| *v).unwrap_or(-1.0)
+}
+
 fn status(data: &Path) -> serde_json::Value {
     let out = lpmesh()
         .args(["status", "--data", &data.to_string_lossy(), "--json"])
@@ -118,6 +154,7 @@ fn a_store_reports_to_hq_through_its_elected_leader() {
     assert!(!bad.status.success());
 
     let (p1, p2) = (free_port(), free_port());
+    let ops_port = free_port();
     let hq_section = format!(
         "[hq]\nurl = \"https://localhost:{hq_port}\"\nrecipient = \"{recipient}\"\nca_cert = \"{}\"\nprobe_secs = 0.5\nresend_secs = 1.0\n",
         hq_dir.join("cert.pem").display()
@@ -129,7 +166,7 @@ fn a_store_reports_to_hq_through_its_elected_leader() {
     std::fs::write(
         &c1,
         format!(
-            "store = \"shop-e2e\"\nnode = \"front\"\ndata_dir = \"{}\"\n{}{hq_section}[[camera]]\nname = \"plaza\"\nsource = \"cache:data/vtest.avi\"\n[[camera.line]]\nname = \"walkway\"\nfrom = [0.45, 0.28]\nto = [0.45, 0.66]\nin = \"left\"\n",
+            "store = \"shop-e2e\"\nnode = \"front\"\ndata_dir = \"{}\"\n[ops]\nlisten = \"127.0.0.1:{ops_port}\"\n{}{hq_section}[[camera]]\nname = \"plaza\"\nsource = \"cache:data/vtest.avi\"\n[[camera.line]]\nname = \"walkway\"\nfrom = [0.45, 0.28]\nto = [0.45, 0.66]\nin = \"left\"\n",
             n1.display(),
             mesh(p1, "")
         ),
@@ -139,7 +176,7 @@ fn a_store_reports_to_hq_through_its_elected_leader() {
     std::fs::write(
         &c2,
         format!(
-            "store = \"shop-e2e\"\nnode = \"back\"\ndata_dir = \"{}\"\n{}{hq_section}",
+            "store = \"shop-e2e\"\nnode = \"back\"\ndata_dir = \"{}\"\n[ops]\nenabled = false\n{}{hq_section}",
             n2.display(),
             mesh(p2, &format!("bootstrap = [\"/ip4/127.0.0.1/tcp/{p1}\"]\n"))
         ),
@@ -175,8 +212,30 @@ fn a_store_reports_to_hq_through_its_elected_leader() {
         human.contains("uplink leader") && human.contains("reachable"),
         "{human}"
     );
+    // The node's metrics parse as Prometheus text, and its counters move while it runs.
+    let t = Instant::now();
+    while http_get(ops_port, "/ready").0 != 200 {
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "node never ready: {}",
+            http_get(ops_port, "/ready").1
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(http_get(ops_port, "/health"), (200, "ok\n".to_string()));
+    let first = prometheus(&http_get(ops_port, "/metrics").1);
     // Long enough for people to cross the walkway.
     std::thread::sleep(Duration::from_secs(10));
+    let second = prometheus(&http_get(ops_port, "/metrics").1);
+    let frames = "lpmesh_camera_frames_detected_total{camera=\"plaza\"}";
+    assert!(
+        sample(&second, frames) > sample(&first, frames) && sample(&first, frames) >= 0.0,
+        "{second:?}"
+    );
+    assert!(sample(&second, "lpmesh_inference_seconds_count{camera=\"plaza\"}") > 0.0);
+    assert_eq!(sample(&second, "lpmesh_mesh_peers"), 1.0);
+    assert!(sample(&second, "lpmesh_log_records") > sample(&first, "lpmesh_log_records"));
+    assert!(second.iter().any(|(s, _)| s.starts_with("lpmesh_events_total{")));
     interrupt(&mut a, "node front");
     std::thread::sleep(Duration::from_millis(1500));
     interrupt(&mut b, "node back");

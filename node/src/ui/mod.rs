@@ -800,6 +800,29 @@ pub enum UiError {
     Tls(String),
 }
 
+/// Serves any router on `addr` over plain HTTP (the ops endpoints).
+pub async fn serve_router(router: Router, addr: SocketAddr) -> Result<Running, UiError> {
+    let listen = |e: std::io::Error| UiError::Listen {
+        addr,
+        reason: e.to_string(),
+    };
+    let listener = std::net::TcpListener::bind(addr).map_err(listen)?;
+    listener.set_nonblocking(true).map_err(listen)?;
+    let local = listener.local_addr().map_err(listen)?;
+    let handle = axum_server::Handle::new();
+    let server = axum_server::from_tcp(listener).map_err(listen)?.handle(handle.clone());
+    let task = tokio::spawn(async move {
+        if let Err(e) = server.serve(router.into_make_service()).await {
+            tracing::error!(error = %e, "listener stopped");
+        }
+    });
+    Ok(Running {
+        addr: local,
+        handle,
+        task,
+    })
+}
+
 /// Serves the UI on `addr`, over TLS when `tls` holds a PEM certificate and key.
 pub async fn serve(state: Arc<UiState>, addr: SocketAddr, tls: Option<(Vec<u8>, Vec<u8>)>) -> Result<Running, UiError> {
     let listen = |e: std::io::Error| UiError::Listen {

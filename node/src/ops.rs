@@ -1,0 +1,360 @@
+//! What an installer and a monitoring system see of a running node, on its own listener (`[ops] listen`,
+//! loopback by default, so the counters need no login): `/metrics` in the Prometheus text format,
+//! `/health` (the process answers) and `/ready` (cameras opened, model loaded, mesh up).
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use lpmesh_mesh::net::MeshHandle;
+use tokio::sync::watch;
+
+use crate::event::Event;
+use crate::pipeline::FrameCounts;
+use crate::ui::CameraBoard;
+use crate::uplink::UplinkStatus;
+
+/// Upper bounds (ms) of the inference latency histogram.
+pub const INFER_BUCKETS_MS: [f64; 10] = [2.0, 5.0, 10.0, 15.0, 20.0, 30.0, 50.0, 100.0, 250.0, 1000.0];
+
+#[derive(Default, Clone)]
+struct CameraCounters {
+    frames: u64,
+    inferred: u64,
+    skipped_by_motion: u64,
+    dropped: u64,
+    buckets: [u64; INFER_BUCKETS_MS.len()],
+    infer_count: u64,
+    infer_sum_s: f64,
+    last: FrameCounts,
+}
+
+/// Counters the camera threads feed; everything else is read from its owner when scraped.
+#[derive(Default)]
+pub struct NodeMetrics {
+    cameras: Mutex<BTreeMap<String, CameraCounters>>,
+    events: Mutex<BTreeMap<(String, &'static str), u64>>,
+}
+
+impl NodeMetrics {
+    /// One analysed frame of `camera` (counts are cumulative within one run of its pipeline).
+    pub fn frame(&self, camera: &str, counts: FrameCounts, infer: Duration, events: &[Event]) {
+        {
+            let mut cams = self.cameras.lock().unwrap_or_else(|p| p.into_inner());
+            let c = cams.entry(camera.to_string()).or_default();
+            // A restarted pipeline counts from zero again.
+            let base = if counts.frames >= c.last.frames {
+                c.last
+            } else {
+                FrameCounts::default()
+            };
+            c.frames += counts.frames - base.frames;
+            c.inferred += counts.inferred.saturating_sub(base.inferred);
+            c.skipped_by_motion += counts.skipped_by_motion.saturating_sub(base.skipped_by_motion);
+            c.dropped += counts.dropped.saturating_sub(base.dropped);
+            c.last = counts;
+            if !infer.is_zero() {
+                let ms = infer.as_secs_f64() * 1000.0;
+                for (i, b) in INFER_BUCKETS_MS.iter().enumerate() {
+                    if ms <= *b {
+                        c.buckets[i] += 1;
+                    }
+                }
+                c.infer_count += 1;
+                c.infer_sum_s += infer.as_secs_f64();
+            }
+        }
+        if !events.is_empty() {
+            let mut ev = self.events.lock().unwrap_or_else(|p| p.into_inner());
+            for e in events {
+                *ev.entry((e.camera.clone(), e.kind.as_str())).or_insert(0) += 1;
+            }
+        }
+    }
+}
+
+pub struct OpsState {
+    pub node: String,
+    pub metrics: Arc<NodeMetrics>,
+    pub mesh: MeshHandle,
+    pub uplink: Option<watch::Receiver<UplinkStatus>>,
+    pub alerts: Option<crate::alerts::Alerts>,
+    pub board: CameraBoard,
+    pub cameras: Vec<String>,
+}
+
+fn esc(s: &str) -> String {
+    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+fn head(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+/// The Prometheus text of everything the node knows about itself.
+pub async fn render(s: &OpsState) -> String {
+    let mut o = String::new();
+    let cams = s.metrics.cameras.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    for (name, help, get) in [
+        (
+            "lpmesh_camera_frames_total",
+            "Frames analysed per camera.",
+            (|c: &CameraCounters| c.frames) as fn(&CameraCounters) -> u64,
+        ),
+        (
+            "lpmesh_camera_frames_detected_total",
+            "Frames the detector ran on.",
+            |c| c.inferred,
+        ),
+        (
+            "lpmesh_camera_frames_skipped_motion_total",
+            "Frames skipped by the motion gate.",
+            |c| c.skipped_by_motion,
+        ),
+        (
+            "lpmesh_camera_frames_dropped_total",
+            "Stale frames dropped to stay live.",
+            |c| c.dropped,
+        ),
+    ] {
+        head(&mut o, name, "counter", help);
+        for (cam, c) in &cams {
+            let _ = writeln!(o, "{name}{{camera=\"{}\"}} {}", esc(cam), get(c));
+        }
+    }
+    head(
+        &mut o,
+        "lpmesh_inference_seconds",
+        "histogram",
+        "Detector time per frame.",
+    );
+    for (cam, c) in &cams {
+        let cam = esc(cam);
+        for (i, b) in INFER_BUCKETS_MS.iter().enumerate() {
+            let _ = writeln!(
+                o,
+                "lpmesh_inference_seconds_bucket{{camera=\"{cam}\",le=\"{}\"}} {}",
+                b / 1000.0,
+                c.buckets[i]
+            );
+        }
+        let _ = writeln!(
+            o,
+            "lpmesh_inference_seconds_bucket{{camera=\"{cam}\",le=\"+Inf\"}} {}",
+            c.infer_count
+        );
+        let _ = writeln!(o, "lpmesh_inference_seconds_sum{{camera=\"{cam}\"}} {}", c.infer_sum_s);
+        let _ = writeln!(
+            o,
+            "lpmesh_inference_seconds_count{{camera=\"{cam}\"}} {}",
+            c.infer_count
+        );
+    }
+    head(
+        &mut o,
+        "lpmesh_camera_online",
+        "gauge",
+        "1 while the camera delivers frames.",
+    );
+    for c in s.board.read().unwrap_or_else(|p| p.into_inner()).values() {
+        let _ = writeln!(
+            o,
+            "lpmesh_camera_online{{camera=\"{}\"}} {}",
+            esc(&c.name),
+            u8::from(c.online)
+        );
+    }
+    head(
+        &mut o,
+        "lpmesh_events_total",
+        "counter",
+        "Events raised by this node's cameras, by kind.",
+    );
+    for ((cam, kind), n) in s.metrics.events.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+        let _ = writeln!(o, "lpmesh_events_total{{camera=\"{}\",kind=\"{kind}\"}} {n}", esc(cam));
+    }
+    if let Ok(m) = s.mesh.stats().await {
+        head(&mut o, "lpmesh_mesh_peers", "gauge", "Connected peers.");
+        let _ = writeln!(o, "lpmesh_mesh_peers {}", m.peers);
+        head(&mut o, "lpmesh_log_records", "gauge", "Records in this node's log.");
+        let _ = writeln!(o, "lpmesh_log_records {}", m.records);
+        for (name, help, v) in [
+            (
+                "lpmesh_records_appended_total",
+                "Records appended by this node.",
+                m.appended,
+            ),
+            (
+                "lpmesh_records_received_total",
+                "Records received (gossip and anti-entropy).",
+                m.received_gossip + m.received_sync,
+            ),
+            (
+                "lpmesh_records_sent_sync_total",
+                "Records sent in anti-entropy answers.",
+                m.sent_sync,
+            ),
+            (
+                "lpmesh_anti_entropy_repairs_total",
+                "Records that arrived by anti-entropy, not gossip.",
+                m.repaired,
+            ),
+            (
+                "lpmesh_sync_rounds_total",
+                "Anti-entropy rounds answered.",
+                m.sync_rounds,
+            ),
+            (
+                "lpmesh_handshake_failures_total",
+                "Connections that failed before they were up.",
+                m.handshake_failures,
+            ),
+        ] {
+            head(&mut o, name, "counter", help);
+            let _ = writeln!(o, "{name} {v}");
+        }
+        head(
+            &mut o,
+            "lpmesh_records_rejected_total",
+            "counter",
+            "Refused records and messages by reason.",
+        );
+        for (reason, n) in &m.rejected {
+            let _ = writeln!(o, "lpmesh_records_rejected_total{{reason=\"{}\"}} {n}", esc(reason));
+        }
+    }
+    if let Ok(leader) = s.mesh.leader().await {
+        head(
+            &mut o,
+            "lpmesh_uplink_leader",
+            "gauge",
+            "1 when this node is the store's uplink leader.",
+        );
+        let _ = writeln!(o, "lpmesh_uplink_leader {}", u8::from(leader == Some(s.mesh.origin())));
+    }
+    if let Some(u) = &s.uplink {
+        let st = u.borrow().clone();
+        head(
+            &mut o,
+            "lpmesh_uplink_outbox_periods",
+            "gauge",
+            "Summary periods waiting to be sent.",
+        );
+        let _ = writeln!(o, "lpmesh_uplink_outbox_periods {}", st.outbox);
+        head(
+            &mut o,
+            "lpmesh_uplink_hq_reachable",
+            "gauge",
+            "1 when HQ answered the last probe.",
+        );
+        let _ = writeln!(o, "lpmesh_uplink_hq_reachable {}", u8::from(st.hq_reachable));
+        head(
+            &mut o,
+            "lpmesh_uplink_summaries_sent_total",
+            "counter",
+            "Summaries HQ answered.",
+        );
+        let _ = writeln!(o, "lpmesh_uplink_summaries_sent_total {}", st.summaries_sent);
+        if let Some(t) = st.last_sync_ms {
+            head(
+                &mut o,
+                "lpmesh_uplink_last_sync_age_seconds",
+                "gauge",
+                "Time since HQ last acknowledged a summary from this node.",
+            );
+            let age = (chrono::Utc::now().timestamp_millis() - t).max(0) as f64 / 1000.0;
+            let _ = writeln!(o, "lpmesh_uplink_last_sync_age_seconds {age}");
+        }
+    }
+    if let Some(a) = &s.alerts {
+        let stats = a.stats();
+        for (name, help, get) in [
+            (
+                "lpmesh_alerts_sent_total",
+                "Alerts delivered per route.",
+                (|r: &crate::alerts::RouteStats| r.sent) as fn(&crate::alerts::RouteStats) -> u64,
+            ),
+            (
+                "lpmesh_alerts_failed_total",
+                "Failed delivery attempts per route.",
+                |r| r.failed,
+            ),
+            (
+                "lpmesh_alerts_dropped_total",
+                "Alerts lost per route (queue full or undelivered at stop).",
+                |r| r.dropped,
+            ),
+            (
+                "lpmesh_alerts_held_by_cooldown_total",
+                "Alerts held back by the cooldown.",
+                |r| r.filtered.cooldown,
+            ),
+        ] {
+            head(&mut o, name, "counter", help);
+            for r in &stats {
+                let _ = writeln!(
+                    o,
+                    "{name}{{route=\"{}\",type=\"{}\"}} {}",
+                    esc(&r.name),
+                    r.kind.as_str(),
+                    get(r)
+                );
+            }
+        }
+        head(&mut o, "lpmesh_alerts_queued", "gauge", "Alerts waiting per route.");
+        for r in &stats {
+            let _ = writeln!(o, "lpmesh_alerts_queued{{route=\"{}\"}} {}", esc(&r.name), r.queued);
+        }
+    }
+    o
+}
+
+async fn metrics(State(s): State<Arc<OpsState>>) -> Response {
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], render(&s).await).into_response()
+}
+
+/// Ready: the mesh listens and every camera has opened (its model loaded, a frame seen).
+async fn ready(State(s): State<Arc<OpsState>>) -> Response {
+    let mesh_up = s.mesh.listen_addrs().await.map(|a| !a.is_empty()).unwrap_or(false);
+    let board = s.board.read().unwrap_or_else(|p| p.into_inner()).clone();
+    let waiting: Vec<&String> = s
+        .cameras
+        .iter()
+        .filter(|c| board.get(*c).is_none_or(|b| b.last_frame_ms.is_none()))
+        .collect();
+    let ok = mesh_up && waiting.is_empty();
+    let body = serde_json::json!({ "ready": ok, "node": s.node, "mesh": mesh_up, "cameras_waiting": waiting });
+    let status = if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(body)).into_response()
+}
+
+pub fn app(state: Arc<OpsState>) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/health", get(|| async { "ok\n" }))
+        .route("/ready", get(ready))
+        .with_state(state)
+}
+
+/// Serves the ops endpoints; a failure to listen is reported and the node goes on without them.
+pub async fn serve(state: Arc<OpsState>, addr: SocketAddr) -> Option<crate::ui::Running> {
+    match crate::ui::serve_router(app(state), addr).await {
+        Ok(r) => Some(r),
+        Err(e) => {
+            tracing::error!(error = %e, "metrics and health endpoints are not available");
+            None
+        }
+    }
+}
