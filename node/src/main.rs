@@ -49,9 +49,27 @@ enum Command {
         #[command(subcommand)]
         what: BenchWhat,
     },
-    /// Watch people being detected and tracked, and events raised, live on the demo footage.
-    #[cfg(feature = "vision")]
+    /// The whole product on this machine: three store nodes, HQ, tablet UIs, alerts, the uplink.
     Demo {
+        /// Where the demo keeps its nodes, HQ and logs (emptied at start).
+        #[arg(long, default_value = "/tmp/lpmesh-demo")]
+        dir: PathBuf,
+        #[arg(long, default_value_t = 3)]
+        nodes: usize,
+        /// Stop after this many seconds and print a report.
+        #[arg(long)]
+        duration: Option<f64>,
+        /// Make HQ unreachable for this many seconds (from 10 s in): the outbox grows, then drains.
+        #[arg(long)]
+        uplink_down: Option<f64>,
+        /// Kill the uplink leader after this many seconds: another takes over.
+        #[arg(long)]
+        kill_node_after: Option<f64>,
+    },
+    /// Watch people being detected and tracked, and events raised, live on the demo footage (one camera,
+    /// one process).
+    #[cfg(feature = "vision")]
+    Watch {
         /// Node configuration with the demo camera's zones (default: config/demo/store.toml).
         #[arg(long)]
         config: Option<PathBuf>,
@@ -394,7 +412,23 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Status { data, json } => status(&data, json),
         Command::User { cmd } => user(cmd),
         #[cfg(feature = "vision")]
-        Command::Demo { config, duration } => vision::demo(config, duration),
+        Command::Watch { config, duration } => vision::demo(config, duration),
+        Command::Demo {
+            dir,
+            nodes,
+            duration,
+            uplink_down,
+            kill_node_after,
+        } => cli_demo::run(
+            cli_demo::DemoArgs {
+                dir,
+                nodes,
+                duration,
+                uplink_down,
+                kill_node_after,
+            },
+            stop_flag(),
+        ),
         Command::Init { store, data } => {
             let peer = lpmesh_node::node::init(&store, &data)?;
             println!("store {store} created in {}; this node is {peer}", data.display());
@@ -649,6 +683,11 @@ fn stop_flag() -> Arc<AtomicBool> {
     stop
 }
 
+mod cli_demo;
+
+/// How long a stopping node keeps its mesh open after its last records.
+const SHUTDOWN_LINGER: std::time::Duration = std::time::Duration::from_millis(1500);
+
 mod daemon {
     use super::*;
 
@@ -894,6 +933,9 @@ mod daemon {
                 let _ = tokio::task::spawn_blocking(move || c.join()).await;
             }
             let _ = tokio::time::timeout(std::time::Duration::from_secs(10), appender).await;
+            // The last records (incidents closed by the stop) go out by gossip now; stay a moment so
+            // they reach the other nodes, and so theirs reach this one when the store stops together.
+            tokio::time::sleep(SHUTDOWN_LINGER).await;
             // Alerts raised by the cameras' last events go out before the network closes.
             alerts.shutdown(std::time::Duration::from_secs(3)).await;
             if let Some(r) = ops {
