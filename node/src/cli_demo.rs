@@ -121,6 +121,22 @@ impl Drop for Proc {
     }
 }
 
+/// Proportional and private (anonymous) memory of a process, MB: shared libraries count once across
+/// the nodes in PSS, not at all in the private figure.
+fn memory_detail(pid: u32) -> Option<(f64, f64)> {
+    let kb = |text: &str, key: &str| -> Option<f64> {
+        text.lines()
+            .find(|l| l.starts_with(key))?
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()
+    };
+    let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    Some((kb(&rollup, "Pss:")? / 1024.0, kb(&status, "RssAnon:")? / 1024.0))
+}
+
 /// CPU seconds and resident memory of a process, from /proc.
 fn usage(pid: u32) -> Option<(f64, f64)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -166,6 +182,8 @@ struct Node {
     cpu_s: f64,
     wall_s: f64,
     max_rss_mb: f64,
+    max_pss_mb: f64,
+    max_anon_mb: f64,
     frames0: Option<f64>,
     frames_detected: f64,
     killed: bool,
@@ -308,6 +326,8 @@ pub fn run(a: DemoArgs, stop: Arc<AtomicBool>) -> Result<ExitCode> {
             cpu_s: 0.0,
             wall_s: 0.0,
             max_rss_mb: 0.0,
+            max_pss_mb: 0.0,
+            max_anon_mb: 0.0,
             frames0: None,
             frames_detected: 0.0,
             killed: false,
@@ -438,6 +458,10 @@ pub fn run(a: DemoArgs, stop: Arc<AtomicBool>) -> Result<ExitCode> {
                         }
                     }
                     n.max_rss_mb = n.max_rss_mb.max(rss);
+                }
+                if let Some((pss, anon)) = memory_detail(pid) {
+                    n.max_pss_mb = n.max_pss_mb.max(pss);
+                    n.max_anon_mb = n.max_anon_mb.max(anon);
                 }
             }
             if let Some(m) = http_get(n.ops, "/metrics") {
@@ -720,9 +744,11 @@ fn report(
             0.0
         };
         println!(
-            "  {:<12}  CPU {cpu:5.1} %   RSS max {:6.1} MB   detected {fps:4.1} frames/s{}",
+            "  {:<12}  CPU {cpu:5.1} %   memory max: RSS {:5.1} MB, PSS {:5.1} MB, private {:5.1} MB   detected {fps:4.1} frames/s{}",
             n.name,
             n.max_rss_mb,
+            n.max_pss_mb,
+            n.max_anon_mb,
             if n.killed { "   (killed)" } else { "" }
         );
     }

@@ -136,6 +136,16 @@ in = "left"
         std::fs::read_to_string(dir.join("n1.log")).unwrap()
     );
     assert_eq!(on_back, on_front, "the other node holds the same events");
+    // Stopped while its camera was busy, the node said how many records its log held; the database
+    // reopens with every one of them.
+    let said = std::fs::read_to_string(dir.join("n1.out")).unwrap();
+    let durable: usize = said
+        .lines()
+        .find_map(|l| l.strip_prefix("mesh: "))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no record count in the node's output: {said}"));
+    assert_eq!(on_front.len(), durable, "records lost at shutdown");
     assert!(on_back
         .iter()
         .all(|e| e["node"] == "front" && e["camera"] == "plaza" && e["store"] == "shop-1"));
