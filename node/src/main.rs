@@ -691,6 +691,15 @@ const SHUTDOWN_LINGER: std::time::Duration = std::time::Duration::from_millis(15
 mod daemon {
     use super::*;
 
+    /// How tablets reach this node's UI, for alert links.
+    fn ui_url(cfg: &NodeConfig) -> String {
+        let scheme = if cfg.ui.tls { "https" } else { "http" };
+        cfg.ui
+            .public_url
+            .clone()
+            .unwrap_or_else(|| format!("{scheme}://{}", cfg.ui.listen))
+    }
+
     /// Starts the tablet UI (unless switched off): the incident view fed from the log, the listener.
     async fn start_ui(
         cfg: &NodeConfig,
@@ -740,12 +749,7 @@ mod daemon {
                 return Ok(None);
             }
         };
-        let scheme = if cfg.ui.tls { "https" } else { "http" };
-        let url = cfg
-            .ui
-            .public_url
-            .clone()
-            .unwrap_or_else(|| format!("{scheme}://{}", running.addr));
+        let url = ui_url(cfg);
         println!("UI of node {} at {url}", cfg.node);
         if lpmesh_node::ui::auth::Users::new(&cfg.data_dir)
             .load()
@@ -773,7 +777,26 @@ mod daemon {
             let secret = StoreSecrets::load(&cfg.data_dir)?.store_secret()?;
             let stop = stop_flag();
             let (tx, rx) = tokio::sync::mpsc::channel(EVENT_QUEUE);
-            let appender = tokio::spawn(append_events(mesh.clone(), rx));
+            let tz = lpmesh_node::schedule::Schedule::parse_tz(&cfg.schedule.timezone).map_err(anyhow::Error::msg)?;
+            let alerts = lpmesh_node::alerts::start(&cfg.alerts, &cfg.store, &cfg.node, tz)?;
+            let appender = tokio::spawn(append_events(
+                mesh.clone(),
+                rx,
+                Some((alerts.clone(), cfg.node.clone(), ui_url(&cfg))),
+            ));
+            // A nearly full disk is said, loudly and in the metrics; detection and alerts go on.
+            let disk_dir = cfg.data_dir.clone();
+            tokio::spawn(async move {
+                let mut every = tokio::time::interval(std::time::Duration::from_secs(60));
+                loop {
+                    every.tick().await;
+                    if let Some((free, total)) = lpmesh_node::ops::disk_space(&disk_dir) {
+                        if lpmesh_node::ops::nearly_full(free, total) {
+                            tracing::warn!(free_mb = free / (1024 * 1024), data_dir = %disk_dir.display(), "the disk is nearly full: free space, or events will stop being stored (detection and alerts go on)");
+                        }
+                    }
+                }
+            });
             let mut sub = mesh.subscribe();
             let me = mesh.origin();
             tokio::spawn(async move {
@@ -843,8 +866,6 @@ mod daemon {
             let node_metrics: Arc<lpmesh_node::ops::NodeMetrics> = Default::default();
             let zone_control = lpmesh_node::ui::zones::ZoneControl::new(config.to_path_buf(), &cfg.cameras);
             let ui = start_ui(&cfg, &mesh, uplink.as_ref().map(|u| u.watch()), board.clone(), zone_control.clone()).await?;
-            let tz = lpmesh_node::schedule::Schedule::parse_tz(&cfg.schedule.timezone).map_err(anyhow::Error::msg)?;
-            let alerts = lpmesh_node::alerts::start(&cfg.alerts, &cfg.store, &cfg.node, tz)?;
             tokio::spawn(lpmesh_node::node::follow_alerts(
                 mesh.clone(),
                 StoreSecrets::load(&cfg.data_dir)?.store_secret()?,
@@ -856,6 +877,7 @@ mod daemon {
                 let addr: std::net::SocketAddr = cfg.ops.listen.parse().context("[ops] listen")?;
                 let st = Arc::new(lpmesh_node::ops::OpsState {
                     node: cfg.node.clone(),
+                    data_dir: cfg.data_dir.clone(),
                     metrics: node_metrics.clone(),
                     mesh: mesh.clone(),
                     uplink: uplink.as_ref().map(|u| u.watch()),

@@ -83,7 +83,11 @@ pub fn start_mesh(cfg: &NodeConfig) -> Result<MeshHandle, NodeError> {
 }
 
 /// Appends camera events to the mesh as they come, batching whatever is queued into one commit.
-pub async fn append_events(mesh: MeshHandle, mut rx: tokio::sync::mpsc::Receiver<Event>) {
+/// Where alerts go when the log cannot take events (a full or failing disk): the node, its alerts and
+/// the UI's base URL for the links.
+pub type AlertFallback = Option<(crate::alerts::Alerts, String, String)>;
+
+pub async fn append_events(mesh: MeshHandle, mut rx: tokio::sync::mpsc::Receiver<Event>, fallback: AlertFallback) {
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
         while batch.len() < 256 {
@@ -99,6 +103,12 @@ pub async fn append_events(mesh: MeshHandle, mut rx: tokio::sync::mpsc::Receiver
             .collect();
         if let Err(e) = mesh.append(items).await {
             tracing::error!(error = %e, events = batch.len(), "cannot append events to the store log");
+            // Detection goes on; the guards still hear what the cameras saw, straight from here.
+            if let Some((alerts, node, link)) = &fallback {
+                for ev in batch.iter().filter(|ev| crate::alerts::is_alertable(ev, node)) {
+                    alerts.submit(crate::alerts::Alert::from_event(ev, link));
+                }
+            }
         }
     }
 }

@@ -80,8 +80,51 @@ impl NodeMetrics {
     }
 }
 
+/// Free and total bytes of the filesystem holding `path`.
+pub fn disk_space(path: &std::path::Path) -> Option<(u64, u64)> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    let mut st = std::mem::MaybeUninit::<libc::statvfs>::zeroed();
+    // SAFETY: `c` is a valid NUL-terminated path and `st` points to writable memory of the right type.
+    let rc = unsafe { libc::statvfs(c.as_ptr(), st.as_mut_ptr()) };
+    if rc != 0 {
+        return None;
+    }
+    // SAFETY: statvfs succeeded, so it filled the struct.
+    let st = unsafe { st.assume_init() };
+    // The fields are u32 on 32-bit targets (many camera SoCs), u64 here.
+    #[allow(clippy::unnecessary_cast)]
+    let frsize = st.f_frsize as u64;
+    #[allow(clippy::unnecessary_cast)]
+    let (avail, blocks) = (st.f_bavail as u64, st.f_blocks as u64);
+    Some((avail * frsize, blocks * frsize))
+}
+
+/// Bytes under `dir` (the node's database, keys and outbox).
+pub fn dir_size(dir: &std::path::Path) -> u64 {
+    let mut total = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else { continue };
+        for e in entries.flatten() {
+            match e.metadata() {
+                Ok(m) if m.is_dir() => stack.push(e.path()),
+                Ok(m) => total += m.len(),
+                Err(_) => {}
+            }
+        }
+    }
+    total
+}
+
+/// Nearly full: under 5 % or under 512 MiB free. The node keeps detecting and alerting, and says so.
+pub fn nearly_full(free: u64, total: u64) -> bool {
+    free < 512 * 1024 * 1024 || (total > 0 && free * 20 < total)
+}
+
 pub struct OpsState {
     pub node: String,
+    pub data_dir: std::path::PathBuf,
     pub metrics: Arc<NodeMetrics>,
     pub mesh: MeshHandle,
     pub uplink: Option<watch::Receiver<UplinkStatus>>,
@@ -274,6 +317,29 @@ pub async fn render(s: &OpsState) -> String {
             let _ = writeln!(o, "lpmesh_uplink_last_sync_age_seconds {age}");
         }
     }
+    head(
+        &mut o,
+        "lpmesh_data_dir_bytes",
+        "gauge",
+        "Bytes in the node's data directory.",
+    );
+    let _ = writeln!(o, "lpmesh_data_dir_bytes {}", dir_size(&s.data_dir));
+    if let Some((free, total)) = disk_space(&s.data_dir) {
+        head(
+            &mut o,
+            "lpmesh_disk_free_bytes",
+            "gauge",
+            "Free bytes on the data directory's filesystem.",
+        );
+        let _ = writeln!(o, "lpmesh_disk_free_bytes {free}");
+        head(
+            &mut o,
+            "lpmesh_disk_nearly_full",
+            "gauge",
+            "1 when under 5 % or 512 MiB are free.",
+        );
+        let _ = writeln!(o, "lpmesh_disk_nearly_full {}", u8::from(nearly_full(free, total)));
+    }
     if let Some(a) = &s.alerts {
         let stats = a.stats();
         for (name, help, get) in [
@@ -356,5 +422,26 @@ pub async fn serve(state: Arc<OpsState>, addr: SocketAddr) -> Option<crate::ui::
             tracing::error!(error = %e, "metrics and health endpoints are not available");
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn disk_space_and_sizes() {
+        let dir = std::env::temp_dir().join(format!("lpmesh-ops-{}", rand::random::<u32>()));
+        std::fs::create_dir_all(dir.join("log")).unwrap();
+        std::fs::write(dir.join("log/db"), vec![0u8; 4096]).unwrap();
+        std::fs::write(dir.join("node.key"), [1u8; 100]).unwrap();
+        assert_eq!(dir_size(&dir), 4196);
+        let (free, total) = disk_space(&dir).unwrap();
+        assert!(total > 0 && free <= total);
+        assert!(disk_space(std::path::Path::new("/no/such/dir")).is_none());
+        assert!(nearly_full(100 << 20, 100 << 30), "100 MiB free is nearly full");
+        assert!(nearly_full(1 << 30, 100 << 30), "1 % free is nearly full");
+        assert!(!nearly_full(20 << 30, 100 << 30));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
