@@ -815,7 +815,7 @@ mod daemon {
                     }
                 }
             });
-            // The mesh's counters in the log every minute, until /metrics exists (issue [6/7]).
+            // The mesh's counters in the log every minute too (for nodes without a metrics scraper).
             let m = mesh.clone();
             tokio::spawn(async move {
                 let mut every = tokio::time::interval(std::time::Duration::from_secs(60));
