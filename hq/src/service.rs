@@ -25,8 +25,7 @@ pub struct Identity {
     pub self_signed: bool,
 }
 
-/// Creates (first time) or loads HQ's identity and certificate.
-pub fn init(cfg: &HqConfig) -> Result<Identity, ServiceError> {
+fn load(cfg: &HqConfig) -> Result<(age::x25519::Identity, tls::ServerCert), ServiceError> {
     let id = tls::load_or_create_identity(&cfg.data_dir)?;
     let cert = tls::load_or_create_cert(
         &cfg.data_dir,
@@ -34,12 +33,22 @@ pub fn init(cfg: &HqConfig) -> Result<Identity, ServiceError> {
         cfg.tls_key.as_deref(),
         &cfg.tls_names,
     )?;
-    Ok(Identity {
+    Ok((id, cert))
+}
+
+fn describe(id: &age::x25519::Identity, cert: &tls::ServerCert) -> Identity {
+    Identity {
         recipient: id.to_public().to_string(),
-        cert_path: cert.cert_path,
-        fingerprint: cert.fingerprint,
+        cert_path: cert.cert_path.clone(),
+        fingerprint: cert.fingerprint.clone(),
         self_signed: cert.generated,
-    })
+    }
+}
+
+/// Creates (first time) or loads HQ's identity and certificate.
+pub fn init(cfg: &HqConfig) -> Result<Identity, ServiceError> {
+    let (id, cert) = load(cfg)?;
+    Ok(describe(&id, &cert))
 }
 
 pub struct Started {
@@ -50,14 +59,8 @@ pub struct Started {
 
 /// Opens the store (migrating PostgreSQL), and serves.
 pub async fn start(cfg: &HqConfig) -> Result<Started, ServiceError> {
-    let identity = init(cfg)?;
-    let age_id = tls::load_or_create_identity(&cfg.data_dir)?;
-    let cert = tls::load_or_create_cert(
-        &cfg.data_dir,
-        cfg.tls_cert.as_deref(),
-        cfg.tls_key.as_deref(),
-        &cfg.tls_names,
-    )?;
+    let (age_id, cert) = load(cfg)?;
+    let identity = describe(&age_id, &cert);
     let store = HqStore::open(&cfg.data_dir, cfg.database_url.as_deref()).await?;
     let state = HqState::new(store, age_id, cfg.max_envelope_bytes);
     let running = serve(state.clone(), cfg.listen, cert.cert_pem, cert.key_pem).await?;

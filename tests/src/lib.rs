@@ -33,6 +33,29 @@ pub fn footage() -> PathBuf {
     p
 }
 
+/// A free TCP port on loopback (for the nodes, UIs and HQ a test starts).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+/// SIGINT, as Ctrl-C: the process stops in order and must exit cleanly within 20 s.
+pub fn interrupt(child: &mut std::process::Child, what: &str) {
+    let _ = Command::new("kill").args(["-INT", &child.id().to_string()]).status();
+    let t = std::time::Instant::now();
+    while t.elapsed() < std::time::Duration::from_secs(20) {
+        if let Ok(Some(status)) = child.try_wait() {
+            assert!(status.success(), "{what} exited with {status}");
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    panic!("{what} did not stop within 20 s of SIGINT");
+}
+
 /// A fresh directory under the system temp dir, removed when dropped.
 pub struct TempDir(pub PathBuf);
 

@@ -7,15 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use lpmesh_tests::{lpmesh, lpmesh_path, TempDir};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use lpmesh_tests::{free_port, lpmesh, lpmesh_path, TempDir};
 
 fn ok(args: &[&str], stdin: Option<&str>) -> String {
     let mut c = lpmesh();

@@ -7,15 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use lpmesh_hq::store::{Embedded, Filter, HqStore};
-use lpmesh_tests::{lpmesh, lpmesh_path, TempDir};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use lpmesh_tests::{free_port, interrupt, lpmesh, lpmesh_path, TempDir};
 
 fn spawn(args: &[&str], log: &Path) -> Child {
     Command::new(lpmesh_path())
@@ -25,20 +17,6 @@ fn spawn(args: &[&str], log: &Path) -> Child {
         .stderr(Stdio::from(std::fs::File::create(log).unwrap()))
         .spawn()
         .unwrap()
-}
-
-fn interrupt(child: &mut Child, what: &str) {
-    let _ = Command::new("kill").args(["-INT", &child.id().to_string()]).status();
-    let t = Instant::now();
-    while t.elapsed() < Duration::from_secs(20) {
-        if let Ok(Some(status)) = child.try_wait() {
-            assert!(status.success(), "{what} exited with {status}");
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let _ = child.kill();
-    panic!("{what} did not stop within 20 s of SIGINT");
 }
 
 fn ok(args: &[&str]) -> String {

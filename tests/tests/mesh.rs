@@ -2,17 +2,9 @@
 //! the events of the camera on one node reach the other, and `lpmesh events` lists them there.
 
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use lpmesh_tests::{lpmesh, lpmesh_path, TempDir};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use lpmesh_tests::{free_port, interrupt, lpmesh, lpmesh_path, TempDir};
 
 fn run(config: &std::path::Path, log: &std::path::Path) -> Child {
     Command::new(lpmesh_path())
@@ -22,21 +14,6 @@ fn run(config: &std::path::Path, log: &std::path::Path) -> Child {
         .stderr(Stdio::from(std::fs::File::create(log).unwrap()))
         .spawn()
         .unwrap()
-}
-
-fn interrupt(child: &mut Child) {
-    // SIGINT, as Ctrl-C: the node stops its cameras, flushes, and exits by itself.
-    let _ = Command::new("kill").args(["-INT", &child.id().to_string()]).status();
-    let t = Instant::now();
-    while t.elapsed() < Duration::from_secs(20) {
-        if let Ok(Some(status)) = child.try_wait() {
-            assert!(status.success(), "node exited with {status}");
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let _ = child.kill();
-    panic!("node did not stop within 20 s of SIGINT");
 }
 
 #[test]
@@ -112,9 +89,9 @@ in = "left"
     let mut rogue = run(&c3, &dir.join("n3.log"));
     // vtest.avi in real time: the first people cross the walkway within a few seconds.
     std::thread::sleep(Duration::from_secs(14));
-    interrupt(&mut a);
-    interrupt(&mut b);
-    interrupt(&mut rogue);
+    interrupt(&mut a, "node front");
+    interrupt(&mut b, "node back");
+    interrupt(&mut rogue, "node rogue");
 
     let list = |data: &std::path::Path| {
         let o = lpmesh()

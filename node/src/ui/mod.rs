@@ -802,6 +802,11 @@ pub enum UiError {
 
 /// Serves any router on `addr` over plain HTTP (the ops endpoints).
 pub async fn serve_router(router: Router, addr: SocketAddr) -> Result<Running, UiError> {
+    serve_connected(router, addr).await
+}
+
+/// Plain HTTP, with the client's address available to handlers (the login limits need it).
+async fn serve_connected(router: Router, addr: SocketAddr) -> Result<Running, UiError> {
     let listen = |e: std::io::Error| UiError::Listen {
         addr,
         reason: e.to_string(),
@@ -811,8 +816,9 @@ pub async fn serve_router(router: Router, addr: SocketAddr) -> Result<Running, U
     let local = listener.local_addr().map_err(listen)?;
     let handle = axum_server::Handle::new();
     let server = axum_server::from_tcp(listener).map_err(listen)?.handle(handle.clone());
+    let svc = router.into_make_service_with_connect_info::<SocketAddr>();
     let task = tokio::spawn(async move {
-        if let Err(e) = server.serve(router.into_make_service()).await {
+        if let Err(e) = server.serve(svc).await {
             tracing::error!(error = %e, "listener stopped");
         }
     });
@@ -825,6 +831,9 @@ pub async fn serve_router(router: Router, addr: SocketAddr) -> Result<Running, U
 
 /// Serves the UI on `addr`, over TLS when `tls` holds a PEM certificate and key.
 pub async fn serve(state: Arc<UiState>, addr: SocketAddr, tls: Option<(Vec<u8>, Vec<u8>)>) -> Result<Running, UiError> {
+    let Some((cert, key)) = tls else {
+        return serve_connected(app(state), addr).await;
+    };
     let listen = |e: std::io::Error| UiError::Listen {
         addr,
         reason: e.to_string(),
@@ -833,30 +842,19 @@ pub async fn serve(state: Arc<UiState>, addr: SocketAddr, tls: Option<(Vec<u8>, 
     listener.set_nonblocking(true).map_err(listen)?;
     let local = listener.local_addr().map_err(listen)?;
     let handle = axum_server::Handle::new();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let cfg = axum_server::tls_rustls::RustlsConfig::from_pem(cert, key)
+        .await
+        .map_err(|e| UiError::Tls(e.to_string()))?;
+    let server = axum_server::from_tcp_rustls(listener, cfg)
+        .map_err(listen)?
+        .handle(handle.clone());
     let svc = app(state).into_make_service_with_connect_info::<SocketAddr>();
-    let h = handle.clone();
-    let task = match tls {
-        Some((cert, key)) => {
-            let _ = rustls::crypto::ring::default_provider().install_default();
-            let cfg = axum_server::tls_rustls::RustlsConfig::from_pem(cert, key)
-                .await
-                .map_err(|e| UiError::Tls(e.to_string()))?;
-            let server = axum_server::from_tcp_rustls(listener, cfg).map_err(listen)?.handle(h);
-            tokio::spawn(async move {
-                if let Err(e) = server.serve(svc).await {
-                    tracing::error!(error = %e, "UI listener stopped");
-                }
-            })
+    let task = tokio::spawn(async move {
+        if let Err(e) = server.serve(svc).await {
+            tracing::error!(error = %e, "UI listener stopped");
         }
-        None => {
-            let server = axum_server::from_tcp(listener).map_err(listen)?.handle(h);
-            tokio::spawn(async move {
-                if let Err(e) = server.serve(svc).await {
-                    tracing::error!(error = %e, "UI listener stopped");
-                }
-            })
-        }
-    };
+    });
     Ok(Running {
         addr: local,
         handle,
