@@ -477,7 +477,8 @@ pub fn run(a: DemoArgs, stop: Arc<AtomicBool>) -> Result<ExitCode> {
             .iter()
             .filter(|n| n.proc.is_some())
             .find_map(|n| leader_of(&n.data));
-        if let Some(l) = leader {
+        // Counted once the nodes have heard each other (the first leader timeout after start).
+        if let Some(l) = leader.filter(|_| t >= 6.0) {
             if leaders.last().is_none_or(|(_, prev)| *prev != l) {
                 let who = ids.get(&l).cloned().unwrap_or_else(|| l.clone());
                 println!("[{t:5.0}s] uplink leader: {who}");
