@@ -621,13 +621,9 @@ impl Actor {
             Command::Leader(reply) => {
                 let _ = reply.send(self.election.leader(now_ms()));
             }
-            Command::SetInfo(info) => {
-                let changed = info != self.info;
-                self.info = info;
-                if changed {
-                    self.heartbeat(now_ms());
-                }
-            }
+            // Carried by the next regular heartbeat: the info (frames/s, last frame) changes all the
+            // time, and beating on every change would multiply the heartbeat rate.
+            Command::SetInfo(info) => self.info = info,
             Command::Nodes(reply) => {
                 let now = now_ms();
                 let timeout = self.election.timeout_ms();

@@ -114,6 +114,13 @@ fn pct(v: &mut [f64], q: f64) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// When an incident was first seen on a channel (repeats, e.g. an MQTT redelivery, do not count).
+fn first_seen(seen: &Mutex<HashMap<String, Instant>>, id: &str) {
+    if let Ok(mut m) = seen.lock() {
+        m.entry(id.to_string()).or_insert_with(Instant::now);
+    }
+}
+
 pub async fn run(incidents: usize) -> Result<AlertsBench, BenchError> {
     let broker = tokio::task::spawn_blocking(Broker::start).await.map_err(err)??;
     let root = std::env::temp_dir().join(format!("lpmesh-bench-alerts-nodes-{}", std::process::id()));
@@ -204,9 +211,7 @@ pub async fn run(incidents: usize) -> Result<AlertsBench, BenchError> {
                 if let Some(json) = msg.lines().find_map(|l| l.strip_prefix("data:")) {
                     if let Ok(v) = serde_json::from_str::<serde_json::Value>(json.trim()) {
                         if let Some(id) = v["incident"]["id"].as_str() {
-                            seen.lock()
-                                .map(|mut m| m.entry(id.to_string()).or_insert_with(Instant::now).elapsed())
-                                .ok();
+                            first_seen(&seen, id);
                         }
                     }
                 }
@@ -227,9 +232,7 @@ pub async fn run(incidents: usize) -> Result<AlertsBench, BenchError> {
             if let rumqttc::Event::Incoming(rumqttc::Packet::Publish(p)) = e {
                 if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&p.payload) {
                     if let Some(id) = v["incident"].as_str() {
-                        let _ = seen
-                            .lock()
-                            .map(|mut m| m.entry(id.to_string()).or_insert_with(Instant::now).elapsed());
+                        first_seen(&seen, id);
                     }
                 }
             }

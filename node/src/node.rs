@@ -11,6 +11,7 @@ use lpmesh_mesh::record::{Record, RecordKind};
 
 use crate::config::NodeConfig;
 use crate::event::Event;
+use crate::summary::Entry;
 
 /// Events from cameras waiting to be appended (each append takes whatever is queued: group commit).
 pub const EVENT_QUEUE: usize = 1024;
@@ -115,11 +116,34 @@ pub async fn append_events(mesh: MeshHandle, mut rx: tokio::sync::mpsc::Receiver
 
 /// Decrypts and parses an event record.
 pub fn open_event(secret: &StoreSecret, r: &Record) -> Option<Event> {
-    if r.kind != RecordKind::Event {
-        return None;
+    match open_entry(secret, r)? {
+        Entry::Event(e) => Some(e),
+        Entry::Action(_) => None,
     }
+}
+
+/// Decrypts and parses any record: an event or an operator action.
+pub fn open_entry(secret: &StoreSecret, r: &Record) -> Option<Entry> {
     let plain = secret.decrypt(&r.ciphertext).ok()?;
-    serde_json::from_slice(&plain).ok()
+    match r.kind {
+        RecordKind::Event => serde_json::from_slice(&plain).ok().map(Entry::Event),
+        RecordKind::Action => serde_json::from_slice(&plain).ok().map(Entry::Action),
+    }
+}
+
+/// Hands every record of the log to `f`, origin by origin, a thousand at a time (the views that
+/// follow the log read it whole at start).
+pub async fn read_log(mesh: &MeshHandle, mut f: impl FnMut(&Record)) -> Result<(), MeshError> {
+    for (origin, high) in mesh.version_vector().await? {
+        let mut from = 1;
+        while from <= high {
+            let recs = mesh.range(origin, from, 1000).await?;
+            let Some(last) = recs.last().map(|r| r.seq) else { break };
+            recs.iter().for_each(&mut f);
+            from = last + 1;
+        }
+    }
+    Ok(())
 }
 
 /// `lpmesh events`: the store's events as this node holds them (the node must not be running: the

@@ -48,7 +48,11 @@ impl NodeMetrics {
     pub fn frame(&self, camera: &str, counts: FrameCounts, infer: Duration, events: &[Event]) {
         {
             let mut cams = self.cameras.lock().unwrap_or_else(|p| p.into_inner());
-            let c = cams.entry(camera.to_string()).or_default();
+            // Called for every frame: allocate the camera's name once, not per frame.
+            if !cams.contains_key(camera) {
+                cams.insert(camera.to_string(), CameraCounters::default());
+            }
+            let Some(c) = cams.get_mut(camera) else { return };
             // A restarted pipeline counts from zero again.
             let base = if counts.frames >= c.last.frames {
                 c.last

@@ -22,11 +22,11 @@ use lpmesh_hq::envelope::{seal, HqRecipient};
 use lpmesh_hq::vv::VersionVector;
 use lpmesh_mesh::crypto::StoreSecret;
 use lpmesh_mesh::net::{MeshError, MeshHandle};
-use lpmesh_mesh::record::{Record, RecordKind};
+use lpmesh_mesh::record::Record;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, oneshot, watch};
 
-use crate::summary::{node_id, Entry, Ledger};
+use crate::summary::{node_id, Ledger};
 
 pub const STATUS_FILE: &str = "uplink-status.json";
 const OUTBOX_DIR: &str = "uplink";
@@ -95,12 +95,6 @@ impl UplinkHandle {
     /// A receiver of status changes (the UI's mesh page).
     pub fn watch(&self) -> watch::Receiver<UplinkStatus> {
         self.status.clone()
-    }
-
-    /// Waits for the next change of status.
-    pub async fn changed(&mut self) -> Option<UplinkStatus> {
-        self.status.changed().await.ok()?;
-        Some(self.status.borrow().clone())
     }
 
     /// Stops after the current step; the outbox is flushed.
@@ -271,18 +265,8 @@ impl Uplink {
     }
 
     async fn scan(&mut self) -> Result<(), MeshError> {
-        let vv = self.mesh.version_vector().await?;
-        for (origin, high) in vv {
-            let mut from = 1;
-            while from <= high {
-                let recs = self.mesh.range(origin, from, 1000).await?;
-                let Some(last) = recs.last().map(|r| r.seq) else { break };
-                for r in &recs {
-                    self.take(r);
-                }
-                from = last + 1;
-            }
-        }
+        let mesh = self.mesh.clone();
+        crate::node::read_log(&mesh, |r| self.take(r)).await?;
         tracing::info!(
             records = self.ledger.len(),
             waiting = self.waiting.len(),
@@ -292,11 +276,7 @@ impl Uplink {
     }
 
     fn take(&mut self, r: &Record) {
-        let plain = self.secret.decrypt(&r.ciphertext).ok();
-        let entry = plain.and_then(|p| match r.kind {
-            RecordKind::Event => serde_json::from_slice(&p).ok().map(Entry::Event),
-            RecordKind::Action => serde_json::from_slice(&p).ok().map(Entry::Action),
-        });
+        let entry = crate::node::open_entry(&self.secret, r);
         for p in self.ledger.add(r.origin, r.seq, entry) {
             let hq = self.done.get(&p).cloned().unwrap_or_default();
             if !self.ledger.covered(p, &hq) {

@@ -35,6 +35,7 @@ use tokio::sync::{broadcast, watch};
 use crate::action::{Action, ActionKind, MAX_NOTE_LEN};
 use crate::event::{EventKind, Severity};
 use crate::incidents::{Book, Change, Incident};
+use crate::summary::Entry;
 use crate::uplink::UplinkStatus;
 use auth::{LoginLimiter, Role, Session, Sessions, Users, SESSION_COOKIE};
 
@@ -132,12 +133,13 @@ impl UiState {
 
     /// Folds one record into the incident view and tells open pages.
     pub fn take(&self, r: &Record) -> Option<Change> {
-        let plain = self.secret.decrypt(&r.ciphertext).ok()?;
+        // Decrypted and parsed before the lock: pages reading the view do not wait on it.
+        let entry = crate::node::open_entry(&self.secret, r)?;
         let change = {
             let mut book = self.book.write().unwrap_or_else(|p| p.into_inner());
-            match r.kind {
-                RecordKind::Event => book.event((r.origin, r.seq), &serde_json::from_slice(&plain).ok()?),
-                RecordKind::Action => book.action((r.origin, r.seq), &serde_json::from_slice(&plain).ok()?),
+            match &entry {
+                Entry::Event(e) => book.event((r.origin, r.seq), e),
+                Entry::Action(a) => book.action((r.origin, r.seq), a),
             }
         }?;
         let json = {
@@ -179,18 +181,10 @@ pub async fn feed(state: Arc<UiState>) -> Result<(), MeshError> {
 }
 
 async fn scan(state: &UiState) -> Result<(), MeshError> {
-    for (origin, high) in state.mesh.version_vector().await? {
-        let mut from = 1;
-        while from <= high {
-            let recs = state.mesh.range(origin, from, 1000).await?;
-            let Some(last) = recs.last().map(|r| r.seq) else { break };
-            for r in &recs {
-                state.take(r);
-            }
-            from = last + 1;
-        }
-    }
-    Ok(())
+    crate::node::read_log(&state.mesh, |r| {
+        state.take(r);
+    })
+    .await
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -802,20 +796,12 @@ pub enum UiError {
 
 /// Serves any router on `addr` over plain HTTP (the ops endpoints).
 pub async fn serve_router(router: Router, addr: SocketAddr) -> Result<Running, UiError> {
-    serve_connected(router, addr).await
-}
-
-/// Plain HTTP, with the client's address available to handlers (the login limits need it).
-async fn serve_connected(router: Router, addr: SocketAddr) -> Result<Running, UiError> {
-    let listen = |e: std::io::Error| UiError::Listen {
-        addr,
-        reason: e.to_string(),
-    };
-    let listener = std::net::TcpListener::bind(addr).map_err(listen)?;
-    listener.set_nonblocking(true).map_err(listen)?;
-    let local = listener.local_addr().map_err(listen)?;
+    let (listener, local) = bind(addr)?;
     let handle = axum_server::Handle::new();
-    let server = axum_server::from_tcp(listener).map_err(listen)?.handle(handle.clone());
+    let server = axum_server::from_tcp(listener)
+        .map_err(|e| listen_error(addr, e))?
+        .handle(handle.clone());
+    // With the client's address available to handlers (the login limits need it).
     let svc = router.into_make_service_with_connect_info::<SocketAddr>();
     let task = tokio::spawn(async move {
         if let Err(e) = server.serve(svc).await {
@@ -829,25 +815,34 @@ async fn serve_connected(router: Router, addr: SocketAddr) -> Result<Running, Ui
     })
 }
 
+fn listen_error(addr: SocketAddr, e: std::io::Error) -> UiError {
+    UiError::Listen {
+        addr,
+        reason: e.to_string(),
+    }
+}
+
+/// A non-blocking listener on `addr`, and the address it got (port 0 picks one).
+fn bind(addr: SocketAddr) -> Result<(std::net::TcpListener, SocketAddr), UiError> {
+    let listener = std::net::TcpListener::bind(addr).map_err(|e| listen_error(addr, e))?;
+    listener.set_nonblocking(true).map_err(|e| listen_error(addr, e))?;
+    let local = listener.local_addr().map_err(|e| listen_error(addr, e))?;
+    Ok((listener, local))
+}
+
 /// Serves the UI on `addr`, over TLS when `tls` holds a PEM certificate and key.
 pub async fn serve(state: Arc<UiState>, addr: SocketAddr, tls: Option<(Vec<u8>, Vec<u8>)>) -> Result<Running, UiError> {
     let Some((cert, key)) = tls else {
-        return serve_connected(app(state), addr).await;
+        return serve_router(app(state), addr).await;
     };
-    let listen = |e: std::io::Error| UiError::Listen {
-        addr,
-        reason: e.to_string(),
-    };
-    let listener = std::net::TcpListener::bind(addr).map_err(listen)?;
-    listener.set_nonblocking(true).map_err(listen)?;
-    let local = listener.local_addr().map_err(listen)?;
+    let (listener, local) = bind(addr)?;
     let handle = axum_server::Handle::new();
     let _ = rustls::crypto::ring::default_provider().install_default();
     let cfg = axum_server::tls_rustls::RustlsConfig::from_pem(cert, key)
         .await
         .map_err(|e| UiError::Tls(e.to_string()))?;
     let server = axum_server::from_tcp_rustls(listener, cfg)
-        .map_err(listen)?
+        .map_err(|e| listen_error(addr, e))?
         .handle(handle.clone());
     let svc = app(state).into_make_service_with_connect_info::<SocketAddr>();
     let task = tokio::spawn(async move {
