@@ -14,6 +14,7 @@
 //!
 //! - [`net`]: the libp2p actor: private network over TCP, gossipsub, request-response anti-entropy,
 //!   mDNS and bootstrap; [`net::MeshHandle`] is how the node talks to it.
+//! - [`wire`]: the decoders for what peers send, public so the fuzz targets run the node's own code.
 
 pub mod bench;
 pub mod crypto;
@@ -24,3 +25,4 @@ pub mod log;
 pub mod net;
 pub mod record;
 pub mod sync;
+pub mod wire;

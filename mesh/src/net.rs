@@ -116,7 +116,7 @@ pub struct MeshStats {
 }
 
 #[derive(Debug, Serialize, Deserialize)]
-enum SyncRequest {
+pub(crate) enum SyncRequest {
     Summary {
         vv: Vec<(Origin, u64)>,
         reply: bool,
@@ -136,14 +136,14 @@ enum SyncRequest {
 /// It also carries where the node listens, so every node can dial every other: a store whose nodes
 /// only know one bootstrap node must not fall apart when that node goes down.
 #[derive(Debug, Serialize, Deserialize)]
-struct HeartbeatMsg {
-    hb: Heartbeat,
-    sent_ms: u64,
+pub(crate) struct HeartbeatMsg {
+    pub(crate) hb: Heartbeat,
+    pub(crate) sent_ms: u64,
     #[serde(default)]
-    addrs: Vec<String>,
+    pub(crate) addrs: Vec<String>,
     /// What the node says about itself for the store's UI (its name, its cameras' health), opaque here.
     #[serde(default, with = "serde_bytes")]
-    info: Vec<u8>,
+    pub(crate) info: Vec<u8>,
 }
 
 /// Largest self-description a node may put in its heartbeat.
@@ -163,13 +163,13 @@ pub struct NodeSeen {
 }
 
 /// Largest heartbeat accepted, and the addresses one may carry.
-const MAX_HEARTBEAT_BYTES: usize = 2048;
+pub(crate) const MAX_HEARTBEAT_BYTES: usize = 2048;
 const MAX_HEARTBEAT_ADDRS: usize = 4;
 /// Least time between two dials of a peer learned from its heartbeat.
 const REDIAL_MS: u64 = 5000;
 
 #[derive(Debug, Serialize, Deserialize)]
-struct SyncResponse {
+pub(crate) struct SyncResponse {
     accepted: u32,
 }
 
@@ -381,11 +381,8 @@ fn build_swarm(cfg: &MeshConfig, key: &Keypair) -> Result<Swarm<Behaviour>, Mesh
             };
             params.topics.insert(topic.hash(), tparams);
             gossipsub.with_peer_score(params, gossipsub::PeerScoreThresholds::default())?;
-            let codec = request_response::cbor::codec::Codec::default()
-                .set_request_size_maximum(SYNC_MAX_REQUEST_BYTES)
-                .set_response_size_maximum(64 * 1024);
             let sync = request_response::Behaviour::with_codec(
-                codec,
+                sync_codec(),
                 [(StreamProtocol::new(SYNC_PROTOCOL), ProtocolSupport::Full)],
                 request_response::Config::default().with_request_timeout(Duration::from_secs(30)),
             );
@@ -410,6 +407,15 @@ fn build_swarm(cfg: &MeshConfig, key: &Keypair) -> Result<Swarm<Behaviour>, Mesh
         .build();
     Ok(swarm)
 }
+
+/// The anti-entropy codec, with the size limits that apply before anything is parsed.
+pub(crate) fn sync_codec() -> request_response::cbor::codec::Codec<SyncRequest, SyncResponse> {
+    request_response::cbor::codec::Codec::default()
+        .set_request_size_maximum(SYNC_MAX_REQUEST_BYTES)
+        .set_response_size_maximum(64 * 1024)
+}
+
+pub(crate) const SYNC_PROTOCOL_NAME: &str = SYNC_PROTOCOL;
 
 fn topic_name(store: &str) -> String {
     format!("/lpmesh/{store}/records/1")
@@ -783,11 +789,7 @@ impl Actor {
     }
 
     fn on_heartbeat(&mut self, id: &gossipsub::MessageId, source: &PeerId, message: &gossipsub::Message) {
-        let parsed: Option<HeartbeatMsg> = if message.data.len() <= MAX_HEARTBEAT_BYTES {
-            ciborium::from_reader(message.data.as_slice()).ok()
-        } else {
-            None
-        };
+        let parsed = crate::wire::decode_heartbeat(&message.data);
         // A heartbeat speaks for the node that signed the gossip message, no other.
         let valid = parsed.filter(|m| message.source.is_some() && m.hb.node.peer_id() == message.source);
         match valid {

@@ -1,0 +1,92 @@
+//! Decoders for what peers send, the same code the swarm runs, public so the fuzz targets
+//! (`fuzz/`) exercise exactly what a hostile peer can reach.
+
+use libp2p::request_response::Codec;
+use libp2p::StreamProtocol;
+
+use crate::election::Heartbeat;
+use crate::net::{sync_codec, HeartbeatMsg, SyncRequest, MAX_HEARTBEAT_BYTES, SYNC_PROTOCOL_NAME};
+use crate::record::Record;
+
+/// A heartbeat gossip message; `None` is what the node rejects (and counts as `bad_heartbeat`).
+pub(crate) fn decode_heartbeat(bytes: &[u8]) -> Option<HeartbeatMsg> {
+    if bytes.len() > MAX_HEARTBEAT_BYTES {
+        return None;
+    }
+    ciborium::from_reader(bytes).ok()
+}
+
+/// What a heartbeat message said, for the fuzz targets and tests.
+pub fn heartbeat(bytes: &[u8]) -> Option<(Heartbeat, Vec<String>, usize)> {
+    decode_heartbeat(bytes).map(|m| (m.hb, m.addrs, m.info.len()))
+}
+
+/// What an anti-entropy request carried.
+#[derive(Debug, PartialEq, Eq)]
+pub enum SyncMessage {
+    Summary { origins: usize, reply: bool },
+    /// Records that decoded, and how many were refused.
+    Records { decoded: Vec<Record>, refused: usize },
+}
+
+/// Reads an anti-entropy request from a stream's bytes through the swarm's own codec (size limit
+/// included), then decodes the records in it as the node does.
+pub fn sync_request(bytes: &[u8]) -> Result<SyncMessage, std::io::Error> {
+    let mut codec = sync_codec();
+    let mut io = futures::io::Cursor::new(bytes);
+    let protocol = StreamProtocol::new(SYNC_PROTOCOL_NAME);
+    let request = futures::executor::block_on(codec.read_request(&protocol, &mut io))?;
+    Ok(match request {
+        SyncRequest::Summary { vv, reply } => SyncMessage::Summary {
+            origins: vv.len(),
+            reply,
+        },
+        SyncRequest::Records { records, .. } => {
+            let mut decoded = Vec::new();
+            let mut refused = 0;
+            for b in records {
+                match Record::decode(&b) {
+                    Ok(r) => decoded.push(r),
+                    Err(_) => refused += 1,
+                }
+            }
+            SyncMessage::Records { decoded, refused }
+        }
+    })
+}
+
+/// A gossiped record as the node receives it: decoded, then verified for this store.
+pub fn gossip_record(bytes: &[u8], store: &str) -> Result<Record, crate::record::RecordError> {
+    let r = Record::decode(bytes)?;
+    r.verify(store)?;
+    Ok(r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn garbage_is_refused_not_panicked_on() {
+        assert!(heartbeat(&[0xff; 16]).is_none());
+        assert!(heartbeat(&vec![0u8; MAX_HEARTBEAT_BYTES + 1]).is_none());
+        assert!(sync_request(&[0xa1, 0x00]).is_err());
+        assert!(gossip_record(&[1, 2, 3], "s").is_err());
+    }
+
+    #[test]
+    fn a_summary_request_reads_back() {
+        let req = SyncRequest::Summary {
+            vv: vec![],
+            reply: true,
+        };
+        let bytes = cbor4ii::serde::to_vec(Vec::new(), &req).expect("encode");
+        assert_eq!(
+            sync_request(&bytes).expect("decode"),
+            SyncMessage::Summary {
+                origins: 0,
+                reply: true
+            }
+        );
+    }
+}
