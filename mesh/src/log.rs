@@ -4,6 +4,17 @@
 //! atomic batch:
 //! - `r` + origin (32) + seq (8, big-endian) -> the encoded record
 //! - `v` + origin (32) -> highest contiguous seq held from that origin (the version vector)
+//! - `f` + origin (32) -> the newest expired record of that origin (the expiry floor)
+//!
+//! # Retention
+//!
+//! Records older than the retention period (by their signed HLC time) are removed. An origin's HLC
+//! grows with its seq, so what has expired is always a prefix `1..=floor` of each origin: the same
+//! prefix on every node, so logs stay convergent. The version vector never goes back; it counts expired
+//! seqs as held. The floor record is kept (signed, so it cannot be made up) and sent to a peer that asks
+//! for seqs below it: a node that never saw those records takes a received record that has expired by
+//! its own clock as proof that everything before it has, and moves its version vector past them instead
+//! of asking forever.
 //!
 //! Our own seq is the version vector's entry for our own origin: a record and its seq are committed
 //! together and flushed before `append` returns, so a seq is never handed out twice, crash or not.
@@ -46,6 +57,16 @@ pub enum Inserted {
     New,
     /// Already held, byte for byte.
     Duplicate,
+    /// Older than the retention period: not stored, but it moved the expiry floor (or was below it).
+    Expired,
+}
+
+/// What one pass of [`Log::expire`] removed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Expired {
+    pub removed: u64,
+    /// Whether the pass stopped at its limit (call again).
+    pub more: bool,
 }
 
 /// Why a received record was refused.
@@ -76,6 +97,9 @@ pub struct Log {
     clock: Clock,
     vv: VersionVector,
     len: u64,
+    retention_ms: Option<u64>,
+    /// Per origin, the newest expired record (its seq is the floor).
+    floors: BTreeMap<Origin, Record>,
 }
 
 fn record_key(origin: &Origin, seq: u64) -> [u8; 41] {
@@ -87,10 +111,24 @@ fn record_key(origin: &Origin, seq: u64) -> [u8; 41] {
 }
 
 fn vv_key(origin: &Origin) -> [u8; 33] {
+    prefixed(b'v', origin)
+}
+
+fn floor_key(origin: &Origin) -> [u8; 33] {
+    prefixed(b'f', origin)
+}
+
+fn prefixed(tag: u8, origin: &Origin) -> [u8; 33] {
     let mut k = [0u8; 33];
-    k[0] = b'v';
+    k[0] = tag;
     k[1..].copy_from_slice(&origin.0);
     k
+}
+
+fn seq_of(key: &[u8]) -> u64 {
+    key.get(33..41)
+        .and_then(|b| <[u8; 8]>::try_from(b).ok())
+        .map_or(0, u64::from_be_bytes)
 }
 
 impl Log {
@@ -109,15 +147,27 @@ impl Log {
                 vv.insert(Origin(o), u64::from_be_bytes(s));
             }
         }
+        let mut floors = BTreeMap::new();
+        for item in tree.scan_prefix(b"f") {
+            let (_, v) = item?;
+            // A floor that does not decode only costs asking peers for what expired again.
+            if let Ok(r) = Record::decode(&v) {
+                floors.insert(r.origin, r);
+            }
+        }
         let len = tree.scan_prefix(b"r").count() as u64;
         let mut clock = Clock::new(MAX_CLOCK_SKEW_MS);
-        // Never issue a timestamp below one we already issued before a restart.
+        // Never issue a timestamp below one we already issued before a restart (our newest record may
+        // have expired: then the floor is it).
         if let Some(last) = vv.get(&origin).copied() {
             if let Some(bytes) = tree.get(record_key(&origin, last))? {
                 if let Ok(r) = Record::decode(&bytes) {
                     let _ = clock.observe(r.hlc, u64::MAX / 2);
                 }
             }
+        }
+        if let Some(f) = floors.get(&origin) {
+            let _ = clock.observe(f.hlc, u64::MAX / 2);
         }
         Ok(Self {
             db,
@@ -129,7 +179,117 @@ impl Log {
             clock,
             vv,
             len,
+            retention_ms: None,
+            floors,
         })
+    }
+
+    /// Records older than this (by their HLC time) are removed by [`Log::expire`] and not taken from
+    /// peers; `None` keeps everything.
+    pub fn set_retention(&mut self, retention_ms: Option<u64>) {
+        self.retention_ms = retention_ms;
+    }
+
+    /// Seqs of `origin` at or below this have expired.
+    pub fn floor(&self, origin: &Origin) -> u64 {
+        self.floors.get(origin).map_or(0, |r| r.seq)
+    }
+
+    /// Every origin's expiry floor.
+    pub fn floors(&self) -> BTreeMap<Origin, u64> {
+        self.floors.iter().map(|(o, r)| (*o, r.seq)).collect()
+    }
+
+    /// The time before which records expire now, if a retention is set.
+    pub fn cutoff(&self, wall_ms: u64) -> Option<u64> {
+        self.retention_ms.map(|r| wall_ms.saturating_sub(r))
+    }
+
+    /// Removes up to `max` records older than the retention period, with one flush.
+    pub fn expire(&mut self, wall_ms: u64, max: usize) -> Result<Expired, LogError> {
+        let Some(cutoff) = self.cutoff(wall_ms) else {
+            return Ok(Expired::default());
+        };
+        let mut batch = sled::Batch::default();
+        let mut out = Expired::default();
+        let mut new_floors: Vec<Record> = Vec::new();
+        let mut next = record_key(&Origin([0; 32]), 0).to_vec();
+        // One seek per origin, then only the expired prefix is read.
+        'origins: while let Some(item) = self.tree.range(next.as_slice()..).next() {
+            let (k, _) = item?;
+            if k.first() != Some(&b'r') || k.len() != 41 {
+                break;
+            }
+            let origin = Origin(k[1..33].try_into().unwrap_or([0; 32]));
+            let mut last = None;
+            for item in self.tree.range(record_key(&origin, 0)..=record_key(&origin, u64::MAX)) {
+                let (k, v) = item?;
+                let r = Record::decode(&v).map_err(|e| LogError::Corrupt {
+                    origin,
+                    seq: seq_of(&k),
+                    reason: e.to_string(),
+                })?;
+                if r.hlc.wall_ms >= cutoff {
+                    break;
+                }
+                if out.removed as usize >= max {
+                    out.more = true;
+                    if let Some(l) = last.take() {
+                        new_floors.push(l);
+                    }
+                    break 'origins;
+                }
+                batch.remove(&k[..]);
+                out.removed += 1;
+                last = Some(r);
+            }
+            if let Some(l) = last {
+                new_floors.push(l);
+            }
+            match origin.0.iter().all(|&b| b == 0xff) {
+                true => break,
+                false => next = record_key(&origin, u64::MAX).to_vec(),
+            }
+            next.push(0);
+        }
+        if out.removed == 0 {
+            return Ok(out);
+        }
+        let mut advanced = Vec::new();
+        for f in new_floors {
+            batch.insert(&floor_key(&f.origin)[..], f.encode());
+            let held = self.vv.get(&f.origin).copied().unwrap_or(0).max(f.seq);
+            let seq = self.contiguous_from(&f.origin, held, &BTreeMap::new())?;
+            if seq > self.vv.get(&f.origin).copied().unwrap_or(0) {
+                batch.insert(&vv_key(&f.origin)[..], &seq.to_be_bytes()[..]);
+                advanced.push((f.origin, seq));
+            }
+            self.floors.insert(f.origin, f);
+        }
+        self.tree.apply_batch(batch)?;
+        self.db.flush()?;
+        self.len = self.len.saturating_sub(out.removed);
+        for (o, s) in advanced {
+            self.vv.insert(o, s);
+        }
+        Ok(out)
+    }
+
+    /// The highest seq of `origin` reachable from `seq` through records held or about to be.
+    fn contiguous_from(
+        &self,
+        origin: &Origin,
+        mut seq: u64,
+        pending: &BTreeMap<[u8; 41], Vec<u8>>,
+    ) -> Result<u64, LogError> {
+        loop {
+            let k = record_key(origin, seq + 1);
+            if pending.contains_key(&k) || self.tree.contains_key(k)? {
+                seq += 1;
+            } else {
+                return Ok(seq);
+            }
+        }
     }
 
     pub fn origin(&self) -> Origin {
@@ -198,10 +358,22 @@ impl Log {
         let mut batch = sled::Batch::default();
         let mut pending: BTreeMap<[u8; 41], Vec<u8>> = BTreeMap::new();
         let mut touched: Vec<Origin> = Vec::new();
+        let mut new_floors: BTreeMap<Origin, &Record> = BTreeMap::new();
+        let cutoff = self.cutoff(wall_ms);
         let verdicts = verify_all(records, &self.store);
         for (r, verdict) in records.iter().zip(verdicts) {
             if let Err(e) = verdict {
                 outcomes.push(Err(Rejected::Invalid(e)));
+                continue;
+            }
+            let floor = new_floors.get(&r.origin).map_or(self.floor(&r.origin), |f| f.seq);
+            if r.seq <= floor {
+                outcomes.push(Ok(Inserted::Expired));
+                continue;
+            }
+            if cutoff.is_some_and(|c| r.hlc.wall_ms < c) {
+                new_floors.insert(r.origin, r);
+                outcomes.push(Ok(Inserted::Expired));
                 continue;
             }
             let key = record_key(&r.origin, r.seq);
@@ -229,21 +401,34 @@ impl Log {
                 }
             }
         }
-        if pending.is_empty() {
+        if pending.is_empty() && new_floors.is_empty() {
             return Ok(outcomes);
+        }
+        // An expired record received proves every earlier seq of its origin expired too: drop what we
+        // hold below it, and count them as held.
+        let mut removed = 0u64;
+        for (origin, f) in &new_floors {
+            batch.insert(&floor_key(origin)[..], f.encode());
+            for item in self.tree.range(record_key(origin, 0)..=record_key(origin, f.seq)) {
+                let (k, _) = item?;
+                batch.remove(&k[..]);
+                removed += 1;
+            }
+            pending.retain(|k, _| k[1..33] != origin.0 || seq_of(k) > f.seq);
+            if !touched.contains(origin) {
+                touched.push(*origin);
+            }
         }
         // Advance the version vector over whatever is now contiguous.
         let mut advanced = Vec::new();
         for origin in touched {
-            let mut seq = self.vv.get(&origin).copied().unwrap_or(0);
-            loop {
-                let k = record_key(&origin, seq + 1);
-                if pending.contains_key(&k) || self.tree.contains_key(k)? {
-                    seq += 1;
-                } else {
-                    break;
-                }
-            }
+            let held = self
+                .vv
+                .get(&origin)
+                .copied()
+                .unwrap_or(0)
+                .max(self.floor_after(&origin, &new_floors));
+            let seq = self.contiguous_from(&origin, held, &pending)?;
             if seq > self.vv.get(&origin).copied().unwrap_or(0) {
                 batch.insert(&vv_key(&origin)[..], &seq.to_be_bytes()[..]);
                 advanced.push((origin, seq));
@@ -251,11 +436,31 @@ impl Log {
         }
         self.tree.apply_batch(batch)?;
         self.db.flush()?;
-        self.len += pending.len() as u64;
+        self.len = (self.len + pending.len() as u64).saturating_sub(removed);
         for (o, s) in advanced {
             self.vv.insert(o, s);
         }
+        for (o, f) in new_floors {
+            self.floors.insert(o, f.clone());
+        }
         Ok(outcomes)
+    }
+
+    fn floor_after(&self, origin: &Origin, new_floors: &BTreeMap<Origin, &Record>) -> u64 {
+        new_floors.get(origin).map_or(self.floor(origin), |f| f.seq)
+    }
+
+    /// [`Log::range`] for a peer: when `from_seq` is at or below the expiry floor, the floor record
+    /// comes first, so the peer can move past what expired.
+    pub fn range_for_peer(&self, origin: &Origin, from_seq: u64, limit: usize) -> Result<Vec<Record>, LogError> {
+        match self.floors.get(origin) {
+            Some(f) if from_seq <= f.seq && limit > 0 => {
+                let mut out = vec![f.clone()];
+                out.extend(self.range(origin, f.seq + 1, limit - 1)?);
+                Ok(out)
+            }
+            _ => self.range(origin, from_seq, limit),
+        }
     }
 
     /// Up to `limit` records of `origin` from `from_seq` on, in order.
@@ -423,6 +628,95 @@ mod tests {
                 .collect::<Vec<_>>(),
             vec![2, 3, 4]
         );
+    }
+
+    fn seqs(log: &Log, origin: &Origin) -> Vec<u64> {
+        log.range(origin, 1, 1000).unwrap().iter().map(|r| r.seq).collect()
+    }
+
+    #[test]
+    fn expiry_removes_the_same_prefix_everywhere_and_a_newcomer_moves_past_it() {
+        let (da, db, dc) = (Dir::new("ea"), Dir::new("eb"), Dir::new("ec"));
+        let secret = StoreSecret::generate();
+        let (ka, kb, kc) = (
+            Keypair::generate_ed25519(),
+            Keypair::generate_ed25519(),
+            Keypair::generate_ed25519(),
+        );
+        let mut a = open(&da, &ka, &secret);
+        let mut b = open(&db, &kb, &secret);
+        // Five old records (t = 1000..1004 s) and three recent ones (t = 10_000 s).
+        let mut recs = Vec::new();
+        for i in 0..5u64 {
+            recs.push(a.append(RecordKind::Event, &[i as u8], 1_000_000 + i * 1000).unwrap());
+        }
+        for i in 0..3u64 {
+            recs.push(a.append(RecordKind::Event, &[9], 10_000_000 + i).unwrap());
+        }
+        b.insert_batch(&recs, 10_000_000).unwrap();
+        let retention = Some(5_000_000);
+        a.set_retention(retention);
+        b.set_retention(retention);
+        let now = 10_000_500;
+        let removed = a.expire(now, 3).unwrap();
+        assert_eq!(removed, Expired { removed: 3, more: true });
+        assert_eq!(
+            a.expire(now, 100).unwrap(),
+            Expired {
+                removed: 2,
+                more: false
+            }
+        );
+        assert_eq!(a.expire(now, 100).unwrap(), Expired::default());
+        b.expire(now, 100).unwrap();
+        let origin = a.origin();
+        assert_eq!(seqs(&a, &origin), vec![6, 7, 8]);
+        assert_eq!(seqs(&a, &origin), seqs(&b, &origin));
+        assert_eq!((a.floor(&origin), a.len()), (5, 3));
+        // The version vector never goes back, and our own seqs go on after a restart.
+        assert_eq!(a.version_vector().get(&origin), Some(&8));
+        drop(a);
+        let mut a = open(&da, &ka, &secret);
+        a.set_retention(retention);
+        assert_eq!((a.floor(&origin), a.len()), (5, 3));
+        assert_eq!(a.append(RecordKind::Event, b"next", now).unwrap().seq, 9);
+
+        // A node that never saw the old records asks from seq 1: the floor record comes first and
+        // takes it past them, so it does not ask again.
+        let mut c = open(&dc, &kc, &secret);
+        c.set_retention(retention);
+        let answer = b.range_for_peer(&origin, 1, 100).unwrap();
+        assert_eq!(answer.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![5, 6, 7, 8]);
+        let out = c.insert_batch(&answer, now).unwrap();
+        assert_eq!(out[0], Ok(Inserted::Expired));
+        assert_eq!(c.version_vector().get(&origin), Some(&8));
+        assert_eq!(seqs(&c, &origin), vec![6, 7, 8]);
+        // Old records arriving late (a node back after days) are not stored either.
+        assert_eq!(c.insert_batch(&recs[..2], now).unwrap(), vec![Ok(Inserted::Expired); 2]);
+        assert_eq!(c.len(), 3);
+    }
+
+    #[test]
+    fn a_received_expired_record_drops_what_it_covers() {
+        let (da, db) = (Dir::new("fa"), Dir::new("fb"));
+        let secret = StoreSecret::generate();
+        let (ka, kb) = (Keypair::generate_ed25519(), Keypair::generate_ed25519());
+        let mut a = open(&da, &ka, &secret);
+        let mut b = open(&db, &kb, &secret);
+        let recs: Vec<Record> = (0..4u64)
+            .map(|i| a.append(RecordKind::Event, &[i as u8], 1_000_000 + i * 1000).unwrap())
+            .collect();
+        // b holds 1 and 2, then learns (by record 3, expired by its clock) that 1..=3 have expired.
+        b.insert_batch(&recs[..2], 1_000_000).unwrap();
+        b.set_retention(Some(1000));
+        let out = b.insert_batch(&recs[2..], 1_003_500).unwrap();
+        assert_eq!(out, vec![Ok(Inserted::Expired), Ok(Inserted::New)]);
+        assert_eq!(seqs(&b, &a.origin()), vec![4]);
+        assert_eq!(b.len(), 1);
+        assert_eq!(b.version_vector().get(&a.origin()), Some(&4));
+        // No retention set: nothing is removed.
+        a.set_retention(None);
+        assert_eq!(a.expire(u64::MAX, 100).unwrap(), Expired::default());
     }
 
     proptest! {

@@ -65,6 +65,8 @@ pub struct MeshConfig {
     pub leader_timeout: Duration,
     /// Records per anti-entropy answer.
     pub sync_batch: u64,
+    /// Records older than this are removed from the log (every node applies the same rule).
+    pub retention: Option<Duration>,
 }
 
 impl MeshConfig {
@@ -81,6 +83,7 @@ impl MeshConfig {
             priority: 0,
             heartbeat_interval: Duration::from_secs(5),
             leader_timeout: Duration::from_secs(15),
+            retention: None,
         }
     }
 }
@@ -113,6 +116,10 @@ pub struct MeshStats {
     pub repaired: u64,
     /// Connections that failed before they were up (a wrong store key looks like this).
     pub handshake_failures: u64,
+    /// Records removed here for being older than the retention period.
+    pub expired: u64,
+    /// Records received that had already expired (not stored).
+    pub expired_received: u64,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -193,6 +200,7 @@ enum Command {
         reply: oneshot::Sender<Result<Vec<Record>, MeshError>>,
     },
     VersionVector(oneshot::Sender<VersionVector>),
+    Floors(oneshot::Sender<BTreeMap<Origin, u64>>),
     Range {
         origin: Origin,
         from: u64,
@@ -268,6 +276,12 @@ impl MeshHandle {
     /// Every node of the store heard of by heartbeat, this one included.
     pub async fn nodes(&self) -> Result<Vec<NodeSeen>, MeshError> {
         self.ask(Command::Nodes).await
+    }
+
+    /// Per origin, the seqs at or below which records have expired (counted in the version vector
+    /// but no longer held).
+    pub async fn floors(&self) -> Result<BTreeMap<Origin, u64>, MeshError> {
+        self.ask(Command::Floors).await
     }
 
     pub async fn version_vector(&self) -> Result<VersionVector, MeshError> {
@@ -423,7 +437,8 @@ fn topic_name(store: &str) -> String {
 
 /// Starts the mesh actor on the current tokio runtime (multi-threaded: log writes block in place).
 pub fn start(cfg: MeshConfig, key: Keypair, recipient: StoreRecipient) -> Result<MeshHandle, MeshError> {
-    let log = Log::open(&cfg.data_dir, &cfg.store, key.clone(), recipient)?;
+    let mut log = Log::open(&cfg.data_dir, &cfg.store, key.clone(), recipient)?;
+    log.set_retention(cfg.retention.map(|r| r.as_millis() as u64));
     let mut swarm = build_swarm(&cfg, &key)?;
     let topic = IdentTopic::new(topic_name(&cfg.store));
     let heartbeat_topic = IdentTopic::new(format!("/lpmesh/{}/heartbeat/1", cfg.store));
@@ -476,6 +491,8 @@ pub fn start(cfg: MeshConfig, key: Keypair, recipient: StoreRecipient) -> Result
         dialed: Default::default(),
         info: Vec::new(),
         infos: Default::default(),
+        expire_every_ms: cfg.retention.map(expire_interval_ms),
+        next_expire_ms: 0,
     };
     tokio::spawn(actor.run(cmd_rx));
     Ok(MeshHandle {
@@ -511,7 +528,18 @@ struct Actor {
     dialed: std::collections::HashMap<PeerId, u64>,
     info: Vec<u8>,
     infos: std::collections::HashMap<Origin, Vec<u8>>,
+    expire_every_ms: Option<u64>,
+    next_expire_ms: u64,
 }
+
+/// How often expired records are looked for: a minute, or sooner for a short retention (tests), so
+/// nothing outlives the period by more than a small fraction of it.
+fn expire_interval_ms(retention: Duration) -> u64 {
+    (retention.as_millis() as u64 / 20).clamp(250, 60_000)
+}
+
+/// Records removed per pass, so one pass never holds the actor for long.
+const EXPIRE_PER_PASS: usize = 5000;
 
 impl Actor {
     async fn run(mut self, mut cmd_rx: mpsc::Receiver<Command>) {
@@ -549,6 +577,10 @@ impl Actor {
                         self.next_heartbeat_ms = now + self.heartbeat_every_ms;
                         self.heartbeat(now);
                     }
+                    if let Some(every) = self.expire_every_ms.filter(|_| now >= self.next_expire_ms) {
+                        self.next_expire_ms = now + every;
+                        self.expire(now);
+                    }
                 }
             }
         }
@@ -580,6 +612,9 @@ impl Actor {
             }
             Command::VersionVector(reply) => {
                 let _ = reply.send(self.log.version_vector().clone());
+            }
+            Command::Floors(reply) => {
+                let _ = reply.send(self.log.floors());
             }
             Command::Range {
                 origin,
@@ -660,6 +695,23 @@ impl Actor {
         }
     }
 
+    fn expire(&mut self, now: u64) {
+        match tokio::task::block_in_place(|| self.log.expire(now, EXPIRE_PER_PASS)) {
+            Ok(e) => {
+                if e.removed > 0 {
+                    self.stats.expired += e.removed;
+                    self.stats.records = self.log.len();
+                    tracing::info!(removed = e.removed, "removed records older than the retention period");
+                }
+                if e.more {
+                    // More to remove: come back on the next tick rather than at the next interval.
+                    self.next_expire_ms = now;
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "cannot remove expired records"),
+        }
+    }
+
     fn reject(&mut self, reason: &str) {
         *self.stats.rejected.entry(reason.to_string()).or_insert(0) += 1;
     }
@@ -682,6 +734,7 @@ impl Actor {
                     let _ = self.records.send(r);
                 }
                 Ok(Inserted::Duplicate) => self.stats.duplicates += 1,
+                Ok(Inserted::Expired) => self.stats.expired_received += 1,
                 Err(e) => {
                     tracing::warn!(error = %e, "record refused");
                     self.reject(e.reason());
@@ -906,7 +959,7 @@ impl Actor {
         for (i, (id, source, _)) in pending.iter().enumerate() {
             let acceptance = match outcomes.get(i) {
                 Some(Ok(Inserted::New)) => MessageAcceptance::Accept,
-                Some(Ok(Inserted::Duplicate)) | None => MessageAcceptance::Ignore,
+                Some(Ok(Inserted::Duplicate)) | Some(Ok(Inserted::Expired)) | None => MessageAcceptance::Ignore,
                 Some(Err(_)) => MessageAcceptance::Reject,
             };
             self.validate(id, source, acceptance);
@@ -987,14 +1040,15 @@ impl Actor {
                     let mut bytes = 0usize;
                     let mut sent = 0u64;
                     for r in ranges {
-                        let recs =
-                            match tokio::task::block_in_place(|| self.log.range(&r.origin, r.from, r.len() as usize)) {
-                                Ok(v) => v,
-                                Err(e) => {
-                                    tracing::error!(error = %e, "cannot read records for a peer");
-                                    continue;
-                                }
-                            };
+                        let recs = match tokio::task::block_in_place(|| {
+                            self.log.range_for_peer(&r.origin, r.from, r.len() as usize)
+                        }) {
+                            Ok(v) => v,
+                            Err(e) => {
+                                tracing::error!(error = %e, "cannot read records for a peer");
+                                continue;
+                            }
+                        };
                         for rec in recs.into_iter().filter(|x| x.seq <= r.to) {
                             let enc = rec.encode();
                             let last = chunks.len() - 1;

@@ -24,9 +24,15 @@ pub fn heartbeat(bytes: &[u8]) -> Option<(Heartbeat, Vec<String>, usize)> {
 /// What an anti-entropy request carried.
 #[derive(Debug, PartialEq, Eq)]
 pub enum SyncMessage {
-    Summary { origins: usize, reply: bool },
+    Summary {
+        origins: usize,
+        reply: bool,
+    },
     /// Records that decoded, and how many were refused.
-    Records { decoded: Vec<Record>, refused: usize },
+    Records {
+        decoded: Vec<Record>,
+        refused: usize,
+    },
 }
 
 /// Reads an anti-entropy request from a stream's bytes through the swarm's own codec (size limit

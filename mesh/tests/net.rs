@@ -29,6 +29,17 @@ impl Drop for Dir {
 }
 
 fn start(dir: &Dir, key: &Keypair, psk: [u8; 32], secret: &StoreSecret, bootstrap: Vec<Multiaddr>) -> MeshHandle {
+    start_retaining(dir, key, psk, secret, bootstrap, None)
+}
+
+fn start_retaining(
+    dir: &Dir,
+    key: &Keypair,
+    psk: [u8; 32],
+    secret: &StoreSecret,
+    bootstrap: Vec<Multiaddr>,
+    retention: Option<Duration>,
+) -> MeshHandle {
     let mut cfg = MeshConfig::new(STORE, psk, dir.0.clone());
     cfg.listen = vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()];
     cfg.mdns = false;
@@ -36,6 +47,7 @@ fn start(dir: &Dir, key: &Keypair, psk: [u8; 32], secret: &StoreSecret, bootstra
     cfg.anti_entropy_interval = Duration::from_millis(1000);
     cfg.heartbeat_interval = Duration::from_millis(300);
     cfg.leader_timeout = Duration::from_millis(1500);
+    cfg.retention = retention;
     net::start(cfg, key.clone(), secret.recipient()).unwrap()
 }
 
@@ -383,4 +395,91 @@ async fn the_mesh_survives_the_loss_of_the_bootstrap_node() {
     eprintln!("spokes connected {took:?} after start");
     a.shutdown().await.unwrap();
     b.shutdown().await.unwrap();
+}
+
+/// Every (origin, seq) a node holds.
+async fn held(h: &MeshHandle) -> std::collections::BTreeSet<(String, u64)> {
+    let mut out = std::collections::BTreeSet::new();
+    for (o, high) in h.version_vector().await.unwrap() {
+        for r in h.range(o, 1, high as usize + 1).await.unwrap() {
+            out.insert((o.to_string(), r.seq));
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_records_leave_every_node_and_newcomers_converge_past_them() {
+    const RETENTION: Duration = Duration::from_secs(6);
+    let secret = StoreSecret::generate();
+    let psk: [u8; 32] = rand::random();
+    let dirs: Vec<Dir> = (0..4).map(|i| Dir::new(&format!("r{i}"))).collect();
+    let keys: Vec<Keypair> = (0..4).map(|_| Keypair::generate_ed25519()).collect();
+    let mut nodes: Vec<MeshHandle> = Vec::new();
+    for i in 0..3 {
+        let mut boot = Vec::new();
+        for h in &nodes {
+            boot.push(addr(h).await);
+        }
+        nodes.push(start_retaining(&dirs[i], &keys[i], psk, &secret, boot, Some(RETENTION)));
+    }
+    let old: Vec<(RecordKind, Vec<u8>)> = (0..20).map(|i| (RecordKind::Event, vec![i])).collect();
+    for h in &nodes {
+        h.append(old.clone()).await.unwrap();
+    }
+    eventually(
+        "every node holds the 60 old records",
+        Duration::from_secs(10),
+        async || {
+            for h in &nodes {
+                if held(h).await.len() != 60 {
+                    return false;
+                }
+            }
+            true
+        },
+    )
+    .await;
+    // Node 2 is away while the old records expire; it keeps them on its disk.
+    let away = nodes.pop().unwrap();
+    away.shutdown().await.unwrap();
+    tokio::time::sleep(RETENTION + Duration::from_millis(500)).await;
+    for h in &nodes {
+        h.append(vec![(RecordKind::Event, b"new".to_vec()); 5]).await.unwrap();
+    }
+    eventually("only the 10 new records are left", Duration::from_secs(4), async || {
+        held(&nodes[0]).await.len() == 10 && held(&nodes[1]).await == held(&nodes[0]).await
+    })
+    .await;
+    let target = nodes[0].version_vector().await.unwrap();
+    assert_eq!(net::count(&target), 20 + 25 + 25, "the version vector never goes back");
+
+    // The node that was away comes back with expired records, and a new node joins with none: both
+    // end with the same log and version vector, and nobody asks for the expired records again.
+    let boot = vec![addr(&nodes[0]).await];
+    let back = start_retaining(&dirs[2], &keys[2], psk, &secret, boot.clone(), Some(RETENTION));
+    let fresh = start_retaining(&dirs[3], &keys[3], psk, &secret, boot, Some(RETENTION));
+    let want = held(&nodes[0]).await;
+    let t = Instant::now();
+    eventually("back and fresh converge", Duration::from_secs(4), async || {
+        let mut ok = true;
+        for h in [&back, &fresh] {
+            let mut vv = h.version_vector().await.unwrap();
+            // The newcomer joined after node 2 went away: it knows node 2 only through the floor.
+            vv.retain(|_, s| *s > 0);
+            ok &= vv == target && held(h).await == want;
+        }
+        ok
+    })
+    .await;
+    println!("converged past the expired records in {:?}", t.elapsed());
+    let s = fresh.stats().await.unwrap();
+    assert!(s.expired_received >= 1, "{s:?}");
+    assert_eq!(s.records, 10, "{s:?}");
+    assert!(back.stats().await.unwrap().expired >= 20);
+    let mine = back.append(vec![(RecordKind::Event, b"after".to_vec())]).await.unwrap();
+    assert_eq!(mine[0].seq, 21, "its own seq continues past its expired records");
+    for h in nodes.iter().chain([&back, &fresh]) {
+        let _ = h.shutdown().await;
+    }
 }

@@ -167,7 +167,7 @@ pub async fn run(incidents: usize) -> Result<AlertsBench, BenchError> {
         chrono_tz::UTC,
         false,
     );
-    tokio::spawn(ui::feed(state.clone()));
+    tokio::spawn(ui::feed(state.clone(), None));
     state
         .users
         .add("bench", Role::Security, "bench password")

@@ -124,6 +124,10 @@ pub struct MeshConfig {
     pub heartbeat_secs: f64,
     /// A node silent this long stops being a candidate: the uplink leader's failover time.
     pub leader_timeout_secs: f64,
+    /// Event metadata and actions older than this are removed from the log, on every node by the same
+    /// rule (the records' own signed times). Set the same value on every node of the store. HQ keeps
+    /// the summaries of those days.
+    pub retention_days: f64,
 }
 
 impl Default for MeshConfig {
@@ -136,6 +140,7 @@ impl Default for MeshConfig {
             priority: 0,
             heartbeat_secs: 5.0,
             leader_timeout_secs: 15.0,
+            retention_days: 30.0,
         }
     }
 }
@@ -904,10 +909,17 @@ impl NodeConfig {
             ("anti_entropy_secs", self.mesh.anti_entropy_secs),
             ("heartbeat_secs", self.mesh.heartbeat_secs),
             ("leader_timeout_secs", self.mesh.leader_timeout_secs),
+            ("retention_days", self.mesh.retention_days),
         ] {
             if v.is_nan() || v <= 0.0 {
                 p.push((path(&["mesh", key]), "must be more than zero".into()));
             }
+        }
+        if self.mesh.retention_days > 36_500.0 {
+            p.push((
+                path(&["mesh", "retention_days"]),
+                "must be at most 36500 (100 years)".into(),
+            ));
         }
         if self.mesh.leader_timeout_secs < 2.0 * self.mesh.heartbeat_secs {
             p.push((

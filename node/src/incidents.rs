@@ -72,6 +72,8 @@ pub struct Book {
     /// Actions for incidents not seen yet (their events are still on their way).
     orphans: BTreeMap<String, Vec<Action>>,
     seen: HashSet<(lpmesh_mesh::record::Origin, u64)>,
+    /// Per origin, seqs at or below this have expired from the log: never folded in again.
+    floors: BTreeMap<lpmesh_mesh::record::Origin, u64>,
 }
 
 /// What changed, for live pushes.
@@ -95,9 +97,34 @@ impl Book {
         Self::default()
     }
 
+    fn fresh(&mut self, key: (lpmesh_mesh::record::Origin, u64)) -> bool {
+        key.1 > self.floors.get(&key.0).copied().unwrap_or(0) && self.seen.insert(key)
+    }
+
+    /// Forgets what the log no longer holds: incidents whose last record is older than `cutoff_ms`
+    /// and the records below each origin's expiry floor. Returns the incidents removed.
+    pub fn expire(&mut self, floors: &BTreeMap<lpmesh_mesh::record::Origin, u64>, cutoff_ms: i64) -> usize {
+        for (o, f) in floors {
+            let e = self.floors.entry(*o).or_insert(0);
+            *e = (*e).max(*f);
+        }
+        let fl = &self.floors;
+        self.seen.retain(|(o, s)| *s > fl.get(o).copied().unwrap_or(0));
+        let before = self.incidents.len();
+        self.incidents.retain(|_, i| {
+            let last = i.history.iter().map(|h| h.at_ms).max().unwrap_or(i.last_at_ms);
+            last.max(i.last_at_ms) >= cutoff_ms
+        });
+        self.orphans.retain(|_, v| {
+            v.retain(|a| a.at_ms >= cutoff_ms);
+            !v.is_empty()
+        });
+        before - self.incidents.len()
+    }
+
     /// Folds in an event; `None` when the record was seen already.
     pub fn event(&mut self, key: (lpmesh_mesh::record::Origin, u64), e: &Event) -> Option<Change> {
-        if !self.seen.insert(key) {
+        if !self.fresh(key) {
             return None;
         }
         let item = HistoryItem {
@@ -149,7 +176,7 @@ impl Book {
     }
 
     pub fn action(&mut self, key: (lpmesh_mesh::record::Origin, u64), a: &Action) -> Option<Change> {
-        if !self.seen.insert(key) {
+        if !self.fresh(key) {
             return None;
         }
         match self.incidents.get_mut(&a.incident) {
@@ -276,6 +303,22 @@ mod tests {
             at_ms: at,
             note: None,
         }
+    }
+
+    #[test]
+    fn expired_incidents_leave_and_expired_records_do_not_come_back() {
+        let o = Origin([1; 32]);
+        let mut b = Book::new();
+        b.event((o, 1), &ev(Phase::Start, 100));
+        b.action((o, 2), &act(ActionKind::Acknowledge, 200));
+        let mut late = ev(Phase::Start, 5000);
+        late.incident = "n/c/2".into();
+        b.event((o, 3), &late);
+        let floors: BTreeMap<Origin, u64> = [(o, 2)].into();
+        assert_eq!(b.expire(&floors, 1000), 1);
+        assert!(b.get("n/c/1").is_none() && b.get("n/c/2").is_some());
+        assert!(b.event((o, 1), &ev(Phase::Start, 100)).is_none(), "below the floor");
+        assert_eq!(b.len(), 1);
     }
 
     #[test]

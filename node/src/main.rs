@@ -726,8 +726,9 @@ mod daemon {
         )
         .with_zones(zone_control);
         let feed_state = state.clone();
+        let retention = Some(std::time::Duration::from_secs_f64(cfg.mesh.retention_days * 86_400.0));
         tokio::spawn(async move {
-            if let Err(e) = lpmesh_node::ui::feed(feed_state).await {
+            if let Err(e) = lpmesh_node::ui::feed(feed_state, retention).await {
                 tracing::error!(error = %e, "the UI's incident view stopped");
             }
         });
@@ -854,6 +855,7 @@ mod daemon {
                         timeout: std::time::Duration::from_secs_f64(cfg.hq.timeout_secs),
                         data_dir: cfg.data_dir.clone(),
                         settle: std::time::Duration::from_secs_f64(cfg.mesh.leader_timeout_secs),
+                        retention: Some(std::time::Duration::from_secs_f64(cfg.mesh.retention_days * 86_400.0)),
                     };
                     Some(lpmesh_node::uplink::start(settings, mesh.clone(), secrets.store_secret()?, secrets.signing_key()?)?)
                 }

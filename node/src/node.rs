@@ -80,6 +80,7 @@ pub fn start_mesh(cfg: &NodeConfig) -> Result<MeshHandle, NodeError> {
     mc.priority = cfg.mesh.priority;
     mc.heartbeat_interval = Duration::from_secs_f64(cfg.mesh.heartbeat_secs);
     mc.leader_timeout = Duration::from_secs_f64(cfg.mesh.leader_timeout_secs);
+    mc.retention = Some(Duration::from_secs_f64(cfg.mesh.retention_days * 86_400.0));
     Ok(net::start(mc, key, secrets.recipient()?)?)
 }
 

@@ -264,6 +264,16 @@ pub async fn render(s: &OpsState) -> String {
                 "Connections that failed before they were up.",
                 m.handshake_failures,
             ),
+            (
+                "lpmesh_records_expired_total",
+                "Records removed for being older than the retention period.",
+                m.expired,
+            ),
+            (
+                "lpmesh_records_expired_received_total",
+                "Records received that had already expired (not stored).",
+                m.expired_received,
+            ),
         ] {
             head(&mut o, name, "counter", help);
             let _ = writeln!(o, "{name} {v}");

@@ -55,6 +55,8 @@ pub struct Ledger {
     above: BTreeMap<Origin, BTreeSet<u64>>,
     /// Per period, per origin: the highest seq of a record in the period.
     max_seq: BTreeMap<i64, BTreeMap<Origin, u64>>,
+    /// Per origin, seqs at or below this have expired from the log.
+    floors: BTreeMap<Origin, u64>,
 }
 
 impl Ledger {
@@ -67,6 +69,42 @@ impl Ledger {
             contiguous: BTreeMap::new(),
             above: BTreeMap::new(),
             max_seq: BTreeMap::new(),
+            floors: BTreeMap::new(),
+        }
+    }
+
+    /// Takes in the log's expiry floors: expired seqs count as summarised (the version vector HQ knows
+    /// does not go back) and are never taken again. Periods starting before `drop_before`, but for
+    /// those in `keep` (not yet at HQ), are forgotten: their records have expired, and the summary HQ
+    /// holds is the one that stays.
+    pub fn expire(&mut self, floors: &BTreeMap<Origin, u64>, drop_before: Option<i64>, keep: &BTreeSet<i64>) {
+        for (o, &f) in floors {
+            let e = self.floors.entry(*o).or_insert(0);
+            *e = (*e).max(f);
+            let c = self.contiguous.entry(*o).or_insert(0);
+            if f > *c {
+                *c = f;
+                let above = self.above.entry(*o).or_default();
+                above.retain(|&s| s > f);
+                while above.remove(&(*c + 1)) {
+                    *c += 1;
+                }
+            }
+        }
+        let fl = &self.floors;
+        self.seen.retain(|(o, s)| *s > fl.get(o).copied().unwrap_or(0));
+        if let Some(b) = drop_before {
+            let old: Vec<i64> = self
+                .max_seq
+                .range(..b)
+                .map(|(p, _)| *p)
+                .filter(|p| !keep.contains(p))
+                .collect();
+            for p in old {
+                self.max_seq.remove(&p);
+                self.periods.remove(&p);
+            }
+            self.offline.retain(|_, o| o.2 >= b);
         }
     }
 
@@ -76,7 +114,7 @@ impl Ledger {
 
     /// Adds a record (given again: nothing happens). Returns the periods whose summary it changes.
     pub fn add(&mut self, origin: Origin, seq: u64, entry: Option<Entry>) -> Vec<i64> {
-        if !self.seen.insert((origin, seq)) {
+        if seq <= self.floors.get(&origin).copied().unwrap_or(0) || !self.seen.insert((origin, seq)) {
             return Vec::new();
         }
         // The version vector advances over every record, even ones that are not ours to summarise.
@@ -393,6 +431,41 @@ mod tests {
             at_ms: at,
             note: None,
         }
+    }
+
+    #[test]
+    fn after_expiry_a_restarted_ledger_summarises_what_is_left_exactly_as_before() {
+        let o = origin(1);
+        // Seqs 1..=5 in hour 100 (expired), 6..=8 in hour 101.
+        let records: Vec<(u64, Entry)> = (1..=8u64)
+            .map(|seq| {
+                let hour = if seq <= 5 { 100 } else { 101 };
+                (seq, Entry::Event(crossing(hour * H + seq as i64, Direction::In)))
+            })
+            .collect();
+        let mut running = Ledger::new(3600);
+        for (seq, e) in &records {
+            running.add(o, *seq, Some(e.clone()));
+        }
+        let before = running.summarize("s", 101 * H);
+        let floors: BTreeMap<Origin, u64> = [(o, 5)].into();
+        running.expire(&floors, Some(101 * H), &BTreeSet::new());
+        assert_eq!(running.periods().collect::<Vec<_>>(), vec![101 * H]);
+        assert_eq!(running.summarize("s", 101 * H), before);
+        // A restart reads only what the log still holds.
+        let mut restarted = Ledger::new(3600);
+        for (seq, e) in &records[5..] {
+            restarted.add(o, *seq, Some(e.clone()));
+        }
+        restarted.expire(&floors, Some(101 * H), &BTreeSet::new());
+        assert_eq!(restarted.summarize("s", 101 * H), before);
+        assert_eq!(restarted.version_vector(), running.version_vector());
+        // An expired record arriving late changes nothing; a period not yet at HQ is kept.
+        assert!(restarted.add(o, 2, Some(records[1].1.clone())).is_empty());
+        let mut waiting = Ledger::new(3600);
+        waiting.add(o, 1, Some(records[0].1.clone()));
+        waiting.expire(&BTreeMap::new(), Some(101 * H), &[100 * H].into());
+        assert_eq!(waiting.periods().count(), 1);
     }
 
     fn entries() -> Vec<(Origin, u64, Entry)> {

@@ -48,6 +48,8 @@ pub struct UplinkSettings {
     /// Time after start before this node may act as leader: long enough to hear every other node's
     /// heartbeat (the leader timeout), so a node that boots does not briefly lead alone.
     pub settle: Duration,
+    /// The log's retention: periods wholly older than this are forgotten once HQ has them.
+    pub retention: Option<Duration>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -219,9 +221,12 @@ impl Uplink {
         }
         let mut tick = tokio::time::interval(Duration::from_millis(250));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let mut expiry = tokio::time::interval(Duration::from_secs(5));
+        expiry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         loop {
             tokio::select! {
                 _ = &mut stop => break,
+                _ = expiry.tick() => self.expire().await,
                 r = sub.recv() => match r {
                     Ok(rec) => self.take(&rec),
                     Err(broadcast::error::RecvError::Lagged(n)) => {
@@ -264,9 +269,22 @@ impl Uplink {
         self.write_status(true);
     }
 
+    /// Follows the log's retention: expired seqs count as summarised, old periods HQ has are dropped.
+    async fn expire(&mut self) {
+        let Ok(floors) = self.mesh.floors().await else {
+            return;
+        };
+        let drop_before = self.s.retention.map(|r| {
+            let cutoff = now_ms() - r.as_millis().min(i64::MAX as u128) as i64;
+            crate::summary::period_of(cutoff, self.s.period_secs)
+        });
+        self.ledger.expire(&floors, drop_before, &self.waiting);
+    }
+
     async fn scan(&mut self) -> Result<(), MeshError> {
         let mesh = self.mesh.clone();
         crate::node::read_log(&mesh, |r| self.take(r)).await?;
+        self.expire().await;
         tracing::info!(
             records = self.ledger.len(),
             waiting = self.waiting.len(),

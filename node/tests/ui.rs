@@ -48,7 +48,7 @@ async fn fixture(secure: bool) -> Fixture {
         chrono_tz::Europe::London,
         secure,
     );
-    tokio::spawn(ui::feed(state.clone()));
+    tokio::spawn(ui::feed(state.clone(), None));
     state.users.add("manager", Role::Manager, "manager password").unwrap();
     state.users.add("guard", Role::Security, "guard password").unwrap();
     Fixture { state, dir }

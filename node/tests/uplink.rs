@@ -206,6 +206,7 @@ impl Store {
             timeout: Duration::from_secs(5),
             data_dir: dir.0.clone(),
             settle: LEADER_TIMEOUT,
+            retention: None,
         };
         let up = uplink::start(
             settings,

@@ -162,12 +162,29 @@ struct LiveMsg<'a> {
     incident: &'a Incident,
 }
 
-/// Reads the whole log into the view, then follows new records. Runs until the mesh stops.
-pub async fn feed(state: Arc<UiState>) -> Result<(), MeshError> {
+/// Reads the whole log into the view, then follows new records. Runs until the mesh stops. With a
+/// retention, incidents the log no longer holds leave the view too.
+pub async fn feed(state: Arc<UiState>, retention: Option<std::time::Duration>) -> Result<(), MeshError> {
     let mut sub = state.mesh.subscribe();
     scan(&state).await?;
+    let mut expiry = tokio::time::interval(std::time::Duration::from_secs(5));
+    expiry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
-        match sub.recv().await {
+        let r = tokio::select! {
+            r = sub.recv() => r,
+            _ = expiry.tick() => {
+                if let Some(keep) = retention {
+                    let floors = state.mesh.floors().await?;
+                    let cutoff = chrono::Utc::now().timestamp_millis() - keep.as_millis().min(i64::MAX as u128) as i64;
+                    let removed = state.book.write().unwrap_or_else(|p| p.into_inner()).expire(&floors, cutoff);
+                    if removed > 0 {
+                        tracing::debug!(removed, "expired incidents left the UI");
+                    }
+                }
+                continue;
+            }
+        };
+        match r {
             Ok(r) => {
                 state.take(&r);
             }
