@@ -22,7 +22,7 @@
 //! equivocation and refused.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use libp2p_identity::Keypair;
 
@@ -49,6 +49,8 @@ pub enum LogError {
     UnsupportedKey,
     #[error("the log is in use by another process (is the node running?)")]
     Locked,
+    #[error("the log failed to write (disk full?) and is waiting to be reopened")]
+    Unavailable,
 }
 
 /// What inserting a received record did.
@@ -88,6 +90,9 @@ impl Rejected {
 }
 
 pub struct Log {
+    dir: PathBuf,
+    /// A write failed: sled keeps an IO error for good, so nothing goes through until a reopen.
+    failed: bool,
     db: sled::Db,
     tree: sled::Tree,
     store: String,
@@ -170,6 +175,8 @@ impl Log {
             let _ = clock.observe(f.hlc, u64::MAX / 2);
         }
         Ok(Self {
+            dir: dir.to_path_buf(),
+            failed: false,
             db,
             tree,
             store: store.to_string(),
@@ -182,6 +189,40 @@ impl Log {
             retention_ms: None,
             floors,
         })
+    }
+
+    /// Applies a batch and flushes; any failure stops writes until [`Log::reopen`] (after a failed
+    /// flush what the database holds in memory may not be on disk, and our next seq must not be
+    /// issued twice).
+    fn commit(&mut self, batch: sled::Batch) -> Result<(), LogError> {
+        if self.failed {
+            return Err(LogError::Unavailable);
+        }
+        let r = self.tree.apply_batch(batch).and_then(|_| self.db.flush().map(|_| ()));
+        if let Err(e) = r {
+            self.failed = true;
+            return Err(e.into());
+        }
+        Ok(())
+    }
+
+    pub fn is_failed(&self) -> bool {
+        self.failed
+    }
+
+    /// Opens the database again after a failed write (space freed, disk back): what is on disk is
+    /// what was durable, and the version vector, floors and clock are read from it again.
+    pub fn reopen(&mut self) -> Result<(), LogError> {
+        // The old instance holds the directory's lock: swap it out before opening the directory again.
+        let placeholder = sled::Config::new().temporary(true).open()?;
+        let tree = placeholder.open_tree("log")?;
+        drop(std::mem::replace(&mut self.tree, tree));
+        drop(std::mem::replace(&mut self.db, placeholder));
+        self.failed = true;
+        let mut fresh = Log::open(&self.dir, &self.store, self.key.clone(), self.recipient.clone())?;
+        fresh.retention_ms = self.retention_ms;
+        *self = fresh;
+        Ok(())
     }
 
     /// Records older than this (by their HLC time) are removed by [`Log::expire`] and not taken from
@@ -207,7 +248,7 @@ impl Log {
 
     /// Removes up to `max` records older than the retention period, with one flush.
     pub fn expire(&mut self, wall_ms: u64, max: usize) -> Result<Expired, LogError> {
-        let Some(cutoff) = self.cutoff(wall_ms) else {
+        let Some(cutoff) = self.cutoff(wall_ms).filter(|_| !self.failed) else {
             return Ok(Expired::default());
         };
         let mut batch = sled::Batch::default();
@@ -266,8 +307,7 @@ impl Log {
             }
             self.floors.insert(f.origin, f);
         }
-        self.tree.apply_batch(batch)?;
-        self.db.flush()?;
+        self.commit(batch)?;
         self.len = self.len.saturating_sub(out.removed);
         for (o, s) in advanced {
             self.vv.insert(o, s);
@@ -320,6 +360,9 @@ impl Log {
     /// Encrypts, signs and durably stores new records of our own, with one flush for all of them
     /// (group commit). Returns them for gossip; they are durable when this returns.
     pub fn append_batch(&mut self, items: &[(RecordKind, &[u8])], wall_ms: u64) -> Result<Vec<Record>, LogError> {
+        if self.failed {
+            return Err(LogError::Unavailable);
+        }
         let mut next = self.vv.get(&self.origin).copied().unwrap_or(0);
         let mut batch = sled::Batch::default();
         let mut out = Vec::with_capacity(items.len());
@@ -335,8 +378,7 @@ impl Log {
             return Ok(out);
         }
         batch.insert(&vv_key(&self.origin)[..], &next.to_be_bytes()[..]);
-        self.tree.apply_batch(batch)?;
-        self.db.flush()?;
+        self.commit(batch)?;
         self.vv.insert(self.origin, next);
         self.len += out.len() as u64;
         Ok(out)
@@ -354,6 +396,9 @@ impl Log {
         records: &[Record],
         wall_ms: u64,
     ) -> Result<Vec<Result<Inserted, Rejected>>, LogError> {
+        if self.failed {
+            return Err(LogError::Unavailable);
+        }
         let mut outcomes = Vec::with_capacity(records.len());
         let mut batch = sled::Batch::default();
         let mut pending: BTreeMap<[u8; 41], Vec<u8>> = BTreeMap::new();
@@ -434,8 +479,7 @@ impl Log {
                 advanced.push((origin, seq));
             }
         }
-        self.tree.apply_batch(batch)?;
-        self.db.flush()?;
+        self.commit(batch)?;
         self.len = (self.len + pending.len() as u64).saturating_sub(removed);
         for (o, s) in advanced {
             self.vv.insert(o, s);
@@ -465,6 +509,9 @@ impl Log {
 
     /// Up to `limit` records of `origin` from `from_seq` on, in order.
     pub fn range(&self, origin: &Origin, from_seq: u64, limit: usize) -> Result<Vec<Record>, LogError> {
+        if self.failed {
+            return Err(LogError::Unavailable);
+        }
         let start = record_key(origin, from_seq.max(1));
         let end = record_key(origin, u64::MAX);
         let mut out = Vec::new();

@@ -120,6 +120,10 @@ pub struct MeshStats {
     pub expired: u64,
     /// Records received that had already expired (not stored).
     pub expired_received: u64,
+    /// Times the log was reopened after a failed write (a full disk, freed again).
+    pub log_reopened: u64,
+    /// Whether the log is refusing writes now (waiting for space).
+    pub log_failed: bool,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -493,6 +497,7 @@ pub fn start(cfg: MeshConfig, key: Keypair, recipient: StoreRecipient) -> Result
         infos: Default::default(),
         expire_every_ms: cfg.retention.map(expire_interval_ms),
         next_expire_ms: 0,
+        next_reopen_ms: 0,
     };
     tokio::spawn(actor.run(cmd_rx));
     Ok(MeshHandle {
@@ -530,7 +535,11 @@ struct Actor {
     infos: std::collections::HashMap<Origin, Vec<u8>>,
     expire_every_ms: Option<u64>,
     next_expire_ms: u64,
+    next_reopen_ms: u64,
 }
+
+/// How often a log that failed to write (a full disk) is tried again.
+const REOPEN_EVERY_MS: u64 = 2000;
 
 /// How often expired records are looked for: a minute, or sooner for a short retention (tests), so
 /// nothing outlives the period by more than a small fraction of it.
@@ -576,6 +585,10 @@ impl Actor {
                     if now >= self.next_heartbeat_ms {
                         self.next_heartbeat_ms = now + self.heartbeat_every_ms;
                         self.heartbeat(now);
+                    }
+                    if self.log.is_failed() && now >= self.next_reopen_ms {
+                        self.next_reopen_ms = now + REOPEN_EVERY_MS;
+                        self.reopen();
                     }
                     if let Some(every) = self.expire_every_ms.filter(|_| now >= self.next_expire_ms) {
                         self.next_expire_ms = now + every;
@@ -627,6 +640,7 @@ impl Actor {
             Command::Stats(reply) => {
                 self.stats.peers = self.connected.len();
                 self.stats.records = self.log.len();
+                self.stats.log_failed = self.log.is_failed();
                 let _ = reply.send(self.stats.clone());
             }
             Command::ListenAddrs(reply) => {
@@ -692,6 +706,20 @@ impl Actor {
                     tracing::debug!(error = %e, "raw publish refused locally");
                 }
             }
+        }
+    }
+
+    fn reopen(&mut self) {
+        match tokio::task::block_in_place(|| self.log.reopen()) {
+            Ok(()) => {
+                self.stats.log_reopened += 1;
+                self.stats.records = self.log.len();
+                tracing::info!(
+                    records = self.log.len(),
+                    "the log is writable again (reopened after a failed write)"
+                );
+            }
+            Err(e) => tracing::debug!(error = %e, "the log still cannot be reopened"),
         }
     }
 

@@ -90,30 +90,86 @@ pub fn start_mesh(cfg: &NodeConfig) -> Result<MeshHandle, NodeError> {
 pub type AlertFallback = Option<(crate::alerts::Alerts, String, String)>;
 
 pub async fn append_events(mesh: MeshHandle, mut rx: tokio::sync::mpsc::Receiver<Event>, fallback: AlertFallback) {
-    while let Some(first) = rx.recv().await {
-        let mut batch = vec![first];
+    // Events the log could not take, appended when it can again (oldest dropped past the bound).
+    let mut held: std::collections::VecDeque<Event> = std::collections::VecDeque::new();
+    let mut dropped = 0u64;
+    loop {
+        let mut batch: Vec<Event> = Vec::new();
+        if held.is_empty() {
+            match rx.recv().await {
+                Some(e) => batch.push(e),
+                None => break,
+            }
+        } else {
+            tokio::select! {
+                e = rx.recv() => match e {
+                    Some(e) => batch.push(e),
+                    None => break,
+                },
+                _ = tokio::time::sleep(HELD_RETRY) => {}
+            }
+        }
         while batch.len() < 256 {
             match rx.try_recv() {
                 Ok(e) => batch.push(e),
                 Err(_) => break,
             }
         }
-        let items: Vec<(RecordKind, Vec<u8>)> = batch
+        let fresh = batch.len();
+        let retry: Vec<Event> = held.drain(..).collect();
+        let all: Vec<Event> = retry.into_iter().chain(batch).collect();
+        let items: Vec<(RecordKind, Vec<u8>)> = all
             .iter()
             .filter_map(|e| serde_json::to_vec(e).ok())
             .map(|b| (RecordKind::Event, b))
             .collect();
-        if let Err(e) = mesh.append(items).await {
-            tracing::error!(error = %e, events = batch.len(), "cannot append events to the store log");
-            // Detection goes on; the guards still hear what the cameras saw, straight from here.
-            if let Some((alerts, node, link)) = &fallback {
-                for ev in batch.iter().filter(|ev| crate::alerts::is_alertable(ev, node)) {
-                    alerts.submit(crate::alerts::Alert::from_event(ev, link));
+        match mesh.append(items).await {
+            Ok(_) => {
+                if all.len() > fresh {
+                    tracing::info!(events = all.len() - fresh, "held events are in the store log now");
+                }
+            }
+            Err(e) => {
+                if fresh > 0 {
+                    tracing::error!(error = %e, events = fresh, held = all.len() - fresh, "cannot append events to the store log; holding them");
+                }
+                // Detection goes on; the guards still hear what the cameras saw, straight from here.
+                if let Some((alerts, node, link)) = &fallback {
+                    for ev in all[all.len() - fresh..]
+                        .iter()
+                        .filter(|ev| crate::alerts::is_alertable(ev, node))
+                    {
+                        alerts.submit(crate::alerts::Alert::from_event(ev, link));
+                    }
+                }
+                held.extend(all);
+                while held.len() > MAX_HELD_EVENTS {
+                    held.pop_front();
+                    dropped += 1;
+                    if dropped.is_power_of_two() {
+                        tracing::error!(
+                            dropped,
+                            "the log has been unwritable too long: oldest held events dropped"
+                        );
+                    }
                 }
             }
         }
     }
+    if !held.is_empty() {
+        tracing::error!(
+            events = held.len(),
+            "events not in the store log at shutdown (it could not take them)"
+        );
+    }
 }
+
+/// Events held in memory while the log cannot take them (a full disk): about 10 MB.
+const MAX_HELD_EVENTS: usize = 16_384;
+const HELD_RETRY: std::time::Duration = std::time::Duration::from_secs(2);
+/// An own event reaching the log this late was held back (the log could not take it) and was alerted
+/// from the camera queue then: alerting again would repeat it.
+const LATE_FOR_ALERT_MS: i64 = 30_000;
 
 /// Decrypts and parses an event record.
 pub fn open_event(secret: &StoreSecret, r: &Record) -> Option<Event> {
@@ -182,7 +238,8 @@ pub async fn follow_alerts(
                     continue;
                 }
                 if let Some(e) = open_event(&secret, &r) {
-                    if crate::alerts::is_alertable(&e, &node) {
+                    let late = chrono::Utc::now().timestamp_millis() - e.at_ms > LATE_FOR_ALERT_MS;
+                    if crate::alerts::is_alertable(&e, &node) && !late {
                         alerts.submit(crate::alerts::Alert::from_event(&e, &link_base));
                     }
                 }

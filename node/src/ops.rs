@@ -231,6 +231,13 @@ pub async fn render(s: &OpsState) -> String {
     if let Ok(m) = s.mesh.stats().await {
         head(&mut o, "lpmesh_mesh_peers", "gauge", "Connected peers.");
         let _ = writeln!(o, "lpmesh_mesh_peers {}", m.peers);
+        head(
+            &mut o,
+            "lpmesh_log_failed",
+            "gauge",
+            "1 while the log refuses writes (a full or failing disk); alerts go on.",
+        );
+        let _ = writeln!(o, "lpmesh_log_failed {}", u8::from(m.log_failed));
         head(&mut o, "lpmesh_log_records", "gauge", "Records in this node's log.");
         let _ = writeln!(o, "lpmesh_log_records {}", m.records);
         for (name, help, v) in [
@@ -268,6 +275,11 @@ pub async fn render(s: &OpsState) -> String {
                 "lpmesh_records_expired_total",
                 "Records removed for being older than the retention period.",
                 m.expired,
+            ),
+            (
+                "lpmesh_log_reopened_total",
+                "Times the log was reopened after a failed write (a full disk, freed).",
+                m.log_reopened,
             ),
             (
                 "lpmesh_records_expired_received_total",

@@ -7,7 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use lpmesh_hq::store::{Embedded, Filter, HqStore};
-use lpmesh_tests::{free_port, interrupt, lpmesh, lpmesh_path, TempDir};
+use lpmesh_tests::{free_port, http_get, interrupt, lpmesh, lpmesh_path, prometheus, TempDir};
 
 fn spawn(args: &[&str], log: &Path) -> Child {
     Command::new(lpmesh_path())
@@ -28,38 +28,6 @@ fn ok(args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8(out.stdout).unwrap()
-}
-
-/// A plain HTTP GET on loopback (the ops listener speaks HTTP/1.1 without TLS).
-fn http_get(port: u16, path: &str) -> (u16, String) {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    let status = out.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = out
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
-}
-
-/// Parses Prometheus text: every sample line is `name{labels} value`; returns (name+labels, value).
-fn prometheus(text: &str) -> Vec<(String, f64)> {
-    text.lines()
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .map(|l| {
-            let (series, value) = l.rsplit_once(' ').unwrap_or_else(|| panic!("not a sample: {l:?}"));
-            let name_ok = series
-                .split('{')
-                .next()
-                .is_some_and(|n| !n.is_empty() && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'));
-            assert!(name_ok, "bad metric name in {l:?}");
-            let v: f64 = value.parse().unwrap_or_else(|_| panic!("bad value in {l:?}"));
-            (series.to_string(), v)
-        })
-        .collect()
 }
 
 fn sample(m: &[(String, f64)], series: &str) -> f64 {
