@@ -15,6 +15,8 @@ pub struct TestPg {
     bin: PathBuf,
     as_user: Option<String>,
     pub port: u16,
+    /// Server options, with `{port}` for the port.
+    opts: String,
 }
 
 fn find_bin() -> Result<PathBuf, PgError> {
@@ -61,6 +63,11 @@ impl TestPg {
         }
         let port = free_port()?;
         let mut pg = TestPg {
+            opts: format!(
+                "-p {{port}} -k {} -c listen_addresses=127.0.0.1 -c fsync={} -c max_connections=50",
+                dir.display(),
+                if durable { "on" } else { "off" }
+            ),
             dir,
             bin,
             as_user,
@@ -71,12 +78,7 @@ impl TestPg {
             c.args(["-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8", "-D"])
                 .arg(&data);
         })?;
-        let opts = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync={} -c max_connections=50",
-            pg.port,
-            pg.dir.display(),
-            if durable { "on" } else { "off" }
-        );
+        let opts = pg.opts.replace("{port}", &pg.port.to_string());
         let log = pg.dir.join("server.log");
         let started = pg.cmd("pg_ctl", |c| {
             c.args(["-w", "-t", "30", "-D"])
@@ -122,6 +124,29 @@ impl TestPg {
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Stops the server the way a power cut does (`pg_ctl stop -m immediate`: no checkpoint, WAL replay
+    /// at the next start).
+    pub fn crash(&self) -> Result<(), PgError> {
+        let data = self.dir.join("data");
+        self.cmd("pg_ctl", |c| {
+            c.args(["-w", "-D"]).arg(&data).args(["-m", "immediate", "stop"]);
+        })
+    }
+
+    /// Starts the server again on the same port, with the settings it had.
+    pub fn restart(&self) -> Result<(), PgError> {
+        let data = self.dir.join("data");
+        let log = self.dir.join("server.log");
+        let opts = self.opts.replace("{port}", &self.port.to_string());
+        self.cmd("pg_ctl", |c| {
+            c.args(["-w", "-t", "60", "-D"])
+                .arg(&data)
+                .args(["-l"])
+                .arg(&log)
+                .args(["-o", &opts, "start"]);
+        })
     }
 }
 

@@ -147,6 +147,31 @@ pub struct Event {
     pub detail: Detail,
 }
 
+impl Event {
+    /// A stand-in shelf interaction for load and crash tests (`lpmesh run --synthetic`): camera
+    /// `synthetic`, an incident id unique to this run, counted from 1.
+    pub fn synthetic(store: &str, node: &str, run: i64, n: u64, now_ms: i64) -> Event {
+        Event {
+            incident: format!("{node}/synthetic/{run}-{n}"),
+            phase: Phase::Instant,
+            store: store.to_string(),
+            node: node.to_string(),
+            camera: "synthetic".into(),
+            zone: Some("shelf".into()),
+            kind: EventKind::ShelfInteraction,
+            severity: EventKind::ShelfInteraction.default_severity(),
+            started_at_ms: now_ms,
+            at_ms: now_ms,
+            ended_at_ms: None,
+            track: Some(n),
+            bbox: None,
+            confidence: 1.0,
+            model: "synthetic".into(),
+            detail: Detail::default(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -105,6 +105,10 @@ enum Command {
     Run {
         #[arg(long)]
         config: PathBuf,
+        /// Also append this many synthetic events per second (camera `synthetic`), beside the real
+        /// cameras: for load, soak and crash tests.
+        #[arg(long, value_name = "PER_SEC")]
+        synthetic: Option<f64>,
     },
     /// The HQ receiver: `lpmesh hq --config FILE` serves; subcommands set it up.
     #[command(args_conflicts_with_subcommands = true)]
@@ -466,7 +470,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Run { config } => daemon::run(&config),
+        Command::Run { config, synthetic } => daemon::run(&config, synthetic),
         Command::Events {
             data,
             since,
@@ -783,8 +787,11 @@ mod daemon {
     use lpmesh_mesh::keys::StoreSecrets;
     use lpmesh_node::node::{append_events, open_event, start_mesh, EVENT_QUEUE};
 
-    pub fn run(config: &Path) -> Result<ExitCode> {
+    pub fn run(config: &Path, synthetic: Option<f64>) -> Result<ExitCode> {
         let cfg = NodeConfig::load(config)?;
+        if let Some(r) = synthetic.filter(|r| !(r.is_finite() && *r > 0.0 && *r <= 10_000.0)) {
+            anyhow::bail!("--synthetic {r}: give events per second, more than 0 and at most 10000");
+        }
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -962,6 +969,22 @@ mod daemon {
             );
             #[cfg(feature = "vision")]
             let cameras: Vec<_> = cfg.cameras.iter().map(|c| vision::spawn_camera(cfg.clone(), c.clone(), tx.clone(), stop.clone(), board.clone(), zone_control.clone(), node_metrics.clone())).collect();
+            let load = synthetic.map(|rate| {
+                let (tx, stop, store, node) = (tx.clone(), stop.clone(), cfg.store.clone(), cfg.node.clone());
+                tokio::spawn(async move {
+                    let run = chrono::Utc::now().timestamp_millis();
+                    let mut every = tokio::time::interval(std::time::Duration::from_secs_f64(1.0 / rate));
+                    let mut n = 0u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        every.tick().await;
+                        n += 1;
+                        let e = lpmesh_node::event::Event::synthetic(&store, &node, run, n, chrono::Utc::now().timestamp_millis());
+                        if tx.send(e).await.is_err() {
+                            break;
+                        }
+                    }
+                })
+            });
             drop(tx);
             while !stop.load(Ordering::Relaxed) {
                 tokio::time::sleep(std::time::Duration::from_millis(100)).await;
@@ -971,6 +994,9 @@ mod daemon {
             #[cfg(feature = "vision")]
             for c in cameras {
                 let _ = tokio::task::spawn_blocking(move || c.join()).await;
+            }
+            if let Some(l) = load {
+                let _ = l.await;
             }
             let _ = tokio::time::timeout(std::time::Duration::from_secs(10), appender).await;
             // The last records (incidents closed by the stop) go out by gossip now; stay a moment so

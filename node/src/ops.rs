@@ -300,6 +300,19 @@ pub async fn render(s: &OpsState) -> String {
             let _ = writeln!(o, "lpmesh_records_rejected_total{{reason=\"{}\"}} {n}", esc(reason));
         }
     }
+    if let Ok(vv) = s.mesh.version_vector().await {
+        head(
+            &mut o,
+            "lpmesh_log_own_seq",
+            "gauge",
+            "Highest seq this node has appended (each durable when counted).",
+        );
+        let _ = writeln!(
+            o,
+            "lpmesh_log_own_seq {}",
+            vv.get(&s.mesh.origin()).copied().unwrap_or(0)
+        );
+    }
     if let Ok(leader) = s.mesh.leader().await {
         head(
             &mut o,
