@@ -67,6 +67,9 @@ pub struct MeshConfig {
     pub sync_batch: u64,
     /// Records older than this are removed from the log (every node applies the same rule).
     pub retention: Option<Duration>,
+    /// What this node tells the others to dial; `None`: its listen addresses. Behind NAT or port
+    /// forwarding, the outside address; empty: nodes reach it only through their bootstrap lists.
+    pub announce: Option<Vec<Multiaddr>>,
 }
 
 impl MeshConfig {
@@ -84,6 +87,7 @@ impl MeshConfig {
             heartbeat_interval: Duration::from_secs(5),
             leader_timeout: Duration::from_secs(15),
             retention: None,
+            announce: None,
         }
     }
 }
@@ -498,6 +502,9 @@ pub fn start(cfg: MeshConfig, key: Keypair, recipient: StoreRecipient) -> Result
         expire_every_ms: cfg.retention.map(expire_interval_ms),
         next_expire_ms: 0,
         next_reopen_ms: 0,
+        announce: cfg.announce.clone(),
+        bootstrap: cfg.bootstrap.iter().map(|a| (a.clone(), 0)).collect(),
+        next_bootstrap_ms: now_ms() + REDIAL_MS,
     };
     tokio::spawn(actor.run(cmd_rx));
     Ok(MeshHandle {
@@ -536,6 +543,11 @@ struct Actor {
     expire_every_ms: Option<u64>,
     next_expire_ms: u64,
     next_reopen_ms: u64,
+    announce: Option<Vec<Multiaddr>>,
+    /// Bootstrap addresses, each with the connections now open through it: one with none is dialled
+    /// again every few seconds, so a node whose network came back rejoins without mDNS.
+    bootstrap: Vec<(Multiaddr, u32)>,
+    next_bootstrap_ms: u64,
 }
 
 /// How often a log that failed to write (a full disk) is tried again.
@@ -585,6 +597,10 @@ impl Actor {
                     if now >= self.next_heartbeat_ms {
                         self.next_heartbeat_ms = now + self.heartbeat_every_ms;
                         self.heartbeat(now);
+                    }
+                    if now >= self.next_bootstrap_ms {
+                        self.next_bootstrap_ms = now + REDIAL_MS;
+                        self.redial_bootstrap();
                     }
                     if self.log.is_failed() && now >= self.next_reopen_ms {
                         self.next_reopen_ms = now + REOPEN_EVERY_MS;
@@ -709,6 +725,44 @@ impl Actor {
         }
     }
 
+    fn redial_bootstrap(&mut self) {
+        let idle: Vec<Multiaddr> = self
+            .bootstrap
+            .iter()
+            .filter(|(_, n)| *n == 0)
+            .map(|(a, _)| a.clone())
+            .collect();
+        for addr in idle {
+            // Already connected to the node it names (through another address): nothing to do.
+            let named = addr.iter().find_map(|p| match p {
+                libp2p::multiaddr::Protocol::P2p(id) => Some(id),
+                _ => None,
+            });
+            if named.is_some_and(|id| self.connected.contains(&id) || self.blocked.contains(&id)) {
+                continue;
+            }
+            if let Err(e) = self.swarm.dial(addr.clone()) {
+                tracing::debug!(%addr, error = %e, "cannot dial a bootstrap address again");
+            }
+        }
+    }
+
+    fn bootstrap_count(&mut self, endpoint: &libp2p::core::ConnectedPoint, delta: i32) {
+        if let libp2p::core::ConnectedPoint::Dialer { address, .. } = endpoint {
+            let bare = |a: &Multiaddr| {
+                a.iter()
+                    .filter(|p| !matches!(p, libp2p::multiaddr::Protocol::P2p(_)))
+                    .collect::<Multiaddr>()
+            };
+            let dialed = bare(address);
+            for (a, n) in self.bootstrap.iter_mut() {
+                if bare(a) == dialed {
+                    *n = n.saturating_add_signed(delta);
+                }
+            }
+        }
+    }
+
     fn reopen(&mut self) {
         match tokio::task::block_in_place(|| self.log.reopen()) {
             Ok(()) => {
@@ -778,8 +832,10 @@ impl Actor {
             SwarmEvent::ConnectionEstablished {
                 peer_id,
                 num_established,
+                endpoint,
                 ..
             } => {
+                self.bootstrap_count(&endpoint, 1);
                 if self.blocked.contains(&peer_id) {
                     let _ = self.swarm.disconnect_peer_id(peer_id);
                     return;
@@ -795,11 +851,15 @@ impl Actor {
             }
             SwarmEvent::ConnectionClosed {
                 peer_id,
-                num_established: 0,
+                num_established,
+                endpoint,
                 ..
             } => {
-                self.connected.remove(&peer_id);
-                self.ae.handle(Input::Disconnected(peer_id), self.log.version_vector());
+                self.bootstrap_count(&endpoint, -1);
+                if num_established == 0 {
+                    self.connected.remove(&peer_id);
+                    self.ae.handle(Input::Disconnected(peer_id), self.log.version_vector());
+                }
             }
             SwarmEvent::IncomingConnectionError { error, .. } => {
                 self.stats.handshake_failures += 1;
@@ -846,7 +906,9 @@ impl Actor {
         self.election.heard(hb, now);
         self.election.prune(now);
         let addrs = self
-            .listen
+            .announce
+            .as_ref()
+            .unwrap_or(&self.listen)
             .iter()
             .filter(|a| !a.to_string().starts_with("/ip4/0.0.0.0"))
             .take(MAX_HEARTBEAT_ADDRS)

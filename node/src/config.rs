@@ -112,8 +112,12 @@ impl Default for UiConfig {
 pub struct MeshConfig {
     /// Addresses to listen on (libp2p multiaddrs, TCP only).
     pub listen: Vec<String>,
-    /// Nodes to dial at start (other subnets; mDNS finds nodes on the same LAN).
+    /// Nodes to dial at start, and again whenever no connection through them is open (other subnets;
+    /// mDNS finds nodes on the same LAN).
     pub bootstrap: Vec<String>,
+    /// What this node tells the others to dial (default: its listen addresses). Behind NAT or port
+    /// forwarding, the outside address; `[]`: the others reach it only through their bootstrap lists.
+    pub announce: Option<Vec<String>>,
     /// Find the store's other nodes on the LAN by multicast DNS.
     pub mdns: bool,
     /// Interval of anti-entropy rounds with a random peer.
@@ -135,6 +139,7 @@ impl Default for MeshConfig {
         Self {
             listen: vec!["/ip4/0.0.0.0/tcp/7420".into()],
             bootstrap: Vec::new(),
+            announce: None,
             mdns: true,
             anti_entropy_secs: 5.0,
             priority: 0,
@@ -890,7 +895,12 @@ impl NodeConfig {
         if let Err(errs) = self.schedule.compile() {
             p.extend(errs);
         }
-        for (key, list) in [("listen", &self.mesh.listen), ("bootstrap", &self.mesh.bootstrap)] {
+        let no_announce = Vec::new();
+        for (key, list) in [
+            ("listen", &self.mesh.listen),
+            ("bootstrap", &self.mesh.bootstrap),
+            ("announce", self.mesh.announce.as_ref().unwrap_or(&no_announce)),
+        ] {
             for (i, a) in list.iter().enumerate() {
                 match a.parse::<lpmesh_mesh::net::Addr>() {
                     Ok(addr) if addr.to_string().contains("/quic") || addr.to_string().contains("/udp") => p.push((

@@ -109,6 +109,9 @@ enum Command {
         /// cameras: for load, soak and crash tests.
         #[arg(long, value_name = "PER_SEC")]
         synthetic: Option<f64>,
+        /// Stop the synthetic events at this time (Unix milliseconds), the node running on.
+        #[arg(long, value_name = "UNIX_MS", requires = "synthetic")]
+        synthetic_until: Option<i64>,
     },
     /// The HQ receiver: `lpmesh hq --config FILE` serves; subcommands set it up.
     #[command(args_conflicts_with_subcommands = true)]
@@ -470,7 +473,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Run { config, synthetic } => daemon::run(&config, synthetic),
+        Command::Run {
+            config,
+            synthetic,
+            synthetic_until,
+        } => daemon::run(
+            &config,
+            synthetic.map(|rate| (rate, synthetic_until.unwrap_or(i64::MAX))),
+        ),
         Command::Events {
             data,
             since,
@@ -787,9 +797,9 @@ mod daemon {
     use lpmesh_mesh::keys::StoreSecrets;
     use lpmesh_node::node::{append_events, open_event, start_mesh, EVENT_QUEUE};
 
-    pub fn run(config: &Path, synthetic: Option<f64>) -> Result<ExitCode> {
+    pub fn run(config: &Path, synthetic: Option<(f64, i64)>) -> Result<ExitCode> {
         let cfg = NodeConfig::load(config)?;
-        if let Some(r) = synthetic.filter(|r| !(r.is_finite() && *r > 0.0 && *r <= 10_000.0)) {
+        if let Some((r, _)) = synthetic.filter(|(r, _)| !(r.is_finite() && *r > 0.0 && *r <= 10_000.0)) {
             anyhow::bail!("--synthetic {r}: give events per second, more than 0 and at most 10000");
         }
         let rt = tokio::runtime::Builder::new_multi_thread()
@@ -969,7 +979,7 @@ mod daemon {
             );
             #[cfg(feature = "vision")]
             let cameras: Vec<_> = cfg.cameras.iter().map(|c| vision::spawn_camera(cfg.clone(), c.clone(), tx.clone(), stop.clone(), board.clone(), zone_control.clone(), node_metrics.clone())).collect();
-            let load = synthetic.map(|rate| {
+            let load = synthetic.map(|(rate, until)| {
                 let (tx, stop, store, node) = (tx.clone(), stop.clone(), cfg.store.clone(), cfg.node.clone());
                 tokio::spawn(async move {
                     let run = chrono::Utc::now().timestamp_millis();
@@ -977,6 +987,9 @@ mod daemon {
                     let mut n = 0u64;
                     while !stop.load(Ordering::Relaxed) {
                         every.tick().await;
+                        if chrono::Utc::now().timestamp_millis() >= until {
+                            break;
+                        }
                         n += 1;
                         let e = lpmesh_node::event::Event::synthetic(&store, &node, run, n, chrono::Utc::now().timestamp_millis());
                         if tx.send(e).await.is_err() {

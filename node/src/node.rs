@@ -75,6 +75,7 @@ pub fn start_mesh(cfg: &NodeConfig) -> Result<MeshHandle, NodeError> {
     };
     mc.listen = parse(&cfg.mesh.listen)?;
     mc.bootstrap = parse(&cfg.mesh.bootstrap)?;
+    mc.announce = cfg.mesh.announce.as_deref().map(parse).transpose()?;
     mc.mdns = cfg.mesh.mdns;
     mc.anti_entropy_interval = Duration::from_secs_f64(cfg.mesh.anti_entropy_secs);
     mc.priority = cfg.mesh.priority;

@@ -312,6 +312,15 @@ pub async fn render(s: &OpsState) -> String {
             "lpmesh_log_own_seq {}",
             vv.get(&s.mesh.origin()).copied().unwrap_or(0)
         );
+        head(
+            &mut o,
+            "lpmesh_log_origin_seq",
+            "gauge",
+            "Per node of the store, the seq up to which this node holds its records (the version vector).",
+        );
+        for (origin, seq) in &vv {
+            let _ = writeln!(o, "lpmesh_log_origin_seq{{origin=\"{origin}\"}} {seq}");
+        }
     }
     if let Ok(leader) = s.mesh.leader().await {
         head(
