@@ -204,9 +204,9 @@ fn five_nodes_through_partitions_delays_loss_and_restarts_converge_with_hq_match
 
     let mut proxies: BTreeMap<(usize, usize), FaultProxy> = BTreeMap::new();
     for i in 0..NODES {
-        for j in 0..NODES {
+        for (j, to) in nodes.iter().enumerate() {
             if i != j {
-                proxies.insert((i, j), FaultProxy::start(([127, 0, 0, 1], nodes[j].listen).into()));
+                proxies.insert((i, j), FaultProxy::start(([127, 0, 0, 1], to.listen).into()));
             }
         }
     }
