@@ -140,7 +140,9 @@ fn wait_healthy(hq: &Hq, log: &Path) {
     }
 }
 
-fn node_config(path: &Path, data: &Path, name: &str, ops: u16, mesh: u16, boot: Option<u16>, priority: u8, hq: &Hq) {
+/// `ports`: the ops listener and the mesh listener.
+fn node_config(path: &Path, data: &Path, name: &str, ports: (u16, u16), boot: Option<u16>, priority: u8, hq: &Hq) {
+    let (ops, mesh) = ports;
     let boot = boot
         .map(|p| format!("bootstrap = [\"/ip4/127.0.0.1/tcp/{p}\"]\n"))
         .unwrap_or_default();
@@ -191,7 +193,7 @@ fn a_node_killed_50_times_loses_no_durable_record_and_never_reuses_a_seq() {
 
     let (b_ops, b_mesh) = (free_port(), free_port());
     let b_cfg = dir.join("b.toml");
-    node_config(&b_cfg, &b, "back", b_ops, b_mesh, None, 0, &hq);
+    node_config(&b_cfg, &b, "back", (b_ops, b_mesh), None, 0, &hq);
     let b_log = dir.join("b.log");
     let mut peer = spawn(&["run", "--config", &b_cfg.to_string_lossy()], &b_log);
 
@@ -203,7 +205,7 @@ fn a_node_killed_50_times_loses_no_durable_record_and_never_reuses_a_seq() {
     for cycle in 0..=n {
         // Fresh ports every time: a killed process's ports may linger.
         let a_ops = free_port();
-        node_config(&a_cfg, &a, "front", a_ops, free_port(), Some(b_mesh), 10, &hq);
+        node_config(&a_cfg, &a, "front", (a_ops, free_port()), Some(b_mesh), 10, &hq);
         let started = Instant::now();
         let mut node = spawn(
             &["run", "--config", &a_cfg.to_string_lossy(), "--synthetic", "40"],
