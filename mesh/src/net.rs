@@ -128,6 +128,8 @@ pub struct MeshStats {
     pub log_reopened: u64,
     /// Whether the log is refusing writes now (waiting for space).
     pub log_failed: bool,
+    /// Peers cut off for a while because their gossip score fell too low (invalid messages).
+    pub peers_banned: u64,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -395,13 +397,29 @@ fn build_swarm(cfg: &MeshConfig, key: &Keypair) -> Result<Swarm<Behaviour>, Mesh
                 .build()?;
             let mut gossipsub = gossipsub::Behaviour::new(MessageAuthenticity::Signed(key.clone()), gcfg)?;
             let mut params = gossipsub::PeerScoreParams::default();
-            let topic = IdentTopic::new(topic_name(&store));
+            // Scores are about misbehaviour, not merit: the rewards for time in the mesh and first
+            // deliveries are kept small (the defaults reach +1800 within seconds, more than hundreds
+            // of invalid messages cost), while every invalid message costs 100 x their count squared
+            // and is forgotten slowly (10 % a second). One invalid message puts a peer below the ban
+            // line of the actor; honest nodes never send one (a change of the wire version needs the
+            // whole store upgraded together, or the nodes ban each other for a minute at a time).
             let tparams = gossipsub::TopicScoreParams {
+                topic_weight: 1.0,
+                time_in_mesh_weight: 0.01,
+                time_in_mesh_quantum: Duration::from_secs(1),
+                time_in_mesh_cap: 600.0,
+                first_message_deliveries_weight: 0.1,
+                first_message_deliveries_cap: 100.0,
+                // A quiet store delivers few messages: that is no fault (the default punishes it).
+                mesh_message_deliveries_weight: 0.0,
+                mesh_failure_penalty_weight: 0.0,
                 invalid_message_deliveries_weight: -100.0,
-                invalid_message_deliveries_decay: 0.5,
+                invalid_message_deliveries_decay: 0.9,
                 ..Default::default()
             };
-            params.topics.insert(topic.hash(), tparams);
+            for name in [topic_name(&store), heartbeat_topic_name(&store)] {
+                params.topics.insert(IdentTopic::new(name).hash(), tparams.clone());
+            }
             gossipsub.with_peer_score(params, gossipsub::PeerScoreThresholds::default())?;
             let sync = request_response::Behaviour::with_codec(
                 sync_codec(),
@@ -439,6 +457,10 @@ pub(crate) fn sync_codec() -> request_response::cbor::codec::Codec<SyncRequest, 
 
 pub(crate) const SYNC_PROTOCOL_NAME: &str = SYNC_PROTOCOL;
 
+fn heartbeat_topic_name(store: &str) -> String {
+    format!("/lpmesh/{store}/heartbeat/1")
+}
+
 fn topic_name(store: &str) -> String {
     format!("/lpmesh/{store}/records/1")
 }
@@ -449,7 +471,7 @@ pub fn start(cfg: MeshConfig, key: Keypair, recipient: StoreRecipient) -> Result
     log.set_retention(cfg.retention.map(|r| r.as_millis() as u64));
     let mut swarm = build_swarm(&cfg, &key)?;
     let topic = IdentTopic::new(topic_name(&cfg.store));
-    let heartbeat_topic = IdentTopic::new(format!("/lpmesh/{}/heartbeat/1", cfg.store));
+    let heartbeat_topic = IdentTopic::new(heartbeat_topic_name(&cfg.store));
     for t in [&topic, &heartbeat_topic] {
         swarm
             .behaviour_mut()
@@ -505,6 +527,8 @@ pub fn start(cfg: MeshConfig, key: Keypair, recipient: StoreRecipient) -> Result
         announce: cfg.announce.clone(),
         bootstrap: cfg.bootstrap.iter().map(|a| (a.clone(), 0)).collect(),
         next_bootstrap_ms: now_ms() + REDIAL_MS,
+        banned: Default::default(),
+        next_score_check_ms: 0,
     };
     tokio::spawn(actor.run(cmd_rx));
     Ok(MeshHandle {
@@ -548,7 +572,16 @@ struct Actor {
     /// again every few seconds, so a node whose network came back rejoins without mDNS.
     bootstrap: Vec<(Multiaddr, u32)>,
     next_bootstrap_ms: u64,
+    /// Peers scored down for invalid messages, cut off until the time given.
+    banned: std::collections::HashMap<PeerId, u64>,
+    next_score_check_ms: u64,
 }
+
+/// A peer whose gossip score falls below this is disconnected and refused for [`BAN_MS`]. An invalid
+/// message costs 100 (see the topic score parameters), and gossipsub stops listening to a peer at -80
+/// and so stops counting: ban before that, at gossipsub's own publish threshold.
+const BAN_SCORE: f64 = -50.0;
+const BAN_MS: u64 = 60_000;
 
 /// How often a log that failed to write (a full disk) is tried again.
 const REOPEN_EVERY_MS: u64 = 2000;
@@ -597,6 +630,10 @@ impl Actor {
                     if now >= self.next_heartbeat_ms {
                         self.next_heartbeat_ms = now + self.heartbeat_every_ms;
                         self.heartbeat(now);
+                    }
+                    if now >= self.next_score_check_ms {
+                        self.next_score_check_ms = now + 1000;
+                        self.ban_misbehaving(now);
                     }
                     if now >= self.next_bootstrap_ms {
                         self.next_bootstrap_ms = now + REDIAL_MS;
@@ -725,6 +762,28 @@ impl Actor {
         }
     }
 
+    fn ban_misbehaving(&mut self, now: u64) {
+        self.banned.retain(|_, until| *until > now);
+        let low: Vec<(PeerId, f64)> = self
+            .connected
+            .iter()
+            .filter_map(|p| {
+                let score = self.swarm.behaviour().gossipsub.peer_score(p)?;
+                (score < BAN_SCORE).then_some((*p, score))
+            })
+            .collect();
+        for (peer, score) in low {
+            tracing::warn!(%peer, score, "peer sent invalid messages: disconnected for {} s", BAN_MS / 1000);
+            self.banned.insert(peer, now + BAN_MS);
+            self.stats.peers_banned += 1;
+            let _ = self.swarm.disconnect_peer_id(peer);
+        }
+    }
+
+    fn is_banned(&self, peer: &PeerId) -> bool {
+        self.banned.get(peer).is_some_and(|until| *until > now_ms())
+    }
+
     fn redial_bootstrap(&mut self) {
         let idle: Vec<Multiaddr> = self
             .bootstrap
@@ -738,7 +797,8 @@ impl Actor {
                 libp2p::multiaddr::Protocol::P2p(id) => Some(id),
                 _ => None,
             });
-            if named.is_some_and(|id| self.connected.contains(&id) || self.blocked.contains(&id)) {
+            if named.is_some_and(|id| self.connected.contains(&id) || self.blocked.contains(&id) || self.is_banned(&id))
+            {
                 continue;
             }
             if let Err(e) = self.swarm.dial(addr.clone()) {
@@ -836,7 +896,7 @@ impl Actor {
                 ..
             } => {
                 self.bootstrap_count(&endpoint, 1);
-                if self.blocked.contains(&peer_id) {
+                if self.blocked.contains(&peer_id) || self.is_banned(&peer_id) {
                     let _ = self.swarm.disconnect_peer_id(peer_id);
                     return;
                 }
@@ -958,7 +1018,11 @@ impl Actor {
 
     /// Dials a node we hear of but are not connected to (at most every few seconds).
     fn maybe_dial(&mut self, peer: PeerId, addrs: &[String], now: u64) {
-        if peer == *self.swarm.local_peer_id() || self.connected.contains(&peer) || self.blocked.contains(&peer) {
+        if peer == *self.swarm.local_peer_id()
+            || self.connected.contains(&peer)
+            || self.blocked.contains(&peer)
+            || self.is_banned(&peer)
+        {
             return;
         }
         if self

@@ -273,7 +273,9 @@ async fn a_node_that_was_away_catches_up_and_continues_its_own_seq() {
 async fn bad_records_from_a_peer_with_the_key_are_rejected_counted_and_honest_ones_still_flow() {
     use lpmesh_mesh::hlc::Timestamp;
     use lpmesh_mesh::record::{Record, WIRE_VERSION};
-    let c = cluster(3).await;
+    // One bad message is enough to get a peer banned, so each kind comes from its own attacker
+    // (nodes 2 to 5), and each is counted by its reason.
+    let c = cluster(6).await;
     let attacker = &c.nodes[2];
     let good = attacker
         .append(vec![(RecordKind::Event, b"honest".to_vec())])
@@ -303,13 +305,16 @@ async fn bad_records_from_a_peer_with_the_key_are_rejected_counted_and_honest_on
         vec![9, 9],
     )
     .unwrap();
-    for bytes in [
+    for (i, bytes) in [
         vec![WIRE_VERSION, 0xff, 0x13, 0x37],
         forged.encode(),
         other_store.encode(),
         equivocation.encode(),
-    ] {
-        attacker.publish_raw(bytes).await.unwrap();
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        c.nodes[2 + i].publish_raw(bytes).await.unwrap();
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let honest = c.nodes[0]
@@ -482,4 +487,75 @@ async fn expired_records_leave_every_node_and_newcomers_converge_past_them() {
     for h in nodes.iter().chain([&back, &fresh]) {
         let _ = h.shutdown().await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flooding_forging_peer_with_the_key_is_scored_down_and_cut_off_while_the_others_converge() {
+    use lpmesh_mesh::hlc::Timestamp;
+    use lpmesh_mesh::record::{Record, MAX_RECORD_BYTES, WIRE_VERSION};
+    let c = cluster(3).await;
+    let attacker = c.nodes[2].clone();
+    let victim = c.nodes[0].origin();
+    let old = c.nodes[0]
+        .append(vec![(RecordKind::Event, b"old".to_vec())])
+        .await
+        .unwrap()
+        .remove(0);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // A record claiming node 0 as its origin, signed with the attacker's key.
+    let mut forged_origin =
+        Record::seal(STORE, &c.keys[2], 2, Timestamp::default(), RecordKind::Event, vec![7]).unwrap();
+    forged_origin.origin = victim;
+    let flood = tokio::spawn(async move {
+        for i in 0..3000u32 {
+            let bytes = match i % 4 {
+                0 => vec![WIRE_VERSION, 0xff, (i % 251) as u8, (i / 251) as u8],
+                1 => forged_origin.encode(),
+                2 => vec![WIRE_VERSION; MAX_RECORD_BYTES + 100 + (i as usize % 1000)],
+                _ => old.encode(),
+            };
+            if attacker.publish_raw(bytes).await.is_err() {
+                break;
+            }
+        }
+    });
+    // Honest records keep flowing between the honest nodes through the flood.
+    let t = Instant::now();
+    let mut worst = Duration::ZERO;
+    for i in 0..10 {
+        let r = c.nodes[0]
+            .append(vec![(RecordKind::Event, format!("honest {i}").into_bytes())])
+            .await
+            .unwrap()
+            .remove(0);
+        let took = eventually(
+            "an honest record during the flood",
+            Duration::from_secs(5),
+            async || c.nodes[1].version_vector().await.unwrap().get(&r.origin) == Some(&r.seq),
+        )
+        .await;
+        worst = worst.max(took);
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    flood.await.unwrap();
+    let attacker_id = c.nodes[2].peer_id();
+    for h in &c.nodes[..2] {
+        eventually("the attacker is cut off", Duration::from_secs(5), async || {
+            !h.peers().await.unwrap().contains(&attacker_id)
+        })
+        .await;
+        let s = h.stats().await.unwrap();
+        assert!(s.peers_banned >= 1, "{s:?}");
+        // The first invalid messages are counted; then gossipsub stops listening and the actor bans
+        // the peer, so most of the 3000 never get in.
+        let rejected: u64 = s.rejected.values().sum();
+        assert!((1..500).contains(&rejected), "{s:?}");
+    }
+    // Node 0's log holds only its own records: nothing forged in its name.
+    assert_eq!(c.nodes[1].version_vector().await.unwrap().get(&victim), Some(&11));
+    println!(
+        "flood of 3000 bad messages: attacker cut off, honest records through in at most {worst:?} ({:?} in all)",
+        t.elapsed()
+    );
+    c.stop(&[]).await;
 }

@@ -277,6 +277,11 @@ pub async fn render(s: &OpsState) -> String {
                 m.expired,
             ),
             (
+                "lpmesh_peers_banned_total",
+                "Peers disconnected for a while for sending invalid messages.",
+                m.peers_banned,
+            ),
+            (
                 "lpmesh_log_reopened_total",
                 "Times the log was reopened after a failed write (a full disk, freed).",
                 m.log_reopened,
