@@ -24,3 +24,8 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
   cargo test --workspace
 fi
+
+# Fuzz smoke run: every target about 20 s on its committed seeds (longer runs: scripts/fuzz.sh --seconds N).
+echo "[test] fuzz smoke run" >&2
+cargo fmt --manifest-path fuzz/Cargo.toml -- --check
+scripts/fuzz.sh --smoke

@@ -85,7 +85,11 @@ fn main() {
         let text = fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         NodeConfig::parse(&text, &path).unwrap_or_else(|e| panic!("{e}"));
         let name = path.file_name().expect("a file").to_string_lossy().into_owned();
-        let name = if path.parent().is_some_and(|p| p.ends_with("demo")) { format!("demo-{name}") } else { name };
+        let name = if path.parent().is_some_and(|p| p.ends_with("demo")) {
+            format!("demo-{name}")
+        } else {
+            name
+        };
         write(&corpus, "node_config", &name, text.as_bytes());
     }
 
@@ -123,9 +127,27 @@ fn records() -> Vec<(String, Record)> {
     let at = |wall_ms, logical| Timestamp { wall_ms, logical };
     // The payloads are opaque to the mesh (encrypted to the store): any bytes are realistic.
     let cases = [
-        ("event-seq1", 1, at(1_764_000_000_000, 0), RecordKind::Event, vec![0xa5; 48]),
-        ("event-seq7", 7, at(1_764_000_000_123, 3), RecordKind::Event, (0..=255).collect()),
-        ("action", 2, at(1_764_000_050_000, 0), RecordKind::Action, b"age-encryption.org/v1".to_vec()),
+        (
+            "event-seq1",
+            1,
+            at(1_764_000_000_000, 0),
+            RecordKind::Event,
+            vec![0xa5; 48],
+        ),
+        (
+            "event-seq7",
+            7,
+            at(1_764_000_000_123, 3),
+            RecordKind::Event,
+            (0..=255).collect(),
+        ),
+        (
+            "action",
+            2,
+            at(1_764_000_050_000, 0),
+            RecordKind::Action,
+            b"age-encryption.org/v1".to_vec(),
+        ),
         ("empty-payload", 3, at(0, 0), RecordKind::Event, Vec::new()),
     ];
     cases
@@ -228,7 +250,11 @@ fn summaries() -> Vec<(String, Summary)> {
         store: "shop-1".into(),
         period_start_ms: start,
         period_secs: 3600,
-        vv: VersionVector([(node, 42), ("12D3KooWQvjd6uK5f1HxJv8mKPcX4rqG3m1N".into(), 17)].into_iter().collect()),
+        vv: VersionVector(
+            [(node, 42), ("12D3KooWQvjd6uK5f1HxJv8mKPcX4rqG3m1N".into(), 17)]
+                .into_iter()
+                .collect(),
+        ),
         footfall: vec![
             LineCount {
                 camera: "door".into(),
@@ -247,7 +273,9 @@ fn summaries() -> Vec<(String, Summary)> {
         incidents_by_kind: [("loitering".to_string(), 2), ("exit_without_checkout".to_string(), 1)]
             .into_iter()
             .collect(),
-        incidents_by_severity: [("medium".to_string(), 2), ("high".to_string(), 1)].into_iter().collect(),
+        incidents_by_severity: [("medium".to_string(), 2), ("high".to_string(), 1)]
+            .into_iter()
+            .collect(),
         incidents_by_camera: [("door".to_string(), 3)].into_iter().collect(),
         incidents_by_zone: [("door/entrance".to_string(), 3)].into_iter().collect(),
         acknowledgements: AckStats {

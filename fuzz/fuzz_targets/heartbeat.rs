@@ -31,12 +31,20 @@ fuzz_target!(|data: &[u8]| {
     }
     .encode();
     if again.len() <= data.len() {
-        assert_eq!(wire::heartbeat(&again), Some((hb, addrs, info_len)), "re-encoded heartbeat");
+        assert_eq!(
+            wire::heartbeat(&again),
+            Some((hb, addrs, info_len)),
+            "re-encoded heartbeat"
+        );
     }
     let me = Origin([0; 32]);
     let mut election = Election::new(me, 15_000);
     election.heard(hb, 1_000);
-    assert_eq!(election.leader(1_000), Some(hb.node), "the only node heard, just now, leads");
+    assert_eq!(
+        election.leader(1_000),
+        Some(hb.node),
+        "the only node heard, just now, leads"
+    );
     election.prune(u64::MAX);
     assert_eq!(election.leader(u64::MAX), None, "a node silent for ever is not live");
 });

@@ -14,7 +14,11 @@ fuzz_target!(|data: &[u8]| {
     let file = Path::new("hq.toml");
     match HqConfig::parse(text, file) {
         Ok(cfg) => {
-            assert_eq!(cfg.tls_cert.is_some(), cfg.tls_key.is_some(), "a certificate without its key");
+            assert_eq!(
+                cfg.tls_cert.is_some(),
+                cfg.tls_key.is_some(),
+                "a certificate without its key"
+            );
             assert!((1024..=MAX_ENVELOPE_BYTES).contains(&cfg.max_envelope_bytes));
         }
         Err(e) => {

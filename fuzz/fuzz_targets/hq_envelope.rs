@@ -87,9 +87,17 @@ fn accepted(env: &Envelope, s: &Summary) {
     assert_eq!(s.validate(), Ok(()), "open returned a summary that does not validate");
     let _ = (s.footfall_totals(), s.incidents_total());
     assert_eq!(Decision::decide(None, &s.vv), Decision::Insert);
-    assert_eq!(Decision::decide(Some(&s.vv), &s.vv), Decision::Unchanged, "a repeat changes nothing");
+    assert_eq!(
+        Decision::decide(Some(&s.vv), &s.vv),
+        Decision::Unchanged,
+        "a repeat changes nothing"
+    );
     // Every HQ replica must keep the same one of two summaries, whichever arrived first.
-    let stored = VersionVector([("nodeA".to_string(), 2), ("nodeB".to_string(), 1)].into_iter().collect());
+    let stored = VersionVector(
+        [("nodeA".to_string(), 2), ("nodeB".to_string(), 1)]
+            .into_iter()
+            .collect(),
+    );
     let (incoming_wins, stored_wins) = (
         Decision::decide(Some(&stored), &s.vv).writes(),
         Decision::decide(Some(&s.vv), &stored).writes(),

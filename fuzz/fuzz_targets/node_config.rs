@@ -16,7 +16,10 @@ fuzz_target!(|data: &[u8]| {
     match NodeConfig::parse(text, file) {
         Ok(cfg) => {
             // The node compiles each camera's rules at start: a checked file must not fail there.
-            assert!(cfg.schedule.compile().is_ok(), "the schedule passed the checks but does not compile");
+            assert!(
+                cfg.schedule.compile().is_ok(),
+                "the schedule passed the checks but does not compile"
+            );
             for cam in &cfg.cameras {
                 let spec = cfg
                     .camera_spec(cam, "fuzz-model")
@@ -31,7 +34,11 @@ fuzz_target!(|data: &[u8]| {
             let lines = text.matches('\n').count() + 1;
             for p in &problems {
                 assert_eq!(p.file, file);
-                assert!(p.line.is_none_or(|l| (1..=lines).contains(&l)), "line {:?} of {lines}", p.line);
+                assert!(
+                    p.line.is_none_or(|l| (1..=lines).contains(&l)),
+                    "line {:?} of {lines}",
+                    p.line
+                );
                 assert!(!p.message.is_empty(), "a problem without a message: {p:?}");
             }
             let _ = ConfigError::Invalid { problems }.to_string();

@@ -483,6 +483,9 @@ async fn store_page(
 async fn load(st: &HqState, q: &RangeQuery) -> Result<Vec<StoredSummary>, Fail> {
     let (from_ms, to_ms) = q.range()?;
     let store = q.store.clone().filter(|s| !s.is_empty());
+    if store.as_deref().is_some_and(|s| s.chars().any(char::is_control)) {
+        return Err(Fail::Param("store"));
+    }
     Ok(st
         .store
         .summaries(&Filter {
@@ -495,6 +498,14 @@ async fn load(st: &HqState, q: &RangeQuery) -> Result<Vec<StoredSummary>, Fail> 
 }
 
 fn csv_field(s: &str) -> String {
+    // A cell a spreadsheet would run as a formula is kept as text.
+    let guarded;
+    let s = if s.starts_with(['=', '+', '-', '@', '\t', '\r']) && s.parse::<f64>().is_err() {
+        guarded = format!("'{s}");
+        guarded.as_str()
+    } else {
+        s
+    };
     if s.contains([',', '"', '\n', '\r']) {
         format!("\"{}\"", s.replace('"', "\"\""))
     } else {

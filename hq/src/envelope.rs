@@ -145,8 +145,21 @@ impl Envelope {
         if v != ENVELOPE_VERSION {
             return Err(EnvelopeError::Version(v));
         }
-        let e: Envelope = ciborium::from_reader(body).map_err(|e| EnvelopeError::Malformed(e.to_string()))?;
-        if e.store.is_empty() || e.store.len() > crate::summary::MAX_NAME_LEN || !e.vv.is_well_formed() {
+        let mut rest = body;
+        let e: Envelope = ciborium::from_reader(&mut rest).map_err(|e| EnvelopeError::Malformed(e.to_string()))?;
+        // One envelope per upload, nothing after it: strict like the mesh's records.
+        if !rest.is_empty() {
+            return Err(EnvelopeError::Malformed(format!(
+                "{} bytes after the envelope",
+                rest.len()
+            )));
+        }
+        // Control characters (a NUL above all, which PostgreSQL refuses in text) are never in a name.
+        if e.store.is_empty()
+            || e.store.len() > crate::summary::MAX_NAME_LEN
+            || e.store.chars().any(char::is_control)
+            || !e.vv.is_well_formed()
+        {
             return Err(EnvelopeError::Malformed("bad store name or version vector".into()));
         }
         Ok(e)

@@ -227,13 +227,19 @@ fn now_ms() -> i64 {
 /// when the server answers and closes would see a broken connection instead of the refusal.
 const DRAIN_LIMIT: usize = 8 * 1024 * 1024;
 
+/// How long a request may take to send its head, and its body.
+pub const HEADER_DEADLINE: std::time::Duration = std::time::Duration::from_secs(15);
+const BODY_DEADLINE: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// The body, or `Err(size read)` when it is larger than `limit`.
 async fn read_limited(body: Body, limit: usize) -> Result<Vec<u8>, usize> {
     use http_body_util::BodyExt;
     let mut body = body;
     let mut out = Vec::new();
     let mut seen = 0usize;
-    while let Some(frame) = body.frame().await {
+    // A client that trickles its body does not hold the connection: what came by then is judged.
+    let deadline = tokio::time::Instant::now() + BODY_DEADLINE;
+    while let Ok(Some(frame)) = tokio::time::timeout_at(deadline, body.frame()).await {
         let Ok(frame) = frame else { break };
         if let Some(data) = frame.data_ref() {
             seen += data.len();
@@ -345,12 +351,14 @@ pub async fn serve(
         reason: e.to_string(),
     })?;
     let handle = axum_server::Handle::new();
-    let server = axum_server::from_tcp_rustls(listener, tls)
+    let mut server = axum_server::from_tcp_rustls(listener, tls)
         .map_err(|e| ServeError::Listen {
             addr,
             reason: e.to_string(),
         })?
         .handle(handle.clone());
+    // A client that never finishes its request head (slowloris) is cut off.
+    server.http_builder().http1().header_read_timeout(HEADER_DEADLINE);
     let app = app(state);
     let task = tokio::spawn(async move {
         if let Err(e) = server.serve(app.into_make_service()).await {

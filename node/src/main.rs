@@ -287,6 +287,10 @@ enum BenchWhat {
 /// free (measured: 235-248 MB RSS per demo node before, 170-174 MB after).
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 fn tune_allocator() {
+    // glibc's own variable, set by an operator, wins.
+    if std::env::var_os("MALLOC_MMAP_THRESHOLD_").is_some() {
+        return;
+    }
     // SAFETY: mallopt only changes allocator settings; called first thing, before other threads.
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 256 * 1024);

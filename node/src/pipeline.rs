@@ -393,8 +393,10 @@ fn consume<S>(
 where
     S: FnMut(&FrameResult<'_>) -> Result<bool, String>,
 {
+    // The latest frame of any kind (an offline camera still sends heartbeats), and the size of the
+    // latest real picture: an incident open at the end ends at the latest time known, so a camera
+    // offline at shutdown, or never reached, still gets its end, after its start.
     let mut last: Option<(u64, f64, u32, u32)> = None;
-    // Open incidents end with the stream (or the node stopping): the sink hears about it.
     let finish = |analyzer: &mut Analyzer, last: Option<(u64, f64, u32, u32)>, sink: &mut S| {
         let Some((seq, pts, width, height)) = last else {
             return Ok(());
@@ -434,9 +436,13 @@ where
             let result = analyzer.process(&frame)?;
             sink(&result).map_err(PipelineError::Sink)?
         };
-        if frame.online {
-            last = Some((frame.seq, frame.pts, frame.width, frame.height));
-        }
+        let (width, height) = match (frame.online, last) {
+            (true, _) => (frame.width, frame.height),
+            (false, Some((_, _, w, h))) => (w, h),
+            (false, None) => (0, 0),
+        };
+        let pts = last.map_or(frame.pts, |(_, p, _, _)| p.max(frame.pts));
+        last = Some((frame.seq, pts, width, height));
         let _ = pool_tx.try_send(frame.tensor);
         let done = opts
             .max_frames

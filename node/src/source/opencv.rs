@@ -11,6 +11,10 @@ use opencv::imgproc;
 use opencv::videoio::{self, VideoCapture, VideoCaptureTrait, VideoCaptureTraitConst};
 
 use super::backoff::Backoff;
+
+/// How long opening a network camera, and waiting for its next packet, may take.
+const OPEN_TIMEOUT_MS: i32 = 5_000;
+const READ_TIMEOUT_MS: i32 = 3_000;
 use super::{Frame, FrameSource, SourceError};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -155,7 +159,17 @@ impl OpenCvSource {
         }
         let cap = match &self.kind {
             SourceKind::File(p) => VideoCapture::from_file(p.as_os_str(), videoio::CAP_ANY),
-            SourceKind::Url(u) => VideoCapture::from_file(u, videoio::CAP_FFMPEG),
+            // OpenCV's defaults wait 30 s to open and 30 s per read: a frozen camera would look alive
+            // for a minute and a half. A live stream with nothing for 3 s has stalled.
+            SourceKind::Url(u) => {
+                let params = opencv::core::Vector::<i32>::from_slice(&[
+                    videoio::CAP_PROP_OPEN_TIMEOUT_MSEC,
+                    OPEN_TIMEOUT_MS,
+                    videoio::CAP_PROP_READ_TIMEOUT_MSEC,
+                    READ_TIMEOUT_MS,
+                ]);
+                VideoCapture::from_file_with_params(u, videoio::CAP_FFMPEG, &params)
+            }
             SourceKind::Device(n) => VideoCapture::new(*n, videoio::CAP_ANY),
         }
         .map_err(|e| self.open_err(e.message.clone()))?;

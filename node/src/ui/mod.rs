@@ -253,6 +253,12 @@ impl FromRequestParts<Arc<UiState>> for Authed {
     }
 }
 
+/// A body that is not the JSON asked for: too large is 413, the rest keeps axum's own status (415 for
+/// another content type, 400 for bad syntax, 422 for the wrong shape).
+fn json_refusal(e: axum::extract::rejection::JsonRejection) -> ApiError {
+    ApiError::new(e.status(), e.body_text())
+}
+
 /// Only managers.
 pub struct Manager(pub Session);
 
@@ -356,6 +362,19 @@ async fn login(State(state): State<Arc<UiState>>, req: Request) -> Result<Respon
         .map(|c| c.0.ip());
     if !same_origin(req.headers()) {
         return Err(ApiError::new(StatusCode::FORBIDDEN, "cross-origin login refused"));
+    }
+    // JSON only: a browser will not send that across sites without asking first, so a forged form
+    // cannot log anyone in even where the Origin check is missing (older browsers).
+    let json = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim_start().to_ascii_lowercase().starts_with("application/json"));
+    if !json {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "send the login as application/json",
+        ));
     }
     let bytes = axum::body::to_bytes(req.into_body(), 8 * 1024)
         .await
@@ -527,7 +546,7 @@ async fn act(
     Path(id): Path<String>,
     body: Result<Json<ActBody>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Json<Incident>, ApiError> {
-    let Json(body) = body.map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.body_text()))?;
+    let Json(body) = body.map_err(json_refusal)?;
     let note = body.note.map(|n| n.trim().to_string()).filter(|n| !n.is_empty());
     if note.as_ref().is_some_and(|n| n.len() > MAX_NOTE_LEN) {
         return Err(ApiError::new(
@@ -762,7 +781,7 @@ async fn put_zones(
     Path(camera): Path<String>,
     body: Result<Json<zones::ZonesBody>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let Json(body) = body.map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.body_text()))?;
+    let Json(body) = body.map_err(json_refusal)?;
     let (z, _) = local_camera(&state, &camera)?;
     let n = body.zones.len();
     tokio::task::block_in_place(|| z.save_zones(&camera, body.zones)).map_err(|e| match e {
@@ -815,9 +834,14 @@ pub enum UiError {
 pub async fn serve_router(router: Router, addr: SocketAddr) -> Result<Running, UiError> {
     let (listener, local) = bind(addr)?;
     let handle = axum_server::Handle::new();
-    let server = axum_server::from_tcp(listener)
+    let mut server = axum_server::from_tcp(listener)
         .map_err(|e| listen_error(addr, e))?
         .handle(handle.clone());
+    // A client that never finishes its request head (slowloris) is cut off.
+    server
+        .http_builder()
+        .http1()
+        .header_read_timeout(lpmesh_hq::server::HEADER_DEADLINE);
     // With the client's address available to handlers (the login limits need it).
     let svc = router.into_make_service_with_connect_info::<SocketAddr>();
     let task = tokio::spawn(async move {
@@ -858,9 +882,13 @@ pub async fn serve(state: Arc<UiState>, addr: SocketAddr, tls: Option<(Vec<u8>, 
     let cfg = axum_server::tls_rustls::RustlsConfig::from_pem(cert, key)
         .await
         .map_err(|e| UiError::Tls(e.to_string()))?;
-    let server = axum_server::from_tcp_rustls(listener, cfg)
+    let mut server = axum_server::from_tcp_rustls(listener, cfg)
         .map_err(|e| listen_error(addr, e))?
         .handle(handle.clone());
+    server
+        .http_builder()
+        .http1()
+        .header_read_timeout(lpmesh_hq::server::HEADER_DEADLINE);
     let svc = app(state).into_make_service_with_connect_info::<SocketAddr>();
     let task = tokio::spawn(async move {
         if let Err(e) = server.serve(svc).await {
