@@ -734,3 +734,101 @@ async fn metrics_count_every_refusal_by_reason() {
     // Served as Prometheus text, with its type lines.
     assert!(after.contains("# TYPE lpmesh_hq_rejected_total counter"), "{after}");
 }
+
+// Found by these tests and fixed since.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_name_with_a_nul_byte_is_refused_as_the_clients_fault_not_a_storage_failure() {
+    let hq = postgres().await;
+    let mut e = hq.sealed(0, &summary("shop-1", 490_000 * HOUR, vv(&[("a", 1)]), 1));
+    e.store = "shop-1\0".into();
+    let (s, b) = hq.post_raw(&e.encode()).await;
+    assert!(s == 400 || s == 403, "upload naming \"shop-1\\0\": {s} {b}");
+    let (s, b) = hq.get("/export.csv?store=shop-1%00").await;
+    assert!(
+        s == 400 || (s == 200 && b.lines().count() == 1),
+        "export store=shop-1%00: {s} {b}"
+    );
+    assert_eq!(rejected(&hq.metrics().await, "storage"), 0, "HQ's storage never failed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bytes_after_the_envelope_are_refused_as_malformed() {
+    let hq = embedded().await;
+    let mut w = hq
+        .sealed(0, &summary("shop-1", 490_000 * HOUR, vv(&[("a", 1)]), 1))
+        .encode();
+    w.extend_from_slice(b"trailing junk");
+    let (s, b) = hq.post_raw(&w).await;
+    assert_eq!((s, b.contains("\"malformed\"")), (400, true), "{b}");
+    assert!(hq.stored().await.is_empty());
+}
+
+/// Sends `start`, then `drip` every 250 ms; how long until the server answered or closed, if it
+/// did within `patience`.
+fn trickle(
+    addr: SocketAddr,
+    tls: Arc<rustls::ClientConfig>,
+    start: &[u8],
+    drip: &[u8],
+    patience: Duration,
+) -> Option<Duration> {
+    let mut s = connect(addr, &tls);
+    s.get_ref().set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+    let t = Instant::now();
+    if s.write_all(start).and_then(|_| s.flush()).is_err() {
+        return Some(t.elapsed());
+    }
+    while t.elapsed() < patience {
+        if s.write_all(drip).and_then(|_| s.flush()).is_err() {
+            return Some(t.elapsed());
+        }
+        let mut buf = [0u8; 256];
+        match s.read(&mut buf) {
+            Ok(_) => return Some(t.elapsed()),
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+            Err(_) => return Some(t.elapsed()),
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    None
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_trickles_its_request_is_cut_off() {
+    let hq = embedded().await;
+    // HQ cuts a request head after 15 s and a body after 30 s.
+    let patience = Duration::from_secs(40);
+    let cases: [(&str, &'static [u8], &'static [u8]); 3] = [
+        (
+            "request head",
+            b"GET /health HTTP/1.1\r\nHost: localhost\r\n",
+            b"X-Slow: 1\r\n",
+        ),
+        (
+            "chunked body",
+            b"POST /api/v1/summaries HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"1\r\nA\r\n",
+        ),
+        (
+            "body declared far over the limit",
+            b"POST /api/v1/summaries HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100000000000\r\n\r\n",
+            b"A",
+        ),
+    ];
+    let mut tasks = Vec::new();
+    for (what, start, drip) in cases {
+        let (addr, tls) = (hq.addr, hq.tls.clone());
+        tasks.push((
+            what,
+            tokio::task::spawn_blocking(move || trickle(addr, tls, start, drip, patience)),
+        ));
+    }
+    let mut held = Vec::new();
+    for (what, t) in tasks {
+        if t.await.unwrap().is_none() {
+            held.push(what);
+        }
+    }
+    assert!(held.is_empty(), "held open for {patience:?} while trickled: {held:?}");
+}

@@ -121,9 +121,11 @@ pub fn dir_size(dir: &std::path::Path) -> u64 {
     total
 }
 
-/// Nearly full: under 5 % or under 512 MiB free. The node keeps detecting and alerting, and says so.
+/// Nearly full: under 2 % or under 1 GiB free (a month of one node's events is tens of MB; 5 % of a
+/// large disk is many GB, and saying "nearly full" then is noise). The node keeps detecting and
+/// alerting, and says so.
 pub fn nearly_full(free: u64, total: u64) -> bool {
-    free < 512 * 1024 * 1024 || (total > 0 && free * 20 < total)
+    free < 1024 * 1024 * 1024 || (total > 0 && free * 50 < total)
 }
 
 pub struct OpsState {

@@ -396,9 +396,9 @@ where
     // The latest frame of any kind (an offline camera still sends heartbeats), and the size of the
     // latest real picture: an incident open at the end ends at the latest time known, so a camera
     // offline at shutdown, or never reached, still gets its end, after its start.
-    let mut last: Option<(u64, f64, u32, u32)> = None;
-    let finish = |analyzer: &mut Analyzer, last: Option<(u64, f64, u32, u32)>, sink: &mut S| {
-        let Some((seq, pts, width, height)) = last else {
+    let mut last: Option<(u64, f64, u32, u32, bool)> = None;
+    let finish = |analyzer: &mut Analyzer, last: Option<(u64, f64, u32, u32, bool)>, sink: &mut S| {
+        let Some((seq, pts, width, height, online)) = last else {
             return Ok(());
         };
         let counts = analyzer.counts();
@@ -415,7 +415,7 @@ where
             people: &[],
             ended: &[],
             events,
-            online: true,
+            online,
             infer: Duration::ZERO,
             counts,
         };
@@ -438,11 +438,11 @@ where
         };
         let (width, height) = match (frame.online, last) {
             (true, _) => (frame.width, frame.height),
-            (false, Some((_, _, w, h))) => (w, h),
+            (false, Some((_, _, w, h, _))) => (w, h),
             (false, None) => (0, 0),
         };
-        let pts = last.map_or(frame.pts, |(_, p, _, _)| p.max(frame.pts));
-        last = Some((frame.seq, pts, width, height));
+        let pts = last.map_or(frame.pts, |(_, p, _, _, _)| p.max(frame.pts));
+        last = Some((frame.seq, pts, width, height, frame.online));
         let _ = pool_tx.try_send(frame.tensor);
         let done = opts
             .max_frames

@@ -1028,3 +1028,70 @@ async fn every_answer_carries_the_security_headers_and_the_cookie_is_strict() {
         assert!(cookie.split("; ").any(|x| x == a), "{cookie} lacks {a}");
     }
 }
+
+// Found by these tests and fixed since.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn action_and_zone_bodies_over_64_kib_are_refused_with_413() {
+    let f = fixture(false).await;
+    let manager = login(&f, "manager", "manager password").await;
+    let action = format!("{{\"action\":\"note\",\"note\":\"{}\"}}", " ".repeat(64 * 1024));
+    let zones = format!("{} {}", good_body("/api/zones/{camera}"), " ".repeat(64 * 1024));
+    for (method, path, body) in [
+        ("POST", format!("/api/incidents/{INCIDENT_PATH}/actions"), action),
+        ("PUT", "/api/zones/door".to_string(), zones),
+    ] {
+        let r = req(method, &path).session(&manager).raw(Some("application/json"), body);
+        assert_eq!(status(&f, r).await, StatusCode::PAYLOAD_TOO_LARGE, "{method} {path}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_that_is_not_declared_json_is_refused() {
+    let f = fixture(false).await;
+    let body = login_body("manager", "manager password").to_string();
+    for ct in [
+        Some("text/plain"),
+        Some("application/x-www-form-urlencoded"),
+        Some("multipart/form-data"),
+        None,
+    ] {
+        let (s, h, _) = send(&f, req("POST", "/api/login").raw(ct, body.clone()).build()).await;
+        assert_eq!(s, StatusCode::UNSUPPORTED_MEDIA_TYPE, "Content-Type {ct:?}");
+        assert!(h.get(header::SET_COOKIE).is_none(), "Content-Type {ct:?} logged in");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_trickles_its_request_head_is_cut_off() {
+    use std::io::{Read, Write};
+    let f = fixture(false).await;
+    let running = ui::serve(f.state.clone(), "127.0.0.1:0".parse().unwrap(), None)
+        .await
+        .unwrap();
+    let addr = running.addr;
+    // The UI cuts a request head after 15 s.
+    let patience = Duration::from_secs(25);
+    let held = tokio::task::spawn_blocking(move || {
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+        s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n").unwrap();
+        let t = std::time::Instant::now();
+        while t.elapsed() < patience {
+            if s.write_all(b"X-Slow: 1\r\n").is_err() {
+                return false;
+            }
+            let mut buf = [0u8; 64];
+            match s.read(&mut buf) {
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+                _ => return false,
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        true
+    })
+    .await
+    .unwrap();
+    assert!(!held, "a request head trickled for {patience:?} kept its connection");
+    running.shutdown(Duration::from_millis(200)).await;
+}

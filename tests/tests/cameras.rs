@@ -498,9 +498,9 @@ fn a_broken_network_camera_goes_offline_and_reconnects_while_the_other_camera_ke
         frames(&after, "plaza"),
     );
 
-    // 3. The camera freezes: the socket stays open, nothing comes. The node has no stall timeout of
-    // its own: OpenCV's FFmpeg read timeout (30 s) ends the read, then the node dials again. Nothing
-    // reaches the rules while the read blocks, so no offline is asserted for this part (known).
+    // 3. The camera freezes: the socket stays open, nothing comes. The node's FFmpeg read timeout
+    // (3 s) ends the read, then the node dials again. Nothing reaches the rules while the read
+    // blocks, so no offline is asserted for this part.
     let dialled = door.script.connections.load(Ordering::Relaxed);
     door.script.stalled.store(true, Ordering::Relaxed);
     let stall = Instant::now();
@@ -511,7 +511,7 @@ fn a_broken_network_camera_goes_offline_and_reconnects_while_the_other_camera_ke
     });
     let m = node.scrape();
     let plaza = (frames(&at_stall, "plaza"), frames(&m, "plaza"));
-    assert!(plaza.1 > plaza.0 + 30.0, "plaza stalled with door: {plaza:?} frames");
+    assert!(plaza.1 > plaza.0 + 10.0, "plaza stalled with door: {plaza:?} frames");
     eprintln!(
         "stalled stream given up and dialled again {redial:.1?} after the stall began; plaza analysed {} \
          frames meanwhile",

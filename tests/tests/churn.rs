@@ -66,6 +66,7 @@ struct Node {
     listen: u16,
     ops: u16,
     proc: Option<Child>,
+    started: Instant,
     id: String,
 }
 
@@ -97,6 +98,7 @@ impl Node {
 
     fn start(&mut self, until_ms: i64) {
         let until = until_ms.to_string();
+        self.started = Instant::now();
         self.proc = Some(spawn(
             &[
                 "run",
@@ -181,6 +183,7 @@ fn five_nodes_through_partitions_delays_loss_and_restarts_converge_with_hq_match
             listen: free_port(),
             ops: 0,
             proc: None,
+            started: Instant::now(),
             id: String::new(),
         })
         .collect();
@@ -299,7 +302,9 @@ fn five_nodes_through_partitions_delays_loss_and_restarts_converge_with_hq_match
             4 if down.is_none() => {
                 let i = rng.below(NODES as u64) as usize;
                 let mut p = nodes[i].proc.take().unwrap();
-                if rng.below(2) == 0 {
+                // SIGINT before the node has set its handler up would kill it the hard way anyway.
+                let young = nodes[i].started.elapsed() < Duration::from_secs(3);
+                if young || rng.below(2) == 0 {
                     p.kill().unwrap();
                     p.wait().unwrap();
                 } else {

@@ -183,7 +183,8 @@ fn a_store_reports_to_hq_through_its_elected_leader() {
     assert!(sample(&second, "lpmesh_log_records") > sample(&first, "lpmesh_log_records"));
     assert!(second.iter().any(|(s, _)| s.starts_with("lpmesh_events_total{")));
     assert!(sample(&second, "lpmesh_data_dir_bytes") > 0.0 && sample(&second, "lpmesh_disk_free_bytes") > 0.0);
-    assert_eq!(sample(&second, "lpmesh_disk_nearly_full"), 0.0);
+    // Whether this machine's disk is nearly full is not the test's business; that it is said is.
+    assert!([0.0, 1.0].contains(&sample(&second, "lpmesh_disk_nearly_full")));
     interrupt(&mut a, "node front");
     std::thread::sleep(Duration::from_millis(1500));
     interrupt(&mut b, "node back");
