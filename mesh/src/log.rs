@@ -599,6 +599,14 @@ mod tests {
     }
 
     fn open(dir: &Dir, key: &Keypair, secret: &StoreSecret) -> Log {
+        // sled lets go of its lock a moment after the last handle is dropped (its flusher thread):
+        // a reopen right after a drop may have to wait, as the node's own reopen does.
+        for _ in 0..100 {
+            match Log::open(&dir.0, "store-1", key.clone(), secret.recipient()) {
+                Ok(l) => return l,
+                Err(_) => std::thread::sleep(std::time::Duration::from_millis(20)),
+            }
+        }
         Log::open(&dir.0, "store-1", key.clone(), secret.recipient()).unwrap()
     }
 
