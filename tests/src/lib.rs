@@ -257,3 +257,47 @@ fn pump(mut from: std::net::TcpStream, mut to: std::net::TcpStream, st: &ProxySt
     let _ = from.shutdown(std::net::Shutdown::Both);
     let _ = to.shutdown(std::net::Shutdown::Both);
 }
+
+/// Runs `lpmesh ARGS` to completion; its stdout, or a failure with both outputs.
+pub fn ok(args: &[&str]) -> String {
+    let out = lpmesh().args(args).output().expect("run lpmesh");
+    assert!(
+        out.status.success(),
+        "lpmesh {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("UTF-8 output")
+}
+
+/// The recipient `lpmesh hq init` printed.
+pub fn hq_recipient(init_output: &str) -> String {
+    init_output
+        .lines()
+        .find_map(|l| l.strip_prefix("HQ recipient"))
+        .map(|r| r.trim().to_string())
+        .expect("lpmesh hq init prints the HQ recipient")
+}
+
+/// A node's `/metrics`, parsed, or `None` while nothing listens on `port` or it does not answer 200.
+pub fn scrape(port: u16) -> Option<Vec<(String, f64)>> {
+    std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    let (status, body) = http_get(port, "/metrics");
+    (status == 200).then(|| prometheus(&body))
+}
+
+/// A small deterministic generator (xorshift), so a failing randomised run can be replayed from its seed.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n
+    }
+}

@@ -13,34 +13,12 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use lpmesh_hq::store::{Embedded, Filter};
-use lpmesh_tests::{free_port, http_get, interrupt, lpmesh, lpmesh_path, metric, prometheus, FaultProxy, TempDir};
+use lpmesh_tests::{
+    free_port, hq_recipient, interrupt, lpmesh, lpmesh_path, metric, ok, scrape, FaultProxy, Rng, TempDir,
+};
 
 const NODES: usize = 5;
 const STORE: &str = "shop-churn";
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
-fn ok(args: &[&str]) -> String {
-    let out = lpmesh().args(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "lpmesh {args:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
 
 fn spawn(args: &[&str], log: &Path) -> Child {
     let f = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
@@ -51,12 +29,6 @@ fn spawn(args: &[&str], log: &Path) -> Child {
         .stderr(Stdio::from(f))
         .spawn()
         .unwrap()
-}
-
-fn scrape(port: u16) -> Option<Vec<(String, f64)>> {
-    std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    let (status, body) = http_get(port, "/metrics");
-    (status == 200).then(|| prometheus(&body))
 }
 
 struct Node {
@@ -163,11 +135,7 @@ fn five_nodes_through_partitions_delays_loss_and_restarts_converge_with_hq_match
     .unwrap();
     let hq_cfg = hq_toml.to_string_lossy().to_string();
     let init = ok(&["hq", "init", "--config", &hq_cfg]);
-    let recipient = init
-        .lines()
-        .find_map(|l| l.strip_prefix("HQ recipient"))
-        .map(|r| r.trim().to_string())
-        .unwrap();
+    let recipient = hq_recipient(&init);
     let hq_proxy = FaultProxy::start(([127, 0, 0, 1], hq_port).into());
     let hq = HqInfo {
         proxy_port: hq_proxy.port(),

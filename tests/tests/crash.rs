@@ -14,30 +14,20 @@ use lpmesh_hq::store::{Filter, HqStore};
 use lpmesh_hq::summary::Summary;
 use lpmesh_hq::testpg::TestPg;
 use lpmesh_hq::vv::VersionVector;
-use lpmesh_tests::{free_port, http_get, interrupt, lpmesh, lpmesh_path, metric, prometheus, TempDir};
+use lpmesh_tests::{free_port, hq_recipient, interrupt, lpmesh_path, metric, ok, scrape, Rng, TempDir};
 
-/// A small deterministic generator, so a failing run can be replayed from its seed.
-struct Rng(u64);
-impl Rng {
-    fn from_env() -> Rng {
-        let seed = std::env::var("LPMESH_CRASH_SEED")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| {
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .unwrap()
-                    .as_nanos() as u64
-            });
-        println!("LPMESH_CRASH_SEED={seed}");
-        Rng(seed | 1)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
-    }
+fn rng_from_env() -> Rng {
+    let seed = std::env::var("LPMESH_CRASH_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+        });
+    println!("LPMESH_CRASH_SEED={seed}");
+    Rng(seed | 1)
 }
 
 fn cycles() -> usize {
@@ -45,17 +35,6 @@ fn cycles() -> usize {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(50)
-}
-
-fn ok(args: &[&str]) -> String {
-    let out = lpmesh().args(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "lpmesh {args:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
 }
 
 /// Starts `lpmesh ARGS`, its output appended to `log` (one log across restarts).
@@ -87,12 +66,6 @@ fn tail(path: &Path) -> String {
         .join("\n")
 }
 
-fn scrape(port: u16) -> Option<Vec<(String, f64)>> {
-    std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    let (status, body) = http_get(port, "/metrics");
-    (status == 200).then(|| prometheus(&body))
-}
-
 struct Hq {
     config: String,
     recipient: String,
@@ -115,11 +88,7 @@ fn hq_setup(dir: &TempDir, pg: &TestPg) -> Hq {
     .unwrap();
     let config = config.to_string_lossy().to_string();
     let init = ok(&["hq", "init", "--config", &config]);
-    let recipient = init
-        .lines()
-        .find_map(|l| l.strip_prefix("HQ recipient"))
-        .map(|r| r.trim().to_string())
-        .unwrap();
+    let recipient = hq_recipient(&init);
     Hq {
         config,
         recipient,
@@ -167,7 +136,7 @@ fn own_seq(m: &[(String, f64)]) -> u64 {
 
 #[test]
 fn a_node_killed_50_times_loses_no_durable_record_and_never_reuses_a_seq() {
-    let mut rng = Rng::from_env();
+    let mut rng = rng_from_env();
     let dir = TempDir::new("crash-node");
     let pg = TestPg::start_with(true).expect("PostgreSQL (scripts/setup.sh installs it)");
     let hq = hq_setup(&dir, &pg);
@@ -337,7 +306,7 @@ fn a_node_killed_50_times_loses_no_durable_record_and_never_reuses_a_seq() {
 
 #[test]
 fn hq_killed_50_times_and_its_database_crashed_keeps_every_acknowledged_summary() {
-    let mut rng = Rng::from_env();
+    let mut rng = rng_from_env();
     let dir = TempDir::new("crash-hq");
     let pg = TestPg::start_with(true).expect("PostgreSQL (scripts/setup.sh installs it)");
     let hq = hq_setup(&dir, &pg);

@@ -7,7 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use lpmesh_hq::store::{Embedded, Filter, HqStore};
-use lpmesh_tests::{free_port, http_get, interrupt, lpmesh, lpmesh_path, prometheus, TempDir};
+use lpmesh_tests::{free_port, hq_recipient, http_get, interrupt, lpmesh, lpmesh_path, ok, prometheus, TempDir};
 
 fn spawn(args: &[&str], log: &Path) -> Child {
     Command::new(lpmesh_path())
@@ -17,17 +17,6 @@ fn spawn(args: &[&str], log: &Path) -> Child {
         .stderr(Stdio::from(std::fs::File::create(log).unwrap()))
         .spawn()
         .unwrap()
-}
-
-fn ok(args: &[&str]) -> String {
-    let out = lpmesh().args(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "lpmesh {args:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
 }
 
 fn sample(m: &[(String, f64)], series: &str) -> f64 {
@@ -58,11 +47,7 @@ fn a_store_reports_to_hq_through_its_elected_leader() {
     .unwrap();
     let hq_cfg = hq_toml.to_string_lossy().to_string();
     let init = ok(&["hq", "init", "--config", &hq_cfg]);
-    let recipient = init
-        .lines()
-        .find_map(|l| l.strip_prefix("HQ recipient"))
-        .map(|r| r.trim().to_string())
-        .unwrap();
+    let recipient = hq_recipient(&init);
     assert!(recipient.starts_with("age1"), "{init}");
     assert!(init.contains("fingerprint     SHA-256 "), "{init}");
     let mut hq = spawn(&["hq", "--config", &hq_cfg], &dir.join("hq.log"));

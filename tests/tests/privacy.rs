@@ -8,18 +8,9 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use lpmesh_tests::{free_port, http_get, interrupt, lpmesh, lpmesh_path, metric, prometheus, FaultProxy, TempDir};
-
-fn ok(args: &[&str]) -> String {
-    let out = lpmesh().args(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "lpmesh {args:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
+use lpmesh_tests::{
+    free_port, hq_recipient, http_get, interrupt, lpmesh_path, metric, ok, prometheus, FaultProxy, TempDir,
+};
 
 fn spawn(args: &[&str], log: &Path) -> Child {
     Command::new(lpmesh_path())
@@ -50,11 +41,7 @@ fn the_bytes_a_node_sends_to_peers_and_hq_carry_no_event_field_and_no_image() {
     .unwrap();
     let hq_cfg = hq_toml.to_string_lossy().to_string();
     let init = ok(&["hq", "init", "--config", &hq_cfg]);
-    let recipient = init
-        .lines()
-        .find_map(|l| l.strip_prefix("HQ recipient"))
-        .map(|r| r.trim().to_string())
-        .unwrap();
+    let recipient = hq_recipient(&init);
     let (a, b) = (dir.join("a"), dir.join("b"));
     ok(&["init", "--store", "privacy-store", "--data", &a.to_string_lossy()]);
     let token = ok(&["invite", "--data", &a.to_string_lossy()]);
