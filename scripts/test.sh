@@ -8,6 +8,9 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh
 
 command -v cargo >/dev/null || { echo "cargo not found: install the Rust toolchain (rustup)" >&2; exit 1; }
+# CI builds once from a clean clone: incremental caches would only take disk (gigabytes, on machines
+# that have seen under 300 MB free). Kept for a developer's reruns.
+if [ "${CI:-}" = true ]; then export CARGO_INCREMENTAL=0; fi
 
 echo "[test] cargo fmt --check" >&2
 cargo fmt --all -- --check
