@@ -229,7 +229,7 @@ const DRAIN_LIMIT: usize = 8 * 1024 * 1024;
 
 /// How long a request may take to send its head, and its body.
 pub const HEADER_DEADLINE: std::time::Duration = std::time::Duration::from_secs(15);
-const BODY_DEADLINE: std::time::Duration = std::time::Duration::from_secs(30);
+pub const BODY_DEADLINE: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The body, or `Err(size read)` when it is larger than `limit`.
 async fn read_limited(body: Body, limit: usize) -> Result<Vec<u8>, usize> {

@@ -1095,3 +1095,43 @@ async fn a_client_that_trickles_its_request_head_is_cut_off() {
     assert!(!held, "a request head trickled for {patience:?} kept its connection");
     running.shutdown(Duration::from_millis(200)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_trickles_its_request_body_gets_408_and_loses_the_connection() {
+    use std::io::{Read, Write};
+    let f = fixture(false).await;
+    let running = ui::serve(f.state.clone(), "127.0.0.1:0".parse().unwrap(), None)
+        .await
+        .unwrap();
+    let addr = running.addr;
+    // The UI gives a body 30 s, as HQ does.
+    let patience = lpmesh_hq::server::BODY_DEADLINE + Duration::from_secs(15);
+    let answer = tokio::task::spawn_blocking(move || {
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+        s.write_all(
+            b"POST /api/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 4000\r\n\r\n{",
+        )
+        .unwrap();
+        let t = std::time::Instant::now();
+        let mut got = Vec::new();
+        while t.elapsed() < patience {
+            let _ = s.write_all(b" ");
+            let mut buf = [0u8; 512];
+            match s.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+                Err(_) => break,
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        (t.elapsed(), String::from_utf8_lossy(&got).into_owned())
+    })
+    .await
+    .unwrap();
+    let (took, text) = answer;
+    assert!(took < patience, "a body trickled for {took:?} kept its connection");
+    assert!(text.starts_with("HTTP/1.1 408"), "answer to a trickled body: {text:?}");
+    running.shutdown(Duration::from_millis(200)).await;
+}

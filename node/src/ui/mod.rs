@@ -297,9 +297,48 @@ pub fn app(state: Arc<UiState>) -> Router {
         .route("/api/zones", get(zone_cameras))
         .route("/api/zones/{camera}", get(get_zones).put(put_zones))
         .route("/api/zones/{camera}/still.bmp", get(still))
-        .layer(axum::extract::DefaultBodyLimit::max(64 * 1024))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
+        .layer(middleware::from_fn(body_deadline))
         .layer(middleware::from_fn(security_headers))
         .with_state(state)
+}
+
+/// The largest request body any route takes (actions, zones); login takes less.
+const MAX_BODY: usize = 64 * 1024;
+
+/// Reads a request's body before any handler sees it, within HQ's body deadline: a tablet sends its
+/// few kilobytes at once, and a client that trickles one would otherwise hold a connection (and a
+/// handler) for as long as it likes.
+async fn body_deadline(req: Request, next: Next) -> Response {
+    use http_body_util::BodyExt;
+    if matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS) {
+        return next.run(req).await;
+    }
+    let (parts, mut body) = req.into_parts();
+    let deadline = tokio::time::Instant::now() + lpmesh_hq::server::BODY_DEADLINE;
+    let mut bytes = Vec::new();
+    loop {
+        match tokio::time::timeout_at(deadline, body.frame()).await {
+            Err(_) => {
+                return ApiError::new(StatusCode::REQUEST_TIMEOUT, "the request body took too long to arrive")
+                    .into_response()
+            }
+            Ok(None) => break,
+            Ok(Some(Err(_))) => {
+                return ApiError::new(StatusCode::BAD_REQUEST, "the request body broke off").into_response()
+            }
+            Ok(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    if bytes.len() + data.len() > MAX_BODY {
+                        return ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "request body too large").into_response();
+                    }
+                    bytes.extend_from_slice(data);
+                }
+            }
+        }
+    }
+    next.run(Request::from_parts(parts, axum::body::Body::from(bytes)))
+        .await
 }
 
 async fn security_headers(req: Request, next: Next) -> Response {
