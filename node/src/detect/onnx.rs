@@ -89,7 +89,9 @@ fn provider(name: &str) -> Option<(ExecutionProviderDispatch, bool)> {
         Some((ExecutionProviderDispatch::from(e).error_on_failure(), available))
     }
     match name.to_ascii_lowercase().as_str() {
-        "cpu" => d(ep::CPU::default()),
+        // ort's `CPU::default()` turns ONNX Runtime's arena off: every inference then mallocs (and the
+        // kernel zeroes) a fresh ~17 MB activation block, which cost a demo node about a third of its CPU.
+        "cpu" => d(ep::CPU::default().with_arena_allocator(true)),
         "cuda" => d(ep::CUDA::default()),
         "tensorrt" => d(ep::TensorRT::default()),
         "openvino" => d(ep::OpenVINO::default()),
