@@ -54,13 +54,13 @@ fn main() {
             (SyncRequest::Records { records, .. }, SyncMessage::Records { decoded, refused }) => {
                 assert_eq!(decoded.len() + refused, records.len(), "{name}")
             }
-            (_, read) => panic!("seed sync request {name} read as {read:?}: the mirror in fuzz/src is out of date"),
+            (_, read) => panic!("seed sync request {name} read as {read:?}"),
         }
         write(&corpus, "sync_request", &name, &bytes);
     }
 
     for (name, msg) in heartbeats() {
-        let bytes = msg.encode();
+        let bytes = msg.encode().expect("a heartbeat encodes");
         let (hb, addrs, info) = wire::heartbeat(&bytes).unwrap_or_else(|| panic!("seed heartbeat {name}"));
         assert_eq!((hb, &addrs, info), (msg.hb, &msg.addrs, msg.info.len()), "{name}");
         write(&corpus, "heartbeat", &name, &bytes);

@@ -7,8 +7,8 @@ use lpmesh_mesh::record::Record;
 use lpmesh_mesh::wire::{self, SyncMessage};
 
 fuzz_target!(|data: &[u8]| {
-    // The same decoder the codec uses, on the mirror of the request type: it tells how many records the
-    // request carried, so none can go missing between the codec and the record decoder unnoticed.
+    // The request type read by plain CBOR, apart from the codec: it tells how many records the request
+    // carried, so none can go missing between the codec and the record decoder unnoticed.
     let mirror = cbor4ii::serde::from_slice::<SyncRequest>(data);
     match wire::sync_request(data) {
         Ok(SyncMessage::Summary { origins, reply }) => match mirror {

@@ -1,12 +1,10 @@
 //! What the fuzz targets and the seed generator (`examples/make-corpus.rs`) share: fixed keys, so the
-//! committed seeds still verify and open in every run, and mirrors of the wire types the mesh keeps private.
+//! committed seeds still verify and open in every run, and the wire types the seeds are made of.
 
 use std::sync::OnceLock;
 
 use libp2p_identity::Keypair;
-use lpmesh_mesh::election::Heartbeat;
-use lpmesh_mesh::record::{Origin, Record, RecordError, MAX_RECORD_BYTES};
-use serde::{Deserialize, Serialize};
+use lpmesh_mesh::record::{Record, RecordError, MAX_RECORD_BYTES};
 
 /// The store every seed record belongs to; `record` verifies against it.
 pub const STORE: &str = "fuzz-store";
@@ -36,42 +34,8 @@ pub fn hq_identity() -> &'static age::x25519::Identity {
     ID.get_or_init(|| HQ_IDENTITY.parse().expect("HQ_IDENTITY is an age secret key"))
 }
 
-/// The serde shape of the mesh's `SyncRequest` (crate-private in `lpmesh_mesh::net`). The seed generator
-/// checks every seed it writes through `wire::sync_request`, so a drift shows there, and the `sync_request`
-/// target fails on any input the node reads but this mirror does not.
-#[derive(Debug, Serialize, Deserialize)]
-pub enum SyncRequest {
-    Summary {
-        vv: Vec<(Origin, u64)>,
-        reply: bool,
-    },
-    Records {
-        records: Vec<serde_bytes::ByteBuf>,
-        answer: u64,
-        part: u32,
-        parts: u32,
-        full: bool,
-    },
-}
-
-/// The serde shape of the mesh's `HeartbeatMsg` (crate-private in `lpmesh_mesh::net`).
-#[derive(Debug, Serialize, Deserialize)]
-pub struct HeartbeatMsg {
-    pub hb: Heartbeat,
-    pub sent_ms: u64,
-    #[serde(default)]
-    pub addrs: Vec<String>,
-    #[serde(default, with = "serde_bytes")]
-    pub info: Vec<u8>,
-}
-
-impl HeartbeatMsg {
-    pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::new();
-        ciborium::into_writer(self, &mut out).expect("CBOR into a Vec cannot fail");
-        out
-    }
-}
+/// The wire types the mesh decodes, as the seed generator writes them.
+pub use lpmesh_mesh::wire::{HeartbeatMsg, SyncRequest};
 
 /// A record that decoded must survive its own encoding: the node stores and relays `encode()`, never the
 /// bytes it received, so a record whose encoding reads back different (or not at all) would change or

@@ -132,8 +132,9 @@ pub struct MeshStats {
     pub peers_banned: u64,
 }
 
+/// An anti-entropy request (public for the fuzz targets, through `wire`).
 #[derive(Debug, Serialize, Deserialize)]
-pub(crate) enum SyncRequest {
+pub enum SyncRequest {
     Summary {
         vv: Vec<(Origin, u64)>,
         reply: bool,
@@ -153,14 +154,23 @@ pub(crate) enum SyncRequest {
 /// It also carries where the node listens, so every node can dial every other: a store whose nodes
 /// only know one bootstrap node must not fall apart when that node goes down.
 #[derive(Debug, Serialize, Deserialize)]
-pub(crate) struct HeartbeatMsg {
-    pub(crate) hb: Heartbeat,
-    pub(crate) sent_ms: u64,
+pub struct HeartbeatMsg {
+    pub hb: Heartbeat,
+    pub sent_ms: u64,
     #[serde(default)]
-    pub(crate) addrs: Vec<String>,
+    pub addrs: Vec<String>,
     /// What the node says about itself for the store's UI (its name, its cameras' health), opaque here.
     #[serde(default, with = "serde_bytes")]
-    pub(crate) info: Vec<u8>,
+    pub info: Vec<u8>,
+}
+
+impl HeartbeatMsg {
+    /// The gossip payload; `None` only if CBOR could not write it (never seen: the fields are plain).
+    pub fn encode(&self) -> Option<Vec<u8>> {
+        let mut bytes = Vec::new();
+        ciborium::into_writer(self, &mut bytes).ok()?;
+        Some(bytes)
+    }
 }
 
 /// Largest self-description a node may put in its heartbeat.
@@ -980,8 +990,7 @@ impl Actor {
             addrs,
             info: self.info.clone(),
         };
-        let mut bytes = Vec::new();
-        if ciborium::into_writer(&msg, &mut bytes).is_ok() {
+        if let Some(bytes) = msg.encode() {
             // Nobody to tell yet is fine.
             let _ = self
                 .swarm

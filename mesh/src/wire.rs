@@ -5,7 +5,8 @@ use libp2p::request_response::Codec;
 use libp2p::StreamProtocol;
 
 use crate::election::Heartbeat;
-use crate::net::{sync_codec, HeartbeatMsg, SyncRequest, MAX_HEARTBEAT_BYTES, SYNC_PROTOCOL_NAME};
+use crate::net::{sync_codec, MAX_HEARTBEAT_BYTES, SYNC_PROTOCOL_NAME};
+pub use crate::net::{HeartbeatMsg, SyncRequest};
 use crate::record::Record;
 
 /// A heartbeat gossip message; `None` is what the node rejects (and counts as `bad_heartbeat`).
