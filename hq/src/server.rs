@@ -231,29 +231,61 @@ const DRAIN_LIMIT: usize = 8 * 1024 * 1024;
 pub const HEADER_DEADLINE: std::time::Duration = std::time::Duration::from_secs(15);
 pub const BODY_DEADLINE: std::time::Duration = std::time::Duration::from_secs(30);
 
-/// The body, or `Err(size read)` when it is larger than `limit`.
-async fn read_limited(body: Body, limit: usize) -> Result<Vec<u8>, usize> {
+/// How a body read by [`read_body`] ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BodyEnd {
+    /// All of it came, or reading stopped past the drain limit.
+    Complete,
+    /// The body deadline passed first.
+    Deadline,
+    /// The connection broke off.
+    Broken,
+}
+
+/// What [`read_body`] read.
+pub struct BodyRead {
+    /// The body's first `limit` bytes (all of it when `seen <= limit`).
+    pub bytes: Vec<u8>,
+    /// Bytes received; over `limit` means too large.
+    pub seen: usize,
+    pub end: BodyEnd,
+}
+
+/// Reads `body` within [`BODY_DEADLINE`], keeping up to `limit` bytes and reading on (thrown away) up
+/// to `drain`: a client that trickles its body does not hold the connection.
+pub async fn read_body(body: Body, limit: usize, drain: usize) -> BodyRead {
     use http_body_util::BodyExt;
     let mut body = body;
-    let mut out = Vec::new();
+    let mut bytes = Vec::new();
     let mut seen = 0usize;
-    // A client that trickles its body does not hold the connection: what came by then is judged.
     let deadline = tokio::time::Instant::now() + BODY_DEADLINE;
-    while let Ok(Some(frame)) = tokio::time::timeout_at(deadline, body.frame()).await {
-        let Ok(frame) = frame else { break };
-        if let Some(data) = frame.data_ref() {
-            seen += data.len();
-            if seen <= limit {
-                out.extend_from_slice(data);
-            } else if seen > DRAIN_LIMIT {
-                break;
+    let end = loop {
+        match tokio::time::timeout_at(deadline, body.frame()).await {
+            Err(_) => break BodyEnd::Deadline,
+            Ok(None) => break BodyEnd::Complete,
+            Ok(Some(Err(_))) => break BodyEnd::Broken,
+            Ok(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    seen += data.len();
+                    if seen <= limit {
+                        bytes.extend_from_slice(data);
+                    } else if seen > drain {
+                        break BodyEnd::Complete;
+                    }
+                }
             }
         }
-    }
-    if seen > limit {
-        Err(seen)
+    };
+    BodyRead { bytes, seen, end }
+}
+
+/// The body, or `Err(size read)` when it is larger than `limit`; what came by the deadline is judged.
+async fn read_limited(body: Body, limit: usize) -> Result<Vec<u8>, usize> {
+    let read = read_body(body, limit, DRAIN_LIMIT).await;
+    if read.seen > limit {
+        Err(read.seen)
     } else {
-        Ok(out)
+        Ok(read.bytes)
     }
 }
 

@@ -281,27 +281,8 @@ enum BenchWhat {
     },
 }
 
-/// Every analysed frame allocates and frees buffers of about a megabyte (decoded frames, tensors).
-/// glibc raises its mmap threshold after the first such free and then serves them from per-thread
-/// heaps that fragment and are not given back: a fixed threshold keeps them as mappings returned on
-/// free (measured: 235-248 MB RSS per demo node before, 170-174 MB after).
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-fn tune_allocator() {
-    // glibc's own variable, set by an operator, wins.
-    if std::env::var_os("MALLOC_MMAP_THRESHOLD_").is_some() {
-        return;
-    }
-    // SAFETY: mallopt only changes allocator settings; called first thing, before other threads.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 * 1024);
-    }
-}
-
-#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn tune_allocator() {}
-
 fn main() -> ExitCode {
-    tune_allocator();
+    lpmesh_node::ops::tune_allocator();
     let cli = Cli::parse();
     init_logging(&cli.log_level, cli.log_format);
     match run(cli) {

@@ -158,11 +158,9 @@ fn minor_faults() -> i64 {
 /// activations are reused from one inference to the next.
 #[test]
 fn repeated_inferences_reuse_their_memory() {
-    // The lpmesh binary's allocator setting (main.rs): large blocks are mappings given back on free.
-    // SAFETY: changes allocator settings only, before the model is loaded.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 * 1024);
-    }
+    // The lpmesh binary's allocator setting: large blocks are mappings given back on free, so a block
+    // ONNX Runtime does not keep is faulted in afresh every time.
+    lpmesh_node::ops::tune_allocator();
     let cfg = NodeConfig::default();
     assert_eq!(
         cfg.runtime.execution_providers,

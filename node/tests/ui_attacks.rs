@@ -1062,61 +1062,26 @@ async fn a_login_that_is_not_declared_json_is_refused() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_client_that_trickles_its_request_head_is_cut_off() {
+/// Sends `head`, then `drip` every `every` until the server closes the connection or `patience` runs
+/// out: how long the connection lasted, and what the server answered.
+async fn trickle(
+    addr: SocketAddr,
+    head: &'static [u8],
+    drip: &'static [u8],
+    every: Duration,
+    patience: Duration,
+) -> (Duration, String) {
     use std::io::{Read, Write};
-    let f = fixture(false).await;
-    let running = ui::serve(f.state.clone(), "127.0.0.1:0".parse().unwrap(), None)
-        .await
-        .unwrap();
-    let addr = running.addr;
-    // The UI cuts a request head after 15 s.
-    let patience = Duration::from_secs(25);
-    let held = tokio::task::spawn_blocking(move || {
+    tokio::task::spawn_blocking(move || {
         let mut s = std::net::TcpStream::connect(addr).unwrap();
         s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
-        s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n").unwrap();
-        let t = std::time::Instant::now();
-        while t.elapsed() < patience {
-            if s.write_all(b"X-Slow: 1\r\n").is_err() {
-                return false;
-            }
-            let mut buf = [0u8; 64];
-            match s.read(&mut buf) {
-                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
-                _ => return false,
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        true
-    })
-    .await
-    .unwrap();
-    assert!(!held, "a request head trickled for {patience:?} kept its connection");
-    running.shutdown(Duration::from_millis(200)).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_client_that_trickles_its_request_body_gets_408_and_loses_the_connection() {
-    use std::io::{Read, Write};
-    let f = fixture(false).await;
-    let running = ui::serve(f.state.clone(), "127.0.0.1:0".parse().unwrap(), None)
-        .await
-        .unwrap();
-    let addr = running.addr;
-    // The UI gives a body 30 s, as HQ does.
-    let patience = lpmesh_hq::server::BODY_DEADLINE + Duration::from_secs(15);
-    let answer = tokio::task::spawn_blocking(move || {
-        let mut s = std::net::TcpStream::connect(addr).unwrap();
-        s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
-        s.write_all(
-            b"POST /api/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 4000\r\n\r\n{",
-        )
-        .unwrap();
+        s.write_all(head).unwrap();
         let t = std::time::Instant::now();
         let mut got = Vec::new();
         while t.elapsed() < patience {
-            let _ = s.write_all(b" ");
+            if s.write_all(drip).is_err() {
+                break;
+            }
             let mut buf = [0u8; 512];
             match s.read(&mut buf) {
                 Ok(0) => break,
@@ -1124,13 +1089,49 @@ async fn a_client_that_trickles_its_request_body_gets_408_and_loses_the_connecti
                 Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
                 Err(_) => break,
             }
-            std::thread::sleep(Duration::from_millis(500));
+            std::thread::sleep(every);
         }
         (t.elapsed(), String::from_utf8_lossy(&got).into_owned())
     })
     .await
-    .unwrap();
-    let (took, text) = answer;
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_trickles_its_request_head_is_cut_off() {
+    let f = fixture(false).await;
+    let running = ui::serve(f.state.clone(), "127.0.0.1:0".parse().unwrap(), None)
+        .await
+        .unwrap();
+    // The UI cuts a request head after 15 s.
+    let patience = Duration::from_secs(25);
+    let head = b"GET /health HTTP/1.1\r\nHost: x\r\n";
+    let (took, _) = trickle(
+        running.addr,
+        head,
+        b"X-Slow: 1\r\n",
+        Duration::from_millis(200),
+        patience,
+    )
+    .await;
+    assert!(
+        took < patience,
+        "a request head trickled for {patience:?} kept its connection"
+    );
+    running.shutdown(Duration::from_millis(200)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_trickles_its_request_body_gets_408_and_loses_the_connection() {
+    let f = fixture(false).await;
+    let running = ui::serve(f.state.clone(), "127.0.0.1:0".parse().unwrap(), None)
+        .await
+        .unwrap();
+    // The UI gives a body 30 s, as HQ does.
+    let patience = lpmesh_hq::server::BODY_DEADLINE + Duration::from_secs(15);
+    let head =
+        b"POST /api/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 4000\r\n\r\n{";
+    let (took, text) = trickle(running.addr, head, b" ", Duration::from_millis(500), patience).await;
     assert!(took < patience, "a body trickled for {took:?} kept its connection");
     assert!(text.starts_with("HTTP/1.1 408"), "answer to a trickled body: {text:?}");
     running.shutdown(Duration::from_millis(200)).await;

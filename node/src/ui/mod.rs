@@ -310,35 +310,25 @@ const MAX_BODY: usize = 64 * 1024;
 /// few kilobytes at once, and a client that trickles one would otherwise hold a connection (and a
 /// handler) for as long as it likes.
 async fn body_deadline(req: Request, next: Next) -> Response {
-    use http_body_util::BodyExt;
+    use lpmesh_hq::server::{read_body, BodyEnd};
     if matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS) {
         return next.run(req).await;
     }
-    let (parts, mut body) = req.into_parts();
-    let deadline = tokio::time::Instant::now() + lpmesh_hq::server::BODY_DEADLINE;
-    let mut bytes = Vec::new();
-    loop {
-        match tokio::time::timeout_at(deadline, body.frame()).await {
-            Err(_) => {
-                return ApiError::new(StatusCode::REQUEST_TIMEOUT, "the request body took too long to arrive")
-                    .into_response()
-            }
-            Ok(None) => break,
-            Ok(Some(Err(_))) => {
-                return ApiError::new(StatusCode::BAD_REQUEST, "the request body broke off").into_response()
-            }
-            Ok(Some(Ok(frame))) => {
-                if let Some(data) = frame.data_ref() {
-                    if bytes.len() + data.len() > MAX_BODY {
-                        return ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "request body too large").into_response();
-                    }
-                    bytes.extend_from_slice(data);
-                }
-            }
-        }
+    let (parts, body) = req.into_parts();
+    let read = read_body(body, MAX_BODY, MAX_BODY).await;
+    if read.seen > MAX_BODY {
+        return ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "request body too large").into_response();
     }
-    next.run(Request::from_parts(parts, axum::body::Body::from(bytes)))
-        .await
+    match read.end {
+        BodyEnd::Complete => {
+            next.run(Request::from_parts(parts, axum::body::Body::from(read.bytes)))
+                .await
+        }
+        BodyEnd::Deadline => {
+            ApiError::new(StatusCode::REQUEST_TIMEOUT, "the request body took too long to arrive").into_response()
+        }
+        BodyEnd::Broken => ApiError::new(StatusCode::BAD_REQUEST, "the request body broke off").into_response(),
+    }
 }
 
 async fn security_headers(req: Request, next: Next) -> Response {
