@@ -211,6 +211,8 @@ fn heartbeats() -> Vec<(String, HeartbeatMsg)> {
                     node,
                     hq_reachable: false,
                     priority: 0,
+                    // Unknown: left out on the wire, so this seed is what nodes wrote before the field.
+                    last_progress_ms: 0,
                 },
                 sent_ms: 1_764_000_000_000,
                 addrs: Vec::new(),
@@ -224,10 +226,25 @@ fn heartbeats() -> Vec<(String, HeartbeatMsg)> {
                     node,
                     hq_reachable: true,
                     priority: 10,
+                    last_progress_ms: 0,
                 },
                 sent_ms: 1_764_000_002_500,
                 addrs: vec!["/ip4/10.0.0.5/tcp/7420".into(), "/ip6/fe80::1/tcp/7420".into()],
                 info: br#"{"name":"till-1","cameras":[{"name":"door","ok":true}]}"#.to_vec(),
+            },
+        ),
+        (
+            "with-progress".into(),
+            HeartbeatMsg {
+                hb: Heartbeat {
+                    node,
+                    hq_reachable: true,
+                    priority: 10,
+                    last_progress_ms: 1_764_000_001_000,
+                },
+                sent_ms: 1_764_000_002_500,
+                addrs: Vec::new(),
+                info: Vec::new(),
             },
         ),
     ]

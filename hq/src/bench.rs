@@ -115,7 +115,10 @@ pub async fn run(stores: usize, periods: usize, database_url: Option<String>) ->
     let recipient = identity.to_public();
     let cert = crate::tls::load_or_create_cert(&dir, None, None, &["localhost".to_string()]).map_err(err)?;
     // Sealing is the stores' work, done before the clock starts.
-    let base = chrono::Utc::now().timestamp_millis().div_euclid(3_600_000) * 3_600_000 - 86_400_000;
+    // Periods that ended before this hour: HQ refuses periods ahead of its clock.
+    let hours = i64::try_from(periods.max(24)).unwrap_or(i64::MAX);
+    let base =
+        chrono::Utc::now().timestamp_millis().div_euclid(3_600_000) * 3_600_000 - hours.saturating_mul(3_600_000);
     let mut envelopes = Vec::with_capacity(stores * periods);
     for i in 0..stores {
         let name = format!("bench-{i:05}");

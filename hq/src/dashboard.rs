@@ -194,7 +194,7 @@ fn rfc3339(ms: i64) -> String {
 }
 
 fn ago(now: i64, ms: i64) -> String {
-    match (now - ms) / 1000 {
+    match now.saturating_sub(ms) / 1000 {
         s if s < 0 => "in the future".into(),
         0..=59 => "just now".into(),
         s @ 60..=3599 => format!("{} min ago", s / 60),
@@ -262,7 +262,7 @@ fn serious_table(rows: &[StoredSummary]) -> String {
         .flat_map(|r| r.summary.serious.iter().map(move |i| (r.summary.store.as_str(), i)))
         .collect();
     all.sort_by(|a, b| b.1.started_at_ms.cmp(&a.1.started_at_ms).then_with(|| a.0.cmp(b.0)));
-    let counted: u64 = rows.iter().map(|r| r.summary.serious_total).sum();
+    let counted = rows.iter().fold(0u64, |t, r| t.saturating_add(r.summary.serious_total));
     let mut h = String::new();
     if all.is_empty() {
         h.push_str("<p class=\"muted\">None.</p>");
@@ -272,9 +272,9 @@ fn serious_table(rows: &[StoredSummary]) -> String {
              <th>Kind</th><th>Severity</th><th>State</th><th>Time to acknowledge</th><th>Ended</th></tr>",
         );
         for (store, i) in all.iter().take(MAX_SERIOUS_ROWS) {
-            let ack = i
-                .acknowledged_at_ms
-                .map_or_else(String::new, |a| duration((a - i.started_at_ms) as f64 / 1e3));
+            let ack = i.acknowledged_at_ms.map_or_else(String::new, |a| {
+                duration(a.saturating_sub(i.started_at_ms) as f64 / 1e3)
+            });
             let ended = i
                 .ended_at_ms
                 .map_or_else(|| "ongoing".to_string(), |e| format!("ended {}", minute(e)));
@@ -330,7 +330,12 @@ async fn overview(State(st): State<Arc<HqState>>) -> Result<Response, Fail> {
     for s in &day {
         let (i, o) = s.footfall_totals();
         let e = per.entry(s.store.as_str()).or_default();
-        *e = (e.0 + i, e.1 + o, e.2 + s.incidents_total());
+        // Figures from the stores: saturate rather than wrap or panic.
+        *e = (
+            e.0.saturating_add(i),
+            e.1.saturating_add(o),
+            e.2.saturating_add(s.incidents_total()),
+        );
     }
     let synced = stores
         .iter()
@@ -339,9 +344,12 @@ async fn overview(State(st): State<Arc<HqState>>) -> Result<Response, Fail> {
     let cards = [
         (stores.len() as u64, "stores"),
         (synced as u64, "synced in the last 2 h"),
-        (per.values().map(|v| v.0).sum(), "footfall in"),
-        (per.values().map(|v| v.2).sum(), "incidents"),
-        (day.iter().map(|s| s.serious_total).sum(), "serious incidents"),
+        (per.values().fold(0u64, |t, v| t.saturating_add(v.0)), "footfall in"),
+        (per.values().fold(0u64, |t, v| t.saturating_add(v.2)), "incidents"),
+        (
+            day.iter().fold(0u64, |t, s| t.saturating_add(s.serious_total)),
+            "serious incidents",
+        ),
     ];
     let mut h = String::from("<h2>Last 24 hours</h2><div class=\"cards\">");
     for (n, label) in cards {

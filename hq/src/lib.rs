@@ -6,6 +6,8 @@
 //! - [`vv`]: version vectors and the rule that decides which summary of a period HQ keeps (pure).
 //! - [`summary`]: the summary of one store and period; the type is the privacy boundary towards HQ.
 //! - [`envelope`]: sealing (age to HQ, signed by the store) and opening (verify, decrypt, check).
+//! - [`plausible`]: what HQ refuses as impossible for a store (future periods, foreign period lengths,
+//!   version vector entries beyond what the store could have written), whoever signed it (pure).
 //! - [`store`]: PostgreSQL or embedded (sled) storage, and the registry of store keys.
 //! - [`server`]: the HTTPS receiver (axum + rustls): ingestion, health, metrics.
 //! - [`dashboard`]: the chain-wide dashboard and the CSV/JSON export.
@@ -19,6 +21,7 @@ pub mod client;
 pub mod config;
 pub mod dashboard;
 pub mod envelope;
+pub mod plausible;
 pub mod server;
 pub mod service;
 pub mod store;

@@ -11,6 +11,7 @@
 //! | store not registered | 403 | `unknown_store` |
 //! | larger than `max_envelope_bytes` | 413 | `too_large` |
 //! | not for this HQ's key, or a bad summary inside | 422 | `undecryptable` / `bad_summary` |
+//! | impossible for the store ([`crate::plausible`]): period ahead of now + one period, not the store's period length, misaligned, vector entry beyond the store's frontier | 422 | `future_period` / `period_length` / `misaligned_period` / `implausible_vv` |
 //!
 //! A node counts a period as done once `stored_vv` includes the version vector it sent.
 
@@ -28,6 +29,7 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
 use crate::envelope::{Envelope, EnvelopeError};
+use crate::plausible::{self, Implausible};
 use crate::store::{HqStore, KeyCache, StoreError};
 use crate::vv::{Decision, VersionVector};
 
@@ -128,6 +130,8 @@ pub enum IngestError {
     #[error(transparent)]
     Envelope(EnvelopeError),
     #[error(transparent)]
+    Implausible(Implausible),
+    #[error(transparent)]
     Store(StoreError),
 }
 
@@ -135,6 +139,7 @@ impl IngestError {
     pub fn reason(&self) -> &'static str {
         match self {
             IngestError::Envelope(e) => e.reason(),
+            IngestError::Implausible(e) => e.reason(),
             IngestError::Store(_) => "storage",
         }
     }
@@ -151,6 +156,8 @@ impl IngestError {
                 }
                 EnvelopeError::Seal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             },
+            // Well-formed and signed, but nothing the store could have sent: sending it again will not help.
+            IngestError::Implausible(_) => StatusCode::UNPROCESSABLE_ENTITY,
             // Not the sender's fault: it should try again later.
             IngestError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
@@ -168,7 +175,8 @@ impl IntoResponse for IngestError {
 }
 
 /// Verifies, decrypts and stores one envelope, and counts the outcome. The order matters: nothing is
-/// decrypted before the signature of a registered store checks out.
+/// decrypted before the signature of a registered store checks out and what it claims is possible for
+/// that store at `now_ms` (HQ's clock, also the time it is stored with).
 pub async fn ingest(state: &HqState, bytes: &[u8], now_ms: i64) -> Result<Ack, IngestError> {
     state.metrics.received.fetch_add(1, Ordering::Relaxed);
     match ingest_inner(state, bytes, now_ms).await {
@@ -213,6 +221,14 @@ async fn ingest_inner(
         .map_err(IngestError::Store)?
         .ok_or_else(|| IngestError::Envelope(EnvelopeError::UnknownStore(env.store.clone())))?;
     env.verify(&key).map_err(IngestError::Envelope)?;
+    // The envelope's period and vector are the summary's (`open` refuses any difference), so they are
+    // judged before the decryption is paid for.
+    let history = state.store.history(&env.store).await.map_err(IngestError::Store)?;
+    if let Err(e) = plausible::check(env.period_start_ms, env.period_secs, &env.vv, &history, now_ms) {
+        // Signed by the store: a leaked key, or a store whose clock or configuration is wrong.
+        tracing::warn!(store = %env.store, reason = e.reason(), error = %e, "impossible upload refused");
+        return Err(IngestError::Implausible(e));
+    }
     // Decryption and JSON parsing cost CPU: keep them off the async workers.
     let summary = tokio::task::block_in_place(|| env.open(&state.identity)).map_err(IngestError::Envelope)?;
     let up = state.store.upsert(&summary, now_ms).await.map_err(IngestError::Store)?;

@@ -14,6 +14,7 @@ use std::sync::Mutex;
 use serde::{Deserialize, Serialize};
 
 use crate::envelope::parse_store_key;
+use crate::plausible::History;
 use crate::summary::Summary;
 use crate::vv::{Decision, VersionVector};
 
@@ -114,6 +115,17 @@ impl HqStore {
         }
     }
 
+    /// What HQ holds of `store` that [`crate::plausible::check`] needs: its period length and, per node,
+    /// the highest sequence number stored and since when. Derived from the stored summaries (each
+    /// carries its store's whole version vector), so it needs no table of its own and is right for
+    /// every HQ process sharing a database.
+    pub async fn history(&self, store: &str) -> Result<History, StoreError> {
+        match self {
+            HqStore::Embedded(e) => e.history(store),
+            HqStore::Postgres(p) => p.history(store).await,
+        }
+    }
+
     pub async fn upsert(&self, summary: &Summary, received_at_ms: i64) -> Result<Upserted, StoreError> {
         match self {
             HqStore::Embedded(e) => e.upsert(summary, received_at_ms),
@@ -146,8 +158,10 @@ pub struct Embedded {
     db: sled::Db,
     path: PathBuf,
     registry: PathBuf,
-    /// Upserts are read-decide-write: one at a time.
-    write: Mutex<()>,
+    /// Upserts are read-decide-write: one at a time. The lock also guards the stores' histories,
+    /// derived from the database once per store and kept up to date by each write (one process holds
+    /// a sled database, so nobody else writes behind them).
+    write: Mutex<HashMap<String, History>>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -235,7 +249,7 @@ impl Embedded {
             db,
             path,
             registry: data_dir.join(REGISTRY_FILE),
-            write: Mutex::new(()),
+            write: Mutex::new(HashMap::new()),
         })
     }
 
@@ -272,8 +286,31 @@ impl Embedded {
         }
     }
 
+    /// Scans the store's summaries, in period order.
+    fn derive_history(&self, store: &str) -> Result<History, StoreError> {
+        let mut prefix = store.as_bytes().to_vec();
+        prefix.push(0);
+        let mut h = History::default();
+        for kv in self.db.scan_prefix(prefix) {
+            let (_, v) = self.sled(kv)?;
+            let s: StoredSummary = serde_json::from_slice(&v).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            h.take(s.summary.period_secs, &s.summary.vv, s.received_at_ms);
+        }
+        Ok(h)
+    }
+
+    pub fn history(&self, store: &str) -> Result<History, StoreError> {
+        let mut known = self.write.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(h) = known.get(store) {
+            return Ok(h.clone());
+        }
+        let h = self.derive_history(store)?;
+        known.insert(store.to_string(), h.clone());
+        Ok(h)
+    }
+
     pub fn upsert(&self, s: &Summary, received_at_ms: i64) -> Result<Upserted, StoreError> {
-        let _one = self.write.lock().unwrap_or_else(|p| p.into_inner());
+        let mut known = self.write.lock().unwrap_or_else(|p| p.into_inner());
         let existing = self.get(&s.store, s.period_start_ms)?;
         let decision = Decision::decide(existing.as_ref().map(|e| &e.summary.vv), &s.vv);
         if !decision.writes() {
@@ -283,12 +320,16 @@ impl Embedded {
         let row = StoredSummary {
             summary: s.clone(),
             received_at_ms,
-            updates: existing.map_or(1, |e| e.updates + 1),
+            updates: existing.map_or(1, |e| e.updates.saturating_add(1)),
         };
         let bytes = serde_json::to_vec(&row).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         self.sled(self.db.insert(summary_key(&s.store, s.period_start_ms), bytes))?;
         // Acknowledged means durable.
         self.sled(self.db.flush())?;
+        // A history not derived yet will be, with this summary in it.
+        if let Some(h) = known.get_mut(&s.store) {
+            h.take(s.period_secs, &s.vv, received_at_ms);
+        }
         Ok(Upserted {
             decision,
             stored_vv: s.vv.clone(),
@@ -449,11 +490,52 @@ impl Postgres {
         Ok(row.map(|r| r.get(0)))
     }
 
+    pub async fn history(&self, store: &str) -> Result<History, StoreError> {
+        let c = self.client();
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&store];
+        // The store's first period's length, and per node id the highest entry with the earliest
+        // time a summary naming it was stored (jsonb numbers compare as numeric: no bigint overflow).
+        let period = c.query_opt(
+            "SELECT period_secs FROM summaries WHERE store = $1 ORDER BY period_start_ms LIMIT 1",
+            &params,
+        );
+        let frontier = c.query(
+            "SELECT DISTINCT ON (e.key) e.key, e.value::text, m.received_at_ms
+             FROM summaries m, jsonb_each(m.vv) AS e
+             WHERE m.store = $1
+             ORDER BY e.key, e.value::text::numeric DESC, m.received_at_ms",
+            &params,
+        );
+        let (period, frontier) = futures::try_join!(period, frontier)?;
+        let mut h = History::default();
+        if let Some(r) = period {
+            let secs: i32 = r.get(0);
+            let secs = u32::try_from(secs).map_err(|_| StoreError::Corrupt(format!("period of {secs} s")))?;
+            h.period_secs = Some(secs);
+        }
+        for r in frontier {
+            let node: String = r.get(0);
+            let text: String = r.get(1);
+            let seq = text
+                .parse::<u64>()
+                .map_err(|_| StoreError::Corrupt(format!("version vector entry {node} = {text}")))?;
+            h.frontier.insert(
+                node,
+                crate::plausible::Frontier {
+                    seq,
+                    since_ms: r.get(2),
+                },
+            );
+        }
+        Ok(h)
+    }
+
     pub async fn upsert(&self, s: &Summary, received_at_ms: i64) -> Result<Upserted, StoreError> {
         let c = self.client();
         let vv_json = serde_json::to_string(&s.vv).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let body = serde_json::to_string(s).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let period_secs = s.period_secs as i32;
+        let period_secs =
+            i32::try_from(s.period_secs).map_err(|_| StoreError::Corrupt(format!("period of {} s", s.period_secs)))?;
         for _ in 0..8 {
             let row = c
                 .query_opt(
@@ -591,5 +673,53 @@ impl KeyCache {
         })?;
         self.keys.write().await.insert(name.to_string(), key.clone());
         Ok(Some(key))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn summary(period_start_ms: i64, vv: &[(&str, u64)]) -> Summary {
+        Summary {
+            store: "shop-1".into(),
+            period_start_ms,
+            period_secs: 3600,
+            vv: VersionVector(vv.iter().map(|(k, v)| (k.to_string(), *v)).collect()),
+            ..Summary::default()
+        }
+    }
+
+    /// The embedded store keeps a store's history up to date as it writes; derived again from the
+    /// database (a restarted HQ), it is the same.
+    #[test]
+    fn an_embedded_history_kept_up_to_date_equals_one_derived_again() {
+        let dir = std::env::temp_dir().join(format!(
+            "lpmesh-hq-history-{}-{}",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
+        let hour = 3_600_000;
+        let kept = {
+            let db = Embedded::open(&dir).unwrap();
+            assert_eq!(db.history("shop-1").unwrap(), History::default());
+            db.upsert(&summary(5 * hour, &[("a", 4)]), 100).unwrap();
+            db.upsert(&summary(3 * hour, &[("a", 2), ("b", 7)]), 200).unwrap();
+            // A stale one is not stored, so it moves nothing.
+            db.upsert(&summary(5 * hour, &[("a", 3)]), 300).unwrap();
+            db.upsert(&summary(4 * hour, &[("a", 4), ("b", 7)]), 400).unwrap();
+            db.upsert(&summary(5 * hour, &[("a", 9), ("b", 7)]), 500).unwrap();
+            db.history("shop-1").unwrap()
+        };
+        let again = Embedded::open(&dir).unwrap().history("shop-1").unwrap();
+        assert_eq!(again, kept);
+        assert_eq!(kept.period_secs, Some(3600));
+        let f: Vec<_> = kept
+            .frontier
+            .iter()
+            .map(|(k, f)| (k.as_str(), f.seq, f.since_ms))
+            .collect();
+        assert_eq!(f, vec![("a", 9, 500), ("b", 7, 200)]);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

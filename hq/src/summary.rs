@@ -112,19 +112,22 @@ fn name_ok(s: &str) -> bool {
 }
 
 impl Summary {
+    // Every figure came from the network: sums saturate rather than wrap (release) or panic (debug).
+
     pub fn period_end_ms(&self) -> i64 {
-        self.period_start_ms + i64::from(self.period_secs) * 1000
+        self.period_start_ms
+            .saturating_add(i64::from(self.period_secs).saturating_mul(1000))
     }
 
     /// Footfall in and out over all lines.
     pub fn footfall_totals(&self) -> (u64, u64) {
-        self.footfall
-            .iter()
-            .fold((0, 0), |(i, o), l| (i + l.entered, o + l.left))
+        self.footfall.iter().fold((0u64, 0u64), |(i, o), l| {
+            (i.saturating_add(l.entered), o.saturating_add(l.left))
+        })
     }
 
     pub fn incidents_total(&self) -> u64 {
-        self.incidents_by_kind.values().sum()
+        self.incidents_by_kind.values().fold(0u64, |t, &n| t.saturating_add(n))
     }
 
     /// Checks every limit; HQ refuses a summary that fails (it could be carrying something it should not).
@@ -244,6 +247,22 @@ mod tests {
         let mut s = sample();
         s.serious[0].note = Some("A".repeat(MAX_NOTE_LEN + 1));
         assert!(s.validate().is_err());
+    }
+
+    #[test]
+    fn figures_at_the_limits_saturate() {
+        let mut s = sample();
+        s.footfall.push(LineCount {
+            camera: "door".into(),
+            line: "side".into(),
+            entered: u64::MAX,
+            left: u64::MAX,
+        });
+        s.incidents_by_kind.insert("crowding".into(), u64::MAX);
+        s.period_start_ms = i64::MAX - i64::MAX % 3_600_000;
+        assert_eq!(s.footfall_totals(), (u64::MAX, u64::MAX));
+        assert_eq!(s.incidents_total(), u64::MAX);
+        assert_eq!(s.period_end_ms(), i64::MAX);
     }
 
     #[test]

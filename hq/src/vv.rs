@@ -31,8 +31,15 @@ impl VersionVector {
         self.0.get(node).copied().unwrap_or(0)
     }
 
+    /// Records named, saturating: the entries come from the network, and a sum that wrapped (release)
+    /// or panicked (debug) would let a crafted vector win or crash the tie-break.
     pub fn total(&self) -> u64 {
-        self.0.values().sum()
+        self.0.values().fold(0u64, |t, &v| t.saturating_add(v))
+    }
+
+    /// The exact sum: fewer than 2^64 entries below 2^64 each cannot overflow 128 bits.
+    fn total_wide(&self) -> u128 {
+        self.0.values().map(|&v| u128::from(v)).sum()
     }
 
     /// Whether this vector has seen record `seq` of `node`.
@@ -66,8 +73,8 @@ impl VersionVector {
     /// A total order used only to break ties between concurrent vectors: more records first, then the
     /// canonical text. Every HQ replica, whatever the arrival order, keeps the same one.
     pub fn tie_break(&self, other: &VersionVector) -> Ordering {
-        self.total()
-            .cmp(&other.total())
+        self.total_wide()
+            .cmp(&other.total_wide())
             .then_with(|| self.0.iter().cmp(other.0.iter()))
     }
 
@@ -165,6 +172,16 @@ mod tests {
             Decision::decide(Some(&stored), &vv(&[("a", 1), ("b", 1)])),
             Decision::Stale
         );
+    }
+
+    #[test]
+    fn sums_of_huge_entries_neither_wrap_nor_panic() {
+        let huge = vv(&[("a", u64::MAX), ("b", u64::MAX)]);
+        let less = vv(&[("a", u64::MAX), ("c", 1)]);
+        assert_eq!(huge.total(), u64::MAX);
+        // A wrapped sum would make `huge` the smaller one.
+        assert_eq!(huge.tie_break(&less), Ordering::Greater);
+        assert_eq!(Decision::decide(Some(&less), &huge), Decision::ConcurrentReplace);
     }
 
     proptest! {

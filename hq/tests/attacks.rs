@@ -682,8 +682,9 @@ async fn metrics_count_every_refusal_by_reason() {
         .unwrap();
     let mut unsigned = hq.sealed(0, &summary("shop-1", p, vv(&[("a", 3)]), 3));
     unsigned.signature = vec![0; 64];
-    let mut misaligned = summary("shop-1", p + 1, vv(&[("a", 3)]), 3);
-    misaligned.footfall[0].camera = "c".repeat(200);
+    let mut long_name = summary("shop-1", p, vv(&[("a", 3)]), 3);
+    long_name.footfall[0].camera = "c".repeat(200);
+    let misaligned = summary("shop-1", p + 1, vv(&[("a", 3)]), 3);
     let elsewhere = age::x25519::Identity::generate().to_public();
     let attacks: Vec<(&str, Vec<u8>)> = vec![
         ("too_large", vec![1u8; LIMIT * 2]),
@@ -695,7 +696,8 @@ async fn metrics_count_every_refusal_by_reason() {
         ),
         ("bad_signature", unsigned.encode()),
         ("undecryptable", seal(&old, &elsewhere, &hq.keys[0]).unwrap().encode()),
-        ("bad_summary", hq.sealed(0, &misaligned).encode()),
+        ("bad_summary", hq.sealed(0, &long_name).encode()),
+        ("misaligned_period", hq.sealed(0, &misaligned).encode()),
     ];
     for (reason, body) in &attacks {
         let (_, b) = hq.post_raw(body).await;
@@ -711,6 +713,7 @@ async fn metrics_count_every_refusal_by_reason() {
         "bad_signature",
         "undecryptable",
         "bad_summary",
+        "misaligned_period",
     ] {
         let sent = attacks.iter().filter(|a| a.0 == reason).count() as u64;
         assert_eq!(
@@ -733,6 +736,82 @@ async fn metrics_count_every_refusal_by_reason() {
     assert_eq!(received(&after) - received(&before), 2 + attacks.len() as u64 + 1);
     // Served as Prometheus text, with its type lines.
     assert!(after.contains("# TYPE lpmesh_hq_rejected_total counter"), "{after}");
+}
+
+/// Whoever holds a store's key (every member of the store does) signs envelopes HQ must take as the
+/// store's; it must not be able to pin the store: a period far ahead, or a version vector entry no
+/// node could have reached, would make HQ refuse the store's real summaries as stale for ever.
+async fn a_store_key_cannot_pin_the_store(hq: Hq) {
+    let now = chrono::Utc::now().timestamp_millis();
+    let p = now - now.rem_euclid(HOUR);
+    let day = now - now.rem_euclid(24 * HOUR);
+    let send = |s: &Summary| hq.sealed(0, s).encode();
+    // The store's real last period: HQ now knows its period length and node a's frontier.
+    let real = summary("shop-1", p - HOUR, vv(&[("a", 40)]), 3);
+    assert_eq!(hq.client.post(send(&real)).await.unwrap().status, "stored");
+    let before = hq.stored().await;
+
+    let forged = |period: i64, v: VersionVector| summary("shop-1", period, v, 1_000_000);
+    let mut attacks: Vec<(&str, Summary)> = vec![
+        ("future_period", forged(p + 24 * 365 * HOUR, vv(&[("a", 41)]))),
+        // Two periods ahead (three, so that the hour turning during the test changes nothing).
+        ("future_period", forged(p + 3 * HOUR, vv(&[("a", 41)]))),
+        ("implausible_vv", forged(p, vv(&[("a", u64::MAX - 1)]))),
+        // A made-up node that would win every tie-break.
+        ("implausible_vv", forged(p, vv(&[("a", 41), ("zz", 1 << 39)]))),
+        // Entries whose sum overflows u64: refused, and nothing panics on the way.
+        ("implausible_vv", forged(p, vv(&[("a", u64::MAX), ("b", u64::MAX)]))),
+    ];
+    // A day-long period starting at midnight would take the key of the hour starting at midnight.
+    let mut daily = forged(day, vv(&[("a", 41)]));
+    daily.period_secs = 86_400;
+    attacks.push(("period_length", daily));
+    for (reason, s) in &attacks {
+        let (status, body) = hq.post_raw(&send(s)).await;
+        assert_eq!((status, error_of(&body).as_str()), (422, *reason), "{body}");
+    }
+    assert_eq!(hq.stored().await, before, "nothing impossible was stored");
+    let m = hq.metrics().await;
+    for reason in ["future_period", "implausible_vv", "period_length"] {
+        let sent = attacks.iter().filter(|a| a.0 == reason).count() as u64;
+        assert_eq!(rejected(&m, reason), sent, "{reason}: {m}");
+    }
+
+    // The store's real summaries go on being taken: this period, then its growth.
+    let current = summary("shop-1", p, vv(&[("a", 55), ("b", 3)]), 4);
+    assert_eq!(hq.client.post(send(&current)).await.unwrap().status, "stored");
+    let grown = summary("shop-1", p, vv(&[("a", 70), ("b", 9)]), 6);
+    assert_eq!(hq.client.post(send(&grown)).await.unwrap().status, "replaced");
+    // The next period is fine too (a node clock a little ahead).
+    let next = summary("shop-1", p + HOUR, vv(&[("a", 70), ("b", 9)]), 0);
+    assert_eq!(hq.client.post(send(&next)).await.unwrap().status, "stored");
+    let held: Vec<Summary> = hq.stored().await.into_iter().map(|s| s.summary).collect();
+    assert_eq!(held, vec![real, grown, next]);
+
+    // What the checks were given, derived from what the backend stored.
+    let h = hq.state.store.history("shop-1").await.unwrap();
+    assert_eq!(h.period_secs, Some(3600));
+    assert_eq!(
+        h.frontier.iter().map(|(k, f)| (k.as_str(), f.seq)).collect::<Vec<_>>(),
+        vec![("a", 70), ("b", 9)]
+    );
+    let rows = hq.stored().await;
+    assert_eq!(
+        h.frontier["a"].since_ms,
+        rows[1].received_at_ms.min(rows[2].received_at_ms),
+        "the first time a=70 was stored"
+    );
+    assert_eq!(hq.state.store.history("shop-2").await.unwrap(), Default::default());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_key_cannot_pin_the_store_embedded() {
+    a_store_key_cannot_pin_the_store(embedded().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_key_cannot_pin_the_store_postgresql() {
+    a_store_key_cannot_pin_the_store(postgres().await).await;
 }
 
 // Found by these tests and fixed since.

@@ -50,13 +50,22 @@ impl Clock {
         self.last
     }
 
-    /// Takes a remote timestamp into account, so later local timestamps order after it.
-    pub fn observe(&mut self, remote: Timestamp, wall_ms: u64) -> Result<(), Skew> {
+    /// Whether `remote` is further ahead of the wall clock than the allowed skew (the clock is not
+    /// changed). The log refuses records that are: they are not followed as a clock source, and storing
+    /// them would hand a node with a wrong clock (or a forger) records that sort after everything
+    /// anyone appends for as long as that clock is ahead.
+    pub fn check(&self, remote: Timestamp, wall_ms: u64) -> Result<(), Skew> {
         if remote.wall_ms > wall_ms.saturating_add(self.max_skew_ms) {
             return Err(Skew {
-                ahead_ms: remote.wall_ms - wall_ms,
+                ahead_ms: remote.wall_ms.saturating_sub(wall_ms),
             });
         }
+        Ok(())
+    }
+
+    /// Takes a remote timestamp into account, so later local timestamps order after it.
+    pub fn observe(&mut self, remote: Timestamp, wall_ms: u64) -> Result<(), Skew> {
+        self.check(remote, wall_ms)?;
         if remote > self.last {
             self.last = remote;
         }
@@ -121,5 +130,18 @@ mod tests {
         };
         assert_eq!(c.observe(bogus, 1_000), Err(Skew { ahead_ms: 9_999_000 }));
         assert_eq!(c.now(1_001).wall_ms, 1_001, "our clock was not dragged forward");
+        // At the bound is fine; peer-given extremes neither panic nor wrap.
+        let at_bound = Timestamp {
+            wall_ms: 61_000,
+            logical: 0,
+        };
+        assert_eq!(c.check(at_bound, 1_000), Ok(()));
+        let max = Timestamp {
+            wall_ms: u64::MAX,
+            logical: u32::MAX,
+        };
+        assert_eq!(c.check(max, 0), Err(Skew { ahead_ms: u64::MAX }));
+        assert_eq!(c.check(max, u64::MAX), Ok(()));
+        assert!(c.observe(max, 5).is_err());
     }
 }

@@ -6,8 +6,8 @@
 //! - `store.secrets`: the store's secrets shared by all its nodes: the private-network key, the age
 //!   identity payloads are encrypted to, and the store's signing key (for HQ summaries).
 //!
-//! `lpmesh init` creates both; `lpmesh invite` prints a token carrying the store secrets (treat it like a
-//! password: anyone holding it can join the store); `lpmesh join TOKEN` writes them on a new node.
+//! `lpmesh init` creates both. A new node gets `store.secrets` through a one-time invitation (see
+//! [`crate::enrol`]): the invitation itself holds no secret.
 
 use std::fs;
 use std::io::Write;
@@ -22,7 +22,6 @@ use crate::crypto::{StoreRecipient, StoreSecret};
 
 pub const NODE_KEY_FILE: &str = "node.key";
 pub const STORE_SECRETS_FILE: &str = "store.secrets";
-const TOKEN_PREFIX: &str = "lpmesh-join-1.";
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
@@ -40,8 +39,6 @@ pub enum KeyError {
     Missing { path: PathBuf },
     #[error("{} is readable by others (mode {mode:o}); run chmod 600 on it", path.display())]
     Permissions { path: PathBuf, mode: u32 },
-    #[error("not a valid join token: {0}")]
-    Token(String),
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> KeyError + '_ {
@@ -106,6 +103,16 @@ pub fn create_node_key(dir: &Path) -> Result<Keypair, KeyError> {
     })?;
     write_private(&path, &bytes)?;
     Ok(key)
+}
+
+/// Writes an identity made elsewhere (a joining node's, once admitted).
+pub fn save_node_key(dir: &Path, key: &Keypair) -> Result<(), KeyError> {
+    let path = dir.join(NODE_KEY_FILE);
+    let bytes = key.to_protobuf_encoding().map_err(|e| KeyError::Invalid {
+        path: path.clone(),
+        reason: e.to_string(),
+    })?;
+    write_private(&path, &bytes)
 }
 
 pub fn load_node_key(dir: &Path) -> Result<Keypair, KeyError> {
@@ -192,6 +199,11 @@ impl StoreSecrets {
         Keypair::from_protobuf_encoding(&bytes).map_err(|e| bad(e.to_string()))
     }
 
+    /// The secrets, if every one of them is well formed (secrets received from a member).
+    pub fn checked(self) -> Result<Self, KeyError> {
+        self.validate(Path::new("received secrets"))
+    }
+
     fn validate(self, path: &Path) -> Result<Self, KeyError> {
         self.psk().map_err(|_| KeyError::Invalid {
             path: path.to_path_buf(),
@@ -228,44 +240,6 @@ impl StoreSecrets {
     }
 }
 
-/// What a join token carries: the store secrets and where to find the store's nodes.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct JoinToken {
-    pub secrets: StoreSecrets,
-    /// Multiaddrs of nodes to dial first (mDNS finds the others on the same LAN).
-    pub bootstrap: Vec<String>,
-}
-
-impl JoinToken {
-    pub fn encode(&self) -> String {
-        let json = serde_json::to_vec(self).unwrap_or_default();
-        format!(
-            "{TOKEN_PREFIX}{}",
-            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json)
-        )
-    }
-
-    pub fn decode(token: &str) -> Result<Self, KeyError> {
-        let body = token
-            .trim()
-            .strip_prefix(TOKEN_PREFIX)
-            .ok_or_else(|| KeyError::Token("it does not start with lpmesh-join-1.".into()))?;
-        let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(body)
-            .map_err(|e| KeyError::Token(e.to_string()))?;
-        let t: JoinToken = serde_json::from_slice(&json).map_err(|e| KeyError::Token(e.to_string()))?;
-        let secrets = t
-            .secrets
-            .validate(Path::new("token"))
-            .map_err(|e| KeyError::Token(e.to_string()))?;
-        Ok(JoinToken {
-            secrets,
-            bootstrap: t.bootstrap,
-        })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -298,13 +272,10 @@ mod tests {
         );
         assert_eq!(load_node_key(&a).unwrap().public(), key_a.public());
 
-        let token = JoinToken {
-            secrets: StoreSecrets::load(&a).unwrap(),
-            bootstrap: vec!["/ip4/10.0.0.2/tcp/7420".into()],
-        }
-        .encode();
-        let joined = JoinToken::decode(&token).unwrap();
-        joined.secrets.save(&b).unwrap();
+        // What a member hands a new node once it is admitted (crate::enrol).
+        let received: StoreSecrets =
+            serde_json::from_slice(&serde_json::to_vec(&StoreSecrets::load(&a).unwrap()).unwrap()).unwrap();
+        received.checked().unwrap().save(&b).unwrap();
         create_node_key(&b).unwrap();
         let sb = StoreSecrets::load(&b).unwrap();
         assert_eq!(
@@ -328,11 +299,6 @@ mod tests {
 
     #[test]
     fn bad_tokens_and_loose_permissions_are_refused() {
-        assert!(matches!(JoinToken::decode("hello"), Err(KeyError::Token(_))));
-        assert!(matches!(
-            JoinToken::decode("lpmesh-join-1.!!!"),
-            Err(KeyError::Token(_))
-        ));
         let d = dir("perm");
         create_node_key(&d).unwrap();
         fs::set_permissions(d.join(NODE_KEY_FILE), fs::Permissions::from_mode(0o644)).unwrap();

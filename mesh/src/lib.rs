@@ -19,6 +19,7 @@
 pub mod bench;
 pub mod crypto;
 pub mod election;
+pub mod enrol;
 pub mod hlc;
 pub mod keys;
 pub mod log;

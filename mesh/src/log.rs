@@ -51,6 +51,9 @@ pub enum LogError {
     Locked,
     #[error("the log failed to write (disk full?) and is waiting to be reopened")]
     Unavailable,
+    /// Our own seq reached `u64::MAX` (never in practice; a checked add rather than a wrap).
+    #[error("this node has used up its sequence numbers")]
+    SeqExhausted,
 }
 
 /// What inserting a received record did.
@@ -78,6 +81,10 @@ pub enum Rejected {
     Invalid(#[from] RecordError),
     #[error("{origin} already signed a different record with seq {seq}")]
     Equivocation { origin: Origin, seq: u64 },
+    /// Signed at a time further ahead of our wall clock than [`MAX_CLOCK_SKEW_MS`]: not stored (yet).
+    /// Anti-entropy offers it again, and it is taken once real time has caught up.
+    #[error("{origin}/{seq} is {ahead_ms} ms ahead of our clock")]
+    Future { origin: Origin, seq: u64, ahead_ms: u64 },
 }
 
 impl Rejected {
@@ -85,7 +92,45 @@ impl Rejected {
         match self {
             Rejected::Invalid(e) => e.reason(),
             Rejected::Equivocation { .. } => "equivocation",
+            Rejected::Future { .. } => "future",
         }
+    }
+
+    /// Whether passing this record on is misbehaviour (the sender is scored down and banned). A record
+    /// from the future is not: an honest node whose clock runs ahead signs them, and an honest relay
+    /// whose clock runs ahead of ours passes them on.
+    pub fn is_offence(&self) -> bool {
+        !matches!(self, Rejected::Future { .. })
+    }
+}
+
+/// Received records with their signatures checked, for [`Log::insert_checked`]. Made by [`check`],
+/// which may run on any thread: the network actor checks large anti-entropy answers off its own
+/// thread, so they cannot hold up gossip, heartbeats and appends.
+#[derive(Debug)]
+pub struct Checked {
+    store: String,
+    records: Vec<Record>,
+    verdicts: Vec<Result<(), RecordError>>,
+}
+
+impl Checked {
+    pub fn records(&self) -> &[Record] {
+        &self.records
+    }
+
+    pub fn into_records(self) -> Vec<Record> {
+        self.records
+    }
+}
+
+/// Checks the signatures of received records for `store` (CPU only, spread over the cores).
+pub fn check(records: Vec<Record>, store: &str) -> Checked {
+    let verdicts = verify_all(&records, store);
+    Checked {
+        store: store.to_string(),
+        records,
+        verdicts,
     }
 }
 
@@ -322,14 +367,16 @@ impl Log {
         mut seq: u64,
         pending: &BTreeMap<[u8; 41], Vec<u8>>,
     ) -> Result<u64, LogError> {
-        loop {
-            let k = record_key(origin, seq + 1);
+        // Seqs come from peers (a record may be signed with seq u64::MAX): stop there, never wrap.
+        while let Some(next) = seq.checked_add(1) {
+            let k = record_key(origin, next);
             if pending.contains_key(&k) || self.tree.contains_key(k)? {
-                seq += 1;
+                seq = next;
             } else {
-                return Ok(seq);
+                break;
             }
         }
+        Ok(seq)
     }
 
     pub fn origin(&self) -> Origin {
@@ -367,7 +414,7 @@ impl Log {
         let mut batch = sled::Batch::default();
         let mut out = Vec::with_capacity(items.len());
         for (kind, plaintext) in items {
-            next += 1;
+            next = next.checked_add(1).ok_or(LogError::SeqExhausted)?;
             let ciphertext = self.recipient.encrypt(plaintext)?;
             let hlc = self.clock.now(wall_ms);
             let r = Record::seal(&self.store, &self.key, next, hlc, *kind, ciphertext)?;
@@ -399,13 +446,39 @@ impl Log {
         if self.failed {
             return Err(LogError::Unavailable);
         }
+        let verdicts = verify_all(records, &self.store);
+        self.insert_verified(records, verdicts, wall_ms)
+    }
+
+    /// [`Log::insert_batch`] for records whose signatures [`check`] has checked already.
+    pub fn insert_checked(
+        &mut self,
+        checked: &Checked,
+        wall_ms: u64,
+    ) -> Result<Vec<Result<Inserted, Rejected>>, LogError> {
+        if self.failed {
+            return Err(LogError::Unavailable);
+        }
+        if checked.store != self.store || checked.verdicts.len() != checked.records.len() {
+            // Checked for another store (never done): check again for ours rather than trust it.
+            let verdicts = verify_all(&checked.records, &self.store);
+            return self.insert_verified(&checked.records, verdicts, wall_ms);
+        }
+        self.insert_verified(&checked.records, checked.verdicts.clone(), wall_ms)
+    }
+
+    fn insert_verified(
+        &mut self,
+        records: &[Record],
+        verdicts: Vec<Result<(), RecordError>>,
+        wall_ms: u64,
+    ) -> Result<Vec<Result<Inserted, Rejected>>, LogError> {
         let mut outcomes = Vec::with_capacity(records.len());
         let mut batch = sled::Batch::default();
         let mut pending: BTreeMap<[u8; 41], Vec<u8>> = BTreeMap::new();
         let mut touched: Vec<Origin> = Vec::new();
         let mut new_floors: BTreeMap<Origin, &Record> = BTreeMap::new();
         let cutoff = self.cutoff(wall_ms);
-        let verdicts = verify_all(records, &self.store);
         for (r, verdict) in records.iter().zip(verdicts) {
             if let Err(e) = verdict {
                 outcomes.push(Err(Rejected::Invalid(e)));
@@ -434,9 +507,20 @@ impl Log {
                     seq: r.seq,
                 })),
                 None => {
-                    if let Err(skew) = self.clock.observe(r.hlc, wall_ms) {
-                        tracing::warn!(origin = %r.origin, ahead_ms = skew.ahead_ms, "record from a clock far ahead of ours");
+                    // Not stored (and not held: the origin's version vector stops before it); offered
+                    // again by anti-entropy, it is taken once our clock has caught up. Only new records
+                    // are refused: one we hold already stays a duplicate if our clock stepped back.
+                    if let Err(skew) = self.clock.check(r.hlc, wall_ms) {
+                        tracing::warn!(origin = %r.origin, seq = r.seq, ahead_ms = skew.ahead_ms, "record from a clock far ahead of ours refused");
+                        outcomes.push(Err(Rejected::Future {
+                            origin: r.origin,
+                            seq: r.seq,
+                            ahead_ms: skew.ahead_ms,
+                        }));
+                        continue;
                     }
+                    // Within the skew just checked, so this cannot fail.
+                    let _ = self.clock.observe(r.hlc, wall_ms);
                     batch.insert(&key[..], bytes.clone());
                     pending.insert(key, bytes);
                     if !touched.contains(&r.origin) {
@@ -480,7 +564,7 @@ impl Log {
             }
         }
         self.commit(batch)?;
-        self.len = (self.len + pending.len() as u64).saturating_sub(removed);
+        self.len = self.len.saturating_add(pending.len() as u64).saturating_sub(removed);
         for (o, s) in advanced {
             self.vv.insert(o, s);
         }
@@ -500,7 +584,10 @@ impl Log {
         match self.floors.get(origin) {
             Some(f) if from_seq <= f.seq && limit > 0 => {
                 let mut out = vec![f.clone()];
-                out.extend(self.range(origin, f.seq + 1, limit - 1)?);
+                // A floor at u64::MAX (signed so by its origin) has nothing after it.
+                if let Some(next) = f.seq.checked_add(1) {
+                    out.extend(self.range(origin, next, limit - 1)?);
+                }
                 Ok(out)
             }
             _ => self.range(origin, from_seq, limit),
@@ -774,6 +861,108 @@ mod tests {
         assert_eq!(a.expire(u64::MAX, 100).unwrap(), Expired::default());
     }
 
+    #[test]
+    fn records_from_a_clock_far_ahead_are_refused_until_our_clock_catches_up() {
+        let (da, db) = (Dir::new("ha"), Dir::new("hb"));
+        let secret = StoreSecret::generate();
+        let (ka, kb) = (Keypair::generate_ed25519(), Keypair::generate_ed25519());
+        let mut a = open(&da, &ka, &secret);
+        let mut b = open(&db, &kb, &secret);
+        let now = 100_000_000;
+        let ahead = now + MAX_CLOCK_SKEW_MS + 60_000;
+        // a's seq 1 is on time, 2 and 3 come from its clock running 6 minutes ahead of b's.
+        let mut recs = vec![a.append(RecordKind::Event, b"on time", now).unwrap()];
+        recs.extend(
+            a.append_batch(&[(RecordKind::Event, b"early"), (RecordKind::Event, b"early")], ahead)
+                .unwrap(),
+        );
+        let out = b.insert_batch(&recs, now).unwrap();
+        assert_eq!(out[0], Ok(Inserted::New));
+        for (o, r) in out[1..].iter().zip(&recs[1..]) {
+            assert_eq!(
+                *o,
+                Err(Rejected::Future {
+                    origin: a.origin(),
+                    seq: r.seq,
+                    ahead_ms: MAX_CLOCK_SKEW_MS + 60_000
+                })
+            );
+            assert!(!o.as_ref().unwrap_err().is_offence(), "a skewed clock is no offence");
+            assert_eq!(o.as_ref().unwrap_err().reason(), "future");
+        }
+        // Not held: the version vector stops before them, and b's own clock was not dragged along.
+        assert_eq!(b.version_vector().get(&a.origin()), Some(&1));
+        assert_eq!(b.len(), 1);
+        let mine = b.append(RecordKind::Event, b"mine", now + 1).unwrap();
+        assert_eq!((mine.seq, mine.hlc.wall_ms), (1, now + 1));
+        // At the bound exactly is still taken; later, the refused records are taken too.
+        let edge = a.append(RecordKind::Event, b"edge", ahead).unwrap();
+        assert_eq!(
+            b.insert_batch(std::slice::from_ref(&edge), ahead - MAX_CLOCK_SKEW_MS)
+                .unwrap(),
+            vec![Ok(Inserted::New)]
+        );
+        let out = b.insert_batch(&recs, ahead).unwrap();
+        assert_eq!(out, vec![Ok(Inserted::Duplicate), Ok(Inserted::New), Ok(Inserted::New)]);
+        assert_eq!(b.version_vector().get(&a.origin()), Some(&edge.seq));
+        // Records checked on another thread go through the same rules.
+        let checked = check(vec![recs[0].clone(), edge], "store-1");
+        assert_eq!(checked.records().len(), 2);
+        assert_eq!(
+            b.insert_checked(&checked, ahead).unwrap(),
+            vec![Ok(Inserted::Duplicate), Ok(Inserted::Duplicate)]
+        );
+        let mut forged = recs[1].clone();
+        forged.ciphertext[0] ^= 1;
+        let foreign = check(vec![forged], "store-2");
+        let out = b.insert_checked(&foreign, ahead).unwrap();
+        assert_eq!(
+            out,
+            vec![Err(Rejected::Invalid(RecordError::BadSignature))],
+            "checked again for our store"
+        );
+    }
+
+    #[test]
+    fn peer_given_seqs_at_u64_max_neither_panic_nor_wrap() {
+        let (da, db) = (Dir::new("ma"), Dir::new("mb"));
+        let secret = StoreSecret::generate();
+        let (ka, kb) = (Keypair::generate_ed25519(), Keypair::generate_ed25519());
+        let a_origin = Origin::of(&ka).unwrap();
+        let mut b = open(&db, &kb, &secret);
+        let seal = |seq: u64, wall_ms: u64| {
+            let ct = secret.recipient().encrypt(b"x").unwrap();
+            let hlc = Timestamp { wall_ms, logical: 0 };
+            Record::seal("store-1", &ka, seq, hlc, RecordKind::Event, ct).unwrap()
+        };
+        let top = [seal(u64::MAX - 1, 1000), seal(u64::MAX, 1001)];
+        assert_eq!(b.insert_batch(&top, 2000).unwrap(), vec![Ok(Inserted::New); 2]);
+        assert_eq!(b.version_vector().get(&a_origin), None, "held beyond a gap");
+        assert_eq!(b.range(&a_origin, u64::MAX, 10).unwrap().len(), 1);
+        assert_eq!(b.range_for_peer(&a_origin, u64::MAX, usize::MAX).unwrap().len(), 1);
+        // The record at u64::MAX expires and becomes the floor: the version vector reaches the top
+        // and a peer asking from 1 gets only the floor record.
+        b.set_retention(Some(500));
+        let expired = b.expire(1_000_000, 10).unwrap();
+        assert_eq!(expired.removed, 2);
+        assert_eq!(b.floor(&a_origin), u64::MAX);
+        assert_eq!(b.version_vector().get(&a_origin), Some(&u64::MAX));
+        let answer = b.range_for_peer(&a_origin, 1, 10).unwrap();
+        assert_eq!(answer.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![u64::MAX]);
+        assert_eq!(
+            b.insert_batch(&[seal(7, 1000)], 1_000_000).unwrap(),
+            vec![Ok(Inserted::Expired)]
+        );
+        // Our own seq cannot wrap either: a log whose own entry is at the top refuses to append.
+        drop(b);
+        let mut a = open(&da, &ka, &secret);
+        a.vv.insert(a_origin, u64::MAX);
+        assert!(matches!(
+            a.append(RecordKind::Event, b"one more", 5),
+            Err(LogError::SeqExhausted)
+        ));
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(24))]
         /// Any delivery order, with duplicates, gives the same log and version vector as the model.
@@ -802,6 +991,32 @@ mod tests {
             drop(dst);
             let dst = open(&dst_dir, &kd, &secret);
             prop_assert_eq!(dst.version_vector().get(&src.origin()).copied().unwrap_or(0), contiguous);
+        }
+
+        /// Seqs anywhere in u64, the top included, in any order: the version vector is what is
+        /// contiguous from 1, ranges stay in bounds, and nothing panics or wraps.
+        #[test]
+        fn extreme_seqs_keep_the_version_vector_right(
+            picks in prop::collection::vec(prop_oneof![1u64..6, (u64::MAX - 4)..=u64::MAX, any::<u64>()], 1..12),
+            from in any::<u64>(),
+            limit in prop_oneof![0usize..4, Just(usize::MAX)],
+        ) {
+            let dst_dir = Dir::new("xd");
+            let secret = StoreSecret::generate();
+            let (ks, kd) = (Keypair::generate_ed25519(), Keypair::generate_ed25519());
+            let origin = Origin::of(&ks).unwrap();
+            let mut dst = open(&dst_dir, &kd, &secret);
+            let mut model: std::collections::BTreeSet<u64> = Default::default();
+            for seq in picks.into_iter().filter(|s| *s > 0) {
+                let r = Record::seal("store-1", &ks, seq, Timestamp { wall_ms: 1000, logical: 0 }, RecordKind::Event, vec![1]).unwrap();
+                let out = dst.insert_batch(&[r], 1000).unwrap();
+                prop_assert_eq!(out[0].clone(), if model.insert(seq) { Ok(Inserted::New) } else { Ok(Inserted::Duplicate) });
+            }
+            let contiguous = (1..=u64::MAX).take_while(|s| model.contains(s)).count() as u64;
+            prop_assert_eq!(dst.version_vector().get(&origin).copied().unwrap_or(0), contiguous);
+            let got = dst.range_for_peer(&origin, from, limit).unwrap();
+            let want: Vec<u64> = model.range(from.max(1)..).copied().take(limit).collect();
+            prop_assert_eq!(got.iter().map(|r| r.seq).collect::<Vec<_>>(), want);
         }
     }
 }

@@ -6,6 +6,9 @@
 //!   validation before forwarding: a bad record is rejected and its sender scored down).
 //! - Anti-entropy over request-response (CBOR): version vectors on connect and every few seconds with a
 //!   random peer, then the missing records in bounded batches ([`crate::sync`] decides, this carries out).
+//!   Held to gossip's standard: a peer whose answers carry invalid records is banned like one that
+//!   gossips them, questions are rate-limited per peer, and the records of answers are decoded and
+//!   their signatures checked on tokio's blocking threads, not on the actor's.
 //! - mDNS on the LAN (optional) plus configured bootstrap addresses.
 //!
 //! [`MeshHandle`] talks to the actor over a bounded command channel; each command carries a `oneshot` for
@@ -33,7 +36,7 @@ use crate::crypto::StoreRecipient;
 use crate::election::{Election, Heartbeat};
 use crate::log::{Inserted, Log, LogError, VersionVector};
 use crate::record::{Origin, Record, RecordKind, MAX_RECORD_BYTES};
-use crate::sync::{Action, AntiEntropy, Input};
+use crate::sync::{Action, AntiEntropy, Input, RateLimit};
 
 pub use libp2p::{Multiaddr as Addr, PeerId as NodeId};
 
@@ -43,7 +46,30 @@ pub const COMMAND_QUEUE: usize = 256;
 pub const RECORD_BROADCAST: usize = 4096;
 /// Bytes of records in one anti-entropy answer (the codec refuses larger requests).
 pub const SYNC_BATCH_BYTES: usize = 4 * 1024 * 1024;
-const SYNC_MAX_REQUEST_BYTES: u64 = 8 * 1024 * 1024;
+/// CBOR framing of one record in an answer part (a byte-string header: at most 5 bytes for 64 KiB).
+const RECORD_FRAMING_BYTES: usize = 5;
+/// Largest anti-entropy request read from a peer. The largest honest one is an answer part: at most
+/// [`SYNC_BATCH_BYTES`] of records and their framing (the sender counts both) plus a few dozen bytes of
+/// envelope; a version vector is tiny (about 45 bytes an origin). It was 8 MiB, twice what any node
+/// sends, which only doubled what a hostile peer makes us buffer and decode per request; 64 KiB of
+/// slack also covers an older sender that did not count the framing (up to ~13,000 records a part).
+const SYNC_MAX_REQUEST_BYTES: u64 = (SYNC_BATCH_BYTES + 64 * 1024) as u64;
+/// Version-vector questions answered per peer: on average this many a second, up to the burst at once.
+/// An honest peer asks on connect, about once per anti-entropy round (every few seconds, and the round
+/// picks one peer), once in reply to a question of ours, and, while catching up, once after each
+/// complete answer of up to `4 x 2000` records: 5 a second is 40,000 records a second per peer, more
+/// than a node verifies, so an honest peer never meets the limit, while a spammer gets at most 5
+/// answers a second (each costs us a read of up to 8,000 records and up to 16 MiB sent).
+const SYNC_QUESTIONS_PER_S: u64 = 5;
+const SYNC_QUESTION_BURST: u64 = 10;
+/// Answer parts whose records are being checked (on the blocking threads) at once: each check already
+/// spreads its signatures over the cores, and a second lets one part decode while another verifies.
+const SYNC_CHECKS_RUNNING: usize = 2;
+/// Answer parts received and not yet stored, all peers together (up to ~4 MiB each: 32 is ~130 MiB at
+/// worst) and per peer (two whole answers, so one peer cannot take the queue from the others). Parts
+/// beyond are refused (`sync_busy`), and the answer they belong to ends as cut short: we ask again.
+const SYNC_PARTS_QUEUED: usize = 32;
+const SYNC_PARTS_PER_PEER: usize = 2 * crate::sync::PIPELINE as usize;
 const SYNC_PROTOCOL: &str = "/lpmesh/sync/1";
 /// Swarm events handled before the gossiped records among them are committed.
 const GOSSIP_BURST: usize = 512;
@@ -63,6 +89,11 @@ pub struct MeshConfig {
     pub heartbeat_interval: Duration,
     /// A node silent this long is no longer a candidate (the leader's failover time).
     pub leader_timeout: Duration,
+    /// A leader that reaches HQ but whose uplink makes no progress (nothing acknowledged while it owes
+    /// HQ summaries) for this long is demoted while another node reaches HQ ([`crate::election`]);
+    /// zero: never. The mesh adds a heartbeat interval and [`PROGRESS_REPORT_MS`] to it, the most
+    /// that heartbeats lag behind the uplink.
+    pub leader_stall: Duration,
     /// Records per anti-entropy answer.
     pub sync_batch: u64,
     /// Records older than this are removed from the log (every node applies the same rule).
@@ -86,6 +117,7 @@ impl MeshConfig {
             priority: 0,
             heartbeat_interval: Duration::from_secs(5),
             leader_timeout: Duration::from_secs(15),
+            leader_stall: Duration::ZERO,
             retention: None,
             announce: None,
         }
@@ -128,8 +160,11 @@ pub struct MeshStats {
     pub log_reopened: u64,
     /// Whether the log is refusing writes now (waiting for space).
     pub log_failed: bool,
-    /// Peers cut off for a while because their gossip score fell too low (invalid messages).
+    /// Peers cut off for a while because their gossip score fell too low (invalid messages) or
+    /// their anti-entropy messages carried invalid records.
     pub peers_banned: u64,
+    /// The same bans by reason: `invalid_gossip`, `invalid_sync`.
+    pub peers_banned_by: BTreeMap<String, u64>,
 }
 
 /// An anti-entropy request (public for the fuzz targets, through `wire`).
@@ -176,6 +211,10 @@ impl HeartbeatMsg {
 /// Largest self-description a node may put in its heartbeat.
 pub const MAX_NODE_INFO_BYTES: usize = 1536;
 
+/// The most often the uplink reports its progress ([`MeshHandle::set_hq_progress`]): the election's
+/// stall limit allows for it.
+pub const PROGRESS_REPORT_MS: u64 = 1000;
+
 /// A node of the store as its heartbeats describe it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct NodeSeen {
@@ -212,6 +251,8 @@ struct Behaviour {
 enum Command {
     /// Whether this node reached HQ at its last probe (the uplink sets it).
     SetHqReachable(bool),
+    /// When this node's uplink last made progress with HQ, wall ms (the uplink sets it).
+    SetHqProgress(u64),
     SetInfo(Vec<u8>),
     Nodes(oneshot::Sender<Vec<NodeSeen>>),
     Leader(oneshot::Sender<Option<Origin>>),
@@ -236,6 +277,7 @@ enum Command {
     Unblock(Vec<PeerId>),
     Shutdown(oneshot::Sender<()>),
     PublishRaw(Vec<u8>),
+    SyncRaw(PeerId, SyncRequest),
 }
 
 /// The handle the rest of the node uses; cheap to clone.
@@ -280,6 +322,16 @@ impl MeshHandle {
     pub async fn set_hq_reachable(&self, reachable: bool) -> Result<(), MeshError> {
         self.cmd
             .send(Command::SetHqReachable(reachable))
+            .await
+            .map_err(|_| MeshError::Stopped)
+    }
+
+    /// When this node's uplink last owed HQ nothing or had an upload acknowledged (wall ms; 0:
+    /// unknown). Carried by the heartbeats: the election demotes a leader whose progress stalls. Call it
+    /// when it changes, at most every [`PROGRESS_REPORT_MS`].
+    pub async fn set_hq_progress(&self, last_progress_ms: u64) -> Result<(), MeshError> {
+        self.cmd
+            .send(Command::SetHqProgress(last_progress_ms))
             .await
             .map_err(|_| MeshError::Stopped)
     }
@@ -354,6 +406,16 @@ impl MeshHandle {
     pub async fn publish_raw(&self, bytes: Vec<u8>) -> Result<(), MeshError> {
         self.cmd
             .send(Command::PublishRaw(bytes))
+            .await
+            .map_err(|_| MeshError::Stopped)
+    }
+
+    /// Fault injection for tests: sends an arbitrary anti-entropy request (a version vector, or an
+    /// answer part with any bytes as records) to a peer, as a peer with the store key could.
+    #[doc(hidden)]
+    pub async fn send_sync_raw(&self, to: NodeId, request: SyncRequest) -> Result<(), MeshError> {
+        self.cmd
+            .send(Command::SyncRaw(to, request))
             .await
             .map_err(|_| MeshError::Stopped)
     }
@@ -467,6 +529,20 @@ pub(crate) fn sync_codec() -> request_response::cbor::codec::Codec<SyncRequest, 
 
 pub(crate) const SYNC_PROTOCOL_NAME: &str = SYNC_PROTOCOL;
 
+/// The election's stall limit: the configured one plus the most that heartbeats lag behind the uplink
+/// (one heartbeat interval and one progress report interval), so a leader that makes progress just
+/// within the limit is never demoted on stale news. Zero stays zero (off).
+fn stall_limit_ms(cfg: &MeshConfig) -> u64 {
+    let stall = u64::try_from(cfg.leader_stall.as_millis()).unwrap_or(u64::MAX);
+    if stall == 0 {
+        return 0;
+    }
+    let lag = u64::try_from(cfg.heartbeat_interval.as_millis())
+        .unwrap_or(u64::MAX)
+        .saturating_add(PROGRESS_REPORT_MS);
+    stall.saturating_add(lag)
+}
+
 fn heartbeat_topic_name(store: &str) -> String {
     format!("/lpmesh/{store}/heartbeat/1")
 }
@@ -515,9 +591,11 @@ pub fn start(cfg: MeshConfig, key: Keypair, recipient: StoreRecipient) -> Result
         topic,
         ae: AntiEntropy::new(cfg.anti_entropy_interval.as_millis() as u64, cfg.sync_batch, seed),
         heartbeat_topic,
-        election: Election::new(origin, cfg.leader_timeout.as_millis() as u64),
+        election: Election::new(origin, cfg.leader_timeout.as_millis() as u64).with_stall(stall_limit_ms(&cfg)),
         priority: cfg.priority,
         hq_reachable: false,
+        hq_progress_ms: 0,
+        demotions_logged: 0,
         heartbeat_every_ms: cfg.heartbeat_interval.as_millis() as u64,
         next_heartbeat_ms: 0,
         records: records.clone(),
@@ -528,6 +606,10 @@ pub fn start(cfg: MeshConfig, key: Keypair, recipient: StoreRecipient) -> Result
         pending_gossip: Vec::new(),
         next_answer: 0,
         answers: Default::default(),
+        sync_limits: Default::default(),
+        to_check: Default::default(),
+        checking: futures::stream::FuturesUnordered::new(),
+        parts_of: Default::default(),
         dialed: Default::default(),
         info: Vec::new(),
         infos: Default::default(),
@@ -557,6 +639,10 @@ struct Actor {
     election: Election,
     priority: u8,
     hq_reachable: bool,
+    /// What the uplink last said of its progress (wall ms, 0: nothing yet), for our heartbeats.
+    hq_progress_ms: u64,
+    /// The election's demotion count last logged.
+    demotions_logged: u64,
     heartbeat_every_ms: u64,
     next_heartbeat_ms: u64,
     ae: AntiEntropy<PeerId>,
@@ -568,8 +654,16 @@ struct Actor {
     /// Gossiped records decoded but not yet committed (at most one burst).
     pending_gossip: Vec<(gossipsub::MessageId, PeerId, Record)>,
     next_answer: u64,
-    /// Per peer: the answer being received and how many of its parts have arrived.
-    answers: std::collections::HashMap<PeerId, (u64, u32)>,
+    /// Per connected peer: the answer being received and how many of its parts have been handled.
+    answers: std::collections::HashMap<PeerId, AnswerState>,
+    /// Per connected peer: its budget of version-vector questions (dropped when it disconnects).
+    sync_limits: std::collections::HashMap<PeerId, RateLimit>,
+    /// Answer parts waiting for their records to be checked (at most [`SYNC_PARTS_QUEUED`] with
+    /// those being checked), and those being checked (at most [`SYNC_CHECKS_RUNNING`]).
+    to_check: std::collections::VecDeque<SyncPart>,
+    checking: futures::stream::FuturesUnordered<futures::future::BoxFuture<'static, (PeerId, Option<CheckedPart>)>>,
+    /// Per peer: its parts waiting or being checked (at most [`SYNC_PARTS_PER_PEER`]).
+    parts_of: std::collections::HashMap<PeerId, usize>,
     /// When each peer heard of by heartbeat was last dialled.
     dialed: std::collections::HashMap<PeerId, u64>,
     info: Vec<u8>,
@@ -592,6 +686,57 @@ struct Actor {
 /// and so stops counting: ban before that, at gossipsub's own publish threshold.
 const BAN_SCORE: f64 = -50.0;
 const BAN_MS: u64 = 60_000;
+
+/// An answer being received from a peer: its parts handled so far, whether one was refused (the
+/// queue was full: ask again) and whether one held records from the future (do not ask again at once:
+/// the same records would come back until our clock catches up).
+#[derive(Debug, Default)]
+struct AnswerState {
+    answer: u64,
+    handled: u32,
+    refused: bool,
+    future: bool,
+}
+
+/// An answer part received, waiting for its records to be checked.
+struct SyncPart {
+    peer: PeerId,
+    records: Vec<serde_bytes::ByteBuf>,
+    answer: u64,
+    parts: u32,
+    full: bool,
+    channel: request_response::ResponseChannel<SyncResponse>,
+}
+
+/// An answer part after decoding and signature checks, ready to be stored by the actor.
+struct CheckedPart {
+    undecodable: Vec<crate::record::RecordError>,
+    checked: crate::log::Checked,
+    answer: u64,
+    parts: u32,
+    full: bool,
+    channel: request_response::ResponseChannel<SyncResponse>,
+}
+
+/// Decodes and checks the records of an answer part: CPU work for a blocking thread.
+fn check_part(part: SyncPart, store: &str) -> CheckedPart {
+    let mut undecodable = Vec::new();
+    let mut decoded = Vec::with_capacity(part.records.len());
+    for b in part.records {
+        match Record::decode(&b) {
+            Ok(r) => decoded.push(r),
+            Err(e) => undecodable.push(e),
+        }
+    }
+    CheckedPart {
+        undecodable,
+        checked: crate::log::check(decoded, store),
+        answer: part.answer,
+        parts: part.parts,
+        full: part.full,
+        channel: part.channel,
+    }
+}
 
 /// How often a log that failed to write (a full disk) is tried again.
 const REOPEN_EVERY_MS: u64 = 2000;
@@ -632,6 +777,9 @@ impl Actor {
                         }
                     }
                     self.flush_gossip();
+                }
+                Some((peer, done)) = self.checking.next(), if !self.checking.is_empty() => {
+                    self.on_checked(peer, done);
                 }
                 _ = tick.tick() => {
                     let now = now_ms();
@@ -736,8 +884,19 @@ impl Actor {
                     self.heartbeat(now_ms());
                 }
             }
+            Command::SetHqProgress(ms) => {
+                if ms != self.hq_progress_ms {
+                    self.hq_progress_ms = ms;
+                    // Our own view at once (the others hear it at the next regular beat, which the
+                    // stall limit allows for): a leader that recovers must not demote itself meanwhile.
+                    let now = now_ms();
+                    let hb = self.own_heartbeat();
+                    self.election.heard(hb, now);
+                }
+            }
             Command::Leader(reply) => {
-                let _ = reply.send(self.election.leader(now_ms()));
+                let leader = self.leader_now(now_ms());
+                let _ = reply.send(leader);
             }
             // Carried by the next regular heartbeat: the info (frames/s, last frame) changes all the
             // time, and beating on every change would multiply the heartbeat rate.
@@ -769,6 +928,9 @@ impl Actor {
                     tracing::debug!(error = %e, "raw publish refused locally");
                 }
             }
+            Command::SyncRaw(to, request) => {
+                self.swarm.behaviour_mut().sync.send_request(&to, request);
+            }
         }
     }
 
@@ -783,10 +945,36 @@ impl Actor {
             })
             .collect();
         for (peer, score) in low {
-            tracing::warn!(%peer, score, "peer sent invalid messages: disconnected for {} s", BAN_MS / 1000);
-            self.banned.insert(peer, now + BAN_MS);
-            self.stats.peers_banned += 1;
-            let _ = self.swarm.disconnect_peer_id(peer);
+            tracing::warn!(%peer, score, "peer gossiped invalid messages");
+            self.ban(peer, now, "invalid_gossip");
+        }
+    }
+
+    /// Disconnects `peer` and refuses it for [`BAN_MS`]: the one ban path, for invalid gossip (score)
+    /// and invalid records in anti-entropy messages alike. Its answer parts not yet checked are dropped.
+    fn ban(&mut self, peer: PeerId, now: u64, reason: &'static str) {
+        if self.banned.get(&peer).is_some_and(|until| *until > now) {
+            // Still disconnecting from the first ban: one ban, counted once.
+            return;
+        }
+        tracing::warn!(%peer, reason, "peer misbehaved: disconnected for {} s", BAN_MS / 1000);
+        self.banned.insert(peer, now.saturating_add(BAN_MS));
+        self.stats.peers_banned += 1;
+        *self.stats.peers_banned_by.entry(reason.to_string()).or_insert(0) += 1;
+        let before = self.to_check.len();
+        self.to_check.retain(|p| p.peer != peer);
+        let dropped = before - self.to_check.len();
+        self.forget_parts(peer, dropped);
+        let _ = self.swarm.disconnect_peer_id(peer);
+    }
+
+    /// `n` of `peer`'s answer parts left the check queue.
+    fn forget_parts(&mut self, peer: PeerId, n: usize) {
+        if let Some(c) = self.parts_of.get_mut(&peer) {
+            *c = c.saturating_sub(n);
+            if *c == 0 {
+                self.parts_of.remove(&peer);
+            }
         }
     }
 
@@ -871,6 +1059,20 @@ impl Actor {
     /// Stores records received from `from`; returns how many were new. Each new one is announced.
     fn ingest(&mut self, records: Vec<Record>) -> (u32, Vec<Result<Inserted, crate::log::Rejected>>) {
         let res = tokio::task::block_in_place(|| self.log.insert_batch(&records, now_ms()));
+        self.ingested(records, res)
+    }
+
+    /// [`Actor::ingest`] for records checked off the actor's thread (only the writes happen here).
+    fn ingest_checked(&mut self, checked: crate::log::Checked) -> (u32, Vec<Result<Inserted, crate::log::Rejected>>) {
+        let res = tokio::task::block_in_place(|| self.log.insert_checked(&checked, now_ms()));
+        self.ingested(checked.into_records(), res)
+    }
+
+    fn ingested(
+        &mut self,
+        records: Vec<Record>,
+        res: Result<Vec<Result<Inserted, crate::log::Rejected>>, LogError>,
+    ) -> (u32, Vec<Result<Inserted, crate::log::Rejected>>) {
         let outcomes = match res {
             Ok(o) => o,
             Err(e) => {
@@ -928,6 +1130,10 @@ impl Actor {
                 self.bootstrap_count(&endpoint, -1);
                 if num_established == 0 {
                     self.connected.remove(&peer_id);
+                    // Per-peer anti-entropy state lives only while the peer is connected (bounded by
+                    // the connections); parts already queued are still checked and stored.
+                    self.sync_limits.remove(&peer_id);
+                    self.answers.remove(&peer_id);
                     self.ae.handle(Input::Disconnected(peer_id), self.log.version_vector());
                 }
             }
@@ -967,14 +1173,38 @@ impl Actor {
         }
     }
 
-    fn heartbeat(&mut self, now: u64) {
-        let hb = Heartbeat {
+    fn own_heartbeat(&self) -> Heartbeat {
+        Heartbeat {
             node: self.log.origin(),
             hq_reachable: self.hq_reachable,
             priority: self.priority,
-        };
+            last_progress_ms: self.hq_progress_ms,
+        }
+    }
+
+    /// The election's leader now; logs the demotion of a stalled leader. Asked at every beat as well
+    /// as by the uplink, so the election notes when each leader took the lead even on a node without
+    /// an uplink.
+    fn leader_now(&mut self, now: u64) -> Option<Origin> {
+        let leader = self.election.leader(now);
+        if self.election.demotions() != self.demotions_logged {
+            self.demotions_logged = self.election.demotions();
+            let demoted: Vec<String> = self.election.demoted(now).map(|(o, _)| o.to_string()).collect();
+            tracing::warn!(
+                ?demoted,
+                leader = ?leader.map(|o| o.to_string()),
+                stall_ms = self.election.stall_ms(),
+                "uplink leader reached HQ but made no progress within the stall limit; demoted"
+            );
+        }
+        leader
+    }
+
+    fn heartbeat(&mut self, now: u64) {
+        let hb = self.own_heartbeat();
         self.election.heard(hb, now);
         self.election.prune(now);
+        let _ = self.leader_now(now);
         let addrs = self
             .announce
             .as_ref()
@@ -1007,7 +1237,9 @@ impl Actor {
         match valid {
             Some(m) => {
                 let now = now_ms();
-                self.election.heard(m.hb, now);
+                let mut hb = m.hb;
+                hb.last_progress_ms = crate::election::progress_on_our_clock(hb.last_progress_ms, m.sent_ms, now);
+                self.election.heard(hb, now);
                 self.validate(id, source, MessageAcceptance::Accept);
                 if self.infos.len() < 256 || self.infos.contains_key(&m.hb.node) {
                     let mut info = m.info;
@@ -1087,18 +1319,38 @@ impl Actor {
         }
     }
 
-    /// Counts a part of `peer`'s answer; true once every part has arrived.
-    fn answer_complete(&mut self, peer: PeerId, answer: u64, parts: u32) -> bool {
-        let entry = self.answers.entry(peer).or_insert((answer, 0));
-        if entry.0 != answer {
-            *entry = (answer, 0);
+    /// Counts a part of `peer`'s answer as handled (stored, or refused when `refused`); once every
+    /// part has been, whether to ask again at once: the answer was cut short (`full`) or lost a part,
+    /// unless it held records from the future (asking again would bring the same ones straight back).
+    fn answer_part(
+        &mut self,
+        peer: PeerId,
+        answer: u64,
+        parts: u32,
+        full: bool,
+        refused: bool,
+        future: bool,
+    ) -> Option<bool> {
+        if !self.connected.contains(&peer) {
+            return None;
         }
-        entry.1 += 1;
-        if entry.1 >= parts {
+        let entry = self.answers.entry(peer).or_default();
+        if entry.answer != answer {
+            *entry = AnswerState {
+                answer,
+                ..AnswerState::default()
+            };
+        }
+        // `parts` comes from the peer: count without overflow, whatever it says.
+        entry.handled = entry.handled.saturating_add(1);
+        entry.refused |= refused;
+        entry.future |= future;
+        if entry.handled >= parts {
+            let again = (full && !entry.future) || entry.refused;
             self.answers.remove(&peer);
-            true
+            Some(again)
         } else {
-            false
+            None
         }
     }
 
@@ -1123,6 +1375,8 @@ impl Actor {
             let acceptance = match outcomes.get(i) {
                 Some(Ok(Inserted::New)) => MessageAcceptance::Accept,
                 Some(Ok(Inserted::Duplicate)) | Some(Ok(Inserted::Expired)) | None => MessageAcceptance::Ignore,
+                // Not forwarded, but no fault of the sender's (a clock running ahead).
+                Some(Err(e)) if !e.is_offence() => MessageAcceptance::Ignore,
                 Some(Err(_)) => MessageAcceptance::Reject,
             };
             self.validate(id, source, acceptance);
@@ -1135,18 +1389,31 @@ impl Actor {
         request: SyncRequest,
         channel: request_response::ResponseChannel<SyncResponse>,
     ) {
-        if self.blocked.contains(&peer) {
+        // Only over a connection we keep (so the per-peer state below is bounded by the connections).
+        if self.blocked.contains(&peer) || self.is_banned(&peer) || !self.connected.contains(&peer) {
             return;
         }
-        let (accepted, actions) = match request {
+        match request {
             SyncRequest::Summary { vv, reply } => {
+                let now = now_ms();
+                let allowed = self
+                    .sync_limits
+                    .entry(peer)
+                    .or_insert_with(|| RateLimit::new(SYNC_QUESTIONS_PER_S, SYNC_QUESTION_BURST, now))
+                    .allow(now);
+                self.respond(channel, 0);
+                if !allowed {
+                    // Not served: an honest peer never asks this often (see SYNC_QUESTIONS_PER_S), and
+                    // one that did will ask again at its next round.
+                    self.reject("sync_rate_limited");
+                    return;
+                }
                 self.stats.sync_rounds += 1;
                 let vv: VersionVector = vv.into_iter().collect();
-                (
-                    0,
-                    self.ae
-                        .handle(Input::Summary { from: peer, vv, reply }, self.log.version_vector()),
-                )
+                let actions = self
+                    .ae
+                    .handle(Input::Summary { from: peer, vv, reply }, self.log.version_vector());
+                self.carry_out(actions);
             }
             SyncRequest::Records {
                 records,
@@ -1155,33 +1422,104 @@ impl Actor {
                 parts,
                 full,
             } => {
-                let mut decoded = Vec::with_capacity(records.len());
-                for b in records {
-                    match Record::decode(&b) {
-                        Ok(r) => decoded.push(r),
-                        Err(e) => self.reject(e.reason()),
+                let queued = self.to_check.len() + self.checking.len();
+                let of_peer = self.parts_of.get(&peer).copied().unwrap_or(0);
+                if queued >= SYNC_PARTS_QUEUED || of_peer >= SYNC_PARTS_PER_PEER {
+                    self.reject("sync_busy");
+                    self.respond(channel, 0);
+                    if let Some(again) = self.answer_part(peer, answer, parts, full, true, false) {
+                        let actions = self.ae.handle(
+                            Input::Applied {
+                                from: peer,
+                                full: again,
+                            },
+                            self.log.version_vector(),
+                        );
+                        self.carry_out(actions);
                     }
+                    return;
                 }
-                self.stats.received_sync += decoded.len() as u64;
-                let (new, _) = self.ingest(decoded);
-                self.stats.repaired += new as u64;
-                (
-                    new,
-                    if self.answer_complete(peer, answer, parts) {
-                        self.ae
-                            .handle(Input::Applied { from: peer, full }, self.log.version_vector())
-                    } else {
-                        vec![]
-                    },
-                )
+                *self.parts_of.entry(peer).or_insert(0) += 1;
+                self.to_check.push_back(SyncPart {
+                    peer,
+                    records,
+                    answer,
+                    parts,
+                    full,
+                    channel,
+                });
+                self.start_checks();
             }
-        };
+        }
+    }
+
+    fn respond(&mut self, channel: request_response::ResponseChannel<SyncResponse>, accepted: u32) {
+        // The peer may have gone: nothing to tell it then.
         let _ = self
             .swarm
             .behaviour_mut()
             .sync
             .send_response(channel, SyncResponse { accepted });
-        self.carry_out(actions);
+    }
+
+    /// Starts checking queued answer parts, up to [`SYNC_CHECKS_RUNNING`] at once.
+    fn start_checks(&mut self) {
+        while self.checking.len() < SYNC_CHECKS_RUNNING {
+            let Some(part) = self.to_check.pop_front() else {
+                return;
+            };
+            let peer = part.peer;
+            let store = self.log.store().to_string();
+            let job = tokio::task::spawn_blocking(move || check_part(part, &store));
+            self.checking.push(Box::pin(async move {
+                match job.await {
+                    Ok(done) => (peer, Some(done)),
+                    Err(e) => {
+                        tracing::error!(%peer, error = %e, "checking an anti-entropy answer failed");
+                        (peer, None)
+                    }
+                }
+            }));
+        }
+    }
+
+    /// Stores a checked answer part; a peer whose part held an invalid record is banned, as for gossip.
+    fn on_checked(&mut self, peer: PeerId, done: Option<CheckedPart>) {
+        self.forget_parts(peer, 1);
+        self.start_checks();
+        let Some(done) = done else { return };
+        if self.is_banned(&peer) || self.blocked.contains(&peer) {
+            // Cut off while this part waited: nothing more of it is taken.
+            return;
+        }
+        let mut offences = done.undecodable.len();
+        for e in &done.undecodable {
+            self.reject(e.reason());
+        }
+        self.stats.received_sync += done.checked.records().len() as u64;
+        let (new, outcomes) = self.ingest_checked(done.checked);
+        self.stats.repaired += u64::from(new);
+        offences += outcomes
+            .iter()
+            .filter(|o| o.as_ref().is_err_and(|e| e.is_offence()))
+            .count();
+        let future = outcomes.iter().any(|o| o.as_ref().is_err_and(|e| !e.is_offence()));
+        self.respond(done.channel, new);
+        if offences > 0 {
+            tracing::warn!(%peer, offences, "anti-entropy message with invalid records");
+            self.ban(peer, now_ms(), "invalid_sync");
+            return;
+        }
+        if let Some(again) = self.answer_part(peer, done.answer, done.parts, done.full, false, future) {
+            let actions = self.ae.handle(
+                Input::Applied {
+                    from: peer,
+                    full: again,
+                },
+                self.log.version_vector(),
+            );
+            self.carry_out(actions);
+        }
     }
 
     fn carry_out(&mut self, actions: Vec<Action<PeerId>>) {
@@ -1197,14 +1535,15 @@ impl Actor {
                 Action::SendRecords { to, ranges } => {
                     // Messages of at most `batch` records and SYNC_BATCH_BYTES each; the last says
                     // whether the answer was cut short (then the peer asks again for the rest).
-                    let requested: u64 = ranges.iter().map(|r| r.len()).sum();
+                    let requested = ranges.iter().fold(0u64, |n, r| n.saturating_add(r.len()));
                     let batch = self.ae.batch() as usize;
                     let mut chunks: Vec<Vec<serde_bytes::ByteBuf>> = vec![Vec::new()];
                     let mut bytes = 0usize;
                     let mut sent = 0u64;
                     for r in ranges {
                         let recs = match tokio::task::block_in_place(|| {
-                            self.log.range_for_peer(&r.origin, r.from, r.len() as usize)
+                            self.log
+                                .range_for_peer(&r.origin, r.from, usize::try_from(r.len()).unwrap_or(usize::MAX))
                         }) {
                             Ok(v) => v,
                             Err(e) => {
@@ -1214,12 +1553,14 @@ impl Actor {
                         };
                         for rec in recs.into_iter().filter(|x| x.seq <= r.to) {
                             let enc = rec.encode();
+                            // The framing counts too, so a part stays under the receiver's limit.
+                            let size = enc.len() + RECORD_FRAMING_BYTES;
                             let last = chunks.len() - 1;
-                            if chunks[last].len() >= batch || bytes + enc.len() > SYNC_BATCH_BYTES {
+                            if chunks[last].len() >= batch || bytes + size > SYNC_BATCH_BYTES {
                                 chunks.push(Vec::new());
                                 bytes = 0;
                             }
-                            bytes += enc.len();
+                            bytes += size;
                             sent += 1;
                             let last = chunks.len() - 1;
                             chunks[last].push(serde_bytes::ByteBuf::from(enc));
@@ -1227,9 +1568,10 @@ impl Actor {
                     }
                     let n = chunks.len();
                     self.stats.sent_sync += sent;
-                    self.next_answer += 1;
+                    self.next_answer = self.next_answer.wrapping_add(1);
                     let answer = self.next_answer;
-                    let cut_short = requested >= self.ae.batch() * crate::sync::PIPELINE || sent < requested;
+                    let cut_short =
+                        requested >= self.ae.batch().saturating_mul(crate::sync::PIPELINE) || sent < requested;
                     for (i, records) in chunks.into_iter().enumerate() {
                         if records.is_empty() {
                             continue;

@@ -22,8 +22,13 @@ pub struct Range {
 }
 
 impl Range {
+    /// The number of seqs in the range; saturates at `u64::MAX` for `1..=u64::MAX` (one short, and
+    /// far beyond any answer's budget).
     pub fn len(&self) -> u64 {
-        self.to + 1 - self.from
+        match self.to.checked_sub(self.from) {
+            Some(d) => d.saturating_add(1),
+            None => 0,
+        }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -31,7 +36,8 @@ impl Range {
     }
 }
 
-/// What we hold (contiguously) that `theirs` lacks, at most `max_records` records in all.
+/// What we hold (contiguously) that `theirs` lacks, at most `max_records` records in all. `theirs`
+/// comes from a peer: any value, `u64::MAX` included, must neither panic nor wrap.
 pub fn missing(ours: &VersionVector, theirs: &VersionVector, max_records: u64) -> Vec<Range> {
     let mut out = Vec::new();
     let mut budget = max_records;
@@ -40,17 +46,57 @@ pub fn missing(ours: &VersionVector, theirs: &VersionVector, max_records: u64) -
             break;
         }
         let they = theirs.get(origin).copied().unwrap_or(0);
-        if have > they {
-            let to = have.min(they + budget);
+        // `have > they`, so `they + 1` cannot overflow; the budget may reach past u64::MAX.
+        if let Some(from) = they.checked_add(1).filter(|_| have > they) {
+            let to = have.min(they.saturating_add(budget));
             out.push(Range {
                 origin: *origin,
-                from: they + 1,
+                from,
                 to,
             });
-            budget -= to - they;
+            budget = budget.saturating_sub(to - they);
         }
     }
     out
+}
+
+/// A token bucket: on average `rate_per_s` requests a second, `burst` at once. Pure (the caller gives
+/// the time) and in whole milli-tokens, so it is exact and testable.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RateLimit {
+    milli: u64,
+    last_ms: u64,
+    rate_per_s: u64,
+    burst: u64,
+}
+
+impl RateLimit {
+    /// Starts full: a peer that has just connected may ask `burst` questions at once.
+    pub fn new(rate_per_s: u64, burst: u64, now_ms: u64) -> Self {
+        Self {
+            milli: burst.saturating_mul(1000),
+            last_ms: now_ms,
+            rate_per_s,
+            burst,
+        }
+    }
+
+    /// Takes a token if there is one. A clock that steps back refills nothing (and never panics).
+    pub fn allow(&mut self, now_ms: u64) -> bool {
+        let elapsed = now_ms.saturating_sub(self.last_ms);
+        self.last_ms = self.last_ms.max(now_ms);
+        self.milli = self
+            .milli
+            .saturating_add(elapsed.saturating_mul(self.rate_per_s))
+            .min(self.burst.saturating_mul(1000));
+        match self.milli.checked_sub(1000) {
+            Some(left) => {
+                self.milli = left;
+                true
+            }
+            None => false,
+        }
+    }
 }
 
 /// Whether `a` holds everything `b` does.
@@ -121,7 +167,9 @@ impl<P: Clone + Ord> AntiEntropy<P> {
     }
 
     fn waiting_on(&self, p: &P) -> bool {
-        self.asked.get(p).is_some_and(|&t| self.now_ms < t + ASK_TIMEOUT_MS)
+        self.asked
+            .get(p)
+            .is_some_and(|&t| self.now_ms < t.saturating_add(ASK_TIMEOUT_MS))
     }
 
     fn ask(&mut self, p: P, reply: bool) -> Action<P> {
@@ -144,11 +192,12 @@ impl<P: Clone + Ord> AntiEntropy<P> {
                 self.now_ms = now_ms;
                 let due = self.next_round_ms.is_none_or(|t| now_ms >= t);
                 if !due || self.peers.is_empty() {
-                    self.next_round_ms.get_or_insert(now_ms + self.interval_ms);
+                    self.next_round_ms
+                        .get_or_insert(now_ms.saturating_add(self.interval_ms));
                     return vec![];
                 }
                 let jitter = self.rng.gen_range(0.8..1.2);
-                self.next_round_ms = Some(now_ms + (self.interval_ms as f64 * jitter) as u64);
+                self.next_round_ms = Some(now_ms.saturating_add((self.interval_ms as f64 * jitter) as u64));
                 let i = self.rng.gen_range(0..self.peers.len());
                 match self.peers.iter().nth(i) {
                     Some(p) => vec![Action::SendSummary {
@@ -160,7 +209,7 @@ impl<P: Clone + Ord> AntiEntropy<P> {
             }
             Input::Summary { from, vv, reply } => {
                 let mut out = Vec::new();
-                let ranges = missing(local, &vv, self.batch * PIPELINE);
+                let ranges = missing(local, &vv, self.batch.saturating_mul(PIPELINE));
                 if !ranges.is_empty() {
                     out.push(Action::SendRecords {
                         to: from.clone(),
@@ -230,6 +279,97 @@ mod tests {
         );
         assert!(dominates(&ours, &vv(&[(1, 10), (2, 1)])));
         assert!(!dominates(&ours, &theirs));
+    }
+
+    #[test]
+    fn missing_copes_with_u64_max_on_either_side() {
+        let top = vv(&[(1, u64::MAX), (2, u64::MAX - 1), (3, 5)]);
+        let theirs = vv(&[(1, u64::MAX - 3), (2, u64::MAX), (3, 0)]);
+        assert_eq!(
+            missing(&top, &theirs, u64::MAX),
+            vec![
+                Range {
+                    origin: o(1),
+                    from: u64::MAX - 2,
+                    to: u64::MAX
+                },
+                Range {
+                    origin: o(3),
+                    from: 1,
+                    to: 5
+                }
+            ]
+        );
+        // They claim to hold everything: nothing to send, however large our own entries are.
+        assert!(missing(&top, &vv(&[(1, u64::MAX), (2, u64::MAX), (3, u64::MAX)]), 8000).is_empty());
+        // From nothing to the top: capped by the budget.
+        let r = missing(&top, &VersionVector::new(), 8000);
+        assert_eq!(r.iter().map(Range::len).sum::<u64>(), 8000);
+        let whole = Range {
+            origin: o(1),
+            from: 1,
+            to: u64::MAX,
+        };
+        assert_eq!(whole.len(), u64::MAX);
+        let empty = Range {
+            origin: o(1),
+            from: u64::MAX,
+            to: 0,
+        };
+        assert!(empty.is_empty());
+        assert_eq!(empty.len(), 0);
+        // The state machine takes a peer's summary at the top without panicking.
+        let mut ae = AntiEntropy::new(1000, u64::MAX, 1);
+        ae.handle(Input::Tick { now_ms: u64::MAX }, &top);
+        let acts = ae.handle(
+            Input::Summary {
+                from: 9u8,
+                vv: theirs,
+                reply: false,
+            },
+            &top,
+        );
+        assert!(matches!(acts.first(), Some(Action::SendRecords { .. })), "{acts:?}");
+        assert!(ae.handle(Input::Tick { now_ms: u64::MAX }, &top).len() <= 1);
+    }
+
+    #[test]
+    fn the_rate_limit_allows_a_burst_then_its_rate() {
+        let mut l = RateLimit::new(5, 10, 1_000);
+        assert_eq!((0..20).filter(|_| l.allow(1_000)).count(), 10, "the burst");
+        assert!(!l.allow(1_100), "half a token");
+        assert!(l.allow(1_200), "one token after 200 ms at 5/s");
+        assert_eq!((0..20).filter(|_| l.allow(2_200)).count(), 5, "5 a second");
+        // A long quiet spell refills only the burst; a clock stepping back refills nothing.
+        assert_eq!((0..50).filter(|_| l.allow(u64::MAX)).count(), 10);
+        assert!(!l.allow(0));
+        assert!(!l.allow(u64::MAX));
+        let mut huge = RateLimit::new(u64::MAX, u64::MAX, 0);
+        assert!(huge.allow(u64::MAX));
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+        /// Any version vectors and budget, the top of u64 included: ranges stay within what we hold
+        /// and they lack, never overlap an origin twice, and never exceed the budget.
+        #[test]
+        fn missing_is_bounded_for_any_values(
+            ours in proptest::collection::vec((0u8..6, proptest::prop_oneof![0u64..10, (u64::MAX - 3)..=u64::MAX, proptest::prelude::any::<u64>()]), 0..6),
+            theirs in proptest::collection::vec((0u8..6, proptest::prop_oneof![0u64..10, (u64::MAX - 3)..=u64::MAX, proptest::prelude::any::<u64>()]), 0..6),
+            budget in proptest::prop_oneof![0u64..20, proptest::prelude::any::<u64>()],
+        ) {
+            let (ours, theirs) = (vv(&ours), vv(&theirs));
+            let ranges = missing(&ours, &theirs, budget);
+            let mut total = 0u64;
+            for r in &ranges {
+                let have = ours[&r.origin];
+                let they = theirs.get(&r.origin).copied().unwrap_or(0);
+                proptest::prop_assert!(!r.is_empty() && r.from == they + 1 && r.to <= have);
+                total = total.saturating_add(r.len());
+            }
+            proptest::prop_assert!(total <= budget);
+            proptest::prop_assert!(ranges.windows(2).all(|w| w[0].origin < w[1].origin));
+        }
     }
 
     /// A node in the simulation: an in-memory log of (origin, seq) and the state machine.

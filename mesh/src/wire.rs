@@ -81,6 +81,87 @@ mod tests {
         assert!(gossip_record(&[1, 2, 3], "s").is_err());
     }
 
+    /// A heartbeat as nodes from before `last_progress_ms` wrote it.
+    #[derive(serde::Serialize)]
+    struct OldHeartbeat {
+        node: crate::record::Origin,
+        hq_reachable: bool,
+        priority: u8,
+    }
+
+    #[derive(serde::Serialize)]
+    struct OldHeartbeatMsg {
+        hb: OldHeartbeat,
+        sent_ms: u64,
+        addrs: Vec<String>,
+        #[serde(with = "serde_bytes")]
+        info: Vec<u8>,
+    }
+
+    fn sample(last_progress_ms: u64) -> HeartbeatMsg {
+        HeartbeatMsg {
+            hb: Heartbeat {
+                node: crate::record::Origin([7; 32]),
+                hq_reachable: true,
+                priority: 3,
+                last_progress_ms,
+            },
+            sent_ms: 1_764_000_000_000,
+            addrs: vec!["/ip4/10.0.0.5/tcp/7420".into()],
+            info: b"{}".to_vec(),
+        }
+    }
+
+    #[test]
+    fn heartbeats_from_before_the_progress_field_still_read_and_unknown_progress_is_written_as_before() {
+        let old = OldHeartbeatMsg {
+            hb: OldHeartbeat {
+                node: crate::record::Origin([7; 32]),
+                hq_reachable: true,
+                priority: 3,
+            },
+            sent_ms: 1_764_000_000_000,
+            addrs: vec!["/ip4/10.0.0.5/tcp/7420".into()],
+            info: b"{}".to_vec(),
+        };
+        let mut bytes = Vec::new();
+        ciborium::into_writer(&old, &mut bytes).expect("encode");
+        let (hb, _, _) = heartbeat(&bytes).expect("an old heartbeat reads");
+        assert_eq!(hb, sample(0).hb, "progress unknown");
+        assert_eq!(
+            sample(0).encode(),
+            Some(bytes),
+            "0 is left out: old nodes read exactly what they wrote"
+        );
+        let new = sample(1_764_000_000_000).encode().expect("encode");
+        assert_eq!(heartbeat(&new).map(|h| h.0), Some(sample(1_764_000_000_000).hb));
+    }
+
+    #[test]
+    fn the_committed_heartbeat_seeds_still_read() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/heartbeat");
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            return; // Not in a packaged crate.
+        };
+        for e in entries {
+            let path = e.expect("read the corpus").path();
+            let bytes = std::fs::read(&path).expect("read a seed");
+            assert!(heartbeat(&bytes).is_some(), "{} no longer decodes", path.display());
+        }
+    }
+
+    #[test]
+    fn the_largest_honest_heartbeat_fits() {
+        let mut m = sample(u64::MAX);
+        m.hb.priority = u8::MAX;
+        m.sent_ms = u64::MAX;
+        m.info = vec![0xff; crate::net::MAX_NODE_INFO_BYTES];
+        m.addrs = vec!["/dns4/camera-node-backroom.store-0042.example.com/tcp/65535".into(); 4];
+        let bytes = m.encode().expect("encode");
+        assert!(bytes.len() <= MAX_HEARTBEAT_BYTES, "{} bytes", bytes.len());
+        assert!(heartbeat(&bytes).is_some());
+    }
+
     #[test]
     fn a_summary_request_reads_back() {
         let req = SyncRequest::Summary {

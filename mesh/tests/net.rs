@@ -559,3 +559,221 @@ async fn a_flooding_forging_peer_with_the_key_is_scored_down_and_cut_off_while_t
     );
     c.stop(&[]).await;
 }
+
+/// An answer part carrying `bytes` as its records, as a hostile peer with the store key can send.
+fn raw_part(bytes: Vec<u8>) -> net::SyncRequest {
+    net::SyncRequest::Records {
+        records: vec![serde_bytes::ByteBuf::from(bytes)],
+        answer: 1,
+        part: 0,
+        parts: 1,
+        full: false,
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_whose_sync_answers_carry_invalid_records_is_banned_like_a_gossiping_one() {
+    use lpmesh_mesh::hlc::Timestamp;
+    use lpmesh_mesh::record::{Record, WIRE_VERSION};
+    // Node 0 is the target; nodes 1 to 4 each send it one kind of invalid record in an anti-entropy
+    // answer (never gossiped): one invalid record is enough, as for gossip.
+    let c = cluster(5).await;
+    let good = c.nodes[4]
+        .append(vec![(RecordKind::Event, b"honest".to_vec())])
+        .await
+        .unwrap()
+        .remove(0);
+    eventually("node 0 holds the genuine record", Duration::from_secs(5), async || {
+        c.nodes[0].version_vector().await.unwrap().get(&good.origin) == Some(&1)
+    })
+    .await;
+    let mut forged = good.clone();
+    forged.ciphertext[0] ^= 1;
+    forged.seq = 2;
+    let other_store = Record::seal(
+        "store-8",
+        &c.keys[3],
+        1,
+        Timestamp::default(),
+        RecordKind::Event,
+        vec![1],
+    )
+    .unwrap();
+    let equivocation = Record::seal(
+        STORE,
+        &c.keys[4],
+        1,
+        Timestamp::default(),
+        RecordKind::Event,
+        vec![9, 9],
+    )
+    .unwrap();
+    let target = c.nodes[0].peer_id();
+    for (i, bytes) in [
+        vec![WIRE_VERSION, 0xff, 0x13, 0x37],
+        forged.encode(),
+        other_store.encode(),
+        equivocation.encode(),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        c.nodes[1 + i].send_sync_raw(target, raw_part(bytes)).await.unwrap();
+    }
+    let attackers: Vec<_> = c.nodes[1..].iter().map(|h| h.peer_id()).collect();
+    eventually("every attacker is cut off", Duration::from_secs(5), async || {
+        let peers = c.nodes[0].peers().await.unwrap();
+        attackers.iter().all(|a| !peers.contains(a))
+    })
+    .await;
+    let s = c.nodes[0].stats().await.unwrap();
+    for reason in ["malformed", "bad_signature", "wrong_store", "equivocation"] {
+        assert!(
+            s.rejected.get(reason).copied().unwrap_or(0) >= 1,
+            "{reason} not counted: {s:?}"
+        );
+    }
+    assert_eq!(s.peers_banned, 4, "{s:?}");
+    assert_eq!(s.peers_banned_by.get("invalid_sync"), Some(&4), "{s:?}");
+    assert_eq!(c.nodes[0].version_vector().await.unwrap().get(&good.origin), Some(&1));
+    // Banned, not just disconnected: a redial is refused for the ban's minute.
+    c.nodes[1].dial(addr(&c.nodes[0]).await).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(!c.nodes[0].peers().await.unwrap().contains(&attackers[0]));
+    c.stop(&[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_spamming_sync_questions_is_rate_limited_while_honest_sync_converges() {
+    let c = cluster(3).await;
+    // Node 1 is cut off from both others while it appends, so only anti-entropy can bring its
+    // records to node 0 afterwards.
+    let (n0, n1, n2) = (c.nodes[0].peer_id(), c.nodes[1].peer_id(), c.nodes[2].peer_id());
+    c.nodes[1].block(vec![n0, n2]).await.unwrap();
+    c.nodes[0].block(vec![n1]).await.unwrap();
+    c.nodes[2].block(vec![n1]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let batch: Vec<(RecordKind, Vec<u8>)> = (0..300).map(|i| (RecordKind::Event, vec![i as u8])).collect();
+    c.nodes[1].append(batch).await.unwrap();
+    // Node 2 asks node 0 for everything (an empty version vector), 200 times in about half a second.
+    let spammer = c.nodes[2].clone();
+    let spam = tokio::spawn(async move {
+        for _ in 0..20 {
+            for _ in 0..10 {
+                let q = net::SyncRequest::Summary {
+                    vv: vec![],
+                    reply: false,
+                };
+                spammer.send_sync_raw(n0, q).await.unwrap();
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    });
+    for h in &c.nodes {
+        h.unblock(vec![n0, n1, n2]).await.unwrap();
+    }
+    c.nodes[1].dial(addr(&c.nodes[0]).await).await.unwrap();
+    spam.await.unwrap();
+    let want = c.nodes[1].version_vector().await.unwrap();
+    let took = eventually("node 0 caught up with node 1", Duration::from_secs(10), async || {
+        c.nodes[0].version_vector().await.unwrap() == want
+    })
+    .await;
+    let s = c.nodes[0].stats().await.unwrap();
+    let refused = s.rejected.get("sync_rate_limited").copied().unwrap_or(0);
+    // 200 questions over ~0.5 s: the burst of 10 and ~5 a second are answered, the rest refused.
+    assert!(refused >= 150, "{s:?}");
+    assert_eq!(s.peers_banned, 0, "asking too often is refused, not banned: {s:?}");
+    println!("{refused} questions refused; honest anti-entropy caught up in {took:?}");
+    c.stop(&[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_from_a_clock_far_ahead_is_refused_counted_not_forwarded_and_not_punished() {
+    use lpmesh_mesh::hlc::Timestamp;
+    use lpmesh_mesh::record::Record;
+    let c = cluster(3).await;
+    // Node 2 reaches node 1 only through node 0, so whatever node 1 gets of node 2's was forwarded.
+    let (n0, n1, n2) = (c.nodes[0].peer_id(), c.nodes[1].peer_id(), c.nodes[2].peer_id());
+    c.nodes[1].block(vec![n2]).await.unwrap();
+    c.nodes[2].block(vec![n1]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    // Signed by a node whose clock runs an hour ahead, relayed by node 2.
+    let skewed = Keypair::generate_ed25519();
+    let hlc = Timestamp {
+        wall_ms: now_ms() + 3_600_000,
+        logical: 0,
+    };
+    let early = Record::seal(
+        STORE,
+        &skewed,
+        1,
+        hlc,
+        RecordKind::Event,
+        c.secret.recipient().encrypt(b"early").unwrap(),
+    )
+    .unwrap();
+    c.nodes[2].publish_raw(early.encode()).await.unwrap();
+    eventually("node 0 refused it", Duration::from_secs(3), async || {
+        c.nodes[0]
+            .stats()
+            .await
+            .unwrap()
+            .rejected
+            .get("future")
+            .copied()
+            .unwrap_or(0)
+            >= 1
+    })
+    .await;
+    // The same record in an anti-entropy answer: refused the same way, and no offence either.
+    c.nodes[2].send_sync_raw(n0, raw_part(early.encode())).await.unwrap();
+    eventually("node 0 refused it again", Duration::from_secs(3), async || {
+        c.nodes[0]
+            .stats()
+            .await
+            .unwrap()
+            .rejected
+            .get("future")
+            .copied()
+            .unwrap_or(0)
+            >= 2
+    })
+    .await;
+    // A record node 2 appends now does travel through node 0 to node 1: the path works.
+    let honest = c.nodes[2]
+        .append(vec![(RecordKind::Event, b"on time".to_vec())])
+        .await
+        .unwrap()
+        .remove(0);
+    eventually(
+        "node 1 got node 2's honest record",
+        Duration::from_secs(5),
+        async || c.nodes[1].version_vector().await.unwrap().get(&honest.origin) == Some(&honest.seq),
+    )
+    .await;
+    let origin = early.origin;
+    for (i, h) in c.nodes[..2].iter().enumerate() {
+        let s = h.stats().await.unwrap();
+        assert_eq!(s.peers_banned, 0, "node {i}: a skewed clock is no offence: {s:?}");
+        assert!(
+            !h.version_vector().await.unwrap().contains_key(&origin),
+            "node {i} holds it"
+        );
+        assert_eq!(h.range(origin, 1, 10).await.unwrap(), vec![], "node {i} stored it");
+    }
+    assert!(
+        c.nodes[0].peers().await.unwrap().contains(&n2),
+        "node 2 is still connected"
+    );
+    let s1 = c.nodes[1].stats().await.unwrap();
+    assert_eq!(s1.rejected.get("future"), None, "node 0 did not forward it: {s1:?}");
+    c.stop(&[]).await;
+}

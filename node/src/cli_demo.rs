@@ -56,6 +56,28 @@ fn step(args: &[&str], stdin: Option<&str>) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// Enrols `joiner` into `member`'s store with a one-time invitation, as an installer setting up a
+/// store does before its first node runs: `invite --serve` answers it, `join` reads it on stdin.
+fn enrol(member: &Path, joiner: &Path) -> Result<()> {
+    let mut inviter = Command::new(exe()?)
+        .args(["invite", "--data", &member.to_string_lossy(), "--serve", "127.0.0.1:0"])
+        .env_remove("LPMESH_LOG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let mut token = String::new();
+    if let Some(out) = inviter.stdout.take() {
+        std::io::BufReader::new(out).read_line(&mut token)?;
+    }
+    let joined = step(&["join", "--data", &joiner.to_string_lossy()], Some(&token));
+    let served = inviter.wait_with_output()?;
+    joined?;
+    if !served.status.success() {
+        bail!("lpmesh invite: {}", String::from_utf8_lossy(&served.stderr).trim());
+    }
+    Ok(())
+}
+
 struct Proc {
     name: String,
     child: Option<Child>,
@@ -337,9 +359,8 @@ pub fn run(a: DemoArgs, stop: Arc<AtomicBool>) -> Result<ExitCode> {
         &["init", "--store", STORE, "--data", &nodes[0].data.to_string_lossy()],
         None,
     )?;
-    let token = step(&["invite", "--data", &nodes[0].data.to_string_lossy()], None)?;
     for n in &nodes[1..] {
-        step(&["join", token.trim(), "--data", &n.data.to_string_lossy()], None)?;
+        enrol(&nodes[0].data, &n.data)?;
     }
     let key = step(&["store-key", "--data", &nodes[0].data.to_string_lossy()], None)?;
     step(

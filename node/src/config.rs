@@ -132,6 +132,12 @@ pub struct MeshConfig {
     /// rule (the records' own signed times). Set the same value on every node of the store. HQ keeps
     /// the summaries of those days.
     pub retention_days: f64,
+    /// How far a time inside a record (an event's, an action's) may lie after the record's signed
+    /// time. Records claiming later times are refused by every node's views and summaries.
+    pub time_window_secs: f64,
+    /// Where this node answers invitations (`lpmesh invite`): a new node proves its one-time secret
+    /// here and receives the store's secrets. Taken: a free port is used (the invitation names it).
+    pub enrol_listen: String,
 }
 
 impl Default for MeshConfig {
@@ -146,6 +152,8 @@ impl Default for MeshConfig {
             heartbeat_secs: 5.0,
             leader_timeout_secs: 15.0,
             retention_days: 30.0,
+            time_window_secs: crate::bounds::DEFAULT_WINDOW_SECS,
+            enrol_listen: "0.0.0.0:7421".into(),
         }
     }
 }
@@ -172,6 +180,12 @@ pub struct HqConfig {
     pub resend_secs: f64,
     /// How long one request to HQ may take.
     pub timeout_secs: f64,
+    /// The uplink leader is demoted when it reaches HQ but gets nothing acknowledged for this many
+    /// `resend_secs` windows while it owes HQ summaries and another node reaches HQ: leadership passes
+    /// on, and the demoted node leads again only after ten times as long. 0: never demote; else at
+    /// least 2 (a healthy leader may wait one window before sending a changing period again). Set the
+    /// same on every node of the store.
+    pub leader_stall_windows: u32,
 }
 
 impl Default for HqConfig {
@@ -184,6 +198,7 @@ impl Default for HqConfig {
             probe_secs: 10.0,
             resend_secs: 60.0,
             timeout_secs: 10.0,
+            leader_stall_windows: 4,
         }
     }
 }
@@ -497,6 +512,16 @@ impl fmt::Display for FieldPath {
 }
 
 impl HqConfig {
+    /// The election's stall limit (`leader_stall_windows` x `resend_secs`); zero: off.
+    pub fn leader_stall(&self) -> std::time::Duration {
+        use std::time::Duration;
+        if self.leader_stall_windows == 0 {
+            return Duration::ZERO;
+        }
+        // Only reached with a checked configuration; a value out of range cannot demote anyone early.
+        Duration::try_from_secs_f64(self.resend_secs * f64::from(self.leader_stall_windows)).unwrap_or(Duration::MAX)
+    }
+
     fn check(&self) -> Vec<(FieldPath, String)> {
         let mut p = Vec::new();
         match (&self.url, &self.recipient) {
@@ -535,6 +560,14 @@ impl HqConfig {
             if v.is_nan() || v <= 0.0 {
                 p.push((path(&["hq", key]), "must be more than zero".into()));
             }
+        }
+        if self.leader_stall_windows == 1 || self.leader_stall_windows > 1000 {
+            p.push((
+                path(&["hq", "leader_stall_windows"]),
+                "must be 0 (never demote a stalled leader) or 2 to 1000: a healthy leader may wait one \
+                 resend_secs window before sending a changing period again"
+                    .into(),
+            ));
         }
         p
     }
@@ -929,10 +962,23 @@ impl NodeConfig {
             ("heartbeat_secs", self.mesh.heartbeat_secs),
             ("leader_timeout_secs", self.mesh.leader_timeout_secs),
             ("retention_days", self.mesh.retention_days),
+            ("time_window_secs", self.mesh.time_window_secs),
         ] {
             if v.is_nan() || v <= 0.0 {
                 p.push((path(&["mesh", key]), "must be more than zero".into()));
             }
+        }
+        if self.mesh.enrol_listen.parse::<std::net::SocketAddr>().is_err() {
+            p.push((
+                path(&["mesh", "enrol_listen"]),
+                "not an address like 0.0.0.0:7421".into(),
+            ));
+        }
+        if self.mesh.time_window_secs > 86_400.0 {
+            p.push((
+                path(&["mesh", "time_window_secs"]),
+                "must be at most 86400 (a day): it is how far a record may claim the future".into(),
+            ));
         }
         if self.mesh.retention_days > 36_500.0 {
             p.push((
@@ -1510,6 +1556,38 @@ enabled = false
         let ok = parse(&format!("{HEAD}[hq]\nurl = \"https://hq:8443\"\nrecipient = \"{r}\"\n")).unwrap();
         assert_eq!(ok.hq.url.as_deref(), Some("https://hq:8443"));
         assert_eq!(ok.hq.period_secs, 3600);
+        assert_eq!(
+            ok.hq.leader_stall(),
+            std::time::Duration::from_secs(240),
+            "4 windows of 60 s"
+        );
+    }
+
+    #[test]
+    fn the_leader_stall_limit_is_checked() {
+        for (windows, ok) in [(0, true), (1, false), (2, true), (1000, true), (1001, false)] {
+            let text = format!("{HEAD}[hq]\nresend_secs = 30.0\nleader_stall_windows = {windows}\n");
+            if ok {
+                assert!(parse(&text).is_ok(), "{windows}");
+            } else {
+                let got = problems(&text);
+                assert_eq!(
+                    (got[0].0, got[0].1.as_deref()),
+                    (Some(5), Some("hq.leader_stall_windows")),
+                    "{windows}: {got:?}"
+                );
+            }
+        }
+        let off = parse(&format!("{HEAD}[hq]\nleader_stall_windows = 0\n")).unwrap();
+        assert_eq!(off.hq.leader_stall(), std::time::Duration::ZERO);
+        let two = parse(&format!("{HEAD}[hq]\nresend_secs = 30.0\nleader_stall_windows = 2\n")).unwrap();
+        assert_eq!(two.hq.leader_stall(), std::time::Duration::from_secs(60));
+        let negative = problems(&format!("{HEAD}[hq]\nleader_stall_windows = -1\n"));
+        assert_eq!(
+            negative[0].1.as_deref(),
+            Some("hq.leader_stall_windows"),
+            "{negative:?}"
+        );
     }
 
     #[test]

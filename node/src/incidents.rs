@@ -2,7 +2,9 @@
 //! action of the log folded into one view per incident (its latest phase, severity, state and history).
 //! Pure: fed with decrypted records, whatever their order; the same records give the same view.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+
+use lpmesh_mesh::record::Origin;
 
 use serde::Serialize;
 
@@ -11,6 +13,9 @@ use crate::event::{Detail, Event, EventKind, Phase, Severity};
 
 /// Incidents kept in memory (oldest dropped first); the log keeps them all.
 pub const MAX_INCIDENTS: usize = 20_000;
+/// Incidents one node's records may hold in the view: a member flooding the store with incidents
+/// only pushes out its own, never the other nodes'.
+pub const MAX_INCIDENTS_PER_ORIGIN: usize = MAX_INCIDENTS / 4;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -43,6 +48,9 @@ pub struct HistoryItem {
     pub note: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub people: Option<u32>,
+    /// The record's signed time: decisive actions are ordered by it, not by the time they claim.
+    #[serde(skip)]
+    pub signed_ms: i64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -64,16 +72,21 @@ pub struct Incident {
     /// The first record's figures (line and direction of a crossing, people of a crowd, ...).
     pub detail: Detail,
     pub history: Vec<HistoryItem>,
+    /// The node whose record opened it here (what the per-node bound counts).
+    #[serde(skip)]
+    pub origin: Origin,
 }
 
 #[derive(Default)]
 pub struct Book {
     incidents: BTreeMap<String, Incident>,
-    /// Actions for incidents not seen yet (their events are still on their way).
-    orphans: BTreeMap<String, Vec<Action>>,
-    seen: HashSet<(lpmesh_mesh::record::Origin, u64)>,
+    /// Actions for incidents not seen yet (their events are still on their way), with signed times.
+    orphans: BTreeMap<String, Vec<(Action, i64)>>,
+    seen: HashSet<(Origin, u64)>,
     /// Per origin, seqs at or below this have expired from the log: never folded in again.
-    floors: BTreeMap<lpmesh_mesh::record::Origin, u64>,
+    floors: BTreeMap<Origin, u64>,
+    /// Per origin, its incidents by start: which to drop first when it holds too many.
+    by_origin: HashMap<Origin, BTreeSet<(i64, String)>>,
 }
 
 /// What changed, for live pushes.
@@ -111,19 +124,27 @@ impl Book {
         let fl = &self.floors;
         self.seen.retain(|(o, s)| *s > fl.get(o).copied().unwrap_or(0));
         let before = self.incidents.len();
+        let by_origin = &mut self.by_origin;
         self.incidents.retain(|_, i| {
             let last = i.history.iter().map(|h| h.at_ms).max().unwrap_or(i.last_at_ms);
-            last.max(i.last_at_ms) >= cutoff_ms
+            let keep = last.max(i.last_at_ms) >= cutoff_ms;
+            if !keep {
+                if let Some(set) = by_origin.get_mut(&i.origin) {
+                    set.remove(&(i.started_at_ms, i.id.clone()));
+                }
+            }
+            keep
         });
+        self.by_origin.retain(|_, set| !set.is_empty());
         self.orphans.retain(|_, v| {
-            v.retain(|a| a.at_ms >= cutoff_ms);
+            v.retain(|(a, _)| a.at_ms >= cutoff_ms);
             !v.is_empty()
         });
         before - self.incidents.len()
     }
 
     /// Folds in an event; `None` when the record was seen already.
-    pub fn event(&mut self, key: (lpmesh_mesh::record::Origin, u64), e: &Event) -> Option<Change> {
+    pub fn event(&mut self, key: (Origin, u64), e: &Event) -> Option<Change> {
         if !self.fresh(key) {
             return None;
         }
@@ -133,6 +154,7 @@ impl Book {
             by: None,
             note: None,
             people: e.detail.people,
+            signed_ms: e.at_ms,
         };
         let ended = (e.phase == Phase::End).then(|| e.ended_at_ms.unwrap_or(e.at_ms));
         let change = match self.incidents.get_mut(&e.incident) {
@@ -163,49 +185,82 @@ impl Book {
                     confidence: e.confidence,
                     detail: e.detail.clone(),
                     history: vec![item],
+                    origin: key.0,
                 };
-                for a in self.orphans.remove(&e.incident).unwrap_or_default() {
-                    apply(&mut inc, &a);
+                for (a, signed_ms) in self.orphans.remove(&e.incident).unwrap_or_default() {
+                    apply(&mut inc, &a, signed_ms);
                 }
+                self.by_origin
+                    .entry(key.0)
+                    .or_default()
+                    .insert((inc.started_at_ms, inc.id.clone()));
                 self.incidents.insert(e.incident.clone(), inc);
-                self.bound();
+                self.bound(key.0);
                 Change::New(e.incident.clone())
             }
         };
         Some(change)
     }
 
-    pub fn action(&mut self, key: (lpmesh_mesh::record::Origin, u64), a: &Action) -> Option<Change> {
+    /// [`Book::action_signed`] for an action signed at the time it claims (tests and tools).
+    pub fn action(&mut self, key: (Origin, u64), a: &Action) -> Option<Change> {
+        self.action_signed(key, a, a.at_ms)
+    }
+
+    /// Folds in an action whose record was signed at `signed_ms`; `None` when seen already or its
+    /// incident is not here yet.
+    pub fn action_signed(&mut self, key: (Origin, u64), a: &Action, signed_ms: i64) -> Option<Change> {
         if !self.fresh(key) {
             return None;
         }
         match self.incidents.get_mut(&a.incident) {
             Some(i) => {
-                apply(i, a);
+                apply(i, a, signed_ms);
                 Some(Change::Updated(a.incident.clone()))
             }
             None => {
                 let list = self.orphans.entry(a.incident.clone()).or_default();
                 if list.len() < 64 {
-                    list.push(a.clone());
+                    list.push((a.clone(), signed_ms));
                 }
                 None
             }
         }
     }
 
-    fn bound(&mut self) {
+    /// Drops the earliest-started incident of `origin`.
+    fn drop_oldest_of(&mut self, origin: Origin) -> bool {
+        let Some(set) = self.by_origin.get_mut(&origin) else {
+            return false;
+        };
+        let Some((_, id)) = set.pop_first() else {
+            self.by_origin.remove(&origin);
+            return false;
+        };
+        if set.is_empty() {
+            self.by_origin.remove(&origin);
+        }
+        self.incidents.remove(&id);
+        true
+    }
+
+    /// Keeps the view bounded after `origin` added an incident: first by origin, then overall, taking
+    /// from whichever node holds the most, so one node's flood never pushes the others' out.
+    fn bound(&mut self, origin: Origin) {
+        while self.by_origin.get(&origin).map_or(0, |s| s.len()) > MAX_INCIDENTS_PER_ORIGIN {
+            if !self.drop_oldest_of(origin) {
+                break;
+            }
+        }
         while self.incidents.len() > MAX_INCIDENTS {
-            let oldest = self
-                .incidents
-                .values()
-                .min_by_key(|i| (i.last_at_ms, i.id.clone()))
-                .map(|i| i.id.clone());
-            match oldest {
-                Some(id) => {
-                    self.incidents.remove(&id);
-                }
-                None => break,
+            let largest = self
+                .by_origin
+                .iter()
+                .max_by_key(|(o, s)| (s.len(), **o))
+                .map(|(o, _)| *o);
+            match largest {
+                Some(o) if self.drop_oldest_of(o) => {}
+                _ => break,
             }
         }
         while self.orphans.len() > 1024 {
@@ -237,7 +292,7 @@ fn insert_sorted(h: &mut Vec<HistoryItem>, item: HistoryItem) {
     h.insert(pos, item);
 }
 
-fn apply(i: &mut Incident, a: &Action) {
+fn apply(i: &mut Incident, a: &Action, signed_ms: i64) {
     insert_sorted(
         &mut i.history,
         HistoryItem {
@@ -246,14 +301,16 @@ fn apply(i: &mut Incident, a: &Action) {
             by: Some(a.by.clone()),
             note: a.note.clone(),
             people: None,
+            signed_ms,
         },
     );
-    // The latest decisive action wins, whatever order the records arrived in.
+    // The latest decisive action by signed time wins, whatever order the records arrived in and
+    // whatever time they claim.
     let last = i
         .history
         .iter()
-        .rev()
-        .find(|h| matches!(h.what.as_str(), "acknowledge" | "resolve" | "false_alarm"));
+        .filter(|h| matches!(h.what.as_str(), "acknowledge" | "resolve" | "false_alarm"))
+        .max_by(|x, y| (x.signed_ms, x.at_ms, &x.what).cmp(&(y.signed_ms, y.at_ms, &y.what)));
     if let Some(h) = last {
         i.state = match h.what.as_str() {
             "resolve" => State::Resolved,
@@ -345,5 +402,43 @@ mod tests {
         b.event((o, 1), &ev(Phase::Start, 100));
         assert_eq!(b.get("n/c/1").unwrap().state, State::Resolved);
         assert_eq!(b.get("n/c/1").unwrap().history, i.history);
+    }
+    #[test]
+    fn later_actions_win_by_signed_time_not_by_claimed_time() {
+        let o = Origin([1; 32]);
+        let mut b = Book::new();
+        b.event((o, 1), &ev(Phase::Start, 100));
+        // Signed at 200 but claiming a later time than the resolve signed at 300.
+        b.action_signed((o, 2), &act(ActionKind::FalseAlarm, 900), 200);
+        b.action_signed((o, 3), &act(ActionKind::Resolve, 300), 300);
+        assert_eq!(b.get("n/c/1").unwrap().state, State::Resolved);
+    }
+
+    #[test]
+    fn one_node_flooding_incidents_pushes_out_only_its_own() {
+        let (honest, flood) = (Origin([1; 32]), Origin([2; 32]));
+        let mut b = Book::new();
+        for n in 0..100u64 {
+            let mut e = ev(Phase::Start, 1_000 + n as i64);
+            e.incident = format!("honest/c/{n}");
+            b.event((honest, n + 1), &e);
+        }
+        for n in 0..(MAX_INCIDENTS as u64 + 5_000) {
+            let mut e = ev(Phase::Start, 2_000_000 + n as i64);
+            e.incident = format!("flood/c/{n}");
+            e.started_at_ms = 2_000_000 + n as i64;
+            b.event((flood, n + 1), &e);
+        }
+        assert!(b.len() <= MAX_INCIDENTS);
+        assert_eq!(
+            (0..100).filter(|n| b.get(&format!("honest/c/{n}")).is_some()).count(),
+            100,
+            "every honest incident is still in view"
+        );
+        assert!(b.all().filter(|i| i.origin == flood).count() <= MAX_INCIDENTS_PER_ORIGIN);
+        assert!(
+            b.get(&format!("flood/c/{}", MAX_INCIDENTS + 4_999)).is_some(),
+            "the newest stay"
+        );
     }
 }

@@ -35,6 +35,7 @@ pub mod assign;
 #[cfg(feature = "vision")]
 pub mod bench;
 pub mod bench_alerts;
+pub mod bounds;
 #[cfg(feature = "vision")]
 pub mod camera;
 #[cfg(feature = "vision")]

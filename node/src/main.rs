@@ -86,20 +86,34 @@ enum Command {
         #[arg(long)]
         data: PathBuf,
     },
-    /// Print a join token for another node of this store. It carries the store's secrets: treat it
-    /// like a password.
+    /// Create a single-use invitation for a new node of this store, answered by the node running on
+    /// DATA. The token holds no store secret; it expires (15 minutes unless --expires says otherwise).
     Invite {
         #[arg(long)]
         data: PathBuf,
         /// Addresses of running nodes the new node should dial first (repeatable).
         #[arg(long)]
         bootstrap: Vec<String>,
+        /// How long the invitation works: 90s, 15m, 2h, 1d (at most 7 days).
+        #[arg(long, default_value = "15m", value_parser = parse_duration)]
+        expires: std::time::Duration,
+        /// The member's enrolment address as the new node reaches it (default: the running node's).
+        #[arg(long, value_name = "HOST:PORT", conflicts_with = "serve")]
+        enrol: Option<String>,
+        /// Answer the invitation from this command, listening on ADDR (e.g. 0.0.0.0:7421), instead
+        /// of the node running on DATA: for a store being set up before its first node runs. Exits
+        /// once the new node is admitted (or the invitation expires).
+        #[arg(long, value_name = "ADDR")]
+        serve: Option<String>,
     },
-    /// Enrol a new node's data directory into a store, with a token from `lpmesh invite`.
+    /// Enrol a new node's data directory into a store. The invitation token is read from standard
+    /// input (or --token-file), never from the command line, where `ps` and shell history keep it.
     Join {
-        token: String,
         #[arg(long)]
         data: PathBuf,
+        /// Read the token from this file instead of standard input.
+        #[arg(long, value_name = "FILE")]
+        token_file: Option<PathBuf>,
     },
     /// Run a node: join the store's mesh and analyse this node's cameras.
     Run {
@@ -281,6 +295,26 @@ enum BenchWhat {
     },
 }
 
+/// `90s`, `15m`, `2h`, `1d`, or plain seconds.
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let s = s.trim();
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?}: give a number and a unit, like 15m"))?;
+    let secs = match unit {
+        "" | "s" => n,
+        "m" => n.saturating_mul(60),
+        "h" => n.saturating_mul(3600),
+        "d" => n.saturating_mul(86_400),
+        _ => return Err(format!("{s:?}: the unit is s, m, h or d")),
+    };
+    if secs == 0 {
+        return Err("an invitation must last more than zero seconds".into());
+    }
+    Ok(std::time::Duration::from_secs(secs))
+}
+
 fn main() -> ExitCode {
     lpmesh_node::ops::tune_allocator();
     let cli = Cli::parse();
@@ -441,17 +475,62 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let peer = lpmesh_node::node::init(&store, &data)?;
             println!("store {store} created in {}; this node is {peer}", data.display());
             println!(
-                "next: `lpmesh invite --data {}` prints a token for each other node",
+                "next: start this node, then `lpmesh invite --data {}` makes a single-use invitation for each other node",
                 data.display()
             );
             Ok(ExitCode::SUCCESS)
         }
-        Command::Invite { data, bootstrap } => {
-            println!("{}", lpmesh_node::node::invite(&data, bootstrap)?);
+        Command::Invite {
+            data,
+            bootstrap,
+            expires,
+            enrol,
+            serve,
+        } => {
+            let show = |inv: &lpmesh_mesh::enrol::Invitation, token: &lpmesh_mesh::enrol::Token| {
+                eprintln!(
+                    "invitation {} for store {}: works once, until {} UTC; on the new node run `lpmesh join --data DIR` and paste it",
+                    inv.id,
+                    inv.store,
+                    chrono::DateTime::from_timestamp_millis(inv.expires_ms as i64)
+                        .map(|t| t.format("%Y-%m-%d %H:%M").to_string())
+                        .unwrap_or_default()
+                );
+                println!("{}", token.encode());
+                let _ = std::io::Write::flush(&mut std::io::stdout());
+            };
+            match serve {
+                Some(listen) => {
+                    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+                    let admitted = rt.block_on(lpmesh_node::node::invite_and_serve(
+                        &data, bootstrap, expires, &listen, show,
+                    ))?;
+                    eprintln!("admitted node {}", admitted.node.to_peer_id());
+                }
+                None => {
+                    let (inv, token) = lpmesh_node::node::invite(&data, bootstrap, expires, enrol)?;
+                    show(&inv, &token);
+                }
+            }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Join { token, data } => {
-            let (store, bootstrap, peer) = lpmesh_node::node::join(&token, &data)?;
+        Command::Join { data, token_file } => {
+            let token = match token_file {
+                Some(f) => {
+                    std::fs::read_to_string(&f).with_context(|| format!("reading the token from {}", f.display()))?
+                }
+                None => {
+                    if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+                        eprintln!("paste the invitation token and press Enter:");
+                    }
+                    let mut line = String::new();
+                    std::io::BufRead::read_line(&mut std::io::stdin().lock(), &mut line)
+                        .context("reading the token from standard input")?;
+                    line
+                }
+            };
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let (store, bootstrap, peer) = rt.block_on(lpmesh_node::node::join(&token, &data))?;
             println!("joined store {store} in {}; this node is {peer}", data.display());
             if !bootstrap.is_empty() {
                 println!("add to [mesh] bootstrap in this node's configuration: {bootstrap:?}");
@@ -719,6 +798,7 @@ mod daemon {
     async fn start_ui(
         cfg: &NodeConfig,
         mesh: &lpmesh_mesh::net::MeshHandle,
+        reader: lpmesh_node::bounds::Reader,
         uplink: Option<tokio::sync::watch::Receiver<lpmesh_node::uplink::UplinkStatus>>,
         board: lpmesh_node::ui::CameraBoard,
         zone_control: Arc<lpmesh_node::ui::zones::ZoneControl>,
@@ -726,14 +806,13 @@ mod daemon {
         if !cfg.ui.enabled {
             return Ok(None);
         }
-        let secret = StoreSecrets::load(&cfg.data_dir)?.store_secret()?;
         let tz = lpmesh_node::schedule::Schedule::parse_tz(&cfg.schedule.timezone).map_err(anyhow::Error::msg)?;
         let state = lpmesh_node::ui::UiState::new(
             &cfg.store,
             &cfg.node,
             cfg.data_dir.clone(),
             mesh.clone(),
-            secret,
+            reader,
             uplink,
             board,
             tz,
@@ -780,7 +859,7 @@ mod daemon {
         Ok(Some((running, url)))
     }
     use lpmesh_mesh::keys::StoreSecrets;
-    use lpmesh_node::node::{append_events, open_event, start_mesh, EVENT_QUEUE};
+    use lpmesh_node::node::{append_events, start_mesh, EVENT_QUEUE};
 
     pub fn run(config: &Path, synthetic: Option<(f64, i64)>) -> Result<ExitCode> {
         let cfg = NodeConfig::load(config)?;
@@ -793,7 +872,12 @@ mod daemon {
             .build()?;
         rt.block_on(async {
             let mesh = start_mesh(&cfg)?;
-            let secret = StoreSecrets::load(&cfg.data_dir)?.store_secret()?;
+            // Invitations are answered while the node runs; each admission is logged by the listener.
+            let (admitted_tx, mut admitted_rx) = tokio::sync::mpsc::channel(16);
+            let enrol_addr = lpmesh_node::node::start_enrolment(&cfg, Default::default(), admitted_tx).await?;
+            tokio::spawn(async move { while admitted_rx.recv().await.is_some() {} });
+            println!("answering invitations on {enrol_addr}");
+            let reader = lpmesh_node::bounds::Reader::new(StoreSecrets::load(&cfg.data_dir)?.store_secret()?, cfg.mesh.time_window_secs);
             let stop = stop_flag();
             let (tx, rx) = tokio::sync::mpsc::channel(EVENT_QUEUE);
             let tz = lpmesh_node::schedule::Schedule::parse_tz(&cfg.schedule.timezone).map_err(anyhow::Error::msg)?;
@@ -818,11 +902,12 @@ mod daemon {
             });
             let mut sub = mesh.subscribe();
             let me = mesh.origin();
+            let display = reader.clone();
             tokio::spawn(async move {
                 loop {
                     match sub.recv().await {
                         Ok(r) => {
-                            if let Some(e) = open_event(&secret, &r) {
+                            if let Some(e) = display.event(&r) {
                                 let from = if r.origin == me { "here" } else { "peer" };
                                 tracing::info!(from, node = %e.node, camera = %e.camera, kind = e.kind.as_str(), phase = ?e.phase, zone = ?e.zone, "event");
                             }
@@ -875,7 +960,7 @@ mod daemon {
                         settle: std::time::Duration::from_secs_f64(cfg.mesh.leader_timeout_secs),
                         retention: Some(std::time::Duration::from_secs_f64(cfg.mesh.retention_days * 86_400.0)),
                     };
-                    Some(lpmesh_node::uplink::start(settings, mesh.clone(), secrets.store_secret()?, secrets.signing_key()?)?)
+                    Some(lpmesh_node::uplink::start(settings, mesh.clone(), reader.clone(), secrets.signing_key()?)?)
                 }
                 _ => {
                     tracing::info!("no [hq] url: this store sends nothing to HQ");
@@ -885,10 +970,10 @@ mod daemon {
             let board: lpmesh_node::ui::CameraBoard = Default::default();
             let node_metrics: Arc<lpmesh_node::ops::NodeMetrics> = Default::default();
             let zone_control = lpmesh_node::ui::zones::ZoneControl::new(config.to_path_buf(), &cfg.cameras);
-            let ui = start_ui(&cfg, &mesh, uplink.as_ref().map(|u| u.watch()), board.clone(), zone_control.clone()).await?;
+            let ui = start_ui(&cfg, &mesh, reader.clone(), uplink.as_ref().map(|u| u.watch()), board.clone(), zone_control.clone()).await?;
             tokio::spawn(lpmesh_node::node::follow_alerts(
                 mesh.clone(),
-                StoreSecrets::load(&cfg.data_dir)?.store_secret()?,
+                reader.clone(),
                 alerts.clone(),
                 cfg.node.clone(),
                 ui.as_ref().map(|(_, url)| url.clone()).unwrap_or_default(),

@@ -4,14 +4,14 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use lpmesh_mesh::crypto::StoreSecret;
-use lpmesh_mesh::keys::{self, JoinToken, KeyError, StoreSecrets};
+use lpmesh_mesh::enrol::{self, EnrolError};
+use lpmesh_mesh::keys::{self, KeyError, StoreSecrets};
 use lpmesh_mesh::log::{Log, LogError};
 use lpmesh_mesh::net::{self, MeshConfig, MeshError, MeshHandle};
 use lpmesh_mesh::record::{Record, RecordKind};
 
 use crate::config::NodeConfig;
 use crate::event::Event;
-use crate::summary::Entry;
 
 /// Events from cameras waiting to be appended (each append takes whatever is queued: group commit).
 pub const EVENT_QUEUE: usize = 1024;
@@ -24,6 +24,8 @@ pub enum NodeError {
     Mesh(#[from] MeshError),
     #[error(transparent)]
     Log(#[from] LogError),
+    #[error(transparent)]
+    Enrol(#[from] EnrolError),
     #[error("{0}")]
     Setup(String),
 }
@@ -41,18 +43,140 @@ pub fn init(store: &str, data_dir: &Path) -> Result<lpmesh_mesh::net::NodeId, No
     Ok(key.public().to_peer_id())
 }
 
-/// `lpmesh invite`: a token for a new node of the same store.
-pub fn invite(data_dir: &Path, bootstrap: Vec<String>) -> Result<String, NodeError> {
+/// `lpmesh invite`: a single-use invitation for a new node, answered by the node running on
+/// `data_dir` (its enrolment listener wrote its address there at start; `enrol` overrides it, for a
+/// member reached through another address). The token holds no store secret.
+pub fn invite(
+    data_dir: &Path,
+    bootstrap: Vec<String>,
+    expires: Duration,
+    enrol: Option<String>,
+) -> Result<(enrol::Invitation, enrol::Token), NodeError> {
     let secrets = StoreSecrets::load(data_dir)?;
-    Ok(JoinToken { secrets, bootstrap }.encode())
+    let enrol = match enrol {
+        Some(a) => a,
+        None => std::fs::read_to_string(data_dir.join(enrol::ENROL_ADDR_FILE))
+            .map(|s| s.trim().to_string())
+            .map_err(|_| {
+                NodeError::Setup(format!(
+                    "no node is running on {}: an invitation is answered by a running node, so start it \
+                     first (`lpmesh run`), or name the running member's enrolment address with --enrol HOST:PORT",
+                    data_dir.display()
+                ))
+            })?,
+    };
+    let now = u64::try_from(chrono::Utc::now().timestamp_millis()).unwrap_or(0);
+    Ok(enrol::invite(data_dir, &secrets, &enrol, bootstrap, expires, now)?)
 }
 
-/// `lpmesh join`: enrols this data directory into the token's store. Returns the store and bootstrap list.
-pub fn join(token: &str, data_dir: &Path) -> Result<(String, Vec<String>, lpmesh_mesh::net::NodeId), NodeError> {
-    let t = JoinToken::decode(token)?;
-    let key = keys::create_node_key(data_dir)?;
-    t.secrets.save(data_dir)?;
-    Ok((t.secrets.store.clone(), t.bootstrap, key.public().to_peer_id()))
+/// `lpmesh join`: proves the invitation to its member and, once admitted, writes the store's secrets
+/// and this node's new identity into `data_dir`. Returns the store, its bootstrap list and this node.
+pub async fn join(token: &str, data_dir: &Path) -> Result<(String, Vec<String>, lpmesh_mesh::net::NodeId), NodeError> {
+    let t = enrol::Token::decode(token)?;
+    for f in [keys::NODE_KEY_FILE, keys::STORE_SECRETS_FILE] {
+        let path = data_dir.join(f);
+        if path.exists() {
+            return Err(KeyError::Exists { path }.into());
+        }
+    }
+    // The identity is made first (the member admits this key) and written only once admitted.
+    let key = libp2p_identity::Keypair::generate_ed25519();
+    let secrets = enrol::join_remote(&t, &key).await?;
+    keys::save_node_key(data_dir, &key)?;
+    secrets.save(data_dir)?;
+    Ok((secrets.store.clone(), t.bootstrap, key.public().to_peer_id()))
+}
+
+/// Where a member's enrolment listener can be reached from the store's LAN: its listen address, with
+/// an unspecified IP replaced by the address of this host's default route (no packet is sent).
+pub fn enrol_address(bound: std::net::SocketAddr) -> String {
+    if !bound.ip().is_unspecified() {
+        return bound.to_string();
+    }
+    let lan = std::net::UdpSocket::bind("0.0.0.0:0")
+        .and_then(|s| s.connect("10.255.255.255:9").map(|()| s))
+        .and_then(|s| s.local_addr())
+        .map(|a| a.ip())
+        .ok()
+        .filter(|ip| !ip.is_unspecified())
+        .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST));
+    std::net::SocketAddr::new(lan, bound.port()).to_string()
+}
+
+/// `lpmesh invite --serve ADDR`: creates an invitation and answers it from this process (for a store
+/// being set up, before its first node runs). `on_token` gets the token as soon as it exists; returns
+/// the admitted node once the invitation is used, or an error when it expires unused.
+pub async fn invite_and_serve(
+    data_dir: &Path,
+    bootstrap: Vec<String>,
+    expires: Duration,
+    listen: &str,
+    on_token: impl FnOnce(&enrol::Invitation, &enrol::Token),
+) -> Result<enrol::Admitted, NodeError> {
+    let want: std::net::SocketAddr = listen
+        .parse()
+        .map_err(|e| NodeError::Setup(format!("--serve {listen:?}: {e}")))?;
+    let listener = tokio::net::TcpListener::bind(want)
+        .await
+        .map_err(|e| NodeError::Setup(format!("--serve {want}: {e}")))?;
+    let bound = listener
+        .local_addr()
+        .map_err(|e| NodeError::Setup(format!("--serve {want}: {e}")))?;
+    let (inv, token) = invite(data_dir, bootstrap, expires, Some(enrol_address(bound)))?;
+    on_token(&inv, &token);
+    let (tx, mut rx) = tokio::sync::mpsc::channel(4);
+    let secrets = StoreSecrets::load(data_dir)?;
+    let server = tokio::spawn(enrol::serve(
+        listener,
+        data_dir.to_path_buf(),
+        secrets,
+        Default::default(),
+        tx,
+    ));
+    let left = inv
+        .expires_ms
+        .saturating_sub(u64::try_from(chrono::Utc::now().timestamp_millis()).unwrap_or(0));
+    let outcome = loop {
+        match tokio::time::timeout(Duration::from_millis(left), rx.recv()).await {
+            Ok(Some(a)) if a.invitation == inv.id => break Ok(a),
+            Ok(Some(_)) => continue,
+            Ok(None) | Err(_) => break Err(NodeError::Setup(format!("invitation {} expired unused", inv.id))),
+        }
+    };
+    server.abort();
+    outcome
+}
+
+/// Starts answering enrolments for this store on `listen` (falling back to a free port when it is
+/// taken: the invitation names the port), and writes the address for `lpmesh invite`.
+pub async fn start_enrolment(
+    cfg: &NodeConfig,
+    stats: std::sync::Arc<enrol::EnrolStats>,
+    admitted: tokio::sync::mpsc::Sender<enrol::Admitted>,
+) -> Result<String, NodeError> {
+    let secrets = StoreSecrets::load(&cfg.data_dir)?;
+    let want: std::net::SocketAddr = cfg
+        .mesh
+        .enrol_listen
+        .parse()
+        .map_err(|e| NodeError::Setup(format!("[mesh] enrol_listen {:?}: {e}", cfg.mesh.enrol_listen)))?;
+    let listener = match tokio::net::TcpListener::bind(want).await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::warn!(listen = %want, error = %e, "enrolment port taken; answering invitations on a free port instead");
+            tokio::net::TcpListener::bind(std::net::SocketAddr::new(want.ip(), 0))
+                .await
+                .map_err(|e| NodeError::Setup(format!("enrolment listener on {want}: {e}")))?
+        }
+    };
+    let bound = listener
+        .local_addr()
+        .map_err(|e| NodeError::Setup(format!("enrolment listener: {e}")))?;
+    let addr = enrol_address(bound);
+    let file = cfg.data_dir.join(enrol::ENROL_ADDR_FILE);
+    std::fs::write(&file, format!("{addr}\n")).map_err(|e| NodeError::Setup(format!("{}: {e}", file.display())))?;
+    tokio::spawn(enrol::serve(listener, cfg.data_dir.clone(), secrets, stats, admitted));
+    Ok(addr)
 }
 
 /// Starts the mesh for this node's configuration.
@@ -81,6 +205,8 @@ pub fn start_mesh(cfg: &NodeConfig) -> Result<MeshHandle, NodeError> {
     mc.priority = cfg.mesh.priority;
     mc.heartbeat_interval = Duration::from_secs_f64(cfg.mesh.heartbeat_secs);
     mc.leader_timeout = Duration::from_secs_f64(cfg.mesh.leader_timeout_secs);
+    // Judged on every node, [hq] url or not, so every node names the same leader.
+    mc.leader_stall = cfg.hq.leader_stall();
     mc.retention = Some(Duration::from_secs_f64(cfg.mesh.retention_days * 86_400.0));
     Ok(net::start(mc, key, secrets.recipient()?)?)
 }
@@ -172,20 +298,10 @@ const HELD_RETRY: std::time::Duration = std::time::Duration::from_secs(2);
 /// from the camera queue then: alerting again would repeat it.
 const LATE_FOR_ALERT_MS: i64 = 30_000;
 
-/// Decrypts and parses an event record.
-pub fn open_event(secret: &StoreSecret, r: &Record) -> Option<Event> {
-    match open_entry(secret, r)? {
-        Entry::Event(e) => Some(e),
-        Entry::Action(_) => None,
-    }
-}
-
-/// Decrypts and parses any record: an event or an operator action.
-pub fn open_entry(secret: &StoreSecret, r: &Record) -> Option<Entry> {
-    let plain = secret.decrypt(&r.ciphertext).ok()?;
-    match r.kind {
-        RecordKind::Event => serde_json::from_slice(&plain).ok().map(Entry::Event),
-        RecordKind::Action => serde_json::from_slice(&plain).ok().map(Entry::Action),
+impl From<StoreSecret> for crate::bounds::Reader {
+    /// A reader with the default time window (tools and tests; the node passes its configuration's).
+    fn from(secret: StoreSecret) -> Self {
+        crate::bounds::Reader::new(secret, crate::bounds::DEFAULT_WINDOW_SECS)
     }
 }
 
@@ -210,10 +326,10 @@ pub fn read_events(data_dir: &Path) -> Result<Vec<Event>, NodeError> {
     let key = keys::load_node_key(data_dir)?;
     let secrets = StoreSecrets::load(data_dir)?;
     let log = Log::open(&log_dir(data_dir), &secrets.store, key, secrets.recipient()?)?;
-    let secret = secrets.store_secret()?;
+    let reader = crate::bounds::Reader::from(secrets.store_secret()?);
     let mut out = Vec::new();
     for r in log.all() {
-        if let Some(e) = open_event(&secret, &r?) {
+        if let Some(e) = reader.event(&r?) {
             out.push(e);
         }
     }
@@ -225,11 +341,12 @@ pub fn read_events(data_dir: &Path) -> Result<Vec<Event>, NodeError> {
 /// alerts only for its own cameras, so one incident is one alert for the whole store.
 pub async fn follow_alerts(
     mesh: MeshHandle,
-    secret: StoreSecret,
+    reader: impl Into<crate::bounds::Reader>,
     alerts: crate::alerts::Alerts,
     node: String,
     link_base: String,
 ) {
+    let reader = reader.into();
     let mut sub = mesh.subscribe();
     let me = mesh.origin();
     loop {
@@ -238,7 +355,7 @@ pub async fn follow_alerts(
                 if r.origin != me {
                     continue;
                 }
-                if let Some(e) = open_event(&secret, &r) {
+                if let Some(e) = reader.event(&r) {
                     let late = chrono::Utc::now().timestamp_millis() - e.at_ms > LATE_FOR_ALERT_MS;
                     if crate::alerts::is_alertable(&e, &node) && !late {
                         alerts.submit(crate::alerts::Alert::from_event(&e, &link_base));

@@ -326,6 +326,20 @@ pub async fn render(s: &OpsState) -> String {
             let _ = writeln!(o, "lpmesh_records_rejected_total{{reason=\"{}\"}} {n}", esc(reason));
         }
     }
+    head(
+        &mut o,
+        "lpmesh_records_contents_refused_total",
+        "counter",
+        "Records kept in the log but left out of the views and summaries: their contents claim times \
+         their signed time does not allow (future, past), are disordered, or cannot be read.",
+    );
+    for (why, n) in crate::bounds::refused() {
+        let _ = writeln!(
+            o,
+            "lpmesh_records_contents_refused_total{{reason=\"{}\"}} {n}",
+            why.as_str()
+        );
+    }
     if let Ok(vv) = s.mesh.version_vector().await {
         head(
             &mut o,

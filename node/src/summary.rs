@@ -30,13 +30,21 @@ pub enum Entry {
 struct Item {
     origin: Origin,
     seq: u64,
+    /// The record's signed time (hybrid-logical wall ms): later actions win by it, not by the
+    /// time they claim.
+    signed_ms: i64,
     entry: Entry,
 }
 
+/// Most periods one record may add to (the uptime of a camera offline for days touches each hour of
+/// it): 1000 hourly periods is six weeks, longer than any store keeps its log. Bounds the work and
+/// memory one record costs, whatever span a member claims.
+pub const MAX_PERIODS_PER_RECORD: i64 = 1000;
+
 /// The period (its start, Unix ms) that `ms` falls in.
 pub fn period_of(ms: i64, period_secs: u32) -> i64 {
-    let p = i64::from(period_secs) * 1000;
-    ms.div_euclid(p) * p
+    let p = i64::from(period_secs.max(1)) * 1000;
+    ms.div_euclid(p).saturating_mul(p)
 }
 
 /// Node ids as HQ's version vectors name them.
@@ -86,7 +94,7 @@ impl Ledger {
                 *c = f;
                 let above = self.above.entry(*o).or_default();
                 above.retain(|&s| s > f);
-                while above.remove(&(*c + 1)) {
+                while above.remove(&c.saturating_add(1)) {
                     *c += 1;
                 }
             }
@@ -112,17 +120,29 @@ impl Ledger {
         self.period_secs
     }
 
-    /// Adds a record (given again: nothing happens). Returns the periods whose summary it changes.
+    /// [`Ledger::add_signed`] for a record signed at the time its entry claims (tests and tools).
     pub fn add(&mut self, origin: Origin, seq: u64, entry: Option<Entry>) -> Vec<i64> {
+        let signed_ms = match &entry {
+            Some(Entry::Event(e)) => e.at_ms,
+            Some(Entry::Action(a)) => a.at_ms,
+            None => 0,
+        };
+        self.add_signed(origin, seq, entry, signed_ms)
+    }
+
+    /// Adds a record signed at `signed_ms` (given again: nothing happens). Returns the periods whose
+    /// summary it changes.
+    pub fn add_signed(&mut self, origin: Origin, seq: u64, entry: Option<Entry>, signed_ms: i64) -> Vec<i64> {
         if seq <= self.floors.get(&origin).copied().unwrap_or(0) || !self.seen.insert((origin, seq)) {
             return Vec::new();
         }
         // The version vector advances over every record, even ones that are not ours to summarise.
         let c = self.contiguous.entry(origin).or_insert(0);
         let above = self.above.entry(origin).or_default();
-        if seq == *c + 1 {
+        // Seqs come from peers: no arithmetic on them may overflow.
+        if Some(seq) == c.checked_add(1) {
             *c = seq;
-            while above.remove(&(*c + 1)) {
+            while above.remove(&c.saturating_add(1)) {
                 *c += 1;
             }
         } else if seq > *c {
@@ -147,11 +167,15 @@ impl Ledger {
                 let known = e.ended_at_ms.unwrap_or(e.at_ms).max(e.at_ms);
                 o.2 = o.2.max(known);
                 let (from, to) = (o.1, o.2);
-                let step = i64::from(self.period_secs) * 1000;
-                let mut q = period_of(from, self.period_secs) + step;
-                while q <= period_of(to, self.period_secs) {
-                    touched.push(q);
-                    q += step;
+                let step = i64::from(self.period_secs.max(1)) * 1000;
+                // Only the latest periods of a long outage are walked: one record touches at most
+                // MAX_PERIODS_PER_RECORD periods, whatever span it claims.
+                let last = period_of(to, self.period_secs);
+                let earliest = last.saturating_sub(step.saturating_mul(MAX_PERIODS_PER_RECORD));
+                let mut q = period_of(from, self.period_secs).max(earliest).checked_add(step);
+                while let Some(p) = q.filter(|q| *q <= last) {
+                    touched.push(p);
+                    q = p.checked_add(step);
                 }
             }
         }
@@ -161,7 +185,12 @@ impl Ledger {
             let ms = self.max_seq.entry(*q).or_default().entry(origin).or_insert(0);
             *ms = (*ms).max(seq);
         }
-        self.periods.entry(p).or_default().push(Item { origin, seq, entry });
+        self.periods.entry(p).or_default().push(Item {
+            origin,
+            seq,
+            signed_ms,
+            entry,
+        });
         touched
     }
 
@@ -252,7 +281,11 @@ impl Ledger {
                         acc.ended = acc.ended.max(Some(end));
                     }
                 }
-                Entry::Action(a) => incidents.entry(a.incident.as_str()).or_default().actions.push(a),
+                Entry::Action(a) => incidents
+                    .entry(a.incident.as_str())
+                    .or_default()
+                    .actions
+                    .push((it.signed_ms, a)),
             }
         }
         s.footfall = footfall
@@ -280,8 +313,10 @@ impl Ledger {
             if let Some(z) = &first.zone {
                 *s.incidents_by_zone.entry(zone_key(&first.camera, Some(z))).or_insert(0) += 1;
             }
-            let mut actions = acc.actions.clone();
-            actions.sort_by(|a, b| (a.at_ms, a.action, &a.by).cmp(&(b.at_ms, b.action, &b.by)));
+            // By signed time: a member cannot make its action the last word by claiming a late time.
+            let mut sorted = acc.actions.clone();
+            sorted.sort_by(|(sa, a), (sb, b)| (sa, a.at_ms, a.action, &a.by).cmp(&(sb, b.at_ms, b.action, &b.by)));
+            let actions: Vec<&Action> = sorted.into_iter().map(|(_, a)| a).collect();
             let first_ack = actions.iter().find(|a| a.action != ActionKind::Note).map(|a| a.at_ms);
             let state = actions
                 .iter()
@@ -294,7 +329,7 @@ impl Ledger {
                 });
             if let Some(t) = first_ack {
                 ack.acknowledged += 1;
-                ack_secs.push(((t - first.started_at_ms) as f64 / 1000.0).max(0.0));
+                ack_secs.push((t.saturating_sub(first.started_at_ms) as f64 / 1000.0).max(0.0));
             }
             match state {
                 "resolved" => ack.resolved += 1,
@@ -331,20 +366,21 @@ impl Ledger {
         s.serious
             .sort_by(|a, b| (a.started_at_ms, &a.incident).cmp(&(b.started_at_ms, &b.incident)));
         // Uptime: offline time of every incident overlapping the period, clipped to it.
-        let end = p + i64::from(self.period_secs) * 1000;
+        let end = p.saturating_add(i64::from(self.period_secs) * 1000);
         let mut offline: BTreeMap<String, i64> = BTreeMap::new();
         for (camera, from, to) in self.offline.values() {
             let (a, b) = ((*from).max(p), (*to).min(end));
             if b > a || (*from < end && *to >= p) {
                 cameras.insert(camera.clone());
-                *offline.entry(camera.clone()).or_insert(0) += (b - a).max(0);
+                let o = offline.entry(camera.clone()).or_insert(0);
+                *o = o.saturating_add(b.saturating_sub(a).max(0));
             }
         }
-        let period_ms = (end - p) as f64;
+        let period_ms = end.saturating_sub(p).max(1) as f64;
         s.cameras = cameras
             .into_iter()
             .map(|camera| {
-                let off = offline.get(&camera).copied().unwrap_or(0).min(end - p) as f64;
+                let off = offline.get(&camera).copied().unwrap_or(0).min(end.saturating_sub(p)) as f64;
                 CameraUptime {
                     camera,
                     offline_secs: off / 1000.0,
@@ -361,7 +397,7 @@ struct IncidentAcc<'a> {
     first: Option<&'a Event>,
     severity: Option<Severity>,
     ended: Option<i64>,
-    actions: Vec<&'a Action>,
+    actions: Vec<(i64, &'a Action)>,
 }
 
 fn zone_key(camera: &str, zone: Option<&str>) -> String {
@@ -634,5 +670,46 @@ mod tests {
             -H,
             "times before 1970 still fall in aligned periods"
         );
+    }
+    #[test]
+    fn an_offline_span_of_any_length_touches_a_bounded_number_of_periods() {
+        // 1970 to for ever (the views refuse it, see `bounds`; the ledger contains it on its own too).
+        let mut l = Ledger::new(3600);
+        let mut e = ev("forever", EventKind::CameraOffline, Phase::End, 0, 1_800_000_000_000);
+        e.ended_at_ms = Some(i64::MAX);
+        let touched = l.add(origin(1), 1, Some(Entry::Event(e)));
+        assert!(touched.len() as i64 <= MAX_PERIODS_PER_RECORD + 1, "{}", touched.len());
+        assert!(l.periods().count() as i64 <= MAX_PERIODS_PER_RECORD + 1);
+        let last = l.periods().last().unwrap();
+        let s = l.summarize("s", last);
+        assert!(s.cameras.iter().all(|c| (0.0..=1.0).contains(&c.uptime)));
+        let s = l.summarize("s", i64::MAX - 5);
+        assert!(s.cameras.iter().all(|c| c.offline_secs >= 0.0));
+    }
+
+    proptest::proptest! {
+        /// No record, whatever its times and seq, makes the ledger walk or keep more than a bound of
+        /// periods, or panic on its arithmetic.
+        #[test]
+        fn no_record_costs_more_than_a_bound(
+            start in proptest::prelude::any::<i64>(),
+            at in proptest::prelude::any::<i64>(),
+            end in proptest::option::of(proptest::prelude::any::<i64>()),
+            seq in proptest::prelude::any::<u64>(),
+            period in 1u32..100_000,
+        ) {
+            let mut l = Ledger::new(period);
+            let mut e = ev("i", EventKind::CameraOffline, Phase::Update, start, at);
+            e.ended_at_ms = end;
+            let touched = l.add(origin(1), seq, Some(Entry::Event(e.clone())));
+            proptest::prop_assert!(touched.len() as i64 <= MAX_PERIODS_PER_RECORD + 1);
+            e.phase = Phase::End;
+            let touched = l.add(origin(1), seq.wrapping_add(1), Some(Entry::Event(e)));
+            proptest::prop_assert!(touched.len() as i64 <= MAX_PERIODS_PER_RECORD + 1);
+            proptest::prop_assert!(l.periods().count() as i64 <= 2 * (MAX_PERIODS_PER_RECORD + 1));
+            for p in l.periods().collect::<Vec<_>>() {
+                let _ = l.summarize("s", p);
+            }
+        }
     }
 }

@@ -10,6 +10,9 @@
 //!   period waiting: once the logs merge, the merged summary dominates both and replaces it.
 //! - Failures back off exponentially (1 s doubling to 5 min) with ±20 % jitter; the leader probes HQ
 //!   and tells the mesh whether it can reach it, which the election prefers.
+//! - It also tells the mesh when it last made progress (owed HQ nothing, or had an upload
+//!   acknowledged): answering HQ's probe is not getting summaries through, and the election demotes a
+//!   leader whose progress stalls (`lpmesh_mesh::election`).
 //! - The node's status (leader, last sync, outbox size) is written to `uplink-status.json` for
 //!   `lpmesh status`, which works while the node runs (the databases admit one process).
 
@@ -20,7 +23,6 @@ use std::time::{Duration, Instant};
 use lpmesh_hq::client::{ClientError, HqClient};
 use lpmesh_hq::envelope::{seal, HqRecipient};
 use lpmesh_hq::vv::VersionVector;
-use lpmesh_mesh::crypto::StoreSecret;
 use lpmesh_mesh::net::{MeshError, MeshHandle};
 use lpmesh_mesh::record::Record;
 use serde::{Deserialize, Serialize};
@@ -125,7 +127,7 @@ struct Done {
 struct Uplink {
     s: UplinkSettings,
     mesh: MeshHandle,
-    secret: StoreSecret,
+    reader: crate::bounds::Reader,
     signing: libp2p_identity::Keypair,
     client: HqClient,
     outbox: sled::Db,
@@ -142,15 +144,20 @@ struct Uplink {
     status_tx: watch::Sender<UplinkStatus>,
     status_written: Instant,
     started: Instant,
+    /// Wall ms of the last progress: nothing owed to HQ, or an upload acknowledged.
+    progress_ms: Option<i64>,
+    /// The progress last told to the mesh, and when.
+    progress_told: Option<(i64, Instant)>,
 }
 
 /// Starts the uplink on the current tokio runtime.
 pub fn start(
     s: UplinkSettings,
     mesh: MeshHandle,
-    secret: StoreSecret,
+    reader: impl Into<crate::bounds::Reader>,
     signing: libp2p_identity::Keypair,
 ) -> Result<UplinkHandle, UplinkError> {
+    let reader = reader.into();
     let client = HqClient::new(&s.url, s.ca_cert.as_deref(), s.timeout)?;
     let outbox_path = s.data_dir.join(OUTBOX_DIR);
     let outbox = sled::open(&outbox_path).map_err(|source| UplinkError::Outbox {
@@ -187,7 +194,7 @@ pub fn start(
         ledger: Ledger::new(s.period_secs),
         s,
         mesh,
-        secret,
+        reader,
         signing,
         client,
         outbox,
@@ -202,6 +209,8 @@ pub fn start(
         status_tx,
         status_written: now - Duration::from_secs(10),
         started: now,
+        progress_ms: None,
+        progress_told: None,
     };
     let task = tokio::spawn(up.run(stop_rx));
     Ok(UplinkHandle {
@@ -294,8 +303,9 @@ impl Uplink {
     }
 
     fn take(&mut self, r: &Record) {
-        let entry = crate::node::open_entry(&self.secret, r);
-        for p in self.ledger.add(r.origin, r.seq, entry) {
+        let entry = self.reader.open(r);
+        let signed_ms = i64::try_from(r.hlc.wall_ms).unwrap_or(i64::MAX);
+        for p in self.ledger.add_signed(r.origin, r.seq, entry, signed_ms) {
             let hq = self.done.get(&p).cloned().unwrap_or_default();
             if !self.ledger.covered(p, &hq) {
                 self.waiting.insert(p);
@@ -337,6 +347,7 @@ impl Uplink {
         if self.status.am_leader && self.status.hq_reachable && now >= self.retry_at {
             self.send_waiting().await;
         }
+        self.report_progress().await;
         self.status.outbox = self.waiting.len();
         self.status.periods_done = self.done.len();
         self.status.records = self.ledger.len();
@@ -344,11 +355,44 @@ impl Uplink {
         Ok(())
     }
 
+    /// The latest period that may be sent now. A period later than now plus one period can only come
+    /// from records dated in the future (the views refuse those; this is the last check before HQ): HQ
+    /// would refuse it, so it waits.
+    fn latest_sendable(&self) -> i64 {
+        now_ms().saturating_add(i64::from(self.s.period_secs) * 1000)
+    }
+
+    /// Tells the mesh when this node last made progress with HQ: now if it owes HQ nothing it could
+    /// send (a period held back as future-dated is not owed: no node could send it), else the last
+    /// acknowledgement. Followers report too, by the same rule; their backlog does not count against
+    /// them when they take the lead (the election judges a new leader from when it took the lead). At
+    /// most every `PROGRESS_REPORT_MS`: heartbeats carry it every few seconds, and the limit is minutes.
+    async fn report_progress(&mut self) {
+        let latest = self.latest_sendable();
+        if !self.waiting.iter().any(|p| *p <= latest) {
+            self.progress_ms = Some(now_ms());
+        }
+        let Some(p) = self.progress_ms else {
+            return;
+        };
+        let every = Duration::from_millis(lpmesh_mesh::net::PROGRESS_REPORT_MS);
+        if self
+            .progress_told
+            .is_some_and(|(told, at)| told == p || at.elapsed() < every)
+        {
+            return;
+        }
+        self.progress_told = Some((p, Instant::now()));
+        let _ = self.mesh.set_hq_progress(u64::try_from(p).unwrap_or(0)).await;
+    }
+
     async fn send_waiting(&mut self) {
+        let latest = self.latest_sendable();
         let due: Vec<i64> = self
             .waiting
             .iter()
             .copied()
+            .filter(|p| *p <= latest)
             .filter(|p| self.last_sent.get(p).is_none_or(|t| t.elapsed() >= self.s.resend_every))
             .take(SENDS_PER_STEP)
             .collect();
@@ -364,6 +408,8 @@ impl Uplink {
             self.last_sent.insert(p, Instant::now());
             match self.client.post(env.encode()).await {
                 Ok(ack) => {
+                    // HQ took it (stored, a no-op, stale or concurrent): the uplink works.
+                    self.progress_ms = Some(now_ms());
                     self.status.summaries_sent += 1;
                     self.failures = 0;
                     self.status.last_error = None;
@@ -377,9 +423,10 @@ impl Uplink {
                     }
                 }
                 Err(e @ ClientError::Refused { .. }) => {
+                    // One refused period must not hold the others back: it is tried again after
+                    // `resend_every`, the rest go on.
                     tracing::error!(period = p, error = %e, "HQ refused a summary");
                     self.backoff(e.to_string());
-                    return;
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot reach HQ");

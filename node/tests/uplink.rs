@@ -187,7 +187,22 @@ impl Store {
     }
 
     async fn start_node_in(&self, hq: &Hq, bootstrap: Vec<Addr>, dir: Dir, key: Keypair) -> Node {
+        self.start_node_opts(hq, bootstrap, dir, key, 0, Duration::ZERO).await
+    }
+
+    /// A node with an election `priority` and stall limit (`Duration::ZERO`: off).
+    async fn start_node_opts(
+        &self,
+        hq: &Hq,
+        bootstrap: Vec<Addr>,
+        dir: Dir,
+        key: Keypair,
+        priority: u8,
+        leader_stall: Duration,
+    ) -> Node {
         let mut cfg = MeshConfig::new(STORE, self.psk, dir.0.join("log"));
+        cfg.priority = priority;
+        cfg.leader_stall = leader_stall;
         cfg.listen = vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()];
         cfg.mdns = false;
         cfg.bootstrap = bootstrap;
@@ -571,14 +586,18 @@ async fn offline_two_days(postgres: bool) {
     {
         let mut log =
             lpmesh_mesh::log::Log::open(&dir.0.join("log"), STORE, node_key.clone(), store.secret.recipient()).unwrap();
-        let wall = (two_days_ago + 10 * 60_000) as u64;
+        // Each record signed as it happened (a record may not claim a time after its signature's).
         for e in traffic(2, two_days_ago, 7)
             .into_iter()
             .chain(traffic(2, two_days_ago + HOUR, 2))
         {
             let Entry::Event(e) = e else { unreachable!() };
-            log.append(RecordKind::Event, &serde_json::to_vec(&e).unwrap(), wall)
-                .unwrap();
+            log.append(
+                RecordKind::Event,
+                &serde_json::to_vec(&e).unwrap(),
+                e.at_ms as u64 + 1000,
+            )
+            .unwrap();
         }
     }
     let boot = vec![addr_of(&store.node(0).mesh).await];
@@ -590,6 +609,112 @@ async fn offline_two_days(postgres: bool) {
     let old = s.iter().find(|x| x.period_start_ms == two_days_ago).unwrap();
     assert_eq!(old.footfall_totals().0 + old.footfall_totals().1, 3 + 7);
     eprintln!("offline two days: HQ right {took:?} after the node came back");
+    store.stop().await;
+}
+
+/// A leader that answers HQ's probe but never gets a summary through (its HQ URL points at an HQ that
+/// has the store registered with another key: every post is refused, 401 `bad_signature`) leads first,
+/// being preferred; within the stall limit it is demoted, the other node leads, HQ gets the store's
+/// summaries, and the broken node does not take the lead back during its penalty.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_that_gets_nothing_through_is_replaced() {
+    const RESEND: Duration = Duration::from_millis(300);
+    // `[hq] leader_stall_windows = 4` with `resend_secs` as in `start_node_opts`.
+    let stall = 4 * RESEND;
+    // What the mesh adds to the limit: a heartbeat interval and the uplink's report interval.
+    let lag = Duration::from_millis(300 + net::PROGRESS_REPORT_MS);
+    let key = Keypair::generate_ed25519();
+    let hq = Hq::start(false, &key).await;
+    let wrong = Hq::start(false, &Keypair::generate_ed25519()).await;
+    let mut store = Store {
+        secret: StoreSecret::generate(),
+        signing: key,
+        psk: rand::random(),
+        nodes: Vec::new(),
+    };
+    let broken = store
+        .start_node_opts(&wrong, vec![], Dir::new("node"), Keypair::generate_ed25519(), 9, stall)
+        .await;
+    let boot = vec![addr_of(&broken.mesh).await];
+    store.nodes.push(Some(broken));
+    let good = store
+        .start_node_opts(&hq, boot, Dir::new("node"), Keypair::generate_ed25519(), 0, stall)
+        .await;
+    store.nodes.push(Some(good));
+    eventually(
+        "both nodes hear each other, reach their HQ, and name the preferred one",
+        Duration::from_secs(10),
+        async || {
+            for (_, n) in store.live() {
+                let nodes = n.mesh.nodes().await.unwrap();
+                if nodes.len() != 2 || !nodes.iter().all(|x| x.live && x.hq_reachable) {
+                    return false;
+                }
+            }
+            true
+        },
+    )
+    .await;
+    assert_eq!(store.leader().await, 0, "the higher priority leads first");
+    let now = this_hour();
+    store.append(0, traffic(0, now, 3)).await;
+    store.append(1, traffic(1, now - HOUR, 2)).await;
+    let owed = Instant::now();
+    eventually(
+        "the wrong HQ refuses the broken leader's uploads",
+        Duration::from_secs(10),
+        async || wrong.state.metrics.rejections().contains_key("bad_signature"),
+    )
+    .await;
+    eventually(
+        "the other node leads",
+        stall + lag + Duration::from_secs(5),
+        async || {
+            let mut all = true;
+            for (_, n) in store.live() {
+                all &= n.mesh.leader().await.unwrap() == Some(store.node(1).mesh.origin());
+            }
+            all
+        },
+    )
+    .await;
+    let replaced = owed.elapsed();
+    let broken_status = store.node(0).uplink.as_ref().unwrap().status();
+    assert!(
+        broken_status.hq_reachable,
+        "still answering the probe: the reachability rule alone would keep it"
+    );
+    store.hq_matches_log(&hq, Duration::from_secs(10)).await;
+    let delivered = owed.elapsed();
+    assert!(
+        replaced < stall + lag + Duration::from_secs(3),
+        "replaced {replaced:?} after the uploads began to fail; the limit is {stall:?} + {lag:?}"
+    );
+    assert!(sent(store.node(1)).await > 0, "the new leader sends");
+    let bu = store.node(0).uplink.as_ref().unwrap();
+    eventually(
+        "the demoted node's uplink steps down",
+        Duration::from_secs(2),
+        async || !bu.status().am_leader,
+    )
+    .await;
+    // The penalty is ten limits: well past another limit, the broken node has not taken the lead back.
+    let watch = Instant::now();
+    while watch.elapsed() < 2 * (stall + lag) {
+        for (_, n) in store.live() {
+            assert_eq!(
+                n.mesh.leader().await.unwrap(),
+                Some(store.node(1).mesh.origin()),
+                "the demoted node came back during its penalty"
+            );
+        }
+        assert!(!store.node(0).uplink.as_ref().unwrap().status().am_leader);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(wrong.summaries().await.is_empty());
+    eprintln!(
+        "stalled leader: replaced {replaced:?}, HQ matched the log {delivered:?} after the uploads began to fail"
+    );
     store.stop().await;
 }
 

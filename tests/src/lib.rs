@@ -270,6 +270,47 @@ pub fn ok(args: &[&str]) -> String {
     String::from_utf8(out.stdout).expect("UTF-8 output")
 }
 
+/// Enrols `joiner` into `member`'s store the way an installer sets up a store before its first node
+/// runs: `lpmesh invite --serve` answers a one-time invitation, `lpmesh join` reads it from standard
+/// input. Returns what `join` printed.
+pub fn enrol(member: &std::path::Path, joiner: &std::path::Path) -> String {
+    use std::io::{BufRead, Write};
+    use std::process::Stdio;
+    let mut inviter = lpmesh()
+        .args(["invite", "--data", &member.to_string_lossy(), "--serve", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run lpmesh invite");
+    let mut token = String::new();
+    std::io::BufReader::new(inviter.stdout.take().expect("invite's stdout"))
+        .read_line(&mut token)
+        .expect("the invitation token");
+    assert!(token.starts_with("lpmesh-invite-1."), "invite printed {token:?}");
+    let mut join = lpmesh()
+        .args(["join", "--data", &joiner.to_string_lossy()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run lpmesh join");
+    join.stdin
+        .take()
+        .expect("join's stdin")
+        .write_all(token.as_bytes())
+        .expect("token to join");
+    let out = join.wait_with_output().expect("join finishes");
+    let served = inviter.wait_with_output().expect("invite finishes");
+    assert!(
+        out.status.success() && served.status.success(),
+        "join: {}{}\ninvite: {}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&served.stderr)
+    );
+    String::from_utf8(out.stdout).expect("UTF-8 output")
+}
+
 /// The recipient `lpmesh hq init` printed.
 pub fn hq_recipient(init_output: &str) -> String {
     init_output

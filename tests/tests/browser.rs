@@ -82,8 +82,7 @@ fn an_incident_on_node_b_reaches_node_a_and_its_acknowledgement_comes_back() {
     let dir = TempDir::new("browser");
     let (n1, n2) = (dir.join("n1"), dir.join("n2"));
     ok(&["init", "--store", "shop-ui", "--data", &n1.to_string_lossy()], None);
-    let token = ok(&["invite", "--data", &n1.to_string_lossy()], None);
-    ok(&["join", token.trim(), "--data", &n2.to_string_lossy()], None);
+    lpmesh_tests::enrol(&n1, &n2);
     for n in [&n1, &n2] {
         ok(
             &[

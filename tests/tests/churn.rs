@@ -156,9 +156,8 @@ fn five_nodes_through_partitions_delays_loss_and_restarts_converge_with_hq_match
         })
         .collect();
     ok(&["init", "--store", STORE, "--data", &nodes[0].data.to_string_lossy()]);
-    let token = ok(&["invite", "--data", &nodes[0].data.to_string_lossy()]);
     for n in &nodes[1..] {
-        ok(&["join", token.trim(), "--data", &n.data.to_string_lossy()]);
+        lpmesh_tests::enrol(&nodes[0].data, &n.data);
     }
     let key = ok(&["store-key", "--data", &nodes[0].data.to_string_lossy()]);
     ok(&[

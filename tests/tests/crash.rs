@@ -145,8 +145,7 @@ fn a_node_killed_50_times_loses_no_durable_record_and_never_reuses_a_seq() {
 
     let (a, b) = (dir.join("a"), dir.join("b"));
     ok(&["init", "--store", "shop-crash", "--data", &a.to_string_lossy()]);
-    let token = ok(&["invite", "--data", &a.to_string_lossy()]);
-    ok(&["join", token.trim(), "--data", &b.to_string_lossy()]);
+    lpmesh_tests::enrol(&a, &b);
     let key = ok(&["store-key", "--data", &a.to_string_lossy()]);
     ok(&[
         "hq",

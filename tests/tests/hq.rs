@@ -54,8 +54,7 @@ fn a_store_reports_to_hq_through_its_elected_leader() {
 
     let (n1, n2) = (dir.join("n1"), dir.join("n2"));
     ok(&["init", "--store", "shop-e2e", "--data", &n1.to_string_lossy()]);
-    let token = ok(&["invite", "--data", &n1.to_string_lossy()]);
-    ok(&["join", token.trim(), "--data", &n2.to_string_lossy()]);
+    lpmesh_tests::enrol(&n1, &n2);
     let key = ok(&["store-key", "--data", &n2.to_string_lossy()]);
     assert!(key.starts_with("ed25519:"), "{key}");
     // Registered while HQ is already running.

@@ -25,17 +25,7 @@ fn events_of_one_node_reach_the_other_node_of_the_store() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let out = lpmesh()
-        .args(["invite", "--data", &n1.to_string_lossy()])
-        .output()
-        .unwrap();
-    let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
-    assert!(token.starts_with("lpmesh-join-1."), "{token}");
-    let out = lpmesh()
-        .args(["join", &token, "--data", &n2.to_string_lossy()])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    lpmesh_tests::enrol(&n1, &n2);
     // A node of another store, with its own secrets, must not get in.
     let n3 = dir.join("n3");
     assert!(lpmesh()

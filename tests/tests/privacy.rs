@@ -44,8 +44,7 @@ fn the_bytes_a_node_sends_to_peers_and_hq_carry_no_event_field_and_no_image() {
     let recipient = hq_recipient(&init);
     let (a, b) = (dir.join("a"), dir.join("b"));
     ok(&["init", "--store", "privacy-store", "--data", &a.to_string_lossy()]);
-    let token = ok(&["invite", "--data", &a.to_string_lossy()]);
-    ok(&["join", token.trim(), "--data", &b.to_string_lossy()]);
+    lpmesh_tests::enrol(&a, &b);
     let key = ok(&["store-key", "--data", &a.to_string_lossy()]);
     ok(&[
         "hq",

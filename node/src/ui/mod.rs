@@ -26,7 +26,6 @@ use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use lpmesh_mesh::crypto::StoreSecret;
 use lpmesh_mesh::net::{MeshError, MeshHandle};
 use lpmesh_mesh::record::{Record, RecordKind};
 use serde::{Deserialize, Serialize};
@@ -74,7 +73,8 @@ pub struct UiState {
     pub node: String,
     pub data_dir: PathBuf,
     pub mesh: MeshHandle,
-    pub secret: StoreSecret,
+    /// Reads the log's records; its refusals are the node's count (this view reads every record).
+    pub reader: crate::bounds::Reader,
     pub users: Users,
     pub sessions: Sessions,
     pub limiter: LoginLimiter,
@@ -96,7 +96,7 @@ impl UiState {
         node: &str,
         data_dir: PathBuf,
         mesh: MeshHandle,
-        secret: StoreSecret,
+        reader: impl Into<crate::bounds::Reader>,
         uplink: Option<watch::Receiver<UplinkStatus>>,
         cameras: CameraBoard,
         tz: chrono_tz::Tz,
@@ -109,7 +109,7 @@ impl UiState {
             users: Users::new(&data_dir),
             data_dir,
             mesh,
-            secret,
+            reader: reader.into().counting(),
             sessions: Sessions::default(),
             limiter: LoginLimiter::default(),
             book: RwLock::new(Book::new()),
@@ -134,12 +134,14 @@ impl UiState {
     /// Folds one record into the incident view and tells open pages.
     pub fn take(&self, r: &Record) -> Option<Change> {
         // Decrypted and parsed before the lock: pages reading the view do not wait on it.
-        let entry = crate::node::open_entry(&self.secret, r)?;
+        let entry = self.reader.open(r)?;
         let change = {
             let mut book = self.book.write().unwrap_or_else(|p| p.into_inner());
             match &entry {
                 Entry::Event(e) => book.event((r.origin, r.seq), e),
-                Entry::Action(a) => book.action((r.origin, r.seq), a),
+                Entry::Action(a) => {
+                    book.action_signed((r.origin, r.seq), a, i64::try_from(r.hlc.wall_ms).unwrap_or(i64::MAX))
+                }
             }
         }?;
         let json = {
@@ -761,15 +763,18 @@ async fn invite(State(state): State<Arc<UiState>>, Manager(s): Manager) -> Resul
         .filter(|a| !a.to_string().contains("/127.0.0.1/"))
         .map(|a| format!("{a}/p2p/{peer}"))
         .collect();
-    let token = crate::node::invite(&state.data_dir, boot)
+    let (inv, token) = crate::node::invite(&state.data_dir, boot, lpmesh_mesh::enrol::DEFAULT_EXPIRY, None)
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let token = token.encode();
     let svg = qrcode::QrCode::new(token.as_bytes())
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
         .render::<qrcode::render::svg::Color>()
         .min_dimensions(320, 320)
         .build();
-    tracing::info!(by = %s.user, "join token shown in the UI");
-    Ok(Json(serde_json::json!({ "token": token, "qr_svg": svg })))
+    tracing::info!(by = %s.user, invitation = %inv.id, "invitation created in the UI");
+    Ok(Json(
+        serde_json::json!({ "token": token, "qr_svg": svg, "expires_ms": inv.expires_ms, "single_use": true }),
+    ))
 }
 
 /// The cameras whose zones this node can edit (its own).

@@ -1,0 +1,348 @@
+//! A member of the store turned hostile, with the real binaries: it holds its node key and the store's
+//! secrets, so it can sign any record it likes into its own log. Its forgeries (an outage from 1970 to
+//! the end of time, one from 1970 until now, an event from tomorrow, a false alarm dated for ever) reach
+//! the other node by the mesh; that node keeps running, leaves them out of its views and summaries,
+//! counts them, and HQ goes on receiving the store's summaries.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use lpmesh_hq::store::{Embedded, Filter, HqStore};
+use lpmesh_mesh::keys::{self, StoreSecrets};
+use lpmesh_mesh::log::Log;
+use lpmesh_mesh::record::RecordKind;
+use lpmesh_node::action::{Action, ActionKind};
+use lpmesh_node::event::{Detail, Event, EventKind, Phase};
+use lpmesh_tests::{
+    enrol, free_port, hq_recipient, http_get, interrupt, lpmesh, lpmesh_path, metric, ok, prometheus, TempDir,
+};
+
+const STORE: &str = "shop-insider";
+
+fn spawn(args: &[&str], log: &Path) -> Child {
+    Command::new(lpmesh_path())
+        .args(args)
+        .env("LPMESH_LOG", "info")
+        .stdout(Stdio::from(std::fs::File::create(log.with_extension("out")).unwrap()))
+        .stderr(Stdio::from(std::fs::File::create(log).unwrap()))
+        .spawn()
+        .unwrap()
+}
+
+fn status(data: &Path) -> serde_json::Value {
+    let out = lpmesh()
+        .args(["status", "--data", &data.to_string_lossy(), "--json"])
+        .output()
+        .unwrap();
+    serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
+}
+
+fn offline(incident: &str, started: i64, at: i64, ended: Option<i64>) -> Event {
+    Event {
+        incident: incident.into(),
+        phase: if ended.is_some() { Phase::End } else { Phase::Start },
+        store: STORE.into(),
+        node: "back".into(),
+        camera: "door".into(),
+        zone: None,
+        kind: EventKind::CameraOffline,
+        severity: EventKind::CameraOffline.default_severity(),
+        started_at_ms: started,
+        at_ms: at,
+        ended_at_ms: ended,
+        track: None,
+        bbox: None,
+        confidence: 1.0,
+        model: "forged".into(),
+        detail: Detail::default(),
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+#[test]
+fn a_member_forging_records_is_contained_and_hq_still_hears_the_store() {
+    let dir = TempDir::new("insider");
+    let hq_dir = dir.join("hq");
+    let hq_port = free_port();
+    let hq_toml = dir.join("hq.toml");
+    std::fs::write(
+        &hq_toml,
+        format!(
+            "listen = \"127.0.0.1:{hq_port}\"\ndata_dir = \"{}\"\n",
+            hq_dir.display()
+        ),
+    )
+    .unwrap();
+    let hq_cfg = hq_toml.to_string_lossy().to_string();
+    let recipient = hq_recipient(&ok(&["hq", "init", "--config", &hq_cfg]));
+    let (n1, n2) = (dir.join("n1"), dir.join("n2"));
+    ok(&["init", "--store", STORE, "--data", &n1.to_string_lossy()]);
+    enrol(&n1, &n2);
+    let key = ok(&["store-key", "--data", &n1.to_string_lossy()]);
+    ok(&[
+        "hq",
+        "register-store",
+        "--config",
+        &hq_cfg,
+        "--store",
+        STORE,
+        "--key",
+        key.trim(),
+    ]);
+    let mut hq = spawn(&["hq", "--config", &hq_cfg], &dir.join("hq.log"));
+
+    // The insider signs its forgeries into its own log, as its node would have written them.
+    let now = now_ms();
+    let forged: Vec<(RecordKind, Vec<u8>)> = vec![
+        (
+            RecordKind::Event,
+            serde_json::to_vec(&offline("back/door/0-0", 0, now, Some(i64::MAX))).unwrap(),
+        ),
+        (
+            RecordKind::Event,
+            serde_json::to_vec(&offline("back/door/0-1", 0, now, Some(now))).unwrap(),
+        ),
+        (
+            RecordKind::Event,
+            serde_json::to_vec(&offline("back/door/1-0", now + 86_400_000, now + 86_400_000, None)).unwrap(),
+        ),
+        (
+            RecordKind::Action,
+            serde_json::to_vec(&Action {
+                incident: "front/synthetic/1-1".into(),
+                incident_started_at_ms: now,
+                action: ActionKind::FalseAlarm,
+                by: "nobody".into(),
+                node: "back".into(),
+                at_ms: i64::MAX,
+                note: Some("pinned for ever".into()),
+            })
+            .unwrap(),
+        ),
+    ];
+    {
+        let secrets = StoreSecrets::load(&n2).unwrap();
+        let mut log = Log::open(
+            &n2.join("log"),
+            STORE,
+            keys::load_node_key(&n2).unwrap(),
+            secrets.recipient().unwrap(),
+        )
+        .unwrap();
+        let items: Vec<(RecordKind, &[u8])> = forged.iter().map(|(k, b)| (*k, b.as_slice())).collect();
+        log.append_batch(&items, now as u64).unwrap();
+    }
+
+    let (p1, p2, ops) = (free_port(), free_port(), free_port());
+    let hq_section = format!(
+        "[hq]\nurl = \"https://localhost:{hq_port}\"\nrecipient = \"{recipient}\"\nca_cert = \"{}\"\nprobe_secs = 0.5\nresend_secs = 1.0\n",
+        hq_dir.join("cert.pem").display()
+    );
+    let node = |name: &str, data: &Path, port: u16, extra: &str| {
+        format!(
+            "store = \"{STORE}\"\nnode = \"{name}\"\ndata_dir = \"{}\"\n{extra}[ui]\nlisten = \"127.0.0.1:{}\"\n[mesh]\nlisten = [\"/ip4/127.0.0.1/tcp/{port}\"]\nmdns = false\nheartbeat_secs = 0.5\nleader_timeout_secs = 2.0\n{hq_section}",
+            data.display(),
+            free_port()
+        )
+    };
+    let (c1, c2) = (dir.join("n1.toml"), dir.join("n2.toml"));
+    std::fs::write(
+        &c1,
+        node("front", &n1, p1, &format!("[ops]\nlisten = \"127.0.0.1:{ops}\"\n")),
+    )
+    .unwrap();
+    std::fs::write(
+        &c2,
+        node("back", &n2, p2, "[ops]\nenabled = false\n").replace(
+            "mdns = false\n",
+            &format!("mdns = false\nbootstrap = [\"/ip4/127.0.0.1/tcp/{p1}\"]\n"),
+        ),
+    )
+    .unwrap();
+    let mut a = spawn(
+        &["run", "--config", &c1.to_string_lossy(), "--synthetic", "5"],
+        &dir.join("n1.log"),
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let mut b = spawn(&["run", "--config", &c2.to_string_lossy()], &dir.join("n2.log"));
+
+    // The honest node receives the forgeries and refuses their contents: three dated outside what
+    // their signed time allows, one from 1970.
+    let t = Instant::now();
+    let refused = |m: &[(String, f64)], why: &str| {
+        metric(m, &format!("lpmesh_records_contents_refused_total{{reason=\"{why}\"}}")).unwrap_or(0.0)
+    };
+    loop {
+        let (code, text) = http_get(ops, "/metrics");
+        let m = prometheus(&text);
+        if code == 200 && refused(&m, "future") >= 2.0 && refused(&m, "past") >= 1.0 {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(40),
+            "the forgeries were not refused within 40 s: {code} {text}\n{}",
+            std::fs::read_to_string(dir.join("n1.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let arrived = now_ms();
+
+    // HQ still hears the store: a summary acknowledged after the forgeries arrived.
+    let t = Instant::now();
+    loop {
+        let synced = [&n1, &n2]
+            .iter()
+            .map(|d| status(d))
+            .any(|s| s["am_leader"] == true && s["last_sync_ms"].as_i64().is_some_and(|ms| ms > arrived));
+        if synced {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(40),
+            "HQ heard nothing after the forgeries: {} / {}\n{}",
+            status(&n1),
+            status(&n2),
+            std::fs::read_to_string(dir.join("n1.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    for (child, name) in [(&mut a, "front"), (&mut b, "back")] {
+        assert!(child.try_wait().unwrap().is_none(), "node {name} died");
+    }
+    interrupt(&mut a, "node front");
+    interrupt(&mut b, "node back");
+    interrupt(&mut hq, "HQ");
+
+    // Nothing forged is in the honest node's view of the store or at HQ.
+    let events = ok(&["events", "--data", &n1.to_string_lossy(), "--json"]);
+    assert!(events.lines().count() > 0, "the honest node's own events are there");
+    assert!(!events.contains("forged"), "{events}");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let at_hq = rt.block_on(async {
+        let store = HqStore::Embedded(Embedded::open(&hq_dir).unwrap());
+        store.summaries(&Filter::default()).await.unwrap()
+    });
+    assert!(!at_hq.is_empty());
+    for s in &at_hq {
+        let p = s.summary.period_start_ms;
+        assert!(
+            p > now - 2 * 3_600_000 && p <= now_ms() + 3_600_000,
+            "a period HQ should never have seen: {p}"
+        );
+        assert!(
+            s.summary.acknowledgements.false_alarms == 0,
+            "the pinned false alarm counted"
+        );
+    }
+}
+
+fn join_with(data: &Path, token: &str, file: Option<&Path>) -> std::process::Output {
+    use std::io::Write;
+    let mut args = vec!["join".to_string(), "--data".into(), data.to_string_lossy().to_string()];
+    if let Some(f) = file {
+        args.extend(["--token-file".into(), f.to_string_lossy().to_string()]);
+    }
+    let mut c = lpmesh()
+        .args(&args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    if file.is_none() {
+        c.stdin.take().unwrap().write_all(token.as_bytes()).unwrap();
+    }
+    c.wait_with_output().unwrap()
+}
+
+#[test]
+fn an_invitation_holds_no_secret_works_once_and_expires() {
+    let dir = TempDir::new("invite");
+    let member = dir.join("member");
+    ok(&["init", "--store", STORE, "--data", &member.to_string_lossy()]);
+    // Without a running member there is nobody to answer: said plainly.
+    let out = lpmesh()
+        .args(["invite", "--data", &member.to_string_lossy()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("start it"), "{out:?}");
+
+    let cfg = dir.join("member.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "store = \"{STORE}\"\nnode = \"front\"\ndata_dir = \"{}\"\n[ui]\nenabled = false\n[ops]\nenabled = false\n[mesh]\nlisten = [\"/ip4/127.0.0.1/tcp/{}\"]\nmdns = false\nenrol_listen = \"127.0.0.1:0\"\n",
+            member.display(),
+            free_port()
+        ),
+    )
+    .unwrap();
+    let mut node = spawn(&["run", "--config", &cfg.to_string_lossy()], &dir.join("member.log"));
+    let t = Instant::now();
+    while !member.join("enrol.addr").exists() {
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "the member never answered invitations"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let token = ok(&["invite", "--data", &member.to_string_lossy()]);
+    let secrets = std::fs::read_to_string(member.join("store.secrets")).unwrap();
+    let secrets: serde_json::Value = serde_json::from_str(&secrets).unwrap();
+    for field in ["psk", "age_secret", "signing_key"] {
+        let s = secrets[field].as_str().unwrap();
+        assert!(!token.contains(s), "the token carries the store's {field}");
+    }
+
+    // From standard input: admitted, with the store's secrets and its own identity.
+    let first = dir.join("first");
+    let out = join_with(&first, &token, None);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("joined store {STORE}")));
+    let got: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(first.join("store.secrets")).unwrap()).unwrap();
+    assert_eq!(got["psk"], secrets["psk"]);
+
+    // The same token again: refused, at the joiner (clear message) and nothing written.
+    let second = dir.join("second");
+    let out = join_with(&second, &token, None);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("used already"), "{out:?}");
+    assert!(!second.join("store.secrets").exists() && !second.join("node.key").exists());
+
+    // An invitation that expired: refused too. From a token file this time.
+    let short = ok(&["invite", "--data", &member.to_string_lossy(), "--expires", "1s"]);
+    std::thread::sleep(Duration::from_millis(1500));
+    let file = dir.join("token.txt");
+    std::fs::write(&file, &short).unwrap();
+    let out = join_with(&second, "", Some(&file));
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("expired"), "{out:?}");
+
+    // A fresh one from a file works; the member logged each refusal.
+    let fresh = ok(&["invite", "--data", &member.to_string_lossy()]);
+    std::fs::write(&file, &fresh).unwrap();
+    let out = join_with(&second, "", Some(&file));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    interrupt(&mut node, "member");
+    let log = std::fs::read_to_string(dir.join("member.log")).unwrap();
+    assert!(
+        log.contains("an enrolment was refused") && log.contains("\"used\"") && log.contains("\"expired\""),
+        "{log}"
+    );
+    assert!(log.matches("a new node was admitted").count() == 2, "{log}");
+    // The old kind of token (it carried every secret) is refused outright.
+    let out = join_with(&dir.join("old"), "lpmesh-join-1.eyJzZWNyZXRzIjp7fX0", None);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no longer accepted"),
+        "{out:?}"
+    );
+}
