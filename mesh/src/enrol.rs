@@ -51,7 +51,9 @@ pub const MAX_ATTEMPTS: u32 = 3;
 pub const MAX_FRAME: usize = 16 * 1024;
 /// One enrolment, start to end.
 pub const DEADLINE: Duration = Duration::from_secs(15);
-/// Enrolments a member serves at once; more wait for the listener's accept.
+/// How long a new connection may take to say hello.
+pub const HELLO_DEADLINE: Duration = Duration::from_secs(3);
+/// Enrolments a member serves at once; more are refused as busy at once.
 pub const MAX_CONCURRENT: usize = 4;
 
 #[derive(Debug, thiserror::Error)]
@@ -226,7 +228,8 @@ fn save(data_dir: &Path, inv: &Invitation) -> Result<(), EnrolError> {
     let dir = data_dir.join(INVITES_DIR);
     fs::create_dir_all(&dir).map_err(io(&dir))?;
     let path = invite_path(data_dir, &inv.id);
-    let tmp = path.with_extension("tmp");
+    // A name of its own per write: two exchanges (or two processes) saving at once never interleave.
+    let tmp = path.with_extension(format!("tmp.{:016x}", rand::random::<u64>()));
     let json = serde_json::to_vec_pretty(inv).map_err(|e| EnrolError::Protocol(e.to_string()))?;
     {
         let mut f = fs::OpenOptions::new()
@@ -243,14 +246,48 @@ fn save(data_dir: &Path, inv: &Invitation) -> Result<(), EnrolError> {
     fs::File::open(&dir).and_then(|d| d.sync_all()).map_err(io(&dir))
 }
 
+fn claim_path(data_dir: &Path, id: &str) -> PathBuf {
+    data_dir.join(INVITES_DIR).join(format!("{id}.used"))
+}
+
+/// Takes the invitation for one joiner, atomically across tasks and processes (the node and an
+/// `lpmesh invite --serve` may answer the same directory): only one exchange ever creates the file.
+fn claim(data_dir: &Path, id: &str, node: &str) -> Result<bool, EnrolError> {
+    let path = claim_path(data_dir, id);
+    match fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+    {
+        Ok(mut f) => {
+            f.write_all(node.as_bytes()).map_err(io(&path))?;
+            f.sync_all().map_err(io(&path))?;
+            let dir = data_dir.join(INVITES_DIR);
+            fs::File::open(&dir).and_then(|d| d.sync_all()).map_err(io(&dir))?;
+            Ok(true)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+        Err(e) => Err(EnrolError::Io { path, source: e }),
+    }
+}
+
+/// Serialises the read-modify-write of invitation files within this process (attempt counts).
+static INVITES_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn load(data_dir: &Path, id: &str) -> Result<Option<Invitation>, EnrolError> {
     if id.len() != 32 || !id.chars().all(|c| c.is_ascii_hexdigit()) {
         return Ok(None);
     }
     let path = invite_path(data_dir, id);
     match fs::read(&path) {
-        Ok(b) => serde_json::from_slice(&b)
-            .map(Some)
+        Ok(b) => serde_json::from_slice::<Invitation>(&b)
+            .map(|mut inv| {
+                if inv.used_by.is_none() && claim_path(data_dir, id).exists() {
+                    inv.used_by = Some(fs::read_to_string(claim_path(data_dir, id)).unwrap_or_default());
+                }
+                Some(inv)
+            })
             .map_err(|e| EnrolError::Protocol(format!("{}: {e}", path.display()))),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(EnrolError::Io { path, source: e }),
@@ -353,6 +390,13 @@ fn mac_ok(key: &[u8; 32], transcript: &[u8], tag: &[u8]) -> bool {
     m.verify_slice(tag).is_ok()
 }
 
+fn bind_key(t: &[u8], node: &[u8]) -> Vec<u8> {
+    let mut v = t.to_vec();
+    v.extend((node.len() as u32).to_be_bytes());
+    v.extend(node);
+    v
+}
+
 fn transcript(store: &str, id: &str, joiner_msg: &[u8], member_msg: &[u8]) -> Vec<u8> {
     let mut t = Vec::new();
     for part in [
@@ -430,22 +474,29 @@ pub async fn answer<S>(
 where
     S: AsyncReadExt + AsyncWriteExt + Unpin,
 {
-    let Msg::Hello { id, spake } = recv(stream).await? else {
+    // A connection that says nothing gives its place up quickly.
+    let hello = tokio::time::timeout(HELLO_DEADLINE, recv(stream))
+        .await
+        .map_err(|_| EnrolError::Protocol("no hello".into()))??;
+    let Msg::Hello { id, spake } = hello else {
         return Err(EnrolError::Protocol("expected hello".into()));
     };
-    let verdict = match load(data_dir, &id)? {
-        None => Err(Refusal::Unknown),
-        Some(inv) if inv.store != secrets.store => Err(Refusal::Unknown),
-        Some(inv) if inv.used_by.is_some() => Err(Refusal::Used),
-        Some(inv) if now_ms() > inv.expires_ms => Err(Refusal::Expired),
-        Some(inv) if inv.attempts >= MAX_ATTEMPTS => Err(Refusal::TooManyAttempts),
-        Some(mut inv) => {
-            inv.attempts += 1;
-            match save(data_dir, &inv) {
-                Ok(()) => Ok(inv),
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot record an enrolment attempt");
-                    Err(Refusal::Unavailable)
+    let verdict = {
+        let _guard = INVITES_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+        match load(data_dir, &id)? {
+            None => Err(Refusal::Unknown),
+            Some(inv) if inv.store != secrets.store => Err(Refusal::Unknown),
+            Some(inv) if inv.used_by.is_some() => Err(Refusal::Used),
+            Some(inv) if now_ms() > inv.expires_ms => Err(Refusal::Expired),
+            Some(inv) if inv.attempts >= MAX_ATTEMPTS => Err(Refusal::TooManyAttempts),
+            Some(mut inv) => {
+                inv.attempts += 1;
+                match save(data_dir, &inv) {
+                    Ok(()) => Ok(inv),
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot record an enrolment attempt");
+                        Err(Refusal::Unavailable)
+                    }
                 }
             }
         }
@@ -482,9 +533,12 @@ where
     else {
         return Err(EnrolError::Protocol("expected proof".into()));
     };
-    let node = PublicKey::try_decode_protobuf(&unb64(&node_key)?)
-        .map_err(|e| EnrolError::Protocol(format!("node key: {e}")))?;
-    if !mac_ok(&keys.joiner_confirm, &t, &unb64(&confirm)?) || !node.verify(&t, &unb64(&signature)?) {
+    let node_bytes = unb64(&node_key)?;
+    let node =
+        PublicKey::try_decode_protobuf(&node_bytes).map_err(|e| EnrolError::Protocol(format!("node key: {e}")))?;
+    // The node key is inside what the joiner confirms and signs: nobody in the middle can swap it.
+    let tk = bind_key(&t, &node_bytes);
+    if !mac_ok(&keys.joiner_confirm, &tk, &unb64(&confirm)?) || !node.verify(&tk, &unb64(&signature)?) {
         let _ = send(
             stream,
             &Msg::Refused {
@@ -494,22 +548,39 @@ where
         .await;
         return Err(EnrolError::Refused(Refusal::BadProof));
     }
-    // Used before anything leaves: whatever happens to the answer, the invitation never works again.
-    inv.used_by = Some(node.to_peer_id().to_string());
+    // Claimed before anything leaves, and by one exchange only: whatever happens to the answer, the
+    // invitation never works again.
+    let peer = node.to_peer_id().to_string();
+    match claim(data_dir, &inv.id, &peer) {
+        Ok(true) => {}
+        Ok(false) => {
+            let _ = send(stream, &Msg::Refused { reason: Refusal::Used }).await;
+            return Err(EnrolError::Refused(Refusal::Used));
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot record an admission");
+            let _ = send(
+                stream,
+                &Msg::Refused {
+                    reason: Refusal::Unavailable,
+                },
+            )
+            .await;
+            return Err(EnrolError::Refused(Refusal::Unavailable));
+        }
+    }
+    // The secret is no use any more: it does not stay on disk.
+    inv.used_by = Some(peer);
     inv.used_ms = Some(now_ms());
-    if let Err(e) = save(data_dir, &inv) {
-        tracing::error!(error = %e, "cannot record an admission");
-        let _ = send(
-            stream,
-            &Msg::Refused {
-                reason: Refusal::Unavailable,
-            },
-        )
-        .await;
-        return Err(EnrolError::Refused(Refusal::Unavailable));
+    inv.secret = String::new();
+    if let Err(e) = {
+        let _guard = INVITES_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+        save(data_dir, &inv)
+    } {
+        // The claim file already says it is used; this only loses who and when.
+        tracing::warn!(error = %e, "cannot record who used an invitation");
     }
     let plain = serde_json::to_vec(secrets).map_err(|e| EnrolError::Protocol(e.to_string()))?;
-    let node_bytes = node.encode_protobuf();
     let sealed = ChaCha20Poly1305::new((&keys.seal).into())
         .encrypt(
             &[0u8; 12].into(),
@@ -555,14 +626,15 @@ where
     if !mac_ok(&keys.member_confirm, &t, &confirm) {
         return Err(EnrolError::NotTheMember);
     }
-    let signature = node_key
-        .sign(&t)
-        .map_err(|e| EnrolError::Protocol(format!("signing: {e}")))?;
     let node_bytes = node_key.public().encode_protobuf();
+    let tk = bind_key(&t, &node_bytes);
+    let signature = node_key
+        .sign(&tk)
+        .map_err(|e| EnrolError::Protocol(format!("signing: {e}")))?;
     send(
         stream,
         &Msg::Proof {
-            confirm: b64(&mac(&keys.joiner_confirm, &t)),
+            confirm: b64(&mac(&keys.joiner_confirm, &tk)),
             node_key: b64(&node_bytes),
             signature: b64(&signature),
         },
@@ -629,9 +701,6 @@ pub async fn serve(
     let permits = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT));
     let secrets = std::sync::Arc::new(secrets);
     loop {
-        let Ok(permit) = permits.clone().acquire_owned().await else {
-            return;
-        };
         let (mut stream, peer) = match listener.accept().await {
             Ok(x) => x,
             Err(e) => {
@@ -639,6 +708,23 @@ pub async fn serve(
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
+        };
+        // Accepted first, then a place: idle connections cannot keep a real joiner waiting unanswered.
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            stats.refused.fetch_add(1, Ordering::Relaxed);
+            tokio::spawn(async move {
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(1),
+                    send(
+                        &mut stream,
+                        &Msg::Refused {
+                            reason: Refusal::Unavailable,
+                        },
+                    ),
+                )
+                .await;
+            });
+            continue;
         };
         let (dir, secrets, stats, admitted) = (data_dir.clone(), secrets.clone(), stats.clone(), admitted.clone());
         tokio::spawn(async move {
@@ -717,6 +803,26 @@ mod tests {
         let (m, j) = run(&d, &secrets, &token, 3_000).await;
         assert!(matches!(m, Err(EnrolError::Refused(Refusal::Used))), "{m:?}");
         assert!(matches!(j, Err(EnrolError::Refused(Refusal::Used))), "{j:?}");
+        let _ = fs::remove_dir_all(&d);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_joiners_racing_on_one_invitation_get_one_admission() {
+        let d = dir("race");
+        let secrets = StoreSecrets::generate("shop").unwrap();
+        let (_, token) = invite(&d, &secrets, "x:1", vec![], DEFAULT_EXPIRY, 1_000).unwrap();
+        let ((m1, j1), (m2, j2)) = tokio::join!(run(&d, &secrets, &token, 2_000), run(&d, &secrets, &token, 2_000));
+        assert_eq!(
+            [j1.is_ok(), j2.is_ok()].iter().filter(|ok| **ok).count(),
+            1,
+            "{j1:?} {j2:?}"
+        );
+        assert_eq!([m1.is_ok(), m2.is_ok()].iter().filter(|ok| **ok).count(), 1);
+        let inv = load(&d, &token.id).unwrap().unwrap();
+        assert!(
+            inv.used_by.is_some() && inv.secret.is_empty(),
+            "used, and its secret is gone"
+        );
         let _ = fs::remove_dir_all(&d);
     }
 

@@ -102,6 +102,17 @@ impl Rejected {
     pub fn is_offence(&self) -> bool {
         !matches!(self, Rejected::Future { .. })
     }
+
+    /// Whether `sender` is to blame for passing this record on. An equivocation is its origin's
+    /// fault: an honest relay that holds the other version (a member signed two records with one seq
+    /// and gave one to each half of the store) is not banned for it, or one member could split the
+    /// mesh by getting honest nodes banned.
+    pub fn blames(&self, sender: &libp2p::PeerId) -> bool {
+        match self {
+            Rejected::Equivocation { origin, .. } => origin.peer_id().as_ref() == Some(sender),
+            other => other.is_offence(),
+        }
+    }
 }
 
 /// Received records with their signatures checked, for [`Log::insert_checked`]. Made by [`check`],

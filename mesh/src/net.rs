@@ -1376,7 +1376,7 @@ impl Actor {
                 Some(Ok(Inserted::New)) => MessageAcceptance::Accept,
                 Some(Ok(Inserted::Duplicate)) | Some(Ok(Inserted::Expired)) | None => MessageAcceptance::Ignore,
                 // Not forwarded, but no fault of the sender's (a clock running ahead).
-                Some(Err(e)) if !e.is_offence() => MessageAcceptance::Ignore,
+                Some(Err(e)) if !e.blames(source) => MessageAcceptance::Ignore,
                 Some(Err(_)) => MessageAcceptance::Reject,
             };
             self.validate(id, source, acceptance);
@@ -1501,7 +1501,7 @@ impl Actor {
         self.stats.repaired += u64::from(new);
         offences += outcomes
             .iter()
-            .filter(|o| o.as_ref().is_err_and(|e| e.is_offence()))
+            .filter(|o| o.as_ref().is_err_and(|e| e.blames(&peer)))
             .count();
         let future = outcomes.iter().any(|o| o.as_ref().is_err_and(|e| !e.is_offence()));
         self.respond(done.channel, new);

@@ -8,7 +8,7 @@ use lpmesh_mesh::record::Origin;
 
 use serde::Serialize;
 
-use crate::action::{Action, ActionKind};
+use crate::action::Action;
 use crate::event::{Detail, Event, EventKind, Phase, Severity};
 
 /// Incidents kept in memory (oldest dropped first); the log keeps them all.
@@ -318,14 +318,19 @@ fn apply(i: &mut Incident, a: &Action, signed_ms: i64) {
             _ => State::Acknowledged,
         };
     }
-    if a.action != ActionKind::Note && i.acknowledged_by.is_none() {
-        i.acknowledged_by = Some(a.by.clone());
-    }
+    // Who acknowledged first, by signed time: the same on every node whatever the arrival order.
+    i.acknowledged_by = i
+        .history
+        .iter()
+        .filter(|h| matches!(h.what.as_str(), "acknowledge" | "resolve" | "false_alarm"))
+        .min_by(|x, y| (x.signed_ms, x.at_ms, &x.by).cmp(&(y.signed_ms, y.at_ms, &y.by)))
+        .and_then(|h| h.by.clone());
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::action::ActionKind;
     use crate::event::Detail;
     use lpmesh_mesh::record::Origin;
 

@@ -141,6 +141,11 @@ enum Command {
         #[arg(long)]
         data: PathBuf,
     },
+    /// Score the tracker against annotated ground truth.
+    Eval {
+        #[command(subcommand)]
+        what: EvalWhat,
+    },
     /// Users of this node's tablet UI (managers and security staff).
     User {
         #[command(subcommand)]
@@ -201,6 +206,28 @@ struct DetectArgs {
     /// the same times on every run.
     #[arg(long)]
     clock_start: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum EvalWhat {
+    /// CLEAR-MOT and identity scores (MOTChallenge definitions) of tracks against ground truth, both
+    /// MOTChallenge text files (`lpmesh detect --format mot` writes the tracks).
+    Mot {
+        /// Ground truth: frame,id,x,y,w,h,conf,... (rows with conf 0 are not scored).
+        #[arg(long)]
+        gt: PathBuf,
+        /// The tracker's output, same format.
+        #[arg(long)]
+        tracks: PathBuf,
+        /// Only these frames, inclusive: A-B (1-based, as in the files).
+        #[arg(long, value_name = "A-B")]
+        frames: Option<String>,
+        /// Smallest IoU of a match.
+        #[arg(long, default_value_t = 0.5)]
+        iou: f64,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -293,6 +320,56 @@ enum BenchWhat {
         #[arg(long)]
         model: Option<PathBuf>,
     },
+}
+
+fn eval_mot(gt: &Path, tracks: &Path, frames: Option<&str>, iou: f64, json: bool) -> Result<ExitCode> {
+    use lpmesh_node::eval;
+    if !(iou > 0.0 && iou <= 1.0) {
+        anyhow::bail!("--iou {iou}: give a value above 0 and at most 1");
+    }
+    let range = match frames {
+        None => None,
+        Some(f) => {
+            let (a, b) = f
+                .split_once('-')
+                .and_then(|(a, b)| Some((a.trim().parse::<u32>().ok()?, b.trim().parse::<u32>().ok()?)))
+                .filter(|(a, b)| *a >= 1 && a <= b)
+                .with_context(|| format!("--frames {f:?}: give A-B, 1 <= A <= B, like 1-400"))?;
+            Some((a, b))
+        }
+    };
+    let read = |p: &Path| -> Result<Vec<eval::Row>> {
+        let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+        eval::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))
+    };
+    let s = eval::evaluate(&read(gt)?, &read(tracks)?, range, iou);
+    if json {
+        println!("{}", serde_json::to_string_pretty(&s)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let pct = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{:.1} %", v * 100.0));
+    println!(
+        "frames {}, ground truth {} boxes of {} people, tracks {} boxes of {} ids (IoU >= {iou})",
+        s.frames, s.gt_boxes, s.gt_ids, s.hyp_boxes, s.hyp_ids
+    );
+    println!(
+        "MOTA {}   MOTP {} (mean IoU)   IDF1 {}   IDP {}   IDR {}",
+        pct(s.mota),
+        pct(s.motp),
+        pct(s.idf1),
+        pct(s.idp),
+        pct(s.idr)
+    );
+    println!("recall {}   precision {}", pct(s.recall), pct(s.precision));
+    println!(
+        "id switches {}   fragmentations {}   false positives {}   misses {}",
+        s.id_switches, s.fragmentations, s.false_positives, s.misses
+    );
+    println!(
+        "mostly tracked {}   partially tracked {}   mostly lost {}",
+        s.mostly_tracked, s.partially_tracked, s.mostly_lost
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `90s`, `15m`, `2h`, `1d`, or plain seconds.
@@ -453,6 +530,16 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Status { data, json } => status(&data, json),
         Command::User { cmd } => user(cmd),
+        Command::Eval {
+            what:
+                EvalWhat::Mot {
+                    gt,
+                    tracks,
+                    frames,
+                    iou,
+                    json,
+                },
+        } => eval_mot(&gt, &tracks, frames.as_deref(), iou, json),
         #[cfg(feature = "vision")]
         Command::Watch { config, duration } => vision::demo(config, duration),
         Command::Demo {

@@ -319,11 +319,10 @@ async fn changes_need_the_csrf_token_and_security_staff_cannot_invite() {
         send(&f, get("/api/zones/door", Some(&manager))).await.0,
         StatusCode::NOT_FOUND
     );
+    // Over plain HTTP an invitation's one-time secret would cross the shop's network in the clear.
     let (s, _, body) = send(&f, get("/api/invite", Some(&manager))).await;
-    assert_eq!(s, StatusCode::OK);
-    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
-    assert!(v["token"].as_str().unwrap().starts_with("lpmesh-join-1."));
-    assert!(v["qr_svg"].as_str().unwrap().contains("<svg"));
+    assert_eq!(s, StatusCode::FORBIDDEN, "{}", String::from_utf8_lossy(&body));
+    assert!(String::from_utf8_lossy(&body).contains("HTTPS"));
     // Logging out ends the session.
     assert_eq!(
         send(
@@ -491,4 +490,28 @@ async fn the_ui_is_served_over_tls_with_a_pinned_certificate() {
     let stranger = lpmesh_hq::client::HqClient::new(&url, Some(&other.cert_path), Duration::from_secs(5)).unwrap();
     assert!(stranger.probe().await.is_err());
     running.shutdown(Duration::from_millis(200)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manager_gets_a_single_use_invitation_over_https() {
+    let f = fixture(true).await;
+    // The running node's enrolment listener writes where it answers.
+    std::fs::write(f.dir.join(lpmesh_mesh::enrol::ENROL_ADDR_FILE), "10.0.0.5:7421\n").unwrap();
+    let manager = login(&f, "manager", "manager password").await;
+    let (s, _, body) = send(&f, get("/api/invite", Some(&manager.0))).await;
+    assert_eq!(s, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let token = v["token"].as_str().unwrap();
+    assert!(token.starts_with("lpmesh-invite-1."));
+    assert!(v["qr_svg"].as_str().unwrap().contains("<svg"));
+    assert_eq!(v["single_use"], true);
+    let t = lpmesh_mesh::enrol::Token::decode(token).unwrap();
+    assert_eq!((t.enrol.as_str(), t.store.as_str()), ("10.0.0.5:7421", "shop-ui"));
+    let secrets = StoreSecrets::load(&f.dir).unwrap();
+    for secret in [&secrets.psk, &secrets.age_secret, &secrets.signing_key] {
+        assert!(
+            !body.windows(secret.len()).any(|w| w == secret.as_bytes()),
+            "the page shows no store secret"
+        );
+    }
 }

@@ -370,7 +370,7 @@ async fn the_security_role_is_refused_on_every_manager_route() {
         assert_eq!(s, StatusCode::FORBIDDEN, "{method} {path}");
         let text = String::from_utf8_lossy(&b);
         assert!(
-            !text.contains("lpmesh-join") && !text.contains("zones\""),
+            !text.contains("lpmesh-invite") && !text.contains("zones\""),
             "{path}: {text}"
         );
     }

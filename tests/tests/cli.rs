@@ -354,3 +354,72 @@ fn logs_can_be_json_lines_for_collectors() {
         "{lines:?}"
     );
 }
+
+#[test]
+fn eval_mot_scores_tracks_against_ground_truth_and_names_bad_lines() {
+    let dir = lpmesh_tests::TempDir::new("eval-mot");
+    // Two people over 4 frames; the tracker swaps one identity in frame 3 and invents a ghost.
+    let gt = "1,1,10,10,20,40,1,-1,-1,-1\n1,2,100,10,20,40,1,-1,-1,-1\n\
+              2,1,12,10,20,40,1,-1,-1,-1\n2,2,102,10,20,40,1,-1,-1,-1\n\
+              3,1,14,10,20,40,1,-1,-1,-1\n3,2,104,10,20,40,1,-1,-1,-1\n\
+              4,1,16,10,20,40,1,-1,-1,-1\n4,2,106,10,20,40,0,-1,-1,-1\n";
+    let tracks = "1,7,10,10,20,40,0.9,-1,-1,-1\n1,8,100,10,20,40,0.9,-1,-1,-1\n\
+                  2,7,12,10,20,40,0.9,-1,-1,-1\n2,8,102,10,20,40,0.9,-1,-1,-1\n\
+                  3,7,14,10,20,40,0.9,-1,-1,-1\n3,9,104,10,20,40,0.9,-1,-1,-1\n\
+                  4,7,16,10,20,40,0.9,-1,-1,-1\n4,5,300,300,20,40,0.9,-1,-1,-1\n";
+    let (g, t) = (dir.join("gt.txt"), dir.join("tracks.txt"));
+    std::fs::write(&g, gt).unwrap();
+    std::fs::write(&t, tracks).unwrap();
+    let out = lpmesh_tests::ok(&[
+        "eval",
+        "mot",
+        "--gt",
+        &g.to_string_lossy(),
+        "--tracks",
+        &t.to_string_lossy(),
+        "--json",
+    ]);
+    let s: serde_json::Value = serde_json::from_str(&out).unwrap();
+    // 7 scored boxes (one row has conf 0), 7 matched, one switch (2: 8 -> 9), one ghost (frame 4's
+    // box of 2 is not scored, so the tracker's box there is a false positive too).
+    assert_eq!(s["gt_boxes"], 7);
+    assert_eq!(s["id_switches"], 1);
+    assert_eq!(s["misses"], 0);
+    assert_eq!(s["false_positives"], 1);
+    let mota = s["mota"].as_f64().unwrap();
+    assert!((mota - (1.0 - 2.0 / 7.0)).abs() < 1e-9, "{mota}");
+    // Identities: 1 -> 7 (4 frames), 2 -> 8 (2 frames): IDF1 = 2 * 6 / (7 + 8).
+    assert!((s["idf1"].as_f64().unwrap() - 12.0 / 15.0).abs() < 1e-9, "{s}");
+    let human = lpmesh_tests::ok(&[
+        "eval",
+        "mot",
+        "--gt",
+        &g.to_string_lossy(),
+        "--tracks",
+        &t.to_string_lossy(),
+        "--frames",
+        "1-2",
+    ]);
+    assert!(
+        human.contains("MOTA 100.0 %") && human.contains("id switches 0"),
+        "{human}"
+    );
+    std::fs::write(&t, "1,7,10,10,20,40\n2,x,1,1,1,1\n").unwrap();
+    let bad = lpmesh()
+        .args([
+            "eval",
+            "mot",
+            "--gt",
+            &g.to_string_lossy(),
+            "--tracks",
+            &t.to_string_lossy(),
+        ])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        err.contains("tracks.txt") && err.contains("line 2") && err.contains("id"),
+        "{err}"
+    );
+}

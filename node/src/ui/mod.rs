@@ -753,6 +753,14 @@ async fn chart(
 }
 
 async fn invite(State(state): State<Arc<UiState>>, Manager(s): Manager) -> Result<Json<serde_json::Value>, ApiError> {
+    // The token holds a one-time secret: over plain HTTP anyone on the shop's network could read it
+    // and race the installer to it.
+    if !state.secure {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "invitations are shown only over HTTPS ([ui] tls = true); on the node itself, `lpmesh invite` makes one",
+        ));
+    }
     let peer = state.mesh.peer_id();
     let boot: Vec<String> = state
         .mesh
