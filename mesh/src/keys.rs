@@ -135,6 +135,10 @@ pub struct StoreSecrets {
     pub age_secret: String,
     /// The store's Ed25519 signing key (protobuf encoding, base64), for HQ summaries.
     pub signing_key: String,
+    /// The first node (its peer id): the root of the store's member list. Absent in stores created
+    /// before the member list, which admit every holder of the network key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub founder: Option<String>,
 }
 
 impl std::fmt::Debug for StoreSecrets {
@@ -159,6 +163,7 @@ impl StoreSecrets {
             psk: psk.iter().map(|b| format!("{b:02x}")).collect(),
             age_secret: StoreSecret::generate().expose(),
             signing_key: base64::engine::general_purpose::STANDARD.encode(signing),
+            founder: None,
         })
     }
 

@@ -85,6 +85,10 @@ pub enum Rejected {
     /// Anti-entropy offers it again, and it is taken once real time has caught up.
     #[error("{origin}/{seq} is {ahead_ms} ms ahead of our clock")]
     Future { origin: Origin, seq: u64, ahead_ms: u64 },
+    /// Signed by a node the store has not admitted (as far as this node knows yet): not stored.
+    /// Offered again by anti-entropy, it is taken once the admission has arrived.
+    #[error("{origin} is not a member of the store")]
+    NotMember { origin: Origin },
 }
 
 impl Rejected {
@@ -93,6 +97,7 @@ impl Rejected {
             Rejected::Invalid(e) => e.reason(),
             Rejected::Equivocation { .. } => "equivocation",
             Rejected::Future { .. } => "future",
+            Rejected::NotMember { .. } => "not_member",
         }
     }
 
@@ -100,7 +105,9 @@ impl Rejected {
     /// from the future is not: an honest node whose clock runs ahead signs them, and an honest relay
     /// whose clock runs ahead of ours passes them on.
     pub fn is_offence(&self) -> bool {
-        !matches!(self, Rejected::Future { .. })
+        // A relay may hold an admission we have not seen yet: passing on a newcomer's records is no
+        // offence either.
+        !matches!(self, Rejected::Future { .. } | Rejected::NotMember { .. })
     }
 
     /// Whether `sender` is to blame for passing this record on. An equivocation is its origin's
@@ -161,6 +168,9 @@ pub struct Log {
     retention_ms: Option<u64>,
     /// Per origin, the newest expired record (its seq is the floor).
     floors: BTreeMap<Origin, Record>,
+    /// The nodes whose records are stored, when the store keeps a member list (`None`: everyone
+    /// holding the network key, as stores did before).
+    members: Option<std::collections::HashSet<Origin>>,
 }
 
 fn record_key(origin: &Origin, seq: u64) -> [u8; 41] {
@@ -244,6 +254,7 @@ impl Log {
             len,
             retention_ms: None,
             floors,
+            members: None,
         })
     }
 
@@ -260,6 +271,11 @@ impl Log {
             return Err(e.into());
         }
         Ok(())
+    }
+
+    /// Stores records only from these nodes (and this one); `None` stores everyone's.
+    pub fn set_members(&mut self, members: Option<std::collections::HashSet<Origin>>) {
+        self.members = members;
     }
 
     pub fn is_failed(&self) -> bool {
@@ -503,6 +519,10 @@ impl Log {
             if cutoff.is_some_and(|c| r.hlc.wall_ms < c) {
                 new_floors.insert(r.origin, r);
                 outcomes.push(Ok(Inserted::Expired));
+                continue;
+            }
+            if r.origin != self.origin && self.members.as_ref().is_some_and(|m| !m.contains(&r.origin)) {
+                outcomes.push(Err(Rejected::NotMember { origin: r.origin }));
                 continue;
             }
             let key = record_key(&r.origin, r.seq);

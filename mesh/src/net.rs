@@ -274,6 +274,7 @@ enum Command {
     Dial(Multiaddr),
     /// Test and operations hook: drop and refuse connections with these peers (a simulated partition).
     Block(Vec<PeerId>),
+    SetMembers(Option<Vec<Origin>>),
     Unblock(Vec<PeerId>),
     Shutdown(oneshot::Sender<()>),
     PublishRaw(Vec<u8>),
@@ -389,6 +390,15 @@ impl MeshHandle {
     pub async fn block(&self, peers: Vec<PeerId>) -> Result<(), MeshError> {
         self.cmd
             .send(Command::Block(peers))
+            .await
+            .map_err(|_| MeshError::Stopped)
+    }
+
+    /// The store's admitted nodes: only they may hold a connection and only their records are
+    /// stored. `None` (a store without a member list) admits every holder of the network key.
+    pub async fn set_members(&self, members: Option<Vec<Origin>>) -> Result<(), MeshError> {
+        self.cmd
+            .send(Command::SetMembers(members))
             .await
             .map_err(|_| MeshError::Stopped)
     }
@@ -602,6 +612,7 @@ pub fn start(cfg: MeshConfig, key: Keypair, recipient: StoreRecipient) -> Result
         stats,
         connected: HashSet::new(),
         blocked: HashSet::new(),
+        members: None,
         listen: Vec::new(),
         pending_gossip: Vec::new(),
         next_answer: 0,
@@ -650,6 +661,8 @@ struct Actor {
     stats: MeshStats,
     connected: HashSet<PeerId>,
     blocked: HashSet<PeerId>,
+    /// Admitted nodes, when the store keeps a member list.
+    members: Option<HashSet<PeerId>>,
     listen: Vec<Multiaddr>,
     /// Gossiped records decoded but not yet committed (at most one burst).
     pending_gossip: Vec<(gossipsub::MessageId, PeerId, Record)>,
@@ -870,6 +883,27 @@ impl Actor {
                     self.blocked.insert(p);
                     let _ = self.swarm.disconnect_peer_id(p);
                 }
+            }
+            Command::SetMembers(members) => {
+                let peers: Option<HashSet<PeerId>> =
+                    members.as_ref().map(|m| m.iter().filter_map(|o| o.peer_id()).collect());
+                self.log
+                    .set_members(members.map(|m| m.into_iter().collect::<HashSet<Origin>>()));
+                if let Some(allowed) = &peers {
+                    let me = *self.swarm.local_peer_id();
+                    let outsiders: Vec<PeerId> = self
+                        .connected
+                        .iter()
+                        .filter(|p| **p != me && !allowed.contains(p))
+                        .copied()
+                        .collect();
+                    for p in outsiders {
+                        tracing::warn!(peer = %p, "not a member of the store: disconnected");
+                        self.reject("not_member_connection");
+                        let _ = self.swarm.disconnect_peer_id(p);
+                    }
+                }
+                self.members = peers;
             }
             Command::Unblock(peers) => {
                 for p in peers {
@@ -1109,6 +1143,13 @@ impl Actor {
             } => {
                 self.bootstrap_count(&endpoint, 1);
                 if self.blocked.contains(&peer_id) || self.is_banned(&peer_id) {
+                    let _ = self.swarm.disconnect_peer_id(peer_id);
+                    return;
+                }
+                // The network key lets a device in; only an admitted node key may stay.
+                if self.members.as_ref().is_some_and(|m| !m.contains(&peer_id)) {
+                    tracing::warn!(peer = %peer_id, "a node the store has not admitted tried to connect");
+                    self.reject("not_member_connection");
                     let _ = self.swarm.disconnect_peer_id(peer_id);
                     return;
                 }

@@ -80,6 +80,8 @@ pub enum RecordKind {
     Event,
     /// An operator action on an incident (acknowledge, resolve, note).
     Action,
+    /// A node admitted to the store, signed by the member that admitted it.
+    Member,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

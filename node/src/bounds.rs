@@ -118,6 +118,17 @@ impl Reader {
         &self.secret
     }
 
+    /// A member record's admission (`None` for other records, or one dated beyond its signature).
+    pub fn member(&self, r: &Record) -> Option<crate::members::Membership> {
+        if r.kind != RecordKind::Member {
+            return None;
+        }
+        let plain = self.secret.decrypt(&r.ciphertext).ok()?;
+        let m: crate::members::Membership = serde_json::from_slice(&plain).ok()?;
+        let hlc = i64::try_from(r.hlc.wall_ms).unwrap_or(i64::MAX);
+        (m.at_ms <= hlc.saturating_add(self.window_ms)).then_some(m)
+    }
+
     /// The record's contents, or why they are refused.
     pub fn check(&self, r: &Record) -> Result<Entry, Refusal> {
         let verdict = self.decode(r).and_then(|e| {
@@ -136,11 +147,16 @@ impl Reader {
         match r.kind {
             RecordKind::Event => serde_json::from_slice(&plain).map(Entry::Event),
             RecordKind::Action => serde_json::from_slice(&plain).map(Entry::Action),
+            RecordKind::Member => return Err(Refusal::Unreadable),
         }
         .map_err(|_| Refusal::Unreadable)
     }
 
+    /// An event or action (member records are read by [`Reader::member`]).
     pub fn open(&self, r: &Record) -> Option<Entry> {
+        if r.kind == RecordKind::Member {
+            return None;
+        }
         self.check(r).ok()
     }
 

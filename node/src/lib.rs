@@ -47,6 +47,7 @@ pub mod event;
 pub mod geom;
 pub mod incidents;
 pub mod measure;
+pub mod members;
 pub mod motion;
 pub mod node;
 pub mod ops;

@@ -151,6 +151,13 @@ enum Command {
         #[command(subcommand)]
         cmd: UserCommand,
     },
+    /// The store's members (admitted node keys) as this node's log holds them. Stop the node first.
+    Members {
+        #[arg(long)]
+        data: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
     /// The HQ uplink as this node sees it: leader, last sync, periods waiting. Works while the node runs.
     Status {
         #[arg(long)]
@@ -530,6 +537,29 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Status { data, json } => status(&data, json),
         Command::User { cmd } => user(cmd),
+        Command::Members { data, json } => {
+            let Some(list) = lpmesh_node::node::read_members(&data)? else {
+                println!("this store has no member list (created before invitations): every holder of its network key can connect");
+                return Ok(ExitCode::SUCCESS);
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+            } else {
+                for m in &list {
+                    let when = m
+                        .admitted_at_ms
+                        .and_then(chrono::DateTime::from_timestamp_millis)
+                        .map(|t| t.format("%Y-%m-%d %H:%M UTC").to_string())
+                        .unwrap_or_default();
+                    match (&m.admitted_by, m.founder) {
+                        (_, true) => println!("{}  founder", m.node),
+                        (Some(by), _) => println!("{}  admitted by {by} at {when}", m.node),
+                        (None, _) => println!("{}", m.node),
+                    }
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Eval {
             what:
                 EvalWhat::Mot {
@@ -962,9 +992,21 @@ mod daemon {
             // Invitations are answered while the node runs; each admission is logged by the listener.
             let (admitted_tx, mut admitted_rx) = tokio::sync::mpsc::channel(16);
             let enrol_addr = lpmesh_node::node::start_enrolment(&cfg, Default::default(), admitted_tx).await?;
-            tokio::spawn(async move { while admitted_rx.recv().await.is_some() {} });
+            // Each node admitted here becomes a member of the store with a record signed by this node.
+            let admit_mesh = mesh.clone();
+            tokio::spawn(async move {
+                while let Some(a) = admitted_rx.recv().await {
+                    if let Some(item) = lpmesh_node::node::admission(&a) {
+                        if let Err(e) = admit_mesh.append(vec![item]).await {
+                            tracing::error!(error = %e, node = %a.node.to_peer_id(), "cannot record an admission in the log");
+                        }
+                    }
+                }
+            });
             println!("answering invitations on {enrol_addr}");
-            let reader = lpmesh_node::bounds::Reader::new(StoreSecrets::load(&cfg.data_dir)?.store_secret()?, cfg.mesh.time_window_secs);
+            let store_secrets = StoreSecrets::load(&cfg.data_dir)?;
+            let reader = lpmesh_node::bounds::Reader::new(store_secrets.store_secret()?, cfg.mesh.time_window_secs);
+            tokio::spawn(lpmesh_node::node::follow_members(mesh.clone(), reader.clone(), lpmesh_node::node::founder(&store_secrets)));
             let stop = stop_flag();
             let (tx, rx) = tokio::sync::mpsc::channel(EVENT_QUEUE);
             let tz = lpmesh_node::schedule::Schedule::parse_tz(&cfg.schedule.timezone).map_err(anyhow::Error::msg)?;

@@ -37,10 +37,114 @@ pub fn log_dir(data_dir: &Path) -> PathBuf {
 
 /// `lpmesh init`: the store's secrets and this node's identity.
 pub fn init(store: &str, data_dir: &Path) -> Result<lpmesh_mesh::net::NodeId, NodeError> {
-    let secrets = StoreSecrets::generate(store)?;
+    let mut secrets = StoreSecrets::generate(store)?;
     let key = keys::create_node_key(data_dir)?;
+    let me =
+        lpmesh_mesh::record::Origin::of(&key).ok_or_else(|| NodeError::Setup("the node key is not Ed25519".into()))?;
+    // The first node is the root of the store's member list, and its first record says so.
+    secrets.founder = Some(crate::members::hex(&me));
     secrets.save(data_dir)?;
+    let mut log = Log::open(&log_dir(data_dir), store, key.clone(), secrets.recipient()?)?;
+    admit(&mut log, &me, None)?;
     Ok(key.public().to_peer_id())
+}
+
+/// Writes the admission of `node` into `log` (signed by the log's own node).
+fn admit(log: &mut Log, node: &lpmesh_mesh::record::Origin, invitation: Option<String>) -> Result<(), NodeError> {
+    let now = chrono::Utc::now().timestamp_millis();
+    let m = crate::members::Membership::new(node, now, invitation);
+    let json = serde_json::to_vec(&m).map_err(|e| NodeError::Setup(e.to_string()))?;
+    log.append(RecordKind::Member, &json, u64::try_from(now).unwrap_or(0))?;
+    Ok(())
+}
+
+/// The member record for a node admitted through an invitation, to append to the log.
+pub fn admission(a: &enrol::Admitted) -> Option<(RecordKind, Vec<u8>)> {
+    let node = a.node.clone().try_into_ed25519().ok()?;
+    let origin = lpmesh_mesh::record::Origin(node.to_bytes());
+    let m = crate::members::Membership::new(
+        &origin,
+        chrono::Utc::now().timestamp_millis(),
+        Some(a.invitation.clone()),
+    );
+    Some((RecordKind::Member, serde_json::to_vec(&m).ok()?))
+}
+
+/// The store's founder, as its secrets name it (`None` in stores made before the member list).
+pub fn founder(secrets: &StoreSecrets) -> Option<lpmesh_mesh::record::Origin> {
+    secrets.founder.as_deref().and_then(crate::members::parse_hex)
+}
+
+/// Keeps the mesh's admitted set equal to the member list the log holds. A node that has not yet
+/// seen its own admission (it joined moments ago) restricts nothing until it has: it could not tell
+/// its admitter from a stranger.
+pub async fn follow_members(
+    mesh: MeshHandle,
+    reader: crate::bounds::Reader,
+    founder: Option<lpmesh_mesh::record::Origin>,
+) {
+    if founder.is_none() {
+        tracing::warn!("this store has no member list (it was created before invitations): every holder of its network key can connect; create the store anew with `lpmesh init` to have one");
+        return;
+    }
+    let me = mesh.origin();
+    let mut members = crate::members::Members::new(founder);
+    let mut sub = mesh.subscribe();
+    let mut applied: Option<Vec<lpmesh_mesh::record::Origin>> = None;
+    let _ = read_log(&mesh, |r| {
+        if let Some(m) = reader.member(r) {
+            members.add((r.origin, r.seq), &m);
+        }
+    })
+    .await;
+    loop {
+        let set = members.admitted();
+        let wanted = set.contains(&me).then(|| set.iter().copied().collect::<Vec<_>>());
+        if wanted != applied {
+            if let Some(w) = &wanted {
+                tracing::info!(members = w.len(), "the store's member list");
+            }
+            if mesh.set_members(wanted.clone()).await.is_err() {
+                return;
+            }
+            applied = wanted;
+        }
+        match sub.recv().await {
+            Ok(r) => {
+                if let Some(m) = reader.member(&r) {
+                    members.add((r.origin, r.seq), &m);
+                }
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                let _ = read_log(&mesh, |r| {
+                    if let Some(m) = reader.member(r) {
+                        members.add((r.origin, r.seq), &m);
+                    }
+                })
+                .await;
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+        }
+    }
+}
+
+/// `lpmesh members`: the store's member list as this node's log holds it (the node must be stopped).
+pub fn read_members(data_dir: &Path) -> Result<Option<Vec<crate::members::Member>>, NodeError> {
+    let key = keys::load_node_key(data_dir)?;
+    let secrets = StoreSecrets::load(data_dir)?;
+    let Some(f) = founder(&secrets) else {
+        return Ok(None);
+    };
+    let log = Log::open(&log_dir(data_dir), &secrets.store, key, secrets.recipient()?)?;
+    let reader = crate::bounds::Reader::from(secrets.store_secret()?);
+    let mut members = crate::members::Members::new(Some(f));
+    for r in log.all() {
+        let r = r?;
+        if let Some(m) = reader.member(&r) {
+            members.add((r.origin, r.seq), &m);
+        }
+    }
+    Ok(Some(members.list()))
 }
 
 /// `lpmesh invite`: a single-use invitation for a new node, answered by the node running on
@@ -122,6 +226,19 @@ pub async fn invite_and_serve(
     let bound = listener
         .local_addr()
         .map_err(|e| NodeError::Setup(format!("--serve {want}: {e}")))?;
+    // Opened first: a running node holds the log, and then it answers invitations itself.
+    let secrets0 = StoreSecrets::load(data_dir)?;
+    let mut log = Log::open(
+        &log_dir(data_dir),
+        &secrets0.store,
+        keys::load_node_key(data_dir)?,
+        secrets0.recipient()?,
+    )
+    .map_err(|e| {
+        NodeError::Setup(format!(
+            "{e}: is the node running? Then run `lpmesh invite` without --serve"
+        ))
+    })?;
     let (inv, token) = invite(data_dir, bootstrap, expires, Some(enrol_address(bound)))?;
     on_token(&inv, &token);
     let (tx, mut rx) = tokio::sync::mpsc::channel(4);
@@ -144,7 +261,15 @@ pub async fn invite_and_serve(
         }
     };
     server.abort();
-    outcome
+    let admitted = outcome?;
+    if let Some((kind, json)) = admission(&admitted) {
+        log.append(
+            kind,
+            &json,
+            u64::try_from(chrono::Utc::now().timestamp_millis()).unwrap_or(0),
+        )?;
+    }
+    Ok(admitted)
 }
 
 /// Starts answering enrolments for this store on `listen` (falling back to a free port when it is

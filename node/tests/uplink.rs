@@ -304,6 +304,10 @@ impl Store {
                 let e = match r.kind {
                     RecordKind::Event => Entry::Event(serde_json::from_slice(&p).unwrap()),
                     RecordKind::Action => Entry::Action(serde_json::from_slice(&p).unwrap()),
+                    RecordKind::Member => {
+                        ledger.add(r.origin, r.seq, None);
+                        continue;
+                    }
                 };
                 ledger.add(r.origin, r.seq, Some(e));
             }

@@ -346,3 +346,83 @@ fn an_invitation_holds_no_secret_works_once_and_expires() {
         "{out:?}"
     );
 }
+
+#[test]
+fn only_admitted_nodes_connect_even_with_the_stores_secrets() {
+    let dir = TempDir::new("members");
+    let (n1, n2, thief) = (dir.join("n1"), dir.join("n2"), dir.join("thief"));
+    ok(&["init", "--store", STORE, "--data", &n1.to_string_lossy()]);
+    enrol(&n1, &n2);
+    // Someone who copied a member's store secrets (a stolen disk, or the old kind of token) and made
+    // a node key of its own: it holds the network key, but nobody admitted it.
+    std::fs::create_dir_all(&thief).unwrap();
+    std::fs::copy(n1.join("store.secrets"), thief.join("store.secrets")).unwrap();
+    keys::create_node_key(&thief).unwrap();
+
+    let (p1, p2, p3, ops) = (free_port(), free_port(), free_port(), free_port());
+    let node = |name: &str, data: &Path, port: u16, extra: &str| {
+        format!(
+            "store = \"{STORE}\"\nnode = \"{name}\"\ndata_dir = \"{}\"\n{extra}[ui]\nenabled = false\n[mesh]\nlisten = [\"/ip4/127.0.0.1/tcp/{port}\"]\nmdns = false\nenrol_listen = \"127.0.0.1:0\"\n{}",
+            data.display(),
+            if port == p1 { String::new() } else { format!("bootstrap = [\"/ip4/127.0.0.1/tcp/{p1}\"]\n") }
+        )
+    };
+    let cfgs = [
+        ("front", &n1, p1, format!("[ops]\nlisten = \"127.0.0.1:{ops}\"\n")),
+        ("back", &n2, p2, "[ops]\nenabled = false\n".to_string()),
+        ("thief", &thief, p3, "[ops]\nenabled = false\n".to_string()),
+    ];
+    let mut procs = Vec::new();
+    for (name, data, port, extra) in &cfgs {
+        let c = dir.join(&format!("{name}.toml"));
+        std::fs::write(&c, node(name, data, *port, extra)).unwrap();
+        procs.push(spawn(
+            &["run", "--config", &c.to_string_lossy(), "--synthetic", "5"],
+            &dir.join(&format!("{name}.log")),
+        ));
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    // The member node keeps the admitted one and refuses the other, again and again.
+    let t = Instant::now();
+    loop {
+        let (code, text) = http_get(ops, "/metrics");
+        let m = prometheus(&text);
+        let refused = metric(&m, "lpmesh_records_rejected_total{reason=\"not_member_connection\"}").unwrap_or(0.0);
+        let peers = metric(&m, "lpmesh_mesh_peers").unwrap_or(-1.0);
+        if code == 200 && refused >= 2.0 && peers == 1.0 {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(40),
+            "peers {peers}, refused {refused}\n{}",
+            std::fs::read_to_string(dir.join("front.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    for (p, name) in procs.iter_mut().zip(["front", "back", "thief"]) {
+        interrupt(p, name);
+    }
+    // The member's log holds the admitted node's events, none of the stranger's.
+    let events = ok(&["events", "--data", &n1.to_string_lossy(), "--json"]);
+    assert!(
+        events.contains("\"node\":\"back\""),
+        "the admitted node's events arrived"
+    );
+    assert!(
+        !events.contains("\"node\":\"thief\""),
+        "a stranger's events were stored"
+    );
+    let members: serde_json::Value =
+        serde_json::from_str(&ok(&["members", "--data", &n2.to_string_lossy(), "--json"])).unwrap();
+    let list = members.as_array().unwrap();
+    assert_eq!(list.len(), 2, "{members}");
+    assert!(list.iter().any(|m| m["founder"] == true));
+    let admitted = list.iter().find(|m| m["founder"] == false).unwrap();
+    assert!(
+        admitted["admitted_by"].is_string() && admitted["invitation"].is_string(),
+        "{admitted}"
+    );
+    let human = ok(&["members", "--data", &n1.to_string_lossy()]);
+    assert!(human.contains("founder") && human.contains("admitted by"), "{human}");
+}

@@ -1,0 +1,203 @@
+//! The store's member list: which node keys belong to the store.
+//!
+//! `lpmesh init` makes its node the founder (its key is in `store.secrets`, handed to every node that
+//! joins) and writes the founder's own admission into the log. Every later node is admitted by the
+//! member that answered its invitation, with a signed `member` record (the admitting node is the
+//! record's origin). A node is a member when a chain of admissions leads to it from the founder: a
+//! pure function of the records, so every node that holds the same records has the same list,
+//! whatever order they arrived in. Only members may hold a mesh connection and only their records are
+//! stored (`MeshHandle::set_members`); a store created before the list existed has no founder and
+//! admits every holder of the network key, as before.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+
+use lpmesh_mesh::record::Origin;
+use serde::{Deserialize, Serialize};
+
+/// Admissions kept (a store has a handful of nodes; a member minting keys cannot grow this further).
+pub const MAX_ADMISSIONS: usize = 1024;
+
+/// What a `member` record says.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Membership {
+    /// The admitted node's key (its Ed25519 public key, hex).
+    pub node: String,
+    pub at_ms: i64,
+    /// The invitation it used (none for the founder).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub invitation: Option<String>,
+}
+
+impl Membership {
+    pub fn new(node: &Origin, at_ms: i64, invitation: Option<String>) -> Self {
+        Membership {
+            node: hex(node),
+            at_ms,
+            invitation,
+        }
+    }
+}
+
+pub fn hex(o: &Origin) -> String {
+    o.0.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+pub fn parse_hex(s: &str) -> Option<Origin> {
+    if s.len() != 64 || !s.is_ascii() {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok()?;
+    }
+    let o = Origin(out);
+    o.public_key().map(|_| o)
+}
+
+/// One admitted node, for `lpmesh members` and the UI.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Member {
+    /// The node's peer id.
+    pub node: String,
+    pub founder: bool,
+    /// Who admitted it (peer id), when, with which invitation.
+    pub admitted_by: Option<String>,
+    pub admitted_at_ms: Option<i64>,
+    pub invitation: Option<String>,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Members {
+    founder: Option<Origin>,
+    /// Per admitted node: (admitted by, when, invitation), as the records say.
+    admissions: BTreeMap<Origin, Vec<(Origin, i64, Option<String>)>>,
+    seen: HashSet<(Origin, u64)>,
+}
+
+impl Members {
+    pub fn new(founder: Option<Origin>) -> Self {
+        Members {
+            founder,
+            ..Members::default()
+        }
+    }
+
+    /// Whether the store keeps a member list at all.
+    pub fn keeps_list(&self) -> bool {
+        self.founder.is_some()
+    }
+
+    /// Folds in a member record (its origin signed it); returns whether it was new.
+    pub fn add(&mut self, key: (Origin, u64), m: &Membership) -> bool {
+        let Some(node) = parse_hex(&m.node) else {
+            return false;
+        };
+        if self.seen.len() >= MAX_ADMISSIONS || !self.seen.insert(key) {
+            return false;
+        }
+        self.admissions
+            .entry(node)
+            .or_default()
+            .push((key.0, m.at_ms, m.invitation.clone()));
+        true
+    }
+
+    /// The members: the founder and every node an admission chain from it reaches.
+    pub fn admitted(&self) -> BTreeSet<Origin> {
+        let mut set: BTreeSet<Origin> = self.founder.into_iter().collect();
+        loop {
+            let more: Vec<Origin> = self
+                .admissions
+                .iter()
+                .filter(|(node, by)| !set.contains(*node) && by.iter().any(|(o, _, _)| set.contains(o)))
+                .map(|(node, _)| *node)
+                .collect();
+            if more.is_empty() {
+                return set;
+            }
+            set.extend(more);
+        }
+    }
+
+    pub fn list(&self) -> Vec<Member> {
+        let set = self.admitted();
+        set.iter()
+            .map(|o| {
+                // The earliest admission by a member is the one that counts.
+                let first = self.admissions.get(o).and_then(|v| {
+                    v.iter()
+                        .filter(|(by, _, _)| set.contains(by) && by != o)
+                        .min_by_key(|(by, at, _)| (*at, *by))
+                });
+                Member {
+                    node: o.to_string(),
+                    founder: Some(*o) == self.founder,
+                    admitted_by: first.map(|(by, _, _)| by.to_string()),
+                    admitted_at_ms: first.map(|(_, at, _)| *at),
+                    invitation: first.and_then(|(_, _, i)| i.clone()),
+                }
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn o(i: u8) -> Origin {
+        let k = libp2p_identity::ed25519::SecretKey::try_from_bytes([i; 32]).unwrap();
+        Origin(libp2p_identity::ed25519::Keypair::from(k).public().to_bytes())
+    }
+
+    #[test]
+    fn membership_is_a_chain_of_admissions_from_the_founder_in_any_order() {
+        let records = [
+            ((o(1), 1), Membership::new(&o(1), 10, None)),
+            ((o(1), 2), Membership::new(&o(2), 20, Some("a".into()))),
+            ((o(2), 1), Membership::new(&o(3), 30, Some("b".into()))),
+            // Admitted by a node nobody admitted: not a member, nor is what it admits.
+            ((o(8), 1), Membership::new(&o(9), 40, None)),
+            ((o(9), 1), Membership::new(&o(7), 50, None)),
+        ];
+        let expected: BTreeSet<Origin> = [o(1), o(2), o(3)].into();
+        for order in [[0, 1, 2, 3, 4], [4, 3, 2, 1, 0], [2, 4, 0, 3, 1]] {
+            let mut m = Members::new(Some(o(1)));
+            for i in order {
+                m.add(records[i].0, &records[i].1);
+            }
+            assert_eq!(m.admitted(), expected);
+        }
+        let mut m = Members::new(Some(o(1)));
+        for (k, r) in &records {
+            m.add(*k, r);
+        }
+        assert!(!m.add(records[0].0, &records[0].1), "a record counts once");
+        let list = m.list();
+        assert_eq!(list.len(), 3);
+        assert!(list.iter().any(|x| x.founder && x.node == o(1).to_string()));
+        let third = list.iter().find(|x| x.node == o(3).to_string()).unwrap();
+        assert_eq!(third.admitted_by, Some(o(2).to_string()));
+        assert_eq!(third.invitation.as_deref(), Some("b"));
+        // A store without a founder keeps no list.
+        assert!(!Members::new(None).keeps_list());
+        assert!(Members::new(None).admitted().is_empty());
+    }
+
+    #[test]
+    fn keys_round_trip_and_bad_ones_are_refused() {
+        assert_eq!(parse_hex(&hex(&o(4))), Some(o(4)));
+        assert_eq!(parse_hex("zz"), None);
+        assert_eq!(parse_hex(&"g".repeat(64)), None);
+        let mut m = Members::new(Some(o(1)));
+        assert!(!m.add(
+            (o(1), 1),
+            &Membership {
+                node: "nope".into(),
+                at_ms: 0,
+                invitation: None
+            }
+        ));
+    }
+}
