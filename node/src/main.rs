@@ -151,6 +151,14 @@ enum Command {
         #[command(subcommand)]
         cmd: UserCommand,
     },
+    /// Take a node out of the store for good: every member drops it as soon as it hears (a record
+    /// signed by this node). Stop this node first; the record goes out when it runs again.
+    Revoke {
+        /// The node's peer id (see `lpmesh members`).
+        node: String,
+        #[arg(long)]
+        data: PathBuf,
+    },
     /// The store's members (admitted node keys) as this node's log holds them. Stop the node first.
     Members {
         #[arg(long)]
@@ -537,6 +545,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Status { data, json } => status(&data, json),
         Command::User { cmd } => user(cmd),
+        Command::Revoke { node, data } => {
+            let revoked = lpmesh_node::node::revoke(&data, &node)?;
+            println!("revoked {revoked}: start this node; every member drops it as soon as it hears");
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Members { data, json } => {
             let Some(list) = lpmesh_node::node::read_members(&data)? else {
                 println!("this store has no member list (created before invitations): every holder of its network key can connect");
@@ -916,6 +929,7 @@ mod daemon {
         cfg: &NodeConfig,
         mesh: &lpmesh_mesh::net::MeshHandle,
         reader: lpmesh_node::bounds::Reader,
+        members: Option<tokio::sync::watch::Receiver<Vec<lpmesh_node::members::Member>>>,
         uplink: Option<tokio::sync::watch::Receiver<lpmesh_node::uplink::UplinkStatus>>,
         board: lpmesh_node::ui::CameraBoard,
         zone_control: Arc<lpmesh_node::ui::zones::ZoneControl>,
@@ -936,6 +950,10 @@ mod daemon {
             cfg.ui.tls,
         )
         .with_zones(zone_control);
+        let state = match members {
+            Some(m) => state.with_members(m),
+            None => state,
+        };
         let feed_state = state.clone();
         let retention = Some(std::time::Duration::from_secs_f64(cfg.mesh.retention_days * 86_400.0));
         tokio::spawn(async move {
@@ -1006,7 +1024,9 @@ mod daemon {
             println!("answering invitations on {enrol_addr}");
             let store_secrets = StoreSecrets::load(&cfg.data_dir)?;
             let reader = lpmesh_node::bounds::Reader::new(store_secrets.store_secret()?, cfg.mesh.time_window_secs);
-            tokio::spawn(lpmesh_node::node::follow_members(mesh.clone(), reader.clone(), lpmesh_node::node::founder(&store_secrets)));
+            let (members_tx, members_rx) = tokio::sync::watch::channel(Vec::new());
+            let store_founder = lpmesh_node::node::founder(&store_secrets);
+            tokio::spawn(lpmesh_node::node::follow_members(mesh.clone(), reader.clone(), store_founder, members_tx));
             let stop = stop_flag();
             let (tx, rx) = tokio::sync::mpsc::channel(EVENT_QUEUE);
             let tz = lpmesh_node::schedule::Schedule::parse_tz(&cfg.schedule.timezone).map_err(anyhow::Error::msg)?;
@@ -1099,7 +1119,7 @@ mod daemon {
             let board: lpmesh_node::ui::CameraBoard = Default::default();
             let node_metrics: Arc<lpmesh_node::ops::NodeMetrics> = Default::default();
             let zone_control = lpmesh_node::ui::zones::ZoneControl::new(config.to_path_buf(), &cfg.cameras);
-            let ui = start_ui(&cfg, &mesh, reader.clone(), uplink.as_ref().map(|u| u.watch()), board.clone(), zone_control.clone()).await?;
+            let ui = start_ui(&cfg, &mesh, reader.clone(), store_founder.map(|_| members_rx), uplink.as_ref().map(|u| u.watch()), board.clone(), zone_control.clone()).await?;
             tokio::spawn(lpmesh_node::node::follow_alerts(
                 mesh.clone(),
                 reader.clone(),

@@ -1,7 +1,7 @@
 //! The store's member list: which node keys belong to the store.
 //!
 //! `lpmesh init` makes its node the founder (its key is in `store.secrets`, handed to every node that
-//! joins) and writes the founder's own admission into the log. Every later node is admitted by the
+//! joins, so it needs no record). Every later node is admitted by the
 //! member that answered its invitation, with a signed `member` record (the admitting node is the
 //! record's origin). A node is a member when a chain of admissions leads to it from the founder: a
 //! pure function of the records, so every node that holds the same records has the same list,
@@ -27,6 +27,9 @@ pub struct Membership {
     /// The invitation it used (none for the founder).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub invitation: Option<String>,
+    /// This record takes the node out of the store, for good.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub revoked: bool,
 }
 
 impl Membership {
@@ -35,6 +38,14 @@ impl Membership {
             node: hex(node),
             at_ms,
             invitation,
+            revoked: false,
+        }
+    }
+
+    pub fn revocation(node: &Origin, at_ms: i64) -> Self {
+        Membership {
+            revoked: true,
+            ..Membership::new(node, at_ms, None)
         }
     }
 }
@@ -72,6 +83,8 @@ pub struct Members {
     founder: Option<Origin>,
     /// Per admitted node: (admitted by, when, invitation), as the records say.
     admissions: BTreeMap<Origin, Vec<(Origin, i64, Option<String>)>>,
+    /// Per revoked node: who revoked it.
+    revocations: BTreeMap<Origin, BTreeSet<Origin>>,
     seen: HashSet<(Origin, u64)>,
 }
 
@@ -96,15 +109,37 @@ impl Members {
         if self.seen.len() >= MAX_ADMISSIONS || !self.seen.insert(key) {
             return false;
         }
-        self.admissions
-            .entry(node)
-            .or_default()
-            .push((key.0, m.at_ms, m.invitation.clone()));
+        if m.revoked {
+            self.revocations.entry(node).or_default().insert(key.0);
+        } else {
+            self.admissions
+                .entry(node)
+                .or_default()
+                .push((key.0, m.at_ms, m.invitation.clone()));
+        }
         true
     }
 
-    /// The members: the founder and every node an admission chain from it reaches.
+    /// Nodes revoked by a member (the founder cannot be: it is the store's root).
+    pub fn revoked(&self) -> BTreeSet<Origin> {
+        let chain = self.chain();
+        self.revocations
+            .iter()
+            .filter(|(node, by)| Some(**node) != self.founder && by.iter().any(|o| chain.contains(o)))
+            .map(|(node, _)| *node)
+            .collect()
+    }
+
+    /// The members: the founder and every node an admission chain from it reaches, but for those a
+    /// member revoked. An admission made before its admitter was revoked stands.
     pub fn admitted(&self) -> BTreeSet<Origin> {
+        let revoked = self.revoked();
+        let mut set = self.chain();
+        set.retain(|o| !revoked.contains(o));
+        set
+    }
+
+    fn chain(&self) -> BTreeSet<Origin> {
         let mut set: BTreeSet<Origin> = self.founder.into_iter().collect();
         loop {
             let more: Vec<Origin> = self
@@ -118,6 +153,11 @@ impl Members {
             }
             set.extend(more);
         }
+    }
+
+    /// The member whose peer id is `peer`.
+    pub fn find(&self, peer: &str) -> Option<Origin> {
+        self.admitted().into_iter().find(|o| o.to_string() == peer)
     }
 
     pub fn list(&self) -> Vec<Member> {
@@ -186,6 +226,25 @@ mod tests {
     }
 
     #[test]
+    fn a_revoked_node_leaves_for_good_and_the_founder_stays() {
+        let mut m = Members::new(Some(o(1)));
+        m.add((o(1), 1), &Membership::new(&o(1), 10, None));
+        m.add((o(1), 2), &Membership::new(&o(2), 20, None));
+        m.add((o(2), 1), &Membership::new(&o(3), 30, None));
+        m.add((o(1), 3), &Membership::revocation(&o(2), 40));
+        assert_eq!(m.admitted(), [o(1), o(3)].into(), "3 was admitted while 2 was a member");
+        // Admitted again: revocation is for good.
+        m.add((o(1), 4), &Membership::new(&o(2), 50, None));
+        assert!(!m.admitted().contains(&o(2)));
+        // Nobody revokes the founder; a stranger revokes nobody.
+        m.add((o(3), 1), &Membership::revocation(&o(1), 60));
+        m.add((o(9), 1), &Membership::revocation(&o(3), 60));
+        assert_eq!(m.admitted(), [o(1), o(3)].into());
+        assert_eq!(m.find(&o(3).to_string()), Some(o(3)));
+        assert_eq!(m.find(&o(2).to_string()), None);
+    }
+
+    #[test]
     fn keys_round_trip_and_bad_ones_are_refused() {
         assert_eq!(parse_hex(&hex(&o(4))), Some(o(4)));
         assert_eq!(parse_hex("zz"), None);
@@ -196,7 +255,8 @@ mod tests {
             &Membership {
                 node: "nope".into(),
                 at_ms: 0,
-                invitation: None
+                invitation: None,
+                revoked: false,
             }
         ));
     }

@@ -41,21 +41,11 @@ pub fn init(store: &str, data_dir: &Path) -> Result<lpmesh_mesh::net::NodeId, No
     let key = keys::create_node_key(data_dir)?;
     let me =
         lpmesh_mesh::record::Origin::of(&key).ok_or_else(|| NodeError::Setup("the node key is not Ed25519".into()))?;
-    // The first node is the root of the store's member list, and its first record says so.
+    // The first node is the root of the store's member list: every joiner receives its key with the
+    // store's secrets, so it needs no record of its own (and `init` leaves the log to `run`).
     secrets.founder = Some(crate::members::hex(&me));
     secrets.save(data_dir)?;
-    let mut log = Log::open(&log_dir(data_dir), store, key.clone(), secrets.recipient()?)?;
-    admit(&mut log, &me, None)?;
     Ok(key.public().to_peer_id())
-}
-
-/// Writes the admission of `node` into `log` (signed by the log's own node).
-fn admit(log: &mut Log, node: &lpmesh_mesh::record::Origin, invitation: Option<String>) -> Result<(), NodeError> {
-    let now = chrono::Utc::now().timestamp_millis();
-    let m = crate::members::Membership::new(node, now, invitation);
-    let json = serde_json::to_vec(&m).map_err(|e| NodeError::Setup(e.to_string()))?;
-    log.append(RecordKind::Member, &json, u64::try_from(now).unwrap_or(0))?;
-    Ok(())
 }
 
 /// The member record for a node admitted through an invitation, to append to the log.
@@ -82,6 +72,7 @@ pub async fn follow_members(
     mesh: MeshHandle,
     reader: crate::bounds::Reader,
     founder: Option<lpmesh_mesh::record::Origin>,
+    view: tokio::sync::watch::Sender<Vec<crate::members::Member>>,
 ) {
     if founder.is_none() {
         tracing::warn!("this store has no member list (it was created before invitations): every holder of its network key can connect; create the store anew with `lpmesh init` to have one");
@@ -99,6 +90,12 @@ pub async fn follow_members(
     .await;
     loop {
         let set = members.admitted();
+        view.send_if_modified(|v| {
+            let list = members.list();
+            let changed = *v != list;
+            *v = list;
+            changed
+        });
         let wanted = set.contains(&me).then(|| set.iter().copied().collect::<Vec<_>>());
         if wanted != applied {
             if let Some(w) = &wanted {
@@ -126,6 +123,44 @@ pub async fn follow_members(
             Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
         }
     }
+}
+
+/// `lpmesh revoke`: takes `peer` out of the store with a record signed by this node (stopped: the
+/// record goes out when it runs again, and every node drops the revoked one as soon as it hears).
+pub fn revoke(data_dir: &Path, peer: &str) -> Result<String, NodeError> {
+    let key = keys::load_node_key(data_dir)?;
+    let secrets = StoreSecrets::load(data_dir)?;
+    let f = founder(&secrets).ok_or_else(|| {
+        NodeError::Setup("this store has no member list (created before invitations): nothing to revoke from".into())
+    })?;
+    let mut log = Log::open(&log_dir(data_dir), &secrets.store, key, secrets.recipient()?)
+        .map_err(|e| NodeError::Setup(format!("{e}: stop the node first (the log admits one process)")))?;
+    let reader = crate::bounds::Reader::from(secrets.store_secret()?);
+    let mut members = crate::members::Members::new(Some(f));
+    for r in log.all() {
+        let r = r?;
+        if let Some(m) = reader.member(&r) {
+            members.add((r.origin, r.seq), &m);
+        }
+    }
+    let node = members
+        .find(peer.trim())
+        .ok_or_else(|| NodeError::Setup(format!("{peer} is not a member of the store (see `lpmesh members`)")))?;
+    if node == f {
+        return Err(NodeError::Setup(
+            "the founder is the store's root and cannot be revoked; to replace it, create a new store".into(),
+        ));
+    }
+    if node == log.origin() {
+        return Err(NodeError::Setup(
+            "a node does not revoke itself: revoke it from another member".into(),
+        ));
+    }
+    let now = chrono::Utc::now().timestamp_millis();
+    let json = serde_json::to_vec(&crate::members::Membership::revocation(&node, now))
+        .map_err(|e| NodeError::Setup(e.to_string()))?;
+    log.append(RecordKind::Member, &json, u64::try_from(now).unwrap_or(0))?;
+    Ok(node.to_string())
 }
 
 /// `lpmesh members`: the store's member list as this node's log holds it (the node must be stopped).

@@ -515,3 +515,35 @@ async fn a_manager_gets_a_single_use_invitation_over_https() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_mesh_page_lists_the_stores_members() {
+    let f = fixture(false).await;
+    let guard = login(&f, "guard", "guard password").await;
+    let (_, _, body) = send(&f, get("/api/mesh", Some(&guard.0))).await;
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert!(v["members"].is_null(), "no member list known: {v}");
+    let founder = lpmesh_node::members::Member {
+        node: "12D3KooWFounder".into(),
+        founder: true,
+        admitted_by: None,
+        admitted_at_ms: None,
+        invitation: None,
+    };
+    let (tx, rx) = tokio::sync::watch::channel(vec![founder.clone()]);
+    let _ = f.state.clone().with_members(rx);
+    let (_, _, body) = send(&f, get("/api/mesh", Some(&guard.0))).await;
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["members"][0]["founder"], true, "{v}");
+    let joined = lpmesh_node::members::Member {
+        node: "12D3KooWJoined".into(),
+        founder: false,
+        admitted_by: Some("12D3KooWFounder".into()),
+        admitted_at_ms: Some(5),
+        invitation: Some("ab".into()),
+    };
+    tx.send(vec![founder, joined]).unwrap();
+    let (_, _, body) = send(&f, get("/api/mesh", Some(&guard.0))).await;
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["members"][1]["admitted_by"], "12D3KooWFounder", "{v}");
+}

@@ -14,9 +14,7 @@ use lpmesh_mesh::log::Log;
 use lpmesh_mesh::record::RecordKind;
 use lpmesh_node::action::{Action, ActionKind};
 use lpmesh_node::event::{Detail, Event, EventKind, Phase};
-use lpmesh_tests::{
-    enrol, free_port, hq_recipient, http_get, interrupt, lpmesh, lpmesh_path, metric, ok, prometheus, TempDir,
-};
+use lpmesh_tests::{enrol, free_port, hq_recipient, interrupt, lpmesh, lpmesh_path, metric, ok, TempDir};
 
 const STORE: &str = "shop-insider";
 
@@ -180,8 +178,8 @@ fn a_member_forging_records_is_contained_and_hq_still_hears_the_store() {
         metric(m, &format!("lpmesh_records_contents_refused_total{{reason=\"{why}\"}}")).unwrap_or(0.0)
     };
     loop {
-        let (code, text) = http_get(ops, "/metrics");
-        let m = prometheus(&text);
+        let m = lpmesh_tests::scrape(ops).unwrap_or_default();
+        let (code, text) = (if m.is_empty() { 0 } else { 200 }, format!("{m:?}"));
         if code == 200 && refused(&m, "future") >= 2.0 && refused(&m, "past") >= 1.0 {
             break;
         }
@@ -385,8 +383,8 @@ fn only_admitted_nodes_connect_even_with_the_stores_secrets() {
     // The member node keeps the admitted one and refuses the other, again and again.
     let t = Instant::now();
     loop {
-        let (code, text) = http_get(ops, "/metrics");
-        let m = prometheus(&text);
+        let m = lpmesh_tests::scrape(ops).unwrap_or_default();
+        let code = if m.is_empty() { 0 } else { 200 };
         let refused = metric(&m, "lpmesh_records_rejected_total{reason=\"not_member_connection\"}").unwrap_or(0.0);
         let peers = metric(&m, "lpmesh_mesh_peers").unwrap_or(-1.0);
         if code == 200 && refused >= 2.0 && peers == 1.0 {
@@ -425,4 +423,90 @@ fn only_admitted_nodes_connect_even_with_the_stores_secrets() {
     );
     let human = ok(&["members", "--data", &n1.to_string_lossy()]);
     assert!(human.contains("founder") && human.contains("admitted by"), "{human}");
+}
+
+#[test]
+fn a_revoked_node_is_dropped_by_every_member_and_its_later_records_are_refused() {
+    let dir = TempDir::new("revoke");
+    let (n1, n2, n3) = (dir.join("n1"), dir.join("n2"), dir.join("n3"));
+    ok(&["init", "--store", STORE, "--data", &n1.to_string_lossy()]);
+    enrol(&n1, &n2);
+    let joined = enrol(&n1, &n3);
+    let n3_peer = joined.split("this node is ").nth(1).unwrap().trim().to_string();
+    let (p1, p2, p3, ops) = (free_port(), free_port(), free_port(), free_port());
+    let config = |name: &str, data: &Path, port: u16, extra: &str| {
+        let c = dir.join(&format!("{name}.toml"));
+        std::fs::write(
+            &c,
+            format!(
+                "store = \"{STORE}\"\nnode = \"{name}\"\ndata_dir = \"{}\"\n{extra}[ui]\nenabled = false\n[mesh]\nlisten = [\"/ip4/127.0.0.1/tcp/{port}\"]\nmdns = false\nenrol_listen = \"127.0.0.1:0\"\nbootstrap = [{}]\n",
+                data.display(),
+                [p1, p2, p3]
+                    .iter()
+                    .filter(|p| **p != port)
+                    .map(|p| format!("\"/ip4/127.0.0.1/tcp/{p}\""))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        )
+        .unwrap();
+        c
+    };
+    let c1 = config("front", &n1, p1, &format!("[ops]\nlisten = \"127.0.0.1:{ops}\"\n"));
+    let c2 = config("back", &n2, p2, "[ops]\nenabled = false\n");
+    let c3 = config("side", &n3, p3, "[ops]\nenabled = false\n");
+    let run = |c: &Path, name: &str| {
+        spawn(
+            &["run", "--config", &c.to_string_lossy(), "--synthetic", "5"],
+            &dir.join(&format!("{name}.log")),
+        )
+    };
+    let peers = |want: f64, refused_at_least: f64| {
+        let t = Instant::now();
+        loop {
+            let m = lpmesh_tests::scrape(ops).unwrap_or_default();
+            let (code, text) = (if m.is_empty() { 0 } else { 200 }, format!("{m:?}"));
+            let refused = metric(&m, "lpmesh_records_rejected_total{reason=\"not_member_connection\"}").unwrap_or(0.0);
+            if code == 200 && metric(&m, "lpmesh_mesh_peers") == Some(want) && refused >= refused_at_least {
+                return;
+            }
+            assert!(t.elapsed() < Duration::from_secs(40), "want {want} peers: {text}");
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    };
+    let mut a = run(&c1, "front");
+    let mut b = run(&c2, "back");
+    let mut c = run(&c3, "side");
+    peers(2.0, 0.0);
+    interrupt(&mut a, "front");
+    let out = ok(&["revoke", &n3_peer, "--data", &n1.to_string_lossy()]);
+    assert!(out.contains(&n3_peer), "{out}");
+    let bad = lpmesh()
+        .args(["revoke", "12D3KooWNotAMember", "--data", &n1.to_string_lossy()])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("not a member"));
+    let revoked_at = now_ms();
+    let mut a = run(&c1, "front");
+    // The revoked node is dropped, and refused each time it comes back.
+    peers(1.0, 1.0);
+    std::thread::sleep(Duration::from_secs(10));
+    interrupt(&mut a, "front");
+    interrupt(&mut b, "back");
+    interrupt(&mut c, "side");
+    // The other member heard of it too: its member list and its log.
+    let members: serde_json::Value =
+        serde_json::from_str(&ok(&["members", "--data", &n2.to_string_lossy(), "--json"])).unwrap();
+    assert_eq!(members.as_array().unwrap().len(), 2, "{members}");
+    assert!(!members.to_string().contains(&n3_peer));
+    let events = ok(&["events", "--data", &n2.to_string_lossy(), "--json"]);
+    let late = events
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|e| e["node"] == "side" && e["at_ms"].as_i64().unwrap_or(0) > revoked_at + 8_000)
+        .count();
+    assert_eq!(
+        late, 0,
+        "records the revoked node wrote after its revocation were stored"
+    );
 }

@@ -112,7 +112,18 @@ in = "left"
         .and_then(|l| l.split_whitespace().next())
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("no record count in the node's output: {said}"));
-    assert_eq!(on_front.len(), durable, "records lost at shutdown");
+    // Its records are its events and its member record (the other node's admission).
+    let members: serde_json::Value = serde_json::from_str(&lpmesh_tests::ok(&[
+        "members",
+        "--data",
+        &n1.to_string_lossy(),
+        "--json",
+    ]))
+    .unwrap();
+    let member_records = members
+        .as_array()
+        .map_or(0, |m| m.iter().filter(|m| m["admitted_by"].is_string()).count());
+    assert_eq!(on_front.len() + member_records, durable, "records lost at shutdown");
     assert!(on_back
         .iter()
         .all(|e| e["node"] == "front" && e["camera"] == "plaza" && e["store"] == "shop-1"));

@@ -87,6 +87,8 @@ pub struct UiState {
     pub secure: bool,
     /// This node's cameras for the zone editor (none in tests that do not need it).
     pub zones: RwLock<Option<Arc<zones::ZoneControl>>>,
+    /// The store's member list as this node knows it (none: the store keeps none, or not known yet).
+    pub members: RwLock<Option<watch::Receiver<Vec<crate::members::Member>>>>,
 }
 
 impl UiState {
@@ -119,11 +121,17 @@ impl UiState {
             tz,
             secure,
             zones: RwLock::new(None),
+            members: RwLock::new(None),
         })
     }
 
     pub fn with_zones(self: Arc<Self>, z: Arc<zones::ZoneControl>) -> Arc<Self> {
         *self.zones.write().unwrap_or_else(|p| p.into_inner()) = Some(z);
+        self
+    }
+
+    pub fn with_members(self: Arc<Self>, m: watch::Receiver<Vec<crate::members::Member>>) -> Arc<Self> {
+        *self.members.write().unwrap_or_else(|p| p.into_inner()) = Some(m);
         self
     }
 
@@ -714,6 +722,12 @@ async fn mesh_status(State(state): State<Arc<UiState>>, Authed(_): Authed) -> Js
         .collect();
     let uplink = state.uplink.as_ref().map(|u| u.borrow().clone());
     let stats = state.mesh.stats().await.ok();
+    let members = state
+        .members
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .as_ref()
+        .map(|m| m.borrow().clone());
     Json(serde_json::json!({
         "store": state.store,
         "node": state.node,
@@ -722,6 +736,7 @@ async fn mesh_status(State(state): State<Arc<UiState>>, Authed(_): Authed) -> Js
         "peers": stats.as_ref().map_or(0, |s| s.peers),
         "records": stats.as_ref().map_or(0, |s| s.records),
         "uplink": uplink,
+        "members": members,
     }))
 }
 

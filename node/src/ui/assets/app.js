@@ -214,6 +214,13 @@ async function loadMesh() {
     el('td', {}, n.online ? 'online' : `silent ${n.silent_secs} s`),
     el('td', {}, n.leader ? 'leader' : ''), el('td', {}, n.hq_reachable ? 'reachable' : 'no'),
     el('td', {}, String(n.cameras)))));
+  const names = Object.fromEntries(m.nodes.map((n) => [n.id, n.name]));
+  const who = (id) => (names[id] && names[id] !== id ? `${names[id]} (${id.slice(-8)})` : id);
+  $('#members-note').textContent = m.members ? 'Only these node keys may connect to the store.' : 'This store keeps no member list: every node holding its network key may connect.';
+  $('#member-rows').replaceChildren(...(m.members || []).map((x) => el('tr', {},
+    el('td', {}, who(x.node)),
+    el('td', {}, x.founder ? 'founder' : (x.admitted_by ? who(x.admitted_by) : '')),
+    el('td', {}, x.admitted_at_ms ? fmtTime(x.admitted_at_ms) : ''))));
 }
 
 let timer = null;
