@@ -71,6 +71,8 @@ pub fn parse_hex(s: &str) -> Option<Origin> {
 pub struct Member {
     /// The node's peer id.
     pub node: String,
+    /// Its key (hex), what a revocation names.
+    pub key: String,
     pub founder: bool,
     /// Who admitted it (peer id), when, with which invitation.
     pub admitted_by: Option<String>,
@@ -172,6 +174,7 @@ impl Members {
                 });
                 Member {
                     node: o.to_string(),
+                    key: hex(o),
                     founder: Some(*o) == self.founder,
                     admitted_by: first.map(|(by, _, _)| by.to_string()),
                     admitted_at_ms: first.map(|(_, at, _)| *at),

@@ -525,6 +525,7 @@ async fn the_mesh_page_lists_the_stores_members() {
     assert!(v["members"].is_null(), "no member list known: {v}");
     let founder = lpmesh_node::members::Member {
         node: "12D3KooWFounder".into(),
+        key: "00".repeat(32),
         founder: true,
         admitted_by: None,
         admitted_at_ms: None,
@@ -537,6 +538,7 @@ async fn the_mesh_page_lists_the_stores_members() {
     assert_eq!(v["members"][0]["founder"], true, "{v}");
     let joined = lpmesh_node::members::Member {
         node: "12D3KooWJoined".into(),
+        key: "00".repeat(32),
         founder: false,
         admitted_by: Some("12D3KooWFounder".into()),
         admitted_at_ms: Some(5),
@@ -546,4 +548,61 @@ async fn the_mesh_page_lists_the_stores_members() {
     let (_, _, body) = send(&f, get("/api/mesh", Some(&guard.0))).await;
     let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(v["members"][1]["admitted_by"], "12D3KooWFounder", "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manager_revokes_a_member_from_the_mesh_page() {
+    let f = fixture(false).await;
+    let other = Keypair::generate_ed25519();
+    let other_origin = lpmesh_mesh::record::Origin::of(&other).unwrap();
+    let member = |node: String, key: String, founder: bool| lpmesh_node::members::Member {
+        node,
+        key,
+        founder,
+        admitted_by: None,
+        admitted_at_ms: None,
+        invitation: None,
+    };
+    let me = f.state.mesh.origin();
+    let (_tx, rx) = tokio::sync::watch::channel(vec![
+        member(me.to_string(), lpmesh_node::members::hex(&me), true),
+        member(
+            other_origin.to_string(),
+            lpmesh_node::members::hex(&other_origin),
+            false,
+        ),
+    ]);
+    let _ = f.state.clone().with_members(rx);
+    let (manager, manager_csrf) = login(&f, "manager", "manager password").await;
+    let (guard, guard_csrf) = login(&f, "guard", "guard password").await;
+    let path = format!("/api/members/{other_origin}/revoke");
+    let body = serde_json::json!({});
+    assert_eq!(
+        send(&f, post(&path, Some(&guard), Some(&guard_csrf), body.clone()))
+            .await
+            .0,
+        StatusCode::FORBIDDEN
+    );
+    let founder_path = format!("/api/members/{me}/revoke");
+    assert_eq!(
+        send(
+            &f,
+            post(&founder_path, Some(&manager), Some(&manager_csrf), body.clone())
+        )
+        .await
+        .0,
+        StatusCode::CONFLICT
+    );
+    assert_eq!(
+        f.state.mesh.version_vector().await.unwrap().get(&me),
+        None,
+        "nothing written yet"
+    );
+    let (s, _, b) = send(&f, post(&path, Some(&manager), Some(&manager_csrf), body)).await;
+    assert_eq!(s, StatusCode::OK, "{}", String::from_utf8_lossy(&b));
+    // The revocation is a record of the log, signed by this node, naming the other node's key.
+    let recs = f.state.mesh.range(me, 1, 10).await.unwrap();
+    assert_eq!(recs.len(), 1);
+    let m = f.state.reader.member(&recs[0]).expect("a member record");
+    assert!(m.revoked && m.node == lpmesh_node::members::hex(&other_origin));
 }

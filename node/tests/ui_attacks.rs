@@ -53,6 +53,7 @@ const ROUTES: &[(&str, &str, Access)] = &[
     ("GET", "/api/mesh", Session),
     ("GET", "/api/charts/{which}", Session),
     ("GET", "/api/invite", Manager),
+    ("POST", "/api/members/{node}/revoke", Manager),
     ("GET", "/api/zones", Manager),
     ("GET", "/api/zones/{camera}", Manager),
     ("PUT", "/api/zones/{camera}", Manager),
@@ -64,6 +65,7 @@ fn concrete(path: &str) -> String {
     path.replace("{id}", INCIDENT_PATH)
         .replace("{which}", "footfall.svg")
         .replace("{camera}", "door")
+        .replace("{node}", "12D3KooWNobody")
 }
 
 /// A body each changing route would accept.
@@ -363,7 +365,7 @@ async fn the_security_role_is_refused_on_every_manager_route() {
     let manager = login(&f, "manager", "manager password").await;
     let before = f.config_text();
     let manager_routes: Vec<_> = ROUTES.iter().filter(|r| r.2 == Manager).collect();
-    assert_eq!(manager_routes.len(), 5);
+    assert_eq!(manager_routes.len(), 6);
     for (method, path, _) in &manager_routes {
         let uri = concrete(path);
         let (s, _, b) = send(&f, req(method, &uri).session(&guard).json(&good_body(path)).build()).await;
@@ -400,7 +402,7 @@ async fn changes_without_the_sessions_own_csrf_token_are_refused_and_change_noth
     let (_, guard_csrf) = login(&f, "guard", "guard password").await;
     let before = (f.records().await, f.config_text(), f.incident());
     let changing: Vec<_> = ROUTES.iter().filter(|r| r.0 != "GET" && r.1 != "/api/login").collect();
-    assert_eq!(changing.len(), 3, "logout, incident actions, zone save");
+    assert_eq!(changing.len(), 4, "logout, incident actions, revocation, zone save");
     for (method, path, _) in &changing {
         let uri = concrete(path);
         let body = good_body(path);

@@ -304,6 +304,7 @@ pub fn app(state: Arc<UiState>) -> Router {
         .route("/api/mesh", get(mesh_status))
         .route("/api/charts/{which}", get(chart))
         .route("/api/invite", get(invite))
+        .route("/api/members/{node}/revoke", post(revoke_member))
         .route("/api/zones", get(zone_cameras))
         .route("/api/zones/{camera}", get(get_zones).put(put_zones))
         .route("/api/zones/{camera}/still.bmp", get(still))
@@ -798,6 +799,50 @@ async fn invite(State(state): State<Arc<UiState>>, Manager(s): Manager) -> Resul
     Ok(Json(
         serde_json::json!({ "token": token, "qr_svg": svg, "expires_ms": inv.expires_ms, "single_use": true }),
     ))
+}
+
+/// A manager takes a node out of the store: a revocation signed by this node, which every member
+/// acts on as soon as it hears it.
+async fn revoke_member(
+    State(state): State<Arc<UiState>>,
+    Manager(s): Manager,
+    Path(node): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let list = state
+        .members
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .as_ref()
+        .map(|m| m.borrow().clone())
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "this store keeps no member list"))?;
+    let m = list
+        .iter()
+        .find(|m| m.node == node)
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "not a member of the store"))?;
+    if m.founder {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "the founder is the store's root and cannot be revoked",
+        ));
+    }
+    let origin = crate::members::parse_hex(&m.key)
+        .ok_or_else(|| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "bad member key"))?;
+    if origin == state.mesh.origin() {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "a node does not revoke itself: do it from another node's page",
+        ));
+    }
+    let now = chrono::Utc::now().timestamp_millis();
+    let json = serde_json::to_vec(&crate::members::Membership::revocation(&origin, now))
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    state
+        .mesh
+        .append(vec![(RecordKind::Member, json)])
+        .await
+        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+    tracing::warn!(by = %s.user, %node, "a node was revoked from the UI");
+    Ok(Json(serde_json::json!({ "revoked": node })))
 }
 
 /// The cameras whose zones this node can edit (its own).

@@ -220,7 +220,23 @@ async function loadMesh() {
   $('#member-rows').replaceChildren(...(m.members || []).map((x) => el('tr', {},
     el('td', {}, who(x.node)),
     el('td', {}, x.founder ? 'founder' : (x.admitted_by ? who(x.admitted_by) : '')),
-    el('td', {}, x.admitted_at_ms ? fmtTime(x.admitted_at_ms) : ''))));
+    el('td', {}, x.admitted_at_ms ? fmtTime(x.admitted_at_ms) : ''),
+    el('td', {}, revokeButton(x, m)))));
+}
+
+// Managers take a node out of the store (a stolen or retired box); never the founder or this node.
+function revokeButton(x, m) {
+  const here = (m.nodes.find((n) => n.this) || {}).id;
+  if (!me || me.role !== 'manager' || x.founder || x.node === here) return '';
+  const b = el('button', { class: 'secondary' }, 'Revoke');
+  b.addEventListener('click', async () => {
+    if (!confirm(`Take ${x.node} out of the store for good? Every node drops it at once.`)) return;
+    try {
+      await api('POST', `/api/members/${encodeURIComponent(x.node)}/revoke`, {});
+      await loadMesh();
+    } catch (e) { $('#banner').textContent = e.message; $('#banner').classList.remove('hidden'); }
+  });
+  return b;
 }
 
 let timer = null;
