@@ -304,6 +304,7 @@ pub fn invite(
     now_ms: u64,
 ) -> Result<(Invitation, Token), EnrolError> {
     let expires = expires.min(MAX_EXPIRY);
+    prune(data_dir, now_ms);
     let id: [u8; 16] = rand::random();
     let secret: [u8; 16] = rand::random();
     let inv = Invitation {
@@ -328,6 +329,18 @@ pub fn invite(
         expires_ms: inv.expires_ms,
     };
     Ok((inv, token))
+}
+
+/// Forgets invitations expired more than a day ago (kept that long so a late joiner still hears
+/// "expired" rather than "unknown"), with their claim files.
+fn prune(data_dir: &Path, now_ms: u64) {
+    const KEEP_MS: u64 = 86_400_000;
+    for inv in list(data_dir) {
+        if inv.expires_ms.saturating_add(KEEP_MS) < now_ms {
+            let _ = fs::remove_file(invite_path(data_dir, &inv.id));
+            let _ = fs::remove_file(claim_path(data_dir, &inv.id));
+        }
+    }
 }
 
 /// Every invitation this member holds (for `lpmesh invite --list` and the UI).
@@ -666,6 +679,13 @@ where
 
 /// `lpmesh join`: connects to the token's member and runs the joiner's side within [`DEADLINE`].
 pub async fn join_remote(token: &Token, node_key: &Keypair) -> Result<StoreSecrets, EnrolError> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    // Said here without a round trip (the member checks again: this clock may be wrong).
+    if now > token.expires_ms.saturating_add(60_000) {
+        return Err(EnrolError::Refused(Refusal::Expired));
+    }
     let run = async {
         let mut s = tokio::net::TcpStream::connect(&token.enrol)
             .await
@@ -823,6 +843,27 @@ mod tests {
             inv.used_by.is_some() && inv.secret.is_empty(),
             "used, and its secret is gone"
         );
+        let _ = fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn invitations_expired_a_day_ago_are_forgotten() {
+        let d = dir("prune");
+        let secrets = StoreSecrets::generate("shop").unwrap();
+        let (old, _) = invite(&d, &secrets, "x:1", vec![], Duration::from_secs(60), 1_000).unwrap();
+        let (fresh, _) = invite(&d, &secrets, "x:1", vec![], Duration::from_secs(60), 1_000 + 86_400_000).unwrap();
+        assert_eq!(list(&d).len(), 2, "expired an hour ago: still said to be expired");
+        invite(
+            &d,
+            &secrets,
+            "x:1",
+            vec![],
+            Duration::from_secs(60),
+            1_000 + 2 * 86_400_000,
+        )
+        .unwrap();
+        let ids: Vec<String> = list(&d).into_iter().map(|i| i.id).collect();
+        assert!(!ids.contains(&old.id) && ids.contains(&fresh.id), "{ids:?}");
         let _ = fs::remove_dir_all(&d);
     }
 

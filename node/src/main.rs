@@ -1263,6 +1263,9 @@ mod daemon {
                 );
             }
             mesh.shutdown().await?;
+            // Nobody answers invitations here any more: `lpmesh invite` says so rather than making a
+            // token that points at nothing.
+            let _ = std::fs::remove_file(cfg.data_dir.join(lpmesh_mesh::enrol::ENROL_ADDR_FILE));
             println!("node {} stopped", cfg.node);
             Ok(ExitCode::SUCCESS)
         })
