@@ -1469,14 +1469,7 @@ impl Actor {
                     self.reject("sync_busy");
                     self.respond(channel, 0);
                     if let Some(again) = self.answer_part(peer, answer, parts, full, true, false) {
-                        let actions = self.ae.handle(
-                            Input::Applied {
-                                from: peer,
-                                full: again,
-                            },
-                            self.log.version_vector(),
-                        );
-                        self.carry_out(actions);
+                        self.applied(peer, again);
                     }
                     return;
                 }
@@ -1552,15 +1545,16 @@ impl Actor {
             return;
         }
         if let Some(again) = self.answer_part(peer, done.answer, done.parts, done.full, false, future) {
-            let actions = self.ae.handle(
-                Input::Applied {
-                    from: peer,
-                    full: again,
-                },
-                self.log.version_vector(),
-            );
-            self.carry_out(actions);
+            self.applied(peer, again);
         }
+    }
+
+    /// Tells anti-entropy that an answer from `peer` has been taken in (`full`: it held all we lacked).
+    fn applied(&mut self, peer: PeerId, full: bool) {
+        let actions = self
+            .ae
+            .handle(Input::Applied { from: peer, full }, self.log.version_vector());
+        self.carry_out(actions);
     }
 
     fn carry_out(&mut self, actions: Vec<Action<PeerId>>) {

@@ -9,13 +9,16 @@
 //! stored (`MeshHandle::set_members`); a store created before the list existed has no founder and
 //! admits every holder of the network key, as before.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use lpmesh_mesh::record::Origin;
 use serde::{Deserialize, Serialize};
 
-/// Admissions kept (a store has a handful of nodes; a member minting keys cannot grow this further).
-pub const MAX_ADMISSIONS: usize = 1024;
+/// Member records kept from one signer: a member flooding admissions fills only its own share.
+pub const MAX_PER_SIGNER: usize = 256;
+/// Admissions kept in all (a store has a handful of nodes). Revocations are not held to it, so one
+/// that takes a flooder out is always heard.
+pub const MAX_ADMISSIONS: usize = 4096;
 
 /// What a `member` record says.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -66,6 +69,34 @@ pub fn parse_hex(s: &str) -> Option<Origin> {
     o.public_key().map(|_| o)
 }
 
+/// Why a node cannot be revoked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RevokeError {
+    #[error("not a member of the store (see `lpmesh members`)")]
+    NotMember,
+    #[error("the founder is the store's root and cannot be revoked; to replace it, create a new store")]
+    Founder,
+    #[error("a node does not revoke itself: revoke it from another member")]
+    Itself,
+}
+
+/// The record that revokes `peer` (a peer id from `list`), to be signed by `by`: the one rule the
+/// command line and the UI share.
+pub fn revocation(list: &[Member], peer: &str, by: &Origin, at_ms: i64) -> Result<Membership, RevokeError> {
+    let m = list
+        .iter()
+        .find(|m| m.node == peer.trim())
+        .ok_or(RevokeError::NotMember)?;
+    if m.founder {
+        return Err(RevokeError::Founder);
+    }
+    let node = parse_hex(&m.key).ok_or(RevokeError::NotMember)?;
+    if node == *by {
+        return Err(RevokeError::Itself);
+    }
+    Ok(Membership::revocation(&node, at_ms))
+}
+
 /// One admitted node, for `lpmesh members` and the UI.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Member {
@@ -88,6 +119,7 @@ pub struct Members {
     /// Per revoked node: who revoked it.
     revocations: BTreeMap<Origin, BTreeSet<Origin>>,
     seen: HashSet<(Origin, u64)>,
+    per_signer: HashMap<Origin, usize>,
 }
 
 impl Members {
@@ -108,9 +140,12 @@ impl Members {
         let Some(node) = parse_hex(&m.node) else {
             return false;
         };
-        if self.seen.len() >= MAX_ADMISSIONS || !self.seen.insert(key) {
+        let signed = self.per_signer.get(&key.0).copied().unwrap_or(0);
+        let admissions: usize = self.admissions.values().map(Vec::len).sum();
+        if signed >= MAX_PER_SIGNER || (!m.revoked && admissions >= MAX_ADMISSIONS) || !self.seen.insert(key) {
             return false;
         }
+        self.per_signer.insert(key.0, signed + 1);
         if m.revoked {
             self.revocations.entry(node).or_default().insert(key.0);
         } else {
@@ -155,11 +190,6 @@ impl Members {
             }
             set.extend(more);
         }
-    }
-
-    /// The member whose peer id is `peer`.
-    pub fn find(&self, peer: &str) -> Option<Origin> {
-        self.admitted().into_iter().find(|o| o.to_string() == peer)
     }
 
     pub fn list(&self) -> Vec<Member> {
@@ -243,8 +273,44 @@ mod tests {
         m.add((o(3), 1), &Membership::revocation(&o(1), 60));
         m.add((o(9), 1), &Membership::revocation(&o(3), 60));
         assert_eq!(m.admitted(), [o(1), o(3)].into());
-        assert_eq!(m.find(&o(3).to_string()), Some(o(3)));
-        assert_eq!(m.find(&o(2).to_string()), None);
+        let list = m.list();
+        let r = revocation(&list, &o(3).to_string(), &o(1), 70).unwrap();
+        assert!(r.revoked && parse_hex(&r.node) == Some(o(3)));
+        assert_eq!(
+            revocation(&list, &o(2).to_string(), &o(1), 70),
+            Err(RevokeError::NotMember)
+        );
+        assert_eq!(
+            revocation(&list, &o(1).to_string(), &o(3), 70),
+            Err(RevokeError::Founder)
+        );
+        assert_eq!(
+            revocation(&list, &o(3).to_string(), &o(3), 70),
+            Err(RevokeError::Itself)
+        );
+    }
+
+    #[test]
+    fn a_member_flooding_admissions_fills_only_its_share_and_can_still_be_revoked() {
+        let mut m = Members::new(Some(o(1)));
+        m.add((o(1), 1), &Membership::new(&o(2), 1, None));
+        let fake = |i: u64| {
+            let k = libp2p_identity::ed25519::SecretKey::try_from_bytes({
+                let mut b = [7u8; 32];
+                b[..8].copy_from_slice(&i.to_be_bytes());
+                b
+            })
+            .unwrap();
+            Origin(libp2p_identity::ed25519::Keypair::from(k).public().to_bytes())
+        };
+        for i in 0..(MAX_PER_SIGNER as u64 + 50) {
+            m.add((o(2), i + 1), &Membership::new(&fake(i), 1, None));
+        }
+        assert_eq!(m.admitted().len(), 2 + MAX_PER_SIGNER, "the flooder's share, not more");
+        // The founder's records still count, and its revocation takes the flooder out.
+        assert!(m.add((o(1), 2), &Membership::new(&o(3), 2, None)));
+        assert!(m.add((o(1), 3), &Membership::revocation(&o(2), 3)));
+        assert!(!m.admitted().contains(&o(2)) && m.admitted().contains(&o(3)));
     }
 
     #[test]

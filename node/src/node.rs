@@ -82,12 +82,7 @@ pub async fn follow_members(
     let mut members = crate::members::Members::new(founder);
     let mut sub = mesh.subscribe();
     let mut applied: Option<Vec<lpmesh_mesh::record::Origin>> = None;
-    let _ = read_log(&mesh, |r| {
-        if let Some(m) = reader.member(r) {
-            members.add((r.origin, r.seq), &m);
-        }
-    })
-    .await;
+    let _ = read_log(&mesh, |r| take_member(&mut members, &reader, r)).await;
     loop {
         let set = members.admitted();
         view.send_if_modified(|v| {
@@ -107,18 +102,9 @@ pub async fn follow_members(
             applied = wanted;
         }
         match sub.recv().await {
-            Ok(r) => {
-                if let Some(m) = reader.member(&r) {
-                    members.add((r.origin, r.seq), &m);
-                }
-            }
+            Ok(r) => take_member(&mut members, &reader, &r),
             Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
-                let _ = read_log(&mesh, |r| {
-                    if let Some(m) = reader.member(r) {
-                        members.add((r.origin, r.seq), &m);
-                    }
-                })
-                .await;
+                let _ = read_log(&mesh, |r| take_member(&mut members, &reader, r)).await;
             }
             Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
         }
@@ -135,32 +121,34 @@ pub fn revoke(data_dir: &Path, peer: &str) -> Result<String, NodeError> {
     })?;
     let mut log = Log::open(&log_dir(data_dir), &secrets.store, key, secrets.recipient()?)
         .map_err(|e| NodeError::Setup(format!("{e}: stop the node first (the log admits one process)")))?;
-    let reader = crate::bounds::Reader::from(secrets.store_secret()?);
-    let mut members = crate::members::Members::new(Some(f));
-    for r in log.all() {
-        let r = r?;
-        if let Some(m) = reader.member(&r) {
-            members.add((r.origin, r.seq), &m);
-        }
-    }
-    let node = members
-        .find(peer.trim())
-        .ok_or_else(|| NodeError::Setup(format!("{peer} is not a member of the store (see `lpmesh members`)")))?;
-    if node == f {
-        return Err(NodeError::Setup(
-            "the founder is the store's root and cannot be revoked; to replace it, create a new store".into(),
-        ));
-    }
-    if node == log.origin() {
-        return Err(NodeError::Setup(
-            "a node does not revoke itself: revoke it from another member".into(),
-        ));
-    }
+    let members = members_in(&log, &secrets, f)?;
     let now = chrono::Utc::now().timestamp_millis();
-    let json = serde_json::to_vec(&crate::members::Membership::revocation(&node, now))
-        .map_err(|e| NodeError::Setup(e.to_string()))?;
+    let revocation = crate::members::revocation(&members.list(), peer, &log.origin(), now)
+        .map_err(|e| NodeError::Setup(format!("{peer}: {e}")))?;
+    let json = serde_json::to_vec(&revocation).map_err(|e| NodeError::Setup(e.to_string()))?;
     log.append(RecordKind::Member, &json, u64::try_from(now).unwrap_or(0))?;
-    Ok(node.to_string())
+    Ok(peer.trim().to_string())
+}
+
+/// The member list `log` holds.
+fn members_in(
+    log: &Log,
+    secrets: &StoreSecrets,
+    founder: lpmesh_mesh::record::Origin,
+) -> Result<crate::members::Members, NodeError> {
+    let reader = crate::bounds::Reader::from(secrets.store_secret()?);
+    let mut members = crate::members::Members::new(Some(founder));
+    for r in log.all() {
+        take_member(&mut members, &reader, &r?);
+    }
+    Ok(members)
+}
+
+/// Folds `r` into `members` if it is a member record.
+fn take_member(members: &mut crate::members::Members, reader: &crate::bounds::Reader, r: &Record) {
+    if let Some(m) = reader.member(r) {
+        members.add((r.origin, r.seq), &m);
+    }
 }
 
 /// `lpmesh members`: the store's member list as this node's log holds it (the node must be stopped).
@@ -171,14 +159,7 @@ pub fn read_members(data_dir: &Path) -> Result<Option<Vec<crate::members::Member
         return Ok(None);
     };
     let log = Log::open(&log_dir(data_dir), &secrets.store, key, secrets.recipient()?)?;
-    let reader = crate::bounds::Reader::from(secrets.store_secret()?);
-    let mut members = crate::members::Members::new(Some(f));
-    for r in log.all() {
-        let r = r?;
-        if let Some(m) = reader.member(&r) {
-            members.add((r.origin, r.seq), &m);
-        }
-    }
+    let members = members_in(&log, &secrets, f)?;
     Ok(Some(members.list()))
 }
 

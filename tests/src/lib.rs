@@ -33,6 +33,20 @@ pub fn footage() -> PathBuf {
     p
 }
 
+/// Starts `lpmesh ARGS` at info level, its stderr to `log` and its stdout beside it (`.out`).
+pub fn spawn(args: &[&str], log: &std::path::Path) -> std::process::Child {
+    use std::process::Stdio;
+    lpmesh()
+        .args(args)
+        .env("LPMESH_LOG", "info")
+        .stdout(Stdio::from(
+            std::fs::File::create(log.with_extension("out")).expect("stdout log"),
+        ))
+        .stderr(Stdio::from(std::fs::File::create(log).expect("stderr log")))
+        .spawn()
+        .expect("run lpmesh")
+}
+
 /// A free TCP port on loopback (for the nodes, UIs and HQ a test starts).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

@@ -3,21 +3,10 @@
 //! status` while they run, and at the end HQ's summaries agree with the events the store holds.
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use lpmesh_hq::store::{Embedded, Filter, HqStore};
-use lpmesh_tests::{free_port, hq_recipient, http_get, interrupt, lpmesh, lpmesh_path, ok, prometheus, TempDir};
-
-fn spawn(args: &[&str], log: &Path) -> Child {
-    Command::new(lpmesh_path())
-        .args(args)
-        .env("LPMESH_LOG", "info")
-        .stdout(Stdio::from(std::fs::File::create(log.with_extension("out")).unwrap()))
-        .stderr(Stdio::from(std::fs::File::create(log).unwrap()))
-        .spawn()
-        .unwrap()
-}
+use lpmesh_tests::{free_port, hq_recipient, http_get, interrupt, lpmesh, ok, prometheus, spawn, TempDir};
 
 fn sample(m: &[(String, f64)], series: &str) -> f64 {
     m.iter().find(|(s, _)| s == series).map(|(_, v)| *v).unwrap_or(-1.0)

@@ -5,7 +5,7 @@
 //! counts them, and HQ goes on receiving the store's summaries.
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use lpmesh_hq::store::{Embedded, Filter, HqStore};
@@ -14,19 +14,9 @@ use lpmesh_mesh::log::Log;
 use lpmesh_mesh::record::RecordKind;
 use lpmesh_node::action::{Action, ActionKind};
 use lpmesh_node::event::{Detail, Event, EventKind, Phase};
-use lpmesh_tests::{enrol, free_port, hq_recipient, interrupt, lpmesh, lpmesh_path, metric, ok, TempDir};
+use lpmesh_tests::{enrol, free_port, hq_recipient, interrupt, lpmesh, metric, ok, spawn, TempDir};
 
 const STORE: &str = "shop-insider";
-
-fn spawn(args: &[&str], log: &Path) -> Child {
-    Command::new(lpmesh_path())
-        .args(args)
-        .env("LPMESH_LOG", "info")
-        .stdout(Stdio::from(std::fs::File::create(log.with_extension("out")).unwrap()))
-        .stderr(Stdio::from(std::fs::File::create(log).unwrap()))
-        .spawn()
-        .unwrap()
-}
 
 fn status(data: &Path) -> serde_json::Value {
     let out = lpmesh()

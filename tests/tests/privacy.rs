@@ -4,23 +4,9 @@
 //! configuration, and image signatures. The run must have moved events and summaries, or the proof
 //! would be empty.
 
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use lpmesh_tests::{
-    free_port, hq_recipient, http_get, interrupt, lpmesh_path, metric, ok, prometheus, FaultProxy, TempDir,
-};
-
-fn spawn(args: &[&str], log: &Path) -> Child {
-    Command::new(lpmesh_path())
-        .args(args)
-        .env("LPMESH_LOG", "info")
-        .stdout(Stdio::from(std::fs::File::create(log.with_extension("out")).unwrap()))
-        .stderr(Stdio::from(std::fs::File::create(log).unwrap()))
-        .spawn()
-        .unwrap()
-}
+use lpmesh_tests::{free_port, hq_recipient, http_get, interrupt, metric, ok, prometheus, spawn, FaultProxy, TempDir};
 
 fn find(hay: &[u8], needle: &[u8]) -> usize {
     hay.windows(needle.len()).filter(|w| *w == needle).count()

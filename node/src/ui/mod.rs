@@ -815,27 +815,16 @@ async fn revoke_member(
         .as_ref()
         .map(|m| m.borrow().clone())
         .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "this store keeps no member list"))?;
-    let m = list
-        .iter()
-        .find(|m| m.node == node)
-        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "not a member of the store"))?;
-    if m.founder {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "the founder is the store's root and cannot be revoked",
-        ));
-    }
-    let origin = crate::members::parse_hex(&m.key)
-        .ok_or_else(|| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "bad member key"))?;
-    if origin == state.mesh.origin() {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "a node does not revoke itself: do it from another node's page",
-        ));
-    }
     let now = chrono::Utc::now().timestamp_millis();
-    let json = serde_json::to_vec(&crate::members::Membership::revocation(&origin, now))
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let revocation = crate::members::revocation(&list, &node, &state.mesh.origin(), now).map_err(|e| {
+        let status = match e {
+            crate::members::RevokeError::NotMember => StatusCode::NOT_FOUND,
+            _ => StatusCode::CONFLICT,
+        };
+        ApiError::new(status, e.to_string())
+    })?;
+    let json =
+        serde_json::to_vec(&revocation).map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     state
         .mesh
         .append(vec![(RecordKind::Member, json)])
