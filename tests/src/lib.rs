@@ -55,6 +55,47 @@ pub fn free_port() -> u16 {
         .expect("a free loopback port")
 }
 
+/// A loopback port kept bound until `release`: a port from `free_port` is free only until anything
+/// else binds port 0 (the test's own proxies and helper processes included), so a port a test will
+/// hand to a process it starts later is held until just before that start.
+pub struct HeldPort {
+    port: u16,
+    listener: Option<std::net::TcpListener>,
+}
+
+impl HeldPort {
+    pub fn new() -> HeldPort {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a free loopback port");
+        let port = listener.local_addr().expect("a bound address").port();
+        HeldPort {
+            port,
+            listener: Some(listener),
+        }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Lets the port go, for the process about to bind it.
+    pub fn release(&mut self) {
+        self.listener = None;
+    }
+}
+
+impl Default for HeldPort {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The last `lines` lines of a process's log file, for a failure message.
+pub fn log_tail(path: &std::path::Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
 /// SIGINT, as Ctrl-C: the process stops in order and must exit cleanly within 20 s.
 pub fn interrupt(child: &mut std::process::Child, what: &str) {
     let _ = Command::new("kill").args(["-INT", &child.id().to_string()]).status();

@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 
 use lpmesh_hq::store::{Embedded, Filter};
 use lpmesh_tests::{
-    free_port, hq_recipient, interrupt, lpmesh, lpmesh_path, metric, ok, scrape, FaultProxy, Rng, TempDir,
+    free_port, hq_recipient, interrupt, log_tail, lpmesh, lpmesh_path, metric, ok, scrape, FaultProxy, HeldPort, Rng,
+    TempDir,
 };
 
 const NODES: usize = 5;
@@ -35,7 +36,7 @@ struct Node {
     data: PathBuf,
     config: PathBuf,
     log: PathBuf,
-    listen: u16,
+    listen: HeldPort,
     ops: u16,
     proc: Option<Child>,
     started: Instant,
@@ -43,6 +44,17 @@ struct Node {
 }
 
 impl Node {
+    /// A node that stopped on its own fails the test with its last words.
+    fn assert_running(&mut self) {
+        if let Some(Ok(Some(status))) = self.proc.as_mut().map(|p| p.try_wait()) {
+            panic!(
+                "{} exited with {status}:\n{}",
+                self.data.display(),
+                log_tail(&self.log, 40)
+            );
+        }
+    }
+
     fn write_config(&mut self, proxies: &BTreeMap<(usize, usize), FaultProxy>, me: usize, hq: &HqInfo) {
         self.ops = free_port();
         let boot: Vec<String> = (0..NODES)
@@ -58,7 +70,7 @@ impl Node {
                  [hq]\nurl = \"https://localhost:{}\"\nrecipient = \"{}\"\nca_cert = \"{}\"\nprobe_secs = 0.5\nresend_secs = 0.5\ntimeout_secs = 2.0\n",
                 self.data.display(),
                 self.ops,
-                self.listen,
+                self.listen.port(),
                 boot.join(", "),
                 hq.proxy_port,
                 hq.recipient,
@@ -70,6 +82,7 @@ impl Node {
 
     fn start(&mut self, until_ms: i64) {
         let until = until_ms.to_string();
+        self.listen.release();
         self.started = Instant::now();
         self.proc = Some(spawn(
             &[
@@ -123,7 +136,8 @@ fn five_nodes_through_partitions_delays_loss_and_restarts_converge_with_hq_match
     let dir = TempDir::new("churn");
 
     // HQ (embedded store), reached through its own proxy.
-    let hq_port = free_port();
+    let mut hq_hold = HeldPort::new();
+    let hq_port = hq_hold.port();
     let hq_toml = dir.join("hq.toml");
     std::fs::write(
         &hq_toml,
@@ -148,7 +162,7 @@ fn five_nodes_through_partitions_delays_loss_and_restarts_converge_with_hq_match
             data: dir.join(&format!("n{i}")),
             config: dir.join(&format!("n{i}.toml")),
             log: dir.join(&format!("n{i}.log")),
-            listen: free_port(),
+            listen: HeldPort::new(),
             ops: 0,
             proc: None,
             started: Instant::now(),
@@ -170,13 +184,14 @@ fn five_nodes_through_partitions_delays_loss_and_restarts_converge_with_hq_match
         "--key",
         key.trim(),
     ]);
+    hq_hold.release();
     let mut hq_proc = spawn(&["hq", "--config", &hq_cfg], &dir.join("hq.log"));
 
     let mut proxies: BTreeMap<(usize, usize), FaultProxy> = BTreeMap::new();
     for i in 0..NODES {
         for (j, to) in nodes.iter().enumerate() {
             if i != j {
-                proxies.insert((i, j), FaultProxy::start(([127, 0, 0, 1], to.listen).into()));
+                proxies.insert((i, j), FaultProxy::start(([127, 0, 0, 1], to.listen.port()).into()));
             }
         }
     }
@@ -203,7 +218,12 @@ fn five_nodes_through_partitions_delays_loss_and_restarts_converge_with_hq_match
             {
                 break id;
             }
-            assert!(t.elapsed() < Duration::from_secs(20), "node 1 wrote no status");
+            nodes[1].assert_running();
+            assert!(
+                t.elapsed() < Duration::from_secs(45),
+                "node 1 wrote no status:\n{}",
+                log_tail(&nodes[1].log, 40)
+            );
             std::thread::sleep(Duration::from_millis(200));
         }
     };
@@ -314,10 +334,12 @@ fn five_nodes_through_partitions_delays_loss_and_restarts_converge_with_hq_match
                     }
                 }
             }
+            n.assert_running();
             assert!(
-                t.elapsed() < Duration::from_secs(20),
-                "no status from {}",
-                n.data.display()
+                t.elapsed() < Duration::from_secs(45),
+                "no status from {}:\n{}",
+                n.data.display(),
+                log_tail(&n.log, 40)
             );
             std::thread::sleep(Duration::from_millis(200));
         };

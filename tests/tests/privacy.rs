@@ -6,7 +6,9 @@
 
 use std::time::{Duration, Instant};
 
-use lpmesh_tests::{free_port, hq_recipient, http_get, interrupt, metric, ok, prometheus, spawn, FaultProxy, TempDir};
+use lpmesh_tests::{
+    free_port, hq_recipient, http_get, interrupt, metric, ok, prometheus, spawn, FaultProxy, HeldPort, TempDir,
+};
 
 fn find(hay: &[u8], needle: &[u8]) -> usize {
     hay.windows(needle.len()).filter(|w| *w == needle).count()
@@ -44,7 +46,9 @@ fn the_bytes_a_node_sends_to_peers_and_hq_carry_no_event_field_and_no_image() {
     ]);
     let mut hq = spawn(&["hq", "--config", &hq_cfg], &dir.join("hq.log"));
 
-    let (a_listen, b_listen) = (free_port(), free_port());
+    // Held while the proxies bind theirs, so no proxy lands on a node's port.
+    let (mut a_hold, mut b_hold) = (HeldPort::new(), HeldPort::new());
+    let (a_listen, b_listen) = (a_hold.port(), b_hold.port());
     let to_b = FaultProxy::start(([127, 0, 0, 1], b_listen).into());
     let to_a = FaultProxy::start(([127, 0, 0, 1], a_listen).into());
     let to_hq = FaultProxy::start(([127, 0, 0, 1], hq_port).into());
@@ -88,6 +92,8 @@ fn the_bytes_a_node_sends_to_peers_and_hq_carry_no_event_field_and_no_image() {
         ),
     )
     .unwrap();
+    a_hold.release();
+    b_hold.release();
     let mut na = spawn(&["run", "--config", &a_cfg.to_string_lossy()], &dir.join("a.log"));
     let mut nb = spawn(&["run", "--config", &b_cfg.to_string_lossy()], &dir.join("b.log"));
 
