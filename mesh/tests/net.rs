@@ -777,3 +777,32 @@ async fn a_record_from_a_clock_far_ahead_is_refused_counted_not_forwarded_and_no
     assert_eq!(s1.rejected.get("future"), None, "node 0 did not forward it: {s1:?}");
     c.stop(&[]).await;
 }
+
+/// A burst from one node loads every receiver's CPU and send queues (slow consumers, IWANT promises
+/// kept late): that is load, not misbehaviour, and must cut nobody off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_appends_bans_no_honest_peer() {
+    let c = cluster(6).await;
+    let batch: Vec<(RecordKind, Vec<u8>)> = (0..500).map(|_| (RecordKind::Event, vec![7u8; 400])).collect();
+    for _ in 0..30 {
+        c.nodes[0].append(batch.clone()).await.unwrap();
+    }
+    let target = c.nodes[0].version_vector().await.unwrap();
+    for (i, h) in c.nodes.iter().enumerate() {
+        eventually(
+            &format!("node {i} holds the burst"),
+            Duration::from_secs(60),
+            async || h.version_vector().await.unwrap() == target,
+        )
+        .await;
+    }
+    for (i, h) in c.nodes.iter().enumerate() {
+        let s = h.stats().await.unwrap();
+        assert_eq!(
+            s.peers_banned, 0,
+            "node {i} banned an honest peer: {:?}",
+            s.peers_banned_by
+        );
+    }
+    c.stop(&[]).await;
+}
