@@ -438,18 +438,46 @@ impl Log {
             return Err(LogError::Unavailable);
         }
         let mut next = self.vv.get(&self.origin).copied().unwrap_or(0);
-        let mut batch = sled::Batch::default();
-        let mut out = Vec::with_capacity(items.len());
+        // Seqs and times in order here; the encryption and the signature of each record (nearly all
+        // of an append's cost) spread over the cores.
+        let mut stamped = Vec::with_capacity(items.len());
         for (kind, plaintext) in items {
             next = next.checked_add(1).ok_or(LogError::SeqExhausted)?;
-            let ciphertext = self.recipient.encrypt(plaintext)?;
-            let hlc = self.clock.now(wall_ms);
-            let r = Record::seal(&self.store, &self.key, next, hlc, *kind, ciphertext)?;
-            batch.insert(&record_key(&self.origin, next)[..], r.encode());
-            out.push(r);
+            stamped.push((next, self.clock.now(wall_ms), *kind, *plaintext));
         }
-        if out.is_empty() {
-            return Ok(out);
+        if stamped.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (store, key, recipient) = (&self.store, &self.key, &self.recipient);
+        let seal = |part: &[(u64, Timestamp, RecordKind, &[u8])]| -> Result<Vec<Record>, LogError> {
+            part.iter()
+                .map(|(seq, hlc, kind, plaintext)| {
+                    let ciphertext = recipient.encrypt(plaintext)?;
+                    Ok(Record::seal(store, key, *seq, *hlc, *kind, ciphertext)?)
+                })
+                .collect()
+        };
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(8);
+        let out: Vec<Record> = if stamped.len() < 64 || threads < 2 {
+            seal(&stamped)?
+        } else {
+            let chunk = stamped.len().div_ceil(threads);
+            let parts: Vec<Result<Vec<Record>, LogError>> = std::thread::scope(|s| {
+                let handles: Vec<_> = stamped.chunks(chunk).map(|c| s.spawn(move || seal(c))).collect();
+                handles
+                    .into_iter()
+                    .map(|h| h.join().unwrap_or(Err(LogError::Unavailable)))
+                    .collect()
+            });
+            let mut all = Vec::with_capacity(stamped.len());
+            for p in parts {
+                all.extend(p?);
+            }
+            all
+        };
+        let mut batch = sled::Batch::default();
+        for r in &out {
+            batch.insert(&record_key(&self.origin, r.seq)[..], r.encode());
         }
         batch.insert(&vv_key(&self.origin)[..], &next.to_be_bytes()[..]);
         self.commit(batch)?;
@@ -673,15 +701,26 @@ impl Log {
 
 /// Signature checks dominate taking in a large batch (a node catching up): spread them over the cores.
 fn verify_all(records: &[Record], store: &str) -> Vec<Result<(), RecordError>> {
+    // A batch comes from few origins: each origin's key is parsed once per chunk.
+    fn verify_chunk(records: &[Record], store: &str) -> Vec<Result<(), RecordError>> {
+        let mut keys: std::collections::HashMap<Origin, Option<libp2p_identity::PublicKey>> = Default::default();
+        records
+            .iter()
+            .map(|r| {
+                let key = keys.entry(r.origin).or_insert_with(|| r.origin.public_key());
+                r.verify_with(store, key.as_ref())
+            })
+            .collect()
+    }
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(8);
     if records.len() < 64 || threads < 2 {
-        return records.iter().map(|r| r.verify(store)).collect();
+        return verify_chunk(records, store);
     }
     let chunk = records.len().div_ceil(threads);
     std::thread::scope(|s| {
         let handles: Vec<_> = records
             .chunks(chunk)
-            .map(|c| s.spawn(move || c.iter().map(|r| r.verify(store)).collect::<Vec<_>>()))
+            .map(|c| s.spawn(move || verify_chunk(c, store)))
             .collect();
         handles
             .into_iter()

@@ -478,14 +478,16 @@ fn build_swarm(cfg: &MeshConfig, key: &Keypair) -> Result<Swarm<Behaviour>, Mesh
                 })
                 .build()?;
             let mut gossipsub = gossipsub::Behaviour::new(MessageAuthenticity::Signed(key.clone()), gcfg)?;
-            let mut params = gossipsub::PeerScoreParams::default();
             // Load is not misbehaviour: a node busy taking in a burst (a catch-up, a store's cameras
             // all raising events) reads its queue late, answers IWANTs late and re-grafts early. The
             // defaults count each of those, squared, and pushed honest nodes past the ban line within a
             // second of a 10,000-record burst, cutting the store in pieces for a minute (seen in
             // `lpmesh bench mesh`). The cost of a slow peer is bounded by the send queues already.
-            params.slow_peer_weight = 0.0;
-            params.behaviour_penalty_weight = 0.0;
+            let mut params = gossipsub::PeerScoreParams {
+                slow_peer_weight: 0.0,
+                behaviour_penalty_weight: 0.0,
+                ..Default::default()
+            };
             // Scores are about misbehaviour, not merit: the rewards for time in the mesh and first
             // deliveries are kept small (the defaults reach +1800 within seconds, more than hundreds
             // of invalid messages cost), while every invalid message costs 100 x their count squared
@@ -1614,10 +1616,9 @@ impl Actor {
                     let answer = self.next_answer;
                     let cut_short =
                         requested >= self.ae.batch().saturating_mul(crate::sync::PIPELINE) || sent < requested;
+                    // Sent even when empty (nothing to send, one part): the asker waits on it before it
+                    // asks another peer.
                     for (i, records) in chunks.into_iter().enumerate() {
-                        if records.is_empty() {
-                            continue;
-                        }
                         let request = SyncRequest::Records {
                             records,
                             answer,

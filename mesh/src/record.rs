@@ -216,6 +216,12 @@ impl Record {
 
     /// Checks that the record belongs to `store`, is well-formed, and is signed by its origin.
     pub fn verify(&self, store: &str) -> Result<(), RecordError> {
+        self.verify_with(store, self.origin.public_key().as_ref())
+    }
+
+    /// [`Record::verify`] with the origin's key already parsed (`None`: not a key), for checking
+    /// many records of few origins: parsing a key costs a third of a signature check.
+    pub fn verify_with(&self, store: &str, key: Option<&PublicKey>) -> Result<(), RecordError> {
         if self.store != store {
             return Err(RecordError::WrongStore(
                 self.store.chars().take(MAX_STORE_ID_BYTES).collect(),
@@ -227,7 +233,7 @@ impl Record {
         if self.ciphertext.len() > MAX_CIPHERTEXT_BYTES {
             return Err(RecordError::PayloadTooLarge);
         }
-        let key = self.origin.public_key().ok_or(RecordError::BadOrigin)?;
+        let key = key.ok_or(RecordError::BadOrigin)?;
         if key.verify(&self.signed_bytes(), &self.signature) {
             Ok(())
         } else {

@@ -136,9 +136,14 @@ pub const ASK_TIMEOUT_MS: u64 = 10_000;
 #[derive(Debug)]
 pub struct AntiEntropy<P> {
     peers: BTreeSet<P>,
-    /// Peers we asked for records (sent our version vector to) and are waiting on, with when we asked:
-    /// one outstanding request per peer, or the same records would come several times.
-    asked: std::collections::BTreeMap<P, u64>,
+    /// The peer we asked for records (sent our version vector to) and are waiting on, with when we
+    /// asked. One at a time for the whole node: every peer answers a summary with all we lack, so a
+    /// node back from a day away that asked all its peers at once took in the same records from each
+    /// of them (nine copies in a ten-node store, each decoded and signature-checked).
+    asked: Option<(P, u64)>,
+    /// Peers to ask once the current exchange is over: newly connected ones, and those whose summary
+    /// showed records we lack while we were busy with another. Each at most once.
+    queued: std::collections::VecDeque<P>,
     now_ms: u64,
     interval_ms: u64,
     next_round_ms: Option<u64>,
@@ -153,7 +158,8 @@ impl<P: Clone + Ord> AntiEntropy<P> {
     pub fn new(interval_ms: u64, batch: u64, seed: u64) -> Self {
         Self {
             peers: BTreeSet::new(),
-            asked: Default::default(),
+            asked: None,
+            queued: Default::default(),
             now_ms: 0,
             interval_ms,
             next_round_ms: None,
@@ -166,32 +172,68 @@ impl<P: Clone + Ord> AntiEntropy<P> {
         self.batch
     }
 
-    fn waiting_on(&self, p: &P) -> bool {
+    /// Whether an exchange is under way (an answer is awaited and not overdue).
+    fn busy(&self) -> bool {
         self.asked
-            .get(p)
-            .is_some_and(|&t| self.now_ms < t.saturating_add(ASK_TIMEOUT_MS))
+            .as_ref()
+            .is_some_and(|(_, t)| self.now_ms < t.saturating_add(ASK_TIMEOUT_MS))
     }
 
     fn ask(&mut self, p: P, reply: bool) -> Action<P> {
-        self.asked.insert(p.clone(), self.now_ms);
+        self.queued.retain(|q| q != &p);
+        self.asked = Some((p.clone(), self.now_ms));
         Action::SendSummary { to: p, reply }
+    }
+
+    /// Asks `p` now if no exchange is under way, or once the current one is over.
+    fn ask_or_queue(&mut self, p: P, reply: bool) -> Option<Action<P>> {
+        if !self.busy() {
+            return Some(self.ask(p, reply));
+        }
+        let current = self.asked.as_ref().is_some_and(|(q, _)| q == &p);
+        if !current && !self.queued.contains(&p) && self.peers.contains(&p) {
+            self.queued.push_back(p);
+        }
+        None
+    }
+
+    /// The next queued peer, once nothing is awaited.
+    fn next_queued(&mut self) -> Option<Action<P>> {
+        if self.busy() {
+            return None;
+        }
+        let p = self.queued.pop_front()?;
+        Some(self.ask(p, false))
     }
 
     pub fn handle(&mut self, input: Input<P>, local: &VersionVector) -> Vec<Action<P>> {
         match input {
             Input::Connected(p) => {
                 self.peers.insert(p.clone());
-                vec![self.ask(p, false)]
+                self.ask_or_queue(p, false).into_iter().collect()
             }
             Input::Disconnected(p) => {
                 self.peers.remove(&p);
-                self.asked.remove(&p);
-                vec![]
+                self.queued.retain(|q| q != &p);
+                if self.asked.as_ref().is_some_and(|(q, _)| q == &p) {
+                    self.asked = None;
+                }
+                self.next_queued().into_iter().collect()
             }
             Input::Tick { now_ms } => {
+                // Only ticks tell the time: an ask made before the first one counts from it, or a node
+                // that connects before its first tick would take every ask as long overdue.
+                if self.now_ms == 0 {
+                    if let Some((_, t)) = self.asked.as_mut() {
+                        *t = now_ms;
+                    }
+                }
                 self.now_ms = now_ms;
+                if let Some(a) = self.next_queued() {
+                    return vec![a];
+                }
                 let due = self.next_round_ms.is_none_or(|t| now_ms >= t);
-                if !due || self.peers.is_empty() {
+                if !due || self.peers.is_empty() || self.busy() {
                     self.next_round_ms
                         .get_or_insert(now_ms.saturating_add(self.interval_ms));
                     return vec![];
@@ -199,37 +241,38 @@ impl<P: Clone + Ord> AntiEntropy<P> {
                 let jitter = self.rng.gen_range(0.8..1.2);
                 self.next_round_ms = Some(now_ms.saturating_add((self.interval_ms as f64 * jitter) as u64));
                 let i = self.rng.gen_range(0..self.peers.len());
-                match self.peers.iter().nth(i) {
-                    Some(p) => vec![Action::SendSummary {
-                        to: p.clone(),
-                        reply: false,
-                    }],
+                match self.peers.iter().nth(i).cloned() {
+                    Some(p) => vec![self.ask(p, false)],
                     None => vec![],
                 }
             }
             Input::Summary { from, vv, reply } => {
-                let mut out = Vec::new();
-                let ranges = missing(local, &vv, self.batch.saturating_mul(PIPELINE));
-                if !ranges.is_empty() {
-                    out.push(Action::SendRecords {
-                        to: from.clone(),
-                        ranges,
-                    });
-                }
+                // Every summary is answered, with nothing when they lack nothing: the asker is waiting
+                // on the answer before it asks anyone else.
+                let mut out = vec![Action::SendRecords {
+                    to: from.clone(),
+                    ranges: missing(local, &vv, self.batch.saturating_mul(PIPELINE)),
+                }];
                 // They have something we lack: ask for it, unless this already was their answer to us
                 // (then they are sending it, and asking again would only duplicate the transfer).
-                if !reply && !dominates(local, &vv) && !self.waiting_on(&from) {
-                    out.push(self.ask(from, true));
+                if !reply && !dominates(local, &vv) {
+                    out.extend(self.ask_or_queue(from, true));
                 }
                 out
             }
             Input::Applied { from, full } => {
-                if full {
-                    vec![self.ask(from, false)]
-                } else {
-                    self.asked.remove(&from);
-                    vec![]
+                let current = self.asked.as_ref().is_some_and(|(q, _)| q == &from);
+                if current {
+                    self.asked = None;
                 }
+                if full && (current || !self.busy()) {
+                    // Cut short: the rest comes from the same peer, still one exchange at a time.
+                    return vec![self.ask(from, false)];
+                }
+                if full {
+                    self.ask_or_queue(from, false);
+                }
+                self.next_queued().into_iter().collect()
             }
         }
     }
@@ -331,6 +374,71 @@ mod tests {
         );
         assert!(matches!(acts.first(), Some(Action::SendRecords { .. })), "{acts:?}");
         assert!(ae.handle(Input::Tick { now_ms: u64::MAX }, &top).len() <= 1);
+    }
+
+    #[test]
+    fn a_node_far_behind_takes_records_from_one_peer_at_a_time() {
+        let mut ae = AntiEntropy::new(1000, 100, 1);
+        let empty = VersionVector::new();
+        let theirs = vv(&[(1, 10_000)]);
+        let asks = |acts: &[Action<u8>]| acts.iter().filter(|a| matches!(a, Action::SendSummary { .. })).count();
+        // Nine peers come up together: one is asked, the others wait their turn.
+        let mut acts = Vec::new();
+        for p in 1..=9u8 {
+            acts.extend(ae.handle(Input::Connected(p), &empty));
+        }
+        assert_eq!(acts, vec![Action::SendSummary { to: 1, reply: false }]);
+        // Their own hellos are answered (with nothing: we hold nothing) but start no second exchange.
+        for p in 2..=9u8 {
+            let acts = ae.handle(
+                Input::Summary {
+                    from: p,
+                    vv: theirs.clone(),
+                    reply: false,
+                },
+                &empty,
+            );
+            assert_eq!(asks(&acts), 0, "{acts:?}");
+            assert!(matches!(&acts[0], Action::SendRecords { to, ranges } if *to == p && ranges.is_empty()));
+        }
+        // The answer was cut short: the same peer is asked for the rest, nobody else.
+        assert_eq!(
+            ae.handle(Input::Applied { from: 1, full: true }, &empty),
+            vec![Action::SendSummary { to: 1, reply: false }]
+        );
+        // An answer from someone we did not ask changes nothing.
+        assert!(ae.handle(Input::Applied { from: 5, full: false }, &empty).is_empty());
+        // Done with peer 1: the next one in line.
+        assert_eq!(
+            ae.handle(Input::Applied { from: 1, full: false }, &empty),
+            vec![Action::SendSummary { to: 2, reply: false }]
+        );
+        // The first tick tells the time: the ask made before it is not overdue.
+        let t0 = 1_700_000_000_000;
+        assert!(ae.handle(Input::Tick { now_ms: t0 }, &empty).is_empty());
+        // A peer that never answers holds nobody up for longer than ASK_TIMEOUT_MS.
+        assert!(ae
+            .handle(
+                Input::Tick {
+                    now_ms: t0 + ASK_TIMEOUT_MS - 1
+                },
+                &empty
+            )
+            .is_empty());
+        assert_eq!(
+            ae.handle(
+                Input::Tick {
+                    now_ms: t0 + ASK_TIMEOUT_MS
+                },
+                &empty
+            ),
+            vec![Action::SendSummary { to: 3, reply: false }]
+        );
+        // A peer that goes away frees its turn at once.
+        assert_eq!(
+            ae.handle(Input::Disconnected(3), &empty),
+            vec![Action::SendSummary { to: 4, reply: false }]
+        );
     }
 
     #[test]
@@ -482,7 +590,7 @@ mod tests {
                             .iter()
                             .flat_map(|r| (r.from..=r.to).map(move |s| (r.origin, s)))
                             .collect();
-                        let full = recs.len() as u64 >= batch;
+                        let full = recs.len() as u64 >= batch * PIPELINE;
                         queue.push_back((now + delay, from, to, Msg::Records(recs, full)));
                     }
                 }

@@ -461,7 +461,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             } else {
                 println!("{} nodes on loopback", r.nodes);
                 println!(
-                    "durable appends  {:>9.0} records/s in batches of {} ({:.0}/s one commit each)",
+                    "durable appends  {:>9.0} records/s in batches of {} ({:.0}/s one commit each), one node alone",
                     r.append_records_per_s, r.append_batch, r.append_single_records_per_s
                 );
                 println!(
@@ -469,8 +469,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     r.propagation_p50_ms, r.propagation_p99_ms, r.propagation_samples
                 );
                 println!(
-                    "catch-up         {} records in {:.2} s",
-                    r.catch_up_records, r.catch_up_s
+                    "catch-up         {} records in {:.2} s ({:.0} records/s; {} received, copies included)",
+                    r.catch_up_records, r.catch_up_s, r.catch_up_records_per_s, r.catch_up_received
                 );
             }
             Ok(ExitCode::SUCCESS)

@@ -285,10 +285,14 @@ fn bench_mesh_reports_throughput_latency_and_catch_up() {
         "propagation_p50_ms",
         "propagation_p99_ms",
         "catch_up_s",
+        "catch_up_records_per_s",
     ] {
         assert!(v[key].as_f64().is_some_and(|x| x > 0.0 && x.is_finite()), "{key}: {v}");
     }
     assert_eq!(v["catch_up_records"], 2000);
+    // Taken from one peer at a time, not once from each: at most a few batches arrive twice.
+    let received = v["catch_up_received"].as_u64().expect("catch_up_received");
+    assert!((2000..4000).contains(&received), "{v}");
     assert_eq!(v["propagation_samples"], 200);
 }
 
