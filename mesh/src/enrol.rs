@@ -146,6 +146,9 @@ pub struct Invitation {
     pub used_by: Option<String>,
     #[serde(default)]
     pub used_ms: Option<u64>,
+    /// The new node's rank in the uplink election, written into its admission record.
+    #[serde(default)]
+    pub priority: u8,
 }
 
 impl std::fmt::Debug for Invitation {
@@ -301,6 +304,7 @@ pub fn invite(
     enrol: &str,
     bootstrap: Vec<String>,
     expires: Duration,
+    priority: u8,
     now_ms: u64,
 ) -> Result<(Invitation, Token), EnrolError> {
     let expires = expires.min(MAX_EXPIRY);
@@ -316,6 +320,7 @@ pub fn invite(
         attempts: 0,
         used_by: None,
         used_ms: None,
+        priority,
     };
     save(data_dir, &inv)?;
     let store_key = secrets.signing_key()?.public().to_peer_id().to_string();
@@ -475,6 +480,8 @@ async fn recv<S: AsyncReadExt + Unpin>(s: &mut S) -> Result<Msg, EnrolError> {
 pub struct Admitted {
     pub node: PublicKey,
     pub invitation: String,
+    /// The election priority the invitation gave it.
+    pub priority: u8,
 }
 
 /// The member's side of one enrolment connection. Returns the admitted node, or why not.
@@ -607,6 +614,7 @@ where
     Ok(Admitted {
         node,
         invitation: inv.id,
+        priority: inv.priority,
     })
 }
 
@@ -808,7 +816,7 @@ mod tests {
     async fn an_invitation_admits_once_and_carries_no_secret() {
         let d = dir("once");
         let secrets = StoreSecrets::generate("shop").unwrap();
-        let (_, token) = invite(&d, &secrets, "127.0.0.1:1", vec![], DEFAULT_EXPIRY, 1_000).unwrap();
+        let (_, token) = invite(&d, &secrets, "127.0.0.1:1", vec![], DEFAULT_EXPIRY, 0, 1_000).unwrap();
         let text = token.encode();
         for s in [&secrets.psk, &secrets.age_secret, &secrets.signing_key] {
             assert!(!text.contains(s.as_str()));
@@ -830,7 +838,7 @@ mod tests {
     async fn two_joiners_racing_on_one_invitation_get_one_admission() {
         let d = dir("race");
         let secrets = StoreSecrets::generate("shop").unwrap();
-        let (_, token) = invite(&d, &secrets, "x:1", vec![], DEFAULT_EXPIRY, 1_000).unwrap();
+        let (_, token) = invite(&d, &secrets, "x:1", vec![], DEFAULT_EXPIRY, 0, 1_000).unwrap();
         let ((m1, j1), (m2, j2)) = tokio::join!(run(&d, &secrets, &token, 2_000), run(&d, &secrets, &token, 2_000));
         assert_eq!(
             [j1.is_ok(), j2.is_ok()].iter().filter(|ok| **ok).count(),
@@ -850,8 +858,17 @@ mod tests {
     fn invitations_expired_a_day_ago_are_forgotten() {
         let d = dir("prune");
         let secrets = StoreSecrets::generate("shop").unwrap();
-        let (old, _) = invite(&d, &secrets, "x:1", vec![], Duration::from_secs(60), 1_000).unwrap();
-        let (fresh, _) = invite(&d, &secrets, "x:1", vec![], Duration::from_secs(60), 1_000 + 86_400_000).unwrap();
+        let (old, _) = invite(&d, &secrets, "x:1", vec![], Duration::from_secs(60), 0, 1_000).unwrap();
+        let (fresh, _) = invite(
+            &d,
+            &secrets,
+            "x:1",
+            vec![],
+            Duration::from_secs(60),
+            0,
+            1_000 + 86_400_000,
+        )
+        .unwrap();
         assert_eq!(list(&d).len(), 2, "expired an hour ago: still said to be expired");
         invite(
             &d,
@@ -859,6 +876,7 @@ mod tests {
             "x:1",
             vec![],
             Duration::from_secs(60),
+            0,
             1_000 + 2 * 86_400_000,
         )
         .unwrap();
@@ -871,13 +889,13 @@ mod tests {
     async fn expired_wrong_and_overtried_invitations_are_refused() {
         let d = dir("refused");
         let secrets = StoreSecrets::generate("shop").unwrap();
-        let (_, token) = invite(&d, &secrets, "x:1", vec![], Duration::from_secs(60), 1_000).unwrap();
+        let (_, token) = invite(&d, &secrets, "x:1", vec![], Duration::from_secs(60), 0, 1_000).unwrap();
         let (m, j) = run(&d, &secrets, &token, 1_000 + 61_000).await;
         assert!(matches!(m, Err(EnrolError::Refused(Refusal::Expired))));
         assert!(matches!(j, Err(EnrolError::Refused(Refusal::Expired))));
 
         // Someone who saw the id but guesses the secret: refused, and never sees the secrets.
-        let (_, token) = invite(&d, &secrets, "x:1", vec![], DEFAULT_EXPIRY, 1_000).unwrap();
+        let (_, token) = invite(&d, &secrets, "x:1", vec![], DEFAULT_EXPIRY, 0, 1_000).unwrap();
         let mut wrong = token.clone();
         wrong.secret = b64(&[7u8; 16]);
         for _ in 0..MAX_ATTEMPTS {
@@ -890,7 +908,7 @@ mod tests {
         assert!(j.is_err());
 
         // An impostor member (another store's secret behind the same id) is found out by the joiner.
-        let (_, token) = invite(&d, &secrets, "x:1", vec![], DEFAULT_EXPIRY, 1_000).unwrap();
+        let (_, token) = invite(&d, &secrets, "x:1", vec![], DEFAULT_EXPIRY, 0, 1_000).unwrap();
         let mut inv = load(&d, &token.id).unwrap().unwrap();
         inv.secret = b64(&[9u8; 16]);
         save(&d, &inv).unwrap();

@@ -15,7 +15,7 @@
 //! its answer. New records (our own and others') go out on a bounded broadcast channel; a subscriber too
 //! slow to keep up is told how many it missed (and can re-read them from the log).
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -275,6 +275,7 @@ enum Command {
     /// Test and operations hook: drop and refuse connections with these peers (a simulated partition).
     Block(Vec<PeerId>),
     SetMembers(Option<Vec<Origin>>),
+    SetPriorities(HashMap<Origin, u8>),
     Unblock(Vec<PeerId>),
     Shutdown(oneshot::Sender<()>),
     PublishRaw(Vec<u8>),
@@ -390,6 +391,16 @@ impl MeshHandle {
     pub async fn block(&self, peers: Vec<PeerId>) -> Result<(), MeshError> {
         self.cmd
             .send(Command::Block(peers))
+            .await
+            .map_err(|_| MeshError::Stopped)
+    }
+
+    /// Election priorities as the store's member records give them: a node's heartbeat no longer
+    /// says its own rank (a member claiming the top priority would lead). Nodes missing here (the
+    /// founder, which has no admission) keep the priority their heartbeats carry.
+    pub async fn set_priorities(&self, priorities: HashMap<Origin, u8>) -> Result<(), MeshError> {
+        self.cmd
+            .send(Command::SetPriorities(priorities))
             .await
             .map_err(|_| MeshError::Stopped)
     }
@@ -622,6 +633,7 @@ pub fn start(cfg: MeshConfig, key: Keypair, recipient: StoreRecipient) -> Result
         connected: HashSet::new(),
         blocked: HashSet::new(),
         members: None,
+        priorities: HashMap::new(),
         listen: Vec::new(),
         pending_gossip: Vec::new(),
         next_answer: 0,
@@ -672,6 +684,8 @@ struct Actor {
     blocked: HashSet<PeerId>,
     /// Admitted nodes, when the store keeps a member list.
     members: Option<HashSet<PeerId>>,
+    /// Election priorities from the member records (see [`MeshHandle::set_priorities`]).
+    priorities: HashMap<Origin, u8>,
     listen: Vec<Multiaddr>,
     /// Gossiped records decoded but not yet committed (at most one burst).
     pending_gossip: Vec<(gossipsub::MessageId, PeerId, Record)>,
@@ -892,6 +906,11 @@ impl Actor {
                     self.blocked.insert(p);
                     let _ = self.swarm.disconnect_peer_id(p);
                 }
+            }
+            Command::SetPriorities(p) => {
+                self.priorities = p;
+                // Our own rank may have changed: say so now, so every node names the same leader.
+                self.heartbeat(now_ms());
             }
             Command::SetMembers(members) => {
                 let peers: Option<HashSet<PeerId>> =
@@ -1223,11 +1242,16 @@ impl Actor {
         }
     }
 
+    /// A node's election priority: its member record's when the store gives one, else `claimed`.
+    fn rank(&self, node: &Origin, claimed: u8) -> u8 {
+        self.priorities.get(node).copied().unwrap_or(claimed)
+    }
+
     fn own_heartbeat(&self) -> Heartbeat {
         Heartbeat {
             node: self.log.origin(),
             hq_reachable: self.hq_reachable,
-            priority: self.priority,
+            priority: self.rank(&self.log.origin(), self.priority),
             last_progress_ms: self.hq_progress_ms,
         }
     }
@@ -1289,6 +1313,7 @@ impl Actor {
                 let now = now_ms();
                 let mut hb = m.hb;
                 hb.last_progress_ms = crate::election::progress_on_our_clock(hb.last_progress_ms, m.sent_ms, now);
+                hb.priority = self.rank(&hb.node, hb.priority);
                 self.election.heard(hb, now);
                 self.validate(id, source, MessageAcceptance::Accept);
                 if self.infos.len() < 256 || self.infos.contains_key(&m.hb.node) {

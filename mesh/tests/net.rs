@@ -370,6 +370,62 @@ async fn the_nodes_agree_on_the_uplink_leader_and_fail_over() {
     c.stop(&[]).await;
 }
 
+/// A member that claims the top priority in its heartbeats does not lead once the store's member
+/// records rank the nodes: every node uses the recorded priorities, its own included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn priorities_come_from_the_member_records_not_from_heartbeats() {
+    let secret = StoreSecret::generate();
+    let psk: [u8; 32] = rand::random();
+    let dirs: Vec<Dir> = (0..3).map(|i| Dir::new(&format!("rank{i}"))).collect();
+    let keys: Vec<Keypair> = (0..3).map(|_| Keypair::generate_ed25519()).collect();
+    let mut nodes: Vec<MeshHandle> = Vec::new();
+    for (i, (d, k)) in dirs.iter().zip(&keys).enumerate() {
+        let mut cfg = MeshConfig::new(STORE, psk, d.0.clone());
+        cfg.listen = vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()];
+        cfg.mdns = false;
+        cfg.heartbeat_interval = Duration::from_millis(300);
+        cfg.leader_timeout = Duration::from_millis(1500);
+        // Node 2 claims the top rank for itself.
+        cfg.priority = if i == 2 { u8::MAX } else { 0 };
+        if let Some(first) = nodes.first() {
+            cfg.bootstrap = vec![addr(first).await];
+        }
+        nodes.push(net::start(cfg, k.clone(), secret.recipient()).unwrap());
+    }
+    for h in &nodes {
+        h.set_hq_reachable(true).await.unwrap();
+    }
+    let claimer = nodes[2].origin();
+    for (i, h) in nodes.iter().enumerate() {
+        eventually(
+            &format!("node {i} follows the claim"),
+            Duration::from_secs(5),
+            async || h.leader().await.unwrap() == Some(claimer),
+        )
+        .await;
+    }
+    // The member records rank node 1 first and node 2 last (node 0, the founder, has no record and
+    // keeps the priority it claims: 0).
+    let ranks: std::collections::HashMap<_, _> = [(nodes[1].origin(), 5u8), (nodes[2].origin(), 0u8)]
+        .into_iter()
+        .collect();
+    for h in &nodes {
+        h.set_priorities(ranks.clone()).await.unwrap();
+    }
+    let first = nodes[1].origin();
+    for (i, h) in nodes.iter().enumerate() {
+        eventually(
+            &format!("node {i} names the recorded first"),
+            Duration::from_secs(5),
+            async || h.leader().await.unwrap() == Some(first),
+        )
+        .await;
+    }
+    for h in &nodes {
+        h.shutdown().await.unwrap();
+    }
+}
+
 /// Nodes that only know the first node as bootstrap learn each other from heartbeats, so the store
 /// keeps one mesh when that first node goes away.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -105,6 +105,10 @@ enum Command {
         /// once the new node is admitted (or the invitation expires).
         #[arg(long, value_name = "ADDR")]
         serve: Option<String>,
+        /// The new node's rank in the uplink election (higher leads; ties go to the smaller id).
+        /// Written into its admission: the node's own `[mesh] priority` is not taken.
+        #[arg(long, default_value_t = 0)]
+        priority: u8,
     },
     /// Enrol a new node's data directory into a store. The invitation token is read from standard
     /// input (or --token-file), never from the command line, where `ps` and shell history keep it.
@@ -566,7 +570,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
                         .unwrap_or_default();
                     match (&m.admitted_by, m.founder) {
                         (_, true) => println!("{}  founder", m.node),
-                        (Some(by), _) => println!("{}  admitted by {by} at {when}", m.node),
+                        (Some(by), _) => println!(
+                            "{}  admitted by {by} at {when}, priority {}",
+                            m.node,
+                            m.priority.unwrap_or(0)
+                        ),
                         (None, _) => println!("{}", m.node),
                     }
                 }
@@ -616,6 +624,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             expires,
             enrol,
             serve,
+            priority,
         } => {
             let show = |inv: &lpmesh_mesh::enrol::Invitation, token: &lpmesh_mesh::enrol::Token| {
                 eprintln!(
@@ -633,12 +642,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 Some(listen) => {
                     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
                     let admitted = rt.block_on(lpmesh_node::node::invite_and_serve(
-                        &data, bootstrap, expires, &listen, show,
+                        &data, bootstrap, expires, priority, &listen, show,
                     ))?;
                     eprintln!("admitted node {}", admitted.node.to_peer_id());
                 }
                 None => {
-                    let (inv, token) = lpmesh_node::node::invite(&data, bootstrap, expires, enrol)?;
+                    let (inv, token) = lpmesh_node::node::invite(&data, bootstrap, expires, priority, enrol)?;
                     show(&inv, &token);
                 }
             }
@@ -1026,7 +1035,7 @@ mod daemon {
             let reader = lpmesh_node::bounds::Reader::new(store_secrets.store_secret()?, cfg.mesh.time_window_secs);
             let (members_tx, members_rx) = tokio::sync::watch::channel(Vec::new());
             let store_founder = lpmesh_node::node::founder(&store_secrets);
-            tokio::spawn(lpmesh_node::node::follow_members(mesh.clone(), reader.clone(), store_founder, members_tx));
+            tokio::spawn(lpmesh_node::node::follow_members(mesh.clone(), reader.clone(), store_founder, members_tx, cfg.mesh.priority));
             let stop = stop_flag();
             let (tx, rx) = tokio::sync::mpsc::channel(EVENT_QUEUE);
             let tz = lpmesh_node::schedule::Schedule::parse_tz(&cfg.schedule.timezone).map_err(anyhow::Error::msg)?;

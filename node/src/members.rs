@@ -33,6 +33,14 @@ pub struct Membership {
     /// This record takes the node out of the store, for good.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub revoked: bool,
+    /// Its rank in the uplink election (higher leads), set by whoever invited it: what its own
+    /// heartbeats claim is not taken.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub priority: u8,
+}
+
+fn is_zero(p: &u8) -> bool {
+    *p == 0
 }
 
 impl Membership {
@@ -42,6 +50,7 @@ impl Membership {
             at_ms,
             invitation,
             revoked: false,
+            priority: 0,
         }
     }
 
@@ -109,13 +118,24 @@ pub struct Member {
     pub admitted_by: Option<String>,
     pub admitted_at_ms: Option<i64>,
     pub invitation: Option<String>,
+    /// Its election priority from its admission (`None` for the founder: its own setting counts).
+    pub priority: Option<u8>,
+}
+
+/// One admission of a node, as a member record says.
+#[derive(Clone, Debug)]
+struct Admission {
+    by: Origin,
+    at_ms: i64,
+    invitation: Option<String>,
+    priority: u8,
 }
 
 #[derive(Clone, Debug, Default)]
 pub struct Members {
     founder: Option<Origin>,
     /// Per admitted node: (admitted by, when, invitation), as the records say.
-    admissions: BTreeMap<Origin, Vec<(Origin, i64, Option<String>)>>,
+    admissions: BTreeMap<Origin, Vec<Admission>>,
     /// Per revoked node: who revoked it.
     revocations: BTreeMap<Origin, BTreeSet<Origin>>,
     seen: HashSet<(Origin, u64)>,
@@ -149,10 +169,12 @@ impl Members {
         if m.revoked {
             self.revocations.entry(node).or_default().insert(key.0);
         } else {
-            self.admissions
-                .entry(node)
-                .or_default()
-                .push((key.0, m.at_ms, m.invitation.clone()));
+            self.admissions.entry(node).or_default().push(Admission {
+                by: key.0,
+                at_ms: m.at_ms,
+                invitation: m.invitation.clone(),
+                priority: m.priority,
+            });
         }
         true
     }
@@ -182,7 +204,7 @@ impl Members {
             let more: Vec<Origin> = self
                 .admissions
                 .iter()
-                .filter(|(node, by)| !set.contains(*node) && by.iter().any(|(o, _, _)| set.contains(o)))
+                .filter(|(node, by)| !set.contains(*node) && by.iter().any(|a| set.contains(&a.by)))
                 .map(|(node, _)| *node)
                 .collect();
             if more.is_empty() {
@@ -192,25 +214,41 @@ impl Members {
         }
     }
 
+    /// The admission of `o` that counts: the earliest by a member other than itself.
+    fn counting(&self, o: &Origin, members: &BTreeSet<Origin>) -> Option<&Admission> {
+        self.admissions.get(o).and_then(|v| {
+            v.iter()
+                .filter(|a| members.contains(&a.by) && a.by != *o)
+                .min_by_key(|a| (a.at_ms, a.by))
+        })
+    }
+
     pub fn list(&self) -> Vec<Member> {
         let set = self.admitted();
         set.iter()
             .map(|o| {
-                // The earliest admission by a member is the one that counts.
-                let first = self.admissions.get(o).and_then(|v| {
-                    v.iter()
-                        .filter(|(by, _, _)| set.contains(by) && by != o)
-                        .min_by_key(|(by, at, _)| (*at, *by))
-                });
+                let founder = Some(*o) == self.founder;
+                let first = self.counting(o, &set).filter(|_| !founder);
                 Member {
                     node: o.to_string(),
                     key: hex(o),
-                    founder: Some(*o) == self.founder,
-                    admitted_by: first.map(|(by, _, _)| by.to_string()),
-                    admitted_at_ms: first.map(|(_, at, _)| *at),
-                    invitation: first.and_then(|(_, _, i)| i.clone()),
+                    founder,
+                    admitted_by: first.map(|a| a.by.to_string()),
+                    admitted_at_ms: first.map(|a| a.at_ms),
+                    invitation: first.and_then(|a| a.invitation.clone()),
+                    priority: first.map(|a| a.priority),
                 }
             })
+            .collect()
+    }
+
+    /// The election priority of every member but the founder, from its admission: the same on every
+    /// node that holds the same records.
+    pub fn priorities(&self) -> HashMap<Origin, u8> {
+        let set = self.admitted();
+        set.iter()
+            .filter(|o| Some(**o) != self.founder)
+            .filter_map(|o| self.counting(o, &set).map(|a| (*o, a.priority)))
             .collect()
     }
 }
@@ -256,6 +294,33 @@ mod tests {
         // A store without a founder keeps no list.
         assert!(!Members::new(None).keeps_list());
         assert!(Members::new(None).admitted().is_empty());
+    }
+
+    #[test]
+    fn priorities_come_from_the_counting_admission_and_not_for_the_founder() {
+        let ranked = |node: u8, at: i64, p: u8| Membership {
+            priority: p,
+            ..Membership::new(&o(node), at, None)
+        };
+        let mut m = Members::new(Some(o(1)));
+        m.add((o(1), 1), &ranked(2, 20, 5));
+        m.add((o(1), 2), &ranked(3, 30, 1));
+        // A member that re-admits itself, or a later admission, does not change its rank.
+        m.add((o(3), 1), &ranked(3, 40, 255));
+        m.add((o(2), 1), &ranked(3, 50, 9));
+        // A record naming the founder gives it no rank: its own setting counts.
+        m.add((o(2), 2), &ranked(1, 60, 200));
+        let p = m.priorities();
+        assert_eq!(p.get(&o(2)), Some(&5));
+        assert_eq!(p.get(&o(3)), Some(&1));
+        assert_eq!(p.get(&o(1)), None);
+        let list = m.list();
+        assert_eq!(list.iter().find(|x| x.founder).map(|x| x.priority), Some(None));
+        // Records without the field (written before priorities) rank 0, and read back the same.
+        let old: Membership = serde_json::from_str(&format!("{{\"node\":\"{}\",\"at_ms\":1}}", hex(&o(4)))).unwrap();
+        assert_eq!(old.priority, 0);
+        let json = serde_json::to_string(&ranked(4, 1, 3)).unwrap();
+        assert_eq!(serde_json::from_str::<Membership>(&json).unwrap().priority, 3);
     }
 
     #[test]
@@ -326,6 +391,7 @@ mod tests {
                 at_ms: 0,
                 invitation: None,
                 revoked: false,
+                priority: 0,
             }
         ));
     }

@@ -52,11 +52,14 @@ pub fn init(store: &str, data_dir: &Path) -> Result<lpmesh_mesh::net::NodeId, No
 pub fn admission(a: &enrol::Admitted) -> Option<(RecordKind, Vec<u8>)> {
     let node = a.node.clone().try_into_ed25519().ok()?;
     let origin = lpmesh_mesh::record::Origin(node.to_bytes());
-    let m = crate::members::Membership::new(
-        &origin,
-        chrono::Utc::now().timestamp_millis(),
-        Some(a.invitation.clone()),
-    );
+    let m = crate::members::Membership {
+        priority: a.priority,
+        ..crate::members::Membership::new(
+            &origin,
+            chrono::Utc::now().timestamp_millis(),
+            Some(a.invitation.clone()),
+        )
+    };
     Some((RecordKind::Member, serde_json::to_vec(&m).ok()?))
 }
 
@@ -73,6 +76,7 @@ pub async fn follow_members(
     reader: crate::bounds::Reader,
     founder: Option<lpmesh_mesh::record::Origin>,
     view: tokio::sync::watch::Sender<Vec<crate::members::Member>>,
+    configured_priority: u8,
 ) {
     if founder.is_none() {
         tracing::warn!("this store has no member list (it was created before invitations): every holder of its network key can connect; create the store anew with `lpmesh init` to have one");
@@ -82,6 +86,7 @@ pub async fn follow_members(
     let mut members = crate::members::Members::new(founder);
     let mut sub = mesh.subscribe();
     let mut applied: Option<Vec<lpmesh_mesh::record::Origin>> = None;
+    let mut ranked: Option<std::collections::HashMap<lpmesh_mesh::record::Origin, u8>> = None;
     let _ = read_log(&mesh, |r| take_member(&mut members, &reader, r)).await;
     loop {
         let set = members.admitted();
@@ -100,6 +105,22 @@ pub async fn follow_members(
                 return;
             }
             applied = wanted;
+        }
+        // Every node ranks every member by its admission, so all name the same leader whatever the
+        // nodes claim of themselves.
+        let priorities = members.priorities();
+        if ranked.as_ref() != Some(&priorities) {
+            if let Some(p) = priorities.get(&me).filter(|p| **p != configured_priority) {
+                tracing::warn!(
+                    recorded = p,
+                    configured = configured_priority,
+                    "[mesh] priority differs from the priority this node was admitted with (lpmesh invite --priority); the admission counts"
+                );
+            }
+            if mesh.set_priorities(priorities.clone()).await.is_err() {
+                return;
+            }
+            ranked = Some(priorities);
         }
         match sub.recv().await {
             Ok(r) => take_member(&mut members, &reader, &r),
@@ -170,6 +191,7 @@ pub fn invite(
     data_dir: &Path,
     bootstrap: Vec<String>,
     expires: Duration,
+    priority: u8,
     enrol: Option<String>,
 ) -> Result<(enrol::Invitation, enrol::Token), NodeError> {
     let secrets = StoreSecrets::load(data_dir)?;
@@ -186,7 +208,9 @@ pub fn invite(
             })?,
     };
     let now = u64::try_from(chrono::Utc::now().timestamp_millis()).unwrap_or(0);
-    Ok(enrol::invite(data_dir, &secrets, &enrol, bootstrap, expires, now)?)
+    Ok(enrol::invite(
+        data_dir, &secrets, &enrol, bootstrap, expires, priority, now,
+    )?)
 }
 
 /// `lpmesh join`: proves the invitation to its member and, once admitted, writes the store's secrets
@@ -230,6 +254,7 @@ pub async fn invite_and_serve(
     data_dir: &Path,
     bootstrap: Vec<String>,
     expires: Duration,
+    priority: u8,
     listen: &str,
     on_token: impl FnOnce(&enrol::Invitation, &enrol::Token),
 ) -> Result<enrol::Admitted, NodeError> {
@@ -255,7 +280,7 @@ pub async fn invite_and_serve(
             "{e}: is the node running? Then run `lpmesh invite` without --serve"
         ))
     })?;
-    let (inv, token) = invite(data_dir, bootstrap, expires, Some(enrol_address(bound)))?;
+    let (inv, token) = invite(data_dir, bootstrap, expires, priority, Some(enrol_address(bound)))?;
     on_token(&inv, &token);
     let (tx, mut rx) = tokio::sync::mpsc::channel(4);
     let secrets = StoreSecrets::load(data_dir)?;

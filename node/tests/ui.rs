@@ -530,6 +530,7 @@ async fn the_mesh_page_lists_the_stores_members() {
         admitted_by: None,
         admitted_at_ms: None,
         invitation: None,
+        priority: None,
     };
     let (tx, rx) = tokio::sync::watch::channel(vec![founder.clone()]);
     let _ = f.state.clone().with_members(rx);
@@ -543,11 +544,13 @@ async fn the_mesh_page_lists_the_stores_members() {
         admitted_by: Some("12D3KooWFounder".into()),
         admitted_at_ms: Some(5),
         invitation: Some("ab".into()),
+        priority: Some(3),
     };
     tx.send(vec![founder, joined]).unwrap();
     let (_, _, body) = send(&f, get("/api/mesh", Some(&guard.0))).await;
     let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(v["members"][1]["admitted_by"], "12D3KooWFounder", "{v}");
+    assert_eq!(v["members"][1]["priority"], 3, "{v}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -562,6 +565,7 @@ async fn a_manager_revokes_a_member_from_the_mesh_page() {
         admitted_by: None,
         admitted_at_ms: None,
         invitation: None,
+        priority: None,
     };
     let me = f.state.mesh.origin();
     let (_tx, rx) = tokio::sync::watch::channel(vec![

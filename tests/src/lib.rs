@@ -329,10 +329,16 @@ pub fn ok(args: &[&str]) -> String {
 /// runs: `lpmesh invite --serve` answers a one-time invitation, `lpmesh join` reads it from standard
 /// input. Returns what `join` printed.
 pub fn enrol(member: &std::path::Path, joiner: &std::path::Path) -> String {
+    enrol_with(member, joiner, &[])
+}
+
+/// [`enrol`] with more arguments for `lpmesh invite` (`--priority N`).
+pub fn enrol_with(member: &std::path::Path, joiner: &std::path::Path, invite_args: &[&str]) -> String {
     use std::io::{BufRead, Write};
     use std::process::Stdio;
     let mut inviter = lpmesh()
         .args(["invite", "--data", &member.to_string_lossy(), "--serve", "127.0.0.1:0"])
+        .args(invite_args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

@@ -340,7 +340,7 @@ fn only_admitted_nodes_connect_even_with_the_stores_secrets() {
     let dir = TempDir::new("members");
     let (n1, n2, thief) = (dir.join("n1"), dir.join("n2"), dir.join("thief"));
     ok(&["init", "--store", STORE, "--data", &n1.to_string_lossy()]);
-    enrol(&n1, &n2);
+    lpmesh_tests::enrol_with(&n1, &n2, &["--priority", "7"]);
     // Someone who copied a member's store secrets (a stolen disk, or the old kind of token) and made
     // a node key of its own: it holds the network key, but nobody admitted it.
     std::fs::create_dir_all(&thief).unwrap();
@@ -411,8 +411,13 @@ fn only_admitted_nodes_connect_even_with_the_stores_secrets() {
         admitted["admitted_by"].is_string() && admitted["invitation"].is_string(),
         "{admitted}"
     );
+    // Its election rank is the one its invitation gave, whatever its own configuration says.
+    assert_eq!(admitted["priority"], 7, "{admitted}");
     let human = ok(&["members", "--data", &n1.to_string_lossy()]);
-    assert!(human.contains("founder") && human.contains("admitted by"), "{human}");
+    assert!(
+        human.contains("founder") && human.contains("admitted by") && human.contains("priority 7"),
+        "{human}"
+    );
 }
 
 #[test]

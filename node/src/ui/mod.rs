@@ -768,7 +768,18 @@ async fn chart(
     Ok(([(header::CONTENT_TYPE, "image/svg+xml")], svg).into_response())
 }
 
-async fn invite(State(state): State<Arc<UiState>>, Manager(s): Manager) -> Result<Json<serde_json::Value>, ApiError> {
+#[derive(serde::Deserialize)]
+struct InviteQuery {
+    /// The new node's rank in the uplink election, recorded in its admission.
+    #[serde(default)]
+    priority: u8,
+}
+
+async fn invite(
+    State(state): State<Arc<UiState>>,
+    Manager(s): Manager,
+    Query(q): Query<InviteQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
     // The token holds a one-time secret: over plain HTTP anyone on the shop's network could read it
     // and race the installer to it.
     if !state.secure {
@@ -787,8 +798,14 @@ async fn invite(State(state): State<Arc<UiState>>, Manager(s): Manager) -> Resul
         .filter(|a| !a.to_string().contains("/127.0.0.1/"))
         .map(|a| format!("{a}/p2p/{peer}"))
         .collect();
-    let (inv, token) = crate::node::invite(&state.data_dir, boot, lpmesh_mesh::enrol::DEFAULT_EXPIRY, None)
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let (inv, token) = crate::node::invite(
+        &state.data_dir,
+        boot,
+        lpmesh_mesh::enrol::DEFAULT_EXPIRY,
+        q.priority,
+        None,
+    )
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     let token = token.encode();
     let svg = qrcode::QrCode::new(token.as_bytes())
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?

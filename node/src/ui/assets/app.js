@@ -221,6 +221,7 @@ async function loadMesh() {
     el('td', {}, who(x.node)),
     el('td', {}, x.founder ? 'founder' : (x.admitted_by ? who(x.admitted_by) : '')),
     el('td', {}, x.admitted_at_ms ? fmtTime(x.admitted_at_ms) : ''),
+    el('td', {}, x.priority === null || x.priority === undefined ? 'own setting' : String(x.priority)),
     el('td', {}, revokeButton(x, m)))));
 }
 
@@ -281,7 +282,8 @@ document.addEventListener('DOMContentLoaded', async () => {
     $('#enable-alerts').textContent = 'Sound and notifications on';
   });
   $('#invite-show').addEventListener('click', async () => {
-    const r = await api('GET', '/api/invite');
+    const p = Math.max(0, Math.min(255, parseInt($('#invite-priority').value, 10) || 0));
+    const r = await api('GET', `/api/invite?priority=${p}`);
     $('#invite-qr').innerHTML = r.qr_svg;
     $('#invite-token').value = r.token;
     $('#invite-token').classList.remove('hidden');
