@@ -149,6 +149,9 @@ pub struct Invitation {
     /// The new node's rank in the uplink election, written into its admission record.
     #[serde(default)]
     pub priority: u8,
+    /// The new node's name, written into its admission record.
+    #[serde(default)]
+    pub name: Option<String>,
 }
 
 impl std::fmt::Debug for Invitation {
@@ -176,6 +179,9 @@ pub struct Token {
     /// Mesh addresses to dial first once enrolled.
     pub bootstrap: Vec<String>,
     pub expires_ms: u64,
+    /// The node name the new node is admitted under (its configuration must say the same).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
 }
 
 impl std::fmt::Debug for Token {
@@ -297,6 +303,16 @@ fn load(data_dir: &Path, id: &str) -> Result<Option<Invitation>, EnrolError> {
     }
 }
 
+/// What an invitation gives the node that uses it, written into its admission record.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Grant {
+    /// Its node name (`node` in its configuration): the store takes events and actions from it only
+    /// under this name.
+    pub name: Option<String>,
+    /// Its rank in the uplink election.
+    pub priority: u8,
+}
+
 /// Creates an invitation on a member. `enrol` is where the member's listener answers.
 pub fn invite(
     data_dir: &Path,
@@ -304,7 +320,7 @@ pub fn invite(
     enrol: &str,
     bootstrap: Vec<String>,
     expires: Duration,
-    priority: u8,
+    grant: Grant,
     now_ms: u64,
 ) -> Result<(Invitation, Token), EnrolError> {
     let expires = expires.min(MAX_EXPIRY);
@@ -320,7 +336,8 @@ pub fn invite(
         attempts: 0,
         used_by: None,
         used_ms: None,
-        priority,
+        priority: grant.priority,
+        name: grant.name.clone(),
     };
     save(data_dir, &inv)?;
     let store_key = secrets.signing_key()?.public().to_peer_id().to_string();
@@ -332,6 +349,7 @@ pub fn invite(
         enrol: enrol.to_string(),
         bootstrap,
         expires_ms: inv.expires_ms,
+        name: grant.name,
     };
     Ok((inv, token))
 }
@@ -482,6 +500,8 @@ pub struct Admitted {
     pub invitation: String,
     /// The election priority the invitation gave it.
     pub priority: u8,
+    /// The node name the invitation gave it.
+    pub name: Option<String>,
 }
 
 /// The member's side of one enrolment connection. Returns the admitted node, or why not.
@@ -615,6 +635,7 @@ where
         node,
         invitation: inv.id,
         priority: inv.priority,
+        name: inv.name,
     })
 }
 
@@ -816,7 +837,16 @@ mod tests {
     async fn an_invitation_admits_once_and_carries_no_secret() {
         let d = dir("once");
         let secrets = StoreSecrets::generate("shop").unwrap();
-        let (_, token) = invite(&d, &secrets, "127.0.0.1:1", vec![], DEFAULT_EXPIRY, 0, 1_000).unwrap();
+        let (_, token) = invite(
+            &d,
+            &secrets,
+            "127.0.0.1:1",
+            vec![],
+            DEFAULT_EXPIRY,
+            Grant::default(),
+            1_000,
+        )
+        .unwrap();
         let text = token.encode();
         for s in [&secrets.psk, &secrets.age_secret, &secrets.signing_key] {
             assert!(!text.contains(s.as_str()));
@@ -838,7 +868,7 @@ mod tests {
     async fn two_joiners_racing_on_one_invitation_get_one_admission() {
         let d = dir("race");
         let secrets = StoreSecrets::generate("shop").unwrap();
-        let (_, token) = invite(&d, &secrets, "x:1", vec![], DEFAULT_EXPIRY, 0, 1_000).unwrap();
+        let (_, token) = invite(&d, &secrets, "x:1", vec![], DEFAULT_EXPIRY, Grant::default(), 1_000).unwrap();
         let ((m1, j1), (m2, j2)) = tokio::join!(run(&d, &secrets, &token, 2_000), run(&d, &secrets, &token, 2_000));
         assert_eq!(
             [j1.is_ok(), j2.is_ok()].iter().filter(|ok| **ok).count(),
@@ -858,14 +888,23 @@ mod tests {
     fn invitations_expired_a_day_ago_are_forgotten() {
         let d = dir("prune");
         let secrets = StoreSecrets::generate("shop").unwrap();
-        let (old, _) = invite(&d, &secrets, "x:1", vec![], Duration::from_secs(60), 0, 1_000).unwrap();
+        let (old, _) = invite(
+            &d,
+            &secrets,
+            "x:1",
+            vec![],
+            Duration::from_secs(60),
+            Grant::default(),
+            1_000,
+        )
+        .unwrap();
         let (fresh, _) = invite(
             &d,
             &secrets,
             "x:1",
             vec![],
             Duration::from_secs(60),
-            0,
+            Grant::default(),
             1_000 + 86_400_000,
         )
         .unwrap();
@@ -876,7 +915,7 @@ mod tests {
             "x:1",
             vec![],
             Duration::from_secs(60),
-            0,
+            Grant::default(),
             1_000 + 2 * 86_400_000,
         )
         .unwrap();
@@ -889,13 +928,22 @@ mod tests {
     async fn expired_wrong_and_overtried_invitations_are_refused() {
         let d = dir("refused");
         let secrets = StoreSecrets::generate("shop").unwrap();
-        let (_, token) = invite(&d, &secrets, "x:1", vec![], Duration::from_secs(60), 0, 1_000).unwrap();
+        let (_, token) = invite(
+            &d,
+            &secrets,
+            "x:1",
+            vec![],
+            Duration::from_secs(60),
+            Grant::default(),
+            1_000,
+        )
+        .unwrap();
         let (m, j) = run(&d, &secrets, &token, 1_000 + 61_000).await;
         assert!(matches!(m, Err(EnrolError::Refused(Refusal::Expired))));
         assert!(matches!(j, Err(EnrolError::Refused(Refusal::Expired))));
 
         // Someone who saw the id but guesses the secret: refused, and never sees the secrets.
-        let (_, token) = invite(&d, &secrets, "x:1", vec![], DEFAULT_EXPIRY, 0, 1_000).unwrap();
+        let (_, token) = invite(&d, &secrets, "x:1", vec![], DEFAULT_EXPIRY, Grant::default(), 1_000).unwrap();
         let mut wrong = token.clone();
         wrong.secret = b64(&[7u8; 16]);
         for _ in 0..MAX_ATTEMPTS {
@@ -908,7 +956,7 @@ mod tests {
         assert!(j.is_err());
 
         // An impostor member (another store's secret behind the same id) is found out by the joiner.
-        let (_, token) = invite(&d, &secrets, "x:1", vec![], DEFAULT_EXPIRY, 0, 1_000).unwrap();
+        let (_, token) = invite(&d, &secrets, "x:1", vec![], DEFAULT_EXPIRY, Grant::default(), 1_000).unwrap();
         let mut inv = load(&d, &token.id).unwrap().unwrap();
         inv.secret = b64(&[9u8; 16]);
         save(&d, &inv).unwrap();

@@ -16,10 +16,11 @@
 //! A refused record stays in the log (it is validly signed, and the log's version vectors must stay
 //! gap-free); the views and the summaries ignore it, and it is counted.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use lpmesh_mesh::crypto::StoreSecret;
-use lpmesh_mesh::record::{Record, RecordKind};
+use lpmesh_mesh::record::{Origin, Record, RecordKind};
 
 use crate::event::Event;
 use crate::summary::Entry;
@@ -42,10 +43,19 @@ pub enum Refusal {
     Past,
     /// An end before the start, or a record before its incident began.
     Disordered,
+    /// It speaks for a node its signer is not: an event or action under another member's name, or
+    /// (for a named member) under any name but its own.
+    ForeignNode,
 }
 
 impl Refusal {
-    pub const ALL: [Refusal; 4] = [Refusal::Unreadable, Refusal::Future, Refusal::Past, Refusal::Disordered];
+    pub const ALL: [Refusal; 5] = [
+        Refusal::Unreadable,
+        Refusal::Future,
+        Refusal::Past,
+        Refusal::Disordered,
+        Refusal::ForeignNode,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -53,20 +63,22 @@ impl Refusal {
             Refusal::Future => "future",
             Refusal::Past => "past",
             Refusal::Disordered => "disordered",
+            Refusal::ForeignNode => "foreign_node",
         }
     }
 }
 
 /// Records refused by this node's incident view, by reason (one count per record: only the view that
 /// reads every record counts; see [`Reader::counting`]).
-static REFUSED: [AtomicU64; 4] = [
+static REFUSED: [AtomicU64; 5] = [
+    AtomicU64::new(0),
     AtomicU64::new(0),
     AtomicU64::new(0),
     AtomicU64::new(0),
     AtomicU64::new(0),
 ];
 
-pub fn refused() -> [(Refusal, u64); 4] {
+pub fn refused() -> [(Refusal, u64); 5] {
     Refusal::ALL.map(|r| (r, REFUSED[r as usize].load(Ordering::Relaxed)))
 }
 
@@ -97,6 +109,30 @@ pub struct Reader {
     secret: std::sync::Arc<StoreSecret>,
     window_ms: i64,
     count: bool,
+    /// The members' names (shared by every clone, kept current by the member list's follower).
+    names: std::sync::Arc<std::sync::RwLock<Names>>,
+}
+
+/// Which member speaks under which node name.
+#[derive(Debug, Default)]
+struct Names {
+    by_origin: HashMap<Origin, String>,
+    by_name: HashMap<String, Origin>,
+}
+
+impl Names {
+    /// Whether `signer` may write an entry for `node` (an event's incident id begins with its node).
+    fn allows(&self, signer: &Origin, entry: &Entry) -> bool {
+        let (node, incident) = match entry {
+            Entry::Event(e) => (&e.node, Some(e.incident.split('/').next().unwrap_or_default())),
+            Entry::Action(a) => (&a.node, None),
+        };
+        match self.by_origin.get(signer) {
+            Some(own) => own == node && incident.is_none_or(|i| i == own),
+            // A member without a recorded name (the founder) may use any name nobody holds.
+            None => !self.by_name.contains_key(node) && incident.is_none_or(|i| !self.by_name.contains_key(i)),
+        }
+    }
 }
 
 impl Reader {
@@ -105,7 +141,18 @@ impl Reader {
             secret: std::sync::Arc::new(secret),
             window_ms: (window_secs * 1000.0).clamp(0.0, i64::MAX as f64) as i64,
             count: false,
+            names: Default::default(),
         }
+    }
+
+    /// The members' node names from now on (for this reader and every clone of it).
+    pub fn set_names(&self, names: HashMap<Origin, String>) {
+        let by_name = names.iter().map(|(o, n)| (n.clone(), *o)).collect();
+        let mut w = self.names.write().unwrap_or_else(|p| p.into_inner());
+        *w = Names {
+            by_origin: names,
+            by_name,
+        };
     }
 
     /// This reader's refusals go to the node's metrics (one reader per node does: the incident view).
@@ -133,7 +180,13 @@ impl Reader {
     pub fn check(&self, r: &Record) -> Result<Entry, Refusal> {
         let verdict = self.decode(r).and_then(|e| {
             let hlc = i64::try_from(r.hlc.wall_ms).unwrap_or(i64::MAX);
-            check(&e, hlc, self.window_ms).map(|()| e)
+            check(&e, hlc, self.window_ms)?;
+            let names = self.names.read().unwrap_or_else(|p| p.into_inner());
+            if names.allows(&r.origin, &e) {
+                Ok(e)
+            } else {
+                Err(Refusal::ForeignNode)
+            }
         });
         if let (Err(why), true) = (&verdict, self.count) {
             REFUSED[*why as usize].fetch_add(1, Ordering::Relaxed);
@@ -208,6 +261,41 @@ mod tests {
             at_ms: at,
             note: None,
         })
+    }
+
+    fn named(node: &str, incident: &str) -> Entry {
+        let Entry::Event(mut e) = ev(NOW - 5_000, NOW, None) else {
+            unreachable!()
+        };
+        e.node = node.into();
+        e.incident = incident.into();
+        Entry::Event(e)
+    }
+
+    #[test]
+    fn a_member_speaks_only_under_its_own_name_and_nobody_under_anothers() {
+        let (back, front, old) = (Origin([1; 32]), Origin([2; 32]), Origin([3; 32]));
+        let names = Names {
+            by_origin: [(back, "back".to_string()), (front, "front".to_string())].into(),
+            by_name: [("back".to_string(), back), ("front".to_string(), front)].into(),
+        };
+        assert!(names.allows(&back, &named("back", "back/door/1-0")));
+        // Another node's name, or its own name on another node's incident.
+        assert!(!names.allows(&back, &named("front", "front/door/1-0")));
+        assert!(!names.allows(&back, &named("back", "front/door/1-0")));
+        // A member without a recorded name uses any name nobody holds, never a held one.
+        assert!(names.allows(&old, &named("till", "till/cam/1-0")));
+        assert!(!names.allows(&old, &named("front", "front/cam/1-0")));
+        assert!(!names.allows(&old, &named("till", "front/cam/1-0")));
+        // Actions too: signed by the node that served the user.
+        let Entry::Action(mut a) = act(NOW - 60_000, NOW) else {
+            unreachable!()
+        };
+        a.node = "front".into();
+        assert!(!names.allows(&back, &Entry::Action(a.clone())));
+        assert!(names.allows(&front, &Entry::Action(a)));
+        // With no names known (a store without them), nothing is refused for its name.
+        assert!(Names::default().allows(&back, &named("front", "front/door/1-0")));
     }
 
     #[test]

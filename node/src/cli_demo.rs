@@ -58,9 +58,10 @@ fn step(args: &[&str], stdin: Option<&str>) -> Result<String> {
 
 /// Enrols `joiner` into `member`'s store with a one-time invitation, as an installer setting up a
 /// store does before its first node runs: `invite --serve` answers it, `join` reads it on stdin.
-fn enrol(member: &Path, joiner: &Path) -> Result<()> {
+fn enrol(member: &Path, joiner: &Path, name: &str) -> Result<()> {
     let mut inviter = Command::new(exe()?)
         .args(["invite", "--data", &member.to_string_lossy(), "--serve", "127.0.0.1:0"])
+        .args(["--node", name])
         .env_remove("LPMESH_LOG")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -360,7 +361,7 @@ pub fn run(a: DemoArgs, stop: Arc<AtomicBool>) -> Result<ExitCode> {
         None,
     )?;
     for n in &nodes[1..] {
-        enrol(&nodes[0].data, &n.data)?;
+        enrol(&nodes[0].data, &n.data, &n.name)?;
     }
     let key = step(&["store-key", "--data", &nodes[0].data.to_string_lossy()], None)?;
     step(

@@ -1249,7 +1249,8 @@ pub const ZONE_KINDS: [EventKind; 6] = [
 ];
 
 /// Names travel in every event: short, printable, no separators that would confuse ids or topics.
-fn check_name(s: &str) -> Result<(), String> {
+/// A store or node name: what the configuration, invitations and member records accept.
+pub fn check_name(s: &str) -> Result<(), String> {
     if s.is_empty() {
         return Err("must not be empty".into());
     }

@@ -109,6 +109,10 @@ enum Command {
         /// Written into its admission: the node's own `[mesh] priority` is not taken.
         #[arg(long, default_value_t = 0)]
         priority: u8,
+        /// The new node's name (`node` in its configuration). The store then takes its events and
+        /// actions only under this name, and nobody else's under it.
+        #[arg(long, value_name = "NAME")]
+        node: Option<String>,
     },
     /// Enrol a new node's data directory into a store. The invitation token is read from standard
     /// input (or --token-file), never from the command line, where `ps` and shell history keep it.
@@ -625,7 +629,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
             enrol,
             serve,
             priority,
+            node,
         } => {
+            let grant = lpmesh_mesh::enrol::Grant { name: node, priority };
             let show = |inv: &lpmesh_mesh::enrol::Invitation, token: &lpmesh_mesh::enrol::Token| {
                 eprintln!(
                     "invitation {} for store {}: works once, until {} UTC; on the new node run `lpmesh join --data DIR` and paste it",
@@ -642,12 +648,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 Some(listen) => {
                     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
                     let admitted = rt.block_on(lpmesh_node::node::invite_and_serve(
-                        &data, bootstrap, expires, priority, &listen, show,
+                        &data, bootstrap, expires, grant, &listen, show,
                     ))?;
                     eprintln!("admitted node {}", admitted.node.to_peer_id());
                 }
                 None => {
-                    let (inv, token) = lpmesh_node::node::invite(&data, bootstrap, expires, priority, enrol)?;
+                    let (inv, token) = lpmesh_node::node::invite(&data, bootstrap, expires, grant, enrol)?;
                     show(&inv, &token);
                 }
             }
@@ -669,8 +675,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 }
             };
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let admitted_as = lpmesh_mesh::enrol::Token::decode(&token).ok().and_then(|t| t.name);
             let (store, bootstrap, peer) = rt.block_on(lpmesh_node::node::join(&token, &data))?;
             println!("joined store {store} in {}; this node is {peer}", data.display());
+            if let Some(name) = admitted_as {
+                println!("admitted as node {name:?}: its configuration must say node = {name:?}");
+            }
             if !bootstrap.is_empty() {
                 println!("add to [mesh] bootstrap in this node's configuration: {bootstrap:?}");
             }
@@ -1035,7 +1045,22 @@ mod daemon {
             let reader = lpmesh_node::bounds::Reader::new(store_secrets.store_secret()?, cfg.mesh.time_window_secs);
             let (members_tx, members_rx) = tokio::sync::watch::channel(Vec::new());
             let store_founder = lpmesh_node::node::founder(&store_secrets);
-            tokio::spawn(lpmesh_node::node::follow_members(mesh.clone(), reader.clone(), store_founder, members_tx, cfg.mesh.priority));
+            // The members' names are known before any view reads a record with this reader.
+            let initial = lpmesh_node::node::load_members(&mesh, &reader, store_founder).await;
+            let me = mesh.origin();
+            if store_founder == Some(me) {
+                // The founder has no admission to carry its name: it records the name itself.
+                if let Some(item) = lpmesh_node::node::founder_name_record(&initial, &me, &cfg.node) {
+                    mesh.append(vec![item]).await.context("recording this founder's node name")?;
+                }
+            } else if let Some(admitted_as) = initial.names().get(&me).filter(|n| **n != cfg.node) {
+                anyhow::bail!(
+                    "this node was admitted as {admitted_as:?}, but {} says node = {:?}: the store takes its events only under its admitted name; set node = {admitted_as:?}",
+                    config.display(),
+                    cfg.node
+                );
+            }
+            tokio::spawn(lpmesh_node::node::follow_members(mesh.clone(), reader.clone(), store_founder, members_tx, cfg.mesh.priority, cfg.node.clone()));
             let stop = stop_flag();
             let (tx, rx) = tokio::sync::mpsc::channel(EVENT_QUEUE);
             let tz = lpmesh_node::schedule::Schedule::parse_tz(&cfg.schedule.timezone).map_err(anyhow::Error::msg)?;

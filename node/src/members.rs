@@ -37,6 +37,10 @@ pub struct Membership {
     /// heartbeats claim is not taken.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub priority: u8,
+    /// Its node name, set by whoever invited it: the store takes its events and actions only under
+    /// this name, and nobody else's under it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
 }
 
 fn is_zero(p: &u8) -> bool {
@@ -51,6 +55,7 @@ impl Membership {
             invitation,
             revoked: false,
             priority: 0,
+            name: None,
         }
     }
 
@@ -120,6 +125,8 @@ pub struct Member {
     pub invitation: Option<String>,
     /// Its election priority from its admission (`None` for the founder: its own setting counts).
     pub priority: Option<u8>,
+    /// The node name its admission gives it (`None`: none recorded, or another member holds it).
+    pub name: Option<String>,
 }
 
 /// One admission of a node, as a member record says.
@@ -129,6 +136,7 @@ struct Admission {
     at_ms: i64,
     invitation: Option<String>,
     priority: u8,
+    name: Option<String>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -140,6 +148,8 @@ pub struct Members {
     revocations: BTreeMap<Origin, BTreeSet<Origin>>,
     seen: HashSet<(Origin, u64)>,
     per_signer: HashMap<Origin, usize>,
+    /// The founder's node name, from the latest record it signed about itself (it has no admission).
+    founder_name: Option<(i64, String)>,
 }
 
 impl Members {
@@ -166,6 +176,14 @@ impl Members {
             return false;
         }
         self.per_signer.insert(key.0, signed + 1);
+        if Some(key.0) == self.founder && Some(node) == self.founder && !m.revoked {
+            if let Some(name) = m.name.as_ref().filter(|n| crate::config::check_name(n).is_ok()) {
+                if self.founder_name.as_ref().is_none_or(|(at, _)| m.at_ms >= *at) {
+                    self.founder_name = Some((m.at_ms, name.clone()));
+                }
+            }
+            return true;
+        }
         if m.revoked {
             self.revocations.entry(node).or_default().insert(key.0);
         } else {
@@ -174,6 +192,7 @@ impl Members {
                 at_ms: m.at_ms,
                 invitation: m.invitation.clone(),
                 priority: m.priority,
+                name: m.name.clone(),
             });
         }
         true
@@ -224,6 +243,7 @@ impl Members {
     }
 
     pub fn list(&self) -> Vec<Member> {
+        let names = self.names();
         let set = self.admitted();
         set.iter()
             .map(|o| {
@@ -237,9 +257,39 @@ impl Members {
                     admitted_at_ms: first.map(|a| a.at_ms),
                     invitation: first.and_then(|a| a.invitation.clone()),
                     priority: first.map(|a| a.priority),
+                    name: names.get(o).cloned(),
                 }
             })
             .collect()
+    }
+
+    /// Each member's node name, from its admission. A name belongs to the member admitted under it
+    /// first (earliest admission, then smallest key): a later member admitted under a name already
+    /// held gets none, so no member can take over another's name by inviting a second box under it.
+    pub fn names(&self) -> HashMap<Origin, String> {
+        let set = self.admitted();
+        let mut holders: BTreeMap<String, (i64, Origin)> = BTreeMap::new();
+        // The founder's name is its own before anyone's.
+        if let (Some(f), Some((_, name))) = (self.founder, &self.founder_name) {
+            holders.insert(name.clone(), (i64::MIN, f));
+        }
+        for o in set.iter().filter(|o| Some(**o) != self.founder) {
+            let Some(a) = self.counting(o, &set) else { continue };
+            let Some(name) = a.name.as_ref().filter(|n| crate::config::check_name(n).is_ok()) else {
+                continue;
+            };
+            let key = (a.at_ms, *o);
+            holders
+                .entry(name.clone())
+                .and_modify(|h| *h = (*h).min(key))
+                .or_insert(key);
+        }
+        holders.into_iter().map(|(n, (_, o))| (o, n)).collect()
+    }
+
+    /// The founder's node name, as it last recorded it.
+    pub fn founder_name(&self) -> Option<&str> {
+        self.founder_name.as_ref().map(|(_, n)| n.as_str())
     }
 
     /// The election priority of every member but the founder, from its admission: the same on every
@@ -324,6 +374,39 @@ mod tests {
     }
 
     #[test]
+    fn a_name_belongs_to_the_member_admitted_under_it_first() {
+        let named = |node: u8, at: i64, name: &str| Membership {
+            name: Some(name.into()),
+            ..Membership::new(&o(node), at, None)
+        };
+        let mut m = Members::new(Some(o(1)));
+        m.add((o(1), 1), &named(2, 20, "front"));
+        m.add((o(1), 2), &named(3, 30, "back"));
+        // A second box invited under a name already held gets no name.
+        m.add((o(3), 1), &named(4, 40, "front"));
+        // A name the configuration would refuse is no name.
+        m.add((o(1), 3), &named(5, 50, "../etc"));
+        // The founder names itself (later than the others were admitted): its name is its own, and
+        // the member admitted under it before loses it.
+        m.add((o(1), 4), &named(6, 60, "till"));
+        m.add((o(1), 5), &named(1, 70, "till"));
+        assert_eq!(m.founder_name(), Some("till"));
+        assert_eq!(m.names().get(&o(1)).map(String::as_str), Some("till"));
+        assert_eq!(m.names().get(&o(6)), None);
+        // Nobody else names the founder.
+        m.add((o(2), 1), &named(1, 80, "other"));
+        assert_eq!(m.founder_name(), Some("till"));
+        m.add((o(1), 6), &named(6, 90, "six"));
+        let n = m.names();
+        assert_eq!(n.get(&o(2)).map(String::as_str), Some("front"));
+        assert_eq!(n.get(&o(3)).map(String::as_str), Some("back"));
+        assert_eq!(n.get(&o(4)), None);
+        assert_eq!(n.get(&o(5)), None);
+        let list = m.list();
+        assert_eq!(list.iter().filter(|x| x.name.is_some()).count(), n.len());
+    }
+
+    #[test]
     fn a_revoked_node_leaves_for_good_and_the_founder_stays() {
         let mut m = Members::new(Some(o(1)));
         m.add((o(1), 1), &Membership::new(&o(1), 10, None));
@@ -392,6 +475,7 @@ mod tests {
                 invitation: None,
                 revoked: false,
                 priority: 0,
+                name: None,
             }
         ));
     }

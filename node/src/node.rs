@@ -54,6 +54,7 @@ pub fn admission(a: &enrol::Admitted) -> Option<(RecordKind, Vec<u8>)> {
     let origin = lpmesh_mesh::record::Origin(node.to_bytes());
     let m = crate::members::Membership {
         priority: a.priority,
+        name: a.name.clone(),
         ..crate::members::Membership::new(
             &origin,
             chrono::Utc::now().timestamp_millis(),
@@ -68,6 +69,41 @@ pub fn founder(secrets: &StoreSecrets) -> Option<lpmesh_mesh::record::Origin> {
     secrets.founder.as_deref().and_then(crate::members::parse_hex)
 }
 
+/// The member list the log holds now; the members' names go to `reader` before anything is read with
+/// it (a view that started before them would take a forged name until the follower caught up).
+pub async fn load_members(
+    mesh: &MeshHandle,
+    reader: &crate::bounds::Reader,
+    founder: Option<lpmesh_mesh::record::Origin>,
+) -> crate::members::Members {
+    let mut members = crate::members::Members::new(founder);
+    if founder.is_some() {
+        let _ = read_log(mesh, |r| {
+            take_member(&mut members, reader, r);
+        })
+        .await;
+        reader.set_names(members.names());
+    }
+    members
+}
+
+/// The record by which the founder names itself (it has no admission to carry its name), when its
+/// configuration's name is not the one the log holds.
+pub fn founder_name_record(
+    members: &crate::members::Members,
+    me: &lpmesh_mesh::record::Origin,
+    node: &str,
+) -> Option<(RecordKind, Vec<u8>)> {
+    if members.founder_name() == Some(node) {
+        return None;
+    }
+    let m = crate::members::Membership {
+        name: Some(node.to_string()),
+        ..crate::members::Membership::new(me, chrono::Utc::now().timestamp_millis(), None)
+    };
+    Some((RecordKind::Member, serde_json::to_vec(&m).ok()?))
+}
+
 /// Keeps the mesh's admitted set equal to the member list the log holds. A node that has not yet
 /// seen its own admission (it joined moments ago) restricts nothing until it has: it could not tell
 /// its admitter from a stranger.
@@ -77,6 +113,7 @@ pub async fn follow_members(
     founder: Option<lpmesh_mesh::record::Origin>,
     view: tokio::sync::watch::Sender<Vec<crate::members::Member>>,
     configured_priority: u8,
+    configured_name: String,
 ) {
     if founder.is_none() {
         tracing::warn!("this store has no member list (it was created before invitations): every holder of its network key can connect; create the store anew with `lpmesh init` to have one");
@@ -87,8 +124,29 @@ pub async fn follow_members(
     let mut sub = mesh.subscribe();
     let mut applied: Option<Vec<lpmesh_mesh::record::Origin>> = None;
     let mut ranked: Option<std::collections::HashMap<lpmesh_mesh::record::Origin, u8>> = None;
-    let _ = read_log(&mesh, |r| take_member(&mut members, &reader, r)).await;
+    let mut named: Option<std::collections::HashMap<lpmesh_mesh::record::Origin, String>> = None;
+    let _ = read_log(&mesh, |r| {
+        take_member(&mut members, &reader, r);
+    })
+    .await;
+    // Worked out again only when a member record arrived, not for every event.
+    let mut changed = true;
     loop {
+        if !changed {
+            match sub.recv().await {
+                Ok(r) => changed = take_member(&mut members, &reader, &r),
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                    let _ = read_log(&mesh, |r| {
+                        take_member(&mut members, &reader, r);
+                    })
+                    .await;
+                    changed = true;
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            }
+            continue;
+        }
+        changed = false;
         let set = members.admitted();
         view.send_if_modified(|v| {
             let list = members.list();
@@ -108,6 +166,20 @@ pub async fn follow_members(
         }
         // Every node ranks every member by its admission, so all name the same leader whatever the
         // nodes claim of themselves.
+        let names = members.names();
+        if named.as_ref() != Some(&names) {
+            if let Some(admitted_as) = names.get(&me).filter(|n| **n != configured_name) {
+                // Heard only now (the admission arrived after the start): every other node refuses
+                // this node's events until its configuration says the admitted name (checked at start).
+                tracing::error!(
+                    admitted_as = %admitted_as,
+                    configured = %configured_name,
+                    "this node was admitted under another name: the store refuses its events; set node = the admitted name and restart"
+                );
+            }
+            reader.set_names(names.clone());
+            named = Some(names);
+        }
         let priorities = members.priorities();
         if ranked.as_ref() != Some(&priorities) {
             if let Some(p) = priorities.get(&me).filter(|p| **p != configured_priority) {
@@ -121,13 +193,6 @@ pub async fn follow_members(
                 return;
             }
             ranked = Some(priorities);
-        }
-        match sub.recv().await {
-            Ok(r) => take_member(&mut members, &reader, &r),
-            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
-                let _ = read_log(&mesh, |r| take_member(&mut members, &reader, r)).await;
-            }
-            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
         }
     }
 }
@@ -165,11 +230,9 @@ fn members_in(
     Ok(members)
 }
 
-/// Folds `r` into `members` if it is a member record.
-fn take_member(members: &mut crate::members::Members, reader: &crate::bounds::Reader, r: &Record) {
-    if let Some(m) = reader.member(r) {
-        members.add((r.origin, r.seq), &m);
-    }
+/// Folds `r` into `members` if it is a member record; whether it was a new one.
+fn take_member(members: &mut crate::members::Members, reader: &crate::bounds::Reader, r: &Record) -> bool {
+    reader.member(r).is_some_and(|m| members.add((r.origin, r.seq), &m))
 }
 
 /// `lpmesh members`: the store's member list as this node's log holds it (the node must be stopped).
@@ -191,9 +254,12 @@ pub fn invite(
     data_dir: &Path,
     bootstrap: Vec<String>,
     expires: Duration,
-    priority: u8,
+    grant: enrol::Grant,
     enrol: Option<String>,
 ) -> Result<(enrol::Invitation, enrol::Token), NodeError> {
+    if let Some(n) = &grant.name {
+        crate::config::check_name(n).map_err(|e| NodeError::Setup(format!("node name {e}")))?;
+    }
     let secrets = StoreSecrets::load(data_dir)?;
     let enrol = match enrol {
         Some(a) => a,
@@ -209,7 +275,7 @@ pub fn invite(
     };
     let now = u64::try_from(chrono::Utc::now().timestamp_millis()).unwrap_or(0);
     Ok(enrol::invite(
-        data_dir, &secrets, &enrol, bootstrap, expires, priority, now,
+        data_dir, &secrets, &enrol, bootstrap, expires, grant, now,
     )?)
 }
 
@@ -254,7 +320,7 @@ pub async fn invite_and_serve(
     data_dir: &Path,
     bootstrap: Vec<String>,
     expires: Duration,
-    priority: u8,
+    grant: enrol::Grant,
     listen: &str,
     on_token: impl FnOnce(&enrol::Invitation, &enrol::Token),
 ) -> Result<enrol::Admitted, NodeError> {
@@ -280,7 +346,18 @@ pub async fn invite_and_serve(
             "{e}: is the node running? Then run `lpmesh invite` without --serve"
         ))
     })?;
-    let (inv, token) = invite(data_dir, bootstrap, expires, priority, Some(enrol_address(bound)))?;
+    if let (Some(n), Some(f)) = (&grant.name, founder(&secrets0)) {
+        let taken = members_in(&log, &secrets0, f)?
+            .names()
+            .into_values()
+            .any(|held| &held == n);
+        if taken {
+            return Err(NodeError::Setup(format!(
+                "a member of the store is named {n:?} already"
+            )));
+        }
+    }
+    let (inv, token) = invite(data_dir, bootstrap, expires, grant, Some(enrol_address(bound)))?;
     on_token(&inv, &token);
     let (tx, mut rx) = tokio::sync::mpsc::channel(4);
     let secrets = StoreSecrets::load(data_dir)?;
@@ -493,6 +570,9 @@ pub fn read_events(data_dir: &Path) -> Result<Vec<Event>, NodeError> {
     let secrets = StoreSecrets::load(data_dir)?;
     let log = Log::open(&log_dir(data_dir), &secrets.store, key, secrets.recipient()?)?;
     let reader = crate::bounds::Reader::from(secrets.store_secret()?);
+    if let Some(f) = founder(&secrets) {
+        reader.set_names(members_in(&log, &secrets, f)?.names());
+    }
     let mut out = Vec::new();
     for r in log.all() {
         if let Some(e) = reader.event(&r?) {

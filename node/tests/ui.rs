@@ -531,6 +531,7 @@ async fn the_mesh_page_lists_the_stores_members() {
         admitted_at_ms: None,
         invitation: None,
         priority: None,
+        name: None,
     };
     let (tx, rx) = tokio::sync::watch::channel(vec![founder.clone()]);
     let _ = f.state.clone().with_members(rx);
@@ -545,6 +546,7 @@ async fn the_mesh_page_lists_the_stores_members() {
         admitted_at_ms: Some(5),
         invitation: Some("ab".into()),
         priority: Some(3),
+        name: Some("back".into()),
     };
     tx.send(vec![founder, joined]).unwrap();
     let (_, _, body) = send(&f, get("/api/mesh", Some(&guard.0))).await;
@@ -566,6 +568,7 @@ async fn a_manager_revokes_a_member_from_the_mesh_page() {
         admitted_at_ms: None,
         invitation: None,
         priority: None,
+        name: None,
     };
     let me = f.state.mesh.origin();
     let (_tx, rx) = tokio::sync::watch::channel(vec![

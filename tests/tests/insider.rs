@@ -2,7 +2,8 @@
 //! secrets, so it can sign any record it likes into its own log. Its forgeries (an outage from 1970 to
 //! the end of time, one from 1970 until now, an event from tomorrow, a false alarm dated for ever) reach
 //! the other node by the mesh; that node keeps running, leaves them out of its views and summaries,
-//! counts them, and HQ goes on receiving the store's summaries.
+//! counts them, and HQ goes on receiving the store's summaries. Admitted under its name, it cannot
+//! speak for the other node's cameras either.
 
 use std::path::Path;
 use std::process::Stdio;
@@ -72,7 +73,7 @@ fn a_member_forging_records_is_contained_and_hq_still_hears_the_store() {
     let recipient = hq_recipient(&ok(&["hq", "init", "--config", &hq_cfg]));
     let (n1, n2) = (dir.join("n1"), dir.join("n2"));
     ok(&["init", "--store", STORE, "--data", &n1.to_string_lossy()]);
-    enrol(&n1, &n2);
+    lpmesh_tests::enrol_with(&n1, &n2, &["--node", "back"]);
     let key = ok(&["store-key", "--data", &n1.to_string_lossy()]);
     ok(&[
         "hq",
@@ -100,6 +101,20 @@ fn a_member_forging_records_is_contained_and_hq_still_hears_the_store() {
         (
             RecordKind::Event,
             serde_json::to_vec(&offline("back/door/1-0", now + 86_400_000, now + 86_400_000, None)).unwrap(),
+        ),
+        // Dated right, but for the other node's camera: admitted as "back", it speaks only as "back".
+        (
+            RecordKind::Event,
+            serde_json::to_vec(&Event {
+                node: "front".into(),
+                camera: "synthetic".into(),
+                ..offline("front/synthetic/9-9", now - 1000, now, None)
+            })
+            .unwrap(),
+        ),
+        (
+            RecordKind::Event,
+            serde_json::to_vec(&offline("front/door/9-9", now - 1000, now, None)).unwrap(),
         ),
         (
             RecordKind::Action,
@@ -170,7 +185,11 @@ fn a_member_forging_records_is_contained_and_hq_still_hears_the_store() {
     loop {
         let m = lpmesh_tests::scrape(ops).unwrap_or_default();
         let (code, text) = (if m.is_empty() { 0 } else { 200 }, format!("{m:?}"));
-        if code == 200 && refused(&m, "future") >= 2.0 && refused(&m, "past") >= 1.0 {
+        if code == 200
+            && refused(&m, "future") >= 2.0
+            && refused(&m, "past") >= 1.0
+            && refused(&m, "foreign_node") >= 2.0
+        {
             break;
         }
         assert!(

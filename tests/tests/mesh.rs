@@ -112,7 +112,8 @@ in = "left"
         .and_then(|l| l.split_whitespace().next())
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("no record count in the node's output: {said}"));
-    // Its records are its events and its member record (the other node's admission).
+    // Its records are its events and its member records (the other node's admission; and, being the
+    // founder, the record naming itself).
     let members: serde_json::Value = serde_json::from_str(&lpmesh_tests::ok(&[
         "members",
         "--data",
@@ -120,9 +121,11 @@ in = "left"
         "--json",
     ]))
     .unwrap();
-    let member_records = members
-        .as_array()
-        .map_or(0, |m| m.iter().filter(|m| m["admitted_by"].is_string()).count());
+    let member_records = members.as_array().map_or(0, |m| {
+        m.iter()
+            .filter(|m| m["admitted_by"].is_string() || (m["founder"] == true && m["name"].is_string()))
+            .count()
+    });
     assert_eq!(on_front.len() + member_records, durable, "records lost at shutdown");
     assert!(on_back
         .iter()

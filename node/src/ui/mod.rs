@@ -773,6 +773,9 @@ struct InviteQuery {
     /// The new node's rank in the uplink election, recorded in its admission.
     #[serde(default)]
     priority: u8,
+    /// The new node's name, recorded in its admission (empty: none).
+    #[serde(default)]
+    node: Option<String>,
 }
 
 async fn invite(
@@ -788,6 +791,26 @@ async fn invite(
             "invitations are shown only over HTTPS ([ui] tls = true); on the node itself, `lpmesh invite` makes one",
         ));
     }
+    let name = q.node.map(|n| n.trim().to_string()).filter(|n| !n.is_empty());
+    if let Some(n) = &name {
+        crate::config::check_name(n).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("node name {e}")))?;
+        let taken = state
+            .members
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .is_some_and(|m| m.borrow().iter().any(|x| x.name.as_deref() == Some(n.as_str())));
+        if taken {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                format!("a member of the store is named {n:?} already"),
+            ));
+        }
+    }
+    let grant = lpmesh_mesh::enrol::Grant {
+        name,
+        priority: q.priority,
+    };
     let peer = state.mesh.peer_id();
     let boot: Vec<String> = state
         .mesh
@@ -798,14 +821,8 @@ async fn invite(
         .filter(|a| !a.to_string().contains("/127.0.0.1/"))
         .map(|a| format!("{a}/p2p/{peer}"))
         .collect();
-    let (inv, token) = crate::node::invite(
-        &state.data_dir,
-        boot,
-        lpmesh_mesh::enrol::DEFAULT_EXPIRY,
-        q.priority,
-        None,
-    )
-    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let (inv, token) = crate::node::invite(&state.data_dir, boot, lpmesh_mesh::enrol::DEFAULT_EXPIRY, grant, None)
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     let token = token.encode();
     let svg = qrcode::QrCode::new(token.as_bytes())
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?

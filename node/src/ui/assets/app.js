@@ -219,6 +219,7 @@ async function loadMesh() {
   $('#members-note').textContent = m.members ? 'Only these node keys may connect to the store.' : 'This store keeps no member list: every node holding its network key may connect.';
   $('#member-rows').replaceChildren(...(m.members || []).map((x) => el('tr', {},
     el('td', {}, who(x.node)),
+    el('td', {}, x.name || ''),
     el('td', {}, x.founder ? 'founder' : (x.admitted_by ? who(x.admitted_by) : '')),
     el('td', {}, x.admitted_at_ms ? fmtTime(x.admitted_at_ms) : ''),
     el('td', {}, x.priority === null || x.priority === undefined ? 'own setting' : String(x.priority)),
@@ -283,7 +284,8 @@ document.addEventListener('DOMContentLoaded', async () => {
   });
   $('#invite-show').addEventListener('click', async () => {
     const p = Math.max(0, Math.min(255, parseInt($('#invite-priority').value, 10) || 0));
-    const r = await api('GET', `/api/invite?priority=${p}`);
+    const n = $('#invite-node').value.trim();
+    const r = await api('GET', `/api/invite?priority=${p}${n ? `&node=${encodeURIComponent(n)}` : ''}`);
     $('#invite-qr').innerHTML = r.qr_svg;
     $('#invite-token').value = r.token;
     $('#invite-token').classList.remove('hidden');
