@@ -440,6 +440,32 @@ fn init_logging(level: &str, format: LogFormat) {
     }
 }
 
+/// A benchmark's figures as one JSON object, with the machine they were measured on.
+fn bench_json(report: &impl serde::Serialize, machine: &lpmesh_node::ops::Machine) -> Result<String> {
+    let mut v = serde_json::to_value(report)?;
+    v["machine"] = serde_json::to_value(machine)?;
+    Ok(v.to_string())
+}
+
+/// The machine line a benchmark prints above its figures.
+fn machine_line(m: &lpmesh_node::ops::Machine) -> String {
+    format!(
+        "machine          {} cores; data in {} ({}{})",
+        m.cores,
+        m.data_dir,
+        if m.filesystem.is_empty() {
+            "filesystem unknown"
+        } else {
+            &m.filesystem
+        },
+        if m.on_tmpfs {
+            ": memory, fsyncs cost nothing"
+        } else {
+            ""
+        }
+    )
+}
+
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         #[cfg(feature = "vision")]
@@ -463,10 +489,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 .worker_threads(2)
                 .enable_all()
                 .build()?;
+            let machine = lpmesh_node::ops::machine(&std::env::temp_dir());
             let r = rt.block_on(lpmesh_mesh::bench::run(nodes, records, root))?;
             if json {
-                println!("{}", serde_json::to_string(&r)?);
+                println!("{}", bench_json(&r, &machine)?);
             } else {
+                println!("{}", machine_line(&machine));
                 println!("{} nodes on loopback", r.nodes);
                 println!(
                     "durable appends  {:>9.0} records/s in batches of {} ({:.0}/s one commit each), one node alone",
@@ -496,10 +524,19 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 .worker_threads(2)
                 .enable_all()
                 .build()?;
+            // A database of its own lies in the temp directory; one named by URL is wherever it is.
+            let machine = lpmesh_node::ops::Machine {
+                data_dir: database_url.as_ref().map_or_else(
+                    || std::env::temp_dir().display().to_string(),
+                    |_| "the database given".into(),
+                ),
+                ..lpmesh_node::ops::machine(&std::env::temp_dir())
+            };
             let r = rt.block_on(lpmesh_hq::bench::run(stores, periods, database_url))?;
             if json {
-                println!("{}", serde_json::to_string(&r)?);
+                println!("{}", bench_json(&r, &machine)?);
             } else {
+                println!("{}", machine_line(&machine));
                 println!(
                     "{} summaries from {} stores into {} over HTTPS, {} concurrent uploads",
                     r.summaries, r.stores, r.database, r.concurrency
@@ -523,10 +560,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 .worker_threads(2)
                 .enable_all()
                 .build()?;
+            let machine = lpmesh_node::ops::machine(&std::env::temp_dir());
             let r = rt.block_on(lpmesh_node::bench_alerts::run(incidents))?;
             if json {
-                println!("{}", serde_json::to_string(&r)?);
+                println!("{}", bench_json(&r, &machine)?);
             } else {
+                println!("{}", machine_line(&machine));
                 println!("{} incidents appended on node B, on loopback", r.incidents);
                 println!(
                     "-> MQTT message       p50 {:.1} ms   p99 {:.1} ms   ({} received; target p99 < 250 ms)",

@@ -104,6 +104,52 @@ pub fn tune_allocator() {
 pub fn tune_allocator() {}
 
 /// Free and total bytes of the filesystem holding `path`.
+/// What a benchmark ran on, printed with its figures: a figure is read against its cores, and an
+/// fsync on tmpfs (memory) costs nothing, so durable-write figures from there mean little.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Machine {
+    pub cores: usize,
+    pub data_dir: String,
+    /// The filesystem the data directory lies on (`ext4`, `tmpfs`, ...; empty when unknown).
+    pub filesystem: String,
+    pub on_tmpfs: bool,
+}
+
+/// The machine facts for a benchmark keeping its data in `dir`.
+pub fn machine(dir: &std::path::Path) -> Machine {
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+    // The directory may not exist yet (or any more): its nearest existing ancestor tells the mount.
+    let real = dir
+        .ancestors()
+        .find_map(|d| std::fs::canonicalize(d).ok())
+        .unwrap_or_else(|| dir.to_path_buf());
+    let filesystem = filesystem_of(&mounts, &real).unwrap_or_default();
+    Machine {
+        cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        data_dir: dir.display().to_string(),
+        on_tmpfs: filesystem == "tmpfs",
+        filesystem,
+    }
+}
+
+/// The type of the filesystem holding `path`, from `/proc/mounts` text: the longest mount point
+/// that contains it (a later mount over the same point wins, as the kernel's does).
+fn filesystem_of(mounts: &str, path: &std::path::Path) -> Option<String> {
+    let mut best: Option<(usize, String)> = None;
+    for line in mounts.lines() {
+        let mut f = line.split_whitespace();
+        let (Some(_), Some(point), Some(kind)) = (f.next(), f.next(), f.next()) else {
+            continue;
+        };
+        // /proc/mounts escapes spaces in paths as \040.
+        let point = point.replace("\\040", " ");
+        if path.starts_with(&point) && best.as_ref().is_none_or(|(len, _)| point.len() >= *len) {
+            best = Some((point.len(), kind.to_string()));
+        }
+    }
+    best.map(|(_, k)| k)
+}
+
 pub fn disk_space(path: &std::path::Path) -> Option<(u64, u64)> {
     use std::os::unix::ffi::OsStrExt;
     let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
@@ -515,6 +561,18 @@ pub async fn serve(state: Arc<OpsState>, addr: SocketAddr) -> Option<crate::ui::
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_filesystem_of_a_path_is_its_longest_mount_point() {
+        let mounts = "/dev/sda1 / ext4 rw 0 0\ntmpfs /tmp tmpfs rw 0 0\n/dev/sdb1 /tmp/data xfs rw 0 0\nodd line\ntmpfs /run/my\\040dir tmpfs rw 0 0\n";
+        let fs = |p: &str| filesystem_of(mounts, std::path::Path::new(p));
+        assert_eq!(fs("/tmp/lpmesh-bench").as_deref(), Some("tmpfs"));
+        assert_eq!(fs("/tmp/data/x").as_deref(), Some("xfs"));
+        // A path component is not a prefix of another: /tmpfoo lies on /.
+        assert_eq!(fs("/tmpfoo").as_deref(), Some("ext4"));
+        assert_eq!(fs("/run/my dir/x").as_deref(), Some("tmpfs"));
+        assert_eq!(filesystem_of("", std::path::Path::new("/x")), None);
+    }
+
     use super::*;
 
     #[test]

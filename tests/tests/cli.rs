@@ -290,6 +290,9 @@ fn bench_mesh_reports_throughput_latency_and_catch_up() {
         assert!(v[key].as_f64().is_some_and(|x| x > 0.0 && x.is_finite()), "{key}: {v}");
     }
     assert_eq!(v["catch_up_records"], 2000);
+    // The machine it ran on comes with the figures.
+    assert!(v["machine"]["cores"].as_u64().is_some_and(|c| c >= 1), "{v}");
+    assert!(v["machine"]["on_tmpfs"].is_boolean(), "{v}");
     // Taken from one peer at a time, not once from each: at most a few batches arrive twice.
     let received = v["catch_up_received"].as_u64().expect("catch_up_received");
     assert!((2000..4000).contains(&received), "{v}");
