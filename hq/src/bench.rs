@@ -42,6 +42,9 @@ pub struct HqBench {
     pub chain_10k_share: f64,
     pub envelope_bytes: usize,
     pub database: String,
+    /// Whether the database fsyncs its commits: `true` for the cluster the bench starts itself;
+    /// `None` for one given by URL (its settings are its own).
+    pub fsync: Option<bool>,
 }
 
 fn sample(store: &str, period: i64, nodes: &[String], k: u64) -> Summary {
@@ -97,10 +100,12 @@ fn sample(store: &str, period: i64, nodes: &[String], k: u64) -> Summary {
 /// Runs the benchmark against `database_url`, or a throw-away cluster when there is none.
 pub async fn run(stores: usize, periods: usize, database_url: Option<String>) -> Result<HqBench, BenchError> {
     let _ = rustls::crypto::ring::default_provider().install_default();
+    let own_cluster = database_url.is_none();
     let (pg, url) = match database_url {
         Some(u) => (None, u),
         None => {
-            let pg = tokio::task::spawn_blocking(TestPg::start)
+            // fsync on, as a production database runs: the tests' clusters run without it.
+            let pg = tokio::task::spawn_blocking(|| TestPg::start_with(true))
                 .await
                 .map_err(err)?
                 .map_err(err)?;
@@ -201,5 +206,6 @@ pub async fn run(stores: usize, periods: usize, database_url: Option<String>) ->
         chain_10k_share: chain / rate,
         envelope_bytes,
         database: "postgresql".into(),
+        fsync: own_cluster.then_some(true),
     })
 }

@@ -538,8 +538,16 @@ fn run(cli: Cli) -> Result<ExitCode> {
             } else {
                 println!("{}", machine_line(&machine));
                 println!(
-                    "{} summaries from {} stores into {} over HTTPS, {} concurrent uploads",
-                    r.summaries, r.stores, r.database, r.concurrency
+                    "{} summaries from {} stores into {} ({}) over HTTPS, {} concurrent uploads",
+                    r.summaries,
+                    r.stores,
+                    r.database,
+                    match r.fsync {
+                        Some(true) => "fsync on",
+                        Some(false) => "fsync off",
+                        None => "its own fsync setting",
+                    },
+                    r.concurrency
                 );
                 println!(
                     "ingest           {:>8.0} summaries/s   (p50 {:.1} ms, p99 {:.1} ms per upload; {} B per envelope)",

@@ -309,6 +309,8 @@ fn bench_hq_ingests_into_a_real_postgresql() {
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("one JSON object");
     assert_eq!(v["summaries"], 60);
     assert_eq!(v["database"], "postgresql");
+    // Its own cluster runs as production does: every acknowledged summary fsynced.
+    assert_eq!(v["fsync"], true, "{v}");
     for key in ["summaries_per_s", "p50_ms", "p99_ms", "chain_10k_share"] {
         assert!(v[key].as_f64().is_some_and(|x| x > 0.0 && x.is_finite()), "{key}: {v}");
     }
