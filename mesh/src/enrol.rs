@@ -884,41 +884,28 @@ mod tests {
         let _ = fs::remove_dir_all(&d);
     }
 
+    /// A one-minute invitation made at `now_ms`.
+    fn invite_at(d: &Path, secrets: &StoreSecrets, now_ms: u64) -> (Invitation, Token) {
+        invite(
+            d,
+            secrets,
+            "x:1",
+            vec![],
+            Duration::from_secs(60),
+            Grant::default(),
+            now_ms,
+        )
+        .unwrap()
+    }
+
     #[test]
     fn invitations_expired_a_day_ago_are_forgotten() {
         let d = dir("prune");
         let secrets = StoreSecrets::generate("shop").unwrap();
-        let (old, _) = invite(
-            &d,
-            &secrets,
-            "x:1",
-            vec![],
-            Duration::from_secs(60),
-            Grant::default(),
-            1_000,
-        )
-        .unwrap();
-        let (fresh, _) = invite(
-            &d,
-            &secrets,
-            "x:1",
-            vec![],
-            Duration::from_secs(60),
-            Grant::default(),
-            1_000 + 86_400_000,
-        )
-        .unwrap();
+        let (old, _) = invite_at(&d, &secrets, 1_000);
+        let (fresh, _) = invite_at(&d, &secrets, 1_000 + 86_400_000);
         assert_eq!(list(&d).len(), 2, "expired an hour ago: still said to be expired");
-        invite(
-            &d,
-            &secrets,
-            "x:1",
-            vec![],
-            Duration::from_secs(60),
-            Grant::default(),
-            1_000 + 2 * 86_400_000,
-        )
-        .unwrap();
+        invite_at(&d, &secrets, 1_000 + 2 * 86_400_000);
         let ids: Vec<String> = list(&d).into_iter().map(|i| i.id).collect();
         assert!(!ids.contains(&old.id) && ids.contains(&fresh.id), "{ids:?}");
         let _ = fs::remove_dir_all(&d);
@@ -928,16 +915,7 @@ mod tests {
     async fn expired_wrong_and_overtried_invitations_are_refused() {
         let d = dir("refused");
         let secrets = StoreSecrets::generate("shop").unwrap();
-        let (_, token) = invite(
-            &d,
-            &secrets,
-            "x:1",
-            vec![],
-            Duration::from_secs(60),
-            Grant::default(),
-            1_000,
-        )
-        .unwrap();
+        let (_, token) = invite_at(&d, &secrets, 1_000);
         let (m, j) = run(&d, &secrets, &token, 1_000 + 61_000).await;
         assert!(matches!(m, Err(EnrolError::Refused(Refusal::Expired))));
         assert!(matches!(j, Err(EnrolError::Refused(Refusal::Expired))));

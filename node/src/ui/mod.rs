@@ -135,6 +135,15 @@ impl UiState {
         self
     }
 
+    /// The store's members as this node knows them now (`None`: the store keeps no member list).
+    fn member_list(&self) -> Option<Vec<crate::members::Member>> {
+        self.members
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(|m| m.borrow().clone())
+    }
+
     fn zone_control(&self) -> Option<Arc<zones::ZoneControl>> {
         self.zones.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
@@ -723,12 +732,7 @@ async fn mesh_status(State(state): State<Arc<UiState>>, Authed(_): Authed) -> Js
         .collect();
     let uplink = state.uplink.as_ref().map(|u| u.borrow().clone());
     let stats = state.mesh.stats().await.ok();
-    let members = state
-        .members
-        .read()
-        .unwrap_or_else(|p| p.into_inner())
-        .as_ref()
-        .map(|m| m.borrow().clone());
+    let members = state.member_list();
     Json(serde_json::json!({
         "store": state.store,
         "node": state.node,
@@ -795,11 +799,8 @@ async fn invite(
     if let Some(n) = &name {
         crate::config::check_name(n).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("node name {e}")))?;
         let taken = state
-            .members
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .as_ref()
-            .is_some_and(|m| m.borrow().iter().any(|x| x.name.as_deref() == Some(n.as_str())));
+            .member_list()
+            .is_some_and(|list| list.iter().any(|x| x.name.as_deref() == Some(n.as_str())));
         if taken {
             return Err(ApiError::new(
                 StatusCode::CONFLICT,
@@ -843,11 +844,7 @@ async fn revoke_member(
     Path(node): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let list = state
-        .members
-        .read()
-        .unwrap_or_else(|p| p.into_inner())
-        .as_ref()
-        .map(|m| m.borrow().clone())
+        .member_list()
         .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "this store keeps no member list"))?;
     let now = chrono::Utc::now().timestamp_millis();
     let revocation = crate::members::revocation(&list, &node, &state.mesh.origin(), now).map_err(|e| {
