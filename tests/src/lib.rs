@@ -135,17 +135,22 @@ impl Drop for TempDir {
 
 /// A plain HTTP GET on loopback: (status, body).
 pub fn http_get(port: u16, path: &str) -> (u16, String) {
+    try_http_get(port, path).expect("an HTTP answer")
+}
+
+/// [`http_get`], or the I/O error (a process killed mid-answer resets the connection).
+pub fn try_http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
     use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    write!(s, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").expect("send");
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")?;
     let mut out = String::new();
-    s.read_to_string(&mut out).expect("read");
+    s.read_to_string(&mut out)?;
     let status = out.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
     let body = out
         .split_once("\r\n\r\n")
         .map(|(_, b)| b.to_string())
         .unwrap_or_default();
-    (status, body)
+    Ok((status, body))
 }
 
 /// Parses Prometheus text: every sample line is `name{labels} value`; returns (name+labels, value).
@@ -383,8 +388,7 @@ pub fn hq_recipient(init_output: &str) -> String {
 
 /// A node's `/metrics`, parsed, or `None` while nothing listens on `port` or it does not answer 200.
 pub fn scrape(port: u16) -> Option<Vec<(String, f64)>> {
-    std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    let (status, body) = http_get(port, "/metrics");
+    let (status, body) = try_http_get(port, "/metrics").ok()?;
     (status == 200).then(|| prometheus(&body))
 }
 
