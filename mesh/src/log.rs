@@ -16,6 +16,11 @@
 //! its own clock as proof that everything before it has, and moves its version vector past them instead
 //! of asking forever.
 //!
+//! Member and key records are the exception ([`RecordKind::is_kept`]): they stay in the tree below
+//! the floor, are sent before the floor record to a peer that asks from below it, and are taken by a
+//! receiver whatever their age. Without them a store would forget who belongs to it (and every
+//! non-founder node would be refused) once its admissions were older than the retention period.
+//!
 //! Our own seq is the version vector's entry for our own origin: a record and its seq are committed
 //! together and flushed before `append` returns, so a seq is never handed out twice, crash or not.
 //! Inserting is idempotent by (origin, seq); a different record under an existing (origin, seq) is an
@@ -352,8 +357,10 @@ impl Log {
                     }
                     break 'origins;
                 }
-                batch.remove(&k[..]);
-                out.removed += 1;
+                if !r.kind.is_kept() {
+                    batch.remove(&k[..]);
+                    out.removed += 1;
+                }
                 last = Some(r);
             }
             if let Some(l) = last {
@@ -370,6 +377,10 @@ impl Log {
         }
         let mut advanced = Vec::new();
         for f in new_floors {
+            // Kept records below the floor are read again on every pass: never move a floor back.
+            if f.seq <= self.floor(&f.origin) {
+                continue;
+            }
             batch.insert(&floor_key(&f.origin)[..], f.encode());
             let held = self.vv.get(&f.origin).copied().unwrap_or(0).max(f.seq);
             let seq = self.contiguous_from(&f.origin, held, &BTreeMap::new())?;
@@ -540,14 +551,17 @@ impl Log {
                 continue;
             }
             let floor = new_floors.get(&r.origin).map_or(self.floor(&r.origin), |f| f.seq);
-            if r.seq <= floor {
+            let kept = r.kind.is_kept();
+            if r.seq <= floor && !kept {
                 outcomes.push(Ok(Inserted::Expired));
                 continue;
             }
-            if cutoff.is_some_and(|c| r.hlc.wall_ms < c) {
+            if cutoff.is_some_and(|c| r.hlc.wall_ms < c) && r.seq > floor {
                 new_floors.insert(r.origin, r);
-                outcomes.push(Ok(Inserted::Expired));
-                continue;
+                if !kept {
+                    outcomes.push(Ok(Inserted::Expired));
+                    continue;
+                }
             }
             if r.origin != self.origin && self.members.as_ref().is_some_and(|m| !m.contains(&r.origin)) {
                 outcomes.push(Err(Rejected::NotMember { origin: r.origin }));
@@ -595,14 +609,17 @@ impl Log {
         // An expired record received proves every earlier seq of its origin expired too: drop what we
         // hold below it, and count them as held.
         let mut removed = 0u64;
+        let is_kept = |bytes: &[u8]| Record::decode(bytes).is_ok_and(|r| r.kind.is_kept());
         for (origin, f) in &new_floors {
             batch.insert(&floor_key(origin)[..], f.encode());
             for item in self.tree.range(record_key(origin, 0)..=record_key(origin, f.seq)) {
-                let (k, _) = item?;
-                batch.remove(&k[..]);
-                removed += 1;
+                let (k, v) = item?;
+                if !is_kept(&v) {
+                    batch.remove(&k[..]);
+                    removed += 1;
+                }
             }
-            pending.retain(|k, _| k[1..33] != origin.0 || seq_of(k) > f.seq);
+            pending.retain(|k, v| k[1..33] != origin.0 || seq_of(k) > f.seq || is_kept(v));
             if !touched.contains(origin) {
                 touched.push(*origin);
             }
@@ -637,15 +654,24 @@ impl Log {
         new_floors.get(origin).map_or(self.floor(origin), |f| f.seq)
     }
 
-    /// [`Log::range`] for a peer: when `from_seq` is at or below the expiry floor, the floor record
-    /// comes first, so the peer can move past what expired.
+    /// [`Log::range`] for a peer: when `from_seq` is at or below the expiry floor, the kept records
+    /// below it, then the floor record come first, so the peer holds who belongs to the store and can
+    /// move past what expired.
     pub fn range_for_peer(&self, origin: &Origin, from_seq: u64, limit: usize) -> Result<Vec<Record>, LogError> {
         match self.floors.get(origin) {
             Some(f) if from_seq <= f.seq && limit > 0 => {
-                let mut out = vec![f.clone()];
+                // Below the floor, only kept records are still in the tree.
+                let mut out: Vec<Record> = self
+                    .range(origin, from_seq, limit)?
+                    .into_iter()
+                    .take_while(|r| r.seq < f.seq)
+                    .collect();
+                if out.len() < limit {
+                    out.push(f.clone());
+                }
                 // A floor at u64::MAX (signed so by its origin) has nothing after it.
-                if let Some(next) = f.seq.checked_add(1) {
-                    out.extend(self.range(origin, next, limit - 1)?);
+                if let Some(next) = f.seq.checked_add(1).filter(|_| out.len() < limit) {
+                    out.extend(self.range(origin, next, limit - out.len())?);
                 }
                 Ok(out)
             }
@@ -906,6 +932,52 @@ mod tests {
         // Old records arriving late (a node back after days) are not stored either.
         assert_eq!(c.insert_batch(&recs[..2], now).unwrap(), vec![Ok(Inserted::Expired); 2]);
         assert_eq!(c.len(), 3);
+    }
+
+    #[test]
+    fn member_and_key_records_outlive_the_retention_period_and_reach_a_newcomer() {
+        let (da, dc) = (Dir::new("ka"), Dir::new("kc"));
+        let secret = StoreSecret::generate();
+        let (ka, kc) = (Keypair::generate_ed25519(), Keypair::generate_ed25519());
+        let mut a = open(&da, &ka, &secret);
+        let old = |i: u64| 1_000_000 + i * 1000;
+        let mut recs = vec![a.append(RecordKind::Member, b"admission", old(0)).unwrap()];
+        for i in 1..4u64 {
+            recs.push(a.append(RecordKind::Event, &[i as u8], old(i)).unwrap());
+        }
+        recs.push(a.append(RecordKind::Keys, b"epoch", old(4)).unwrap());
+        recs.push(a.append(RecordKind::Event, b"old", old(5)).unwrap());
+        for i in 0..2u64 {
+            recs.push(a.append(RecordKind::Event, b"new", 10_000_000 + i).unwrap());
+        }
+        let retention = Some(5_000_000);
+        a.set_retention(retention);
+        let now = 10_000_500;
+        assert_eq!(a.expire(now, 100).unwrap().removed, 4, "the events expire, not the others");
+        assert_eq!(a.expire(now, 100).unwrap(), Expired::default());
+        let origin = a.origin();
+        assert_eq!(seqs(&a, &origin), vec![1, 5, 7, 8]);
+        assert_eq!((a.floor(&origin), a.len()), (6, 4));
+
+        // A newcomer asking from seq 1 gets the kept records, then the floor, then the rest, and
+        // moves past what expired: it does not ask again.
+        let answer = a.range_for_peer(&origin, 1, 100).unwrap();
+        assert_eq!(answer.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![1, 5, 6, 7, 8]);
+        let mut c = open(&dc, &kc, &secret);
+        c.set_retention(retention);
+        let out = c.insert_batch(&answer, now).unwrap();
+        assert_eq!(out[..3], [Ok(Inserted::New), Ok(Inserted::New), Ok(Inserted::Expired)]);
+        assert_eq!(c.version_vector().get(&origin), Some(&8));
+        assert_eq!(seqs(&c, &origin), vec![1, 5, 7, 8]);
+        // A limit that cuts the answer short still starts with the kept records.
+        let short = a.range_for_peer(&origin, 1, 1).unwrap();
+        assert_eq!(short.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![1]);
+        // A kept record that is itself the newest expired one is the floor, and is stored.
+        let mut d = open(&Dir::new("kd"), &Keypair::generate_ed25519(), &secret);
+        d.set_retention(retention);
+        let out = d.insert_batch(&[recs[4].clone(), recs[6].clone()], now).unwrap();
+        assert_eq!(out, vec![Ok(Inserted::New), Ok(Inserted::New)]);
+        assert_eq!((d.floor(&origin), d.version_vector().get(&origin)), (5, Some(&5)));
     }
 
     #[test]

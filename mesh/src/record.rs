@@ -82,6 +82,17 @@ pub enum RecordKind {
     Action,
     /// A node admitted to the store, signed by the member that admitted it.
     Member,
+    /// The store's keys of a new key epoch, sealed to each member's node key (written after a
+    /// revocation).
+    Keys,
+}
+
+impl RecordKind {
+    /// Kept past the retention period: who belongs to the store and the keys it writes under are
+    /// needed for as long as the store exists, not for 30 days.
+    pub fn is_kept(self) -> bool {
+        matches!(self, RecordKind::Member | RecordKind::Keys)
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -200,7 +200,7 @@ impl Reader {
         match r.kind {
             RecordKind::Event => serde_json::from_slice(&plain).map(Entry::Event),
             RecordKind::Action => serde_json::from_slice(&plain).map(Entry::Action),
-            RecordKind::Member => return Err(Refusal::Unreadable),
+            RecordKind::Member | RecordKind::Keys => return Err(Refusal::Unreadable),
         }
         .map_err(|_| Refusal::Unreadable)
     }
