@@ -743,6 +743,7 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     data_dir: PathBuf,
     secrets: StoreSecrets,
+    ring: Option<crate::crypto::Keyring>,
     stats: std::sync::Arc<EnrolStats>,
     admitted: tokio::sync::mpsc::Sender<Admitted>,
 ) {
@@ -775,7 +776,18 @@ pub async fn serve(
             });
             continue;
         };
-        let (dir, secrets, stats, admitted) = (data_dir.clone(), secrets.clone(), stats.clone(), admitted.clone());
+        // The key epochs the node holds now go with the secrets: the new node reads the whole history.
+        let secrets = match &ring {
+            Some(r) => {
+                let mut s = (*secrets).clone();
+                let epochs = r.epochs();
+                let skip = epochs.len().saturating_sub(crate::keys::MAX_EPOCHS_HELD);
+                s.epochs = epochs.into_iter().skip(skip).collect();
+                std::sync::Arc::new(s)
+            }
+            None => secrets.clone(),
+        };
+        let (dir, stats, admitted) = (data_dir.clone(), stats.clone(), admitted.clone());
         tokio::spawn(async move {
             let _permit = permit;
             let now = || {

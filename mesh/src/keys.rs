@@ -22,6 +22,8 @@ use crate::crypto::{StoreRecipient, StoreSecret};
 
 pub const NODE_KEY_FILE: &str = "node.key";
 pub const STORE_SECRETS_FILE: &str = "store.secrets";
+/// Key epochs a node takes from a member when it joins (one per revocation; a store has a handful).
+pub const MAX_EPOCHS_HELD: usize = 64;
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
@@ -139,6 +141,66 @@ pub struct StoreSecrets {
     /// before the member list, which admit every holder of the network key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub founder: Option<String>,
+    /// The key epochs begun since the store was created (one after each revocation), as the member
+    /// that admitted this node held them: a node joins able to read the store's whole history.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub epochs: Vec<EpochKey>,
+}
+
+/// One key epoch's secrets: a private-network key and the age identity records are written to.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EpochKey {
+    pub n: u32,
+    /// Private-network key, hex.
+    pub psk: String,
+    /// AGE-SECRET-KEY-1...
+    pub age_secret: String,
+}
+
+impl std::fmt::Debug for EpochKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EpochKey").field("n", &self.n).finish_non_exhaustive()
+    }
+}
+
+impl EpochKey {
+    pub fn generate(n: u32) -> Self {
+        let psk: [u8; 32] = rand::random();
+        EpochKey {
+            n,
+            psk: psk.iter().map(|b| format!("{b:02x}")).collect(),
+            age_secret: StoreSecret::generate().expose(),
+        }
+    }
+
+    pub fn psk(&self) -> Result<[u8; 32], KeyError> {
+        parse_psk(&self.psk)
+    }
+
+    pub fn recipient(&self) -> Result<StoreRecipient, KeyError> {
+        StoreSecret::parse(&self.age_secret)
+            .map(|s| s.recipient())
+            .map_err(|e| KeyError::Invalid {
+                path: PathBuf::from(STORE_SECRETS_FILE),
+                reason: e.to_string(),
+            })
+    }
+}
+
+fn parse_psk(hex: &str) -> Result<[u8; 32], KeyError> {
+    let bad = || KeyError::Invalid {
+        path: PathBuf::from(STORE_SECRETS_FILE),
+        reason: "psk must be 64 hex digits".into(),
+    };
+    if hex.len() != 64 || !hex.is_ascii() {
+        return Err(bad());
+    }
+    let mut out = [0u8; 32];
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).map_err(|_| bad())?;
+    }
+    Ok(out)
 }
 
 impl std::fmt::Debug for StoreSecrets {
@@ -164,22 +226,22 @@ impl StoreSecrets {
             age_secret: StoreSecret::generate().expose(),
             signing_key: base64::engine::general_purpose::STANDARD.encode(signing),
             founder: None,
+            epochs: Vec::new(),
         })
     }
 
     pub fn psk(&self) -> Result<[u8; 32], KeyError> {
-        let bad = || KeyError::Invalid {
+        parse_psk(&self.psk)
+    }
+
+    /// Every key the store's records may be under: its first one and the epochs this node holds.
+    pub fn keyring(&self) -> Result<crate::crypto::Keyring, KeyError> {
+        let ring = crate::crypto::Keyring::from(self.store_secret()?).with_base_psk(self.psk()?);
+        ring.add(&self.epochs).map_err(|e| KeyError::Invalid {
             path: PathBuf::from(STORE_SECRETS_FILE),
-            reason: "psk must be 64 hex digits".into(),
-        };
-        if self.psk.len() != 64 {
-            return Err(bad());
-        }
-        let mut out = [0u8; 32];
-        for (i, b) in out.iter_mut().enumerate() {
-            *b = u8::from_str_radix(&self.psk[2 * i..2 * i + 2], 16).map_err(|_| bad())?;
-        }
-        Ok(out)
+            reason: e.to_string(),
+        })?;
+        Ok(ring)
     }
 
     pub fn store_secret(&self) -> Result<StoreSecret, KeyError> {
@@ -222,6 +284,18 @@ impl StoreSecrets {
             path: path.to_path_buf(),
             reason: "bad signing key".into(),
         })?;
+        if self.epochs.len() > MAX_EPOCHS_HELD {
+            return Err(KeyError::Invalid {
+                path: path.to_path_buf(),
+                reason: format!("more than {MAX_EPOCHS_HELD} key epochs"),
+            });
+        }
+        for e in &self.epochs {
+            e.psk().and(e.recipient()).map_err(|_| KeyError::Invalid {
+                path: path.to_path_buf(),
+                reason: format!("bad key of epoch {}", e.n),
+            })?;
+        }
         Ok(self)
     }
 

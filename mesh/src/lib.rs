@@ -24,6 +24,7 @@ pub mod hlc;
 pub mod keys;
 pub mod log;
 pub mod net;
+pub mod netkeys;
 pub mod record;
 pub mod sync;
 pub mod wire;

@@ -166,7 +166,10 @@ pub struct Log {
     store: String,
     key: Keypair,
     origin: Origin,
+    /// The store's first key: key-epoch records are written to it (see [`Log::set_write_recipient`]).
     recipient: StoreRecipient,
+    /// The current key epoch's recipient, for every other record (`None`: the first key).
+    write: Option<StoreRecipient>,
     clock: Clock,
     vv: VersionVector,
     len: u64,
@@ -254,6 +257,7 @@ impl Log {
             key,
             origin,
             recipient,
+            write: None,
             clock,
             vv,
             len,
@@ -298,8 +302,15 @@ impl Log {
         self.failed = true;
         let mut fresh = Log::open(&self.dir, &self.store, self.key.clone(), self.recipient.clone())?;
         fresh.retention_ms = self.retention_ms;
+        fresh.write = self.write.take();
         *self = fresh;
         Ok(())
+    }
+
+    /// Records of ours are encrypted to `recipient` from now on (a new key epoch), but for key-epoch
+    /// records: they hand the new keys over, so they stay readable with the store's first key.
+    pub fn set_write_recipient(&mut self, recipient: Option<StoreRecipient>) {
+        self.write = recipient;
     }
 
     /// Records older than this (by their HLC time) are removed by [`Log::expire`] and not taken from
@@ -459,10 +470,12 @@ impl Log {
         if stamped.is_empty() {
             return Ok(Vec::new());
         }
-        let (store, key, recipient) = (&self.store, &self.key, &self.recipient);
+        let (store, key, first) = (&self.store, &self.key, &self.recipient);
+        let current = self.write.as_ref().unwrap_or(first);
         let seal = |part: &[(u64, Timestamp, RecordKind, &[u8])]| -> Result<Vec<Record>, LogError> {
             part.iter()
                 .map(|(seq, hlc, kind, plaintext)| {
+                    let recipient = if *kind == RecordKind::Keys { first } else { current };
                     let ciphertext = recipient.encrypt(plaintext)?;
                     Ok(Record::seal(store, key, *seq, *hlc, *kind, ciphertext)?)
                 })
@@ -953,7 +966,11 @@ mod tests {
         let retention = Some(5_000_000);
         a.set_retention(retention);
         let now = 10_000_500;
-        assert_eq!(a.expire(now, 100).unwrap().removed, 4, "the events expire, not the others");
+        assert_eq!(
+            a.expire(now, 100).unwrap().removed,
+            4,
+            "the events expire, not the others"
+        );
         assert_eq!(a.expire(now, 100).unwrap(), Expired::default());
         let origin = a.origin();
         assert_eq!(seqs(&a, &origin), vec![1, 5, 7, 8]);

@@ -35,6 +35,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use crate::crypto::StoreRecipient;
 use crate::election::{Election, Heartbeat};
 use crate::log::{Inserted, Log, LogError, VersionVector};
+use crate::netkeys::NetworkKeys;
 use crate::record::{Origin, Record, RecordKind, MAX_RECORD_BYTES};
 use crate::sync::{Action, AntiEntropy, Input, RateLimit};
 
@@ -231,6 +232,18 @@ pub struct NodeSeen {
 /// Largest heartbeat accepted, and the addresses one may carry.
 pub(crate) const MAX_HEARTBEAT_BYTES: usize = 2048;
 const MAX_HEARTBEAT_ADDRS: usize = 4;
+/// Nodes whose addresses are remembered for redialing (a store has a handful).
+const MAX_KNOWN_PEERS: usize = 256;
+
+/// The TCP addresses among those a heartbeat gives.
+fn dialable(addrs: &[String]) -> Vec<Multiaddr> {
+    addrs
+        .iter()
+        .take(MAX_HEARTBEAT_ADDRS)
+        .filter_map(|a| a.parse().ok())
+        .filter(|a: &Multiaddr| !a.to_string().contains("/udp"))
+        .collect()
+}
 /// Least time between two dials of a peer learned from its heartbeat.
 const REDIAL_MS: u64 = 5000;
 
@@ -276,6 +289,8 @@ enum Command {
     Block(Vec<PeerId>),
     SetMembers(Option<Vec<Origin>>),
     SetPriorities(HashMap<Origin, u8>),
+    SetWriteRecipient(Option<StoreRecipient>),
+    SetNetworkKeys(Vec<[u8; 32]>),
     Unblock(Vec<PeerId>),
     Shutdown(oneshot::Sender<()>),
     PublishRaw(Vec<u8>),
@@ -405,6 +420,24 @@ impl MeshHandle {
             .map_err(|_| MeshError::Stopped)
     }
 
+    /// This node's records are encrypted to `recipient` from now on: the store began a new key epoch.
+    pub async fn set_write_recipient(&self, recipient: Option<StoreRecipient>) -> Result<(), MeshError> {
+        self.cmd
+            .send(Command::SetWriteRecipient(recipient))
+            .await
+            .map_err(|_| MeshError::Stopped)
+    }
+
+    /// The store's network keys, the current key epoch's first: connections are accepted under it
+    /// alone, and made with it or, after a failed handshake, with the older ones (see
+    /// [`crate::netkeys`]).
+    pub async fn set_network_keys(&self, keys: Vec<[u8; 32]>) -> Result<(), MeshError> {
+        self.cmd
+            .send(Command::SetNetworkKeys(keys))
+            .await
+            .map_err(|_| MeshError::Stopped)
+    }
+
     /// The store's admitted nodes: only they may hold a connection and only their records are
     /// stored. `None` (a store without a member list) admits every holder of the network key.
     pub async fn set_members(&self, members: Option<Vec<Origin>>) -> Result<(), MeshError> {
@@ -453,9 +486,9 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-fn build_swarm(cfg: &MeshConfig, key: &Keypair) -> Result<Swarm<Behaviour>, MeshError> {
+fn build_swarm(cfg: &MeshConfig, key: &Keypair, keys: &NetworkKeys) -> Result<Swarm<Behaviour>, MeshError> {
     let net = |e: &dyn std::fmt::Display| MeshError::Network(e.to_string());
-    let psk = PreSharedKey::new(cfg.psk);
+    let keys = keys.clone();
     let store = cfg.store.clone();
     let mdns_on = cfg.mdns;
     let swarm = SwarmBuilder::with_existing_identity(key.clone())
@@ -464,7 +497,14 @@ fn build_swarm(cfg: &MeshConfig, key: &Keypair) -> Result<Swarm<Behaviour>, Mesh
             // The PSK handshake runs on the raw TCP stream, before Noise: without the key, nothing else
             // of libp2p is ever reached.
             Ok(tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
-                .and_then(move |socket, _| PnetConfig::new(psk).handshake(socket))
+                .and_then(move |socket, endpoint| {
+                    // Read for each connection: a new key epoch applies to the next one.
+                    let psk = match &endpoint {
+                        libp2p::core::ConnectedPoint::Dialer { address, .. } => keys.dial(address),
+                        libp2p::core::ConnectedPoint::Listener { .. } => keys.accept(),
+                    };
+                    PnetConfig::new(PreSharedKey::new(psk)).handshake(socket)
+                })
                 .upgrade(Version::V1)
                 .authenticate(noise::Config::new(key)?)
                 .multiplex(yamux::Config::default())
@@ -585,7 +625,8 @@ fn topic_name(store: &str) -> String {
 pub fn start(cfg: MeshConfig, key: Keypair, recipient: StoreRecipient) -> Result<MeshHandle, MeshError> {
     let mut log = Log::open(&cfg.data_dir, &cfg.store, key.clone(), recipient)?;
     log.set_retention(cfg.retention.map(|r| r.as_millis() as u64));
-    let mut swarm = build_swarm(&cfg, &key)?;
+    let net_keys = NetworkKeys::new(cfg.psk);
+    let mut swarm = build_swarm(&cfg, &key, &net_keys)?;
     let topic = IdentTopic::new(topic_name(&cfg.store));
     let heartbeat_topic = IdentTopic::new(heartbeat_topic_name(&cfg.store));
     for t in [&topic, &heartbeat_topic] {
@@ -617,6 +658,7 @@ pub fn start(cfg: MeshConfig, key: Keypair, recipient: StoreRecipient) -> Result
     stats.peers = 0;
     let actor = Actor {
         swarm,
+        net_keys,
         log,
         topic,
         ae: AntiEntropy::new(cfg.anti_entropy_interval.as_millis() as u64, cfg.sync_batch, seed),
@@ -643,6 +685,7 @@ pub fn start(cfg: MeshConfig, key: Keypair, recipient: StoreRecipient) -> Result
         checking: futures::stream::FuturesUnordered::new(),
         parts_of: Default::default(),
         dialed: Default::default(),
+        known: Default::default(),
         info: Vec::new(),
         infos: Default::default(),
         expire_every_ms: cfg.retention.map(expire_interval_ms),
@@ -665,6 +708,8 @@ pub fn start(cfg: MeshConfig, key: Keypair, recipient: StoreRecipient) -> Result
 
 struct Actor {
     swarm: Swarm<Behaviour>,
+    /// The network keys the transport reads for each connection.
+    net_keys: NetworkKeys,
     log: Log,
     topic: IdentTopic,
     heartbeat_topic: IdentTopic,
@@ -702,6 +747,9 @@ struct Actor {
     parts_of: std::collections::HashMap<PeerId, usize>,
     /// When each peer heard of by heartbeat was last dialled.
     dialed: std::collections::HashMap<PeerId, u64>,
+    /// Where each node we heard of said it listens: dialed again while it is not connected, so a
+    /// member that missed a change of the network key (and cannot reach us under it) is reached.
+    known: std::collections::HashMap<PeerId, Vec<Multiaddr>>,
     info: Vec<u8>,
     infos: std::collections::HashMap<Origin, Vec<u8>>,
     expire_every_ms: Option<u64>,
@@ -832,6 +880,7 @@ impl Actor {
                     if now >= self.next_bootstrap_ms {
                         self.next_bootstrap_ms = now + REDIAL_MS;
                         self.redial_bootstrap();
+                        self.redial_known();
                     }
                     if self.log.is_failed() && now >= self.next_reopen_ms {
                         self.next_reopen_ms = now + REOPEN_EVERY_MS;
@@ -911,6 +960,12 @@ impl Actor {
                 self.priorities = p;
                 // Our own rank may have changed: say so now, so every node names the same leader.
                 self.heartbeat(now_ms());
+            }
+            Command::SetWriteRecipient(r) => self.log.set_write_recipient(r),
+            Command::SetNetworkKeys(keys) => {
+                if self.net_keys.set(&keys) {
+                    tracing::info!(keys = self.net_keys.count(), "the store's network key changed");
+                }
             }
             Command::SetMembers(members) => {
                 let peers: Option<HashSet<PeerId>> =
@@ -1042,6 +1097,31 @@ impl Actor {
 
     fn is_banned(&self, peer: &PeerId) -> bool {
         self.banned.get(peer).is_some_and(|until| *until > now_ms())
+    }
+
+    /// Dials the members heard of before that are not connected now.
+    fn redial_known(&mut self) {
+        let me = *self.swarm.local_peer_id();
+        let idle: Vec<(PeerId, Vec<Multiaddr>)> = self
+            .known
+            .iter()
+            .filter(|(p, _)| {
+                **p != me
+                    && !self.connected.contains(p)
+                    && !self.blocked.contains(p)
+                    && !self.is_banned(p)
+                    && self.members.as_ref().is_none_or(|m| m.contains(p))
+            })
+            .map(|(p, a)| (*p, a.clone()))
+            .collect();
+        for (peer, addrs) in idle {
+            let opts = libp2p::swarm::dial_opts::DialOpts::peer_id(peer)
+                .addresses(addrs)
+                .build();
+            if let Err(e) = self.swarm.dial(opts) {
+                tracing::debug!(%peer, error = %e, "cannot dial a known node again");
+            }
+        }
     }
 
     fn redial_bootstrap(&mut self) {
@@ -1212,6 +1292,15 @@ impl Actor {
             }
             SwarmEvent::OutgoingConnectionError { error, .. } => {
                 self.stats.handshake_failures += 1;
+                if let libp2p::swarm::DialError::Transport(failed) = &error {
+                    for (addr, e) in failed {
+                        // Refused: nobody listens there, which says nothing of the key.
+                        let refused = matches!(e, libp2p::TransportError::Other(io) if io.kind() == std::io::ErrorKind::ConnectionRefused);
+                        if !refused {
+                            self.net_keys.failed(addr);
+                        }
+                    }
+                }
                 tracing::debug!(%error, "outgoing connection failed");
             }
             SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(found))) => {
@@ -1334,6 +1423,15 @@ impl Actor {
 
     /// Dials a node we hear of but are not connected to (at most every few seconds).
     fn maybe_dial(&mut self, peer: PeerId, addrs: &[String], now: u64) {
+        if peer != *self.swarm.local_peer_id() && !self.blocked.contains(&peer) {
+            let parsed = dialable(addrs);
+            if !parsed.is_empty() {
+                if self.known.len() >= MAX_KNOWN_PEERS && !self.known.contains_key(&peer) {
+                    self.known.clear();
+                }
+                self.known.insert(peer, parsed);
+            }
+        }
         if peer == *self.swarm.local_peer_id()
             || self.connected.contains(&peer)
             || self.blocked.contains(&peer)
@@ -1352,12 +1450,7 @@ impl Actor {
             self.dialed.clear();
         }
         self.dialed.insert(peer, now);
-        let addrs: Vec<Multiaddr> = addrs
-            .iter()
-            .take(MAX_HEARTBEAT_ADDRS)
-            .filter_map(|a| a.parse().ok())
-            .filter(|a: &Multiaddr| !a.to_string().contains("/udp"))
-            .collect();
+        let addrs = dialable(addrs);
         if addrs.is_empty() {
             return;
         }

@@ -862,3 +862,61 @@ async fn a_burst_of_appends_bans_no_honest_peer() {
     }
     c.stop(&[]).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_that_missed_a_new_network_key_is_reached_and_the_old_key_alone_gets_nowhere() {
+    let secret = StoreSecret::generate();
+    let (old, new): ([u8; 32], [u8; 32]) = (rand::random(), rand::random());
+    let (da, db, dc) = (Dir::new("ka"), Dir::new("kb"), Dir::new("kc"));
+    let (ka, kb, kc) = (
+        Keypair::generate_ed25519(),
+        Keypair::generate_ed25519(),
+        Keypair::generate_ed25519(),
+    );
+    let a = start(&da, &ka, old, &secret, vec![]);
+    let b = start(&db, &kb, old, &secret, vec![addr(&a).await]);
+    eventually("a and b connected", Duration::from_secs(10), async || {
+        a.peers().await.unwrap().len() == 1
+    })
+    .await;
+    // Heard of each other by heartbeat, then apart while a moves to a new key epoch.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    a.block(vec![b.peer_id()]).await.unwrap();
+    eventually("apart", Duration::from_secs(10), async || {
+        b.peers().await.unwrap().is_empty()
+    })
+    .await;
+    a.set_network_keys(vec![new, old]).await.unwrap();
+    a.unblock(vec![b.peer_id()]).await.unwrap();
+    let failures_before = b.stats().await.unwrap().handshake_failures;
+    // b holds the old key only: its own dials fail, but a dials it with the old key after the new
+    // one fails, and they are connected again.
+    eventually("a reached b with the old key", Duration::from_secs(30), async || {
+        a.peers().await.unwrap() == vec![b.peer_id()]
+    })
+    .await;
+    assert!(
+        b.stats().await.unwrap().handshake_failures > failures_before,
+        "b's dials under the old key failed against a"
+    );
+    // A node that holds the old key only and that a never knew (a revoked one) gets nowhere.
+    let c = start(&dc, &kc, old, &secret, vec![addr(&a).await]);
+    eventually("c's dial failed", Duration::from_secs(15), async || {
+        c.stats().await.unwrap().handshake_failures > 0
+    })
+    .await;
+    assert!(c.peers().await.unwrap().is_empty());
+    assert!(!a.peers().await.unwrap().contains(&c.peer_id()));
+    // Once b holds the new key too, it accepts only that one.
+    b.set_network_keys(vec![new, old]).await.unwrap();
+    let c_failures = c.stats().await.unwrap().handshake_failures;
+    c.dial(addr(&b).await).await.unwrap();
+    eventually("c's dial to b failed", Duration::from_secs(15), async || {
+        c.stats().await.unwrap().handshake_failures > c_failures
+    })
+    .await;
+    assert!(c.peers().await.unwrap().is_empty());
+    for h in [&a, &b, &c] {
+        let _ = h.shutdown().await;
+    }
+}

@@ -19,7 +19,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use lpmesh_mesh::crypto::StoreSecret;
+use lpmesh_mesh::crypto::Keyring;
 use lpmesh_mesh::record::{Origin, Record, RecordKind};
 
 use crate::event::Event;
@@ -106,7 +106,8 @@ pub fn check(entry: &Entry, hlc_ms: i64, window_ms: i64) -> Result<(), Refusal> 
 /// Reads the store's records: decrypts them and refuses contents their signer could not have written.
 #[derive(Clone)]
 pub struct Reader {
-    secret: std::sync::Arc<StoreSecret>,
+    /// Every key the store's records may be under (shared by every clone; grows with key epochs).
+    ring: Keyring,
     window_ms: i64,
     count: bool,
     /// The members' names (shared by every clone, kept current by the member list's follower).
@@ -136,9 +137,9 @@ impl Names {
 }
 
 impl Reader {
-    pub fn new(secret: StoreSecret, window_secs: f64) -> Self {
+    pub fn new(keys: impl Into<Keyring>, window_secs: f64) -> Self {
         Reader {
-            secret: std::sync::Arc::new(secret),
+            ring: keys.into(),
             window_ms: (window_secs * 1000.0).clamp(0.0, i64::MAX as f64) as i64,
             count: false,
             names: Default::default(),
@@ -161,8 +162,9 @@ impl Reader {
         self
     }
 
-    pub fn secret(&self) -> &StoreSecret {
-        &self.secret
+    /// The keys this reader decrypts with.
+    pub fn ring(&self) -> &Keyring {
+        &self.ring
     }
 
     /// A member record's admission (`None` for other records, or one dated beyond its signature).
@@ -170,10 +172,21 @@ impl Reader {
         if r.kind != RecordKind::Member {
             return None;
         }
-        let plain = self.secret.decrypt(&r.ciphertext).ok()?;
+        let plain = self.ring.decrypt(&r.ciphertext).ok()?;
         let m: crate::members::Membership = serde_json::from_slice(&plain).ok()?;
         let hlc = i64::try_from(r.hlc.wall_ms).unwrap_or(i64::MAX);
         (m.at_ms <= hlc.saturating_add(self.window_ms)).then_some(m)
+    }
+
+    /// A key-epoch record's grant (`None` for other records, or one dated beyond its signature).
+    pub fn grant(&self, r: &Record) -> Option<crate::epochs::KeyGrant> {
+        if r.kind != RecordKind::Keys || r.ciphertext.len() > crate::epochs::MAX_GRANT_BYTES {
+            return None;
+        }
+        let plain = self.ring.base().decrypt(&r.ciphertext).ok()?;
+        let g: crate::epochs::KeyGrant = serde_json::from_slice(&plain).ok()?;
+        let hlc = i64::try_from(r.hlc.wall_ms).unwrap_or(i64::MAX);
+        (g.at_ms <= hlc.saturating_add(self.window_ms)).then_some(g)
     }
 
     /// The record's contents, or why they are refused.
@@ -196,7 +209,7 @@ impl Reader {
     }
 
     fn decode(&self, r: &Record) -> Result<Entry, Refusal> {
-        let plain = self.secret.decrypt(&r.ciphertext).map_err(|_| Refusal::Unreadable)?;
+        let plain = self.ring.decrypt(&r.ciphertext).map_err(|_| Refusal::Unreadable)?;
         match r.kind {
             RecordKind::Event => serde_json::from_slice(&plain).map(Entry::Event),
             RecordKind::Action => serde_json::from_slice(&plain).map(Entry::Action),
@@ -207,7 +220,7 @@ impl Reader {
 
     /// An event or action (member records are read by [`Reader::member`]).
     pub fn open(&self, r: &Record) -> Option<Entry> {
-        if r.kind == RecordKind::Member {
+        if r.kind.is_kept() {
             return None;
         }
         self.check(r).ok()

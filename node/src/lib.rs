@@ -42,6 +42,7 @@ pub mod camera;
 pub mod capture;
 pub mod config;
 pub mod detect;
+pub mod epochs;
 pub mod eval;
 pub mod event;
 pub mod geom;

@@ -1073,9 +1073,14 @@ mod daemon {
             .build()?;
         rt.block_on(async {
             let mesh = start_mesh(&cfg)?;
+            let store_secrets = StoreSecrets::load(&cfg.data_dir)?;
+            let node_key = lpmesh_mesh::keys::load_node_key(&cfg.data_dir)?;
+            // One keyring for every reader, the enrolment listener and the key-epoch follower.
+            let reader = lpmesh_node::bounds::Reader::new(store_secrets.keyring()?, cfg.mesh.time_window_secs);
             // Invitations are answered while the node runs; each admission is logged by the listener.
             let (admitted_tx, mut admitted_rx) = tokio::sync::mpsc::channel(16);
-            let enrol_addr = lpmesh_node::node::start_enrolment(&cfg, Default::default(), admitted_tx).await?;
+            let enrol_addr =
+                lpmesh_node::node::start_enrolment(&cfg, reader.ring().clone(), Default::default(), admitted_tx).await?;
             // Each node admitted here becomes a member of the store with a record signed by this node.
             let admit_mesh = mesh.clone();
             tokio::spawn(async move {
@@ -1088,12 +1093,10 @@ mod daemon {
                 }
             });
             println!("answering invitations on {enrol_addr}");
-            let store_secrets = StoreSecrets::load(&cfg.data_dir)?;
-            let reader = lpmesh_node::bounds::Reader::new(store_secrets.store_secret()?, cfg.mesh.time_window_secs);
             let (members_tx, members_rx) = tokio::sync::watch::channel(Vec::new());
             let store_founder = lpmesh_node::node::founder(&store_secrets);
             // The members' names are known before any view reads a record with this reader.
-            let initial = lpmesh_node::node::load_members(&mesh, &reader, store_founder).await;
+            let initial = lpmesh_node::node::load_members(&mesh, &reader, store_founder, &node_key).await;
             let me = mesh.origin();
             if store_founder == Some(me) {
                 // The founder has no admission to carry its name: it records the name itself.
@@ -1107,7 +1110,7 @@ mod daemon {
                     cfg.node
                 );
             }
-            tokio::spawn(lpmesh_node::node::follow_members(mesh.clone(), reader.clone(), store_founder, members_tx, cfg.mesh.priority, cfg.node.clone()));
+            tokio::spawn(lpmesh_node::node::follow_members(mesh.clone(), reader.clone(), store_founder, members_tx, cfg.mesh.priority, cfg.node.clone(), node_key.clone()));
             let stop = stop_flag();
             let (tx, rx) = tokio::sync::mpsc::channel(EVENT_QUEUE);
             let tz = lpmesh_node::schedule::Schedule::parse_tz(&cfg.schedule.timezone).map_err(anyhow::Error::msg)?;

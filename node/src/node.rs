@@ -70,21 +70,67 @@ pub fn founder(secrets: &StoreSecrets) -> Option<lpmesh_mesh::record::Origin> {
 }
 
 /// The member list the log holds now; the members' names go to `reader` before anything is read with
-/// it (a view that started before them would take a forged name until the follower caught up).
+/// it (a view that started before them would take a forged name until the follower caught up), and
+/// the key epochs sealed to this node to its keyring, the current one to the mesh's writes.
 pub async fn load_members(
     mesh: &MeshHandle,
     reader: &crate::bounds::Reader,
     founder: Option<lpmesh_mesh::record::Origin>,
+    node_key: &libp2p_identity::Keypair,
 ) -> crate::members::Members {
     let mut members = crate::members::Members::new(founder);
     if founder.is_some() {
+        let mut epochs = crate::epochs::Epochs::default();
+        let _ = read_log(mesh, |r| {
+            take_grant(&mut epochs, reader, r);
+        })
+        .await;
+        epochs.open_mine(node_key, reader.ring());
         let _ = read_log(mesh, |r| {
             take_member(&mut members, reader, r);
         })
         .await;
         reader.set_names(members.names());
+        let _ = apply_epoch(mesh, reader, &epochs, &members, &mut Applied::default()).await;
     }
     members
+}
+
+/// The key epoch applied to the mesh: where records are written, and the network keys.
+#[derive(Default, PartialEq)]
+struct Applied {
+    recipient: Option<Option<String>>,
+    network: Vec<[u8; 32]>,
+}
+
+/// Writes go to the epoch `epochs` names current and connections use its network key first, if
+/// that is not what `applied` holds already.
+async fn apply_epoch(
+    mesh: &MeshHandle,
+    reader: &crate::bounds::Reader,
+    epochs: &crate::epochs::Epochs,
+    members: &crate::members::Members,
+    applied: &mut Applied,
+) -> Result<(), MeshError> {
+    let ring = reader.ring();
+    let current = epochs.current(members, ring).map(|g| (g.n, g.recipient.clone()));
+    let wanted = current.as_ref().map(|(_, r)| r.clone());
+    if applied.recipient.as_ref() != Some(&wanted) {
+        ring.set_current(wanted.clone());
+        mesh.set_write_recipient(current.is_some().then(|| ring.current()))
+            .await?;
+        if let Some((n, _)) = current {
+            tracing::info!(epoch = n, "this node writes under key epoch {n}");
+        }
+        applied.recipient = Some(wanted);
+    }
+    // Also when only older keys were learned: a dial may need one of them.
+    let network = ring.network_keys();
+    if network != applied.network {
+        mesh.set_network_keys(network.clone()).await?;
+        applied.network = network;
+    }
+    Ok(())
 }
 
 /// The record by which the founder names itself (it has no admission to carry its name), when its
@@ -106,7 +152,8 @@ pub fn founder_name_record(
 
 /// Keeps the mesh's admitted set equal to the member list the log holds. A node that has not yet
 /// seen its own admission (it joined moments ago) restricts nothing until it has: it could not tell
-/// its admitter from a stranger.
+/// its admitter from a stranger. Also follows the key epochs: opens those sealed to this node, writes
+/// under the current one, and begins one when a revocation has none after it.
 pub async fn follow_members(
     mesh: MeshHandle,
     reader: crate::bounds::Reader,
@@ -114,6 +161,7 @@ pub async fn follow_members(
     view: tokio::sync::watch::Sender<Vec<crate::members::Member>>,
     configured_priority: u8,
     configured_name: String,
+    node_key: libp2p_identity::Keypair,
 ) {
     if founder.is_none() {
         tracing::warn!("this store has no member list (it was created before invitations): every holder of its network key can connect; create the store anew with `lpmesh init` to have one");
@@ -121,23 +169,28 @@ pub async fn follow_members(
     }
     let me = mesh.origin();
     let mut members = crate::members::Members::new(founder);
+    let mut epochs = crate::epochs::Epochs::default();
     let mut sub = mesh.subscribe();
     let mut applied: Option<Vec<lpmesh_mesh::record::Origin>> = None;
     let mut ranked: Option<std::collections::HashMap<lpmesh_mesh::record::Origin, u8>> = None;
     let mut named: Option<std::collections::HashMap<lpmesh_mesh::record::Origin, String>> = None;
+    let mut epoch_applied = Applied::default();
+    let take = |members: &mut crate::members::Members, epochs: &mut crate::epochs::Epochs, r: &Record| {
+        take_grant(epochs, &reader, r) | take_member(members, &reader, r)
+    };
     let _ = read_log(&mesh, |r| {
-        take_member(&mut members, &reader, r);
+        take(&mut members, &mut epochs, r);
     })
     .await;
-    // Worked out again only when a member record arrived, not for every event.
+    // Worked out again only when a member or key record arrived, not for every event.
     let mut changed = true;
     loop {
         if !changed {
             match sub.recv().await {
-                Ok(r) => changed = take_member(&mut members, &reader, &r),
+                Ok(r) => changed = take(&mut members, &mut epochs, &r),
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
                     let _ = read_log(&mesh, |r| {
-                        take_member(&mut members, &reader, r);
+                        take(&mut members, &mut epochs, r);
                     })
                     .await;
                     changed = true;
@@ -147,6 +200,62 @@ pub async fn follow_members(
             continue;
         }
         changed = false;
+        if epochs.open_mine(&node_key, reader.ring()) {
+            // Member records written under the keys just opened were unreadable when they came.
+            let _ = read_log(&mesh, |r| {
+                take_member(&mut members, &reader, r);
+            })
+            .await;
+        }
+        if apply_epoch(&mesh, &reader, &epochs, &members, &mut epoch_applied)
+            .await
+            .is_err()
+        {
+            return;
+        }
+        if members.admitted().contains(&me) && epochs.needs_rekey(&members, reader.ring()) {
+            // Every member that notices would begin an epoch: a short random wait lets the first
+            // one's record reach the others, who then find nothing to do.
+            let wait = tokio::time::sleep(Duration::from_millis(rand::random::<u64>() % 1500));
+            tokio::pin!(wait);
+            loop {
+                tokio::select! {
+                    _ = &mut wait => break,
+                    r = sub.recv() => match r {
+                        Ok(r) => { take(&mut members, &mut epochs, &r); }
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                    },
+                }
+            }
+            epochs.open_mine(&node_key, reader.ring());
+            if epochs.needs_rekey(&members, reader.ring()) {
+                let now = chrono::Utc::now().timestamp_millis();
+                match crate::epochs::begin(&members, reader.ring(), now) {
+                    Ok((grant, epoch)) => {
+                        // Held before the record comes back, so this node can write under it at once.
+                        let _ = reader.ring().add(std::slice::from_ref(&epoch));
+                        match serde_json::to_vec(&grant) {
+                            Ok(json) => {
+                                if let Err(e) = mesh.append(vec![(RecordKind::Keys, json)]).await {
+                                    tracing::error!(error = %e, "cannot record a new key epoch");
+                                } else {
+                                    tracing::info!(
+                                        epoch = epoch.n,
+                                        revoked = grant.covers.len(),
+                                        "began a new key epoch after a revocation"
+                                    );
+                                }
+                            }
+                            Err(e) => tracing::error!(error = %e, "cannot encode a new key epoch"),
+                        }
+                    }
+                    Err(e) => tracing::error!(error = %e, "cannot begin a new key epoch"),
+                }
+            }
+            changed = true;
+            continue;
+        }
         let set = members.admitted();
         view.send_if_modified(|v| {
             let list = members.list();
@@ -205,34 +314,84 @@ pub fn revoke(data_dir: &Path, peer: &str) -> Result<String, NodeError> {
     let f = founder(&secrets).ok_or_else(|| {
         NodeError::Setup("this store has no member list (created before invitations): nothing to revoke from".into())
     })?;
-    let mut log = Log::open(&log_dir(data_dir), &secrets.store, key, secrets.recipient()?)
+    let mut log = Log::open(&log_dir(data_dir), &secrets.store, key.clone(), secrets.recipient()?)
         .map_err(|e| NodeError::Setup(format!("{e}: stop the node first (the log admits one process)")))?;
-    let members = members_in(&log, &secrets, f)?;
+    let mut state = state_in(&log, &secrets, &key, f)?;
     let now = chrono::Utc::now().timestamp_millis();
-    let revocation = crate::members::revocation(&members.list(), peer, &log.origin(), now)
+    let wall = u64::try_from(now).unwrap_or(0);
+    let revocation = crate::members::revocation(&state.members.list(), peer, &log.origin(), now)
         .map_err(|e| NodeError::Setup(format!("{peer}: {e}")))?;
     let json = serde_json::to_vec(&revocation).map_err(|e| NodeError::Setup(e.to_string()))?;
-    log.append(RecordKind::Member, &json, u64::try_from(now).unwrap_or(0))?;
+    log.set_write_recipient(Some(state.reader.ring().current()));
+    let r = log.append(RecordKind::Member, &json, wall)?;
+    take_member(&mut state.members, &state.reader, &r);
+    // The store writes under keys the revoked node never had from now on.
+    if state.epochs.needs_rekey(&state.members, state.reader.ring()) {
+        let (grant, epoch) = crate::epochs::begin(&state.members, state.reader.ring(), now)
+            .map_err(|e| NodeError::Setup(e.to_string()))?;
+        let json = serde_json::to_vec(&grant).map_err(|e| NodeError::Setup(e.to_string()))?;
+        log.append(RecordKind::Keys, &json, wall)?;
+        tracing::info!(epoch = epoch.n, "began a new key epoch");
+    }
     Ok(peer.trim().to_string())
+}
+
+/// The store as a node's log holds it: members, key epochs, and a reader holding every key sealed to
+/// this node.
+struct StoreState {
+    members: crate::members::Members,
+    epochs: crate::epochs::Epochs,
+    reader: crate::bounds::Reader,
+}
+
+fn state_in(
+    log: &Log,
+    secrets: &StoreSecrets,
+    key: &libp2p_identity::Keypair,
+    founder: lpmesh_mesh::record::Origin,
+) -> Result<StoreState, NodeError> {
+    let reader = crate::bounds::Reader::from(secrets.keyring()?);
+    let mut epochs = crate::epochs::Epochs::default();
+    // Grants first: member records written under a later epoch need its key.
+    for r in log.all() {
+        let r = r?;
+        if let Some(g) = reader.grant(&r) {
+            epochs.add((r.origin, r.seq), g);
+        }
+    }
+    epochs.open_mine(key, reader.ring());
+    let mut members = crate::members::Members::new(Some(founder));
+    for r in log.all() {
+        take_member(&mut members, &reader, &r?);
+    }
+    reader
+        .ring()
+        .set_current(epochs.current(&members, reader.ring()).map(|g| g.recipient.clone()));
+    Ok(StoreState {
+        members,
+        epochs,
+        reader,
+    })
 }
 
 /// The member list `log` holds.
 fn members_in(
     log: &Log,
     secrets: &StoreSecrets,
+    key: &libp2p_identity::Keypair,
     founder: lpmesh_mesh::record::Origin,
 ) -> Result<crate::members::Members, NodeError> {
-    let reader = crate::bounds::Reader::from(secrets.store_secret()?);
-    let mut members = crate::members::Members::new(Some(founder));
-    for r in log.all() {
-        take_member(&mut members, &reader, &r?);
-    }
-    Ok(members)
+    Ok(state_in(log, secrets, key, founder)?.members)
 }
 
 /// Folds `r` into `members` if it is a member record; whether it was a new one.
 fn take_member(members: &mut crate::members::Members, reader: &crate::bounds::Reader, r: &Record) -> bool {
     reader.member(r).is_some_and(|m| members.add((r.origin, r.seq), &m))
+}
+
+/// Folds `r` into `epochs` if it is a key-epoch record; whether it was a new one.
+fn take_grant(epochs: &mut crate::epochs::Epochs, reader: &crate::bounds::Reader, r: &Record) -> bool {
+    reader.grant(r).is_some_and(|g| epochs.add((r.origin, r.seq), g))
 }
 
 /// `lpmesh members`: the store's member list as this node's log holds it (the node must be stopped).
@@ -242,8 +401,8 @@ pub fn read_members(data_dir: &Path) -> Result<Option<Vec<crate::members::Member
     let Some(f) = founder(&secrets) else {
         return Ok(None);
     };
-    let log = Log::open(&log_dir(data_dir), &secrets.store, key, secrets.recipient()?)?;
-    let members = members_in(&log, &secrets, f)?;
+    let log = Log::open(&log_dir(data_dir), &secrets.store, key.clone(), secrets.recipient()?)?;
+    let members = members_in(&log, &secrets, &key, f)?;
     Ok(Some(members.list()))
 }
 
@@ -335,10 +494,11 @@ pub async fn invite_and_serve(
         .map_err(|e| NodeError::Setup(format!("--serve {want}: {e}")))?;
     // Opened first: a running node holds the log, and then it answers invitations itself.
     let secrets0 = StoreSecrets::load(data_dir)?;
+    let node_key = keys::load_node_key(data_dir)?;
     let mut log = Log::open(
         &log_dir(data_dir),
         &secrets0.store,
-        keys::load_node_key(data_dir)?,
+        node_key.clone(),
         secrets0.recipient()?,
     )
     .map_err(|e| {
@@ -346,11 +506,14 @@ pub async fn invite_and_serve(
             "{e}: is the node running? Then run `lpmesh invite` without --serve"
         ))
     })?;
-    if let (Some(n), Some(f)) = (&grant.name, founder(&secrets0)) {
-        let taken = members_in(&log, &secrets0, f)?
-            .names()
-            .into_values()
-            .any(|held| &held == n);
+    let state = founder(&secrets0)
+        .map(|f| state_in(&log, &secrets0, &node_key, f))
+        .transpose()?;
+    if let Some(st) = &state {
+        log.set_write_recipient(Some(st.reader.ring().current()));
+    }
+    if let (Some(n), Some(st)) = (&grant.name, &state) {
+        let taken = st.members.names().into_values().any(|held| &held == n);
         if taken {
             return Err(NodeError::Setup(format!(
                 "a member of the store is named {n:?} already"
@@ -365,6 +528,7 @@ pub async fn invite_and_serve(
         listener,
         data_dir.to_path_buf(),
         secrets,
+        state.map(|st| st.reader.ring().clone()),
         Default::default(),
         tx,
     ));
@@ -394,6 +558,7 @@ pub async fn invite_and_serve(
 /// taken: the invitation names the port), and writes the address for `lpmesh invite`.
 pub async fn start_enrolment(
     cfg: &NodeConfig,
+    ring: lpmesh_mesh::crypto::Keyring,
     stats: std::sync::Arc<enrol::EnrolStats>,
     admitted: tokio::sync::mpsc::Sender<enrol::Admitted>,
 ) -> Result<String, NodeError> {
@@ -418,7 +583,14 @@ pub async fn start_enrolment(
     let addr = enrol_address(bound);
     let file = cfg.data_dir.join(enrol::ENROL_ADDR_FILE);
     std::fs::write(&file, format!("{addr}\n")).map_err(|e| NodeError::Setup(format!("{}: {e}", file.display())))?;
-    tokio::spawn(enrol::serve(listener, cfg.data_dir.clone(), secrets, stats, admitted));
+    tokio::spawn(enrol::serve(
+        listener,
+        cfg.data_dir.clone(),
+        secrets,
+        Some(ring),
+        stats,
+        admitted,
+    ));
     Ok(addr)
 }
 
@@ -548,6 +720,12 @@ impl From<StoreSecret> for crate::bounds::Reader {
     }
 }
 
+impl From<lpmesh_mesh::crypto::Keyring> for crate::bounds::Reader {
+    fn from(ring: lpmesh_mesh::crypto::Keyring) -> Self {
+        crate::bounds::Reader::new(ring, crate::bounds::DEFAULT_WINDOW_SECS)
+    }
+}
+
 /// Hands every record of the log to `f`, origin by origin, a thousand at a time (the views that
 /// follow the log read it whole at start).
 pub async fn read_log(mesh: &MeshHandle, mut f: impl FnMut(&Record)) -> Result<(), MeshError> {
@@ -568,11 +746,15 @@ pub async fn read_log(mesh: &MeshHandle, mut f: impl FnMut(&Record)) -> Result<(
 pub fn read_events(data_dir: &Path) -> Result<Vec<Event>, NodeError> {
     let key = keys::load_node_key(data_dir)?;
     let secrets = StoreSecrets::load(data_dir)?;
-    let log = Log::open(&log_dir(data_dir), &secrets.store, key, secrets.recipient()?)?;
-    let reader = crate::bounds::Reader::from(secrets.store_secret()?);
-    if let Some(f) = founder(&secrets) {
-        reader.set_names(members_in(&log, &secrets, f)?.names());
-    }
+    let log = Log::open(&log_dir(data_dir), &secrets.store, key.clone(), secrets.recipient()?)?;
+    let reader = match founder(&secrets) {
+        Some(f) => {
+            let st = state_in(&log, &secrets, &key, f)?;
+            st.reader.set_names(st.members.names());
+            st.reader
+        }
+        None => crate::bounds::Reader::from(secrets.keyring()?),
+    };
     let mut out = Vec::new();
     for r in log.all() {
         if let Some(e) = reader.event(&r?) {

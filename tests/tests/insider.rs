@@ -504,7 +504,14 @@ fn a_revoked_node_is_dropped_by_every_member_and_its_later_records_are_refused()
     let mut a = run(&c1, "front");
     // The revoked node is dropped, and refused each time it comes back.
     peers(1.0, 1.0);
+    let settled = now_ms();
     std::thread::sleep(Duration::from_secs(10));
+    // The revoked node's own dials fail already at the network key: the store moved to a new one.
+    let m = lpmesh_tests::scrape(ops).unwrap_or_default();
+    assert!(
+        metric(&m, "lpmesh_handshake_failures_total").unwrap_or(0.0) > 0.0,
+        "no handshake failed at the network key: the store did not move to a new one"
+    );
     interrupt(&mut a, "front");
     interrupt(&mut b, "back");
     interrupt(&mut c, "side");
@@ -523,4 +530,74 @@ fn a_revoked_node_is_dropped_by_every_member_and_its_later_records_are_refused()
         late, 0,
         "records the revoked node wrote after its revocation were stored"
     );
+    // The store wrote under a new key epoch after the revocation: every record the members wrote
+    // since (as a capture of the mesh would hold them, taken from the other member's log) resists
+    // every key the revoked node held, and the members read them all.
+    let n3_secrets = StoreSecrets::load(&n3).unwrap();
+    let n3_ring = n3_secrets.keyring().unwrap();
+    let n3_key = keys::load_node_key(&n3).unwrap();
+    let n2_secrets = StoreSecrets::load(&n2).unwrap();
+    let n2_key = keys::load_node_key(&n2).unwrap();
+    let log = Log::open(&n2.join("log"), STORE, n2_key.clone(), n2_secrets.recipient().unwrap()).unwrap();
+    let records: Vec<_> = log.all().map(|r| r.unwrap()).collect();
+    drop(log);
+    let n3_origin = lpmesh_mesh::record::Origin::of(&n3_key).unwrap();
+    let after: Vec<_> = records
+        .iter()
+        .filter(|r| {
+            r.kind == RecordKind::Event
+                && r.origin != n3_origin
+                && i64::try_from(r.hlc.wall_ms).unwrap() > settled + 4_000
+        })
+        .collect();
+    assert!(
+        after.len() >= 10,
+        "members wrote {} events after the revocation",
+        after.len()
+    );
+    for r in &after {
+        assert!(
+            n3_ring.decrypt(&r.ciphertext).is_err(),
+            "a record written after the revocation opens with a key the revoked node held"
+        );
+    }
+    // Nor does its node key open the new epoch's keys: the grant is sealed to the others only.
+    let reader = lpmesh_node::bounds::Reader::from(n3_secrets.keyring().unwrap());
+    let mut grants = lpmesh_node::epochs::Epochs::default();
+    let mut n_grants = 0;
+    for r in &records {
+        if let Some(g) = reader.grant(r) {
+            assert!(!g.sealed.contains_key(&lpmesh_node::members::hex(&n3_origin)));
+            n_grants += 1;
+            grants.add((r.origin, r.seq), g);
+        }
+    }
+    assert!(n_grants >= 1, "no key epoch was begun after the revocation");
+    assert!(
+        !grants.open_mine(&n3_key, reader.ring()),
+        "the revoked node opened a key epoch"
+    );
+    assert_eq!(reader.ring().newest(), 0);
+    let member_events = ok(&["events", "--data", &n2.to_string_lossy(), "--json"]);
+    let read_after = member_events
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|e| e["node"] != "side" && e["at_ms"].as_i64().unwrap_or(0) > settled + 4_000)
+        .count();
+    assert!(
+        read_after >= 10,
+        "the members read {read_after} events written after the revocation"
+    );
+    // A node that joins now receives the epoch keys with the store's secrets: it reads the history
+    // written under them.
+    let n4 = dir.join("n4");
+    enrol(&n1, &n4);
+    let n4_ring = StoreSecrets::load(&n4).unwrap().keyring().unwrap();
+    assert!(n4_ring.newest() >= 1);
+    for r in &after {
+        assert!(
+            n4_ring.decrypt(&r.ciphertext).is_ok(),
+            "a new member cannot read the current epoch"
+        );
+    }
 }
