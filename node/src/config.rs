@@ -93,6 +93,9 @@ pub struct UiConfig {
     pub tls: bool,
     /// The address tablets use for this node, for links in alerts (default: http(s)://<listen>).
     pub public_url: Option<String>,
+    /// Host names tablets may use for this node, besides its IP addresses, `localhost`, its hostname
+    /// and `public_url`'s host: a request for any other name is refused (DNS rebinding).
+    pub names: Vec<String>,
 }
 
 impl Default for UiConfig {
@@ -102,6 +105,7 @@ impl Default for UiConfig {
             enabled: true,
             tls: false,
             public_url: None,
+            names: Vec::new(),
         }
     }
 }
@@ -1007,6 +1011,22 @@ impl NodeConfig {
                 p.push((
                     path(&["ui", "public_url"]),
                     "must start with http:// or https://".into(),
+                ));
+            }
+        }
+        for (i, n) in self.ui.names.iter().enumerate() {
+            let dns = n.len() <= 253
+                && !n.is_empty()
+                && n.split('.').all(|l| {
+                    !l.is_empty()
+                        && l.len() <= 63
+                        && !l.starts_with('-')
+                        && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                });
+            if !dns {
+                p.push((
+                    path(&["ui", "names"]).index(i),
+                    format!("{n:?} is not a host name (letters, digits and '-', dot-separated)"),
                 ));
             }
         }

@@ -990,6 +990,17 @@ mod daemon {
             .unwrap_or_else(|| format!("{scheme}://{}", cfg.ui.listen))
     }
 
+    /// The host name in a URL like `https://front-desk.lan:8443/` (the UI answers to it).
+    fn url_host(url: &str) -> Option<String> {
+        let rest = url.split_once("://")?.1;
+        let authority = rest.split(['/', '?', '#']).next()?;
+        let host = match authority.rfind(':') {
+            Some(i) if !authority[i..].contains(']') => &authority[..i],
+            _ => authority,
+        };
+        (!host.is_empty()).then(|| host.to_string())
+    }
+
     /// Starts the tablet UI (unless switched off): the incident view fed from the log, the listener.
     async fn start_ui(
         cfg: &NodeConfig,
@@ -1015,7 +1026,15 @@ mod daemon {
             tz,
             cfg.ui.tls,
         )
-        .with_zones(zone_control);
+        .with_zones(zone_control)
+        .with_host_names(
+            cfg.ui
+                .names
+                .iter()
+                .cloned()
+                .chain(cfg.ui.public_url.as_deref().and_then(url_host))
+                .collect(),
+        );
         let state = match members {
             Some(m) => state.with_members(m),
             None => state,

@@ -78,6 +78,8 @@ pub struct UiState {
     pub users: Users,
     pub sessions: Sessions,
     pub limiter: LoginLimiter,
+    /// Where login checks run (argon2: a few at once).
+    pub hashing: auth::HashGate,
     pub book: RwLock<Book>,
     pub live: broadcast::Sender<Arc<str>>,
     pub uplink: Option<watch::Receiver<UplinkStatus>>,
@@ -85,6 +87,8 @@ pub struct UiState {
     pub tz: chrono_tz::Tz,
     /// Cookies get `Secure` (TLS is on).
     pub secure: bool,
+    /// Host names it answers to (lower case), besides IP addresses and `localhost`.
+    host_names: RwLock<Vec<String>>,
     /// This node's cameras for the zone editor (none in tests that do not need it).
     pub zones: RwLock<Option<Arc<zones::ZoneControl>>>,
     /// The store's member list as this node knows it (none: the store keeps none, or not known yet).
@@ -114,6 +118,7 @@ impl UiState {
             reader: reader.into().counting(),
             sessions: Sessions::default(),
             limiter: LoginLimiter::default(),
+            hashing: Default::default(),
             book: RwLock::new(Book::new()),
             live,
             uplink,
@@ -122,12 +127,40 @@ impl UiState {
             secure,
             zones: RwLock::new(None),
             members: RwLock::new(None),
+            host_names: RwLock::new(this_hostname().into_iter().collect()),
         })
     }
 
     pub fn with_zones(self: Arc<Self>, z: Arc<zones::ZoneControl>) -> Arc<Self> {
         *self.zones.write().unwrap_or_else(|p| p.into_inner()) = Some(z);
         self
+    }
+
+    /// Host names this node answers to besides IP addresses, `localhost` and its hostname.
+    pub fn with_host_names(self: Arc<Self>, names: Vec<String>) -> Arc<Self> {
+        self.host_names
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend(names.into_iter().map(|n| n.to_ascii_lowercase()));
+        self
+    }
+
+    /// Whether a request for `host` (a Host header or an HTTP/2 authority, port included) is meant
+    /// for this node: an IP address, `localhost`, or a name it was given. Any other name is what a
+    /// DNS-rebinding page uses to reach the node from a tablet's browser under its own origin.
+    fn answers_to(&self, host: &str) -> bool {
+        let name = strip_port(host);
+        if name.trim_start_matches('[').trim_end_matches(']').parse::<std::net::IpAddr>().is_ok() {
+            return true;
+        }
+        let name = name.to_ascii_lowercase();
+        name == "localhost"
+            || name.ends_with(".localhost")
+            || self
+                .host_names
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains(&name)
     }
 
     pub fn with_members(self: Arc<Self>, m: watch::Receiver<Vec<crate::members::Member>>) -> Arc<Self> {
@@ -319,7 +352,8 @@ pub fn app(state: Arc<UiState>) -> Router {
         .route("/api/zones/{camera}/still.bmp", get(still))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .layer(middleware::from_fn(body_deadline))
-        .layer(middleware::from_fn(security_headers))
+        .layer(middleware::from_fn_with_state(state.clone(), known_host))
+        .layer(middleware::from_fn_with_state(state.clone(), security_headers))
         .with_state(state)
 }
 
@@ -351,9 +385,16 @@ async fn body_deadline(req: Request, next: Next) -> Response {
     }
 }
 
-async fn security_headers(req: Request, next: Next) -> Response {
+async fn security_headers(State(state): State<Arc<UiState>>, req: Request, next: Next) -> Response {
     let mut resp = next.run(req).await;
     let h = resp.headers_mut();
+    if state.secure {
+        // A tablet that once reached the node over HTTPS never falls back to plain HTTP for it.
+        h.insert(
+            header::STRICT_TRANSPORT_SECURITY,
+            HeaderValue::from_static("max-age=31536000"),
+        );
+    }
     h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP));
     h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
@@ -395,13 +436,50 @@ struct Me<'a> {
     node: &'a str,
 }
 
+/// The host a request names: its Host header (HTTP/1.1) or its authority (HTTP/2 sends no Host).
+fn request_host(req: &Request) -> Option<&str> {
+    req.headers()
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| req.uri().authority().map(|a| a.as_str()))
+}
+
+/// `host` without its port (`[::1]:8080` -> `[::1]`).
+fn strip_port(host: &str) -> &str {
+    match host.rfind(':') {
+        Some(i) if !host[i..].contains(']') => &host[..i],
+        _ => host,
+    }
+}
+
+/// The machine's hostname, which tablets on the store LAN may use for the node.
+fn this_hostname() -> Option<String> {
+    let h = std::fs::read_to_string("/proc/sys/kernel/hostname").ok()?;
+    let h = h.trim().to_ascii_lowercase();
+    (!h.is_empty()).then_some(h)
+}
+
 /// A browser always says where a request comes from on POST: refuse other origins (login CSRF).
-fn same_origin(headers: &HeaderMap) -> bool {
-    let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
+fn same_origin(req: &Request) -> bool {
+    let Some(origin) = req.headers().get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
         return true;
     };
-    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or("");
-    origin.split_once("://").is_some_and(|(_, rest)| rest == host)
+    let host = request_host(req).unwrap_or("");
+    origin
+        .split_once("://")
+        .is_some_and(|(_, rest)| rest.eq_ignore_ascii_case(host))
+}
+
+/// Refuses requests for host names this node was not given (see [`UiState::answers_to`]).
+async fn known_host(State(state): State<Arc<UiState>>, req: Request, next: Next) -> Response {
+    match request_host(&req) {
+        Some(h) if !state.answers_to(h) => ApiError::new(
+            StatusCode::MISDIRECTED_REQUEST,
+            "this node does not answer to that host name: use its address, or add the name to [ui] names",
+        )
+        .into_response(),
+        _ => next.run(req).await,
+    }
 }
 
 async fn login(State(state): State<Arc<UiState>>, req: Request) -> Result<Response, ApiError> {
@@ -409,7 +487,7 @@ async fn login(State(state): State<Arc<UiState>>, req: Request) -> Result<Respon
         .extensions()
         .get::<axum::extract::ConnectInfo<SocketAddr>>()
         .map(|c| c.0.ip());
-    if !same_origin(req.headers()) {
+    if !same_origin(&req) {
         return Err(ApiError::new(StatusCode::FORBIDDEN, "cross-origin login refused"));
     }
     // JSON only: a browser will not send that across sites without asking first, so a forged form
@@ -430,24 +508,40 @@ async fn login(State(state): State<Arc<UiState>>, req: Request) -> Result<Respon
         .map_err(|_| ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "request too large"))?;
     let body: LoginBody = serde_json::from_slice(&bytes)
         .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "send {\"name\": ..., \"password\": ...}"))?;
-    if let Some(wait) = state.limiter.blocked(&body.name, ip) {
-        let mut r = ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            format!("too many failed logins; try again in {wait} s"),
-        )
-        .into_response();
+    let retry = |status: StatusCode, wait: u64, why: String| {
+        let mut r = ApiError::new(status, why).into_response();
         if let Ok(v) = HeaderValue::from_str(&wait.to_string()) {
             r.headers_mut().insert(header::RETRY_AFTER, v);
         }
-        return Ok(r);
+        r
+    };
+    if let Some(wait) = state.limiter.blocked(&body.name, ip) {
+        // Whole seconds, rounded up: a client that waits what it is told is let through.
+        let wait = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        return Ok(retry(
+            StatusCode::TOO_MANY_REQUESTS,
+            wait,
+            format!("too many failed logins; try again in {wait} s"),
+        ));
     }
     let users = &state.users;
     let (name, password) = (body.name.clone(), body.password.clone());
-    // argon2 takes tens of milliseconds on purpose: keep it off the async workers.
-    let role = tokio::task::block_in_place(|| users.check(&name, &password));
+    // argon2 takes tens of milliseconds and 19 MiB on purpose: a few at once, off the async workers.
+    let Some(role) = state.hashing.run(|| users.check(&name, &password)).await else {
+        return Ok(retry(
+            StatusCode::SERVICE_UNAVAILABLE,
+            1,
+            "too many logins at once; try again in a second".into(),
+        ));
+    };
     let Some(role) = role else {
         state.limiter.failed(&body.name, ip);
-        tracing::warn!(user = %body.name, ?ip, "failed login");
+        if users.has(&body.name) {
+            tracing::warn!(user = %body.name, ?ip, "failed login");
+        } else {
+            // Never the typed text: it is often a password typed into the name field.
+            tracing::warn!(typed = %auth::name_for_log(&body.name), ?ip, "failed login with a name that is nobody's");
+        }
         return Err(ApiError::new(StatusCode::UNAUTHORIZED, "wrong name or password"));
     };
     state.limiter.succeeded(&body.name);
