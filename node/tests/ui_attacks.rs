@@ -504,17 +504,32 @@ async fn a_dns_rebinding_host_name_is_refused_and_the_origin_check_works_over_ht
     let f = fixture(false).await;
     let _ = f.state.clone().with_host_names(vec!["front-desk.lan".into()]);
     // A page on evil.example whose name now resolves to the node: the browser sends its own name.
-    for host in ["evil.example", "evil.example:8080", "10.0.0.5.evil.example:8080", "front-desk.lan.evil.example"] {
+    for host in [
+        "evil.example",
+        "evil.example:8080",
+        "10.0.0.5.evil.example:8080",
+        "front-desk.lan.evil.example",
+    ] {
         let r = req("GET", "/health").header(header::HOST, host);
         assert_eq!(status(&f, r).await, StatusCode::MISDIRECTED_REQUEST, "Host {host}");
         let r = req("POST", "/api/login")
             .json(&login_body("manager", "manager password"))
             .header(header::HOST, host)
             .header(header::ORIGIN, &format!("http://{host}"));
-        assert_eq!(status(&f, r).await, StatusCode::MISDIRECTED_REQUEST, "login at Host {host}");
+        assert_eq!(
+            status(&f, r).await,
+            StatusCode::MISDIRECTED_REQUEST,
+            "login at Host {host}"
+        );
     }
     // Addresses, localhost and the names it was given are answered.
-    for host in ["10.0.0.5:8080", "[fe80::1]:8443", "localhost:8080", "FRONT-DESK.lan:8443", "front-desk.lan"] {
+    for host in [
+        "10.0.0.5:8080",
+        "[fe80::1]:8443",
+        "localhost:8080",
+        "FRONT-DESK.lan:8443",
+        "front-desk.lan",
+    ] {
         let r = req("GET", "/health").header(header::HOST, host);
         assert_eq!(status(&f, r).await, StatusCode::OK, "Host {host}");
     }
@@ -539,7 +554,10 @@ async fn a_dns_rebinding_host_name_is_refused_and_the_origin_check_works_over_ht
     );
     let (s, h, _) = send(&f, h2("10.0.0.5:8443", "https://10.0.0.5:8443")).await;
     assert_eq!(s, StatusCode::OK, "the page's own origin logs in over HTTP/2");
-    assert!(h.get(header::STRICT_TRANSPORT_SECURITY).is_none(), "plain HTTP sends no HSTS");
+    assert!(
+        h.get(header::STRICT_TRANSPORT_SECURITY).is_none(),
+        "plain HTTP sends no HSTS"
+    );
     let secure = fixture(true).await;
     let (_, h, _) = send(&secure, req("GET", "/health").build()).await;
     assert_eq!(
@@ -599,12 +617,13 @@ async fn wrong_passwords_make_the_next_attempt_wait_and_the_real_user_still_gets
     // After the wait it was told, the real user gets in.
     tokio::time::sleep(Duration::from_millis(1100)).await;
     assert_eq!(
-        login_from(&f, "198.51.100.20:1234", "guard", "guard password")
-            .await
-            .0,
+        login_from(&f, "198.51.100.20:1234", "guard", "guard password").await.0,
         StatusCode::OK
     );
-    assert!(f.state.limiter.blocked("guard", None).is_none(), "a login clears the name's count");
+    assert!(
+        f.state.limiter.blocked("guard", None).is_none(),
+        "a login clears the name's count"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -632,11 +651,18 @@ async fn a_login_flood_runs_argon2_a_few_at_a_time_and_the_real_user_gets_in_aft
         answers.push(t.await.unwrap());
     }
     let refused = answers.iter().filter(|(s, _)| *s == StatusCode::UNAUTHORIZED).count();
-    let busy: Vec<_> = answers.iter().filter(|(s, _)| *s == StatusCode::SERVICE_UNAVAILABLE).collect();
+    let busy: Vec<_> = answers
+        .iter()
+        .filter(|(s, _)| *s == StatusCode::SERVICE_UNAVAILABLE)
+        .collect();
     assert_eq!(refused + busy.len(), 200, "only wrong-password and busy answers");
     assert!(!busy.is_empty(), "the queue is bounded");
     assert!(busy.iter().all(|(_, h)| retry_after(h) == 1));
-    assert!(f.state.hashing.peak() <= auth::HASHING_SLOTS, "peak {}", f.state.hashing.peak());
+    assert!(
+        f.state.hashing.peak() <= auth::HASHING_SLOTS,
+        "peak {}",
+        f.state.hashing.peak()
+    );
     assert!(f.state.hashing.turned_away() >= busy.len() as u64);
     assert_eq!(
         login_from(&f, "198.51.100.30:1234", "manager", "manager password")

@@ -28,8 +28,9 @@ pub const FREE_FAILURES: u32 = 5;
 /// wait half a minute at most, never locks them out.
 pub const ADDRESS_MAX_WAIT: Duration = Duration::from_secs(900);
 pub const USER_MAX_WAIT: Duration = Duration::from_secs(30);
-/// Failures are forgotten this long after the last one.
-pub const FORGET_FAILURES: Duration = Duration::from_secs(15 * 60);
+/// Failures are forgotten this long after the last one (longer than the longest wait, or a guesser
+/// that waits it out would start afresh).
+pub const FORGET_FAILURES: Duration = Duration::from_secs(3600);
 /// argon2 runs (19 MiB each) at most this many at once; at most `HASHING_QUEUE` logins wait for one,
 /// for at most `HASHING_WAIT`, and the rest are turned away: a login flood cannot take the node's
 /// memory from its cameras.
@@ -415,7 +416,14 @@ impl HashGate {
 pub fn name_for_log(name: &str) -> String {
     use sha2::Digest;
     let d = sha2::Sha256::digest(name.as_bytes());
-    format!("<{} bytes, sha256 {:02x}{:02x}{:02x}{:02x}>", name.len(), d[0], d[1], d[2], d[3])
+    format!(
+        "<{} bytes, sha256 {:02x}{:02x}{:02x}{:02x}>",
+        name.len(),
+        d[0],
+        d[1],
+        d[2],
+        d[3]
+    )
 }
 
 #[cfg(test)]
@@ -466,8 +474,16 @@ mod tests {
         }
         let s = Duration::from_secs;
         assert_eq!(l.blocked_at("sam", Some(ip), t0), Some(s(1)));
-        assert_eq!(l.blocked_at("sam", Some(other), t0), Some(s(1)), "the user waits from anywhere");
-        assert_eq!(l.blocked_at("kim", Some(ip), t0), Some(s(1)), "the address waits for anyone");
+        assert_eq!(
+            l.blocked_at("sam", Some(other), t0),
+            Some(s(1)),
+            "the user waits from anywhere"
+        );
+        assert_eq!(
+            l.blocked_at("kim", Some(ip), t0),
+            Some(s(1)),
+            "the address waits for anyone"
+        );
         assert_eq!(l.blocked_at("kim", Some(other), t0), None);
         assert_eq!(l.blocked_at("sam", Some(ip), t0 + s(1)), None, "a wait, not a lockout");
         // The guesser keeps going, each time as soon as it may: the waits double.
@@ -479,7 +495,10 @@ mod tests {
         let at_address = l.blocked_at("kim", Some(ip), t).unwrap();
         let for_user = l.blocked_at("sam", Some(other), t).unwrap();
         assert_eq!(at_address, s(4096).min(ADDRESS_MAX_WAIT));
-        assert_eq!(for_user, USER_MAX_WAIT, "the real user, elsewhere, waits half a minute at most");
+        assert_eq!(
+            for_user, USER_MAX_WAIT,
+            "the real user, elsewhere, waits half a minute at most"
+        );
         // The real user logs in: their name is free again; the guessing address is not.
         l.succeeded("sam");
         assert_eq!(l.blocked_at("sam", Some(other), t), None);
@@ -487,7 +506,11 @@ mod tests {
         // Forgotten a while after the last failure.
         assert_eq!(l.blocked_at("kim", Some(ip), t + FORGET_FAILURES), None);
         l.failed_at("kim", Some(ip), t + FORGET_FAILURES);
-        assert_eq!(l.blocked_at("kim", Some(ip), t + FORGET_FAILURES), None, "counted from one again");
+        assert_eq!(
+            l.blocked_at("kim", Some(ip), t + FORGET_FAILURES),
+            None,
+            "counted from one again"
+        );
     }
 
     #[test]
@@ -521,7 +544,10 @@ mod tests {
         }
         assert!(gate.peak() <= HASHING_SLOTS, "peak {}", gate.peak());
         assert!(gate.turned_away() > 0, "the queue is bounded");
-        assert_eq!(ran as u64 + gate.turned_away(), (HASHING_QUEUE + HASHING_SLOTS + 20) as u64);
+        assert_eq!(
+            ran as u64 + gate.turned_away(),
+            (HASHING_QUEUE + HASHING_SLOTS + 20) as u64
+        );
         assert!(gate.run(|| 7).await == Some(7), "free again afterwards");
     }
 

@@ -150,7 +150,12 @@ impl UiState {
     /// DNS-rebinding page uses to reach the node from a tablet's browser under its own origin.
     fn answers_to(&self, host: &str) -> bool {
         let name = strip_port(host);
-        if name.trim_start_matches('[').trim_end_matches(']').parse::<std::net::IpAddr>().is_ok() {
+        if name
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok()
+        {
             return true;
         }
         let name = name.to_ascii_lowercase();
