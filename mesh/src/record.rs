@@ -85,13 +85,15 @@ pub enum RecordKind {
     /// The store's keys of a new key epoch, sealed to each member's node key (written after a
     /// revocation).
     Keys,
+    /// A tablet user of the whole store (name, role, argon2 hash), set or removed on one node.
+    User,
 }
 
 impl RecordKind {
-    /// Kept past the retention period: who belongs to the store and the keys it writes under are
-    /// needed for as long as the store exists, not for 30 days.
+    /// Kept past the retention period: who belongs to the store, the keys it writes under and its
+    /// users are needed for as long as the store exists, not for 30 days.
     pub fn is_kept(self) -> bool {
-        matches!(self, RecordKind::Member | RecordKind::Keys)
+        matches!(self, RecordKind::Member | RecordKind::Keys | RecordKind::User)
     }
 }
 

@@ -178,6 +178,17 @@ impl Reader {
         (m.at_ms <= hlc.saturating_add(self.window_ms)).then_some(m)
     }
 
+    /// A user record (`None` for other records, a malformed one, or one dated beyond its signature).
+    pub fn user(&self, r: &Record) -> Option<crate::ui::auth::UserRecord> {
+        if r.kind != RecordKind::User {
+            return None;
+        }
+        let plain = self.ring.decrypt(&r.ciphertext).ok()?;
+        let u: crate::ui::auth::UserRecord = serde_json::from_slice(&plain).ok()?;
+        let hlc = i64::try_from(r.hlc.wall_ms).unwrap_or(i64::MAX);
+        (u.at_ms <= hlc.saturating_add(self.window_ms) && u.is_well_formed()).then_some(u)
+    }
+
     /// A key-epoch record's grant (`None` for other records, or one dated beyond its signature).
     pub fn grant(&self, r: &Record) -> Option<crate::epochs::KeyGrant> {
         if r.kind != RecordKind::Keys || r.ciphertext.len() > crate::epochs::MAX_GRANT_BYTES {
@@ -213,7 +224,7 @@ impl Reader {
         match r.kind {
             RecordKind::Event => serde_json::from_slice(&plain).map(Entry::Event),
             RecordKind::Action => serde_json::from_slice(&plain).map(Entry::Action),
-            RecordKind::Member | RecordKind::Keys => return Err(Refusal::Unreadable),
+            RecordKind::Member | RecordKind::Keys | RecordKind::User => return Err(Refusal::Unreadable),
         }
         .map_err(|_| Refusal::Unreadable)
     }

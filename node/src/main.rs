@@ -826,11 +826,15 @@ fn user(cmd: UserCommand) -> Result<ExitCode> {
             let role = Role::parse(&role).context("--role is manager or security")?;
             let password = read_password(password_stdin)?;
             Users::new(&data).add(&name, role, &password)?;
-            println!("user {name} ({role:?}) saved in {}", data.display());
+            println!(
+                "user {name} ({role:?}) saved in {}; every node of the store takes it once this node runs",
+                data.display()
+            );
         }
         UserCommand::Remove { data, name } => {
-            Users::new(&data).remove(&name)?;
-            println!("user {name} removed");
+            let here = Users::new(&data).remove(&name)?;
+            let whose = if here { "" } else { " (not in this node's file: removed from the store all the same)" };
+            println!("user {name} removed{whose}; every node of the store ends its sessions once this node runs");
         }
         UserCommand::List { data } => {
             for u in Users::new(&data).load()? {
@@ -1044,6 +1048,13 @@ mod daemon {
         tokio::spawn(async move {
             if let Err(e) = lpmesh_node::ui::feed(feed_state, retention).await {
                 tracing::error!(error = %e, "the UI's incident view stopped");
+            }
+        });
+        // `lpmesh user add|remove` on this node reaches every node of the store through the log.
+        let users_state = state.clone();
+        tokio::spawn(async move {
+            if let Err(e) = lpmesh_node::ui::publish_users(users_state).await {
+                tracing::error!(error = %e, "user changes are no longer published to the store");
             }
         });
         let addr: std::net::SocketAddr = cfg.ui.listen.parse().context("[ui] listen")?;

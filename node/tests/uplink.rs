@@ -304,7 +304,7 @@ impl Store {
                 let e = match r.kind {
                     RecordKind::Event => Entry::Event(serde_json::from_slice(&p).unwrap()),
                     RecordKind::Action => Entry::Action(serde_json::from_slice(&p).unwrap()),
-                    RecordKind::Member | RecordKind::Keys => {
+                    RecordKind::Member | RecordKind::Keys | RecordKind::User => {
                         ledger.add(r.origin, r.seq, None);
                         continue;
                     }

@@ -38,7 +38,7 @@ pub const HASHING_SLOTS: usize = 2;
 pub const HASHING_QUEUE: usize = 32;
 pub const HASHING_WAIT: Duration = Duration::from_secs(5);
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
     /// Everything: incidents, zones, users' invites.
@@ -75,8 +75,6 @@ pub enum UserError {
     BadName,
     #[error("passwords need at least 8 characters")]
     WeakPassword,
-    #[error("no user {0:?}")]
-    NoSuchUser(String),
     #[error("cannot hash the password: {0}")]
     Hash(String),
 }
@@ -97,8 +95,84 @@ fn verify(hash: &str, password: &str) -> bool {
     PasswordHash::new(hash).is_ok_and(|h| Argon2::default().verify_password(password.as_bytes(), &h).is_ok())
 }
 
-/// The users file of a data directory.
+/// What a `user` record says: a tablet user of the whole store, set or removed on one node. The
+/// argon2 hash travels inside the store's encrypted log, like everything else in it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserRecord {
+    pub name: String,
+    /// `None`: removed from the store.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<Role>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash: Option<String>,
+    pub at_ms: i64,
+}
+
+impl UserRecord {
+    /// A valid name, and a role with an argon2 hash or neither.
+    pub fn is_well_formed(&self) -> bool {
+        valid_name(&self.name)
+            && match (&self.role, &self.hash) {
+                (Some(_), Some(h)) => h.len() <= 256 && PasswordHash::new(h).is_ok(),
+                (None, None) => true,
+                _ => false,
+            }
+    }
+}
+
+/// Names the store keeps users for (a store has tens).
+pub const MAX_STORE_USERS: usize = 1024;
+/// Changes `lpmesh user` made, waiting for the node to publish them to the store.
+pub const OUTBOX_FILE: &str = "users.outbox";
+
+/// The store's users: per name, the record with the latest signed time (then signer) wins, the same
+/// on every node that holds the same records.
+#[derive(Default)]
+pub struct StoreUsers {
+    map: Mutex<HashMap<String, ((u64, u32, [u8; 32]), UserRecord)>>,
+}
+
+impl StoreUsers {
+    /// Folds in a record signed at `hlc` by `signer`; whether it changed what `name` is.
+    pub fn apply(&self, hlc: (u64, u32), signer: [u8; 32], r: UserRecord) -> bool {
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        let key = (hlc.0, hlc.1, signer);
+        match map.get(&r.name) {
+            Some((k, _)) if *k >= key => false,
+            None if map.len() >= MAX_STORE_USERS => false,
+            _ => {
+                map.insert(r.name.clone(), (key, r));
+                true
+            }
+        }
+    }
+
+    pub fn get(&self, name: &str) -> Option<UserRecord> {
+        self.map
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .map(|(_, r)| r.clone())
+    }
+
+    /// The users the store has now (removed ones left out), by name.
+    pub fn list(&self) -> Vec<(String, Role)> {
+        let mut v: Vec<(String, Role)> = self
+            .map
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .filter_map(|(_, r)| r.role.map(|role| (r.name.clone(), role)))
+            .collect();
+        v.sort();
+        v
+    }
+}
+
+/// The users file of a data directory, and the store's users.
 pub struct Users {
+    store: StoreUsers,
     path: PathBuf,
     cache: Mutex<(Option<SystemTime>, Vec<User>)>,
     /// Verifying against this when the user does not exist keeps the timing the same.
@@ -108,6 +182,7 @@ pub struct Users {
 impl Users {
     pub fn new(data_dir: &Path) -> Users {
         Users {
+            store: StoreUsers::default(),
             path: data_dir.join(USERS_FILE),
             cache: Mutex::new((None, Vec::new())),
             dummy: hash_password("not-a-real-password").unwrap_or_default(),
@@ -168,41 +243,146 @@ impl Users {
         }
         let mut users = self.load()?;
         users.retain(|u| u.name != name);
+        let now = chrono::Utc::now().timestamp_millis();
+        let hash = hash_password(password)?;
         users.push(User {
             name: name.to_string(),
             role,
-            hash: hash_password(password)?,
-            created_ms: chrono::Utc::now().timestamp_millis(),
+            hash: hash.clone(),
+            created_ms: now,
         });
         users.sort_by(|a, b| a.name.cmp(&b.name));
-        self.save(&users)
+        self.save(&users)?;
+        self.queue(&UserRecord {
+            name: name.to_string(),
+            role: Some(role),
+            hash: Some(hash),
+            at_ms: now,
+        })
     }
 
-    pub fn remove(&self, name: &str) -> Result<(), UserError> {
+    /// Removes a user from the whole store: from this node's file, and by a record every node takes
+    /// once this node runs. Whether this node's file had the user (one added on another node is
+    /// removed all the same: this process cannot see the store's list).
+    pub fn remove(&self, name: &str) -> Result<bool, UserError> {
+        if !valid_name(name) {
+            return Err(UserError::BadName);
+        }
         let mut users = self.load()?;
         let before = users.len();
         users.retain(|u| u.name != name);
-        if users.len() == before {
-            return Err(UserError::NoSuchUser(name.to_string()));
+        let here = users.len() != before;
+        if here {
+            self.save(&users)?;
         }
-        self.save(&users)
+        // Queued even when this node's file never had the user: it may be one added on another node.
+        self.queue(&UserRecord {
+            name: name.to_string(),
+            role: None,
+            hash: None,
+            at_ms: chrono::Utc::now().timestamp_millis(),
+        })?;
+        Ok(here)
+    }
+
+    /// Whether `name` is a user's (for the log of a failed login).
+    pub fn has(&self, name: &str) -> bool {
+        self.role_of(name).is_some()
+    }
+
+    /// The user's role and hash: the store's record when there is one (a removal included), else
+    /// this node's file (users from before the store kept them, until they are published).
+    pub(crate) fn find(&self, name: &str) -> Option<(Role, String)> {
+        if let Some(u) = self.store.get(name) {
+            return u.role.zip(u.hash);
+        }
+        let users = self.load().ok()?;
+        users.into_iter().find(|u| u.name == name).map(|u| (u.role, u.hash))
+    }
+
+    /// The role `name` holds now (`None`: no such user, or removed): sessions are checked against it.
+    pub fn role_of(&self, name: &str) -> Option<Role> {
+        self.find(name).map(|(role, _)| role)
     }
 
     /// The user's role if the password is right.
-    /// Whether `name` is a user's (for the log of a failed login).
-    pub fn has(&self, name: &str) -> bool {
-        self.load().is_ok_and(|users| users.iter().any(|u| u.name == name))
-    }
-
     pub fn check(&self, name: &str, password: &str) -> Option<Role> {
-        let users = self.load().ok()?;
-        match users.iter().find(|u| u.name == name) {
-            Some(u) => verify(&u.hash, password).then_some(u.role),
+        match self.find(name) {
+            Some((role, hash)) => verify(&hash, password).then_some(role),
             None => {
                 let _ = verify(&self.dummy, password);
                 None
             }
         }
+    }
+
+    /// The store's users as their records say.
+    pub fn store(&self) -> &StoreUsers {
+        &self.store
+    }
+
+    /// This node's users that the store has no record of (they predate it): to publish at start.
+    pub fn unpublished(&self) -> Vec<UserRecord> {
+        let now = chrono::Utc::now().timestamp_millis();
+        self.load()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|u| self.store.get(&u.name).is_none())
+            .map(|u| UserRecord {
+                name: u.name,
+                role: Some(u.role),
+                hash: Some(u.hash),
+                at_ms: now,
+            })
+            .collect()
+    }
+
+    /// Queues again changes that could not be published.
+    pub fn requeue(&self, changes: &[UserRecord]) -> Result<(), UserError> {
+        changes.iter().try_for_each(|r| self.queue(r))
+    }
+
+    /// Takes the changes `lpmesh user` queued for the store, oldest first, and empties the queue.
+    pub fn take_outbox(&self) -> Vec<UserRecord> {
+        let path = self.outbox();
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            return Vec::new();
+        };
+        let taken: Vec<UserRecord> = text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<UserRecord>(l).ok())
+            .filter(UserRecord::is_well_formed)
+            .take(MAX_STORE_USERS)
+            .collect();
+        if let Err(e) = std::fs::remove_file(&path) {
+            tracing::warn!(path = %path.display(), error = %e, "cannot empty the user changes queued for the store");
+        }
+        taken
+    }
+
+    fn outbox(&self) -> PathBuf {
+        self.path.with_file_name(OUTBOX_FILE)
+    }
+
+    /// Queues a change for the store (published by the running node, or at its next start).
+    fn queue(&self, r: &UserRecord) -> Result<(), UserError> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let path = self.outbox();
+        let file = |e: std::io::Error| UserError::File {
+            path: path.clone(),
+            reason: e.to_string(),
+        };
+        let mut line = serde_json::to_vec(r).map_err(|e| UserError::Hash(e.to_string()))?;
+        line.push(b'\n');
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(file)?;
+        f.write_all(&line).map_err(file)?;
+        f.sync_all().map_err(file)
     }
 }
 
@@ -264,6 +444,15 @@ impl Sessions {
 
     pub fn remove(&self, token: &str) {
         self.map.lock().unwrap_or_else(|p| p.into_inner()).remove(token);
+    }
+
+    /// Whether the session is still open (without counting this as a use).
+    pub fn alive(&self, token: &str) -> bool {
+        self.map
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(token)
+            .is_some_and(|s| s.last_used.elapsed() < SESSION_IDLE)
     }
 
     /// Ends every session of a user (removed, or password changed).
@@ -457,9 +646,57 @@ mod tests {
         // Another process (`lpmesh user add`) changes the file: seen without a restart.
         Users::new(&dir).add("guard", Role::Security, "night shift 1").unwrap();
         assert_eq!(users.check("guard", "night shift 1"), Some(Role::Security));
-        users.remove("guard").unwrap();
-        assert!(users.remove("guard").is_err());
+        assert!(users.remove("guard").unwrap());
+        assert!(!users.remove("guard").unwrap(), "not in this node's file any more");
+        assert!(matches!(users.remove("bad name"), Err(UserError::BadName)));
+        // Every change waits for the running node to publish it to the store, in order.
+        let queued = users.take_outbox();
+        let what: Vec<(&str, Option<Role>)> = queued.iter().map(|r| (r.name.as_str(), r.role)).collect();
+        assert_eq!(
+            what,
+            [("guard", Some(Role::Security)), ("guard", None), ("guard", None)]
+        );
+        assert!(users.take_outbox().is_empty(), "taken once");
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn the_latest_user_record_wins_the_same_on_every_node_and_the_list_is_bounded() {
+        let hash = hash_password("night shift 1").unwrap();
+        let rec = |name: &str, role: Option<Role>, at_ms| UserRecord {
+            name: name.into(),
+            role,
+            hash: role.map(|_| hash.clone()),
+            at_ms,
+        };
+        let records = [
+            ((10, 0), [1; 32], rec("sam", Some(Role::Manager), 1)),
+            ((11, 0), [2; 32], rec("sam", None, 2)),
+            ((11, 0), [3; 32], rec("kim", Some(Role::Security), 2)),
+            ((11, 0), [1; 32], rec("kim", Some(Role::Manager), 2)),
+        ];
+        for order in [[0, 1, 2, 3], [3, 2, 1, 0], [1, 3, 0, 2]] {
+            let s = StoreUsers::default();
+            for i in order {
+                let (hlc, signer, r) = &records[i];
+                s.apply(*hlc, *signer, r.clone());
+            }
+            assert_eq!(s.get("sam").unwrap().role, None, "removed later: removed");
+            assert_eq!(s.list(), vec![("kim".to_string(), Role::Security)], "a tie goes to the larger signer");
+        }
+        assert!(rec("sam", Some(Role::Manager), 0).is_well_formed());
+        assert!(rec("sam", None, 0).is_well_formed());
+        assert!(!rec("bad name", None, 0).is_well_formed());
+        let half = UserRecord {
+            hash: Some("not a hash".into()),
+            ..rec("sam", Some(Role::Manager), 0)
+        };
+        assert!(!half.is_well_formed());
+        let s = StoreUsers::default();
+        for i in 0..MAX_STORE_USERS + 5 {
+            s.apply((1, 0), [0; 32], rec(&format!("u{i}"), None, 0));
+        }
+        assert_eq!(s.map.lock().unwrap().len(), MAX_STORE_USERS);
     }
 
     #[test]

@@ -188,6 +188,10 @@ impl UiState {
 
     /// Folds one record into the incident view and tells open pages.
     pub fn take(&self, r: &Record) -> Option<Change> {
+        if r.kind == RecordKind::User {
+            self.take_user(r);
+            return None;
+        }
         // Decrypted and parsed before the lock: pages reading the view do not wait on it.
         let entry = self.reader.open(r)?;
         let change = {
@@ -221,6 +225,64 @@ struct LiveMsg<'a> {
 
 /// Reads the whole log into the view, then follows new records. Runs until the mesh stops. With a
 /// retention, incidents the log no longer holds leave the view too.
+impl UiState {
+    /// Folds in a store user record; a user removed, or given another role or password, is logged
+    /// out on this node at once (their live stream ends within [`STREAM_CHECK`]).
+    fn take_user(&self, r: &Record) {
+        let Some(u) = self.reader.user(r) else {
+            return;
+        };
+        let name = u.name.clone();
+        let before = self.users.find(&name);
+        if self.users.store().apply((r.hlc.wall_ms, r.hlc.logical), r.origin.0, u)
+            && before.is_some()
+            && self.users.find(&name) != before
+        {
+            self.sessions.remove_user(&name);
+            tracing::info!(user = %name, "a store user was removed or changed: their sessions on this node ended");
+        }
+    }
+}
+
+/// Publishes this node's user changes to the store: at start the users of its file the store has no
+/// record of (they predate store-wide users), then whatever `lpmesh user` queues, every second.
+pub async fn publish_users(state: Arc<UiState>) -> Result<(), MeshError> {
+    // The store's list first, so a user removed elsewhere is not published again from this file.
+    crate::node::read_log(&state.mesh, |r| {
+        if r.kind == RecordKind::User {
+            state.take_user(r);
+        }
+    })
+    .await?;
+    let mut first = state.users.unpublished();
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let mut batch = std::mem::take(&mut first);
+        batch.extend(state.users.take_outbox());
+        if batch.is_empty() {
+            continue;
+        }
+        let items: Vec<(RecordKind, Vec<u8>)> = batch
+            .iter()
+            .filter_map(|u| Some((RecordKind::User, serde_json::to_vec(u).ok()?)))
+            .collect();
+        match state.mesh.append(items).await {
+            Ok(_) => tracing::info!(changes = batch.len(), "user changes published to the store"),
+            Err(e) => {
+                // Queued again, after anything `lpmesh user` queued meanwhile: tried next second.
+                tracing::error!(error = %e, "cannot publish user changes to the store yet");
+                if let Err(e) = state.users.requeue(&batch) {
+                    tracing::error!(error = %e, "user changes lost: run `lpmesh user` again");
+                }
+            }
+        }
+    }
+}
+
+/// A live stream whose session ended (logout, user removed) is closed within this.
+pub const STREAM_CHECK: std::time::Duration = std::time::Duration::from_secs(2);
+
 pub async fn feed(state: Arc<UiState>, retention: Option<std::time::Duration>) -> Result<(), MeshError> {
     let mut sub = state.mesh.subscribe();
     scan(&state).await?;
@@ -297,9 +359,16 @@ impl FromRequestParts<Arc<UiState>> for Authed {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &Arc<UiState>) -> Result<Self, Self::Rejection> {
-        let session = cookie_token(&parts.headers)
-            .and_then(|t| state.sessions.get(&t))
+        let token = cookie_token(&parts.headers);
+        let session = token
+            .as_deref()
+            .and_then(|t| state.sessions.get(t))
             .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "log in first"))?;
+        // The store's user list decides: removed or given another role elsewhere, the session ends.
+        if state.users.role_of(&session.user) != Some(session.role) {
+            state.sessions.remove_user(&session.user);
+            return Err(ApiError::new(StatusCode::UNAUTHORIZED, "log in again"));
+        }
         if !matches!(parts.method, Method::GET | Method::HEAD) {
             let sent = parts.headers.get("x-csrf-token").and_then(|v| v.to_str().ok());
             if sent != Some(session.csrf.as_str()) {
@@ -744,17 +813,29 @@ async fn act(
 
 async fn stream(
     State(state): State<Arc<UiState>>,
+    headers: HeaderMap,
     Authed(_): Authed,
 ) -> Sse<impl futures::Stream<Item = Result<SseEvent, std::convert::Infallible>>> {
     let rx = state.live.subscribe();
-    let s = futures::stream::unfold(rx, |mut rx| async move {
-        let ev = match rx.recv().await {
-            Ok(json) => SseEvent::default().event("incident").data(json.as_ref()),
-            // Too slow to keep up: the page reloads its list rather than miss changes.
-            Err(broadcast::error::RecvError::Lagged(_)) => SseEvent::default().event("resync").data("{}"),
-            Err(broadcast::error::RecvError::Closed) => return None,
+    let token = cookie_token(&headers).unwrap_or_default();
+    let mut check = tokio::time::interval(STREAM_CHECK);
+    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let s = futures::stream::unfold((rx, check, state, token), |(mut rx, mut check, state, token)| async move {
+        let ev = loop {
+            tokio::select! {
+                r = rx.recv() => break match r {
+                    Ok(json) => SseEvent::default().event("incident").data(json.as_ref()),
+                    // Too slow to keep up: the page reloads its list rather than miss changes.
+                    Err(broadcast::error::RecvError::Lagged(_)) => SseEvent::default().event("resync").data("{}"),
+                    Err(broadcast::error::RecvError::Closed) => return None,
+                },
+                // A session that ended (logout, the user removed on any node) stops its stream.
+                _ = check.tick() => if !state.sessions.alive(&token) {
+                    return None;
+                },
+            }
         };
-        Some((Ok(ev), rx))
+        Some((Ok(ev), (rx, check, state, token)))
     });
     Sse::new(s).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
 }
