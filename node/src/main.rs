@@ -833,7 +833,11 @@ fn user(cmd: UserCommand) -> Result<ExitCode> {
         }
         UserCommand::Remove { data, name } => {
             let here = Users::new(&data).remove(&name)?;
-            let whose = if here { "" } else { " (not in this node's file: removed from the store all the same)" };
+            let whose = if here {
+                ""
+            } else {
+                " (not in this node's file: removed from the store all the same)"
+            };
             println!("user {name} removed{whose}; every node of the store ends its sessions once this node runs");
         }
         UserCommand::List { data } => {

@@ -21,7 +21,11 @@ struct Node {
 
 /// A node; `file_users` are in its users file from before store-wide users (nothing queued).
 async fn node(secrets: &StoreSecrets, name: &str, bootstrap: Vec<String>, file_users: &[(&str, Role, &str)]) -> Node {
-    let dir = std::env::temp_dir().join(format!("lpmesh-users-{name}-{}-{}", std::process::id(), rand::random::<u32>()));
+    let dir = std::env::temp_dir().join(format!(
+        "lpmesh-users-{name}-{}-{}",
+        std::process::id(),
+        rand::random::<u32>()
+    ));
     std::fs::create_dir_all(&dir).unwrap();
     for (user, role, password) in file_users {
         Users::new(&dir).add(user, *role, password).unwrap();
@@ -59,7 +63,9 @@ async fn send(n: &Node, req: Request<Body>) -> (StatusCode, axum::http::HeaderMa
 async fn login(n: &Node, name: &str, password: &str) -> (StatusCode, Option<String>) {
     let req = Request::post("/api/login")
         .header(header::CONTENT_TYPE, "application/json")
-        .body(Body::from(serde_json::json!({"name": name, "password": password}).to_string()))
+        .body(Body::from(
+            serde_json::json!({"name": name, "password": password}).to_string(),
+        ))
         .unwrap();
     let (s, h, _) = send(n, req).await;
     let cookie = h
@@ -69,7 +75,10 @@ async fn login(n: &Node, name: &str, password: &str) -> (StatusCode, Option<Stri
 }
 
 async fn me(n: &Node, cookie: &str) -> StatusCode {
-    let req = Request::get("/api/me").header(header::COOKIE, cookie).body(Body::empty()).unwrap();
+    let req = Request::get("/api/me")
+        .header(header::COOKIE, cookie)
+        .body(Body::empty())
+        .unwrap();
     send(n, req).await.0
 }
 
@@ -88,7 +97,13 @@ async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) -> Duratio
 async fn a_user_added_on_one_node_logs_in_on_another_and_a_removal_anywhere_logs_them_out_everywhere() {
     let secrets = StoreSecrets::generate("shop-users").unwrap();
     // A user from before store-wide users, in node A's file only: published when A starts.
-    let a = node(&secrets, "front", vec![], &[("old-manager", Role::Manager, "from the file")]).await;
+    let a = node(
+        &secrets,
+        "front",
+        vec![],
+        &[("old-manager", Role::Manager, "from the file")],
+    )
+    .await;
     let a_addr = loop {
         if let Some(x) = a.mesh.listen_addrs().await.unwrap().first() {
             break format!("{x}/p2p/{}", a.mesh.peer_id());
@@ -99,7 +114,10 @@ async fn a_user_added_on_one_node_logs_in_on_another_and_a_removal_anywhere_logs
 
     // Added with `lpmesh user add` on A: B takes the login.
     Users::new(&a.dir).add("sam", Role::Security, "night shift 1").unwrap();
-    eventually("sam logs in on B", async || login(&b, "sam", "night shift 1").await.0 == StatusCode::OK).await;
+    eventually("sam logs in on B", async || {
+        login(&b, "sam", "night shift 1").await.0 == StatusCode::OK
+    })
+    .await;
     eventually("the file's user logs in on B", async || {
         login(&b, "old-manager", "from the file").await.0 == StatusCode::OK
     })
@@ -111,7 +129,10 @@ async fn a_user_added_on_one_node_logs_in_on_another_and_a_removal_anywhere_logs
     assert_eq!(s, StatusCode::OK);
     let cookie = cookie.unwrap();
     assert_eq!(me(&a, &cookie).await, StatusCode::OK);
-    let stream_req = Request::get("/api/stream").header(header::COOKIE, &cookie).body(Body::empty()).unwrap();
+    let stream_req = Request::get("/api/stream")
+        .header(header::COOKIE, &cookie)
+        .body(Body::empty())
+        .unwrap();
     let stream = ui::app(a.state.clone()).oneshot(stream_req).await.unwrap();
     assert_eq!(stream.status(), StatusCode::OK);
     let mut body = stream.into_body().into_data_stream();
@@ -123,7 +144,10 @@ async fn a_user_added_on_one_node_logs_in_on_another_and_a_removal_anywhere_logs
     let removed = Users::new(&b.dir).remove("sam").unwrap();
     assert!(!removed, "B's file never had sam: removed from the store all the same");
     let t = Instant::now();
-    let took = eventually("A logged sam out", async || me(&a, &cookie).await == StatusCode::UNAUTHORIZED).await;
+    let took = eventually("A logged sam out", async || {
+        me(&a, &cookie).await == StatusCode::UNAUTHORIZED
+    })
+    .await;
     assert!(took < Duration::from_secs(10), "took {took:?}");
     let ended = tokio::time::timeout(Duration::from_secs(10), stream_end)
         .await
@@ -136,8 +160,13 @@ async fn a_user_added_on_one_node_logs_in_on_another_and_a_removal_anywhere_logs
     // Given another role on A: B's sessions of that user end too.
     let (_, cookie_b) = login(&b, "old-manager", "from the file").await;
     let cookie_b = cookie_b.unwrap();
-    Users::new(&a.dir).add("old-manager", Role::Security, "from the file").unwrap();
-    eventually("B logged old-manager out", async || me(&b, &cookie_b).await == StatusCode::UNAUTHORIZED).await;
+    Users::new(&a.dir)
+        .add("old-manager", Role::Security, "from the file")
+        .unwrap();
+    eventually("B logged old-manager out", async || {
+        me(&b, &cookie_b).await == StatusCode::UNAUTHORIZED
+    })
+    .await;
     let (s, _) = login(&b, "old-manager", "from the file").await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(

@@ -130,8 +130,11 @@ pub const OUTBOX_FILE: &str = "users.outbox";
 /// on every node that holds the same records.
 #[derive(Default)]
 pub struct StoreUsers {
-    map: Mutex<HashMap<String, ((u64, u32, [u8; 32]), UserRecord)>>,
+    map: Mutex<HashMap<String, (SignedAt, UserRecord)>>,
 }
+
+/// A record's signed time (wall ms, logical) and signer: what orders two records of one name.
+type SignedAt = (u64, u32, [u8; 32]);
 
 impl StoreUsers {
     /// Folds in a record signed at `hlc` by `signer`; whether it changed what `name` is.
@@ -654,7 +657,12 @@ mod tests {
         let what: Vec<(&str, Option<Role>)> = queued.iter().map(|r| (r.name.as_str(), r.role)).collect();
         assert_eq!(
             what,
-            [("guard", Some(Role::Security)), ("guard", None), ("guard", None)]
+            [
+                ("sam", Some(Role::Manager)),
+                ("guard", Some(Role::Security)),
+                ("guard", None),
+                ("guard", None)
+            ]
         );
         assert!(users.take_outbox().is_empty(), "taken once");
         let _ = std::fs::remove_dir_all(&dir);
@@ -682,7 +690,11 @@ mod tests {
                 s.apply(*hlc, *signer, r.clone());
             }
             assert_eq!(s.get("sam").unwrap().role, None, "removed later: removed");
-            assert_eq!(s.list(), vec![("kim".to_string(), Role::Security)], "a tie goes to the larger signer");
+            assert_eq!(
+                s.list(),
+                vec![("kim".to_string(), Role::Security)],
+                "a tie goes to the larger signer"
+            );
         }
         assert!(rec("sam", Some(Role::Manager), 0).is_well_formed());
         assert!(rec("sam", None, 0).is_well_formed());

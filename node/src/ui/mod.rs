@@ -820,23 +820,26 @@ async fn stream(
     let token = cookie_token(&headers).unwrap_or_default();
     let mut check = tokio::time::interval(STREAM_CHECK);
     check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    let s = futures::stream::unfold((rx, check, state, token), |(mut rx, mut check, state, token)| async move {
-        let ev = loop {
-            tokio::select! {
-                r = rx.recv() => break match r {
-                    Ok(json) => SseEvent::default().event("incident").data(json.as_ref()),
-                    // Too slow to keep up: the page reloads its list rather than miss changes.
-                    Err(broadcast::error::RecvError::Lagged(_)) => SseEvent::default().event("resync").data("{}"),
-                    Err(broadcast::error::RecvError::Closed) => return None,
-                },
-                // A session that ended (logout, the user removed on any node) stops its stream.
-                _ = check.tick() => if !state.sessions.alive(&token) {
-                    return None;
-                },
-            }
-        };
-        Some((Ok(ev), (rx, check, state, token)))
-    });
+    let s = futures::stream::unfold(
+        (rx, check, state, token),
+        |(mut rx, mut check, state, token)| async move {
+            let ev = loop {
+                tokio::select! {
+                    r = rx.recv() => break match r {
+                        Ok(json) => SseEvent::default().event("incident").data(json.as_ref()),
+                        // Too slow to keep up: the page reloads its list rather than miss changes.
+                        Err(broadcast::error::RecvError::Lagged(_)) => SseEvent::default().event("resync").data("{}"),
+                        Err(broadcast::error::RecvError::Closed) => return None,
+                    },
+                    // A session that ended (logout, the user removed on any node) stops its stream.
+                    _ = check.tick() => if !state.sessions.alive(&token) {
+                        return None;
+                    },
+                }
+            };
+            Some((Ok(ev), (rx, check, state, token)))
+        },
+    );
     Sse::new(s).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
 }
 
