@@ -479,4 +479,59 @@ mod tests {
             }
         ));
     }
+
+    proptest::proptest! {
+        /// Whatever records exist and in whatever order they arrive, every node works out the same
+        /// members, revocations, names and priorities; the founder is always a member, no revoked
+        /// node is, and every other member was admitted by a member.
+        #[test]
+        fn the_member_list_is_a_function_of_the_records_not_of_their_order(
+            records in proptest::collection::vec((1u8..7, 1u8..7, proptest::bool::weighted(0.2), 0u8..3, 0u8..4, 0i64..50), 0..24),
+            seed in proptest::prelude::any::<u64>(),
+        ) {
+            let recs: Vec<((Origin, u64), Membership)> = records
+                .iter()
+                .enumerate()
+                .map(|(i, (by, node, revoked, name, priority, at))| {
+                    let m = Membership {
+                        revoked: *revoked,
+                        priority: *priority,
+                        name: (*name > 0).then(|| format!("n{name}")),
+                        ..Membership::new(&o(*node), *at, None)
+                    };
+                    ((o(*by), i as u64), m)
+                })
+                .collect();
+            let fold = |order: &[usize]| {
+                let mut m = Members::new(Some(o(1)));
+                for &i in order {
+                    m.add(recs[i].0, &recs[i].1);
+                }
+                m
+            };
+            let forward: Vec<usize> = (0..recs.len()).collect();
+            let mut shuffled = forward.clone();
+            let mut x = seed | 1;
+            for i in (1..shuffled.len()).rev() {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                shuffled.swap(i, (x % (i as u64 + 1)) as usize);
+            }
+            let (a, b) = (fold(&forward), fold(&shuffled));
+            proptest::prop_assert_eq!(a.admitted(), b.admitted());
+            proptest::prop_assert_eq!(a.revoked(), b.revoked());
+            proptest::prop_assert_eq!(a.names(), b.names());
+            proptest::prop_assert_eq!(a.priorities(), b.priorities());
+            let members = a.admitted();
+            proptest::prop_assert!(members.contains(&o(1)));
+            proptest::prop_assert!(members.iter().all(|m| !a.revoked().contains(m)));
+            for m in members.iter().filter(|m| **m != o(1)) {
+                let by_member = recs.iter().any(|((by, _), r)| {
+                    !r.revoked && r.node == hex(m) && *by != *m && a.chain().contains(by)
+                });
+                proptest::prop_assert!(by_member, "{} is a member nobody admitted", m);
+            }
+        }
+    }
 }

@@ -389,12 +389,20 @@ impl Users {
     }
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Session {
     pub user: String,
     pub role: Role,
     pub csrf: String,
-    last_used: Instant,
+    /// Wall-clock ms of its last use (saved with it, so it survives a restart).
+    last_used: i64,
+}
+
+impl Session {
+    fn idle(&self, now_ms: i64) -> bool {
+        now_ms.saturating_sub(self.last_used) >= SESSION_IDLE.as_millis() as i64
+    }
 }
 
 /// Random token, 256 bits, URL-safe.
@@ -404,16 +412,94 @@ pub fn token() -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }
 
+/// Where a node keeps its tablets' sessions.
+pub const SESSIONS_FILE: &str = "sessions.json";
+/// A session's use is written to the file at most this often (a login or logout at once).
+const SAVE_USE_EVERY_MS: i64 = 60_000;
+
+/// The tablets' sessions, each under the SHA-256 of its cookie token. Opened on a data directory
+/// they are kept in a file (0600), so a restart logs nobody out, and the file holds no token anyone
+/// could present.
 #[derive(Default)]
 pub struct Sessions {
     map: Mutex<HashMap<String, Session>>,
+    file: Option<PathBuf>,
+    saved_ms: std::sync::atomic::AtomicI64,
+}
+
+fn token_key(token: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(token.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
 }
 
 impl Sessions {
+    /// The sessions kept in `data_dir` (none if the file is missing or unreadable: logged, not fatal).
+    pub fn open(data_dir: &Path) -> Sessions {
+        let path = data_dir.join(SESSIONS_FILE);
+        let mut map: HashMap<String, Session> = match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+                tracing::warn!(path = %path.display(), error = %e, "sessions file unreadable: every tablet logs in again");
+                HashMap::new()
+            }),
+            Err(_) => HashMap::new(),
+        };
+        let now = now_ms();
+        map.retain(|k, s| !s.idle(now) && k.len() == 64);
+        while map.len() > MAX_SESSIONS {
+            let oldest = map.iter().min_by_key(|(_, s)| s.last_used).map(|(k, _)| k.clone());
+            if let Some(k) = oldest {
+                map.remove(&k);
+            }
+        }
+        Sessions {
+            map: Mutex::new(map),
+            file: Some(path),
+            saved_ms: std::sync::atomic::AtomicI64::new(now),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Session>> {
+        self.map.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Writes the sessions to the file (atomically, 0600); a failure is logged: the sessions stay
+    /// valid in memory.
+    fn save(&self, map: &HashMap<String, Session>) {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let Some(path) = &self.file else {
+            return;
+        };
+        self.saved_ms.store(now_ms(), std::sync::atomic::Ordering::Relaxed);
+        let tmp = path.with_extension("json.tmp");
+        let written = serde_json::to_vec(map).map_err(std::io::Error::other).and_then(|json| {
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)?;
+            f.write_all(&json)?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, path)
+        });
+        if let Err(e) = written {
+            tracing::warn!(path = %path.display(), error = %e, "cannot save the sessions: a restart would log tablets out");
+        }
+    }
+
     /// Creates a session; returns its cookie token.
     pub fn create(&self, user: &str, role: Role) -> (String, Session) {
-        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        map.retain(|_, s| s.last_used.elapsed() < SESSION_IDLE);
+        let mut map = self.lock();
+        let now = now_ms();
+        map.retain(|_, s| !s.idle(now));
         while map.len() >= MAX_SESSIONS {
             let oldest = map.iter().min_by_key(|(_, s)| s.last_used).map(|(k, _)| k.clone());
             match oldest {
@@ -427,43 +513,53 @@ impl Sessions {
             user: user.to_string(),
             role,
             csrf: token(),
-            last_used: Instant::now(),
+            last_used: now,
         };
         let t = token();
-        map.insert(t.clone(), s.clone());
+        map.insert(token_key(&t), s.clone());
+        self.save(&map);
         (t, s)
     }
 
     pub fn get(&self, token: &str) -> Option<Session> {
-        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        let s = map.get_mut(token)?;
-        if s.last_used.elapsed() >= SESSION_IDLE {
-            map.remove(token);
+        let key = token_key(token);
+        let mut map = self.lock();
+        let now = now_ms();
+        let s = map.get_mut(&key)?;
+        if s.idle(now) {
+            map.remove(&key);
+            self.save(&map);
             return None;
         }
-        s.last_used = Instant::now();
-        Some(s.clone())
+        s.last_used = now;
+        let out = s.clone();
+        if now.saturating_sub(self.saved_ms.load(std::sync::atomic::Ordering::Relaxed)) >= SAVE_USE_EVERY_MS {
+            self.save(&map);
+        }
+        Some(out)
     }
 
     pub fn remove(&self, token: &str) {
-        self.map.lock().unwrap_or_else(|p| p.into_inner()).remove(token);
+        let mut map = self.lock();
+        if map.remove(&token_key(token)).is_some() {
+            self.save(&map);
+        }
     }
 
     /// Whether the session is still open (without counting this as a use).
     pub fn alive(&self, token: &str) -> bool {
-        self.map
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(token)
-            .is_some_and(|s| s.last_used.elapsed() < SESSION_IDLE)
+        let now = now_ms();
+        self.lock().get(&token_key(token)).is_some_and(|s| !s.idle(now))
     }
 
     /// Ends every session of a user (removed, or password changed).
     pub fn remove_user(&self, user: &str) {
-        self.map
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .retain(|_, s| s.user != user);
+        let mut map = self.lock();
+        let before = map.len();
+        map.retain(|_, s| s.user != user);
+        if map.len() != before {
+            self.save(&map);
+        }
     }
 }
 
@@ -812,5 +908,33 @@ mod tests {
         assert!(s.get(&t1).is_none());
         s.remove_user("sam");
         assert!(s.get(&t2).is_none());
+    }
+
+    #[test]
+    fn sessions_survive_a_restart_and_the_file_holds_no_token() {
+        let dir = std::env::temp_dir().join(format!("lpmesh-sessions-{}", rand::random::<u32>()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let s = Sessions::open(&dir);
+        let (t1, a) = s.create("sam", Role::Manager);
+        let (t2, _) = s.create("kim", Role::Security);
+        let text = std::fs::read_to_string(dir.join(SESSIONS_FILE)).unwrap();
+        assert!(!text.contains(&t1) && !text.contains(&t2), "{text}");
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(dir.join(SESSIONS_FILE)).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        drop(s);
+        let again = Sessions::open(&dir);
+        let back = again.get(&t1).expect("the session outlived the restart");
+        assert_eq!((back.user.as_str(), back.role, back.csrf), ("sam", Role::Manager, a.csrf));
+        assert!(again.get("not a token").is_none());
+        again.remove(&t1);
+        again.remove_user("kim");
+        assert!(Sessions::open(&dir).get(&t1).is_none() && Sessions::open(&dir).get(&t2).is_none());
+        // A damaged file logs everyone out, and nothing else.
+        std::fs::write(dir.join(SESSIONS_FILE), b"{not json").unwrap();
+        assert!(Sessions::open(&dir).get(&t2).is_none());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
