@@ -114,10 +114,11 @@ async fn a_user_added_on_one_node_logs_in_on_another_and_a_removal_anywhere_logs
 
     // Added with `lpmesh user add` on A: B takes the login.
     Users::new(&a.dir).add("sam", Role::Security, "night shift 1").unwrap();
-    eventually("sam logs in on B", async || {
+    let took = eventually("sam logs in on B", async || {
         login(&b, "sam", "night shift 1").await.0 == StatusCode::OK
     })
     .await;
+    eprintln!("added on A: sam logged in on B after {took:?}");
     eventually("the file's user logs in on B", async || {
         login(&b, "old-manager", "from the file").await.0 == StatusCode::OK
     })
@@ -154,6 +155,10 @@ async fn a_user_added_on_one_node_logs_in_on_another_and_a_removal_anywhere_logs
         .expect("the live stream of a removed user ended")
         .unwrap();
     assert!(ended.duration_since(t) < Duration::from_secs(10));
+    eprintln!(
+        "removed on B: A refused the session after {took:?}, its live stream ended after {:?}",
+        ended.duration_since(t)
+    );
     for n in [&a, &b] {
         assert_eq!(login(n, "sam", "night shift 1").await.0, StatusCode::UNAUTHORIZED);
     }

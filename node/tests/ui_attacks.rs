@@ -664,6 +664,11 @@ async fn a_login_flood_runs_argon2_a_few_at_a_time_and_the_real_user_gets_in_aft
         f.state.hashing.peak()
     );
     assert!(f.state.hashing.turned_away() >= busy.len() as u64);
+    eprintln!(
+        "login flood of 200: {refused} checked (401), {} turned away (503), at most {} argon2 at once",
+        busy.len(),
+        f.state.hashing.peak()
+    );
     assert_eq!(
         login_from(&f, "198.51.100.30:1234", "manager", "manager password")
             .await
