@@ -927,7 +927,10 @@ mod tests {
         drop(s);
         let again = Sessions::open(&dir);
         let back = again.get(&t1).expect("the session outlived the restart");
-        assert_eq!((back.user.as_str(), back.role, back.csrf), ("sam", Role::Manager, a.csrf));
+        assert_eq!(
+            (back.user.as_str(), back.role, back.csrf),
+            ("sam", Role::Manager, a.csrf)
+        );
         assert!(again.get("not a token").is_none());
         again.remove(&t1);
         again.remove_user("kim");
