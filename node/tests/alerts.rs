@@ -761,3 +761,118 @@ async fn shutdown_flushes_then_stops_within_the_grace_period() {
     handle.submit(alert(10, "cam9", None));
     assert_eq!(route_stats(&handle, "ok").dropped, 1);
 }
+
+/// Receives webhooks over https with a certificate of its own CA, keeping each request's headers.
+struct TlsReceiver {
+    url: String,
+    ca_pem: PathBuf,
+    got: Arc<Mutex<Vec<(HeaderMap, Vec<u8>)>>>,
+    _dir: tempdir::Dir,
+}
+
+mod tempdir {
+    pub struct Dir(pub std::path::PathBuf);
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+async fn tls_receiver() -> TlsReceiver {
+    let dir = std::env::temp_dir().join(format!("lpmesh-hook-tls-{}-{}", std::process::id(), rand::random::<u32>()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cert = lpmesh_hq::tls::load_or_create_cert(&dir, None, None, &["127.0.0.1".to_string()]).unwrap();
+    let ca_pem = dir.join("receiver-ca.pem");
+    std::fs::write(&ca_pem, &cert.cert_pem).unwrap();
+    let got: Arc<Mutex<Vec<(HeaderMap, Vec<u8>)>>> = Arc::default();
+    let keep = got.clone();
+    let app = axum::Router::new().route(
+        "/hooks/lp",
+        axum::routing::post(move |headers: HeaderMap, body: axum::body::Bytes| {
+            let keep = keep.clone();
+            async move {
+                keep.lock().unwrap().push((headers, body.to_vec()));
+                StatusCode::OK
+            }
+        }),
+    );
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let tls = axum_server::tls_rustls::RustlsConfig::from_pem(cert.cert_pem.clone(), cert.key_pem.clone())
+        .await
+        .unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let _ = axum_server::from_tcp_rustls(listener, tls).unwrap().serve(app.into_make_service()).await;
+    });
+    TlsReceiver {
+        url: format!("https://127.0.0.1:{}/hooks/lp", addr.port()),
+        ca_pem,
+        got,
+        _dir: tempdir::Dir(dir),
+    }
+}
+
+/// A security team's receiver: https with its own CA, and every alert signed with the shared secret
+/// over its time and body; a route that does not trust that CA delivers nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhooks_are_signed_and_reach_an_https_receiver_of_its_own_ca() {
+    let rx = tls_receiver().await;
+    let secret_file = rx.ca_pem.with_file_name("hook.secret");
+    std::fs::write(&secret_file, "  3f1b9c0e8a7d6c5b4a392817f6e5d4c3\n").unwrap();
+    let a = start(vec![
+        RouteConfig {
+            cooldown_secs: 0.0,
+            secret_file: Some(secret_file.display().to_string()),
+            ca_file: Some(rx.ca_pem.display().to_string()),
+            ..webhook_route("signed", &rx.url)
+        },
+        RouteConfig {
+            cooldown_secs: 0.0,
+            ..webhook_route("system-roots", &rx.url)
+        },
+    ]);
+    let sent = alert(0, "door", Some("exit"));
+    a.submit(sent.clone());
+    let (headers, body) = wait_for("the signed alert", Duration::from_secs(10), || {
+        rx.got.lock().unwrap().first().cloned()
+    })
+    .await;
+    assert_eq!(serde_json::from_slice::<Alert>(&body).unwrap(), sent);
+    let at: i64 = headers[lpmesh_node::alerts::webhook::TIMESTAMP_HEADER].to_str().unwrap().parse().unwrap();
+    assert!((chrono::Utc::now().timestamp() - at).abs() < 60);
+    let sig = headers[lpmesh_node::alerts::webhook::SIGNATURE_HEADER].to_str().unwrap();
+    // What the receiver computes with the secret (trimmed as the node trims it).
+    let secret = b"3f1b9c0e8a7d6c5b4a392817f6e5d4c3";
+    assert_eq!(sig, lpmesh_node::alerts::webhook::signature(secret, at, &body));
+    assert_ne!(sig, lpmesh_node::alerts::webhook::signature(secret, at + 1, &body), "bound to its time");
+    assert_ne!(sig, lpmesh_node::alerts::webhook::signature(b"another secret, as long", at, &body));
+    let mut tampered = body.clone();
+    tampered[2] ^= 1;
+    assert_ne!(sig, lpmesh_node::alerts::webhook::signature(secret, at, &tampered), "bound to its body");
+    // The route that trusts only the system's CAs refused the receiver's certificate.
+    wait_for("the untrusting route to fail", Duration::from_secs(10), || {
+        (route_stats(&a, "system-roots").failed > 0).then_some(())
+    })
+    .await;
+    assert_eq!(route_stats(&a, "system-roots").sent, 0);
+    assert_eq!(rx.got.lock().unwrap().len(), 1, "only the signed route delivered");
+}
+
+#[test]
+fn a_webhook_secret_that_is_short_missing_or_for_another_route_kind_is_a_config_error() {
+    let dir = std::env::temp_dir().join(format!("lpmesh-hook-cfg-{}", rand::random::<u32>()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let short = dir.join("short");
+    std::fs::write(&short, "letmein").unwrap();
+    let problems = |r: RouteConfig| AlertsConfig { route: vec![r] }.check();
+    let fields = |r: RouteConfig| problems(r).into_iter().map(|(f, _)| f).collect::<Vec<_>>().join(" ");
+    let hook = webhook_route("h", "https://hooks.example/lp");
+    assert!(fields(RouteConfig { secret_file: Some(short.display().to_string()), ..hook.clone() }).contains("secret_file"));
+    assert!(fields(RouteConfig { secret_file: Some("/nonexistent/secret".into()), ..hook.clone() }).contains("secret_file"));
+    assert!(fields(RouteConfig { ca_file: Some("/x.pem".into()), ..webhook_route("p", "http://10.0.0.9/lp") }).contains("ca_file"));
+    assert!(fields(RouteConfig { secret_file: Some(short.display().to_string()), ..mqtt_route("m", 1883) }).contains("secret_file"));
+    let _ = std::fs::remove_dir_all(&dir);
+}

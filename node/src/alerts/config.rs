@@ -62,6 +62,15 @@ pub struct RouteConfig {
     /// Webhook only: `http://` (LAN receivers) or `https://` (system roots) URL that alerts are POSTed to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
+    /// Webhook only: a file holding the secret shared with the receiver. Each POST then carries
+    /// `X-Lpmesh-Timestamp` (Unix seconds) and `X-Lpmesh-Signature: v1=<hex HMAC-SHA256 of
+    /// "<timestamp>.<body>">`, so the receiver can refuse forged and replayed alerts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_file: Option<String>,
+    /// Webhook only: a PEM file of the certificate authorities an https receiver's certificate must
+    /// chain to, instead of the system's (a receiver with the company's own CA).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<String>,
     /// Alerts below this severity are not sent on this route.
     #[serde(default = "default_min_severity")]
     pub min_severity: Severity,
@@ -99,12 +108,28 @@ impl Default for RouteConfig {
             topic_prefix: default_topic_prefix(),
             client_id: None,
             url: None,
+            secret_file: None,
+            ca_file: None,
             min_severity: default_min_severity(),
             kinds: Vec::new(),
             hours: Vec::new(),
             cooldown_secs: default_cooldown_secs(),
         }
     }
+}
+
+/// The secret in a webhook route's `secret_file` (surrounding whitespace trimmed): 16 bytes to 4 KiB.
+pub fn read_webhook_secret(path: &str) -> Result<Vec<u8>, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("{path}: {e}"))?;
+    if bytes.len() > 4096 {
+        return Err(format!("{path}: more than 4 KiB: not a secret"));
+    }
+    let text = String::from_utf8_lossy(&bytes);
+    let secret = text.trim().as_bytes().to_vec();
+    if secret.len() < 16 {
+        return Err(format!("{path}: a secret of at least 16 characters (e.g. `openssl rand -hex 32`)"));
+    }
+    Ok(secret)
 }
 
 /// Splits `host[:port]` / `[v6]:port`. The host keeps IPv6 brackets because that is the form a socket
@@ -219,6 +244,12 @@ impl AlertsConfig {
                     if r.url.is_some() {
                         err("url", only("url", "webhook"));
                     }
+                    if r.secret_file.is_some() {
+                        err("secret_file", only("secret_file", "webhook"));
+                    }
+                    if r.ca_file.is_some() {
+                        err("ca_file", only("ca_file", "webhook"));
+                    }
                 }
                 RouteKind::Webhook => {
                     match r.url.as_deref() {
@@ -226,7 +257,14 @@ impl AlertsConfig {
                         Some(u) => {
                             if let Err(m) = parse_webhook_url(u) {
                                 err("url", m);
+                            } else if r.ca_file.is_some() && !u.starts_with("https://") {
+                                err("ca_file", "only for an https:// url".into());
                             }
+                        }
+                    }
+                    if let Some(f) = &r.secret_file {
+                        if let Err(m) = read_webhook_secret(f) {
+                            err("secret_file", m);
                         }
                     }
                     if r.broker.is_some() {
@@ -245,6 +283,12 @@ impl AlertsConfig {
                     }
                     if r.url.is_some() {
                         err("url", only("url", "webhook"));
+                    }
+                    if r.secret_file.is_some() {
+                        err("secret_file", only("secret_file", "webhook"));
+                    }
+                    if r.ca_file.is_some() {
+                        err("ca_file", only("ca_file", "webhook"));
                     }
                 }
             }

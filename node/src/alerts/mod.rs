@@ -46,7 +46,7 @@ mod console;
 pub mod filter;
 pub mod mqtt;
 mod queue;
-mod webhook;
+pub mod webhook;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};

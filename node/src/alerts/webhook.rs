@@ -25,6 +25,8 @@ type HttpsClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 /// The webhook route before it runs.
 pub struct WebhookRoute {
     uri: hyper::Uri,
+    /// The secret alerts are signed with (`secret_file`), if any.
+    secret: Option<Vec<u8>>,
     /// The URL without credentials or query, for logs.
     shown: String,
     client: HttpsClient,
@@ -44,10 +46,20 @@ impl WebhookRoute {
     pub fn new(r: &RouteConfig) -> Result<WebhookRoute, String> {
         let url = r.url.as_deref().ok_or("a webhook route needs `url`")?;
         let uri = parse_webhook_url(url)?;
+        let secret = r.secret_file.as_deref().map(super::config::read_webhook_secret).transpose()?;
         let mut roots = rustls::RootCertStore::empty();
-        // Reading the system store is only worth it when TLS is used; a LAN receiver on http:// does
-        // not need it.
-        if uri.scheme_str() == Some("https") {
+        if let Some(ca) = &r.ca_file {
+            let pem = std::fs::read(ca).map_err(|e| format!("ca_file {ca}: {e}"))?;
+            let certs: Vec<_> = rustls_pemfile::certs(&mut pem.as_slice())
+                .collect::<Result<_, _>>()
+                .map_err(|e| format!("ca_file {ca}: {e}"))?;
+            let (added, _) = roots.add_parsable_certificates(certs);
+            if added == 0 {
+                return Err(format!("ca_file {ca}: no certificate in it"));
+            }
+        } else if uri.scheme_str() == Some("https") {
+            // Reading the system store is only worth it when TLS is used; a LAN receiver on http://
+            // does not need it.
             let found = rustls_native_certs::load_native_certs();
             for e in &found.errors {
                 tracing::warn!(route = %r.name, "reading system certificates: {e}");
@@ -76,15 +88,28 @@ impl WebhookRoute {
             uri.host().unwrap_or(""),
             uri.port().map(|p| format!(":{p}")).unwrap_or_default()
         ) + uri.path();
-        Ok(WebhookRoute { uri, shown, client })
+        Ok(WebhookRoute {
+            uri,
+            secret,
+            shown,
+            client,
+        })
     }
 
     async fn post(&self, body: &Bytes) -> Result<(), AttemptError> {
-        let req = hyper::Request::builder()
+        let mut req = hyper::Request::builder()
             .method(hyper::Method::POST)
             .uri(self.uri.clone())
             .header(hyper::header::CONTENT_TYPE, "application/json")
-            .header(hyper::header::USER_AGENT, concat!("lpmesh/", env!("CARGO_PKG_VERSION")))
+            .header(hyper::header::USER_AGENT, concat!("lpmesh/", env!("CARGO_PKG_VERSION")));
+        if let Some(secret) = &self.secret {
+            // Signed at each attempt: a retry carries a fresh time, so a receiver may refuse old ones.
+            let at = chrono::Utc::now().timestamp();
+            req = req
+                .header(TIMESTAMP_HEADER, at.to_string())
+                .header(SIGNATURE_HEADER, signature(secret, at, body));
+        }
+        let req = req
             .body(Full::new(body.clone()))
             .map_err(|e| AttemptError::Http(e.to_string()))?;
         let attempt = async {
@@ -178,6 +203,25 @@ impl WebhookRoute {
             tracing::info!(route = %shared.name, "webhook alert route stopped");
         }
     }
+}
+
+pub const TIMESTAMP_HEADER: &str = "x-lpmesh-timestamp";
+pub const SIGNATURE_HEADER: &str = "x-lpmesh-signature";
+
+/// `v1=` and the hex HMAC-SHA256, under `secret`, of `"<at>.<body>"`: what a receiver recomputes
+/// (and compares in constant time) to know the alert came from the store, unchanged, at `at`.
+pub fn signature(secret: &[u8], at: i64, body: &[u8]) -> String {
+    use hmac::Mac;
+    let mut mac = match hmac::Hmac::<sha2::Sha256>::new_from_slice(secret) {
+        Ok(m) => m,
+        // HMAC takes a key of any length: never reached.
+        Err(_) => return String::new(),
+    };
+    mac.update(at.to_string().as_bytes());
+    mac.update(b".");
+    mac.update(body);
+    let tag = mac.finalize().into_bytes();
+    format!("v1={}", tag.iter().map(|b| format!("{b:02x}")).collect::<String>())
 }
 
 /// An error with its causes: hyper's top-level message alone ("client error (Connect)") says little.
