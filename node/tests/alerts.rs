@@ -95,6 +95,20 @@ impl Mosquitto {
         m
     }
 
+    /// A Mosquitto with the configuration given (it must listen on 127.0.0.1:`port`).
+    fn with_conf(dir: &Path, port: u16, text: &str) -> Mosquitto {
+        let conf = dir.join("mosquitto.conf");
+        std::fs::write(&conf, format!("{text}user root\npersistence false\n")).unwrap();
+        let mut m = Mosquitto {
+            child: None,
+            port,
+            conf,
+            log: dir.join("mosquitto.log"),
+        };
+        m.spawn();
+        m
+    }
+
     fn spawn(&mut self) {
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -875,4 +889,86 @@ fn a_webhook_secret_that_is_short_missing_or_for_another_route_kind_is_a_config_
     assert!(fields(RouteConfig { ca_file: Some("/x.pem".into()), ..webhook_route("p", "http://10.0.0.9/lp") }).contains("ca_file"));
     assert!(fields(RouteConfig { secret_file: Some(short.display().to_string()), ..mqtt_route("m", 1883) }).contains("secret_file"));
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// MQTT as a security team runs it: TLS with the store's CA and a password file. A Mosquitto whose TLS
+/// listener admits only the user in its password file (and a plain loopback listener for the test's
+/// subscriber): the route with the password over TLS delivers; one without a password is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt_over_tls_with_a_password_delivers_and_a_route_without_one_is_refused() {
+    let dir = std::env::temp_dir().join(format!("lpmesh-mqtt-tls-{}-{}", std::process::id(), rand::random::<u32>()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let _cleanup = tempdir::Dir(dir.clone());
+    let cert = lpmesh_hq::tls::load_or_create_cert(&dir, None, None, &["127.0.0.1".to_string()]).unwrap();
+    let (cert_file, key_file) = (dir.join("broker.pem"), dir.join("broker.key"));
+    std::fs::write(&cert_file, &cert.cert_pem).unwrap();
+    std::fs::write(&key_file, &cert.key_pem).unwrap();
+    let passwd = dir.join("passwd");
+    let made = Command::new("mosquitto_passwd")
+        .arg("-b")
+        .arg("-c")
+        .arg(&passwd)
+        .args(["lpmesh-front", "broker password 1"])
+        .output()
+        .expect("mosquitto_passwd (Debian package mosquitto)");
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    let password_file = dir.join("front.password");
+    std::fs::write(&password_file, "broker password 1\n").unwrap();
+    let (plain, tls) = (free_port(), free_port());
+    let _broker = Mosquitto::with_conf(
+        &dir,
+        plain,
+        &format!(
+            "per_listener_settings true\nlistener {plain} 127.0.0.1\nallow_anonymous true\n\
+             listener {tls} 127.0.0.1\ncertfile {}\nkeyfile {}\nallow_anonymous false\npassword_file {}\n",
+            cert_file.display(),
+            key_file.display(),
+            passwd.display()
+        ),
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", tls)).is_err() {
+        assert!(Instant::now() < deadline, "the TLS listener did not open");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let sub = Sub::connect(plain, "watcher", true, "lpmesh/#").await;
+    let secured = RouteConfig {
+        cooldown_secs: 0.0,
+        tls: true,
+        ca_file: Some(cert_file.display().to_string()),
+        username: Some("lpmesh-front".into()),
+        password_file: Some(password_file.display().to_string()),
+        client_id: Some("secured".into()),
+        ..mqtt_route("secured", tls)
+    };
+    let anonymous = RouteConfig {
+        cooldown_secs: 0.0,
+        tls: true,
+        ca_file: Some(cert_file.display().to_string()),
+        client_id: Some("anonymous".into()),
+        ..mqtt_route("anonymous", tls)
+    };
+    assert!(AlertsConfig { route: vec![secured.clone(), anonymous.clone()] }.check().is_empty());
+    let a = start(vec![secured, anonymous]);
+    a.submit(alert(0, "door", Some("exit")));
+    wait_for("the alert over TLS", Duration::from_secs(10), || {
+        (!sub.all().is_empty()).then_some(())
+    })
+    .await;
+    wait_for("the anonymous route to be refused", Duration::from_secs(10), || {
+        (route_stats(&a, "anonymous").failed > 0).then_some(())
+    })
+    .await;
+    assert_eq!(route_stats(&a, "anonymous").sent, 0);
+    assert_eq!(route_stats(&a, "secured").sent, 1);
+    assert_eq!(sub.all().len(), 1, "one alert, from the route with the password");
+    // A password to a broker across the network without TLS is a configuration error.
+    let clear = RouteConfig {
+        broker: Some("10.0.0.30:1883".into()),
+        username: Some("lpmesh-front".into()),
+        password_file: Some(password_file.display().to_string()),
+        ..mqtt_route("clear", 1883)
+    };
+    let problems = AlertsConfig { route: vec![clear] }.check();
+    assert!(problems.iter().any(|(f, _)| f.ends_with(".tls")), "{problems:?}");
 }

@@ -67,10 +67,19 @@ pub struct RouteConfig {
     /// "<timestamp>.<body>">`, so the receiver can refuse forged and replayed alerts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_file: Option<String>,
-    /// Webhook only: a PEM file of the certificate authorities an https receiver's certificate must
-    /// chain to, instead of the system's (a receiver with the company's own CA).
+    /// A PEM file of the certificate authorities the receiver's certificate must chain to (an https
+    /// webhook, or an MQTT broker with `tls`), instead of the system's: a company's own CA.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_file: Option<String>,
+    /// MQTT only: connect over TLS (the broker's port for it, usually 8883, goes in `broker`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub tls: bool,
+    /// MQTT only: the user name the broker knows this node by, with `password_file`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// MQTT only: a file holding that user's password.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<String>,
     /// Alerts below this severity are not sent on this route.
     #[serde(default = "default_min_severity")]
     pub min_severity: Severity,
@@ -110,6 +119,9 @@ impl Default for RouteConfig {
             url: None,
             secret_file: None,
             ca_file: None,
+            tls: false,
+            username: None,
+            password_file: None,
             min_severity: default_min_severity(),
             kinds: Vec::new(),
             hours: Vec::new(),
@@ -118,18 +130,52 @@ impl Default for RouteConfig {
     }
 }
 
-/// The secret in a webhook route's `secret_file` (surrounding whitespace trimmed): 16 bytes to 4 KiB.
-pub fn read_webhook_secret(path: &str) -> Result<Vec<u8>, String> {
+/// The secret in a route's `secret_file` or `password_file` (surrounding whitespace trimmed): at
+/// least `min` bytes, at most 4 KiB.
+pub fn read_secret(path: &str, min: usize) -> Result<Vec<u8>, String> {
     let bytes = std::fs::read(path).map_err(|e| format!("{path}: {e}"))?;
     if bytes.len() > 4096 {
         return Err(format!("{path}: more than 4 KiB: not a secret"));
     }
     let text = String::from_utf8_lossy(&bytes);
     let secret = text.trim().as_bytes().to_vec();
-    if secret.len() < 16 {
-        return Err(format!("{path}: a secret of at least 16 characters (e.g. `openssl rand -hex 32`)"));
+    if secret.len() < min {
+        return Err(format!("{path}: a secret of at least {min} characters (e.g. `openssl rand -hex 32`)"));
     }
     Ok(secret)
+}
+
+/// A TLS client configuration that trusts `ca_file`'s certificates, or the system's without one.
+pub fn client_tls(ca_file: Option<&str>) -> Result<std::sync::Arc<rustls::ClientConfig>, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    match ca_file {
+        Some(ca) => {
+            let pem = std::fs::read(ca).map_err(|e| format!("ca_file {ca}: {e}"))?;
+            let certs: Vec<_> = rustls_pemfile::certs(&mut pem.as_slice())
+                .collect::<Result<_, _>>()
+                .map_err(|e| format!("ca_file {ca}: {e}"))?;
+            let (added, _) = roots.add_parsable_certificates(certs);
+            if added == 0 {
+                return Err(format!("ca_file {ca}: no certificate in it"));
+            }
+        }
+        None => {
+            let found = rustls_native_certs::load_native_certs();
+            for e in &found.errors {
+                tracing::warn!("reading system certificates: {e}");
+            }
+            let (added, _ignored) = roots.add_parsable_certificates(found.certs);
+            if added == 0 {
+                return Err("no system root certificates found (install ca-certificates)".into());
+            }
+        }
+    }
+    let tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS setup: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(std::sync::Arc::new(tls))
 }
 
 /// Splits `host[:port]` / `[v6]:port`. The host keeps IPv6 brackets because that is the form a socket
@@ -247,8 +293,33 @@ impl AlertsConfig {
                     if r.secret_file.is_some() {
                         err("secret_file", only("secret_file", "webhook"));
                     }
-                    if r.ca_file.is_some() {
-                        err("ca_file", only("ca_file", "webhook"));
+                    if r.ca_file.is_some() && !r.tls {
+                        err("ca_file", "only with tls = true".into());
+                    }
+                    match (&r.username, &r.password_file) {
+                        (Some(_), None) => err("password_file", "a username needs `password_file`".into()),
+                        (None, Some(_)) => err("username", "`password_file` needs a `username`".into()),
+                        (Some(u), Some(f)) => {
+                            if u.is_empty() || u.len() > 128 {
+                                err("username", "1 to 128 characters".into());
+                            }
+                            if let Err(m) = read_secret(f, 1) {
+                                err("password_file", m);
+                            }
+                            let loopback = r
+                                .broker
+                                .as_deref()
+                                .and_then(|b| parse_broker(b).ok())
+                                .is_some_and(|(h, _)| matches!(h.as_str(), "127.0.0.1" | "localhost" | "[::1]"));
+                            if !r.tls && !loopback {
+                                err(
+                                    "tls",
+                                    "a password to a broker on the network needs tls = true (it would cross the LAN in clear)"
+                                        .into(),
+                                );
+                            }
+                        }
+                        (None, None) => {}
                     }
                 }
                 RouteKind::Webhook => {
@@ -263,8 +334,17 @@ impl AlertsConfig {
                         }
                     }
                     if let Some(f) = &r.secret_file {
-                        if let Err(m) = read_webhook_secret(f) {
+                        if let Err(m) = read_secret(f, 16) {
                             err("secret_file", m);
+                        }
+                    }
+                    for (set, field) in [
+                        (r.tls, "tls"),
+                        (r.username.is_some(), "username"),
+                        (r.password_file.is_some(), "password_file"),
+                    ] {
+                        if set {
+                            err(field, only(field, "mqtt"));
                         }
                     }
                     if r.broker.is_some() {
@@ -288,7 +368,16 @@ impl AlertsConfig {
                         err("secret_file", only("secret_file", "webhook"));
                     }
                     if r.ca_file.is_some() {
-                        err("ca_file", only("ca_file", "webhook"));
+                        err("ca_file", "only for webhook and mqtt routes".into());
+                    }
+                    for (set, field) in [
+                        (r.tls, "tls"),
+                        (r.username.is_some(), "username"),
+                        (r.password_file.is_some(), "password_file"),
+                    ] {
+                        if set {
+                            err(field, only(field, "mqtt"));
+                        }
                     }
                 }
             }

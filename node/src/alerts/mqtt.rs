@@ -119,6 +119,15 @@ impl MqttRoute {
         opts.set_keep_alive(KEEP_ALIVE)
             .set_clean_session(true)
             .set_max_packet_size(MAX_PACKET, MAX_PACKET);
+        if let (Some(user), Some(file)) = (&r.username, &r.password_file) {
+            let password = super::config::read_secret(file, 1)?;
+            let password = String::from_utf8(password).map_err(|_| format!("{file}: the password is not UTF-8"))?;
+            opts.set_credentials(user.clone(), password);
+        }
+        if r.tls {
+            let tls = super::config::client_tls(r.ca_file.as_deref())?;
+            opts.set_transport(rumqttc::Transport::tls_with_config(rumqttc::TlsConfiguration::Rustls(tls)));
+        }
         Ok(MqttRoute {
             opts,
             prefix: r.topic_prefix.clone(),

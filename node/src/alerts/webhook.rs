@@ -46,36 +46,26 @@ impl WebhookRoute {
     pub fn new(r: &RouteConfig) -> Result<WebhookRoute, String> {
         let url = r.url.as_deref().ok_or("a webhook route needs `url`")?;
         let uri = parse_webhook_url(url)?;
-        let secret = r.secret_file.as_deref().map(super::config::read_webhook_secret).transpose()?;
-        let mut roots = rustls::RootCertStore::empty();
-        if let Some(ca) = &r.ca_file {
-            let pem = std::fs::read(ca).map_err(|e| format!("ca_file {ca}: {e}"))?;
-            let certs: Vec<_> = rustls_pemfile::certs(&mut pem.as_slice())
-                .collect::<Result<_, _>>()
-                .map_err(|e| format!("ca_file {ca}: {e}"))?;
-            let (added, _) = roots.add_parsable_certificates(certs);
-            if added == 0 {
-                return Err(format!("ca_file {ca}: no certificate in it"));
-            }
-        } else if uri.scheme_str() == Some("https") {
-            // Reading the system store is only worth it when TLS is used; a LAN receiver on http://
-            // does not need it.
-            let found = rustls_native_certs::load_native_certs();
-            for e in &found.errors {
-                tracing::warn!(route = %r.name, "reading system certificates: {e}");
-            }
-            let (added, _ignored) = roots.add_parsable_certificates(found.certs);
-            if added == 0 {
-                return Err("no system root certificates found for https (install ca-certificates)".into());
-            }
-        }
-        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .map_err(|e| format!("TLS setup: {e}"))?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+        let secret = r
+            .secret_file
+            .as_deref()
+            .map(|f| super::config::read_secret(f, 16))
+            .transpose()?;
+        let tls = if uri.scheme_str() == Some("https") || r.ca_file.is_some() {
+            super::config::client_tls(r.ca_file.as_deref())?
+        } else {
+            // A LAN receiver on http:// needs no certificates: none are read.
+            let empty = rustls::RootCertStore::empty();
+            Arc::new(
+                rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                    .with_safe_default_protocol_versions()
+                    .map_err(|e| format!("TLS setup: {e}"))?
+                    .with_root_certificates(empty)
+                    .with_no_client_auth(),
+            )
+        };
         let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
+            .with_tls_config((*tls).clone())
             .https_or_http()
             .enable_http1()
             .build();
