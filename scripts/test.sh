@@ -17,8 +17,8 @@ cargo fmt --all -- --check
 echo "[test] cargo clippy" >&2
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 # HQ machines build the node without OpenCV and ONNX Runtime: keep that build working.
-echo "[test] cargo check without the vision feature" >&2
-cargo check -p lpmesh-node --no-default-features --quiet
+echo "[test] cargo check without the vision feature (library, binary and the tests that need no pixels)" >&2
+cargo check -p lpmesh-node --no-default-features --all-targets --quiet
 
 # The end-to-end tests run the lpmesh binary: build it first.
 cargo build -p lpmesh-node --quiet
