@@ -776,11 +776,14 @@ async fn shutdown_flushes_then_stops_within_the_grace_period() {
     assert_eq!(route_stats(&handle, "ok").dropped, 1);
 }
 
+/// Each request's headers and body.
+type Received = Arc<Mutex<Vec<(HeaderMap, Vec<u8>)>>>;
+
 /// Receives webhooks over https with a certificate of its own CA, keeping each request's headers.
 struct TlsReceiver {
     url: String,
     ca_pem: PathBuf,
-    got: Arc<Mutex<Vec<(HeaderMap, Vec<u8>)>>>,
+    got: Received,
     _dir: tempdir::Dir,
 }
 
@@ -794,12 +797,16 @@ mod tempdir {
 }
 
 async fn tls_receiver() -> TlsReceiver {
-    let dir = std::env::temp_dir().join(format!("lpmesh-hook-tls-{}-{}", std::process::id(), rand::random::<u32>()));
+    let dir = std::env::temp_dir().join(format!(
+        "lpmesh-hook-tls-{}-{}",
+        std::process::id(),
+        rand::random::<u32>()
+    ));
     std::fs::create_dir_all(&dir).unwrap();
     let cert = lpmesh_hq::tls::load_or_create_cert(&dir, None, None, &["127.0.0.1".to_string()]).unwrap();
     let ca_pem = dir.join("receiver-ca.pem");
     std::fs::write(&ca_pem, &cert.cert_pem).unwrap();
-    let got: Arc<Mutex<Vec<(HeaderMap, Vec<u8>)>>> = Arc::default();
+    let got: Received = Arc::default();
     let keep = got.clone();
     let app = axum::Router::new().route(
         "/hooks/lp",
@@ -819,7 +826,10 @@ async fn tls_receiver() -> TlsReceiver {
     listener.set_nonblocking(true).unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
-        let _ = axum_server::from_tcp_rustls(listener, tls).unwrap().serve(app.into_make_service()).await;
+        let _ = axum_server::from_tcp_rustls(listener, tls)
+            .unwrap()
+            .serve(app.into_make_service())
+            .await;
     });
     TlsReceiver {
         url: format!("https://127.0.0.1:{}/hooks/lp", addr.port()),
@@ -855,17 +865,34 @@ async fn webhooks_are_signed_and_reach_an_https_receiver_of_its_own_ca() {
     })
     .await;
     assert_eq!(serde_json::from_slice::<Alert>(&body).unwrap(), sent);
-    let at: i64 = headers[lpmesh_node::alerts::webhook::TIMESTAMP_HEADER].to_str().unwrap().parse().unwrap();
+    let at: i64 = headers[lpmesh_node::alerts::webhook::TIMESTAMP_HEADER]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!((chrono::Utc::now().timestamp() - at).abs() < 60);
-    let sig = headers[lpmesh_node::alerts::webhook::SIGNATURE_HEADER].to_str().unwrap();
+    let sig = headers[lpmesh_node::alerts::webhook::SIGNATURE_HEADER]
+        .to_str()
+        .unwrap();
     // What the receiver computes with the secret (trimmed as the node trims it).
     let secret = b"3f1b9c0e8a7d6c5b4a392817f6e5d4c3";
     assert_eq!(sig, lpmesh_node::alerts::webhook::signature(secret, at, &body));
-    assert_ne!(sig, lpmesh_node::alerts::webhook::signature(secret, at + 1, &body), "bound to its time");
-    assert_ne!(sig, lpmesh_node::alerts::webhook::signature(b"another secret, as long", at, &body));
+    assert_ne!(
+        sig,
+        lpmesh_node::alerts::webhook::signature(secret, at + 1, &body),
+        "bound to its time"
+    );
+    assert_ne!(
+        sig,
+        lpmesh_node::alerts::webhook::signature(b"another secret, as long", at, &body)
+    );
     let mut tampered = body.clone();
     tampered[2] ^= 1;
-    assert_ne!(sig, lpmesh_node::alerts::webhook::signature(secret, at, &tampered), "bound to its body");
+    assert_ne!(
+        sig,
+        lpmesh_node::alerts::webhook::signature(secret, at, &tampered),
+        "bound to its body"
+    );
     // The route that trusts only the system's CAs refused the receiver's certificate.
     wait_for("the untrusting route to fail", Duration::from_secs(10), || {
         (route_stats(&a, "system-roots").failed > 0).then_some(())
@@ -884,10 +911,26 @@ fn a_webhook_secret_that_is_short_missing_or_for_another_route_kind_is_a_config_
     let problems = |r: RouteConfig| AlertsConfig { route: vec![r] }.check();
     let fields = |r: RouteConfig| problems(r).into_iter().map(|(f, _)| f).collect::<Vec<_>>().join(" ");
     let hook = webhook_route("h", "https://hooks.example/lp");
-    assert!(fields(RouteConfig { secret_file: Some(short.display().to_string()), ..hook.clone() }).contains("secret_file"));
-    assert!(fields(RouteConfig { secret_file: Some("/nonexistent/secret".into()), ..hook.clone() }).contains("secret_file"));
-    assert!(fields(RouteConfig { ca_file: Some("/x.pem".into()), ..webhook_route("p", "http://10.0.0.9/lp") }).contains("ca_file"));
-    assert!(fields(RouteConfig { secret_file: Some(short.display().to_string()), ..mqtt_route("m", 1883) }).contains("secret_file"));
+    assert!(fields(RouteConfig {
+        secret_file: Some(short.display().to_string()),
+        ..hook.clone()
+    })
+    .contains("secret_file"));
+    assert!(fields(RouteConfig {
+        secret_file: Some("/nonexistent/secret".into()),
+        ..hook.clone()
+    })
+    .contains("secret_file"));
+    assert!(fields(RouteConfig {
+        ca_file: Some("/x.pem".into()),
+        ..webhook_route("p", "http://10.0.0.9/lp")
+    })
+    .contains("ca_file"));
+    assert!(fields(RouteConfig {
+        secret_file: Some(short.display().to_string()),
+        ..mqtt_route("m", 1883)
+    })
+    .contains("secret_file"));
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -896,7 +939,11 @@ fn a_webhook_secret_that_is_short_missing_or_for_another_route_kind_is_a_config_
 /// subscriber): the route with the password over TLS delivers; one without a password is refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mqtt_over_tls_with_a_password_delivers_and_a_route_without_one_is_refused() {
-    let dir = std::env::temp_dir().join(format!("lpmesh-mqtt-tls-{}-{}", std::process::id(), rand::random::<u32>()));
+    let dir = std::env::temp_dir().join(format!(
+        "lpmesh-mqtt-tls-{}-{}",
+        std::process::id(),
+        rand::random::<u32>()
+    ));
     std::fs::create_dir_all(&dir).unwrap();
     let _cleanup = tempdir::Dir(dir.clone());
     let cert = lpmesh_hq::tls::load_or_create_cert(&dir, None, None, &["127.0.0.1".to_string()]).unwrap();
@@ -948,7 +995,11 @@ async fn mqtt_over_tls_with_a_password_delivers_and_a_route_without_one_is_refus
         client_id: Some("anonymous".into()),
         ..mqtt_route("anonymous", tls)
     };
-    assert!(AlertsConfig { route: vec![secured.clone(), anonymous.clone()] }.check().is_empty());
+    assert!(AlertsConfig {
+        route: vec![secured.clone(), anonymous.clone()]
+    }
+    .check()
+    .is_empty());
     let a = start(vec![secured, anonymous]);
     a.submit(alert(0, "door", Some("exit")));
     wait_for("the alert over TLS", Duration::from_secs(10), || {

@@ -140,7 +140,9 @@ pub fn read_secret(path: &str, min: usize) -> Result<Vec<u8>, String> {
     let text = String::from_utf8_lossy(&bytes);
     let secret = text.trim().as_bytes().to_vec();
     if secret.len() < min {
-        return Err(format!("{path}: a secret of at least {min} characters (e.g. `openssl rand -hex 32`)"));
+        return Err(format!(
+            "{path}: a secret of at least {min} characters (e.g. `openssl rand -hex 32`)"
+        ));
     }
     Ok(secret)
 }
@@ -170,11 +172,12 @@ pub fn client_tls(ca_file: Option<&str>) -> Result<std::sync::Arc<rustls::Client
             }
         }
     }
-    let tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| format!("TLS setup: {e}"))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    let tls =
+        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .map_err(|e| format!("TLS setup: {e}"))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
     Ok(std::sync::Arc::new(tls))
 }
 

@@ -126,7 +126,9 @@ impl MqttRoute {
         }
         if r.tls {
             let tls = super::config::client_tls(r.ca_file.as_deref())?;
-            opts.set_transport(rumqttc::Transport::tls_with_config(rumqttc::TlsConfiguration::Rustls(tls)));
+            opts.set_transport(rumqttc::Transport::tls_with_config(rumqttc::TlsConfiguration::Rustls(
+                tls,
+            )));
         }
         Ok(MqttRoute {
             opts,
