@@ -39,15 +39,29 @@ try {
     const li = [...document.querySelectorAll('#feed li')].find((e) => !known.includes(e.dataset.id) && e.textContent.includes(kind));
     return li ? li.dataset.id : null;
   }, { known: [...before], kind: kindText }, { timeout: 60000, polling: 100 });
-  const id = await handle.jsonValue();
+  const arrived = await handle.jsonValue();
   result.seen_on_a_after_ms = Date.now() - started;
   result.same_document = await a.evaluate(() => window.__sameDocument === true);
-  result.incident = id;
   await a.screenshot({ path: `${OUT}/2-node-a-incident-arrived.png`, fullPage: true });
-  // The feed moves as incidents arrive: find the item by its id at the moment of the tap.
-  await a.locator(`#feed li[data-id="${id}"]`).click();
+  // What a guard sees by default: medium and above, repeats of one kind at one camera and zone
+  // folded into one row with a count.
+  result.feed = await a.evaluate(() => {
+    const rows = [...document.querySelectorAll('#feed li')];
+    const keys = rows.map((r) => `${r.querySelector('.what').textContent}|${r.querySelector('.where').textContent}`);
+    return {
+      rows: rows.length,
+      below_medium: rows.filter((r) => r.matches('.sev-info, .sev-low')).length,
+      duplicate_rows: keys.length - new Set(keys).size,
+      largest_fold: Math.max(0, ...rows.map((r) => Number(r.dataset.count))),
+    };
+  });
+  // The feed moves as incidents arrive (a repeat folds into the row, which then opens the latest):
+  // tap the row holding the incident, and follow whichever incident it opens.
+  await a.locator(`#feed li[data-ids~="${arrived}"]`).click();
   await a.waitForSelector('#view-incident:not(.hidden)');
-  await a.waitForFunction((want) => document.querySelector('#incident-detail').dataset.id === want, id);
+  const opened = await a.waitForFunction(() => document.querySelector('#incident-detail').dataset.id || null);
+  const id = await opened.jsonValue();
+  result.incident = id;
   await a.click('#btn-ack');
   await a.locator('#incident-state', { hasText: 'acknowledged' }).waitFor({ timeout: 5000 });
   await a.screenshot({ path: `${OUT}/3-node-a-acknowledged.png`, fullPage: true });
@@ -84,6 +98,20 @@ try {
   await b.locator('#zone-hint', { hasText: 'Saved' }).waitFor({ timeout: 10000 });
   await b.screenshot({ path: `${OUT}/7-node-b-zone-saved.png`, fullPage: true });
   result.zone_saved = true;
+  // A guard's phone (390 px wide): the feed in one column, nothing wider than the screen.
+  const phoneCtx = await browser.newContext({ viewport: { width: 390, height: 844 }, isMobile: true });
+  const phone = await phoneCtx.newPage();
+  current = phone;
+  await phone.goto(URL_A);
+  await phone.fill('#login-name', USER);
+  await phone.fill('#login-password', PASS);
+  await phone.click('#login-submit');
+  await phone.waitForSelector('#feed li', { timeout: 15000 });
+  result.phone = await phone.evaluate(() => ({
+    page_width: document.documentElement.scrollWidth,
+    feed_layout: getComputedStyle(document.querySelector('#feed li')).display,
+  }));
+  await phone.screenshot({ path: `${OUT}/8-phone-feed.png`, fullPage: true });
   result.ok = !result.page_errors;
 } catch (e) {
   result.ok = false;

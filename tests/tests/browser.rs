@@ -151,6 +151,14 @@ fn an_incident_on_node_b_reaches_node_a_and_its_acknowledgement_comes_back() {
     for shot in ["2-node-a-incident-arrived.png", "4-node-b-shows-acknowledged.png"] {
         assert!(out_dir.join(shot).metadata().unwrap().len() > 1000, "{shot}");
     }
+    // The live feed a guard reads: medium and above, no row repeating another's kind, camera and
+    // zone (they fold into one with a count), one column on a phone with nothing off the screen.
+    assert!(v["feed"]["rows"].as_u64().unwrap() >= 1, "{v}");
+    assert_eq!(v["feed"]["below_medium"], 0, "{v}");
+    assert_eq!(v["feed"]["duplicate_rows"], 0, "{v}");
+    assert_eq!(v["phone"]["feed_layout"], "grid", "{v}");
+    assert!(v["phone"]["page_width"].as_u64().unwrap() <= 390, "{v}");
+    assert!(out_dir.join("8-phone-feed.png").metadata().unwrap().len() > 1000);
     // The zone drawn in the browser is in B's configuration file, which still validates.
     assert_eq!(v["zone_saved"], true);
     let saved = std::fs::read_to_string(&c2).unwrap();

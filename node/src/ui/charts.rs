@@ -54,14 +54,51 @@ fn esc(s: &str) -> String {
         .replace('"', "&quot;")
 }
 
-fn frame(title: &str, labels: &[(i64, String)], max: u64) -> (String, f64, f64) {
+/// Legend rows start under the title, each this high.
+const LEGEND_Y: f64 = 20.0;
+const LEGEND_ROW: f64 = 14.0;
+
+/// Where each legend entry goes (x, y of its swatch): under the title, left to right, wrapping at
+/// the chart's width; and where the plot then starts, so neither overlaps the title or the bars.
+fn legend_layout(labels: &[&str]) -> (Vec<(f64, f64)>, f64) {
+    let mut out = Vec::with_capacity(labels.len());
+    let (mut x, mut row) = (LEFT, 0usize);
+    for l in labels {
+        let w = 12.0 + 6.2 * l.chars().count() as f64 + 10.0;
+        if x + w > W - 8.0 && x > LEFT {
+            x = LEFT;
+            row += 1;
+        }
+        out.push((x, LEGEND_Y + LEGEND_ROW * row as f64));
+        x += w;
+    }
+    let rows = if labels.is_empty() { 0 } else { row + 1 };
+    (out, TOP + LEGEND_ROW * rows as f64)
+}
+
+/// Draws the legend `legend_layout` placed.
+fn draw_legend(s: &mut String, entries: &[(&str, &str)]) {
+    let labels: Vec<&str> = entries.iter().map(|(_, l)| *l).collect();
+    let (at, _) = legend_layout(&labels);
+    for ((colour, label), (x, y)) in entries.iter().zip(at) {
+        let _ = write!(
+            s,
+            r#"<rect x="{x:.1}" y="{y:.1}" width="9" height="9" fill="{colour}"/><text x="{:.1}" y="{:.1}">{}</text>"#,
+            x + 11.0,
+            y + 9.0,
+            esc(label)
+        );
+    }
+}
+
+fn frame(title: &str, labels: &[(i64, String)], max: u64, top: f64) -> (String, f64, f64) {
     let mut s = String::new();
     let _ = write!(
         s,
         r#"<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {W} {H}" role="img" aria-label="{t}" font-family="sans-serif" font-size="11"><title>{t}</title>"#,
         t = esc(title)
     );
-    let plot_h = H - BOTTOM - TOP;
+    let plot_h = H - BOTTOM - top;
     let step = (W - LEFT - 8.0) / labels.len().max(1) as f64;
     let _ = write!(
         s,
@@ -113,7 +150,10 @@ pub fn footfall(book: &Book, tz: chrono_tz::Tz, now_ms: i64, days: u32) -> Strin
     } else {
         "People in / out per day, last 7 days"
     };
-    let (mut s, step, plot_h) = frame(title, &b, max);
+    let legend = [("#2563eb", "in"), ("#f59e0b", "out")];
+    let (_, top) = legend_layout(&["in", "out"]);
+    let (mut s, step, plot_h) = frame(title, &b, max, top);
+    draw_legend(&mut s, &legend);
     let bw = step * 0.38;
     for (k, (inn, out)) in counts.iter().enumerate() {
         let x = LEFT + step * k as f64 + step * 0.1;
@@ -127,14 +167,7 @@ pub fn footfall(book: &Book, tz: chrono_tz::Tz, now_ms: i64, days: u32) -> Strin
             );
         }
     }
-    let _ = write!(
-        s,
-        r##"<rect x="{}" y="6" width="10" height="10" fill="#2563eb"/><text x="{}" y="15">in</text><rect x="{}" y="6" width="10" height="10" fill="#f59e0b"/><text x="{}" y="15">out</text></svg>"##,
-        W - 110.0,
-        W - 96.0,
-        W - 70.0,
-        W - 56.0
-    );
+    s.push_str("</svg>");
     s
 }
 
@@ -158,11 +191,17 @@ pub fn incidents(book: &Book, tz: chrono_tz::Tz, now_ms: i64, days: u32) -> Stri
     } else {
         "Incidents per day, last 7 days"
     };
-    let (mut s, step, plot_h) = frame(title, &b, max);
     let colour = |kind: &str| {
         let i = EventKind::ALL.iter().position(|k| k.as_str() == kind).unwrap_or(0);
         KIND_COLOURS[i % KIND_COLOURS.len()]
     };
+    let mut seen: Vec<&str> = counts.iter().flat_map(|m| m.keys().copied()).collect();
+    seen.sort();
+    seen.dedup();
+    let (_, top) = legend_layout(&seen);
+    let (mut s, step, plot_h) = frame(title, &b, max, top);
+    let entries: Vec<(&str, &str)> = seen.iter().map(|k| (colour(k), *k)).collect();
+    draw_legend(&mut s, &entries);
     for (k, m) in counts.iter().enumerate() {
         let x = LEFT + step * k as f64 + step * 0.15;
         let mut y = H - BOTTOM;
@@ -178,20 +217,33 @@ pub fn incidents(book: &Book, tz: chrono_tz::Tz, now_ms: i64, days: u32) -> Stri
             );
         }
     }
-    let mut seen: Vec<&str> = counts.iter().flat_map(|m| m.keys().copied()).collect();
-    seen.sort();
-    seen.dedup();
-    let mut lx = W - 8.0;
-    for kind in seen.iter().rev() {
-        lx -= 12.0 + 6.2 * kind.len() as f64;
-        let _ = write!(
-            s,
-            r#"<rect x="{lx:.1}" y="6" width="9" height="9" fill="{}"/><text x="{:.1}" y="15">{}</text>"#,
-            colour(kind),
-            lx + 11.0,
-            esc(kind)
-        );
-    }
     s.push_str("</svg>");
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_legend_sits_under_the_title_and_above_the_plot_however_many_kinds() {
+        let few = ["in", "out"];
+        let all: Vec<&str> = EventKind::ALL.iter().map(|k| k.as_str()).collect();
+        for labels in [&few[..], &all[..]] {
+            let (at, top) = legend_layout(labels);
+            for (i, (x, y)) in at.iter().enumerate() {
+                // The title's baseline is at 14: every swatch starts below it and ends above the plot.
+                assert!(*y >= 18.0 && y + 9.0 < top, "entry {i} at y {y}, plot from {top}");
+                let w = 12.0 + 6.2 * labels[i].chars().count() as f64;
+                assert!(*x >= LEFT && x + w <= W, "entry {i} runs off the chart");
+                // No two entries of one row overlap.
+                for (j, (x2, y2)) in at.iter().enumerate().take(i) {
+                    let w2 = 12.0 + 6.2 * labels[j].chars().count() as f64;
+                    assert!(y2 != y || x2 + w2 <= *x, "entries {j} and {i} overlap");
+                }
+            }
+            assert!(H - BOTTOM - top > 80.0, "the plot keeps most of the chart");
+        }
+        assert_eq!(legend_layout(&[]).1, TOP);
+    }
 }

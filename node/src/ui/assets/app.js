@@ -74,37 +74,74 @@ function connect() {
   source.onopen = () => $('#banner').classList.add('hidden');
 }
 
-function feedItem(i) {
-  const li = el('li', { class: `sev-${i.severity}`, 'data-id': i.id },
-    el('span', { class: `badge ${i.severity}` }, i.severity),
-    el('b', {}, label(i.kind)),
-    el('span', {}, `${i.camera}${i.zone ? ' · ' + i.zone : ''}`),
-    el('span', { class: 'muted' }, fmtTime(i.started_at_ms)),
+// Repeats of one kind at one camera and zone within this long fold into one row: a guard reads what
+// is going on, not 300 lines of the same crowding.
+const FOLD_MS = 10 * 60 * 1000;
+let feedAll = localStorage.getItem('lpmesh-feed-all') === '1';
+
+function feedItem(g) {
+  const i = g.latest;
+  const li = el('li', { class: `sev-${g.severity}`, 'data-id': i.id, 'data-ids': g.ids.join(' '), 'data-count': String(g.count) },
+    el('span', { class: `badge ${g.severity}` }, g.severity),
+    el('b', { class: 'what' }, label(i.kind)),
+    g.count > 1 ? el('span', { class: 'count', title: `${g.count} incidents` }, `×${g.count}`) : '',
+    el('span', { class: 'where' }, `${i.camera}${i.zone ? ' · ' + i.zone : ''}`),
+    el('span', { class: 'muted when' }, fmtTime(i.started_at_ms)),
     el('span', { class: 'state' }, `${label(i.state)}${i.ongoing ? ' · ongoing' : ''}`));
   li.addEventListener('click', () => { location.hash = `#/incident/${encodeURIComponent(i.id)}`; });
   return li;
 }
 
+// The feed's rows: newest first, repeats folded, below medium left out unless "all" is on.
+function feedGroups() {
+  const shown = [...feed.values()]
+    .filter((i) => feedAll || SEVERITY[i.severity] >= SEVERITY.medium)
+    .sort((a, b) => b.started_at_ms - a.started_at_ms);
+  const groups = [];
+  const open = new Map();
+  for (const i of shown) {
+    const key = `${i.kind}|${i.camera}|${i.zone || ''}`;
+    const g = open.get(key);
+    if (g && g.oldest - i.started_at_ms <= FOLD_MS) {
+      g.count += 1;
+      g.ids.push(i.id);
+      g.oldest = i.started_at_ms;
+      if (SEVERITY[i.severity] > SEVERITY[g.severity]) g.severity = i.severity;
+      continue;
+    }
+    const fresh = { latest: i, ids: [i.id], count: 1, oldest: i.started_at_ms, severity: i.severity };
+    open.set(key, fresh);
+    groups.push(fresh);
+  }
+  return groups.slice(0, 100);
+}
+
+function renderFeed(freshId) {
+  const rows = feedGroups().map((g) => {
+    const li = feedItem(g);
+    if (freshId && g.latest.id === freshId) li.classList.add('fresh');
+    return li;
+  });
+  $('#feed').replaceChildren(...rows);
+  $('#feed-empty').classList.toggle('hidden', rows.length > 0);
+}
+
 function upsertFeed(i, fresh) {
   if (i.kind === 'line_crossing') return;
   feed.set(i.id, i);
-  const list = $('#feed');
-  const old = list.querySelector(`li[data-id="${CSS.escape(i.id)}"]`);
-  const li = feedItem(i);
-  if (fresh) li.classList.add('fresh');
-  if (old) old.replaceWith(li);
-  else {
-    const after = [...list.children].find((c) => (feed.get(c.dataset.id) || {}).started_at_ms < i.started_at_ms);
-    list.insertBefore(li, after || null);
+  // Bounded: the oldest incidents leave the page's memory (the Incidents tab has them all).
+  if (feed.size > 1000) {
+    const oldest = [...feed.values()].sort((a, b) => a.started_at_ms - b.started_at_ms).slice(0, feed.size - 1000);
+    oldest.forEach((o) => feed.delete(o.id));
   }
-  while (list.children.length > 100) list.lastChild.remove();
+  renderFeed(fresh ? i.id : null);
 }
 
 async function loadFeed() {
-  const items = await api('GET', '/api/incidents?limit=50');
-  $('#feed').replaceChildren();
+  const items = await api('GET', '/api/incidents?limit=200');
   feed.clear();
-  items.reverse().forEach((i) => upsertFeed(i, false));
+  items.forEach((i) => { if (i.kind !== 'line_crossing') feed.set(i.id, i); });
+  renderFeed(null);
 }
 
 function beep() {
@@ -276,6 +313,12 @@ document.addEventListener('DOMContentLoaded', async () => {
   $('#filters').addEventListener('submit', (ev) => { ev.preventDefault(); loadIncidents(); });
   document.querySelectorAll('#incident-actions button').forEach((b) => b.addEventListener('click', () => act(b.dataset.action)));
   document.querySelectorAll('button.days').forEach((b) => b.addEventListener('click', () => loadCharts(b.dataset.days)));
+  $('#feed-all').checked = feedAll;
+  $('#feed-all').addEventListener('change', () => {
+    feedAll = $('#feed-all').checked;
+    localStorage.setItem('lpmesh-feed-all', feedAll ? '1' : '0');
+    renderFeed(null);
+  });
   $('#enable-alerts').addEventListener('click', async () => {
     alertsOn = true;
     beep();
