@@ -133,6 +133,9 @@ pub struct Member {
 #[derive(Clone, Debug)]
 struct Admission {
     by: Origin,
+    /// The admitting record's seq: two admissions by one member at one time are told apart by it,
+    /// so every node counts the same one whatever the arrival order.
+    seq: u64,
     at_ms: i64,
     invitation: Option<String>,
     priority: u8,
@@ -149,7 +152,9 @@ pub struct Members {
     seen: HashSet<(Origin, u64)>,
     per_signer: HashMap<Origin, usize>,
     /// The founder's node name, from the latest record it signed about itself (it has no admission).
-    founder_name: Option<(i64, String)>,
+    /// Ordered by the founder's own seq, not its claimed time: two records with one time would
+    /// otherwise leave the name to whichever arrived last, different on different nodes.
+    founder_name: Option<(u64, String)>,
 }
 
 impl Members {
@@ -178,8 +183,8 @@ impl Members {
         self.per_signer.insert(key.0, signed + 1);
         if Some(key.0) == self.founder && Some(node) == self.founder && !m.revoked {
             if let Some(name) = m.name.as_ref().filter(|n| crate::config::check_name(n).is_ok()) {
-                if self.founder_name.as_ref().is_none_or(|(at, _)| m.at_ms >= *at) {
-                    self.founder_name = Some((m.at_ms, name.clone()));
+                if self.founder_name.as_ref().is_none_or(|(seq, _)| key.1 > *seq) {
+                    self.founder_name = Some((key.1, name.clone()));
                 }
             }
             return true;
@@ -189,6 +194,7 @@ impl Members {
         } else {
             self.admissions.entry(node).or_default().push(Admission {
                 by: key.0,
+                seq: key.1,
                 at_ms: m.at_ms,
                 invitation: m.invitation.clone(),
                 priority: m.priority,
@@ -238,7 +244,7 @@ impl Members {
         self.admissions.get(o).and_then(|v| {
             v.iter()
                 .filter(|a| members.contains(&a.by) && a.by != *o)
-                .min_by_key(|a| (a.at_ms, a.by))
+                .min_by_key(|a| (a.at_ms, a.by, a.seq))
         })
     }
 
