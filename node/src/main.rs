@@ -85,6 +85,12 @@ enum Command {
         store: String,
         #[arg(long)]
         data: PathBuf,
+        /// Also create the store's first manager (a tablet user of every node), password from the
+        /// terminal or, with --password-stdin, the first line of standard input.
+        #[arg(long)]
+        manager: Option<String>,
+        #[arg(long, requires = "manager")]
+        password_stdin: bool,
     },
     /// Create a single-use invitation for a new node of this store, answered by the node running on
     /// DATA. The token holds no store secret; it expires (15 minutes unless --expires says otherwise).
@@ -660,9 +666,27 @@ fn run(cli: Cli) -> Result<ExitCode> {
             },
             stop_flag(),
         ),
-        Command::Init { store, data } => {
+        Command::Init {
+            store,
+            data,
+            manager,
+            password_stdin,
+        } => {
+            // Checked before anything is created: a refused password leaves no half-made store.
+            let first = match manager {
+                Some(name) => {
+                    let password = read_password(password_stdin)?;
+                    lpmesh_node::ui::auth::check_new_user(&name, &password)?;
+                    Some((name, password))
+                }
+                None => None,
+            };
             let peer = lpmesh_node::node::init(&store, &data)?;
             println!("store {store} created in {}; this node is {peer}", data.display());
+            if let Some((name, password)) = first {
+                lpmesh_node::ui::auth::Users::new(&data).add(&name, lpmesh_node::ui::auth::Role::Manager, &password)?;
+                println!("manager {name} can log in on every node of the store once this node runs");
+            }
             println!(
                 "next: start this node, then `lpmesh invite --data {}` makes a single-use invitation for each other node",
                 data.display()

@@ -432,3 +432,43 @@ fn eval_mot_scores_tracks_against_ground_truth_and_names_bad_lines() {
         "{err}"
     );
 }
+
+/// `lpmesh init --manager` makes the store's first manager with it (queued for the whole store); a
+/// password it would refuse leaves no half-made store behind.
+#[test]
+fn init_creates_the_first_manager_and_a_weak_password_creates_nothing() {
+    use std::io::Write;
+    let dir = TempDir::new("init-manager");
+    let init = |data: &std::path::Path, password: &str| {
+        let mut child = lpmesh()
+            .args(["init", "--store", "shop-m", "--data", &data.to_string_lossy()])
+            .args(["--manager", "alex", "--password-stdin"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        writeln!(child.stdin.take().unwrap(), "{password}").unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let weak = dir.join("weak");
+    let out = init(&weak, "short");
+    assert_clean_failure(&out, &["8 characters"]);
+    assert!(
+        !weak.join("store.secrets").exists(),
+        "a refused manager left a store behind"
+    );
+
+    let data = dir.join("ok");
+    let out = init(&data, "store manager pass");
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("manager alex"));
+    let users = lpmesh_node::ui::auth::Users::new(&data);
+    assert_eq!(
+        users.check("alex", "store manager pass"),
+        Some(lpmesh_node::ui::auth::Role::Manager)
+    );
+    let queued = users.take_outbox();
+    assert_eq!(queued.len(), 1, "published to the store when the node first runs");
+    assert_eq!(queued[0].name, "alex");
+}

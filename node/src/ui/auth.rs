@@ -79,6 +79,17 @@ pub enum UserError {
     Hash(String),
 }
 
+/// Whether `name` and `password` make a user ([`Users::add`] would take them).
+pub fn check_new_user(name: &str, password: &str) -> Result<(), UserError> {
+    if !valid_name(name) {
+        return Err(UserError::BadName);
+    }
+    if password.chars().count() < 8 {
+        return Err(UserError::WeakPassword);
+    }
+    Ok(())
+}
+
 fn valid_name(n: &str) -> bool {
     !n.is_empty() && n.len() <= 32 && n.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
 }
@@ -238,12 +249,7 @@ impl Users {
 
     /// Adds a user, or sets a new password and role for an existing one.
     pub fn add(&self, name: &str, role: Role, password: &str) -> Result<(), UserError> {
-        if !valid_name(name) {
-            return Err(UserError::BadName);
-        }
-        if password.chars().count() < 8 {
-            return Err(UserError::WeakPassword);
-        }
+        check_new_user(name, password)?;
         let mut users = self.load()?;
         users.retain(|u| u.name != name);
         let now = chrono::Utc::now().timestamp_millis();
