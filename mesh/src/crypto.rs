@@ -197,9 +197,16 @@ impl Keyring {
             .as_ref()
             .and_then(|c| ring.epochs.iter().find(|((_, r), _)| r == c))
             .map(|(_, (s, _))| s.clone());
+        let rest = ring
+            .epochs
+            .values()
+            .rev()
+            .filter(|(s, _)| !current.as_ref().is_some_and(|c| Arc::ptr_eq(c, s)))
+            .map(|(s, _)| s.clone());
         let order = current
+            .clone()
             .into_iter()
-            .chain(ring.epochs.values().rev().map(|(s, _)| s.clone()))
+            .chain(rest)
             .chain(std::iter::once(ring.base.clone()));
         let mut last = CryptoError::Decrypt("no key".into());
         for secret in order {

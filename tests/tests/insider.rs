@@ -506,7 +506,8 @@ fn a_revoked_node_is_dropped_by_every_member_and_its_later_records_are_refused()
     peers(1.0, 1.0);
     let settled = now_ms();
     std::thread::sleep(Duration::from_secs(10));
-    // The revoked node's own dials fail already at the network key: the store moved to a new one.
+    // Handshakes now fail at the network key (the revoked node's dials, and the member's first try of
+    // the new key towards it): the store moved to a new one.
     let m = lpmesh_tests::scrape(ops).unwrap_or_default();
     assert!(
         metric(&m, "lpmesh_handshake_failures_total").unwrap_or(0.0) > 0.0,

@@ -341,29 +341,8 @@ impl AlertsConfig {
                             err("secret_file", m);
                         }
                     }
-                    for (set, field) in [
-                        (r.tls, "tls"),
-                        (r.username.is_some(), "username"),
-                        (r.password_file.is_some(), "password_file"),
-                    ] {
-                        if set {
-                            err(field, only(field, "mqtt"));
-                        }
-                    }
-                    if r.broker.is_some() {
-                        err("broker", only("broker", "mqtt"));
-                    }
-                    if r.client_id.is_some() {
-                        err("client_id", only("client_id", "mqtt"));
-                    }
                 }
                 RouteKind::Console => {
-                    if r.broker.is_some() {
-                        err("broker", only("broker", "mqtt"));
-                    }
-                    if r.client_id.is_some() {
-                        err("client_id", only("client_id", "mqtt"));
-                    }
                     if r.url.is_some() {
                         err("url", only("url", "webhook"));
                     }
@@ -373,14 +352,18 @@ impl AlertsConfig {
                     if r.ca_file.is_some() {
                         err("ca_file", "only for webhook and mqtt routes".into());
                     }
-                    for (set, field) in [
-                        (r.tls, "tls"),
-                        (r.username.is_some(), "username"),
-                        (r.password_file.is_some(), "password_file"),
-                    ] {
-                        if set {
-                            err(field, only(field, "mqtt"));
-                        }
+                }
+            }
+            if r.kind != RouteKind::Mqtt {
+                for (set, field) in [
+                    (r.broker.is_some(), "broker"),
+                    (r.client_id.is_some(), "client_id"),
+                    (r.tls, "tls"),
+                    (r.username.is_some(), "username"),
+                    (r.password_file.is_some(), "password_file"),
+                ] {
+                    if set {
+                        err(field, only(field, "mqtt"));
                     }
                 }
             }

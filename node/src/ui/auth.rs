@@ -125,12 +125,31 @@ impl UserRecord {
     pub fn is_well_formed(&self) -> bool {
         valid_name(&self.name)
             && match (&self.role, &self.hash) {
-                (Some(_), Some(h)) => h.len() <= 256 && PasswordHash::new(h).is_ok(),
+                (Some(_), Some(h)) => h.len() <= 256 && affordable_hash(h),
                 (None, None) => true,
                 _ => false,
             }
     }
 }
+
+/// An argon2id hash whose cost a node can pay at login: verifying runs with the parameters the hash
+/// names, so a member publishing one with gigabytes of memory or hours of passes would take a node
+/// down at its real user's next login.
+fn affordable_hash(h: &str) -> bool {
+    let Ok(hash) = PasswordHash::new(h) else {
+        return false;
+    };
+    hash.algorithm == argon2::Algorithm::Argon2id.ident()
+        && argon2::Params::try_from(&hash).is_ok_and(|p| {
+            p.m_cost() <= MAX_HASH_MEMORY_KIB && p.t_cost() <= MAX_HASH_PASSES && p.p_cost() <= MAX_HASH_LANES
+        })
+}
+
+/// The most a user record's hash may ask of a login: several times this node's own (19 MiB, 2 passes,
+/// 1 lane), never more.
+const MAX_HASH_MEMORY_KIB: u32 = 64 * 1024;
+const MAX_HASH_PASSES: u32 = 8;
+const MAX_HASH_LANES: u32 = 4;
 
 /// Names the store keeps users for (a store has tens).
 pub const MAX_STORE_USERS: usize = 1024;
@@ -806,6 +825,21 @@ mod tests {
             ..rec("sam", Some(Role::Manager), 0)
         };
         assert!(!half.is_well_formed());
+        // A hash that would make a login allocate 4 GiB (or use another algorithm) is refused.
+        let salt = "c2FsdHNhbHRzYWx0c2FsdA";
+        let digest = "YWJjZGVmZ2hpamtsbW5vcHFyc3R1dnd4eXphYmNkZWY";
+        for (h, ok) in [
+            (format!("$argon2id$v=19$m=19456,t=2,p=1${salt}${digest}"), true),
+            (format!("$argon2id$v=19$m=4194304,t=2,p=1${salt}${digest}"), false),
+            (format!("$argon2id$v=19$m=19456,t=100000,p=1${salt}${digest}"), false),
+            (format!("$argon2i$v=19$m=19456,t=2,p=1${salt}${digest}"), false),
+        ] {
+            let r = UserRecord {
+                hash: Some(h.clone()),
+                ..rec("sam", Some(Role::Manager), 0)
+            };
+            assert_eq!(r.is_well_formed(), ok, "{h}");
+        }
         let s = StoreUsers::default();
         for i in 0..MAX_STORE_USERS + 5 {
             s.apply((1, 0), [0; 32], rec(&format!("u{i}"), None, 0));
