@@ -8,8 +8,15 @@ use serde::Deserialize;
 #[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HqConfig {
-    /// Address of the HTTPS listener.
+    /// The upload listener (HTTPS), which every store must reach: the upload API only.
     pub listen: SocketAddr,
+    /// The dashboard listener (HTTPS, login required): dashboard, export, metrics. Loopback by
+    /// default; an internal address where analysts reach it, never where the stores do.
+    pub dashboard_listen: SocketAddr,
+    /// The longest span one export request (or store page) may cover, days.
+    pub export_max_days: u32,
+    /// A file holding a bearer token that lets a metrics scraper read `/metrics` without a login.
+    pub metrics_token_file: Option<PathBuf>,
     /// HQ's identity (age), its self-signed certificate if none is configured, and the embedded store.
     pub data_dir: PathBuf,
     /// PostgreSQL connection string (`host=... user=... dbname=...` or `postgresql://...`). Without it,
@@ -28,6 +35,9 @@ impl Default for HqConfig {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([0, 0, 0, 0], 8443)),
+            dashboard_listen: SocketAddr::from(([127, 0, 0, 1], 8444)),
+            export_max_days: DEFAULT_EXPORT_MAX_DAYS,
+            metrics_token_file: None,
             data_dir: PathBuf::from("/var/lib/lpmesh-hq"),
             database_url: None,
             tls_cert: None,
@@ -36,6 +46,14 @@ impl Default for HqConfig {
             max_envelope_bytes: crate::envelope::MAX_ENVELOPE_BYTES,
         }
     }
+}
+
+/// A quarter and a day: the span of a quarterly review.
+pub const DEFAULT_EXPORT_MAX_DAYS: u32 = 93;
+
+/// Whether two listeners would fight over one port.
+fn overlap(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() == b.port() && a.port() != 0 && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +66,25 @@ pub enum HqConfigError {
 }
 
 impl HqConfig {
+    /// The metrics token, if one is configured.
+    pub fn metrics_token(&self) -> Result<Option<String>, HqConfigError> {
+        let Some(path) = &self.metrics_token_file else {
+            return Ok(None);
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| HqConfigError::Read {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        let t = text.trim();
+        if t.len() < 16 {
+            return Err(HqConfigError::Read {
+                path: path.clone(),
+                reason: "the metrics token needs at least 16 characters".into(),
+            });
+        }
+        Ok(Some(t.to_string()))
+    }
+
     pub fn load(path: &Path) -> Result<HqConfig, HqConfigError> {
         let text = std::fs::read_to_string(path).map_err(|e| HqConfigError::Read {
             path: path.to_path_buf(),
@@ -64,6 +101,15 @@ impl HqConfig {
         let cfg: HqConfig = toml::from_str(text).map_err(|e| invalid(e.to_string().trim_end().to_string()))?;
         if cfg.tls_cert.is_some() != cfg.tls_key.is_some() {
             return Err(invalid("tls_cert and tls_key go together: set both or neither".into()));
+        }
+        if overlap(cfg.listen, cfg.dashboard_listen) {
+            return Err(invalid(format!(
+                "dashboard_listen ({}) must differ from listen ({}): the dashboard has its own listener",
+                cfg.dashboard_listen, cfg.listen
+            )));
+        }
+        if !(1..=3660).contains(&cfg.export_max_days) {
+            return Err(invalid("export_max_days must be 1..=3660".into()));
         }
         if cfg.max_envelope_bytes < 1024 || cfg.max_envelope_bytes > crate::envelope::MAX_ENVELOPE_BYTES {
             return Err(invalid(format!(
@@ -96,6 +142,11 @@ mod tests {
         let ok = HqConfig::parse("data_dir = \"/tmp/x\"\n", Path::new("hq.toml")).unwrap();
         assert_eq!(ok.data_dir, PathBuf::from("/tmp/x"));
         assert!(HqConfig::parse("tls_cert = \"/a\"\n", Path::new("hq.toml")).is_err());
+        let e = HqConfig::parse("dashboard_listen = \"127.0.0.1:8443\"\n", Path::new("hq.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("dashboard_listen"), "{e}");
+        assert!(HqConfig::parse("export_max_days = 0\n", Path::new("hq.toml")).is_err());
     }
 
     #[test]

@@ -1,25 +1,32 @@
-//! HQ's dashboard and export. Plain server-rendered HTML with an inline stylesheet and no scripts: HQ
-//! may have no internet and analysts' browsers may be locked down, so nothing is fetched from elsewhere.
+//! HQ's dashboard and export, on the dashboard listener, for logged-in users only ([`crate::signin`]).
+//! Plain server-rendered HTML with an inline stylesheet and no scripts: HQ may have no internet and
+//! analysts' browsers may be locked down, so nothing is fetched from elsewhere.
 //!
 //! - `GET /`: the chain at a glance (last 24 h per store) and serious incidents of the last 7 days.
 //! - `GET /stores/{store}`: one store period by period (`?from=&to=`, by default the last 7 days).
-//! - `GET /export.csv`, `GET /export.json`: `?store=&from=&to=`, times as RFC 3339 or Unix milliseconds.
+//! - `GET /export.csv`, `GET /export.json`: `?store=&from=&to=&limit=&after=`, times as RFC 3339 or
+//!   Unix milliseconds. A page holds at most `limit` summaries (default 1,000, at most 5,000); the next
+//!   page's address comes in the `Link` header (`rel="next"`) and, in JSON, as `next`. Without `to` the
+//!   range ends now; without `from` it starts 7 days before `to`; it may span at most `export_max_days`.
+//! - `GET /metrics`: HQ's counters, for admins or a scraper holding the metrics token.
 //!
-//! Periods are selected by their start: `from` is inclusive, `to` exclusive.
+//! A viewer sees only the stores they are scoped to: another store is "not found" to them, on every
+//! page and in every export. Periods are selected by their start: `from` is inclusive, `to` exclusive.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::sync::Arc;
 
-use axum::extract::{Path, Query, State};
-use axum::http::{header, StatusCode};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::{DateTime, SecondsFormat};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::server::HqState;
+use crate::signin::{Analyst, NeedLogin};
 use crate::store::{Filter, StoreError, StoredSummary};
 use crate::summary::{Incident, Summary, MAX_INCIDENTS};
 
@@ -44,14 +51,46 @@ th{background:#eef0f3;font-size:.85rem}td.n{text-align:right}tr:hover td{backgro
 .cards{display:flex;flex-wrap:wrap;gap:.8rem}.card{background:#fff;border:1px solid #e3e6ea;border-radius:6px;\
 padding:.6rem 1rem;min-width:9rem}.card b{display:block;font-size:1.5rem}.muted{color:#6b7280}\
 .sev-hi{background:#fde8e7;color:#a21c12;font-weight:600}.sev-med{background:#fef3dc;color:#93500a;font-weight:600}\
-form{margin:.5rem 0 1rem}input{font:inherit;padding:.2rem .4rem;margin-right:.5rem}";
+form{margin:.5rem 0 1rem}input{font:inherit;padding:.2rem .4rem;margin-right:.5rem}\
+header .who{color:#c9ced6;margin-left:auto}header form.out{margin:0}header form.out button{font:inherit}\
+form.login{display:flex;flex-direction:column;gap:.6rem;max-width:20rem}form.login input{display:block;width:100%}\
+.error{color:#a21c12;font-weight:600}";
 
-pub fn routes() -> Router<Arc<HqState>> {
+/// Summaries in one export page unless `limit` says otherwise, and the most it may say.
+pub const EXPORT_PAGE: usize = 1_000;
+pub const EXPORT_PAGE_MAX: usize = 5_000;
+/// Forms are small: a login, a logout.
+const FORM_LIMIT: usize = 16 * 1024;
+
+/// Every route of the dashboard listener.
+pub fn app(state: Arc<HqState>) -> Router {
     Router::new()
         .route("/", get(overview))
         .route("/stores/{store}", get(store_page))
         .route("/export.csv", get(export_csv))
         .route("/export.json", get(export_json))
+        .route("/metrics", get(metrics))
+        .route("/health", get(crate::server::health))
+        .route("/login", get(crate::signin::get_login).post(crate::signin::post_login))
+        .route("/logout", post(crate::signin::post_logout))
+        .layer(DefaultBodyLimit::max(FORM_LIMIT))
+        .layer(axum::middleware::map_response(security_headers))
+        .with_state(state)
+}
+
+/// On every answer of the dashboard listener: HTTPS only from now on, never framed, no referrer
+/// carrying a store's name elsewhere.
+async fn security_headers(mut r: Response) -> Response {
+    let h = r.headers_mut();
+    h.insert(
+        header::STRICT_TRANSPORT_SECURITY,
+        HeaderValue::from_static("max-age=31536000"),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("same-origin"));
+    h.entry(header::CACHE_CONTROL)
+        .or_insert(HeaderValue::from_static("no-store"));
+    r
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -59,12 +98,19 @@ struct RangeQuery {
     store: Option<String>,
     from: Option<String>,
     to: Option<String>,
+    limit: Option<String>,
+    /// `<period start ms>:<store>`: the last row of the previous page.
+    after: Option<String>,
 }
 
 /// Why a request failed; kept small so that every `Result` here stays cheap to return.
 enum Fail {
     /// A query parameter that is neither RFC 3339 nor Unix milliseconds.
     Param(&'static str),
+    /// A parameter out of its range, with what it may be.
+    Bad(String),
+    /// A store this user may not see (or that does not exist): the same answer for both.
+    NotFound,
     Store(StoreError),
 }
 
@@ -81,6 +127,8 @@ impl IntoResponse for Fail {
                 StatusCode::BAD_REQUEST,
                 format!("bad `{p}`: expected RFC 3339 or Unix milliseconds\n"),
             ),
+            Fail::Bad(m) => plain(StatusCode::BAD_REQUEST, format!("{m}\n")),
+            Fail::NotFound => plain(StatusCode::NOT_FOUND, "no such store\n"),
             Fail::Store(e) => {
                 tracing::error!(error = %e, "dashboard: storage failed");
                 plain(
@@ -131,12 +179,22 @@ fn plain(status: StatusCode, msg: impl Into<String>) -> Response {
     (status, headers, msg.into()).into_response()
 }
 
-fn html(status: StatusCode, heading: &str, body: &str) -> Response {
+/// A page; `who` (the logged-in user) gets the navigation and the logout button.
+pub(crate) fn html(status: StatusCode, heading: &str, body: &str, who: Option<&Analyst>) -> Response {
+    let nav = who.map_or_else(String::new, |a| {
+        format!(
+            "<a href=\"/\">Chain overview</a><a href=\"/export.csv\">Export CSV</a><a href=\"/export.json\">Export JSON</a>\
+             <span class=\"who\">{} ({})</span><form method=\"post\" action=\"/logout\" class=\"out\">\
+             <input type=\"hidden\" name=\"csrf\" value=\"{}\"><button type=\"submit\">Log out</button></form>",
+            esc(&a.user.name),
+            a.user.role.as_str(),
+            esc(&a.csrf)
+        )
+    });
     let doc = format!(
         "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
          <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><title>lpmesh HQ</title>\
-         <style>{STYLE}</style></head><body><header><a class=\"brand\" href=\"/\">lpmesh HQ</a>\
-         <a href=\"/\">Chain overview</a><a href=\"/export.csv\">Export CSV</a><a href=\"/export.json\">Export JSON</a>\
+         <style>{STYLE}</style></head><body><header><a class=\"brand\" href=\"/\">lpmesh HQ</a>{nav}\
          </header><main><h1>{}</h1>{body}</main></body></html>\n",
         esc(heading)
     );
@@ -149,7 +207,7 @@ fn html(status: StatusCode, heading: &str, body: &str) -> Response {
     (status, headers, doc).into_response()
 }
 
-fn esc(s: &str) -> String {
+pub(crate) fn esc(s: &str) -> String {
     let mut o = String::with_capacity(s.len());
     for c in s.chars() {
         match c {
@@ -165,7 +223,7 @@ fn esc(s: &str) -> String {
 }
 
 /// Percent-encodes everything but unreserved characters, for a path segment or a query value.
-fn enc(s: &str) -> String {
+pub(crate) fn enc(s: &str) -> String {
     let mut o = String::with_capacity(s.len());
     for b in s.bytes() {
         if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
@@ -310,14 +368,16 @@ fn serious_table(rows: &[StoredSummary]) -> String {
     h
 }
 
-async fn overview(State(st): State<Arc<HqState>>) -> Result<Response, Fail> {
+async fn overview(State(st): State<Arc<HqState>>, who: Analyst) -> Result<Response, Fail> {
     let now = now_ms();
-    let stores = st.store.stores().await?;
+    let mut stores = st.store.stores().await?;
+    stores.retain(|r| who.user.may_see(&r.store));
     let week_from = now - 7 * DAY_MS;
     let week = st
         .store
         .summaries(&Filter {
             from_ms: Some(week_from),
+            stores: who.user.scope().map(<[String]>::to_vec),
             ..Filter::default()
         })
         .await?;
@@ -365,9 +425,12 @@ async fn overview(State(st): State<Arc<HqState>>) -> Result<Response, Fail> {
     );
     for r in &stores {
         let (i, o, n) = per.get(r.store.as_str()).copied().unwrap_or_default();
-        let sync = r
+        let mut sync = r
             .last_sync_ms
             .map_or_else(|| "never".into(), |t| format!("{} ({})", minute(t), ago(now, t)));
+        if let Some(u) = r.unregistered_at_ms {
+            let _ = write!(sync, " · unregistered {}", minute(u));
+        }
         let _ = write!(
             h,
             "<tr><td>{}</td><td>{}</td><td>{sync}</td>{}{}{}{}</tr>",
@@ -380,40 +443,50 @@ async fn overview(State(st): State<Arc<HqState>>) -> Result<Response, Fail> {
         );
     }
     if stores.is_empty() {
-        h.push_str("<tr><td colspan=\"7\" class=\"muted\">No store is registered yet.</td></tr>");
+        let none = if who.is_admin() {
+            "No store is registered yet."
+        } else {
+            "None of your stores is registered."
+        };
+        let _ = write!(h, "<tr><td colspan=\"7\" class=\"muted\">{none}</td></tr>");
     }
     let _ = write!(
         h,
         "</table></div><h2>Serious incidents across stores, last 7 days</h2>{}\
          <p>Export the last 7 days: <a href=\"/export.csv?from={week_from}\">CSV</a> · \
-         <a href=\"/export.json?from={week_from}\">JSON</a>; everything: <a href=\"/export.csv\">CSV</a> · \
-         <a href=\"/export.json\">JSON</a>.</p>",
+         <a href=\"/export.json?from={week_from}\">JSON</a>.</p>",
         serious_table(&week)
     );
-    Ok(html(StatusCode::OK, "Chain overview", &h))
+    Ok(html(StatusCode::OK, "Chain overview", &h, Some(&who)))
 }
 
 async fn store_page(
     State(st): State<Arc<HqState>>,
+    who: Analyst,
     Path(store): Path<String>,
     Query(q): Query<RangeQuery>,
 ) -> Result<Response, Fail> {
     let (from, to) = q.range()?;
     let now = now_ms();
     let stores = st.store.stores().await?;
-    let Some(row) = stores.iter().find(|r| r.store == store) else {
+    let Some(row) = stores.iter().find(|r| r.store == store && who.user.may_see(&r.store)) else {
         let body = format!(
             "<p>No store named <code>{}</code> is registered. <a href=\"/\">Back to the chain overview</a>.</p>",
             esc(&store)
         );
-        return Ok(html(StatusCode::NOT_FOUND, "Unknown store", &body));
+        return Ok(html(StatusCode::NOT_FOUND, "Unknown store", &body, Some(&who)));
     };
     let from = from.unwrap_or(now - 7 * DAY_MS);
+    // A page is for reading: a store's periods over at most the export's span.
+    let to_cap = to.unwrap_or(now + DAY_MS);
+    if to_cap.saturating_sub(from) > max_span_ms(&st) {
+        return Err(span_error(&st));
+    }
     let filter = Filter {
         store: Some(store.clone()),
         from_ms: Some(from),
         to_ms: to,
-        limit: None,
+        ..Filter::default()
     };
     let mut rows = st.store.summaries(&filter).await?;
     rows.reverse();
@@ -485,24 +558,85 @@ async fn store_page(
          <a href=\"/export.json?{export}\">JSON</a>.</p>",
         serious_table(&rows)
     );
-    Ok(html(StatusCode::OK, &format!("Store {store}"), &h))
+    Ok(html(StatusCode::OK, &format!("Store {store}"), &h, Some(&who)))
 }
 
-async fn load(st: &HqState, q: &RangeQuery) -> Result<Vec<StoredSummary>, Fail> {
+fn max_span_ms(st: &HqState) -> i64 {
+    i64::from(st.dashboard.export_max_days) * DAY_MS
+}
+
+fn span_error(st: &HqState) -> Fail {
+    Fail::Bad(format!(
+        "the range may span at most {} days: page through longer periods",
+        st.dashboard.export_max_days
+    ))
+}
+
+/// One page of an export, and the query of the next one if there is more.
+struct Page {
+    rows: Vec<StoredSummary>,
+    next: Option<String>,
+}
+
+async fn load(st: &HqState, who: &Analyst, q: &RangeQuery) -> Result<Page, Fail> {
     let (from_ms, to_ms) = q.range()?;
+    let to = to_ms.unwrap_or_else(now_ms);
+    let from = from_ms.unwrap_or(to - 7 * DAY_MS);
+    if to.saturating_sub(from) > max_span_ms(st) {
+        return Err(span_error(st));
+    }
     let store = q.store.clone().filter(|s| !s.is_empty());
     if store.as_deref().is_some_and(|s| s.chars().any(char::is_control)) {
         return Err(Fail::Param("store"));
     }
-    Ok(st
+    if store.as_deref().is_some_and(|s| !who.user.may_see(s)) {
+        return Err(Fail::NotFound);
+    }
+    let limit = match q.limit.as_deref().map(str::trim) {
+        None | Some("") => EXPORT_PAGE,
+        Some(l) => match l.parse::<usize>() {
+            Ok(n) if (1..=EXPORT_PAGE_MAX).contains(&n) => n,
+            _ => return Err(Fail::Bad(format!("`limit` is 1 to {EXPORT_PAGE_MAX}"))),
+        },
+    };
+    let after = match q.after.as_deref().filter(|a| !a.is_empty()) {
+        None => None,
+        Some(a) => {
+            let (period, store) = a
+                .split_once(':')
+                .ok_or_else(|| Fail::Bad("`after` is <period start ms>:<store>, from a `next` link".into()))?;
+            let period = period
+                .parse::<i64>()
+                .map_err(|_| Fail::Bad("`after` is <period start ms>:<store>, from a `next` link".into()))?;
+            Some((store.to_string(), period))
+        }
+    };
+    let mut rows = st
         .store
         .summaries(&Filter {
-            store,
-            from_ms,
-            to_ms,
-            limit: None,
+            store: store.clone(),
+            stores: who.user.scope().map(<[String]>::to_vec),
+            from_ms: Some(from),
+            to_ms: Some(to),
+            after,
+            limit: Some(limit + 1),
         })
-        .await?)
+        .await?;
+    let next = if rows.len() > limit {
+        rows.truncate(limit);
+        rows.last().map(|last| {
+            let s = &last.summary;
+            let mut q = format!("from={from}&to={to}&limit={limit}");
+            if let Some(st) = &store {
+                let _ = write!(q, "&store={}", enc(st));
+            }
+            let _ = write!(q, "&after={}", enc(&format!("{}:{}", s.period_start_ms, s.store)));
+            q
+        })
+    } else {
+        None
+    };
+    Ok(Page { rows, next })
 }
 
 fn csv_field(s: &str) -> String {
@@ -551,10 +685,25 @@ fn csv_row(r: &StoredSummary) -> String {
     f.iter().map(|x| csv_field(x)).collect::<Vec<_>>().join(",")
 }
 
-async fn export_csv(State(st): State<Arc<HqState>>, Query(q): Query<RangeQuery>) -> Result<Response, Fail> {
+fn with_next(mut r: Response, path: &str, next: &Option<String>) -> Response {
+    if let Some(v) = next
+        .as_ref()
+        .and_then(|q| HeaderValue::from_str(&format!("<{path}?{q}>; rel=\"next\"")).ok())
+    {
+        r.headers_mut().insert(header::LINK, v);
+    }
+    r
+}
+
+async fn export_csv(
+    State(st): State<Arc<HqState>>,
+    who: Analyst,
+    Query(q): Query<RangeQuery>,
+) -> Result<Response, Fail> {
+    let page = load(&st, &who, &q).await?;
     // RFC 4180 line ends.
     let mut out = format!("{CSV_HEADER}\r\n");
-    for r in &load(&st, &q).await? {
+    for r in &page.rows {
         out.push_str(&csv_row(r));
         out.push_str("\r\n");
     }
@@ -567,12 +716,57 @@ async fn export_csv(State(st): State<Arc<HqState>>, Query(q): Query<RangeQuery>)
         (header::CACHE_CONTROL, "no-store"),
         (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
     ];
-    Ok((headers, out).into_response())
+    Ok(with_next((headers, out).into_response(), "/export.csv", &page.next))
 }
 
-async fn export_json(State(st): State<Arc<HqState>>, Query(q): Query<RangeQuery>) -> Result<Response, Fail> {
-    let rows = load(&st, &q).await?;
-    Ok(([(header::CACHE_CONTROL, "no-store")], Json(rows)).into_response())
+/// `/export.json`'s body.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ExportPage {
+    pub summaries: Vec<StoredSummary>,
+    /// The next page's address (path and query), while there is more.
+    pub next: Option<String>,
+}
+
+async fn export_json(
+    State(st): State<Arc<HqState>>,
+    who: Analyst,
+    Query(q): Query<RangeQuery>,
+) -> Result<Response, Fail> {
+    let page = load(&st, &who, &q).await?;
+    let next = page.next.as_ref().map(|n| format!("/export.json?{n}"));
+    let body = ExportPage {
+        summaries: page.rows,
+        next,
+    };
+    Ok(with_next(
+        ([(header::CACHE_CONTROL, "no-store")], Json(body)).into_response(),
+        "/export.json",
+        &page.next,
+    ))
+}
+
+/// For an admin's session, or a scraper that holds the metrics token; anyone else is refused.
+async fn metrics(State(st): State<Arc<HqState>>, headers: HeaderMap, who: Result<Analyst, NeedLogin>) -> Response {
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let scraper = match (bearer, &st.dashboard.metrics_token) {
+        (Some(b), Some(t)) => lpmesh_web::login::same_secret(b.trim(), t),
+        _ => false,
+    };
+    if !scraper {
+        match who {
+            Ok(a) if a.is_admin() => {}
+            Ok(_) => return plain(StatusCode::FORBIDDEN, "metrics are for HQ admins\n"),
+            Err(e) => return e.into_response(),
+        }
+    }
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        st.metrics.prometheus(),
+    )
+        .into_response()
 }
 
 #[cfg(test)]
@@ -584,6 +778,7 @@ mod tests {
     use tower::ServiceExt;
 
     use super::*;
+    use crate::access::{HqRole, HqSession};
     use crate::store::{Embedded, HqStore};
     use crate::summary::{AckStats, CameraUptime, LineCount};
     use crate::vv::VersionVector;
@@ -594,6 +789,34 @@ mod tests {
         state: Arc<HqState>,
         dir: PathBuf,
         period: i64,
+        /// Session cookies of the admin and of a viewer of shop-1.
+        admin: String,
+        viewer: String,
+    }
+
+    const METRICS_TOKEN: &str = "scraper-token-0123456789";
+
+    /// A user and a session for them, straight into the store; the cookie header that presents it.
+    async fn session_for(state: &HqState, name: &str, role: HqRole, stores: &[&str]) -> String {
+        let now = now_ms();
+        let stores = stores.iter().map(|s| s.to_string()).collect();
+        let user = crate::access::new_user(name, role, stores, "correct horse battery", now).unwrap();
+        state.store.put_user(user).await.unwrap();
+        let user = state.store.user(name).await.unwrap().unwrap();
+        let t = lpmesh_web::login::token();
+        let s = HqSession {
+            user: name.into(),
+            user_changed_ms: user.changed_ms,
+            csrf: "csrf-of-".to_string() + name,
+            created_ms: now,
+            last_used_ms: now,
+        };
+        state
+            .store
+            .open_session(&lpmesh_web::login::token_key(&t), &s)
+            .await
+            .unwrap();
+        format!("{}={t}", crate::signin::COOKIE)
     }
 
     impl Fixture {
@@ -601,7 +824,11 @@ mod tests {
             let nanos = chrono::Utc::now().timestamp_nanos_opt().unwrap_or_default();
             let dir = std::env::temp_dir().join(format!("lpmesh-dash-{name}-{}-{nanos}", std::process::id()));
             let store = HqStore::Embedded(Embedded::open(&dir).unwrap());
-            let state = HqState::new(store, age::x25519::Identity::generate(), 512 * 1024);
+            let options = crate::server::DashboardOptions {
+                metrics_token: Some(METRICS_TOKEN.into()),
+                ..Default::default()
+            };
+            let state = HqState::with_dashboard(store, age::x25519::Identity::generate(), 512 * 1024, options);
             let now = now_ms();
             for s in ["shop-1", EVIL] {
                 let key = libp2p_identity::Keypair::generate_ed25519().public();
@@ -611,12 +838,39 @@ mod tests {
             let period = now - now.rem_euclid(HOUR_MS) - HOUR_MS;
             state.store.upsert(&summary("shop-1", period, 12), now).await.unwrap();
             state.store.upsert(&summary(EVIL, period, 3), now).await.unwrap();
-            Fixture { state, dir, period }
+            let admin = session_for(&state, "ana", HqRole::Admin, &[]).await;
+            let viewer = session_for(&state, "vic", HqRole::Viewer, &["shop-1"]).await;
+            Fixture {
+                state,
+                dir,
+                period,
+                admin,
+                viewer,
+            }
         }
 
         async fn get(&self, uri: &str) -> (StatusCode, HeaderMap, String) {
-            let req = Request::get(uri).body(Body::empty()).unwrap();
-            let resp = crate::server::app(self.state.clone()).oneshot(req).await.unwrap();
+            self.get_as(uri, &[("cookie", &self.admin)]).await
+        }
+
+        async fn get_as(&self, uri: &str, headers: &[(&str, &str)]) -> (StatusCode, HeaderMap, String) {
+            let mut req = Request::get(uri);
+            for (k, v) in headers {
+                req = req.header(*k, *v);
+            }
+            self.send(req.body(Body::empty()).unwrap()).await
+        }
+
+        async fn post_form(&self, uri: &str, headers: &[(&str, &str)], form: &str) -> (StatusCode, HeaderMap, String) {
+            let mut req = Request::post(uri).header("content-type", "application/x-www-form-urlencoded");
+            for (k, v) in headers {
+                req = req.header(*k, *v);
+            }
+            self.send(req.body(Body::from(form.to_string())).unwrap()).await
+        }
+
+        async fn send(&self, req: Request<Body>) -> (StatusCode, HeaderMap, String) {
+            let resp = app(self.state.clone()).oneshot(req).await.unwrap();
             let (status, headers) = (resp.status(), resp.headers().clone());
             let body = axum::body::to_bytes(resp.into_body(), usize::MAX).await.unwrap();
             (status, headers, String::from_utf8(body.to_vec()).unwrap())
@@ -759,9 +1013,13 @@ mod tests {
 
         let (status, _, body) = fx.get("/export.json").await;
         assert_eq!(status, StatusCode::OK);
-        let parsed: Vec<StoredSummary> = serde_json::from_str(&body).unwrap();
-        assert_eq!(parsed, fx.state.store.summaries(&Filter::default()).await.unwrap());
-        assert_eq!(parsed.len(), 2);
+        let parsed: ExportPage = serde_json::from_str(&body).unwrap();
+        assert_eq!(
+            parsed.summaries,
+            fx.state.store.summaries(&Filter::default()).await.unwrap()
+        );
+        assert_eq!(parsed.summaries.len(), 2);
+        assert_eq!(parsed.next, None);
         fx.done();
     }
 
@@ -777,8 +1035,217 @@ mod tests {
             assert_eq!(status, StatusCode::BAD_REQUEST, "{uri}");
             assert!(body.contains(param), "{uri}: {body}");
         }
-        let (status, _, _) = fx.get("/export.csv?from=2024-01-01T00:00:00%2B01:00&to=").await;
+        let two_days_ago = utc(now_ms() - 2 * DAY_MS, "%Y-%m-%dT%H:%M:%S");
+        let (status, _, _) = fx.get(&format!("/export.csv?from={two_days_ago}%2B01:00&to=")).await;
         assert_eq!(status, StatusCode::OK);
+        fx.done();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn nothing_is_shown_without_a_login_and_a_viewer_sees_only_their_stores() {
+        let fx = Fixture::new("scope").await;
+        // Anonymous: a person is sent to the form (and back afterwards), a script is refused.
+        let (status, headers, _) = fx.get_as("/stores/shop-1?from=1", &[]).await;
+        assert_eq!(status, StatusCode::SEE_OTHER);
+        assert_eq!(headers[header::LOCATION], "/login?next=%2Fstores%2Fshop-1%3Ffrom%3D1");
+        for uri in ["/export.json", "/export.csv?store=shop-1", "/metrics"] {
+            let (status, _, body) = fx.get_as(uri, &[]).await;
+            assert_eq!(status, StatusCode::UNAUTHORIZED, "{uri}");
+            assert!(!body.contains("shop-1"), "{uri}: {body}");
+        }
+        let forged = format!("{}=forged-token", crate::signin::COOKIE);
+        let (status, _, _) = fx.get_as("/export.json", &[("cookie", &forged)]).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        let (status, headers, body) = fx.get_as("/login", &[]).await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(body.contains("name=\"password\"") && !body.contains("shop-1"));
+        assert_eq!(headers[header::STRICT_TRANSPORT_SECURITY], "max-age=31536000");
+
+        // The viewer of shop-1.
+        let v = [("cookie", fx.viewer.as_str())];
+        let (status, _, body) = fx.get_as("/", &v).await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(body.contains("/stores/shop-1") && body.contains("vic (viewer)"));
+        assert!(!body.contains("&lt;script"), "another store's name leaked: {body}");
+        assert!(
+            body.contains("<b>12</b><span class=\"muted\">footfall in</span>"),
+            "only shop-1's figures"
+        );
+        let (status, _, body) = fx.get_as(&format!("/stores/{}", enc(EVIL)), &v).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert!(!body.contains("<td class=\"n\">3</td>"));
+        let (status, _, _) = fx.get_as(&format!("/export.json?store={}", enc(EVIL)), &v).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        let (_, _, body) = fx.get_as("/export.json", &v).await;
+        let page: ExportPage = serde_json::from_str(&body).unwrap();
+        assert_eq!(page.summaries.len(), 1);
+        assert_eq!(page.summaries[0].summary.store, "shop-1");
+        let (_, _, csv) = fx.get_as("/export.csv", &v).await;
+        assert_eq!(csv.lines().count(), 2, "{csv}");
+        let (status, _, _) = fx.get_as("/metrics", &v).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "metrics are for admins");
+
+        // The admin and the scraper read the metrics; a wrong token does not.
+        let (status, _, body) = fx.get("/metrics").await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(body.contains("lpmesh_hq_envelopes_received_total"));
+        let bearer = format!("Bearer {METRICS_TOKEN}");
+        let (status, _, _) = fx.get_as("/metrics", &[("authorization", &bearer)]).await;
+        assert_eq!(status, StatusCode::OK);
+        let (status, _, _) = fx
+            .get_as("/metrics", &[("authorization", "Bearer scraper-token-0123456780")])
+            .await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+
+        // The viewer's scope changes: the session opened for the old one ends.
+        let user = crate::access::new_user(
+            "vic",
+            HqRole::Viewer,
+            vec![EVIL.to_string()],
+            "correct horse battery",
+            now_ms(),
+        )
+        .unwrap();
+        fx.state.store.put_user(user).await.unwrap();
+        let (status, _, _) = fx.get_as("/export.json", &v).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        // Removed: the admin's session ends too.
+        assert!(fx.state.store.remove_user("ana").await.unwrap());
+        let (status, _, _) = fx.get("/export.json").await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        fx.done();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn logging_in_and_out_through_the_form() {
+        let fx = Fixture::new("login").await;
+        let origin = [("host", "hq.example:8444"), ("origin", "https://hq.example:8444")];
+        let (status, _, body) = fx
+            .post_form("/login", &origin, "name=ana&password=wrong+password&next=%2F")
+            .await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        assert!(body.contains("Wrong name or password"));
+        let (status, _, _) = fx
+            .post_form("/login", &origin, "name=nobody&password=correct+horse+battery")
+            .await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        // From another site: refused before the password is looked at.
+        let evil = [("host", "hq.example:8444"), ("origin", "https://evil.example")];
+        let (status, _, _) = fx
+            .post_form("/login", &evil, "name=ana&password=correct+horse+battery")
+            .await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        let (status, headers, _) = fx
+            .post_form(
+                "/login",
+                &origin,
+                "name=ana&password=correct+horse+battery&next=%2Fstores%2Fshop-1",
+            )
+            .await;
+        assert_eq!(status, StatusCode::SEE_OTHER);
+        assert_eq!(headers[header::LOCATION], "/stores/shop-1");
+        let set = headers[header::SET_COOKIE].to_str().unwrap().to_string();
+        for attr in ["Secure", "HttpOnly", "SameSite=Lax", "Path=/"] {
+            assert!(set.contains(attr), "{set}");
+        }
+        let cookie = set.split(';').next().unwrap().to_string();
+        assert!(cookie.starts_with("__Host-lpmesh_hq="));
+        let (status, _, page) = fx.get_as("/stores/shop-1", &[("cookie", &cookie)]).await;
+        assert_eq!(status, StatusCode::OK);
+        // The token itself is nowhere in the store: only its digest.
+        let token = cookie.split_once('=').unwrap().1;
+        assert!(fx.state.store.session(token).await.unwrap().is_none());
+        // Logging out needs the session's CSRF token, from HQ's page.
+        let csrf = page
+            .split("name=\"csrf\" value=\"")
+            .nth(1)
+            .and_then(|r| r.split('"').next())
+            .unwrap()
+            .to_string();
+        let with_cookie = [origin[0], origin[1], ("cookie", cookie.as_str())];
+        let (status, _, _) = fx.post_form("/logout", &with_cookie, "csrf=not-it").await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        let (status, _, _) = fx.get_as("/export.json", &[("cookie", &cookie)]).await;
+        assert_eq!(status, StatusCode::OK, "still logged in");
+        let (status, headers, _) = fx.post_form("/logout", &with_cookie, &format!("csrf={csrf}")).await;
+        assert_eq!(status, StatusCode::SEE_OTHER);
+        assert!(headers[header::SET_COOKIE].to_str().unwrap().contains("Max-Age=0"));
+        let (status, _, _) = fx.get_as("/export.json", &[("cookie", &cookie)]).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        let logins = fx.state.metrics.logins();
+        assert_eq!(
+            (logins.get("ok"), logins.get("wrong"), logins.get("cross_origin")),
+            (Some(&1), Some(&2), Some(&1))
+        );
+        fx.done();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn exports_come_in_pages_that_neither_skip_nor_repeat_and_their_span_is_capped() {
+        let fx = Fixture::new("pages").await;
+        let now = now_ms();
+        for h in 2..9 {
+            let p = fx.period - h * HOUR_MS;
+            fx.state
+                .store
+                .upsert(&summary("shop-1", p, h as u64), now)
+                .await
+                .unwrap();
+            fx.state
+                .store
+                .upsert(&summary("shop-2", p, h as u64), now)
+                .await
+                .unwrap();
+        }
+        let all = fx.state.store.summaries(&Filter::default()).await.unwrap();
+        assert_eq!(all.len(), 2 + 14);
+        let mut got: Vec<StoredSummary> = Vec::new();
+        let mut uri = "/export.json?limit=3".to_string();
+        let mut pages = 0;
+        loop {
+            let (status, headers, body) = fx.get(&uri).await;
+            assert_eq!(status, StatusCode::OK, "{uri}: {body}");
+            let page: ExportPage = serde_json::from_str(&body).unwrap();
+            assert!(page.summaries.len() <= 3);
+            got.extend(page.summaries);
+            pages += 1;
+            match page.next {
+                Some(next) => {
+                    let link = headers[header::LINK].to_str().unwrap();
+                    assert!(link.contains("rel=\"next\""), "{link}");
+                    uri = next;
+                }
+                None => break,
+            }
+        }
+        assert_eq!(got, all, "every summary once, in order");
+        assert_eq!(pages, 6);
+        // The CSV pages the same way.
+        let (_, headers, csv) = fx.get("/export.csv?store=shop-2&limit=5").await;
+        assert_eq!(csv.lines().count(), 6);
+        let link = headers[header::LINK].to_str().unwrap();
+        assert!(
+            link.starts_with("</export.csv?") && link.contains("store=shop-2"),
+            "{link}"
+        );
+        // Whole history at once: refused, with what is allowed.
+        for uri in [
+            "/export.json?from=0",
+            "/export.csv?from=0&to=9999999999999",
+            "/stores/shop-1?from=0",
+        ] {
+            let (status, _, body) = fx.get(uri).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{uri}");
+            assert!(body.contains("at most 93 days"), "{uri}: {body}");
+        }
+        for uri in [
+            "/export.json?limit=0",
+            "/export.json?limit=5001",
+            "/export.json?after=garbage",
+        ] {
+            let (status, _, _) = fx.get(uri).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{uri}");
+        }
         fx.done();
     }
 

@@ -16,6 +16,7 @@
 //! - [`bench`]: `lpmesh bench hq`, ingestion into PostgreSQL over HTTPS.
 //! - [`testpg`]: a throw-away PostgreSQL cluster for tests and the benchmark.
 
+pub mod access;
 pub mod bench;
 pub mod client;
 pub mod config;
@@ -24,6 +25,7 @@ pub mod envelope;
 pub mod plausible;
 pub mod server;
 pub mod service;
+pub mod signin;
 pub mod store;
 pub mod summary;
 #[doc(hidden)]

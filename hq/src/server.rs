@@ -1,4 +1,7 @@
-//! The HQ receiver: HTTPS (rustls), envelope ingestion, the dashboard and the export.
+//! The HQ receiver: two HTTPS (rustls) listeners. The upload listener, which every store reaches,
+//! serves `POST /api/v1/summaries` and `/health` and nothing else; the dashboard listener (loopback or
+//! an internal address) serves the logged-in dashboard, the export and `/metrics`
+//! ([`crate::dashboard`], [`crate::signin`]).
 //!
 //! `POST /api/v1/summaries` takes one envelope (`application/octet-stream`) and answers JSON:
 //!
@@ -22,7 +25,7 @@ use std::sync::{Arc, Mutex};
 
 use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{header, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -41,16 +44,52 @@ pub struct HqState {
     pub keys: KeyCache,
     pub metrics: Metrics,
     pub max_envelope_bytes: usize,
+    pub dashboard: DashboardOptions,
+    pub limiter: lpmesh_web::login::LoginLimiter,
+    pub gate: lpmesh_web::login::HashGate,
+    /// Verified when the typed name is nobody's, so that a login takes as long either way.
+    pub dummy_hash: String,
+}
+
+/// What the dashboard listener allows (from [`crate::config::HqConfig`]).
+#[derive(Clone, Debug)]
+pub struct DashboardOptions {
+    /// The longest span one export request may cover.
+    pub export_max_days: u32,
+    /// A bearer token that lets a scraper read `/metrics` without a login.
+    pub metrics_token: Option<String>,
+}
+
+impl Default for DashboardOptions {
+    fn default() -> Self {
+        DashboardOptions {
+            export_max_days: crate::config::DEFAULT_EXPORT_MAX_DAYS,
+            metrics_token: None,
+        }
+    }
 }
 
 impl HqState {
     pub fn new(store: HqStore, identity: age::x25519::Identity, max_envelope_bytes: usize) -> Arc<HqState> {
+        Self::with_dashboard(store, identity, max_envelope_bytes, DashboardOptions::default())
+    }
+
+    pub fn with_dashboard(
+        store: HqStore,
+        identity: age::x25519::Identity,
+        max_envelope_bytes: usize,
+        dashboard: DashboardOptions,
+    ) -> Arc<HqState> {
         Arc::new(HqState {
             store,
             identity,
             keys: KeyCache::default(),
             metrics: Metrics::default(),
             max_envelope_bytes,
+            dashboard,
+            limiter: Default::default(),
+            gate: Default::default(),
+            dummy_hash: lpmesh_web::login::hash_password("not anyone's password").unwrap_or_default(),
         })
     }
 }
@@ -61,9 +100,24 @@ pub struct Metrics {
     pub received: AtomicU64,
     outcomes: Mutex<BTreeMap<&'static str, u64>>,
     rejected: Mutex<BTreeMap<&'static str, u64>>,
+    logins: Mutex<BTreeMap<&'static str, u64>>,
 }
 
 impl Metrics {
+    /// Counts a dashboard login by outcome (`ok`, `wrong`, `backoff`, `busy`, `cross_origin`, `malformed`).
+    pub fn login(&self, outcome: &'static str) {
+        *self
+            .logins
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(outcome)
+            .or_insert(0) += 1;
+    }
+
+    pub fn logins(&self) -> BTreeMap<&'static str, u64> {
+        self.logins.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
     fn outcome(&self, d: Decision) {
         *self
             .outcomes
@@ -107,6 +161,11 @@ impl Metrics {
         s.push_str("# TYPE lpmesh_hq_rejected_total counter\n");
         for (k, v) in self.rejections() {
             s.push_str(&format!("lpmesh_hq_rejected_total{{reason=\"{k}\"}} {v}\n"));
+        }
+        s.push_str("# HELP lpmesh_hq_logins_total Dashboard logins by outcome.\n");
+        s.push_str("# TYPE lpmesh_hq_logins_total counter\n");
+        for (k, v) in self.logins() {
+            s.push_str(&format!("lpmesh_hq_logins_total{{outcome=\"{k}\"}} {v}\n"));
         }
         s
     }
@@ -243,57 +302,7 @@ fn now_ms() -> i64 {
 /// when the server answers and closes would see a broken connection instead of the refusal.
 const DRAIN_LIMIT: usize = 8 * 1024 * 1024;
 
-/// How long a request may take to send its head, and its body.
-pub const HEADER_DEADLINE: std::time::Duration = std::time::Duration::from_secs(15);
-pub const BODY_DEADLINE: std::time::Duration = std::time::Duration::from_secs(30);
-
-/// How a body read by [`read_body`] ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum BodyEnd {
-    /// All of it came, or reading stopped past the drain limit.
-    Complete,
-    /// The body deadline passed first.
-    Deadline,
-    /// The connection broke off.
-    Broken,
-}
-
-/// What [`read_body`] read.
-pub struct BodyRead {
-    /// The body's first `limit` bytes (all of it when `seen <= limit`).
-    pub bytes: Vec<u8>,
-    /// Bytes received; over `limit` means too large.
-    pub seen: usize,
-    pub end: BodyEnd,
-}
-
-/// Reads `body` within [`BODY_DEADLINE`], keeping up to `limit` bytes and reading on (thrown away) up
-/// to `drain`: a client that trickles its body does not hold the connection.
-pub async fn read_body(body: Body, limit: usize, drain: usize) -> BodyRead {
-    use http_body_util::BodyExt;
-    let mut body = body;
-    let mut bytes = Vec::new();
-    let mut seen = 0usize;
-    let deadline = tokio::time::Instant::now() + BODY_DEADLINE;
-    let end = loop {
-        match tokio::time::timeout_at(deadline, body.frame()).await {
-            Err(_) => break BodyEnd::Deadline,
-            Ok(None) => break BodyEnd::Complete,
-            Ok(Some(Err(_))) => break BodyEnd::Broken,
-            Ok(Some(Ok(frame))) => {
-                if let Some(data) = frame.data_ref() {
-                    seen += data.len();
-                    if seen <= limit {
-                        bytes.extend_from_slice(data);
-                    } else if seen > drain {
-                        break BodyEnd::Complete;
-                    }
-                }
-            }
-        }
-    };
-    BodyRead { bytes, seen, end }
-}
+pub use lpmesh_web::body::{read_body, BodyEnd, BodyRead, BODY_DEADLINE, HEADER_DEADLINE};
 
 /// The body, or `Err(size read)` when it is larger than `limit`; what came by the deadline is judged.
 async fn read_limited(body: Body, limit: usize) -> Result<Vec<u8>, usize> {
@@ -328,25 +337,15 @@ async fn post_summary(State(state): State<Arc<HqState>>, body: Body) -> Response
     }
 }
 
-async fn health() -> &'static str {
+pub(crate) async fn health() -> &'static str {
     "ok\n"
 }
 
-async fn metrics(State(state): State<Arc<HqState>>) -> Response {
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state.metrics.prometheus(),
-    )
-        .into_response()
-}
-
-/// Every route of HQ.
+/// The upload listener's routes: what a store needs, nothing an outsider could read.
 pub fn app(state: Arc<HqState>) -> Router {
     Router::new()
         .route(INGEST_PATH, post(post_summary))
         .route("/health", get(health))
-        .route("/metrics", get(metrics))
-        .merge(crate::dashboard::routes())
         .layer(DefaultBodyLimit::disable())
         .with_state(state)
 }
@@ -374,13 +373,27 @@ pub enum ServeError {
     Tls(String),
 }
 
-/// Serves HQ over HTTPS on `addr` (port 0 picks a free one; see [`Running::addr`]).
+/// Serves HQ's upload API over HTTPS on `addr` (port 0 picks a free one; see [`Running::addr`]).
 pub async fn serve(
     state: Arc<HqState>,
     addr: SocketAddr,
     cert_pem: Vec<u8>,
     key_pem: Vec<u8>,
 ) -> Result<Running, ServeError> {
+    serve_app(app(state), addr, cert_pem, key_pem).await
+}
+
+/// Serves the dashboard, the export and `/metrics` over HTTPS on `addr`.
+pub async fn serve_dashboard(
+    state: Arc<HqState>,
+    addr: SocketAddr,
+    cert_pem: Vec<u8>,
+    key_pem: Vec<u8>,
+) -> Result<Running, ServeError> {
+    serve_app(crate::dashboard::app(state), addr, cert_pem, key_pem).await
+}
+
+async fn serve_app(app: Router, addr: SocketAddr, cert_pem: Vec<u8>, key_pem: Vec<u8>) -> Result<Running, ServeError> {
     // rustls is built with ring only; say so explicitly rather than rely on feature detection.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let tls = axum_server::tls_rustls::RustlsConfig::from_pem(cert_pem, key_pem)
@@ -407,9 +420,12 @@ pub async fn serve(
         .handle(handle.clone());
     // A client that never finishes its request head (slowloris) is cut off.
     server.http_builder().http1().header_read_timeout(HEADER_DEADLINE);
-    let app = app(state);
     let task = tokio::spawn(async move {
-        if let Err(e) = server.serve(app.into_make_service()).await {
+        // The client's address feeds the login backoff.
+        if let Err(e) = server
+            .serve(app.into_make_service_with_connect_info::<SocketAddr>())
+            .await
+        {
             tracing::error!(error = %e, "HQ listener stopped");
         }
     });

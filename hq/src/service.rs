@@ -2,8 +2,9 @@
 
 use std::sync::Arc;
 
-use crate::config::HqConfig;
-use crate::server::{serve, HqState, Running, ServeError};
+use crate::access::{HqUser, UserError};
+use crate::config::{HqConfig, HqConfigError};
+use crate::server::{serve, serve_dashboard, DashboardOptions, HqState, Running, ServeError};
 use crate::store::{HqStore, StoreError};
 use crate::tls::{self, TlsError};
 
@@ -15,6 +16,10 @@ pub enum ServiceError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Serve(#[from] ServeError),
+    #[error(transparent)]
+    Config(#[from] HqConfigError),
+    #[error(transparent)]
+    User(#[from] UserError),
 }
 
 /// What an installer needs to configure the stores: HQ's recipient and certificate.
@@ -52,22 +57,89 @@ pub fn init(cfg: &HqConfig) -> Result<Identity, ServiceError> {
 }
 
 pub struct Started {
+    /// The upload listener.
     pub running: Running,
+    /// The dashboard listener.
+    pub dashboard: Running,
     pub identity: Identity,
     pub state: Arc<HqState>,
+    /// HQ users when it started (none: nobody can log in yet).
+    pub users: usize,
 }
 
-/// Opens the store (migrating PostgreSQL), and serves.
+impl Started {
+    pub async fn shutdown(self, grace: std::time::Duration) {
+        tokio::join!(self.running.shutdown(grace), self.dashboard.shutdown(grace));
+    }
+}
+
+/// Opens the store (migrating PostgreSQL), and serves both listeners.
 pub async fn start(cfg: &HqConfig) -> Result<Started, ServiceError> {
     let (age_id, cert) = load(cfg)?;
     let identity = describe(&age_id, &cert);
+    let options = DashboardOptions {
+        export_max_days: cfg.export_max_days,
+        metrics_token: cfg.metrics_token()?,
+    };
     let store = HqStore::open(&cfg.data_dir, cfg.database_url.as_deref()).await?;
-    let state = HqState::new(store, age_id, cfg.max_envelope_bytes);
-    let running = serve(state.clone(), cfg.listen, cert.cert_pem, cert.key_pem).await?;
+    let users = store.users().await?.len();
+    let state = HqState::with_dashboard(store, age_id, cfg.max_envelope_bytes, options);
+    let running = serve(state.clone(), cfg.listen, cert.cert_pem.clone(), cert.key_pem.clone()).await?;
+    let dashboard = serve_dashboard(state.clone(), cfg.dashboard_listen, cert.cert_pem, cert.key_pem).await?;
     Ok(Started {
         running,
+        dashboard,
         identity,
         state,
+        users,
+    })
+}
+
+/// The store the CLI changes while HQ may run: PostgreSQL, or for the embedded store only its files
+/// (the registry, the users), never the database a running HQ holds open.
+enum Admin {
+    Postgres(HqStore),
+    Files(std::path::PathBuf),
+}
+
+async fn admin(cfg: &HqConfig) -> Result<Admin, ServiceError> {
+    Ok(match &cfg.database_url {
+        Some(url) => Admin::Postgres(HqStore::Postgres(crate::store::Postgres::connect(url, 1).await?)),
+        None => Admin::Files(cfg.data_dir.clone()),
+    })
+}
+
+/// `lpmesh hq user add`: adds or replaces a user (their sessions end).
+pub async fn put_user(cfg: &HqConfig, user: HqUser) -> Result<(), ServiceError> {
+    match admin(cfg).await? {
+        Admin::Postgres(s) => s.put_user(user).await?,
+        Admin::Files(dir) => crate::access::put_user_in_file(&crate::access::users_path(&dir), user)?,
+    }
+    Ok(())
+}
+
+/// `lpmesh hq user remove`: `false` if there was no such user.
+pub async fn remove_user(cfg: &HqConfig, name: &str) -> Result<bool, ServiceError> {
+    Ok(match admin(cfg).await? {
+        Admin::Postgres(s) => s.remove_user(name).await?,
+        Admin::Files(dir) => crate::access::remove_user_from_file(&crate::access::users_path(&dir), name)?,
+    })
+}
+
+pub async fn users(cfg: &HqConfig) -> Result<Vec<HqUser>, ServiceError> {
+    Ok(match admin(cfg).await? {
+        Admin::Postgres(s) => s.users().await?,
+        Admin::Files(dir) => crate::access::read_users(&crate::access::users_path(&dir))?,
+    })
+}
+
+/// `lpmesh hq unregister-store`: its uploads are refused (within [`crate::store::KEY_TTL`] on every
+/// running HQ process), its summaries kept; `false` if it was not registered.
+pub async fn unregister_store(cfg: &HqConfig, store: &str) -> Result<bool, ServiceError> {
+    let now = chrono::Utc::now().timestamp_millis();
+    Ok(match admin(cfg).await? {
+        Admin::Postgres(s) => s.unregister_store(store, now).await?,
+        Admin::Files(dir) => crate::store::unregister_in_file(&crate::store::registry_path(&dir), store, now)?,
     })
 }
 

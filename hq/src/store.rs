@@ -13,6 +13,7 @@ use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
+use crate::access::{self, HqSession, HqUser, UserError};
 use crate::envelope::parse_store_key;
 use crate::plausible::History;
 use crate::summary::Summary;
@@ -50,6 +51,8 @@ pub struct StoreRow {
     pub registered_at_ms: i64,
     pub last_sync_ms: Option<i64>,
     pub periods: u64,
+    /// Set by `lpmesh hq unregister-store`: its uploads are refused, its history kept.
+    pub unregistered_at_ms: Option<i64>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -62,14 +65,20 @@ pub struct Upserted {
 #[derive(Clone, Debug, Default)]
 pub struct Filter {
     pub store: Option<String>,
+    /// Only these stores (a viewer's scope).
+    pub stores: Option<Vec<String>>,
     pub from_ms: Option<i64>,
     pub to_ms: Option<i64>,
+    /// Only what comes after this (store, period start) in the order summaries are listed: the
+    /// cursor of a paged export.
+    pub after: Option<(String, i64)>,
     pub limit: Option<usize>,
 }
 
 impl Filter {
     fn matches(&self, s: &Summary) -> bool {
         self.store.as_deref().is_none_or(|x| x == s.store)
+            && self.stores.as_ref().is_none_or(|l| l.contains(&s.store))
             && self.from_ms.is_none_or(|f| s.period_start_ms >= f)
             && self.to_ms.is_none_or(|t| s.period_start_ms < t)
     }
@@ -147,6 +156,83 @@ impl HqStore {
             HqStore::Postgres(p) => p.summaries(f).await,
         }
     }
+
+    /// Refuses the store's uploads from now on (its summaries stay); `false` if it was not registered.
+    pub async fn unregister_store(&self, store: &str, now_ms: i64) -> Result<bool, StoreError> {
+        match self {
+            HqStore::Embedded(e) => unregister_in_file(&e.registry, store, now_ms),
+            HqStore::Postgres(p) => p.unregister_store(store, now_ms).await,
+        }
+    }
+
+    pub async fn users(&self) -> Result<Vec<HqUser>, StoreError> {
+        match self {
+            HqStore::Embedded(e) => access::read_users(&e.users),
+            HqStore::Postgres(p) => p.users(None).await,
+        }
+    }
+
+    pub async fn user(&self, name: &str) -> Result<Option<HqUser>, StoreError> {
+        match self {
+            HqStore::Embedded(e) => Ok(access::read_users(&e.users)?.into_iter().find(|u| u.name == name)),
+            HqStore::Postgres(p) => Ok(p.users(Some(name)).await?.pop()),
+        }
+    }
+
+    /// Adds or replaces a user (ending the sessions of the version it replaces).
+    pub async fn put_user(&self, user: HqUser) -> Result<(), UserError> {
+        match self {
+            HqStore::Embedded(e) => access::put_user_in_file(&e.users, user),
+            HqStore::Postgres(p) => p.put_user(&user).await,
+        }
+    }
+
+    pub async fn remove_user(&self, name: &str) -> Result<bool, StoreError> {
+        match self {
+            HqStore::Embedded(e) => access::remove_user_from_file(&e.users, name),
+            HqStore::Postgres(p) => p.remove_user(name).await,
+        }
+    }
+
+    /// Keeps a new session under `key` (the digest of its token), dropping the user's oldest beyond
+    /// [`access::SESSIONS_PER_USER`] and any that expired.
+    pub async fn open_session(&self, key: &str, s: &HqSession) -> Result<(), StoreError> {
+        match self {
+            HqStore::Embedded(e) => e.open_session(key, s),
+            HqStore::Postgres(p) => p.open_session(key, s).await,
+        }
+    }
+
+    pub async fn session(&self, key: &str) -> Result<Option<HqSession>, StoreError> {
+        match self {
+            HqStore::Embedded(e) => e.session(key),
+            HqStore::Postgres(p) => p.session(key).await,
+        }
+    }
+
+    /// Records a use (at most once per [`access::TOUCH_EVERY_MS`] of the stored time).
+    pub async fn touch_session(&self, key: &str, s: &HqSession, now_ms: i64) -> Result<(), StoreError> {
+        if now_ms.saturating_sub(s.last_used_ms) < access::TOUCH_EVERY_MS {
+            return Ok(());
+        }
+        match self {
+            HqStore::Embedded(e) => e.open_session(
+                key,
+                &HqSession {
+                    last_used_ms: now_ms,
+                    ..s.clone()
+                },
+            ),
+            HqStore::Postgres(p) => p.touch_session(key, now_ms).await,
+        }
+    }
+
+    pub async fn close_session(&self, key: &str) -> Result<(), StoreError> {
+        match self {
+            HqStore::Embedded(e) => e.sled(e.sessions.remove(key.as_bytes())).map(drop),
+            HqStore::Postgres(p) => p.close_session(key).await,
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -156,8 +242,10 @@ impl HqStore {
 /// register-store` can add a store while HQ runs (sled admits one process at a time).
 pub struct Embedded {
     db: sled::Db,
+    sessions: sled::Tree,
     path: PathBuf,
     registry: PathBuf,
+    users: PathBuf,
     /// Upserts are read-decide-write: one at a time. The lock also guards the stores' histories,
     /// derived from the database once per store and kept up to date by each write (one process holds
     /// a sled database, so nobody else writes behind them).
@@ -174,6 +262,8 @@ struct Registered {
     store: String,
     key: String,
     registered_at_ms: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    unregistered_at_ms: Option<i64>,
 }
 
 const REGISTRY_FILE: &str = "stores.json";
@@ -213,7 +303,7 @@ fn read_registry_file(path: &Path) -> Result<Registry, StoreError> {
     }
 }
 
-/// Adds or re-keys a store; the file is replaced atomically.
+/// Adds or re-keys a store (registering it again if it was unregistered).
 fn write_registry(path: &Path, store: &str, key: &str, now_ms: i64) -> Result<(), StoreError> {
     let mut reg = read_registry_file(path)?;
     reg.stores.retain(|s| s.store != store);
@@ -221,7 +311,33 @@ fn write_registry(path: &Path, store: &str, key: &str, now_ms: i64) -> Result<()
         store: store.to_string(),
         key: key.to_string(),
         registered_at_ms: now_ms,
+        unregistered_at_ms: None,
     });
+    save_registry(path, reg)
+}
+
+/// Marks a store unregistered in the embedded store's registry; `false` if it is not registered.
+pub fn unregister_in_file(path: &Path, store: &str, now_ms: i64) -> Result<bool, StoreError> {
+    let mut reg = read_registry_file(path)?;
+    let Some(r) = reg
+        .stores
+        .iter_mut()
+        .find(|s| s.store == store && s.unregistered_at_ms.is_none())
+    else {
+        return Ok(false);
+    };
+    r.unregistered_at_ms = Some(now_ms);
+    save_registry(path, reg)?;
+    Ok(true)
+}
+
+/// The registry's path in an embedded store's data directory.
+pub fn registry_path(data_dir: &Path) -> PathBuf {
+    data_dir.join(REGISTRY_FILE)
+}
+
+/// Replaces the file atomically.
+fn save_registry(path: &Path, mut reg: Registry) -> Result<(), StoreError> {
     reg.stores.sort_by(|a, b| a.store.cmp(&b.store));
     let file = |e: std::io::Error| StoreError::File {
         path: path.to_path_buf(),
@@ -245,10 +361,16 @@ impl Embedded {
             path: path.clone(),
             source,
         })?;
+        let sessions = db.open_tree("hq_sessions").map_err(|source| StoreError::Sled {
+            path: path.clone(),
+            source,
+        })?;
         Ok(Embedded {
             db,
+            sessions,
             path,
             registry: data_dir.join(REGISTRY_FILE),
+            users: access::users_path(data_dir),
             write: Mutex::new(HashMap::new()),
         })
     }
@@ -273,8 +395,51 @@ impl Embedded {
             .read_registry()?
             .stores
             .into_iter()
-            .find(|s| s.store == store)
+            .find(|s| s.store == store && s.unregistered_at_ms.is_none())
             .map(|s| s.key))
+    }
+
+    fn open_session(&self, key: &str, s: &HqSession) -> Result<(), StoreError> {
+        let now = s.last_used_ms;
+        let mut held: Vec<(sled::IVec, HqSession)> = Vec::new();
+        for kv in self.sessions.iter() {
+            let (k, v) = self.sled(kv)?;
+            match serde_json::from_slice::<HqSession>(&v) {
+                Ok(old) if !old.expired(now) => held.push((k, old)),
+                // Expired or unreadable: gone.
+                _ => {
+                    self.sled(self.sessions.remove(&k))?;
+                }
+            }
+        }
+        let mut mine: Vec<&(sled::IVec, HqSession)> = held
+            .iter()
+            .filter(|(k, o)| o.user == s.user && k.as_ref() != key.as_bytes())
+            .collect();
+        mine.sort_by_key(|(_, o)| std::cmp::Reverse(o.created_ms));
+        let mut drop: Vec<&sled::IVec> = mine
+            .iter()
+            .skip(access::SESSIONS_PER_USER.saturating_sub(1))
+            .map(|(k, _)| k)
+            .collect();
+        if held.len() >= access::MAX_SESSIONS {
+            let mut all: Vec<&(sled::IVec, HqSession)> = held.iter().collect();
+            all.sort_by_key(|(_, o)| o.last_used_ms);
+            drop.extend(all.iter().take(held.len() + 1 - access::MAX_SESSIONS).map(|(k, _)| k));
+        }
+        for k in drop {
+            self.sled(self.sessions.remove(k))?;
+        }
+        let bytes = serde_json::to_vec(s).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        self.sled(self.sessions.insert(key.as_bytes(), bytes))?;
+        Ok(())
+    }
+
+    fn session(&self, key: &str) -> Result<Option<HqSession>, StoreError> {
+        match self.sled(self.sessions.get(key.as_bytes()))? {
+            Some(v) => Ok(serde_json::from_slice(&v).ok()),
+            None => Ok(None),
+        }
     }
 
     fn get(&self, store: &str, period_start_ms: i64) -> Result<Option<StoredSummary>, StoreError> {
@@ -355,23 +520,36 @@ impl Embedded {
                 registered_at_ms: r.registered_at_ms,
                 last_sync_ms,
                 periods,
+                unregistered_at_ms: r.unregistered_at_ms,
             });
         }
         Ok(out)
     }
 
     pub fn summaries(&self, f: &Filter) -> Result<Vec<StoredSummary>, StoreError> {
+        use std::ops::Bound;
         let mut out = Vec::new();
-        let iter = match &f.store {
-            Some(store) => {
-                let mut prefix = store.as_bytes().to_vec();
-                prefix.push(0);
-                self.db.scan_prefix(prefix)
-            }
-            None => self.db.scan_prefix(b""),
+        let prefix = f.store.as_ref().map(|store| {
+            let mut p = store.as_bytes().to_vec();
+            p.push(0);
+            p
+        });
+        let start = match (&f.after, &prefix) {
+            (Some((store, period)), _) => Bound::Excluded(summary_key(store, *period)),
+            (None, Some(p)) => Bound::Included(p.clone()),
+            (None, None) => Bound::Unbounded,
         };
-        for kv in iter {
-            let (_, v) = self.sled(kv)?;
+        for kv in self.db.range::<Vec<u8>, _>((start, Bound::Unbounded)) {
+            let (k, v) = self.sled(kv)?;
+            if let Some(p) = &prefix {
+                if !k.starts_with(p) {
+                    // Keys sort by store: past the store's, nothing more of it comes.
+                    if k.as_ref() > p.as_slice() {
+                        break;
+                    }
+                    continue;
+                }
+            }
             let s: StoredSummary = serde_json::from_slice(&v).map_err(|e| StoreError::Corrupt(e.to_string()))?;
             if f.matches(&s.summary) {
                 out.push(s);
@@ -388,9 +566,10 @@ impl Embedded {
 // PostgreSQL
 
 /// Schema versions, applied in order at start, each once (recorded in `lpmesh_schema`).
-const MIGRATIONS: &[(i32, &str)] = &[(
-    1,
-    "CREATE TABLE stores (
+const MIGRATIONS: &[(i32, &str)] = &[
+    (
+        1,
+        "CREATE TABLE stores (
         store text PRIMARY KEY,
         signing_key text NOT NULL,
         registered_at_ms bigint NOT NULL
@@ -406,7 +585,28 @@ const MIGRATIONS: &[(i32, &str)] = &[(
         PRIMARY KEY (store, period_start_ms)
      );
      CREATE INDEX summaries_by_period ON summaries (period_start_ms);",
-)];
+    ),
+    (
+        2,
+        "ALTER TABLE stores ADD COLUMN unregistered_at_ms bigint;
+     CREATE TABLE hq_users (
+        name text PRIMARY KEY,
+        role text NOT NULL,
+        stores jsonb NOT NULL,
+        hash text NOT NULL,
+        changed_ms bigint NOT NULL
+     );
+     CREATE TABLE hq_sessions (
+        token_hash text PRIMARY KEY,
+        name text NOT NULL,
+        user_changed_ms bigint NOT NULL,
+        csrf text NOT NULL,
+        created_ms bigint NOT NULL,
+        last_used_ms bigint NOT NULL
+     );
+     CREATE INDEX hq_sessions_by_name ON hq_sessions (name, created_ms);",
+    ),
+];
 
 pub struct Postgres {
     clients: Vec<tokio_postgres::Client>,
@@ -475,7 +675,7 @@ impl Postgres {
         self.client()
             .execute(
                 "INSERT INTO stores (store, signing_key, registered_at_ms) VALUES ($1, $2, $3)
-                 ON CONFLICT (store) DO UPDATE SET signing_key = EXCLUDED.signing_key",
+                 ON CONFLICT (store) DO UPDATE SET signing_key = EXCLUDED.signing_key, unregistered_at_ms = NULL",
                 &[&store, &key, &now_ms],
             )
             .await?;
@@ -485,7 +685,10 @@ impl Postgres {
     pub async fn store_key(&self, store: &str) -> Result<Option<String>, StoreError> {
         let row = self
             .client()
-            .query_opt("SELECT signing_key FROM stores WHERE store = $1", &[&store])
+            .query_opt(
+                "SELECT signing_key FROM stores WHERE store = $1 AND unregistered_at_ms IS NULL",
+                &[&store],
+            )
             .await?;
         Ok(row.map(|r| r.get(0)))
     }
@@ -610,9 +813,10 @@ impl Postgres {
         let rows = self
             .client()
             .query(
-                "SELECT s.store, s.signing_key, s.registered_at_ms, max(m.received_at_ms), count(m.period_start_ms)
+                "SELECT s.store, s.signing_key, s.registered_at_ms, max(m.received_at_ms), count(m.period_start_ms),
+                        s.unregistered_at_ms
                  FROM stores s LEFT JOIN summaries m ON m.store = s.store
-                 GROUP BY s.store, s.signing_key, s.registered_at_ms ORDER BY s.store",
+                 GROUP BY s.store, s.signing_key, s.registered_at_ms, s.unregistered_at_ms ORDER BY s.store",
                 &[],
             )
             .await?;
@@ -624,20 +828,34 @@ impl Postgres {
                 registered_at_ms: r.get(2),
                 last_sync_ms: r.get(3),
                 periods: r.get::<_, i64>(4) as u64,
+                unregistered_at_ms: r.get(5),
             })
             .collect())
     }
 
     pub async fn summaries(&self, f: &Filter) -> Result<Vec<StoredSummary>, StoreError> {
         let limit = f.limit.map_or(i64::MAX, |l| l as i64);
+        let (after_store, after_period) = f.after.clone().unzip();
+        // Stores compare in the database's collation both in the cursor and in the order: pages
+        // neither skip nor repeat a row.
         let rows = self
             .client()
             .query(
                 "SELECT summary::text, received_at_ms, updates FROM summaries
                  WHERE ($1::text IS NULL OR store = $1) AND ($2::bigint IS NULL OR period_start_ms >= $2)
                    AND ($3::bigint IS NULL OR period_start_ms < $3)
+                   AND ($5::text[] IS NULL OR store = ANY($5))
+                   AND ($6::text IS NULL OR (store, period_start_ms) > ($6, $7::bigint))
                  ORDER BY store, period_start_ms LIMIT $4",
-                &[&f.store, &f.from_ms, &f.to_ms, &limit],
+                &[
+                    &f.store,
+                    &f.from_ms,
+                    &f.to_ms,
+                    &limit,
+                    &f.stores,
+                    &after_store,
+                    &after_period,
+                ],
             )
             .await?;
         rows.iter()
@@ -653,25 +871,173 @@ impl Postgres {
     }
 }
 
-/// Keys parsed once, looked up again only for stores not seen yet (a new registration).
+impl Postgres {
+    pub async fn unregister_store(&self, store: &str, now_ms: i64) -> Result<bool, StoreError> {
+        let n = self
+            .client()
+            .execute(
+                "UPDATE stores SET unregistered_at_ms = $2 WHERE store = $1 AND unregistered_at_ms IS NULL",
+                &[&store, &now_ms],
+            )
+            .await?;
+        Ok(n == 1)
+    }
+
+    async fn users(&self, name: Option<&str>) -> Result<Vec<HqUser>, StoreError> {
+        let rows = self
+            .client()
+            .query(
+                "SELECT name, role, stores::text, hash, changed_ms FROM hq_users
+                 WHERE ($1::text IS NULL OR name = $1) ORDER BY name",
+                &[&name],
+            )
+            .await?;
+        rows.iter()
+            .map(|r| {
+                let role: String = r.get(1);
+                let stores: String = r.get(2);
+                Ok(HqUser {
+                    name: r.get(0),
+                    role: access::HqRole::parse(&role)
+                        .ok_or_else(|| StoreError::Corrupt(format!("HQ role {role:?}")))?,
+                    stores: serde_json::from_str(&stores).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                    hash: r.get(3),
+                    changed_ms: r.get(4),
+                })
+            })
+            .collect()
+    }
+
+    async fn put_user(&self, u: &HqUser) -> Result<(), UserError> {
+        let c = self.client();
+        let count: i64 = c
+            .query_one("SELECT count(*) FROM hq_users WHERE name <> $1", &[&u.name])
+            .await
+            .map_err(StoreError::from)?
+            .get(0);
+        if count as usize >= access::MAX_USERS {
+            return Err(UserError::TooMany);
+        }
+        let stores = serde_json::to_string(&u.stores).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        c.execute(
+            "INSERT INTO hq_users (name, role, stores, hash, changed_ms) VALUES ($1, $2, $3::text::jsonb, $4, $5)
+             ON CONFLICT (name) DO UPDATE SET role = EXCLUDED.role, stores = EXCLUDED.stores, hash = EXCLUDED.hash,
+                 changed_ms = GREATEST(EXCLUDED.changed_ms, hq_users.changed_ms + 1)",
+            &[&u.name, &u.role.as_str(), &stores, &u.hash, &u.changed_ms],
+        )
+        .await
+        .map_err(StoreError::from)?;
+        Ok(())
+    }
+
+    async fn remove_user(&self, name: &str) -> Result<bool, StoreError> {
+        let c = self.client();
+        let n = c.execute("DELETE FROM hq_users WHERE name = $1", &[&name]).await?;
+        c.execute("DELETE FROM hq_sessions WHERE name = $1", &[&name]).await?;
+        Ok(n == 1)
+    }
+
+    async fn open_session(&self, key: &str, s: &HqSession) -> Result<(), StoreError> {
+        let c = self.client();
+        c.execute(
+            "INSERT INTO hq_sessions (token_hash, name, user_changed_ms, csrf, created_ms, last_used_ms)
+             VALUES ($1, $2, $3, $4, $5, $6)",
+            &[
+                &key,
+                &s.user,
+                &s.user_changed_ms,
+                &s.csrf,
+                &s.created_ms,
+                &s.last_used_ms,
+            ],
+        )
+        .await?;
+        let per_user = access::SESSIONS_PER_USER as i64;
+        c.execute(
+            "DELETE FROM hq_sessions WHERE name = $1 AND token_hash NOT IN
+                (SELECT token_hash FROM hq_sessions WHERE name = $1 ORDER BY created_ms DESC LIMIT $2)",
+            &[&s.user, &per_user],
+        )
+        .await?;
+        let idle = s.last_used_ms - access::SESSION_IDLE_MS;
+        let old = s.last_used_ms - access::SESSION_MAX_MS;
+        c.execute(
+            "DELETE FROM hq_sessions WHERE last_used_ms < $1 OR created_ms < $2",
+            &[&idle, &old],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn session(&self, key: &str) -> Result<Option<HqSession>, StoreError> {
+        let row = self
+            .client()
+            .query_opt(
+                "SELECT name, user_changed_ms, csrf, created_ms, last_used_ms FROM hq_sessions WHERE token_hash = $1",
+                &[&key],
+            )
+            .await?;
+        Ok(row.map(|r| HqSession {
+            user: r.get(0),
+            user_changed_ms: r.get(1),
+            csrf: r.get(2),
+            created_ms: r.get(3),
+            last_used_ms: r.get(4),
+        }))
+    }
+
+    async fn touch_session(&self, key: &str, now_ms: i64) -> Result<(), StoreError> {
+        self.client()
+            .execute(
+                "UPDATE hq_sessions SET last_used_ms = $2 WHERE token_hash = $1 AND last_used_ms < $2",
+                &[&key, &now_ms],
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn close_session(&self, key: &str) -> Result<(), StoreError> {
+        self.client()
+            .execute("DELETE FROM hq_sessions WHERE token_hash = $1", &[&key])
+            .await?;
+        Ok(())
+    }
+}
+
+/// How long a store's key is trusted from the cache: `register-store` (a new key) and
+/// `unregister-store` reach every HQ process within this, without a restart.
+pub const KEY_TTL: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Keys parsed once and read again after [`KEY_TTL`]; stores without a key are not cached (a new
+/// registration works at its first upload).
 #[derive(Default)]
 pub struct KeyCache {
-    keys: tokio::sync::RwLock<HashMap<String, libp2p_identity::PublicKey>>,
+    keys: tokio::sync::RwLock<HashMap<String, (libp2p_identity::PublicKey, std::time::Instant)>>,
 }
+
+/// Stores whose keys the cache holds before it starts afresh (only registered stores get in).
+const MAX_CACHED_KEYS: usize = 100_000;
 
 impl KeyCache {
     pub async fn get(&self, store: &HqStore, name: &str) -> Result<Option<libp2p_identity::PublicKey>, StoreError> {
-        if let Some(k) = self.keys.read().await.get(name) {
-            return Ok(Some(k.clone()));
+        if let Some((k, at)) = self.keys.read().await.get(name) {
+            if at.elapsed() < KEY_TTL {
+                return Ok(Some(k.clone()));
+            }
         }
         let Some(text) = store.store_key(name).await? else {
+            self.keys.write().await.remove(name);
             return Ok(None);
         };
         let key = parse_store_key(&text).map_err(|reason| StoreError::BadKey {
             store: name.to_string(),
             reason,
         })?;
-        self.keys.write().await.insert(name.to_string(), key.clone());
+        let mut keys = self.keys.write().await;
+        if keys.len() >= MAX_CACHED_KEYS {
+            keys.clear();
+        }
+        keys.insert(name.to_string(), (key.clone(), std::time::Instant::now()));
         Ok(Some(key))
     }
 }

@@ -1,6 +1,8 @@
 //! Attacks on HQ over its real HTTPS listener, each refused: oversized and endless uploads, broken and
 //! forged envelopes, uploads in a crowd of garbage, traversal and SQL in the dashboard's store ids (on
-//! PostgreSQL), bad export ranges, huge request heads, and the counters that must show all of it.
+//! PostgreSQL), bad export ranges, huge request heads, and the counters that must show all of it. The
+//! dashboard's routes are reached on its own listener, logged in through the real form; the upload
+//! listener serves none of them.
 //! What `receiver.rs` already proves (each refusal's status once, the tie-break) is not repeated.
 
 use std::io::{Read, Write};
@@ -15,7 +17,7 @@ use hyper::body::{Bytes, Frame};
 use libp2p_identity::Keypair;
 use lpmesh_hq::client::{ClientError, HqClient};
 use lpmesh_hq::envelope::{seal, store_key_to_string, Envelope};
-use lpmesh_hq::server::{serve, HqState, Running};
+use lpmesh_hq::server::{serve, serve_dashboard, HqState, Running};
 use lpmesh_hq::store::{Embedded, Filter, HqStore, Postgres, StoredSummary};
 use lpmesh_hq::summary::{LineCount, Summary};
 use lpmesh_hq::testpg::TestPg;
@@ -31,7 +33,12 @@ const STORES: [&str; 2] = ["shop-1", "shop-2"];
 struct Hq {
     state: Arc<HqState>,
     _running: Running,
+    _dashboard: Running,
+    /// The upload listener.
     addr: SocketAddr,
+    /// The dashboard listener, and an admin's session cookie there.
+    dash: SocketAddr,
+    cookie: String,
     tls: Arc<rustls::ClientConfig>,
     client: HqClient,
     recipient: age::x25519::Recipient,
@@ -84,11 +91,27 @@ async fn start(store: HqStore, dir: PathBuf, pg: Option<TestPg>) -> Hq {
         state.clone(),
         "127.0.0.1:0".parse().unwrap(),
         cert.cert_pem.clone(),
-        cert.key_pem,
+        cert.key_pem.clone(),
     )
     .await
     .unwrap();
     let addr = running.addr;
+    let dashboard = serve_dashboard(
+        state.clone(),
+        "127.0.0.1:0".parse().unwrap(),
+        cert.cert_pem.clone(),
+        cert.key_pem.clone(),
+    )
+    .await
+    .unwrap();
+    let now = chrono::Utc::now().timestamp_millis();
+    let admin =
+        lpmesh_hq::access::new_user("ana", lpmesh_hq::access::HqRole::Admin, vec![], ADMIN_PASSWORD, now).unwrap();
+    state.store.put_user(admin).await.unwrap();
+    let tls = tls_config(&cert.cert_pem);
+    let cookie = login(dashboard.addr, &tls, "ana", ADMIN_PASSWORD)
+        .await
+        .expect("the admin logs in");
     let client = HqClient::new(
         &format!("https://localhost:{}", addr.port()),
         Some(&cert.cert_path),
@@ -99,8 +122,11 @@ async fn start(store: HqStore, dir: PathBuf, pg: Option<TestPg>) -> Hq {
     Hq {
         state,
         _running: running,
+        dash: dashboard.addr,
+        _dashboard: dashboard,
+        cookie,
         addr,
-        tls: tls_config(&cert.cert_pem),
+        tls,
         client,
         recipient,
         keys,
@@ -152,9 +178,23 @@ impl Hq {
         body
     }
 
+    /// A GET on the dashboard listener, logged in as the admin.
     async fn get(&self, target: &str) -> (u16, String) {
-        let head = format!("GET {target} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+        let head = format!(
+            "GET {target} HTTP/1.1\r\nHost: localhost\r\nCookie: {}\r\nConnection: close\r\n\r\n",
+            self.cookie
+        );
         self.exchange(head.into_bytes()).await
+    }
+
+    /// A GET on the upload listener, with the admin's cookie all the same.
+    async fn get_upload(&self, target: &str) -> (u16, String) {
+        let head = format!(
+            "GET {target} HTTP/1.1\r\nHost: localhost\r\nCookie: {}\r\nConnection: close\r\n\r\n",
+            self.cookie
+        );
+        let (status, _, body) = raw(self.addr, self.tls.clone(), head.into_bytes()).await;
+        (status, body)
     }
 
     async fn post_raw(&self, body: &[u8]) -> (u16, String) {
@@ -165,36 +205,66 @@ impl Hq {
         )
         .into_bytes();
         req.extend_from_slice(body);
-        self.exchange(req).await
+        let (status, _, body) = raw(self.addr, self.tls.clone(), req).await;
+        (status, body)
     }
 
-    /// Writes raw bytes over TLS and reads the answer: (status, body); status 0 if the server closed
-    /// without one.
+    /// Raw bytes to the dashboard listener: (status, body).
     async fn exchange(&self, request: Vec<u8>) -> (u16, String) {
-        let (addr, tls) = (self.addr, self.tls.clone());
-        tokio::task::spawn_blocking(move || {
-            let mut s = connect(addr, &tls);
-            // The server may answer and close before it read everything (that is the point of some).
-            let _ = s.write_all(&request).and_then(|_| s.flush());
-            let mut out = Vec::new();
-            let mut buf = [0u8; 16 * 1024];
-            while let Ok(n) = s.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                out.extend_from_slice(&buf[..n]);
-            }
-            let text = String::from_utf8_lossy(&out).into_owned();
-            let status = text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-            let body = text
-                .split_once("\r\n\r\n")
-                .map(|(_, b)| b.to_string())
-                .unwrap_or_default();
-            (status, body)
-        })
-        .await
-        .unwrap()
+        let (status, _, body) = raw(self.dash, self.tls.clone(), request).await;
+        (status, body)
     }
+}
+
+const ADMIN_PASSWORD: &str = "a long admin password";
+
+/// Logs in through the dashboard's form; the session cookie (`name=value`), if it worked.
+async fn login(dash: SocketAddr, tls: &Arc<rustls::ClientConfig>, name: &str, password: &str) -> Option<String> {
+    let form = format!("name={name}&password={}", password.replace(' ', "+"));
+    let req = format!(
+        "POST /login HTTP/1.1\r\nHost: localhost:{port}\r\nOrigin: https://localhost:{port}\r\n\
+         Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{form}",
+        form.len(),
+        port = dash.port()
+    );
+    let (status, head, _) = raw(dash, tls.clone(), req.into_bytes()).await;
+    if status != 303 {
+        return None;
+    }
+    head.lines()
+        .find_map(|l| {
+            l.strip_prefix("set-cookie: ")
+                .or_else(|| l.strip_prefix("Set-Cookie: "))
+        })
+        .and_then(|c| c.split(';').next())
+        .map(str::to_string)
+}
+
+/// Writes raw bytes over TLS and reads the answer: (status, head, body); status 0 if the server
+/// closed without one.
+async fn raw(addr: SocketAddr, tls: Arc<rustls::ClientConfig>, request: Vec<u8>) -> (u16, String, String) {
+    tokio::task::spawn_blocking(move || {
+        let mut s = connect(addr, &tls);
+        // The server may answer and close before it read everything (that is the point of some).
+        let _ = s.write_all(&request).and_then(|_| s.flush());
+        let mut out = Vec::new();
+        let mut buf = [0u8; 16 * 1024];
+        while let Ok(n) = s.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            out.extend_from_slice(&buf[..n]);
+        }
+        let text = String::from_utf8_lossy(&out).into_owned();
+        let status = text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+        let (head, body) = text
+            .split_once("\r\n\r\n")
+            .map(|(h, b)| (h.to_string(), b.to_string()))
+            .unwrap_or_default();
+        (status, head, body)
+    })
+    .await
+    .unwrap()
 }
 
 fn tls_config(cert_pem: &[u8]) -> Arc<rustls::ClientConfig> {
@@ -586,7 +656,7 @@ async fn store_ids_with_traversal_or_sql_reach_no_other_store_on_postgresql() {
         assert_eq!(s, 200, "{store}");
         assert_eq!(csv.lines().count(), 1, "store={store} exported rows: {csv}");
         let (s, json) = hq.get(&format!("/export.json?store={store}")).await;
-        assert_eq!((s, json.as_str()), (200, "[]"), "{store}");
+        assert_eq!((s, json.as_str()), (200, "{\"summaries\":[],\"next\":null}"), "{store}");
     }
     assert_eq!(hq.stored().await, before, "nothing was changed through an id");
     assert_eq!(hq.state.store.stores().await.unwrap().len(), 2);
@@ -910,4 +980,129 @@ async fn a_client_that_trickles_its_request_is_cut_off() {
         }
     }
     assert!(held.is_empty(), "held open for {patience:?} while trickled: {held:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_upload_listener_has_no_dashboard_and_the_dashboard_needs_a_login() {
+    let hq = embedded().await;
+    let s = summary("shop-1", 490_000 * HOUR, vv(&[("a", 1)]), 4242);
+    hq.client.post(hq.sealed(0, &s).encode()).await.unwrap();
+    // Whoever reaches the stores' port, even holding an admin's cookie, finds nothing to read.
+    for path in [
+        "/",
+        "/stores/shop-1",
+        "/export.csv",
+        "/export.json?from=0",
+        "/metrics",
+        "/login",
+    ] {
+        let (status, body) = hq.get_upload(path).await;
+        assert_eq!(status, 404, "{path} on the upload listener: {body}");
+        assert!(!body.contains("4242"));
+    }
+    assert_eq!(hq.get_upload("/health").await, (200, "ok\n".to_string()));
+    // The dashboard listener without a session.
+    for (path, want) in [
+        ("/", 303),
+        ("/stores/shop-1", 303),
+        ("/export.csv", 401),
+        ("/metrics", 401),
+    ] {
+        let head = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+        let (status, body) = hq.exchange(head.into_bytes()).await;
+        assert_eq!(status, want, "{path}: {body}");
+        assert!(!body.contains("4242") && !body.contains("shop-1"), "{path}: {body}");
+    }
+    // Wrong passwords slow the guesser down; the admin, from the same test, still logs in once the
+    // short wait has passed.
+    for _ in 0..5 {
+        assert!(login(hq.dash, &hq.tls, "ana", "not the password").await.is_none());
+    }
+    assert!(
+        login(hq.dash, &hq.tls, "ana", ADMIN_PASSWORD).await.is_none(),
+        "waits first"
+    );
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let cookie = login(hq.dash, &hq.tls, "ana", ADMIN_PASSWORD).await.expect("logs in");
+    assert_ne!(cookie, hq.cookie, "a session of its own");
+    let m = hq.metrics().await;
+    assert_eq!(counter(&m, "lpmesh_hq_logins_total{outcome=\"wrong\"}"), 5);
+    assert_eq!(counter(&m, "lpmesh_hq_logins_total{outcome=\"backoff\"}"), 1);
+    assert_eq!(counter(&m, "lpmesh_hq_logins_total{outcome=\"ok\"}"), 2);
+}
+
+async fn get_with(addr: SocketAddr, tls: &Arc<rustls::ClientConfig>, cookie: &str, path: &str) -> (u16, String) {
+    let head = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nCookie: {cookie}\r\nConnection: close\r\n\r\n");
+    let (status, _, body) = raw(addr, tls.clone(), head.into_bytes()).await;
+    (status, body)
+}
+
+/// Two HQ processes on one PostgreSQL, as behind a load balancer: users, sessions and the registry
+/// live in the database, so a login made on one works on the other, and removing a user or
+/// unregistering a store takes effect on both without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_on_one_hq_process_works_on_another_and_changes_reach_both() {
+    let a = postgres().await;
+    let url = a._pg.as_ref().unwrap().url();
+    let b = HqState::new(
+        HqStore::Postgres(Postgres::connect(&url, 2).await.unwrap()),
+        age::x25519::Identity::generate(),
+        LIMIT,
+    );
+    let cert = lpmesh_hq::tls::load_or_create_cert(&a.dir.join("tls"), None, None, &["localhost".into()]).unwrap();
+    let b_dash = serve_dashboard(b.clone(), "127.0.0.1:0".parse().unwrap(), cert.cert_pem, cert.key_pem)
+        .await
+        .unwrap();
+    let (status, body) = get_with(b_dash.addr, &a.tls, &a.cookie, "/").await;
+    assert_eq!(status, 200, "A's session on B");
+    assert!(body.contains("ana (admin)"), "{body}");
+    let on_b = login(b_dash.addr, &a.tls, "ana", ADMIN_PASSWORD)
+        .await
+        .expect("logs in on B");
+    assert_eq!(
+        get_with(a.dash, &a.tls, &on_b, "/export.json").await.0,
+        200,
+        "B's session on A"
+    );
+
+    // Removed through B: every session ends on both.
+    assert!(b.store.remove_user("ana").await.unwrap());
+    for (addr, cookie) in [
+        (a.dash, &a.cookie),
+        (a.dash, &on_b),
+        (b_dash.addr, &a.cookie),
+        (b_dash.addr, &on_b),
+    ] {
+        assert_eq!(get_with(addr, &a.tls, cookie, "/export.json").await.0, 401);
+    }
+
+    // Unregistered through B while A holds the store's key in its cache: A refuses the store's
+    // uploads within the cache's lifetime, with no restart.
+    let now = chrono::Utc::now().timestamp_millis();
+    let first = summary("shop-1", 490_000 * HOUR, vv(&[("a", 1)]), 1);
+    a.client.post(a.sealed(0, &first).encode()).await.unwrap();
+    assert!(b.store.unregister_store("shop-1", now).await.unwrap());
+    assert!(!b.store.unregister_store("shop-1", now).await.unwrap(), "once");
+    tokio::time::sleep(lpmesh_hq::store::KEY_TTL + Duration::from_millis(200)).await;
+    let next = summary("shop-1", 490_001 * HOUR, vv(&[("a", 2)]), 1);
+    let (status, error) = a.refused(a.sealed(0, &next).encode()).await;
+    assert_eq!((status, error.as_str()), (403, "unknown_store"));
+    let row = a
+        .state
+        .store
+        .stores()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|r| r.store == "shop-1")
+        .unwrap();
+    assert!(
+        row.unregistered_at_ms.is_some() && row.periods == 1,
+        "its history stays"
+    );
+    // Registered again (a new key, say): accepted at once.
+    let key = store_key_to_string(&a.keys[0].public()).unwrap();
+    b.store.register_store("shop-1", &key, now).await.unwrap();
+    a.client.post(a.sealed(0, &next).encode()).await.unwrap();
+    assert_eq!(a.stored().await.len(), 2);
 }

@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
+/// HQ's demo admin (its password is drawn for each run and printed).
+const DEMO_ANALYST: &str = "analyst";
 pub const DEMO_MANAGER: (&str, &str) = ("manager", "demo-manager");
 pub const DEMO_GUARD: (&str, &str) = ("guard", "demo-guard");
 const STORE: &str = "demo-store";
@@ -311,17 +313,36 @@ pub fn run(a: DemoArgs, stop: Arc<AtomicBool>) -> Result<ExitCode> {
 
     // HQ: its identity and certificate, then the store registered with it.
     let hq_port = free_port()?;
+    let dash_port = free_port()?;
     let hq_dir = dir.join("hq");
     let hq_toml = dir.join("hq.toml");
     std::fs::write(
         &hq_toml,
         format!(
-            "listen = \"127.0.0.1:{hq_port}\"\ndata_dir = \"{}\"\n",
+            "listen = \"127.0.0.1:{hq_port}\"\ndashboard_listen = \"127.0.0.1:{dash_port}\"\ndata_dir = \"{}\"\n",
             hq_dir.display()
         ),
     )?;
     let hq_cfg = hq_toml.to_string_lossy().to_string();
+    step(&["validate", &hq_cfg], None)?;
     let init = step(&["hq", "init", "--config", &hq_cfg], None)?;
+    // HQ's dashboard needs a login: an admin with a password drawn for this run.
+    let analyst_password = lpmesh_web::login::token()[..16].to_string();
+    step(
+        &[
+            "hq",
+            "user",
+            "add",
+            "--config",
+            &hq_cfg,
+            "--name",
+            DEMO_ANALYST,
+            "--role",
+            "admin",
+            "--password-stdin",
+        ],
+        Some(&format!("{analyst_password}\n")),
+    )?;
     let recipient = init
         .lines()
         .find_map(|l| l.strip_prefix("HQ recipient"))
@@ -424,9 +445,10 @@ pub fn run(a: DemoArgs, stop: Arc<AtomicBool>) -> Result<ExitCode> {
         DEMO_MANAGER.0, DEMO_MANAGER.1, DEMO_GUARD.0, DEMO_GUARD.1
     );
     println!(
-        "  HQ dashboard  https://localhost:{hq_port}/   (self-signed certificate: {})",
+        "  HQ dashboard  https://localhost:{dash_port}/   log in {DEMO_ANALYST} / {analyst_password}   (self-signed certificate: {})",
         hq.cert.display()
     );
+    println!("  HQ uploads    https://localhost:{hq_port}/api/v1/summaries   (the stores' side: no dashboard there)");
     println!(
         "  alerts        {}",
         if mqtt {

@@ -300,6 +300,48 @@ enum HqCommand {
         #[arg(long)]
         key: String,
     },
+    /// Refuse a store's uploads from now on (a closed store, a stolen node); its summaries stay.
+    /// Works while HQ runs; register it again to undo.
+    UnregisterStore {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        store: String,
+    },
+    /// The people who may log in to HQ's dashboard.
+    #[command(subcommand)]
+    User(HqUserCommand),
+}
+
+#[derive(Subcommand)]
+enum HqUserCommand {
+    /// Add a user, or replace one (new password, role or stores; their sessions end).
+    Add {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        name: String,
+        /// admin (every store, metrics) or viewer (only --stores).
+        #[arg(long)]
+        role: String,
+        /// A viewer's stores, comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        stores: Vec<String>,
+        /// Read the password from the first line of standard input (for scripts).
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Remove a user; their sessions end at their next request.
+    Remove {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        name: String,
+    },
+    List {
+        #[arg(long)]
+        config: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -807,17 +849,48 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Validate { file } => match NodeConfig::load(&file) {
-            Ok(_) => {
-                println!("{}: valid", file.display());
-                Ok(ExitCode::SUCCESS)
+        Command::Validate { file } => {
+            let checked = if is_hq_config(&file) {
+                lpmesh_hq::config::HqConfig::load(&file)
+                    .and_then(|c| c.metrics_token().map(|_| "HQ configuration"))
+                    .map_err(|e| e.to_string())
+            } else {
+                NodeConfig::load(&file)
+                    .map(|_| "store node configuration")
+                    .map_err(|e| e.to_string())
+            };
+            match checked {
+                Ok(what) => {
+                    println!("{}: valid {what}", file.display());
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) => {
+                    eprintln!("{e}");
+                    Ok(ExitCode::FAILURE)
+                }
             }
-            Err(e) => {
-                eprintln!("{e}");
-                Ok(ExitCode::FAILURE)
-            }
-        },
+        }
     }
+}
+
+/// Whether a configuration file is HQ's: it names no store and sets a key only HQ has. A file that
+/// cannot be read or parsed is checked as a node's, whose reader says what is wrong with it.
+fn is_hq_config(file: &Path) -> bool {
+    const HQ_ONLY: [&str; 9] = [
+        "listen",
+        "dashboard_listen",
+        "database_url",
+        "tls_cert",
+        "tls_key",
+        "tls_names",
+        "max_envelope_bytes",
+        "export_max_days",
+        "metrics_token_file",
+    ];
+    std::fs::read_to_string(file)
+        .ok()
+        .and_then(|t| t.parse::<toml::Table>().ok())
+        .is_some_and(|t| !t.contains_key("store") && HQ_ONLY.iter().any(|k| t.contains_key(*k)))
 }
 
 fn read_password(from_stdin: bool) -> Result<String> {
@@ -947,12 +1020,69 @@ mod hq {
                 println!("store {store} registered");
                 Ok(ExitCode::SUCCESS)
             }
+            Some(HqCommand::UnregisterStore { config, store }) => {
+                let cfg = HqConfig::load(&config)?;
+                if runtime()?.block_on(lpmesh_hq::service::unregister_store(&cfg, &store))? {
+                    println!(
+                        "store {store} unregistered: its uploads are refused within {} s; its summaries stay",
+                        lpmesh_hq::store::KEY_TTL.as_secs()
+                    );
+                    Ok(ExitCode::SUCCESS)
+                } else {
+                    eprintln!("no registered store named {store}");
+                    Ok(ExitCode::FAILURE)
+                }
+            }
+            Some(HqCommand::User(cmd)) => user(cmd),
+
             None => {
                 let config = config.context("lpmesh hq needs --config FILE (see config/hq.example.toml)")?;
                 let cfg = HqConfig::load(&config)?;
                 serve(&cfg)
             }
         }
+    }
+
+    fn user(cmd: HqUserCommand) -> Result<ExitCode> {
+        use lpmesh_hq::access::{new_user, HqRole};
+        match cmd {
+            HqUserCommand::Add {
+                config,
+                name,
+                role,
+                stores,
+                password_stdin,
+            } => {
+                let cfg = HqConfig::load(&config)?;
+                let role = HqRole::parse(&role).context("--role is admin or viewer")?;
+                let stores: Vec<String> = stores.into_iter().filter(|s| !s.is_empty()).collect();
+                let password = super::read_password(password_stdin)?;
+                let now = chrono::Utc::now().timestamp_millis();
+                let user = new_user(&name, role, stores, &password, now)?;
+                runtime()?.block_on(lpmesh_hq::service::put_user(&cfg, user))?;
+                println!("HQ user {name} ({}) saved; it can log in at once", role.as_str());
+            }
+            HqUserCommand::Remove { config, name } => {
+                let cfg = HqConfig::load(&config)?;
+                if !runtime()?.block_on(lpmesh_hq::service::remove_user(&cfg, &name))? {
+                    eprintln!("no HQ user named {name}");
+                    return Ok(ExitCode::FAILURE);
+                }
+                println!("HQ user {name} removed; their sessions end at their next request");
+            }
+            HqUserCommand::List { config } => {
+                let cfg = HqConfig::load(&config)?;
+                for u in runtime()?.block_on(lpmesh_hq::service::users(&cfg))? {
+                    let scope = if u.stores.is_empty() {
+                        "every store".to_string()
+                    } else {
+                        u.stores.join(",")
+                    };
+                    println!("{:<24} {:<7} {scope}", u.name, u.role.as_str());
+                }
+            }
+        }
+        Ok(ExitCode::SUCCESS)
     }
 
     fn print_identity(id: &lpmesh_hq::service::Identity) {
@@ -980,15 +1110,18 @@ mod hq {
             let started = lpmesh_hq::service::start(cfg).await?;
             print_identity(&started.identity);
             println!(
-                "HQ listening on https://{} ({} store); dashboard at https://{}/",
+                "HQ uploads on https://{} ({} store); dashboard (login) at https://{}/",
                 started.running.addr,
                 started.state.store.kind(),
-                started.running.addr
+                started.dashboard.addr
             );
+            if started.users == 0 {
+                println!("no HQ user yet: add one with `lpmesh hq user add --config FILE --name NAME --role admin`");
+            }
             while !stop.load(Ordering::Relaxed) {
                 tokio::time::sleep(std::time::Duration::from_millis(100)).await;
             }
-            started.running.shutdown(std::time::Duration::from_secs(5)).await;
+            started.shutdown(std::time::Duration::from_secs(5)).await;
             println!("HQ stopped");
             Ok(ExitCode::SUCCESS)
         })

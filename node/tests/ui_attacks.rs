@@ -1243,7 +1243,7 @@ async fn a_client_that_trickles_its_request_body_gets_408_and_loses_the_connecti
         .await
         .unwrap();
     // The UI gives a body 30 s, as HQ does.
-    let patience = lpmesh_hq::server::BODY_DEADLINE + Duration::from_secs(15);
+    let patience = lpmesh_web::body::BODY_DEADLINE + Duration::from_secs(15);
     let head =
         b"POST /api/login HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 4000\r\n\r\n{";
     let (took, text) = trickle(running.addr, head, b" ", Duration::from_millis(500), patience).await;

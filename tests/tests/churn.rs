@@ -142,7 +142,7 @@ fn five_nodes_through_partitions_delays_loss_and_restarts_converge_with_hq_match
     std::fs::write(
         &hq_toml,
         format!(
-            "listen = \"127.0.0.1:{hq_port}\"\ndata_dir = \"{}\"\n",
+            "listen = \"127.0.0.1:{hq_port}\"\ndashboard_listen = \"127.0.0.1:0\"\ndata_dir = \"{}\"\n",
             dir.join("hq").display()
         ),
     )

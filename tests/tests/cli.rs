@@ -172,13 +172,144 @@ fn validate_reports_file_line_and_field() {
 #[test]
 fn the_example_configurations_are_valid() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    for file in ["config/store.example.toml", "config/demo/store.toml"] {
+    for (file, what) in [
+        ("config/store.example.toml", "valid store node configuration"),
+        ("config/demo/store.toml", "valid store node configuration"),
+        ("config/hq.example.toml", "valid HQ configuration"),
+    ] {
         let o = lpmesh()
             .args(["validate", &root.join(file).to_string_lossy()])
             .output()
             .unwrap();
         assert!(o.status.success(), "{file}: {}", stderr(&o));
+        assert!(String::from_utf8_lossy(&o.stdout).contains(what), "{file}");
     }
+}
+
+#[test]
+fn validate_checks_an_hq_configuration_as_one() {
+    let dir = TempDir::new("validate-hq");
+    let cfg = dir.join("hq.toml");
+    std::fs::write(
+        &cfg,
+        "listen = \"0.0.0.0:8443\"\ndashbord_listen = \"127.0.0.1:8444\"\n",
+    )
+    .unwrap();
+    let o = lpmesh().args(["validate", &cfg.to_string_lossy()]).output().unwrap();
+    assert_clean_failure(&o, &["hq.toml:", "line 2", "dashbord_listen"]);
+    std::fs::write(
+        &cfg,
+        "listen = \"0.0.0.0:8443\"\ndashboard_listen = \"127.0.0.1:8443\"\n",
+    )
+    .unwrap();
+    let o = lpmesh().args(["validate", &cfg.to_string_lossy()]).output().unwrap();
+    assert_clean_failure(&o, &["hq.toml", "dashboard_listen", "own listener"]);
+    std::fs::write(
+        &cfg,
+        "listen = \"0.0.0.0:8443\"\nmetrics_token_file = \"/nonexistent/token\"\n",
+    )
+    .unwrap();
+    let o = lpmesh().args(["validate", &cfg.to_string_lossy()]).output().unwrap();
+    assert_clean_failure(&o, &["/nonexistent/token"]);
+}
+
+/// HQ's users and the registry through the CLI, as HQ's administrator manages them (the embedded
+/// store: files a running HQ reads at each request).
+#[test]
+fn hq_users_and_store_registrations_are_managed_from_the_command_line() {
+    let dir = TempDir::new("hq-users");
+    let cfg = dir.join("hq.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "listen = \"127.0.0.1:0\"\ndashboard_listen = \"127.0.0.1:0\"\ndata_dir = \"{}\"\n",
+            dir.join("hq").display()
+        ),
+    )
+    .unwrap();
+    let c = cfg.to_string_lossy().to_string();
+    let run = |args: &[&str], stdin: &str| {
+        use std::io::Write;
+        let mut child = lpmesh()
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let add = [
+        "hq",
+        "user",
+        "add",
+        "--config",
+        &c,
+        "--name",
+        "ana",
+        "--role",
+        "admin",
+        "--password-stdin",
+    ];
+    let o = run(&add, "too short\n");
+    assert_clean_failure(&o, &["at least 12 characters"]);
+    let o = run(&add, "a long admin password\n");
+    assert!(o.status.success(), "{}", stderr(&o));
+    let viewer = [
+        "hq",
+        "user",
+        "add",
+        "--config",
+        &c,
+        "--name",
+        "vic",
+        "--role",
+        "viewer",
+        "--password-stdin",
+    ];
+    assert_clean_failure(&run(&viewer, "a long viewer password\n"), &["at least one store"]);
+    let mut scoped = viewer.to_vec();
+    scoped.extend(["--stores", "shop-1,shop-2"]);
+    assert!(run(&scoped, "a long viewer password\n").status.success());
+    let o = run(&["hq", "user", "list", "--config", &c], "");
+    let list = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(list.contains("ana") && list.contains("every store"), "{list}");
+    assert!(list.contains("vic") && list.contains("shop-1,shop-2"), "{list}");
+    assert!(!list.contains("argon2"), "no hash printed: {list}");
+    assert!(run(&["hq", "user", "remove", "--config", &c, "--name", "vic"], "")
+        .status
+        .success());
+    assert_clean_failure(
+        &run(&["hq", "user", "remove", "--config", &c, "--name", "vic"], ""),
+        &["no HQ user named vic"],
+    );
+
+    let key = {
+        let k = libp2p_identity::Keypair::generate_ed25519();
+        lpmesh_hq::envelope::store_key_to_string(&k.public()).unwrap()
+    };
+    let o = run(
+        &[
+            "hq",
+            "register-store",
+            "--config",
+            &c,
+            "--store",
+            "shop-1",
+            "--key",
+            &key,
+        ],
+        "",
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = run(&["hq", "unregister-store", "--config", &c, "--store", "shop-1"], "");
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("its summaries stay"));
+    assert_clean_failure(
+        &run(&["hq", "unregister-store", "--config", &c, "--store", "shop-1"], ""),
+        &["no registered store named shop-1"],
+    );
 }
 
 #[test]

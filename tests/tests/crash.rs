@@ -80,7 +80,7 @@ fn hq_setup(dir: &TempDir, pg: &TestPg) -> Hq {
     std::fs::write(
         &config,
         format!(
-            "listen = \"127.0.0.1:{port}\"\ndata_dir = \"{}\"\ndatabase_url = \"{}\"\n",
+            "listen = \"127.0.0.1:{port}\"\ndashboard_listen = \"127.0.0.1:0\"\ndata_dir = \"{}\"\ndatabase_url = \"{}\"\n",
             hq_dir.display(),
             pg.url()
         ),

@@ -29,7 +29,7 @@ fn a_store_reports_to_hq_through_its_elected_leader() {
     std::fs::write(
         &hq_toml,
         format!(
-            "listen = \"127.0.0.1:{hq_port}\"\ndata_dir = \"{}\"\n",
+            "listen = \"127.0.0.1:{hq_port}\"\ndashboard_listen = \"127.0.0.1:0\"\ndata_dir = \"{}\"\n",
             hq_dir.display()
         ),
     )

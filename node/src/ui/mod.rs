@@ -438,7 +438,7 @@ const MAX_BODY: usize = 64 * 1024;
 /// few kilobytes at once, and a client that trickles one would otherwise hold a connection (and a
 /// handler) for as long as it likes.
 async fn body_deadline(req: Request, next: Next) -> Response {
-    use lpmesh_hq::server::{read_body, BodyEnd};
+    use lpmesh_web::body::{read_body, BodyEnd};
     if matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS) {
         return next.run(req).await;
     }
@@ -1146,7 +1146,7 @@ pub async fn serve_router(router: Router, addr: SocketAddr) -> Result<Running, U
     server
         .http_builder()
         .http1()
-        .header_read_timeout(lpmesh_hq::server::HEADER_DEADLINE);
+        .header_read_timeout(lpmesh_web::body::HEADER_DEADLINE);
     // With the client's address available to handlers (the login limits need it).
     let svc = router.into_make_service_with_connect_info::<SocketAddr>();
     let task = tokio::spawn(async move {
@@ -1193,7 +1193,7 @@ pub async fn serve(state: Arc<UiState>, addr: SocketAddr, tls: Option<(Vec<u8>, 
     server
         .http_builder()
         .http1()
-        .header_read_timeout(lpmesh_hq::server::HEADER_DEADLINE);
+        .header_read_timeout(lpmesh_web::body::HEADER_DEADLINE);
     let svc = app(state).into_make_service_with_connect_info::<SocketAddr>();
     let task = tokio::spawn(async move {
         if let Err(e) = server.serve(svc).await {
