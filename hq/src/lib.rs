@@ -22,6 +22,7 @@ pub mod client;
 pub mod config;
 pub mod dashboard;
 pub mod envelope;
+pub mod pgtls;
 pub mod plausible;
 pub mod server;
 pub mod service;

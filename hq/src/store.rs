@@ -23,7 +23,7 @@ use crate::vv::{Decision, VersionVector};
 pub enum StoreError {
     #[error("embedded database {path}: {source}")]
     Sled { path: PathBuf, source: sled::Error },
-    #[error("PostgreSQL: {0}")]
+    #[error("PostgreSQL: {}", with_causes(.0))]
     Postgres(#[from] tokio_postgres::Error),
     #[error("{path}: {reason}")]
     File { path: PathBuf, reason: String },
@@ -31,8 +31,26 @@ pub enum StoreError {
     Corrupt(String),
     #[error("bad store key for {store}: {reason}")]
     BadKey { store: String, reason: String },
+    #[error("PostgreSQL over TLS: {0}")]
+    Tls(String),
     #[error("another writer keeps changing {store} period {period_start_ms}; giving up")]
     Contended { store: String, period_start_ms: i64 },
+}
+
+/// An error and what caused it: tokio_postgres says only "error performing TLS handshake", its
+/// source says which certificate was refused and why.
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let more = c.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        cause = c.source();
+    }
+    text
 }
 
 /// A summary as HQ holds it.
@@ -619,15 +637,10 @@ const MIGRATION_LOCK: i64 = 0x6c70_6d65_7368;
 impl Postgres {
     /// Opens `connections` connections (each carries many concurrent queries) and migrates the schema.
     pub async fn connect(url: &str, connections: usize) -> Result<Postgres, StoreError> {
+        let target = crate::pgtls::PgTarget::parse(url).map_err(|e| StoreError::Tls(e.to_string()))?;
         let mut clients = Vec::new();
         for _ in 0..connections.max(1) {
-            let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
-            tokio::spawn(async move {
-                if let Err(e) = conn.await {
-                    tracing::error!(error = %e, "PostgreSQL connection lost");
-                }
-            });
-            clients.push(client);
+            clients.push(crate::pgtls::connect(&target).await?);
         }
         let pg = Postgres {
             clients,
@@ -872,6 +885,15 @@ impl Postgres {
 }
 
 impl Postgres {
+    /// Whether this process's connection to the database is encrypted (PostgreSQL's own view).
+    pub async fn ssl_in_use(&self) -> Result<bool, StoreError> {
+        let row = self
+            .client()
+            .query_one("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()", &[])
+            .await?;
+        Ok(row.get(0))
+    }
+
     pub async fn unregister_store(&self, store: &str, now_ms: i64) -> Result<bool, StoreError> {
         let n = self
             .client()

@@ -54,6 +54,16 @@ impl TestPg {
 
     /// `durable`: fsync on, as in production (what `lpmesh bench hq` measures).
     pub fn start_with(durable: bool) -> Result<TestPg, PgError> {
+        Self::start_inner(durable, None)
+    }
+
+    /// A cluster that also speaks TLS with this certificate chain and key (PEM); plain connections
+    /// still work, so a test can show what each `sslmode` does.
+    pub fn start_tls(cert_pem: &[u8], key_pem: &[u8]) -> Result<TestPg, PgError> {
+        Self::start_inner(false, Some((cert_pem, key_pem)))
+    }
+
+    fn start_inner(durable: bool, tls: Option<(&[u8], &[u8])>) -> Result<TestPg, PgError> {
         let bin = find_bin()?;
         let as_user = is_root().then(|| "postgres".to_string());
         let dir = std::env::temp_dir().join(format!("lpmesh-pg-{}-{}", std::process::id(), rand::random::<u32>()));
@@ -62,12 +72,29 @@ impl TestPg {
             run(Command::new("chown").arg(format!("{u}:")).arg(&dir))?;
         }
         let port = free_port()?;
+        let mut opts = format!(
+            "-p {{port}} -k {} -c listen_addresses=127.0.0.1 -c fsync={} -c max_connections=50",
+            dir.display(),
+            if durable { "on" } else { "off" }
+        );
+        if let Some((cert, key)) = tls {
+            use std::os::unix::fs::PermissionsExt;
+            let (c, k) = (dir.join("server.crt"), dir.join("server.key"));
+            std::fs::write(&c, cert).map_err(|e| PgError(e.to_string()))?;
+            std::fs::write(&k, key).map_err(|e| PgError(e.to_string()))?;
+            // PostgreSQL refuses a key others can read, or one its user does not own.
+            std::fs::set_permissions(&k, std::fs::Permissions::from_mode(0o600)).map_err(|e| PgError(e.to_string()))?;
+            if let Some(u) = &as_user {
+                run(Command::new("chown").arg(format!("{u}:")).arg(&c).arg(&k))?;
+            }
+            opts.push_str(&format!(
+                " -c ssl=on -c ssl_cert_file={} -c ssl_key_file={}",
+                c.display(),
+                k.display()
+            ));
+        }
         let mut pg = TestPg {
-            opts: format!(
-                "-p {{port}} -k {} -c listen_addresses=127.0.0.1 -c fsync={} -c max_connections=50",
-                dir.display(),
-                if durable { "on" } else { "off" }
-            ),
+            opts,
             dir,
             bin,
             as_user,
