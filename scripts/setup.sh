@@ -17,7 +17,8 @@ if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
 # server for the HQ tests and `lpmesh bench hq` (they start throw-away clusters with initdb/pg_ctl).
 # Mosquitto for the MQTT alert tests (they start their own broker on a free port); Chromium for the
 # UI's browser tests (driven by playwright-core from npm, which never downloads a browser of its own).
-DEB_PKGS=(pkg-config clang libclang-dev libopencv-dev postgresql mosquitto chromium)
+# libnss3-tools: certutil, which puts the store's CA into the browser test's own trust store (NSS).
+DEB_PKGS=(pkg-config clang libclang-dev libopencv-dev postgresql mosquitto chromium libnss3-tools)
 missing=()
 for p in "${DEB_PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

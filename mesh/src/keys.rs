@@ -51,7 +51,7 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> KeyError + '_ {
 }
 
 /// Writes `bytes` to a new file readable only by its owner; refuses to overwrite.
-fn write_private(path: &Path, bytes: &[u8]) -> Result<(), KeyError> {
+pub fn write_private(path: &Path, bytes: &[u8]) -> Result<(), KeyError> {
     if path.exists() {
         return Err(KeyError::Exists {
             path: path.to_path_buf(),
@@ -145,7 +145,28 @@ pub struct StoreSecrets {
     /// that admitted this node held them: a node joins able to read the store's whole history.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub epochs: Vec<EpochKey>,
+    /// The store's certificate authority for its nodes' tablet UIs (made at `lpmesh init`): a tablet
+    /// that trusts it trusts every node. Absent in stores created before it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ui_ca: Option<UiCa>,
 }
+
+/// A certificate authority as PEM: its certificate (public) and its key (secret).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UiCa {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for UiCa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UiCa").finish_non_exhaustive()
+    }
+}
+
+/// A CA's PEM texts are a few hundred bytes; anything far larger is not one.
+const MAX_CA_PEM: usize = 16 * 1024;
 
 /// One key epoch's secrets: a private-network key and the age identity records are written to.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -227,6 +248,7 @@ impl StoreSecrets {
             signing_key: base64::engine::general_purpose::STANDARD.encode(signing),
             founder: None,
             epochs: Vec::new(),
+            ui_ca: None,
         })
     }
 
@@ -295,6 +317,15 @@ impl StoreSecrets {
                 path: path.to_path_buf(),
                 reason: format!("bad key of epoch {}", e.n),
             })?;
+        }
+        if let Some(ca) = &self.ui_ca {
+            let pem = |t: &str, what: &str| t.len() <= MAX_CA_PEM && t.contains(&format!("-----BEGIN {what}"));
+            if !pem(&ca.cert_pem, "CERTIFICATE") || !pem(&ca.key_pem, "PRIVATE KEY") {
+                return Err(KeyError::Invalid {
+                    path: path.to_path_buf(),
+                    reason: "bad UI certificate authority".into(),
+                });
+            }
         }
         Ok(self)
     }

@@ -244,7 +244,7 @@ fn node_config(
     doc["mesh"] = toml_edit::Item::Table(mesh);
     let mut ui = Table::new();
     ui.insert("listen", value(format!("0.0.0.0:{}", node.ui)));
-    ui.insert("public_url", value(format!("http://127.0.0.1:{}", node.ui)));
+    ui.insert("public_url", value(format!("https://127.0.0.1:{}", node.ui)));
     doc["ui"] = toml_edit::Item::Table(ui);
     let mut ops = Table::new();
     ops.insert("listen", value(format!("127.0.0.1:{}", node.ops)));
@@ -434,8 +434,24 @@ pub fn run(a: DemoArgs, stop: Arc<AtomicBool>) -> Result<ExitCode> {
         std::thread::sleep(Duration::from_millis(300));
     }
     println!();
+    let ca = dir.join("store-ca.pem");
+    let fp = step(
+        &[
+            "store-ca",
+            "--data",
+            &nodes[0].data.to_string_lossy(),
+            "--out",
+            &ca.to_string_lossy(),
+        ],
+        None,
+    )?;
     println!(
-        "  tablet UI     http://127.0.0.1:{}/   (node-1; node-2 :{}, node-3 :{})",
+        "  store CA      {}   ({}; install it on a tablet once, or take it from any node's /ca.crt)",
+        ca.display(),
+        fp.trim()
+    );
+    println!(
+        "  tablet UI     https://127.0.0.1:{}/   (node-1; node-2 :{}, node-3 :{})",
         nodes[0].ui,
         nodes.get(1).map_or(0, |n| n.ui),
         nodes.get(2).map_or(0, |n| n.ui)

@@ -89,7 +89,9 @@ pub struct UiConfig {
     /// Address of the UI's listener; `enabled = false` serves none.
     pub listen: String,
     pub enabled: bool,
-    /// HTTPS with a certificate the node generates (its fingerprint is printed at start, for pinning).
+    /// HTTPS (the default), with a certificate issued at every start by the store's CA for every
+    /// name and address the node answers to. `false` serves plain HTTP, which logs a warning at every
+    /// start and refuses logins, invitations and camera pictures to anything but the node itself.
     pub tls: bool,
     /// The address tablets use for this node, for links in alerts (default: http(s)://<listen>).
     pub public_url: Option<String>,
@@ -103,7 +105,7 @@ impl Default for UiConfig {
         Self {
             listen: "0.0.0.0:8080".into(),
             enabled: true,
-            tls: false,
+            tls: true,
             public_url: None,
             names: Vec::new(),
         }

@@ -155,6 +155,14 @@ enum Command {
         #[arg(long)]
         data: PathBuf,
     },
+    /// The store's certificate authority for its tablets: prints its fingerprint, and with --out
+    /// writes the certificate (PEM) for a device manager to push to the store's tablets.
+    StoreCa {
+        #[arg(long)]
+        data: PathBuf,
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Score the tracker against annotated ground truth.
     Eval {
         #[command(subcommand)]
@@ -644,6 +652,23 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 "register it at HQ: lpmesh hq register-store --config HQ.toml --store {} --key {text}",
                 secrets.store
             );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::StoreCa { data, out } => {
+            let secrets = lpmesh_mesh::keys::StoreSecrets::load(&data)?;
+            let Some(ca) = secrets.ui_ca else {
+                eprintln!(
+                    "store {} has no certificate authority (made before store CAs): each node's UI shows its own, from https://NODE:PORT/ca.crt",
+                    secrets.store
+                );
+                return Ok(ExitCode::FAILURE);
+            };
+            let der = lpmesh_web::tls::first_der(&ca.cert_pem).context("the store's CA certificate is not PEM")?;
+            println!("SHA-256 {}", lpmesh_web::tls::fingerprint(&der));
+            if let Some(out) = out {
+                std::fs::write(&out, &ca.cert_pem).with_context(|| format!("cannot write {}", out.display()))?;
+                eprintln!("store {}'s CA certificate written to {}", secrets.store, out.display());
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Status { data, json } => status(&data, json),
@@ -1166,6 +1191,70 @@ mod daemon {
         (!host.is_empty()).then(|| host.to_string())
     }
 
+    /// The CA tablets trust this node through (the store's; in a store made before store CAs, one
+    /// this node makes for itself and keeps), and a fresh certificate from it for every name and
+    /// address the UI answers to.
+    fn ui_certificate(
+        cfg: &NodeConfig,
+        addr: std::net::SocketAddr,
+    ) -> Result<(lpmesh_node::ui::Trust, Vec<u8>, Vec<u8>)> {
+        use lpmesh_web::tls::{fingerprint, first_der, issue, new_ca, CaPem};
+        let secrets = StoreSecrets::load(&cfg.data_dir)?;
+        let (ca, store_wide) = match secrets.ui_ca {
+            Some(ca) => (
+                CaPem {
+                    cert_pem: ca.cert_pem,
+                    key_pem: ca.key_pem,
+                },
+                true,
+            ),
+            None => {
+                let dir = cfg.data_dir.join("ui-tls");
+                let (c, k) = (dir.join("node-ca.pem"), dir.join("node-ca.key"));
+                let ca = match (std::fs::read_to_string(&c), std::fs::read_to_string(&k)) {
+                    (Ok(cert_pem), Ok(key_pem)) => CaPem { cert_pem, key_pem },
+                    _ => {
+                        let ca = new_ca(&format!("{} node {}", cfg.store, cfg.node))?;
+                        std::fs::create_dir_all(&dir)?;
+                        lpmesh_mesh::keys::write_private(&k, ca.key_pem.as_bytes())?;
+                        std::fs::write(&c, &ca.cert_pem)?;
+                        ca
+                    }
+                };
+                (ca, false)
+            }
+        };
+        let mut names = vec!["localhost".to_string()];
+        names.extend(lpmesh_node::ui::this_hostname());
+        names.extend(cfg.ui.names.iter().cloned());
+        let mut ips: Vec<std::net::IpAddr> = vec![[127, 0, 0, 1].into(), std::net::Ipv6Addr::LOCALHOST.into()];
+        if let Some(host) = cfg.ui.public_url.as_deref().and_then(url_host) {
+            match host.trim_matches(['[', ']']).parse::<std::net::IpAddr>() {
+                Ok(ip) => ips.push(ip),
+                Err(_) => names.push(host),
+            }
+        }
+        if addr.ip().is_unspecified() {
+            ips.extend(lpmesh_node::ui::local_addresses());
+        } else {
+            ips.push(addr.ip());
+        }
+        let store = if store_wide {
+            cfg.store.clone()
+        } else {
+            format!("{} node {}", cfg.store, cfg.node)
+        };
+        let (chain, key) = issue(&store, &ca, &names, &ips)?;
+        let der = first_der(&ca.cert_pem).context("the UI CA certificate is not PEM")?;
+        let trust = lpmesh_node::ui::Trust {
+            fingerprint: fingerprint(&der),
+            cert_der: der,
+            cert_pem: ca.cert_pem,
+            store_wide,
+        };
+        Ok((trust, chain, key))
+    }
+
     /// Starts the tablet UI (unless switched off): the incident view fed from the log, the listener.
     async fn start_ui(
         cfg: &NodeConfig,
@@ -1219,13 +1308,26 @@ mod daemon {
             }
         });
         let addr: std::net::SocketAddr = cfg.ui.listen.parse().context("[ui] listen")?;
-        let tls = if cfg.ui.tls {
-            let names = vec!["localhost".to_string(), addr.ip().to_string()];
-            let cert = lpmesh_hq::tls::load_or_create_cert(&cfg.data_dir.join("ui-tls"), None, None, &names)?;
-            println!("UI certificate SHA-256 {} (pin it on the tablets)", cert.fingerprint);
-            Some((cert.cert_pem, cert.key_pem))
+        let (state, tls) = if cfg.ui.tls {
+            let (trust, chain, key) = ui_certificate(cfg, addr)?;
+            println!(
+                "UI certificate issued by {} (SHA-256 {}); tablets install it once from https://<this node>/ca.crt",
+                if trust.store_wide {
+                    "the store's CA"
+                } else {
+                    "this node's own CA (the store has none: made before store CAs)"
+                },
+                trust.fingerprint
+            );
+            (state.with_trust(trust), Some((chain, key)))
         } else {
-            None
+            tracing::warn!(
+                "[ui] tls = false: the tablet UI serves plain HTTP; logins, invitations and camera pictures are refused to anything but this machine"
+            );
+            eprintln!(
+                "warning: [ui] tls = false: the tablet UI serves plain HTTP; logins, invitations and camera pictures only from this machine"
+            );
+            (state, None)
         };
         // A node that cannot serve its page still detects, alerts and replicates: say so loudly, go on.
         let running = match lpmesh_node::ui::serve(state, addr, tls).await {

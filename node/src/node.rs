@@ -44,6 +44,11 @@ pub fn init(store: &str, data_dir: &Path) -> Result<lpmesh_mesh::net::NodeId, No
     // The first node is the root of the store's member list: every joiner receives its key with the
     // store's secrets, so it needs no record of its own (and `init` leaves the log to `run`).
     secrets.founder = Some(crate::members::hex(&me));
+    let ca = lpmesh_web::tls::new_ca(store).map_err(|e| NodeError::Setup(e.to_string()))?;
+    secrets.ui_ca = Some(keys::UiCa {
+        cert_pem: ca.cert_pem,
+        key_pem: ca.key_pem,
+    });
     secrets.save(data_dir)?;
     Ok(key.public().to_peer_id())
 }

@@ -46,7 +46,7 @@ async fn node(secrets: &StoreSecrets, name: &str, bootstrap: Vec<String>, file_u
         None,
         Default::default(),
         chrono_tz::Europe::London,
-        false,
+        true,
     );
     tokio::spawn(ui::feed(state.clone(), None));
     tokio::spawn(ui::publish_users(state.clone()));

@@ -42,6 +42,9 @@ const ROUTES: &[(&str, &str, Access)] = &[
     ("GET", "/app.js", Open),
     ("GET", "/app.css", Open),
     ("GET", "/health", Open),
+    ("GET", "/ca.pem", Open),
+    ("GET", "/ca.crt", Open),
+    ("GET", "/api/trust", Open),
     ("POST", "/api/login", Open),
     ("POST", "/api/logout", Session),
     ("GET", "/api/me", Session),
@@ -134,6 +137,19 @@ async fn fixture(secure: bool) -> Fixture {
         secure,
     )
     .with_zones(ZoneControl::new(config.clone(), &cameras));
+    // Over HTTPS the node hands out the store's CA, as a running node does.
+    let state = if secure {
+        let ca = lpmesh_web::tls::new_ca("shop-ui").unwrap();
+        let der = lpmesh_web::tls::first_der(&ca.cert_pem).unwrap();
+        state.with_trust(ui::Trust {
+            fingerprint: lpmesh_web::tls::fingerprint(&der),
+            cert_der: der,
+            cert_pem: ca.cert_pem,
+            store_wide: true,
+        })
+    } else {
+        state
+    };
     tokio::spawn(ui::feed(state.clone(), None));
     state.users.add("manager", Role::Manager, "manager password").unwrap();
     state.users.add("guard", Role::Security, "guard password").unwrap();
@@ -254,10 +270,10 @@ impl Req {
             r = r.header(k, v);
         }
         let mut r = r.body(Body::from(self.body)).unwrap();
-        if let Some(a) = self.from {
-            // What the real listener puts there (the login limits are per address).
-            r.extensions_mut().insert(ConnectInfo(a));
-        }
+        // What the real listener puts there (the login limits are per address); a request that
+        // names no peer comes from the node itself.
+        let from = self.from.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 40000)));
+        r.extensions_mut().insert(ConnectInfo(from));
         r
     }
 }
@@ -317,12 +333,24 @@ fn the_route_table_is_the_routers() {
     table.sort();
     assert_eq!(routes_in_source(), table, "ROUTES must list every route of ui::app");
     let open: Vec<&str> = ROUTES.iter().filter(|r| r.2 == Open).map(|r| r.1).collect();
-    assert_eq!(open, ["/", "/app.js", "/app.css", "/health", "/api/login"]);
+    assert_eq!(
+        open,
+        [
+            "/",
+            "/app.js",
+            "/app.css",
+            "/health",
+            "/ca.pem",
+            "/ca.crt",
+            "/api/trust",
+            "/api/login"
+        ]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_route_but_health_login_and_assets_refuses_a_request_without_a_session() {
-    let f = fixture(false).await;
+    let f = fixture(true).await;
     let before = (f.records().await, f.config_text());
     for (method, path, access) in ROUTES {
         let uri = concrete(path);
@@ -360,7 +388,7 @@ async fn every_route_but_health_login_and_assets_refuses_a_request_without_a_ses
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_security_role_is_refused_on_every_manager_route() {
-    let f = fixture(false).await;
+    let f = fixture(true).await;
     let guard = login(&f, "guard", "guard password").await;
     let manager = login(&f, "manager", "manager password").await;
     let before = f.config_text();
@@ -395,7 +423,7 @@ async fn the_security_role_is_refused_on_every_manager_route() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn changes_without_the_sessions_own_csrf_token_are_refused_and_change_nothing() {
-    let f = fixture(false).await;
+    let f = fixture(true).await;
     let (cookie, _) = login(&f, "manager", "manager password").await;
     // Same user, another tablet: its token is valid, but not for this session.
     let (_, other_csrf) = login(&f, "manager", "manager password").await;
@@ -463,7 +491,7 @@ async fn changes_without_the_sessions_own_csrf_token_are_refused_and_change_noth
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cross_origin_login_is_refused_and_opens_no_session() {
-    let f = fixture(false).await;
+    let f = fixture(true).await;
     let host = "10.0.0.5:8080";
     let good = login_body("manager", "manager password");
     for origin in [
@@ -501,7 +529,7 @@ async fn a_cross_origin_login_is_refused_and_opens_no_session() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dns_rebinding_host_name_is_refused_and_the_origin_check_works_over_http2() {
-    let f = fixture(false).await;
+    let f = fixture(true).await;
     let _ = f.state.clone().with_host_names(vec!["front-desk.lan".into()]);
     // A page on evil.example whose name now resolves to the node: the browser sends its own name.
     for host in [
@@ -554,16 +582,75 @@ async fn a_dns_rebinding_host_name_is_refused_and_the_origin_check_works_over_ht
     );
     let (s, h, _) = send(&f, h2("10.0.0.5:8443", "https://10.0.0.5:8443")).await;
     assert_eq!(s, StatusCode::OK, "the page's own origin logs in over HTTP/2");
-    assert!(
-        h.get(header::STRICT_TRANSPORT_SECURITY).is_none(),
-        "plain HTTP sends no HSTS"
-    );
-    let secure = fixture(true).await;
-    let (_, h, _) = send(&secure, req("GET", "/health").build()).await;
     assert_eq!(
         h.get(header::STRICT_TRANSPORT_SECURITY).map(|v| v.to_str().unwrap()),
         Some("max-age=31536000")
     );
+    let plain = fixture(false).await;
+    let (_, h, _) = send(&plain, req("GET", "/health").build()).await;
+    assert!(
+        h.get(header::STRICT_TRANSPORT_SECURITY).is_none(),
+        "plain HTTP sends no HSTS"
+    );
+}
+
+/// The store's CA is there for a tablet to take before it logs in: as the file it installs, and as
+/// the fingerprint and QR code the login page shows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tablet_can_fetch_the_stores_certificate_and_its_fingerprint_before_logging_in() {
+    let f = fixture(true).await;
+    let (s, h, der) = send(&f, req("GET", "/ca.crt").build()).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(h[header::CONTENT_TYPE], "application/x-x509-ca-cert");
+    let (_, _, pem) = send(&f, req("GET", "/ca.pem").build()).await;
+    let pem = String::from_utf8(pem).unwrap();
+    assert_eq!(
+        lpmesh_web::tls::first_der(&pem).unwrap(),
+        der,
+        "one certificate, two forms"
+    );
+    let (s, _, b) = send(
+        &f,
+        req("GET", "/api/trust").header(header::HOST, "10.0.0.5:8080").build(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    let t: Value = serde_json::from_slice(&b).unwrap();
+    assert_eq!(t["https"], true);
+    assert_eq!(t["fingerprint"], lpmesh_web::tls::fingerprint(&der));
+    assert_eq!(t["url"], "https://10.0.0.5:8080/ca.crt");
+    assert!(t["qr_svg"].as_str().unwrap().starts_with("<?xml"));
+    // No key in anything it hands out.
+    assert!(!pem.contains("PRIVATE") && !String::from_utf8_lossy(&b).contains("PRIVATE"));
+}
+
+/// `[ui] tls = false`: the page still works on the node itself, but nobody on the shop's network can
+/// send a password, take a session or see a camera's picture over it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_http_takes_logins_and_pictures_only_from_the_node_itself() {
+    let f = fixture(false).await;
+    let from_floor = req("POST", "/api/login")
+        .json(&login_body("manager", "manager password"))
+        .peer("10.0.0.77:50000");
+    let (s, h, b) = send(&f, from_floor.build()).await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    assert!(h.get(header::SET_COOKIE).is_none());
+    assert!(String::from_utf8_lossy(&b).contains("HTTPS"));
+    // On the node itself (an installer's browser there, or a local proxy) it works.
+    let (cookie, _) = login(&f, "manager", "manager password").await;
+    let still = |peer: &str| {
+        req("GET", "/api/zones/door/still.bmp")
+            .cookie(&cookie)
+            .peer(peer)
+            .build()
+    };
+    assert_eq!(send(&f, still("10.0.0.77:50001")).await.0, StatusCode::FORBIDDEN);
+    assert_ne!(send(&f, still("127.0.0.1:50002")).await.0, StatusCode::FORBIDDEN);
+    // No certificate to hand out over plain HTTP.
+    assert_eq!(send(&f, req("GET", "/ca.pem").build()).await.0, StatusCode::NOT_FOUND);
+    let (s, _, b) = send(&f, req("GET", "/api/trust").build()).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(serde_json::from_slice::<Value>(&b).unwrap()["https"], false);
 }
 
 async fn login_from(f: &Fixture, addr: &str, name: &str, password: &str) -> (StatusCode, HeaderMap) {
@@ -589,7 +676,7 @@ fn retry_after(h: &HeaderMap) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_passwords_make_the_next_attempt_wait_and_the_real_user_still_gets_in() {
-    let f = fixture(false).await;
+    let f = fixture(true).await;
     let a = "192.0.2.10:40000";
     for i in 1..=auth::FREE_FAILURES {
         let (s, _) = login_from(&f, a, "guard", &format!("guess {i}")).await;
@@ -628,7 +715,7 @@ async fn wrong_passwords_make_the_next_attempt_wait_and_the_real_user_still_gets
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_login_flood_runs_argon2_a_few_at_a_time_and_the_real_user_gets_in_after_it() {
-    let f = fixture(false).await;
+    let f = fixture(true).await;
     // Hundreds of wrong logins at once, each from its own address and name (so no backoff stops
     // them before argon2): at most HASHING_SLOTS checks (19 MiB each) run at once, the rest wait in
     // a short queue or are turned away with 503 and Retry-After.
@@ -679,7 +766,7 @@ async fn a_login_flood_runs_argon2_a_few_at_a_time_and_the_real_user_gets_in_aft
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_address_guessing_many_users_is_limited() {
-    let f = fixture(false).await;
+    let f = fixture(true).await;
     let b = "203.0.113.9:50000";
     for i in 1..=auth::FREE_FAILURES {
         let (s, _) = login_from(&f, b, &format!("user{i}"), "guess").await;
@@ -728,7 +815,7 @@ fn raw_http(addr: SocketAddr, request: &[u8]) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn static_asset_paths_cannot_reach_files_on_disk() {
-    let f = fixture(false).await;
+    let f = fixture(true).await;
     // A real file with tell-tale contents: a traversal that worked would show it.
     std::fs::write(f.dir.join("secret.txt"), "root:x:0:0 [package]").unwrap();
     let secret = f.dir.join("secret.txt").display().to_string();
@@ -811,7 +898,7 @@ async fn static_asset_paths_cannot_reach_files_on_disk() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_login_body_over_8_kib_is_refused_with_413() {
-    let f = fixture(false).await;
+    let f = fixture(true).await;
     const LOGIN_LIMIT: usize = 8 * 1024;
     let padded = |total: usize| {
         let mut v = login_body("manager", "manager password");
@@ -850,7 +937,7 @@ async fn a_login_body_over_8_kib_is_refused_with_413() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn action_and_zone_bodies_over_64_kib_are_refused_and_change_nothing() {
-    let f = fixture(false).await;
+    let f = fixture(true).await;
     const API_LIMIT: usize = 64 * 1024;
     let manager = login(&f, "manager", "manager password").await;
     let before = (f.records().await, f.config_text(), f.incident());
@@ -877,7 +964,7 @@ async fn action_and_zone_bodies_over_64_kib_are_refused_and_change_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_json_and_wrong_content_types_get_a_4xx_never_a_5xx() {
-    let f = fixture(false).await;
+    let f = fixture(true).await;
     let manager = login(&f, "manager", "manager password").await;
     let before = (f.records().await, f.config_text(), f.incident());
     let deep = format!("{}{}", "[".repeat(3000), "]".repeat(3000));
@@ -954,7 +1041,7 @@ async fn malformed_json_and_wrong_content_types_get_a_4xx_never_a_5xx() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tampered_session_cookies_are_refused_and_logout_ends_the_session_on_the_server() {
-    let f = fixture(false).await;
+    let f = fixture(true).await;
     let manager = login(&f, "manager", "manager password").await;
     let token = manager.0.split_once('=').unwrap().1.to_string();
     let mut flipped = token.clone().into_bytes();
@@ -1054,7 +1141,7 @@ fn assert_security_headers(what: &str, h: &HeaderMap) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_answer_carries_the_security_headers_and_the_cookie_is_strict() {
-    let f = fixture(false).await;
+    let f = fixture(true).await;
     let (s, h, _) = send(
         &f,
         req("POST", "/api/login")
@@ -1072,7 +1159,8 @@ async fn every_answer_carries_the_security_headers_and_the_cookie_is_strict() {
             "Path=/",
             "HttpOnly",
             "SameSite=Strict",
-            format!("Max-Age={}", auth::SESSION_IDLE.as_secs()).as_str()
+            format!("Max-Age={}", auth::SESSION_IDLE.as_secs()).as_str(),
+            "Secure"
         ],
         "{cookie}"
     );
@@ -1148,7 +1236,7 @@ async fn every_answer_carries_the_security_headers_and_the_cookie_is_strict() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn action_and_zone_bodies_over_64_kib_are_refused_with_413() {
-    let f = fixture(false).await;
+    let f = fixture(true).await;
     let manager = login(&f, "manager", "manager password").await;
     let action = format!("{{\"action\":\"note\",\"note\":\"{}\"}}", " ".repeat(64 * 1024));
     let zones = format!("{} {}", good_body("/api/zones/{camera}"), " ".repeat(64 * 1024));
@@ -1163,7 +1251,7 @@ async fn action_and_zone_bodies_over_64_kib_are_refused_with_413() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_login_that_is_not_declared_json_is_refused() {
-    let f = fixture(false).await;
+    let f = fixture(true).await;
     let body = login_body("manager", "manager password").to_string();
     for ct in [
         Some("text/plain"),
@@ -1214,7 +1302,7 @@ async fn trickle(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_trickles_its_request_head_is_cut_off() {
-    let f = fixture(false).await;
+    let f = fixture(true).await;
     let running = ui::serve(f.state.clone(), "127.0.0.1:0".parse().unwrap(), None)
         .await
         .unwrap();
@@ -1238,7 +1326,7 @@ async fn a_client_that_trickles_its_request_head_is_cut_off() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_trickles_its_request_body_gets_408_and_loses_the_connection() {
-    let f = fixture(false).await;
+    let f = fixture(true).await;
     let running = ui::serve(f.state.clone(), "127.0.0.1:0".parse().unwrap(), None)
         .await
         .unwrap();

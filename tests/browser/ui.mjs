@@ -112,6 +112,18 @@ try {
     feed_layout: getComputedStyle(document.querySelector('#feed li')).display,
   }));
   await phone.screenshot({ path: `${OUT}/8-phone-feed.png`, fullPage: true });
+  // One account for the whole store: the test removes it on node B when told to, and A's page,
+  // still open, goes back to the login within seconds.
+  if (process.env.REMOVE_SIGNAL) {
+    const fs = await import('node:fs');
+    current = a;
+    const t0 = Date.now();
+    fs.writeFileSync(process.env.REMOVE_SIGNAL, 'remove');
+    await a.waitForSelector('#login:not(.hidden)', { timeout: 20000 });
+    result.logged_out_on_a_after_ms = Date.now() - t0;
+    await a.screenshot({ path: `${OUT}/9-node-a-logged-out.png`, fullPage: true });
+    result.trust_shown = await a.locator('#trust-fp').textContent();
+  }
   result.ok = !result.page_errors;
 } catch (e) {
   result.ok = false;

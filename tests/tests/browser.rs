@@ -1,7 +1,9 @@
 //! The tablet UI in a real browser (Debian's Chromium, headless, driven by Playwright from
 //! `tests/browser/ui.mjs`) against two real `lpmesh run` nodes: log in on node A; an incident raised by
 //! node B's camera appears on A's page without a reload; acknowledge it on A; node B's page shows it
-//! acknowledged. Screenshots are kept in `target/ui-artefacts/`.
+//! acknowledged. Both nodes serve HTTPS with certificates from the store's own CA, which the browser
+//! trusts the way a tablet does once it installed it (its own NSS trust store, via `certutil`); any
+//! certificate warning would stop the page from loading. Screenshots are kept in `target/ui-artefacts/`.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -83,21 +85,20 @@ fn an_incident_on_node_b_reaches_node_a_and_its_acknowledgement_comes_back() {
     let (n1, n2) = (dir.join("n1"), dir.join("n2"));
     ok(&["init", "--store", "shop-ui", "--data", &n1.to_string_lossy()], None);
     lpmesh_tests::enrol(&n1, &n2);
-    for n in [&n1, &n2] {
-        ok(
-            &[
-                "user",
-                "add",
-                "--data",
-                &n.to_string_lossy(),
-                "--role",
-                "manager",
-                "--password-stdin",
-                "alex",
-            ],
-            Some("store manager pass\n"),
-        );
-    }
+    // One account for the store, added on node A only: B learns it through the store's log.
+    ok(
+        &[
+            "user",
+            "add",
+            "--data",
+            &n1.to_string_lossy(),
+            "--role",
+            "manager",
+            "--password-stdin",
+            "alex",
+        ],
+        Some("store manager pass\n"),
+    );
     let (m1, m2, u1, u2) = (free_port(), free_port(), free_port(), free_port());
     let c1 = dir.join("n1.toml");
     std::fs::write(
@@ -124,15 +125,66 @@ fn an_incident_on_node_b_reaches_node_a_and_its_acknowledgement_comes_back() {
     wait_for_port(u2);
     let out_dir = repo().join("target/ui-artefacts");
     std::fs::create_dir_all(&out_dir).unwrap();
-    let out = Command::new("node")
+    // The tablet trusts the store once: its CA in the browser's trust store, nothing else.
+    let ca = dir.join("store-ca.pem");
+    ok(
+        &[
+            "store-ca",
+            "--data",
+            &n1.to_string_lossy(),
+            "--out",
+            &ca.to_string_lossy(),
+        ],
+        None,
+    );
+    let home = dir.join("tablet-home");
+    let nssdb = home.join(".pki/nssdb");
+    std::fs::create_dir_all(&nssdb).unwrap();
+    let db = format!("sql:{}", nssdb.display());
+    for args in [
+        vec!["-N", "-d", &db, "--empty-password"],
+        vec![
+            "-A",
+            "-d",
+            &db,
+            "-t",
+            "C,,",
+            "-n",
+            "lpmesh store shop-ui",
+            "-i",
+            ca.to_str().unwrap(),
+        ],
+    ] {
+        let st = Command::new("certutil")
+            .args(&args)
+            .status()
+            .expect("certutil (libnss3-tools): run scripts/setup.sh");
+        assert!(st.success(), "certutil {args:?}");
+    }
+    let signal = dir.join("remove-now");
+    let child = Command::new("node")
         .arg(&script)
-        .env("URL_A", format!("http://127.0.0.1:{u1}"))
-        .env("URL_B", format!("http://127.0.0.1:{u2}"))
+        .env("REMOVE_SIGNAL", &signal)
+        .env("HOME", &home)
+        .env("URL_A", format!("https://localhost:{u1}"))
+        .env("URL_B", format!("https://127.0.0.1:{u2}"))
         .env("USER", "alex")
         .env("PASS", "store manager pass")
         .env("OUT", &out_dir)
-        .output()
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .expect("node (Node.js) runs the browser script");
+    // When the script says so, the user is removed on node B (A's page is open and logged in).
+    let mut child = child;
+    let t = Instant::now();
+    while !signal.exists() && child.try_wait().unwrap().is_none() && t.elapsed() < Duration::from_secs(300) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    if signal.exists() {
+        ok(&["user", "remove", "--data", &n2.to_string_lossy(), "alex"], None);
+    }
+    let out = child.wait_with_output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let last = stdout.lines().last().unwrap_or("{}");
     let v: serde_json::Value = serde_json::from_str(last).unwrap_or_default();
@@ -167,5 +219,20 @@ fn an_incident_on_node_b_reaches_node_a_and_its_acknowledgement_comes_back() {
         "{saved}"
     );
     ok(&["validate", &c2.to_string_lossy()], None);
+    // Removed on B, logged out on A within seconds; the login page shows the store's certificate.
+    let out_ms = v["logged_out_on_a_after_ms"]
+        .as_u64()
+        .expect("A's page went back to the login");
+    assert!(out_ms < 10_000, "logged out after {out_ms} ms");
+    let fp = ok(&["store-ca", "--data", &n1.to_string_lossy()], None);
+    assert_eq!(
+        ok(&["store-ca", "--data", &n2.to_string_lossy()], None),
+        fp,
+        "the joiner received the store's CA"
+    );
+    assert_eq!(
+        v["trust_shown"].as_str().unwrap_or_default(),
+        fp.trim().trim_start_matches("SHA-256 ")
+    );
     eprintln!("browser: {v}");
 }

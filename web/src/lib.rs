@@ -1,5 +1,7 @@
 //! What every HTTP service of lpmesh (the store's tablet UI, HQ's upload API and dashboard) needs the
-//! same way: logins that hold under attack and request bodies read within limits.
+//! same way: logins that hold under attack, request bodies read within limits, and the store's own
+//! certificate authority for its tablets.
 
 pub mod body;
 pub mod login;
+pub mod tls;

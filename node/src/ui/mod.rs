@@ -93,6 +93,19 @@ pub struct UiState {
     pub zones: RwLock<Option<Arc<zones::ZoneControl>>>,
     /// The store's member list as this node knows it (none: the store keeps none, or not known yet).
     pub members: RwLock<Option<watch::Receiver<Vec<crate::members::Member>>>>,
+    /// The certificate authority tablets trust this node through (none: plain HTTP).
+    trust: RwLock<Option<Trust>>,
+}
+
+/// What a tablet installs once to trust the store's nodes over HTTPS.
+#[derive(Clone, Debug)]
+pub struct Trust {
+    pub cert_pem: String,
+    pub cert_der: Vec<u8>,
+    /// SHA-256 of the certificate, as browsers show it.
+    pub fingerprint: String,
+    /// The store's CA (every node); `false`: this node's own, in a store made before store CAs.
+    pub store_wide: bool,
 }
 
 impl UiState {
@@ -128,7 +141,17 @@ impl UiState {
             zones: RwLock::new(None),
             members: RwLock::new(None),
             host_names: RwLock::new(this_hostname().into_iter().collect()),
+            trust: RwLock::new(None),
         })
+    }
+
+    pub fn with_trust(self: Arc<Self>, t: Trust) -> Arc<Self> {
+        *self.trust.write().unwrap_or_else(|p| p.into_inner()) = Some(t);
+        self
+    }
+
+    fn trust(&self) -> Option<Trust> {
+        self.trust.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     pub fn with_zones(self: Arc<Self>, z: Arc<zones::ZoneControl>) -> Arc<Self> {
@@ -409,6 +432,9 @@ pub fn app(state: Arc<UiState>) -> Router {
         .route("/app.js", get(app_js))
         .route("/app.css", get(app_css))
         .route("/health", get(|| async { "ok\n" }))
+        .route("/ca.pem", get(ca_pem))
+        .route("/ca.crt", get(ca_crt))
+        .route("/api/trust", get(trust_info))
         .route("/api/login", post(login))
         .route("/api/logout", post(logout))
         .route("/api/me", get(me))
@@ -527,7 +553,43 @@ fn strip_port(host: &str) -> &str {
 }
 
 /// The machine's hostname, which tablets on the store LAN may use for the node.
-fn this_hostname() -> Option<String> {
+/// Every address of this machine's interfaces (a UI listening on 0.0.0.0 answers on all of them,
+/// and its certificate names them all).
+pub fn local_addresses() -> Vec<std::net::IpAddr> {
+    let mut out = Vec::new();
+    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `head` with a list we only read, then free once with freeifaddrs.
+    if unsafe { libc::getifaddrs(&mut head) } != 0 {
+        return out;
+    }
+    let mut cur = head;
+    while !cur.is_null() {
+        // SAFETY: `cur` is a node of the list getifaddrs returned, not yet freed.
+        let ifa = unsafe { &*cur };
+        if !ifa.ifa_addr.is_null() {
+            // SAFETY: the family says which sockaddr this is.
+            let family = i32::from(unsafe { (*ifa.ifa_addr).sa_family });
+            if family == libc::AF_INET {
+                // SAFETY: an AF_INET address is a sockaddr_in.
+                let a = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in) };
+                out.push(std::net::IpAddr::from(u32::from_be(a.sin_addr.s_addr).to_be_bytes()));
+            } else if family == libc::AF_INET6 {
+                // SAFETY: an AF_INET6 address is a sockaddr_in6.
+                let a = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in6) };
+                out.push(std::net::IpAddr::from(a.sin6_addr.s6_addr));
+            }
+        }
+        cur = ifa.ifa_next;
+    }
+    // SAFETY: the list from getifaddrs, freed once.
+    unsafe { libc::freeifaddrs(head) };
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// This machine's host name, lower case.
+pub fn this_hostname() -> Option<String> {
     let h = std::fs::read_to_string("/proc/sys/kernel/hostname").ok()?;
     let h = h.trim().to_ascii_lowercase();
     (!h.is_empty()).then_some(h)
@@ -556,11 +618,29 @@ async fn known_host(State(state): State<Arc<UiState>>, req: Request, next: Next)
     }
 }
 
-async fn login(State(state): State<Arc<UiState>>, req: Request) -> Result<Response, ApiError> {
-    let ip = req
-        .extensions()
+/// The client's address, when the listener recorded it.
+fn client_ip(req_ext: &axum::http::Extensions) -> Option<std::net::IpAddr> {
+    req_ext
         .get::<axum::extract::ConnectInfo<SocketAddr>>()
-        .map(|c| c.0.ip());
+        .map(|c| c.0.ip())
+}
+
+/// Over plain HTTP (`[ui] tls = false`) a password, a session cookie or a camera's picture would
+/// cross the shop's network in clear: only the node itself may ask for them.
+fn plain_http_refused(state: &UiState, ip: Option<std::net::IpAddr>, what: &str) -> Option<ApiError> {
+    (!state.secure && !ip.is_some_and(|i| i.is_loopback())).then(|| {
+        ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!("{what} only over HTTPS: this node serves plain HTTP ([ui] tls = false), which only the node itself may use for that"),
+        )
+    })
+}
+
+async fn login(State(state): State<Arc<UiState>>, req: Request) -> Result<Response, ApiError> {
+    let ip = client_ip(req.extensions());
+    if let Some(e) = plain_http_refused(&state, ip, "logins") {
+        return Err(e);
+    }
     if !same_origin(&req) {
         return Err(ApiError::new(StatusCode::FORBIDDEN, "cross-origin login refused"));
     }
@@ -1103,12 +1183,83 @@ async fn still(
     State(state): State<Arc<UiState>>,
     Manager(_): Manager,
     Path(camera): Path<String>,
+    ext: axum::http::Extensions,
 ) -> Result<Response, ApiError> {
+    if let Some(e) = plain_http_refused(&state, client_ip(&ext), "camera pictures") {
+        return Err(e);
+    }
     let (z, _) = local_camera(&state, &camera)?;
     let still = z
         .still(&camera)
         .ok_or_else(|| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "no frame from this camera yet"))?;
     Ok(([(header::CONTENT_TYPE, "image/bmp")], still.to_bmp()).into_response())
+}
+
+/// The certificate a tablet installs to trust the store (public: it is what every TLS handshake
+/// shows anyway).
+async fn ca_pem(State(state): State<Arc<UiState>>) -> Result<Response, ApiError> {
+    let t = state
+        .trust()
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "this node serves plain HTTP: no certificate"))?;
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/x-pem-file"),
+            (
+                header::CONTENT_DISPOSITION,
+                "attachment; filename=\"lpmesh-store-ca.pem\"",
+            ),
+        ],
+        t.cert_pem,
+    )
+        .into_response())
+}
+
+/// The same in DER, the form phones and tablets offer to install when they open it.
+async fn ca_crt(State(state): State<Arc<UiState>>) -> Result<Response, ApiError> {
+    let t = state
+        .trust()
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "this node serves plain HTTP: no certificate"))?;
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/x-x509-ca-cert"),
+            (
+                header::CONTENT_DISPOSITION,
+                "attachment; filename=\"lpmesh-store-ca.crt\"",
+            ),
+        ],
+        t.cert_der,
+    )
+        .into_response())
+}
+
+/// For the login page: where to get the store's certificate, its fingerprint to check, and a QR
+/// code of its address for a phone.
+async fn trust_info(
+    State(state): State<Arc<UiState>>,
+    headers: HeaderMap,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let Some(t) = state.trust() else {
+        return Ok(Json(serde_json::json!({ "https": false })));
+    };
+    // The Host header passed `known_host`: it is one of this node's own names.
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("localhost");
+    let url = format!("https://{host}/ca.crt");
+    let qr = qrcode::QrCode::new(url.as_bytes())
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+        .render::<qrcode::render::svg::Color>()
+        .min_dimensions(200, 200)
+        .build();
+    Ok(Json(serde_json::json!({
+        "https": true,
+        "store": state.store,
+        "store_wide": t.store_wide,
+        "fingerprint": t.fingerprint,
+        "url": url,
+        "qr_svg": qr,
+    })))
 }
 
 // ---------------------------------------------------------------------------------------------------------

@@ -42,6 +42,22 @@ function showLogin() {
   $('#app').classList.add('hidden');
   $('#login').classList.remove('hidden');
   $('#login-name').focus();
+  showTrust();
+}
+
+// Where a tablet gets the store's certificate, shown under the login form.
+async function showTrust() {
+  try {
+    const r = await fetch('/api/trust', { credentials: 'same-origin' });
+    const t = await r.json();
+    if (!t.https) return;
+    $('#trust-fp').textContent = t.fingerprint;
+    $('#trust-scope').textContent = t.store_wide
+      ? `Store ${t.store}: one certificate for all its nodes.`
+      : 'This store has no certificate authority of its own yet: this certificate is this node\'s only.';
+    $('#trust-qr').innerHTML = t.qr_svg;
+    $('#trust').classList.remove('hidden');
+  } catch (e) { /* the login works without it */ }
 }
 
 async function start() {
@@ -70,6 +86,9 @@ function connect() {
   source.onerror = () => {
     $('#banner').textContent = 'Connection to the node lost; reconnecting…';
     $('#banner').classList.remove('hidden');
+    // A session ended elsewhere (the user removed or changed on any node) closes the stream: the
+    // node says 401 and the page goes back to the login.
+    api('GET', '/api/me').catch(() => {});
   };
   source.onopen = () => $('#banner').classList.add('hidden');
 }
