@@ -198,3 +198,264 @@ fn a_store_reports_to_hq_through_its_elected_leader() {
     let final_status = status(leader_dir);
     assert_eq!(final_status["outbox"], 0, "nothing left waiting: {final_status}");
 }
+
+/// Raw bytes over TLS to `port`, trusting only `cert` (PEM): (status, head, body).
+fn tls_exchange(port: u16, cert: &Path, request: &str) -> (u16, String, String) {
+    use std::io::{Read, Write};
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pemfile::certs(&mut std::fs::read(cert).unwrap().as_slice()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let cfg = std::sync::Arc::new(
+        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    );
+    let tcp = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut s = rustls::StreamOwned::new(rustls::ClientConnection::new(cfg, name).unwrap(), tcp);
+    s.write_all(request.as_bytes()).unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let status = text.split_whitespace().nth(1).and_then(|x| x.parse().ok()).unwrap_or(0);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    (status, head.to_string(), body.to_string())
+}
+
+/// Two `lpmesh hq` processes on one PostgreSQL, as behind an ordinary load balancer: three stores
+/// upload three versions of each of eight periods to both at once, in no particular order. Every
+/// period is stored once, as its most complete version (the dominance rule across processes), and
+/// an analyst who logs in on one process is logged in on the other.
+#[test]
+fn two_hq_processes_on_one_postgresql_take_uploads_at_once_and_share_logins() {
+    use lpmesh_hq::envelope::{seal, store_key_to_string};
+    use lpmesh_hq::summary::{LineCount, Summary};
+    use lpmesh_hq::vv::VersionVector;
+    let dir = TempDir::new("hq-two");
+    let pg = lpmesh_hq::testpg::TestPg::start().expect("PostgreSQL (scripts/setup.sh installs it)");
+    let (ports, dash): (Vec<u16>, Vec<u16>) = (
+        (0..2).map(|_| free_port()).collect(),
+        (0..2).map(|_| free_port()).collect(),
+    );
+    let mut cfgs = Vec::new();
+    for i in 0..2 {
+        let data = dir.join(&format!("hq-{i}"));
+        if i == 1 {
+            // The second receiver decrypts with the same identity: a copy of the first's.
+            std::fs::create_dir_all(&data).unwrap();
+            std::fs::copy(dir.join("hq-0/hq.identity"), data.join("hq.identity")).unwrap();
+        }
+        let cfg = dir.join(&format!("hq-{i}.toml"));
+        std::fs::write(
+            &cfg,
+            format!(
+                "listen = \"127.0.0.1:{}\"\ndashboard_listen = \"127.0.0.1:{}\"\ndata_dir = \"{}\"\ndatabase_url = \"{}\"\n",
+                ports[i],
+                dash[i],
+                data.display(),
+                pg.url()
+            ),
+        )
+        .unwrap();
+        let c = cfg.to_string_lossy().to_string();
+        ok(&["hq", "init", "--config", &c]);
+        cfgs.push(c);
+    }
+    let recipient: age::x25519::Recipient = hq_recipient(&ok(&["hq", "init", "--config", &cfgs[1]]))
+        .parse()
+        .unwrap();
+    let stores: Vec<(String, libp2p_identity::Keypair)> = (0..3)
+        .map(|i| (format!("shop-{i}"), libp2p_identity::Keypair::generate_ed25519()))
+        .collect();
+    for (name, key) in &stores {
+        let k = store_key_to_string(&key.public()).unwrap();
+        ok(&[
+            "hq",
+            "register-store",
+            "--config",
+            &cfgs[0],
+            "--store",
+            name,
+            "--key",
+            &k,
+        ]);
+    }
+    {
+        use std::io::Write;
+        let mut add = lpmesh()
+            .args([
+                "hq",
+                "user",
+                "add",
+                "--config",
+                &cfgs[1],
+                "--name",
+                "ana",
+                "--role",
+                "admin",
+                "--password-stdin",
+            ])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        add.stdin.take().unwrap().write_all(b"a long admin password\n").unwrap();
+        assert!(add.wait().unwrap().success());
+    }
+    let mut procs: Vec<_> = (0..2)
+        .map(|i| spawn(&["hq", "--config", &cfgs[i]], &dir.join(&format!("hq-{i}.log"))))
+        .collect();
+    let certs: Vec<_> = (0..2).map(|i| dir.join(&format!("hq-{i}/cert.pem"))).collect();
+
+    let hour = 3_600_000i64;
+    let now = chrono_now();
+    let this_hour = now - now.rem_euclid(hour);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let clients: Vec<_> = (0..2)
+        .map(|i| {
+            lpmesh_hq::client::HqClient::new(
+                &format!("https://localhost:{}", ports[i]),
+                Some(&certs[i]),
+                Duration::from_secs(20),
+            )
+            .unwrap()
+        })
+        .collect();
+    rt.block_on(async {
+        for c in &clients {
+            let t = Instant::now();
+            while c.probe().await.is_err() {
+                assert!(t.elapsed() < Duration::from_secs(30), "an HQ did not come up");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    });
+    // Every version of every period, each to one receiver, all at once in a shuffled order.
+    let mut jobs = Vec::new();
+    for (s, (name, key)) in stores.iter().enumerate() {
+        for p in 0..8i64 {
+            for v in 1..=3u64 {
+                let summary = Summary {
+                    store: name.clone(),
+                    period_start_ms: this_hour - (p + 1) * hour,
+                    period_secs: 3600,
+                    vv: VersionVector([("n1".to_string(), 10 * p as u64 + v)].into_iter().collect()),
+                    footfall: vec![LineCount {
+                        camera: "door".into(),
+                        line: "main".into(),
+                        entered: v,
+                        left: 0,
+                    }],
+                    ..Summary::default()
+                };
+                let env = seal(&summary, &recipient, key).unwrap().encode();
+                jobs.push(((s + p as usize + v as usize) % 2, env));
+            }
+        }
+    }
+    let mut rng = lpmesh_tests::Rng(7);
+    for i in (1..jobs.len()).rev() {
+        let j = (rng.next_u64() % (i as u64 + 1)) as usize;
+        jobs.swap(i, j);
+    }
+    let clients = std::sync::Arc::new(clients);
+    let outcomes: Vec<String> = rt.block_on(async {
+        let tasks: Vec<_> = jobs
+            .into_iter()
+            .map(|(to, env)| {
+                let clients = clients.clone();
+                tokio::spawn(async move {
+                    let outcome = match clients[to].post(env.clone()).await {
+                        Ok(ack) => ack.status,
+                        Err(lpmesh_hq::client::ClientError::Refused { error, .. }) => error,
+                        Err(e) => format!("error: {e}"),
+                    };
+                    // A write that lost every optimistic retry is the sender's to repeat, as a
+                    // node's uplink does.
+                    if outcome == "storage" {
+                        return match clients[to].post(env).await {
+                            Ok(ack) => ack.status,
+                            Err(e) => format!("error: {e}"),
+                        };
+                    }
+                    outcome
+                })
+            })
+            .collect();
+        let mut out = Vec::new();
+        for t in tasks {
+            out.push(t.await.unwrap());
+        }
+        out
+    });
+    eprintln!(
+        "outcomes: {:?}",
+        outcomes
+            .iter()
+            .fold(std::collections::BTreeMap::<&str, u32>::new(), |mut m, o| {
+                *m.entry(o.as_str()).or_default() += 1;
+                m
+            })
+    );
+    assert!(outcomes.iter().all(|o| !o.starts_with("error")), "{outcomes:?}");
+    let held = rt.block_on(async {
+        let store =
+            lpmesh_hq::store::HqStore::Postgres(lpmesh_hq::store::Postgres::connect(&pg.url(), 1).await.unwrap());
+        store.summaries(&Filter::default()).await.unwrap()
+    });
+    assert_eq!(held.len(), 3 * 8, "every period once");
+    for r in &held {
+        let p = (this_hour - r.summary.period_start_ms) / hour - 1;
+        assert_eq!(
+            r.summary.vv.0["n1"],
+            10 * p as u64 + 3,
+            "the most complete version of {}",
+            r.summary.store
+        );
+        assert_eq!(r.summary.footfall[0].entered, 3);
+    }
+
+    // Logged in on one process, logged in on the other.
+    let form = "name=ana&password=a+long+admin+password";
+    let login = format!(
+        "POST /login HTTP/1.1\r\nHost: localhost:{d}\r\nOrigin: https://localhost:{d}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{form}",
+        form.len(),
+        d = dash[0]
+    );
+    let (status, head, _) = tls_exchange(dash[0], &certs[0], &login);
+    assert_eq!(status, 303, "{head}");
+    let cookie = head
+        .lines()
+        .find_map(|l| l.strip_prefix("set-cookie: "))
+        .and_then(|c| c.split(';').next())
+        .expect("a session cookie")
+        .to_string();
+    let get = format!(
+        "GET /export.json?from={} HTTP/1.1\r\nHost: localhost\r\nCookie: {cookie}\r\nConnection: close\r\n\r\n",
+        this_hour - 24 * hour
+    );
+    let (status, _, body) = tls_exchange(dash[1], &certs[1], &get);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body.matches("\"period_start_ms\"").count(), 3 * 8, "{body}");
+    // Without the cookie, neither shows anything.
+    let anon = "GET /export.json HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
+    assert_eq!(tls_exchange(dash[1], &certs[1], anon).0, 401);
+    for (i, p) in procs.iter_mut().enumerate() {
+        interrupt(p, &format!("hq {i}"));
+    }
+}
+
+fn chrono_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default()
+}
