@@ -963,8 +963,25 @@ fn user(cmd: UserCommand) -> Result<ExitCode> {
             println!("user {name} removed{whose}; every node of the store ends its sessions once this node runs");
         }
         UserCommand::List { data } => {
-            for u in Users::new(&data).load()? {
-                println!("{:<24} {:?}", u.name, u.role);
+            let view = std::fs::read(data.join(lpmesh_node::ui::auth::VIEW_FILE))
+                .ok()
+                .and_then(|b| serde_json::from_slice::<lpmesh_node::ui::auth::UsersView>(&b).ok());
+            match view {
+                Some(v) => {
+                    for (name, role) in &v.users {
+                        println!("{name:<24} {role:?}");
+                    }
+                    let at = chrono::DateTime::from_timestamp_millis(v.at_ms)
+                        .map(|t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string())
+                        .unwrap_or_default();
+                    eprintln!("the store's users as this node last saw them ({at}); changes made here since appear once it runs");
+                }
+                None => {
+                    for u in Users::new(&data).load()? {
+                        println!("{:<24} {:?}", u.name, u.role);
+                    }
+                    eprintln!("this node's own file: the store's list appears here once the node has run");
+                }
             }
         }
     }

@@ -183,3 +183,130 @@ async fn a_user_added_on_one_node_logs_in_on_another_and_a_removal_anywhere_logs
         let _ = std::fs::remove_dir_all(&n.dir);
     }
 }
+
+/// Logs in; the cookie and the CSRF token.
+async fn session(n: &Node, name: &str, password: &str) -> (String, String) {
+    let req = Request::post("/api/login")
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(
+            serde_json::json!({"name": name, "password": password}).to_string(),
+        ))
+        .unwrap();
+    let (s, h, b) = send(n, req).await;
+    assert_eq!(s, StatusCode::OK, "{name}: {}", String::from_utf8_lossy(&b));
+    let cookie = h[header::SET_COOKIE]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    let v: serde_json::Value = serde_json::from_slice(&b).unwrap();
+    (cookie, v["csrf"].as_str().unwrap().to_string())
+}
+
+async fn call(
+    n: &Node,
+    method: &str,
+    path: &str,
+    who: &(String, String),
+    body: Option<serde_json::Value>,
+) -> (StatusCode, serde_json::Value) {
+    let mut r = Request::builder()
+        .method(method)
+        .uri(path)
+        .header(header::COOKIE, &who.0)
+        .header("x-csrf-token", &who.1);
+    if body.is_some() {
+        r = r.header(header::CONTENT_TYPE, "application/json");
+    }
+    let req = r
+        .body(body.map_or_else(Body::empty, |b| Body::from(b.to_string())))
+        .unwrap();
+    let (s, _, b) = send(n, req).await;
+    (s, serde_json::from_slice(&b).unwrap_or_default())
+}
+
+/// The managers' Users page: a person added on node A's tablet logs in on node B; removed from B's
+/// tablet, they are logged out on A. A manager cannot remove themselves, the last manager stays,
+/// security staff cannot manage people, and `lpmesh user list` sees the store's list, no hashes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manager_manages_the_stores_people_from_any_tablet() {
+    let secrets = StoreSecrets::generate("shop-users").unwrap();
+    let a = node(&secrets, "front", vec![], &[]).await;
+    Users::new(&a.dir).add("boss", Role::Manager, "corner office").unwrap();
+    let a_addr = loop {
+        if let Some(x) = a.mesh.listen_addrs().await.unwrap().first() {
+            break format!("{x}/p2p/{}", a.mesh.peer_id());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let b = node(&secrets, "back", vec![a_addr], &[]).await;
+    let boss_a = session(&a, "boss", "corner office").await;
+    let (s, v) = call(
+        &a,
+        "POST",
+        "/api/users",
+        &boss_a,
+        Some(serde_json::json!({"name": "kim", "role": "security", "password": "short"})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    let (s, v) = call(
+        &a,
+        "POST",
+        "/api/users",
+        &boss_a,
+        Some(serde_json::json!({"name": "kim", "role": "security", "password": "night shift 2"})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    eventually("kim logs in on B", async || {
+        login(&b, "kim", "night shift 2").await.0 == StatusCode::OK
+    })
+    .await;
+    let kim_a = session(&a, "kim", "night shift 2").await;
+    let (s, _) = call(&a, "GET", "/api/users", &kim_a, None).await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "security staff do not manage people");
+    let boss_b = eventually_session(&b, "boss", "corner office").await;
+    let (s, v) = call(&b, "GET", "/api/users", &boss_b, None).await;
+    assert_eq!(s, StatusCode::OK);
+    let names: Vec<&str> = v["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["boss", "kim"]);
+    // Nobody removes themselves; the store keeps a manager.
+    let (s, _) = call(&b, "DELETE", "/api/users/boss", &boss_b, None).await;
+    assert_eq!(s, StatusCode::CONFLICT);
+    let (s, _) = call(
+        &b,
+        "POST",
+        "/api/users",
+        &boss_b,
+        Some(serde_json::json!({"name": "boss", "role": "security", "password": "corner office"})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CONFLICT, "no manager demotes themselves");
+    // Removed from B's tablet: kim's session on A ends.
+    let (s, _) = call(&b, "DELETE", "/api/users/kim", &boss_b, None).await;
+    assert_eq!(s, StatusCode::OK);
+    eventually("A logged kim out", async || {
+        me(&a, &kim_a.0).await == StatusCode::UNAUTHORIZED
+    })
+    .await;
+    // The list `lpmesh user list` prints, as the node saw it: names and roles only.
+    let view = std::fs::read_to_string(a.dir.join(lpmesh_node::ui::auth::VIEW_FILE)).unwrap();
+    assert!(view.contains("boss") && !view.contains("kim"), "{view}");
+    assert!(!view.contains("argon2"), "{view}");
+}
+
+async fn eventually_session(n: &Node, name: &str, password: &str) -> (String, String) {
+    eventually("the login works", async || {
+        login(n, name, password).await.0 == StatusCode::OK
+    })
+    .await;
+    session(n, name, password).await
+}

@@ -56,6 +56,9 @@ const ROUTES: &[(&str, &str, Access)] = &[
     ("GET", "/api/mesh", Session),
     ("GET", "/api/charts/{which}", Session),
     ("GET", "/api/invite", Manager),
+    ("GET", "/api/users", Manager),
+    ("POST", "/api/users", Manager),
+    ("DELETE", "/api/users/{name}", Manager),
     ("POST", "/api/members/{node}/revoke", Manager),
     ("GET", "/api/zones", Manager),
     ("GET", "/api/zones/{camera}", Manager),
@@ -69,12 +72,14 @@ fn concrete(path: &str) -> String {
         .replace("{which}", "footfall.svg")
         .replace("{camera}", "door")
         .replace("{node}", "12D3KooWNobody")
+        .replace("{name}", "nobody-here")
 }
 
 /// A body each changing route would accept.
 fn good_body(path: &str) -> Value {
     match path {
         "/api/incidents/{id}/actions" => json!({"action": "acknowledge"}),
+        "/api/users" => json!({"name": "newcomer", "role": "security", "password": "long enough"}),
         "/api/zones/{camera}" => json!({"zones": [{"name": "till", "kind": "checkout",
             "polygon": [[0.1, 0.1], [0.9, 0.1], [0.9, 0.9]]}]}),
         _ => json!({}),
@@ -393,7 +398,7 @@ async fn the_security_role_is_refused_on_every_manager_route() {
     let manager = login(&f, "manager", "manager password").await;
     let before = f.config_text();
     let manager_routes: Vec<_> = ROUTES.iter().filter(|r| r.2 == Manager).collect();
-    assert_eq!(manager_routes.len(), 6);
+    assert_eq!(manager_routes.len(), 9);
     for (method, path, _) in &manager_routes {
         let uri = concrete(path);
         let (s, _, b) = send(&f, req(method, &uri).session(&guard).json(&good_body(path)).build()).await;
@@ -430,7 +435,11 @@ async fn changes_without_the_sessions_own_csrf_token_are_refused_and_change_noth
     let (_, guard_csrf) = login(&f, "guard", "guard password").await;
     let before = (f.records().await, f.config_text(), f.incident());
     let changing: Vec<_> = ROUTES.iter().filter(|r| r.0 != "GET" && r.1 != "/api/login").collect();
-    assert_eq!(changing.len(), 4, "logout, incident actions, revocation, zone save");
+    assert_eq!(
+        changing.len(),
+        6,
+        "logout, incident actions, revocation, zone save, user add and removal"
+    );
     for (method, path, _) in &changing {
         let uri = concrete(path);
         let body = good_body(path);

@@ -102,6 +102,15 @@ impl UserRecord {
     }
 }
 
+/// The store's users as the running node last saw them (see [`Users::save_view`]).
+pub const VIEW_FILE: &str = "users.view.json";
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct UsersView {
+    pub at_ms: i64,
+    pub users: Vec<(String, Role)>,
+}
+
 /// Names the store keeps users for (a store has tens).
 pub const MAX_STORE_USERS: usize = 1024;
 /// Changes `lpmesh user` made, waiting for the node to publish them to the store.
@@ -292,6 +301,27 @@ impl Users {
                 let _ = verify_password(&self.dummy, password);
                 None
             }
+        }
+    }
+
+    /// Writes the store's users (names and roles, never hashes) as this running node knows them, for
+    /// `lpmesh user list`, which cannot open the log while the node runs. Best effort: logged.
+    pub fn save_view(&self, users: &[(String, Role)]) {
+        let Some(dir) = self.path.parent() else {
+            return;
+        };
+        let path = dir.join(VIEW_FILE);
+        let view = UsersView {
+            at_ms: chrono::Utc::now().timestamp_millis(),
+            users: users.iter().map(|(n, r)| (n.clone(), *r)).collect(),
+        };
+        let tmp = path.with_extension("json.tmp");
+        let written = serde_json::to_vec_pretty(&view)
+            .map_err(std::io::Error::other)
+            .and_then(|j| std::fs::write(&tmp, j))
+            .and_then(|_| std::fs::rename(&tmp, &path));
+        if let Err(e) = written {
+            tracing::warn!(path = %path.display(), error = %e, "cannot write the store's user list for `lpmesh user list`");
         }
     }
 

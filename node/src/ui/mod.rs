@@ -24,7 +24,7 @@ use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use lpmesh_mesh::net::{MeshError, MeshHandle};
 use lpmesh_mesh::record::{Record, RecordKind};
@@ -257,13 +257,14 @@ impl UiState {
         };
         let name = u.name.clone();
         let before = self.users.find(&name);
-        if self.users.store().apply((r.hlc.wall_ms, r.hlc.logical), r.origin.0, u)
-            && before.is_some()
-            && self.users.find(&name) != before
-        {
+        if !self.users.store().apply((r.hlc.wall_ms, r.hlc.logical), r.origin.0, u) {
+            return;
+        }
+        if before.is_some() && self.users.find(&name) != before {
             self.sessions.remove_user(&name);
             tracing::info!(user = %name, "a store user was removed or changed: their sessions on this node ended");
         }
+        self.users.save_view(&self.users.store().list());
     }
 }
 
@@ -446,6 +447,8 @@ pub fn app(state: Arc<UiState>) -> Router {
         .route("/api/mesh", get(mesh_status))
         .route("/api/charts/{which}", get(chart))
         .route("/api/invite", get(invite))
+        .route("/api/users", get(list_users).post(add_user))
+        .route("/api/users/{name}", delete(remove_user))
         .route("/api/members/{node}/revoke", post(revoke_member))
         .route("/api/zones", get(zone_cameras))
         .route("/api/zones/{camera}", get(get_zones).put(put_zones))
@@ -1193,6 +1196,96 @@ async fn still(
         .still(&camera)
         .ok_or_else(|| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "no frame from this camera yet"))?;
     Ok(([(header::CONTENT_TYPE, "image/bmp")], still.to_bmp()).into_response())
+}
+
+/// The store's users (names and roles), for the managers' Users page: the store's records, and users
+/// of this node's file the store has no record of yet (added here a moment ago, or from before
+/// store-wide users).
+fn store_user_list(state: &UiState) -> BTreeMap<String, Role> {
+    let mut all: BTreeMap<String, Role> = state.users.store().list().into_iter().collect();
+    for u in state.users.load().unwrap_or_default() {
+        if state.users.store().get(&u.name).is_none() {
+            all.entry(u.name).or_insert(u.role);
+        }
+    }
+    all
+}
+
+async fn list_users(State(state): State<Arc<UiState>>, Manager(_): Manager) -> Json<serde_json::Value> {
+    let users: Vec<serde_json::Value> = store_user_list(&state)
+        .into_iter()
+        .map(|(name, role)| serde_json::json!({ "name": name, "role": role }))
+        .collect();
+    Json(serde_json::json!({ "users": users }))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewUser {
+    name: String,
+    role: Role,
+    password: String,
+}
+
+/// Adds a user to the whole store, or gives one a new role and password (their sessions end on
+/// every node). Hashing runs behind the login's gate: this route cannot be used to flood argon2.
+async fn add_user(
+    State(state): State<Arc<UiState>>,
+    Manager(s): Manager,
+    body: Result<Json<NewUser>, axum::extract::rejection::JsonRejection>,
+) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    let Json(u) = body.map_err(json_refusal)?;
+    auth::check_new_user(&u.name, &u.password).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.to_string()))?;
+    if u.name == s.user && u.role != Role::Manager {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "a manager cannot take away their own manager role: ask another manager",
+        ));
+    }
+    let (name, role) = (u.name.clone(), u.role);
+    let st = state.clone();
+    state
+        .hashing
+        .run(move || st.users.add(&u.name, u.role, &u.password))
+        .await
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "busy checking logins: try again in a moment",
+            )
+        })?
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    tracing::info!(by = %s.user, user = %name, ?role, "store user added or changed in the UI");
+    Ok((
+        StatusCode::CREATED,
+        Json(serde_json::json!({ "saved": name, "role": role })),
+    ))
+}
+
+/// Removes a user from the whole store: their sessions and live pages end on every node within
+/// seconds. Nobody removes themselves, and the store keeps at least one manager.
+async fn remove_user(
+    State(state): State<Arc<UiState>>,
+    Manager(s): Manager,
+    Path(name): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    if name == s.user {
+        return Err(ApiError::new(StatusCode::CONFLICT, "you cannot remove yourself"));
+    }
+    let all = store_user_list(&state);
+    let managers_left = all.iter().filter(|(n, r)| **r == Role::Manager && **n != name).count();
+    if all.get(&name) == Some(&Role::Manager) && managers_left == 0 {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "the store keeps at least one manager",
+        ));
+    }
+    state
+        .users
+        .remove(&name)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.to_string()))?;
+    tracing::info!(by = %s.user, user = %name, "store user removed in the UI");
+    Ok(Json(serde_json::json!({ "removed": name })))
 }
 
 /// The certificate a tablet installs to trust the store (public: it is what every TLS handshake

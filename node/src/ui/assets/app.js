@@ -297,6 +297,24 @@ function revokeButton(x, m) {
   return b;
 }
 
+// The store's users, for managers: one row each, with a removal button (not for oneself).
+async function loadUsers() {
+  const r = await api('GET', '/api/users');
+  const rows = r.users.map((u) => {
+    const remove = el('button', { class: 'secondary', type: 'button', 'data-user': u.name }, 'Remove');
+    remove.disabled = u.name === me.name;
+    remove.addEventListener('click', async () => {
+      if (!confirm(`Remove ${u.name} from every node of the store?`)) return;
+      try {
+        await api('DELETE', `/api/users/${encodeURIComponent(u.name)}`);
+        setTimeout(() => loadUsers().catch(() => {}), 1500);
+      } catch (e) { $('#user-error').textContent = e.message; }
+    });
+    return el('tr', { 'data-user': u.name }, el('td', {}, u.name), el('td', {}, u.role), el('td', {}, remove));
+  });
+  $('#users-rows').replaceChildren(...rows);
+}
+
 let timer = null;
 function route() {
   if (!me) return;
@@ -314,6 +332,7 @@ function route() {
     case 'mesh': show('mesh'); guard(loadMesh()); timer = setInterval(() => guard(loadMesh()), 5000); break;
     case 'zones': show('zones'); if (window.lpZones) guard(window.lpZones.open()); break;
     case 'invite': show('invite'); break;
+    case 'users': show('users'); guard(loadUsers()); break;
     default: show('live'); guard(loadCameras()); timer = setInterval(() => guard(loadCameras()), 3000);
   }
 }
@@ -343,6 +362,17 @@ document.addEventListener('DOMContentLoaded', async () => {
     beep();
     if ('Notification' in window && Notification.permission === 'default') await Notification.requestPermission();
     $('#enable-alerts').textContent = 'Sound and notifications on';
+  });
+  $('#user-form').addEventListener('submit', async (ev) => {
+    ev.preventDefault();
+    $('#user-error').textContent = '';
+    try {
+      await api('POST', '/api/users', {
+        name: $('#user-name').value.trim(), role: $('#user-role').value, password: $('#user-password').value,
+      });
+      $('#user-password').value = '';
+      await loadUsers();
+    } catch (e) { $('#user-error').textContent = e.message; }
   });
   $('#invite-show').addEventListener('click', async () => {
     const p = Math.max(0, Math.min(255, parseInt($('#invite-priority').value, 10) || 0));
