@@ -731,8 +731,15 @@ fn report(
         let store = lpmesh_hq::store::HqStore::Embedded(lpmesh_hq::store::Embedded::open(hq_dir)?);
         store.summaries(&lpmesh_hq::store::Filter::default()).await
     })?;
-    let hour = chrono::Utc::now().timestamp_millis().div_euclid(3_600_000) * 3_600_000;
-    let current = at_hq.iter().any(|s| s.summary.period_start_ms == hour);
+    let now = chrono::Utc::now().timestamp_millis();
+    let hour_of = |ms: i64| ms.div_euclid(3_600_000) * 3_600_000;
+    let hour = hour_of(now);
+    // A run that crossed an hour boundary had the earlier hour as its current one for most of its
+    // time; the new hour's first summary waits for its first events to settle, after the run ends.
+    let started_hour = hour_of(now - (ran * 1000.0) as i64);
+    let current = at_hq
+        .iter()
+        .any(|s| s.summary.period_start_ms == hour || s.summary.period_start_ms == started_hour);
     if at_hq.is_empty() {
         failures.push("HQ holds no summary".into());
     }
