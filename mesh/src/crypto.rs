@@ -136,6 +136,16 @@ impl Keyring {
             .map(|(_, (_, k))| k.clone())
     }
 
+    /// The epoch records are written under now, if it is one (not the store's first key).
+    pub fn current_epoch(&self) -> Option<EpochKey> {
+        let ring = self.read();
+        let current = ring.current.as_ref()?;
+        ring.epochs
+            .iter()
+            .find(|((_, r), _)| r == current)
+            .map(|(_, (_, k))| k.clone())
+    }
+
     /// The highest epoch number held (0: only the store's first key).
     pub fn newest(&self) -> u32 {
         self.read().epochs.keys().next_back().map_or(0, |(n, _)| *n)

@@ -155,8 +155,19 @@ pub struct StoreSecrets {
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UiCa {
+    /// What the CA's name says it is for (the store's name, or its key epoch).
+    #[serde(default)]
+    pub name: String,
     pub cert_pem: String,
     pub key_pem: String,
+}
+
+impl UiCa {
+    /// Both texts PEM of the right kind, and small.
+    pub fn is_well_formed(&self) -> bool {
+        let pem = |t: &str, what: &str| t.len() <= MAX_CA_PEM && t.contains(&format!("-----BEGIN {what}"));
+        self.name.len() <= 256 && pem(&self.cert_pem, "CERTIFICATE") && pem(&self.key_pem, "PRIVATE KEY")
+    }
 }
 
 impl std::fmt::Debug for UiCa {
@@ -177,6 +188,10 @@ pub struct EpochKey {
     pub psk: String,
     /// AGE-SECRET-KEY-1...
     pub age_secret: String,
+    /// The tablet CA of this epoch: after a revocation the nodes' certificates come from a CA the
+    /// revoked node never held (it could otherwise issue certificates for the store's names).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ui_ca: Option<UiCa>,
 }
 
 impl std::fmt::Debug for EpochKey {
@@ -192,6 +207,7 @@ impl EpochKey {
             n,
             psk: psk.iter().map(|b| format!("{b:02x}")).collect(),
             age_secret: StoreSecret::generate().expose(),
+            ui_ca: None,
         }
     }
 
@@ -318,9 +334,9 @@ impl StoreSecrets {
                 reason: format!("bad key of epoch {}", e.n),
             })?;
         }
-        if let Some(ca) = &self.ui_ca {
-            let pem = |t: &str, what: &str| t.len() <= MAX_CA_PEM && t.contains(&format!("-----BEGIN {what}"));
-            if !pem(&ca.cert_pem, "CERTIFICATE") || !pem(&ca.key_pem, "PRIVATE KEY") {
+        let epoch_cas = self.epochs.iter().filter_map(|e| e.ui_ca.as_ref());
+        for ca in self.ui_ca.iter().chain(epoch_cas) {
+            if !ca.is_well_formed() {
                 return Err(KeyError::Invalid {
                     path: path.to_path_buf(),
                     reason: "bad UI certificate authority".into(),

@@ -147,7 +147,15 @@ pub fn begin(members: &Members, ring: &Keyring, at_ms: i64) -> Result<(KeyGrant,
     let b64 = base64::engine::general_purpose::STANDARD;
     let newest = ring.newest();
     let n = newest.checked_add(1).ok_or(EpochError::Exhausted(newest))?;
-    let epoch = EpochKey::generate(n);
+    let mut epoch = EpochKey::generate(n);
+    // A new tablet CA with the new keys: the revoked node held the old one.
+    let name = format!("key epoch {n}");
+    let ca = lpmesh_web::tls::new_ca(&name).map_err(|e| seal_err(&e))?;
+    epoch.ui_ca = Some(lpmesh_mesh::keys::UiCa {
+        name,
+        cert_pem: ca.cert_pem,
+        key_pem: ca.key_pem,
+    });
     let mut chain = ring.epochs();
     chain.push(epoch.clone());
     // The newest epochs: older ones stay readable by the members that hold them.

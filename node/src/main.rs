@@ -656,17 +656,19 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::StoreCa { data, out } => {
             let secrets = lpmesh_mesh::keys::StoreSecrets::load(&data)?;
-            let Some(ca) = secrets.ui_ca else {
+            // What the node serves now (after a revocation, its key epoch's CA), else the store's.
+            let current = std::fs::read_to_string(data.join("ui-tls").join(CURRENT_CA_FILE)).ok();
+            let Some(cert_pem) = current.or(secrets.ui_ca.map(|c| c.cert_pem)) else {
                 eprintln!(
                     "store {} has no certificate authority (made before store CAs): each node's UI shows its own, from https://NODE:PORT/ca.crt",
                     secrets.store
                 );
                 return Ok(ExitCode::FAILURE);
             };
-            let der = lpmesh_web::tls::first_der(&ca.cert_pem).context("the store's CA certificate is not PEM")?;
+            let der = lpmesh_web::tls::first_der(&cert_pem).context("the store's CA certificate is not PEM")?;
             println!("SHA-256 {}", lpmesh_web::tls::fingerprint(&der));
             if let Some(out) = out {
-                std::fs::write(&out, &ca.cert_pem).with_context(|| format!("cannot write {}", out.display()))?;
+                std::fs::write(&out, &cert_pem).with_context(|| format!("cannot write {}", out.display()))?;
                 eprintln!("store {}'s CA certificate written to {}", secrets.store, out.display());
             }
             Ok(ExitCode::SUCCESS)
@@ -897,6 +899,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
     }
 }
+
+/// The CA a node's UI serves now, in `ui-tls/` of its data directory (for `lpmesh store-ca`).
+const CURRENT_CA_FILE: &str = "current-ca.pem";
 
 /// Whether a configuration file is HQ's: it names no store and sets a key only HQ has. A file that
 /// cannot be read or parsed is checked as a node's, whose reader says what is wrong with it.
@@ -1208,39 +1213,53 @@ mod daemon {
         (!host.is_empty()).then(|| host.to_string())
     }
 
-    /// The CA tablets trust this node through (the store's; in a store made before store CAs, one
-    /// this node makes for itself and keeps), and a fresh certificate from it for every name and
-    /// address the UI answers to.
-    fn ui_certificate(
-        cfg: &NodeConfig,
-        addr: std::net::SocketAddr,
-    ) -> Result<(lpmesh_node::ui::Trust, Vec<u8>, Vec<u8>)> {
-        use lpmesh_web::tls::{fingerprint, first_der, issue, new_ca, CaPem};
-        let secrets = StoreSecrets::load(&cfg.data_dir)?;
-        let (ca, store_wide) = match secrets.ui_ca {
-            Some(ca) => (
+    /// The CA tablets trust this node through, its name, and whether every node shares it: the
+    /// current key epoch's (a revocation brings a new one), else the store's, else (a store made before
+    /// store CAs) one this node makes for itself and keeps.
+    fn ui_ca(cfg: &NodeConfig, ring: &lpmesh_mesh::crypto::Keyring) -> Result<(lpmesh_web::tls::CaPem, String, bool)> {
+        use lpmesh_web::tls::{new_ca, CaPem};
+        let pem = |ca: lpmesh_mesh::keys::UiCa| {
+            let name = if ca.name.is_empty() { cfg.store.clone() } else { ca.name };
+            (
                 CaPem {
                     cert_pem: ca.cert_pem,
                     key_pem: ca.key_pem,
                 },
+                name,
                 true,
-            ),
-            None => {
-                let dir = cfg.data_dir.join("ui-tls");
-                let (c, k) = (dir.join("node-ca.pem"), dir.join("node-ca.key"));
-                let ca = match (std::fs::read_to_string(&c), std::fs::read_to_string(&k)) {
-                    (Ok(cert_pem), Ok(key_pem)) => CaPem { cert_pem, key_pem },
-                    _ => {
-                        let ca = new_ca(&format!("{} node {}", cfg.store, cfg.node))?;
-                        std::fs::create_dir_all(&dir)?;
-                        lpmesh_mesh::keys::write_private(&k, ca.key_pem.as_bytes())?;
-                        std::fs::write(&c, &ca.cert_pem)?;
-                        ca
-                    }
-                };
-                (ca, false)
+            )
+        };
+        if let Some(ca) = ring.current_epoch().and_then(|e| e.ui_ca) {
+            return Ok(pem(ca));
+        }
+        if let Some(ca) = StoreSecrets::load(&cfg.data_dir)?.ui_ca {
+            return Ok(pem(ca));
+        }
+        let name = format!("{} node {}", cfg.store, cfg.node);
+        let dir = cfg.data_dir.join("ui-tls");
+        let (c, k) = (dir.join("node-ca.pem"), dir.join("node-ca.key"));
+        let ca = match (std::fs::read_to_string(&c), std::fs::read_to_string(&k)) {
+            (Ok(cert_pem), Ok(key_pem)) => CaPem { cert_pem, key_pem },
+            _ => {
+                let ca = new_ca(&name)?;
+                std::fs::create_dir_all(&dir)?;
+                lpmesh_mesh::keys::write_private(&k, ca.key_pem.as_bytes())?;
+                std::fs::write(&c, &ca.cert_pem)?;
+                ca
             }
         };
+        Ok((ca, name, false))
+    }
+
+    /// A fresh certificate from `ca` for every name and address the UI answers to, and what tablets
+    /// install to trust it. The CA served is also written to `ui-tls/current-ca.pem` for `lpmesh
+    /// store-ca`.
+    fn ui_certificate(
+        cfg: &NodeConfig,
+        addr: std::net::SocketAddr,
+        (ca, name, store_wide): &(lpmesh_web::tls::CaPem, String, bool),
+    ) -> Result<(lpmesh_node::ui::Trust, Vec<u8>, Vec<u8>)> {
+        use lpmesh_web::tls::{fingerprint, first_der, issue};
         let mut names = vec!["localhost".to_string()];
         names.extend(lpmesh_node::ui::this_hostname());
         names.extend(cfg.ui.names.iter().cloned());
@@ -1256,20 +1275,61 @@ mod daemon {
         } else {
             ips.push(addr.ip());
         }
-        let store = if store_wide {
-            cfg.store.clone()
-        } else {
-            format!("{} node {}", cfg.store, cfg.node)
-        };
-        let (chain, key) = issue(&store, &ca, &names, &ips)?;
+        let (chain, key) = issue(name, ca, &names, &ips)?;
         let der = first_der(&ca.cert_pem).context("the UI CA certificate is not PEM")?;
+        let dir = cfg.data_dir.join("ui-tls");
+        std::fs::create_dir_all(&dir)?;
+        let tmp = dir.join("current-ca.pem.tmp");
+        std::fs::write(&tmp, &ca.cert_pem)?;
+        std::fs::rename(&tmp, dir.join(CURRENT_CA_FILE))?;
         let trust = lpmesh_node::ui::Trust {
             fingerprint: fingerprint(&der),
             cert_der: der,
-            cert_pem: ca.cert_pem,
-            store_wide,
+            cert_pem: ca.cert_pem.clone(),
+            store_wide: *store_wide,
         };
         Ok((trust, chain, key))
+    }
+
+    /// Follows the key epochs: when the current one brings another CA (a revocation), the UI's
+    /// certificate is issued again from it and served from the next connection on.
+    async fn follow_ui_ca(
+        cfg: NodeConfig,
+        addr: std::net::SocketAddr,
+        ring: lpmesh_mesh::crypto::Keyring,
+        state: Arc<lpmesh_node::ui::UiState>,
+        tls: axum_server::tls_rustls::RustlsConfig,
+        mut serving: String,
+    ) {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(2));
+        loop {
+            tick.tick().await;
+            let ca = match ui_ca(&cfg, &ring) {
+                Ok(ca) => ca,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read the UI's certificate authority");
+                    continue;
+                }
+            };
+            if ca.0.cert_pem == serving {
+                continue;
+            }
+            match ui_certificate(&cfg, addr, &ca) {
+                Ok((trust, chain, key)) => match tls.reload_from_pem(chain, key).await {
+                    Ok(()) => {
+                        tracing::warn!(
+                            ca = %ca.1,
+                            fingerprint = %trust.fingerprint,
+                            "the store's tablet certificate changed with its key epoch (a node was revoked): every tablet installs the new one from /ca.crt"
+                        );
+                        serving = ca.0.cert_pem.clone();
+                        state.set_trust(trust);
+                    }
+                    Err(e) => tracing::error!(error = %e, "cannot serve the new UI certificate"),
+                },
+                Err(e) => tracing::error!(error = %e, "cannot issue the UI certificate"),
+            }
+        }
     }
 
     /// Starts the tablet UI (unless switched off): the incident view fed from the log, the listener.
@@ -1286,6 +1346,7 @@ mod daemon {
             return Ok(None);
         }
         let tz = lpmesh_node::schedule::Schedule::parse_tz(&cfg.schedule.timezone).map_err(anyhow::Error::msg)?;
+        let reader_ring = reader.ring().clone();
         let state = lpmesh_node::ui::UiState::new(
             &cfg.store,
             &cfg.node,
@@ -1325,8 +1386,10 @@ mod daemon {
             }
         });
         let addr: std::net::SocketAddr = cfg.ui.listen.parse().context("[ui] listen")?;
-        let (state, tls) = if cfg.ui.tls {
-            let (trust, chain, key) = ui_certificate(cfg, addr)?;
+        let ring = reader_ring.clone();
+        let (state, tls, serving) = if cfg.ui.tls {
+            let ca = ui_ca(cfg, &ring)?;
+            let (trust, chain, key) = ui_certificate(cfg, addr, &ca)?;
             println!(
                 "UI certificate issued by {} (SHA-256 {}); tablets install it once from https://<this node>/ca.crt",
                 if trust.store_wide {
@@ -1336,7 +1399,7 @@ mod daemon {
                 },
                 trust.fingerprint
             );
-            (state.with_trust(trust), Some((chain, key)))
+            (state.with_trust(trust), Some((chain, key)), Some(ca.0.cert_pem))
         } else {
             tracing::warn!(
                 "[ui] tls = false: the tablet UI serves plain HTTP; logins, invitations and camera pictures are refused to anything but this machine"
@@ -1344,10 +1407,10 @@ mod daemon {
             eprintln!(
                 "warning: [ui] tls = false: the tablet UI serves plain HTTP; logins, invitations and camera pictures only from this machine"
             );
-            (state, None)
+            (state, None, None)
         };
         // A node that cannot serve its page still detects, alerts and replicates: say so loudly, go on.
-        let running = match lpmesh_node::ui::serve(state, addr, tls).await {
+        let running = match lpmesh_node::ui::serve(state.clone(), addr, tls).await {
             Ok(r) => r,
             Err(e) => {
                 tracing::error!(error = %e, "the tablet UI is not available on this node");
@@ -1355,6 +1418,9 @@ mod daemon {
                 return Ok(None);
             }
         };
+        if let (Some(tls), Some(serving)) = (running.tls_config(), serving) {
+            tokio::spawn(follow_ui_ca(cfg.clone(), addr, ring, state, tls, serving));
+        }
         let url = ui_url(cfg);
         println!("UI of node {} at {url}", cfg.node);
         if lpmesh_node::ui::auth::Users::new(&cfg.data_dir)

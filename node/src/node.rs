@@ -46,6 +46,7 @@ pub fn init(store: &str, data_dir: &Path) -> Result<lpmesh_mesh::net::NodeId, No
     secrets.founder = Some(crate::members::hex(&me));
     let ca = lpmesh_web::tls::new_ca(store).map_err(|e| NodeError::Setup(e.to_string()))?;
     secrets.ui_ca = Some(keys::UiCa {
+        name: store.to_string(),
         cert_pem: ca.cert_pem,
         key_pem: ca.key_pem,
     });

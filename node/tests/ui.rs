@@ -626,3 +626,37 @@ async fn a_manager_revokes_a_member_from_the_mesh_page() {
     let m = f.state.reader.member(&recs[0]).expect("a member record");
     assert!(m.revoked && m.node == lpmesh_node::members::hex(&other_origin));
 }
+
+/// After a revocation the node serves a certificate from its new key epoch's CA: swapped on the
+/// running listener, so a tablet that installed the new CA connects, with no restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ui_certificate_is_swapped_on_the_running_listener() {
+    use lpmesh_web::tls::{issue, new_ca};
+    let f = fixture(true).await;
+    let (old, new) = (new_ca("shop-ui").unwrap(), new_ca("key epoch 1").unwrap());
+    let names = ["localhost".to_string()];
+    let (chain, key) = issue("shop-ui", &old, &names, &[]).unwrap();
+    let running = ui::serve(f.state.clone(), "127.0.0.1:0".parse().unwrap(), Some((chain, key)))
+        .await
+        .unwrap();
+    let url = format!("https://localhost:{}", running.addr.port());
+    let trusting = |ca: &lpmesh_web::tls::CaPem, file: &str| {
+        let path = f.dir.join(file);
+        std::fs::write(&path, &ca.cert_pem).unwrap();
+        lpmesh_hq::client::HqClient::new(&url, Some(&path), Duration::from_secs(5)).unwrap()
+    };
+    // A fresh client for each look: an open connection keeps the certificate it began with.
+    trusting(&old, "old-ca.pem").probe().await.unwrap();
+    assert!(
+        trusting(&new, "new-ca.pem").probe().await.is_err(),
+        "not yet the new CA's"
+    );
+    let (chain, key) = issue("key epoch 1", &new, &names, &[]).unwrap();
+    running.reload_tls(chain, key).await.unwrap();
+    trusting(&new, "new-ca.pem").probe().await.unwrap();
+    assert!(
+        trusting(&old, "old-ca.pem").probe().await.is_err(),
+        "the old CA no longer vouches for the node"
+    );
+    running.shutdown(Duration::from_millis(200)).await;
+}

@@ -468,6 +468,20 @@ fn a_revoked_node_is_dropped_by_every_member_and_its_later_records_are_refused()
     };
     let c1 = config("front", &n1, p1, &format!("[ops]\nlisten = \"127.0.0.1:{ops}\"\n"));
     let c2 = config("back", &n2, p2, "[ops]\nenabled = false\n");
+    // The member that stays serves its tablet UI: after the revocation, its certificate must come
+    // from a CA the revoked node never held.
+    let u2 = free_port();
+    let text = std::fs::read_to_string(&c2).unwrap();
+    std::fs::write(
+        &c2,
+        text.replace(
+            "[ui]\nenabled = false\n",
+            &format!("[ui]\nlisten = \"127.0.0.1:{u2}\"\n"),
+        ),
+    )
+    .unwrap();
+    let fingerprint = || ok(&["store-ca", "--data", &n2.to_string_lossy()]);
+    let first_ca = fingerprint();
     let c3 = config("side", &n3, p3, "[ops]\nenabled = false\n");
     let run = |c: &Path, name: &str| {
         spawn(
@@ -506,6 +520,21 @@ fn a_revoked_node_is_dropped_by_every_member_and_its_later_records_are_refused()
     peers(1.0, 1.0);
     let settled = now_ms();
     std::thread::sleep(Duration::from_secs(10));
+    // The staying member's UI serves a certificate from the new epoch's CA, swapped while it runs.
+    let t = Instant::now();
+    while fingerprint() == first_ca {
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "the UI still serves the store's first CA after the revocation"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert!(
+        std::fs::read_to_string(dir.join("back.log"))
+            .unwrap_or_default()
+            .contains("tablet certificate changed"),
+        "the node told its operator the tablets must install the new CA"
+    );
     // Handshakes now fail at the network key (the revoked node's dials, and the member's first try of
     // the new key towards it): the store moved to a new one.
     let m = lpmesh_tests::scrape(ops).unwrap_or_default();
@@ -593,8 +622,21 @@ fn a_revoked_node_is_dropped_by_every_member_and_its_later_records_are_refused()
     // written under them.
     let n4 = dir.join("n4");
     enrol(&n1, &n4);
-    let n4_ring = StoreSecrets::load(&n4).unwrap().keyring().unwrap();
+    let n4_secrets = StoreSecrets::load(&n4).unwrap();
+    let n4_ring = n4_secrets.keyring().unwrap();
     assert!(n4_ring.newest() >= 1);
+    // The epoch brought a tablet CA the revoked node never held: the nodes' certificates come
+    // from it from now on, and a joiner receives it with the keys.
+    let epoch_ca = n4_ring
+        .epochs()
+        .last()
+        .and_then(|e| e.ui_ca.clone())
+        .expect("the epoch's tablet CA");
+    let first_ca = n3_secrets.ui_ca.clone().expect("the store's first tablet CA");
+    assert_ne!(epoch_ca.cert_pem, first_ca.cert_pem);
+    assert!(!std::fs::read_to_string(n3.join("store.secrets"))
+        .unwrap_or_default()
+        .contains(epoch_ca.key_pem.trim()));
     for r in &after {
         assert!(
             n4_ring.decrypt(&r.ciphertext).is_ok(),

@@ -146,8 +146,13 @@ impl UiState {
     }
 
     pub fn with_trust(self: Arc<Self>, t: Trust) -> Arc<Self> {
-        *self.trust.write().unwrap_or_else(|p| p.into_inner()) = Some(t);
+        self.set_trust(t);
         self
+    }
+
+    /// The CA tablets should install from now on (a new key epoch brings a new one).
+    pub fn set_trust(&self, t: Trust) {
+        *self.trust.write().unwrap_or_else(|p| p.into_inner()) = Some(t);
     }
 
     fn trust(&self) -> Option<Trust> {
@@ -1362,9 +1367,27 @@ pub struct Running {
     pub addr: SocketAddr,
     handle: axum_server::Handle<SocketAddr>,
     task: tokio::task::JoinHandle<()>,
+    tls: Option<axum_server::tls_rustls::RustlsConfig>,
 }
 
 impl Running {
+    /// The TLS configuration served, for a task that replaces the certificate later.
+    pub fn tls_config(&self) -> Option<axum_server::tls_rustls::RustlsConfig> {
+        self.tls.clone()
+    }
+
+    /// Serves another certificate chain and key from the next handshake on (connections open keep
+    /// theirs); an error leaves the one served now.
+    pub async fn reload_tls(&self, cert_pem: Vec<u8>, key_pem: Vec<u8>) -> Result<(), UiError> {
+        match &self.tls {
+            Some(t) => t
+                .reload_from_pem(cert_pem, key_pem)
+                .await
+                .map_err(|e| UiError::Tls(e.to_string())),
+            None => Err(UiError::Tls("this listener serves plain HTTP".into())),
+        }
+    }
+
     pub async fn shutdown(self, grace: Duration) {
         self.handle.graceful_shutdown(Some(grace));
         let _ = self.task.await;
@@ -1402,6 +1425,7 @@ pub async fn serve_router(router: Router, addr: SocketAddr) -> Result<Running, U
         addr: local,
         handle,
         task,
+        tls: None,
     })
 }
 
@@ -1431,7 +1455,7 @@ pub async fn serve(state: Arc<UiState>, addr: SocketAddr, tls: Option<(Vec<u8>, 
     let cfg = axum_server::tls_rustls::RustlsConfig::from_pem(cert, key)
         .await
         .map_err(|e| UiError::Tls(e.to_string()))?;
-    let mut server = axum_server::from_tcp_rustls(listener, cfg)
+    let mut server = axum_server::from_tcp_rustls(listener, cfg.clone())
         .map_err(|e| listen_error(addr, e))?
         .handle(handle.clone());
     server
@@ -1448,5 +1472,6 @@ pub async fn serve(state: Arc<UiState>, addr: SocketAddr, tls: Option<(Vec<u8>, 
         addr: local,
         handle,
         task,
+        tls: Some(cfg),
     })
 }
