@@ -1180,6 +1180,68 @@ mod tests {
         fx.done();
     }
 
+    /// A flood of logins (each a new name from a new address, so no backoff stops them first) runs
+    /// argon2 two at a time and turns the rest away at once; the real admin logs in right after.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_login_flood_runs_argon2_a_few_at_a_time_and_the_admin_gets_in_after_it() {
+        let fx = Fixture::new("flood").await;
+        let origin = [("host", "hq:8444"), ("origin", "https://hq:8444")];
+        let login = |name: String, password: &'static str, peer: std::net::SocketAddr| {
+            let mut req = Request::post("/login").header("content-type", "application/x-www-form-urlencoded");
+            for (k, v) in origin {
+                req = req.header(k, v);
+            }
+            let mut req = req
+                .body(Body::from(format!(
+                    "name={name}&password={}",
+                    password.replace(' ', "+")
+                )))
+                .unwrap();
+            req.extensions_mut().insert(axum::extract::ConnectInfo(peer));
+            app(fx.state.clone()).oneshot(req)
+        };
+        let n = 300;
+        let tasks: Vec<_> = (0..n)
+            .map(|i| {
+                let peer = std::net::SocketAddr::from(([10, 9, (i / 250) as u8, (i % 250) as u8], 4000));
+                tokio::spawn(login(format!("n{i}"), "a wrong guess", peer))
+            })
+            .collect();
+        let mut statuses = BTreeMap::new();
+        for t in tasks {
+            *statuses.entry(t.await.unwrap().unwrap().status().as_u16()).or_insert(0) += 1;
+        }
+        assert!(
+            fx.state.gate.peak() <= lpmesh_web::login::HASHING_SLOTS,
+            "peak {}",
+            fx.state.gate.peak()
+        );
+        assert!(
+            statuses.get(&503).copied().unwrap_or(0) > 0,
+            "the queue is bounded: {statuses:?}"
+        );
+        assert_eq!(statuses.values().sum::<usize>(), n, "{statuses:?}");
+        let logins = fx.state.metrics.logins();
+        assert_eq!(logins.get("busy").copied().unwrap_or(0), statuses[&503] as u64);
+        let admin = login(
+            "ana".into(),
+            "correct horse battery",
+            std::net::SocketAddr::from(([192, 0, 2, 1], 5000)),
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            admin.status(),
+            StatusCode::SEE_OTHER,
+            "the admin logs in after the flood"
+        );
+        eprintln!(
+            "HQ login flood of {n}: {statuses:?}, peak {} argon2 at once",
+            fx.state.gate.peak()
+        );
+        fx.done();
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn exports_come_in_pages_that_neither_skip_nor_repeat_and_their_span_is_capped() {
         let fx = Fixture::new("pages").await;

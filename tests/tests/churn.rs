@@ -384,8 +384,10 @@ fn five_nodes_through_partitions_delays_loss_and_restarts_converge_with_hq_match
         if leader_done {
             break;
         }
+        // A liveness bound, not a speed target: beside the crash tests on 2 cores, one run (seed
+        // 1796609541659, whole test 70 s when run alone) needed more than 60 s here.
         assert!(
-            t.elapsed() < Duration::from_secs(60),
+            t.elapsed() < Duration::from_secs(120),
             "HQ did not catch up (seed {seed})"
         );
         std::thread::sleep(Duration::from_millis(250));
