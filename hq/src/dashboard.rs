@@ -29,6 +29,7 @@ use crate::server::HqState;
 use crate::signin::{Analyst, NeedLogin};
 use crate::store::{Filter, StoreError, StoredSummary};
 use crate::summary::{Incident, Summary, MAX_INCIDENTS};
+pub(crate) use lpmesh_web::html::escape as esc;
 
 const HOUR_MS: i64 = 3_600_000;
 const DAY_MS: i64 = 24 * HOUR_MS;
@@ -205,21 +206,6 @@ pub(crate) fn html(status: StatusCode, heading: &str, body: &str, who: Option<&A
         (header::CACHE_CONTROL, "no-store"),
     ];
     (status, headers, doc).into_response()
-}
-
-pub(crate) fn esc(s: &str) -> String {
-    let mut o = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => o.push_str("&amp;"),
-            '<' => o.push_str("&lt;"),
-            '>' => o.push_str("&gt;"),
-            '"' => o.push_str("&quot;"),
-            '\'' => o.push_str("&#39;"),
-            c => o.push(c),
-        }
-    }
-    o
 }
 
 /// Percent-encodes everything but unreserved characters, for a path segment or a query value.

@@ -3,5 +3,6 @@
 //! certificate authority for its tablets.
 
 pub mod body;
+pub mod html;
 pub mod login;
 pub mod tls;

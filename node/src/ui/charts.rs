@@ -9,6 +9,7 @@ use chrono::{Duration, TimeZone};
 use crate::event::EventKind;
 use crate::incidents::Book;
 use crate::zone::Direction;
+use lpmesh_web::html::escape as esc;
 
 const W: f64 = 640.0;
 const H: f64 = 220.0;
@@ -45,13 +46,6 @@ fn bin_of(bins: &[(i64, String)], width_ms: i64, t: i64) -> Option<usize> {
         return None;
     }
     Some(bins.partition_point(|(s, _)| *s <= t) - 1)
-}
-
-fn esc(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
 }
 
 /// Legend rows start under the title, each this high.
