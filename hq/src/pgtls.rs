@@ -57,8 +57,11 @@ fn percent_decode(s: &str) -> String {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'%' && i + 2 < b.len() {
-            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
+        // On bytes: the two after a '%' need not be characters of their own ("%é" is no escape).
+        let hex = b.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok());
+        if b[i] == b'%' {
+            let hex = hex.filter(|h| h.bytes().all(|c| c.is_ascii_hexdigit()));
+            if let Some(v) = hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
                 out.push(v);
                 i += 3;
                 continue;
@@ -400,6 +403,9 @@ mod tests {
             PgTarget::parse("host=db sslmode=always"),
             Err(PgTlsError::Mode(_))
         ));
+        // A '%' before a character of several bytes is kept as written, not a crash.
+        let t = PgTarget::parse("postgres://db/x?sslmode=require&sslrootcert=/ca%2é%+1.pem%").unwrap();
+        assert_eq!(t.root_cert, Some(PathBuf::from("/ca%2é%+1.pem%")));
         assert!(matches!(
             PgTarget::parse("host=db password='open"),
             Err(PgTlsError::Syntax(_))

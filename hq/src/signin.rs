@@ -3,8 +3,9 @@
 //!
 //! - The cookie (`__Host-lpmesh_hq`) is Secure, HttpOnly and SameSite=Lax: a link from a report opens
 //!   the page logged in, while no other site can post to HQ with it. Only its SHA-256 is stored.
-//! - Every POST must come from HQ's own pages (`Origin`, or `Sec-Fetch-Site`, names this origin), and
-//!   logout also carries the session's CSRF token.
+//! - A POST whose `Origin` (or `Sec-Fetch-Site`) names another site is refused; a browser always sends
+//!   one of them, so only a script (holding no one's cookie but its own) sends neither. Logout also
+//!   carries the session's CSRF token.
 //! - Passwords are checked behind [`lpmesh_web::login::HashGate`] and slowed down per name and per
 //!   address by [`lpmesh_web::login::LoginLimiter`]: a guesser waits, the real user is never locked out.
 
@@ -80,16 +81,7 @@ fn now_ms() -> i64 {
 }
 
 pub fn cookie_token(headers: &HeaderMap) -> Option<String> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|kv| kv.trim().split_once('='))
-        .find(|(k, _)| *k == COOKIE)
-        .map(|(_, v)| v.to_string())
-        // A token is 43 characters; anything much longer is not one of ours.
-        .filter(|v| v.len() <= 128)
+    lpmesh_web::login::cookie(headers, COOKIE)
 }
 
 /// The analyst behind the request's cookie, if their session and user are still valid.
@@ -166,7 +158,17 @@ pub fn same_origin(headers: &HeaderMap, authority: Option<&str>) -> bool {
 /// Where to go after logging in: a path on this site only (never `//elsewhere` or a full URL).
 fn safe_next(next: Option<&str>) -> String {
     match next {
-        Some(n) if n.starts_with('/') && !n.starts_with("//") && !n.contains('\\') && n.len() <= 2048 => n.to_string(),
+        // Printable ASCII only: a browser drops tabs and newlines from a URL, so "/\t/evil" would
+        // go to //evil.
+        Some(n)
+            if n.starts_with('/')
+                && !n.starts_with("//")
+                && !n.contains('\\')
+                && n.len() <= 2048
+                && n.bytes().all(|b| b.is_ascii_graphic()) =>
+        {
+            n.to_string()
+        }
         _ => "/".to_string(),
     }
 }
@@ -352,7 +354,14 @@ mod tests {
         assert!(!same_origin(&h(&[("sec-fetch-site", "cross-site")]), Some("hq:8444")));
         assert!(same_origin(&h(&[]), None), "a script without a browser's headers");
         assert_eq!(safe_next(Some("/stores/a?x=1")), "/stores/a?x=1");
-        for bad in ["//evil.example/", "https://evil.example/", "/\\evil", "stores"] {
+        for bad in [
+            "//evil.example/",
+            "https://evil.example/",
+            "/\\evil",
+            "stores",
+            "/\t/evil.example",
+            "/\n/evil",
+        ] {
             assert_eq!(safe_next(Some(bad)), "/", "{bad}");
         }
         let mut m = HeaderMap::new();

@@ -138,7 +138,11 @@ fn open(g: &KeyGrant, mine: &str, me: &Keypair) -> Option<Vec<EpochKey>> {
         .decrypt(&chacha20poly1305::Nonce::default(), chain.as_slice())
         .ok()?;
     let keys: Vec<EpochKey> = serde_json::from_slice(&plain).ok()?;
-    (keys.len() <= MAX_EPOCHS_HELD).then_some(keys)
+    // A member's grant is checked like secrets from a file: a CA that is not one is no key at all.
+    let well_formed = keys
+        .iter()
+        .all(|k| k.ui_ca.as_ref().is_none_or(lpmesh_mesh::keys::UiCa::is_well_formed));
+    (keys.len() <= MAX_EPOCHS_HELD && well_formed).then_some(keys)
 }
 
 /// A new key epoch for the store's members now: the grant to record, and its key.

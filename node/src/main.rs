@@ -1213,27 +1213,35 @@ mod daemon {
         (!host.is_empty()).then(|| host.to_string())
     }
 
+    /// A CA, its name, and whether every node of the store shares it.
+    type UiCaChoice = (lpmesh_web::tls::CaPem, String, bool);
+
     /// The CA tablets trust this node through, its name, and whether every node shares it: the
     /// current key epoch's (a revocation brings a new one), else the store's, else (a store made before
     /// store CAs) one this node makes for itself and keeps.
-    fn ui_ca(cfg: &NodeConfig, ring: &lpmesh_mesh::crypto::Keyring) -> Result<(lpmesh_web::tls::CaPem, String, bool)> {
+    fn ui_ca(cfg: &NodeConfig, ring: &lpmesh_mesh::crypto::Keyring, base: &UiCaChoice) -> UiCaChoice {
+        ring.current_epoch()
+            .and_then(|e| e.ui_ca)
+            .map_or_else(|| base.clone(), |ca| store_ui_ca(cfg, ca))
+    }
+
+    fn store_ui_ca(cfg: &NodeConfig, ca: lpmesh_mesh::keys::UiCa) -> UiCaChoice {
+        let name = if ca.name.is_empty() { cfg.store.clone() } else { ca.name };
+        (
+            lpmesh_web::tls::CaPem {
+                cert_pem: ca.cert_pem,
+                key_pem: ca.key_pem,
+            },
+            name,
+            true,
+        )
+    }
+
+    /// The CA when no key epoch brings one: the store's, read once at start (it never changes).
+    fn base_ui_ca(cfg: &NodeConfig) -> Result<UiCaChoice> {
         use lpmesh_web::tls::{new_ca, CaPem};
-        let pem = |ca: lpmesh_mesh::keys::UiCa| {
-            let name = if ca.name.is_empty() { cfg.store.clone() } else { ca.name };
-            (
-                CaPem {
-                    cert_pem: ca.cert_pem,
-                    key_pem: ca.key_pem,
-                },
-                name,
-                true,
-            )
-        };
-        if let Some(ca) = ring.current_epoch().and_then(|e| e.ui_ca) {
-            return Ok(pem(ca));
-        }
         if let Some(ca) = StoreSecrets::load(&cfg.data_dir)?.ui_ca {
-            return Ok(pem(ca));
+            return Ok(store_ui_ca(cfg, ca));
         }
         let name = format!("{} node {}", cfg.store, cfg.node);
         let dir = cfg.data_dir.join("ui-tls");
@@ -1257,7 +1265,7 @@ mod daemon {
     fn ui_certificate(
         cfg: &NodeConfig,
         addr: std::net::SocketAddr,
-        (ca, name, store_wide): &(lpmesh_web::tls::CaPem, String, bool),
+        (ca, name, store_wide): &UiCaChoice,
     ) -> Result<(lpmesh_node::ui::Trust, Vec<u8>, Vec<u8>)> {
         use lpmesh_web::tls::{fingerprint, first_der, issue};
         let mut names = vec!["localhost".to_string()];
@@ -1299,21 +1307,19 @@ mod daemon {
         ring: lpmesh_mesh::crypto::Keyring,
         state: Arc<lpmesh_node::ui::UiState>,
         tls: axum_server::tls_rustls::RustlsConfig,
-        mut serving: String,
+        base: UiCaChoice,
+        serving: String,
     ) {
+        // The CA last tried: one that fails is reported once, not every tick.
+        let mut last = serving;
         let mut tick = tokio::time::interval(std::time::Duration::from_secs(2));
         loop {
             tick.tick().await;
-            let ca = match ui_ca(&cfg, &ring) {
-                Ok(ca) => ca,
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot read the UI's certificate authority");
-                    continue;
-                }
-            };
-            if ca.0.cert_pem == serving {
+            let ca = ui_ca(&cfg, &ring, &base);
+            if ca.0.cert_pem == last {
                 continue;
             }
+            last = ca.0.cert_pem.clone();
             match ui_certificate(&cfg, addr, &ca) {
                 Ok((trust, chain, key)) => match tls.reload_from_pem(chain, key).await {
                     Ok(()) => {
@@ -1322,7 +1328,6 @@ mod daemon {
                             fingerprint = %trust.fingerprint,
                             "the store's tablet certificate changed with its key epoch (a node was revoked): every tablet installs the new one from /ca.crt"
                         );
-                        serving = ca.0.cert_pem.clone();
                         state.set_trust(trust);
                     }
                     Err(e) => tracing::error!(error = %e, "cannot serve the new UI certificate"),
@@ -1388,7 +1393,8 @@ mod daemon {
         let addr: std::net::SocketAddr = cfg.ui.listen.parse().context("[ui] listen")?;
         let ring = reader_ring.clone();
         let (state, tls, serving) = if cfg.ui.tls {
-            let ca = ui_ca(cfg, &ring)?;
+            let base = base_ui_ca(cfg)?;
+            let ca = ui_ca(cfg, &ring, &base);
             let (trust, chain, key) = ui_certificate(cfg, addr, &ca)?;
             println!(
                 "UI certificate issued by {} (SHA-256 {}); tablets install it once from https://<this node>/ca.crt",
@@ -1399,7 +1405,7 @@ mod daemon {
                 },
                 trust.fingerprint
             );
-            (state.with_trust(trust), Some((chain, key)), Some(ca.0.cert_pem))
+            (state.with_trust(trust), Some((chain, key)), Some((base, ca.0.cert_pem)))
         } else {
             tracing::warn!(
                 "[ui] tls = false: the tablet UI serves plain HTTP; logins, invitations and camera pictures are refused to anything but this machine"
@@ -1418,8 +1424,8 @@ mod daemon {
                 return Ok(None);
             }
         };
-        if let (Some(tls), Some(serving)) = (running.tls_config(), serving) {
-            tokio::spawn(follow_ui_ca(cfg.clone(), addr, ring, state, tls, serving));
+        if let (Some(tls), Some((base, serving))) = (running.tls_config(), serving) {
+            tokio::spawn(follow_ui_ca(cfg.clone(), addr, ring, state, tls, base, serving));
         }
         let url = ui_url(cfg);
         println!("UI of node {} at {url}", cfg.node);

@@ -235,6 +235,20 @@ pub fn name_for_log(name: &str) -> String {
     )
 }
 
+/// The value of cookie `name` in a request's headers (`None` also for anything longer than a
+/// token could be: nothing unbounded is looked up).
+pub fn cookie(headers: &axum::http::HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(axum::http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.to_string())
+        .filter(|v| v.len() <= 128)
+}
+
 /// Compares two secrets (CSRF tokens, bearer tokens) in time that depends on their lengths only.
 pub fn same_secret(a: &str, b: &str) -> bool {
     a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |d, (x, y)| d | (x ^ y)) == 0

@@ -371,14 +371,7 @@ impl IntoResponse for ApiError {
 }
 
 fn cookie_token(headers: &HeaderMap) -> Option<String> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|kv| kv.trim().split_once('='))
-        .find(|(k, _)| *k == SESSION_COOKIE)
-        .map(|(_, v)| v.to_string())
+    lpmesh_web::login::cookie(headers, SESSION_COOKIE)
 }
 
 /// A logged-in request; for anything but GET/HEAD the CSRF token was checked too.
@@ -1294,40 +1287,40 @@ async fn remove_user(
 }
 
 /// The certificate a tablet installs to trust the store (public: it is what every TLS handshake
-/// shows anyway).
-async fn ca_pem(State(state): State<Arc<UiState>>) -> Result<Response, ApiError> {
+/// shows anyway), as `body` makes it from the trust.
+fn ca_file(
+    state: &UiState,
+    kind: &'static str,
+    name: &'static str,
+    body: fn(Trust) -> Vec<u8>,
+) -> Result<Response, ApiError> {
     let t = state
         .trust()
         .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "this node serves plain HTTP: no certificate"))?;
     Ok((
-        [
-            (header::CONTENT_TYPE, "application/x-pem-file"),
-            (
-                header::CONTENT_DISPOSITION,
-                "attachment; filename=\"lpmesh-store-ca.pem\"",
-            ),
-        ],
-        t.cert_pem,
+        [(header::CONTENT_TYPE, kind), (header::CONTENT_DISPOSITION, name)],
+        body(t),
     )
         .into_response())
 }
 
+async fn ca_pem(State(state): State<Arc<UiState>>) -> Result<Response, ApiError> {
+    ca_file(
+        &state,
+        "application/x-pem-file",
+        "attachment; filename=\"lpmesh-store-ca.pem\"",
+        |t| t.cert_pem.into_bytes(),
+    )
+}
+
 /// The same in DER, the form phones and tablets offer to install when they open it.
 async fn ca_crt(State(state): State<Arc<UiState>>) -> Result<Response, ApiError> {
-    let t = state
-        .trust()
-        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "this node serves plain HTTP: no certificate"))?;
-    Ok((
-        [
-            (header::CONTENT_TYPE, "application/x-x509-ca-cert"),
-            (
-                header::CONTENT_DISPOSITION,
-                "attachment; filename=\"lpmesh-store-ca.crt\"",
-            ),
-        ],
-        t.cert_der,
+    ca_file(
+        &state,
+        "application/x-x509-ca-cert",
+        "attachment; filename=\"lpmesh-store-ca.crt\"",
+        |t| t.cert_der,
     )
-        .into_response())
 }
 
 /// For the login page: where to get the store's certificate, its fingerprint to check, and a QR
