@@ -31,6 +31,7 @@
 
 pub mod action;
 pub mod alerts;
+pub mod appearance;
 pub mod assign;
 #[cfg(feature = "vision")]
 pub mod bench;

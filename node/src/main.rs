@@ -2093,8 +2093,16 @@ mod vision {
                         max_frames: None,
                         live: true,
                     };
+                    let mut resized = 0;
                     run(capture, &mut analyzer, &opts, &stop, |r| {
-                        metrics.frame(&cam.name, r.counts, r.infer, r.events);
+                        let size = r.online.then_some((r.width, r.height));
+                        metrics.frame(&cam.name, r.counts, size, r.infer, r.events);
+                        if r.counts.resized > resized {
+                            resized = r.counts.resized;
+                            tracing::warn!(camera = %cam.name, width = r.width, height = r.height,
+                                tracks_ended = r.ended.len(),
+                                "camera frame size changed: its tracks ended, new ones start at the new size");
+                        }
                         for e in r.events {
                             tx.blocking_send(e.clone())
                                 .map_err(|_| "the node is stopping".to_string())?;

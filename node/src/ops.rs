@@ -30,6 +30,9 @@ struct CameraCounters {
     inferred: u64,
     skipped_by_motion: u64,
     dropped: u64,
+    resized: u64,
+    /// The size of the last picture the camera delivered.
+    size: Option<(u32, u32)>,
     buckets: [u64; INFER_BUCKETS_MS.len()],
     infer_count: u64,
     infer_sum_s: f64,
@@ -44,8 +47,16 @@ pub struct NodeMetrics {
 }
 
 impl NodeMetrics {
-    /// One analysed frame of `camera` (counts are cumulative within one run of its pipeline).
-    pub fn frame(&self, camera: &str, counts: FrameCounts, infer: Duration, events: &[Event]) {
+    /// One analysed frame of `camera` (counts are cumulative within one run of its pipeline), of `size`
+    /// when it held a picture.
+    pub fn frame(
+        &self,
+        camera: &str,
+        counts: FrameCounts,
+        size: Option<(u32, u32)>,
+        infer: Duration,
+        events: &[Event],
+    ) {
         {
             let mut cams = self.cameras.lock().unwrap_or_else(|p| p.into_inner());
             // Called for every frame: allocate the camera's name once, not per frame.
@@ -63,7 +74,11 @@ impl NodeMetrics {
             c.inferred += counts.inferred.saturating_sub(base.inferred);
             c.skipped_by_motion += counts.skipped_by_motion.saturating_sub(base.skipped_by_motion);
             c.dropped += counts.dropped.saturating_sub(base.dropped);
+            c.resized += counts.resized.saturating_sub(base.resized);
             c.last = counts;
+            if size.is_some() {
+                c.size = size;
+            }
             if !infer.is_zero() {
                 let ms = infer.as_secs_f64() * 1000.0;
                 for (i, b) in INFER_BUCKETS_MS.iter().enumerate() {
@@ -238,10 +253,34 @@ pub async fn render(s: &OpsState) -> String {
             "Stale frames dropped to stay live.",
             |c| c.dropped,
         ),
+        (
+            "lpmesh_camera_size_changes_total",
+            "Times the camera's frame size changed mid-stream (its tracks ended, new ones started).",
+            |c| c.resized,
+        ),
     ] {
         head(&mut o, name, "counter", help);
         for (cam, c) in &cams {
             let _ = writeln!(o, "{name}{{camera=\"{}\"}} {}", esc(cam), get(c));
+        }
+    }
+    for (name, help, pick) in [
+        (
+            "lpmesh_camera_frame_width",
+            "Width in pixels of the camera's latest picture.",
+            (|s: (u32, u32)| s.0) as fn((u32, u32)) -> u32,
+        ),
+        (
+            "lpmesh_camera_frame_height",
+            "Height in pixels of the camera's latest picture.",
+            |s| s.1,
+        ),
+    ] {
+        head(&mut o, name, "gauge", help);
+        for (cam, c) in &cams {
+            if let Some(size) = c.size {
+                let _ = writeln!(o, "{name}{{camera=\"{}\"}} {}", esc(cam), pick(size));
+            }
         }
     }
     head(

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
 use serde::Serialize;
 
+use crate::appearance::Appearance;
 use crate::detect::{DetectError, Detection, Detector};
 use crate::event::Event;
 use crate::motion::Decision;
@@ -96,6 +97,8 @@ pub struct FrameCounts {
     pub skipped_by_motion: u64,
     /// Frames the analysis side found stale and dropped (live sources).
     pub dropped: u64,
+    /// Frames on which the camera's frame size changed (its tracks ended there).
+    pub resized: u64,
 }
 
 /// Counters and time per stage, summed over a run.
@@ -107,6 +110,8 @@ pub struct PipelineStats {
     /// Frames the motion gate judged still; equals `skipped_by_motion` when the gate is on.
     pub still: u64,
     pub dropped: u64,
+    /// Frames on which the camera's frame size changed (its tracks ended there).
+    pub resized: u64,
     pub ids_issued: u64,
     pub decode: Duration,
     pub preprocess: Duration,
@@ -167,6 +172,8 @@ pub struct Analyzer {
     detector: Box<dyn Detector>,
     tracker: Tracker,
     dets: Vec<Detection>,
+    /// What each of `dets` looks like, for the tracker (kept to reuse the allocation).
+    looks: Vec<Option<Appearance>>,
     rules: Option<CameraRules>,
     /// Wall-clock time (Unix ms) of stream time 0.
     clock_start_ms: i64,
@@ -180,6 +187,7 @@ impl Analyzer {
             detector,
             tracker: Tracker::new(tracker),
             dets: Vec::with_capacity(64),
+            looks: Vec::with_capacity(64),
             rules: None,
             clock_start_ms: 0,
             events: Vec::new(),
@@ -223,22 +231,43 @@ impl Analyzer {
         self.stats.measure += f.measure;
         self.stats.still += u64::from(f.still);
         let inferred = f.online && f.decision == Decision::Infer;
+        let size = (f.width, f.height);
+        // A camera reconfigured to another frame size: its tracks end now, even on a frame the motion
+        // gate would skip, so that no box is ever reported in the old coordinates.
+        let resized = f.online && self.tracker.frame_size().is_some_and(|s| s != size);
         let mut infer = Duration::ZERO;
         if inferred {
             self.dets.clear();
             let t = self.detector.detect(&f.tensor, f.width, f.height, &mut self.dets)?;
             let t0 = Instant::now();
-            self.tracker.update(&self.dets, f.pts);
+            self.looks.clear();
+            if self.tracker.config().appearance {
+                let spec = self.detector.input_spec();
+                self.looks.extend(
+                    self.dets
+                        .iter()
+                        .map(|d| Appearance::from_tensor(&f.tensor, spec, f.width, f.height, &d.bbox)),
+                );
+            }
+            self.tracker.update_with(&self.dets, &self.looks, Some(size), f.pts);
             self.stats.track += t0.elapsed();
             self.stats.infer += t.infer;
             infer = t.infer;
             self.stats.postprocess += t.postprocess;
             self.stats.inferred += 1;
-        } else if f.online {
-            self.stats.skipped_by_motion += 1;
+        } else {
+            if resized {
+                self.tracker.update_with(&[], &[], Some(size), f.pts);
+            }
+        }
+        if resized {
+            self.stats.resized += 1;
+            if f.online {
+                self.stats.skipped_by_motion += 1;
+            }
         }
         self.stats.ids_issued = self.tracker.ids_issued();
-        let ended = if inferred { self.tracker.ended() } else { &[] };
+        let ended = if inferred || resized { self.tracker.ended() } else { &[] };
         self.events.clear();
         if let Some(rules) = self.rules.as_mut() {
             let t0 = Instant::now();
@@ -271,6 +300,7 @@ impl Analyzer {
                 inferred: self.stats.inferred,
                 skipped_by_motion: self.stats.skipped_by_motion,
                 dropped: self.stats.dropped,
+                resized: self.stats.resized,
             },
         })
     }
@@ -281,6 +311,7 @@ impl Analyzer {
             inferred: self.stats.inferred,
             skipped_by_motion: self.stats.skipped_by_motion,
             dropped: self.stats.dropped,
+            resized: self.stats.resized,
         }
     }
 }

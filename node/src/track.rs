@@ -1,24 +1,33 @@
-//! Multi-person tracking: stable ids across frames, through short misses and occlusions.
+//! Multi-person tracking: identities that last across frames, short misses, occlusions and crossings.
 //!
-//! The method is in the SORT/ByteTrack family, chosen for being cheap (tens of microseconds per frame)
-//! and needing no appearance model (no pixels, no biometric features):
+//! The method is in the SORT/ByteTrack family, with an appearance cue for re-identification within one
+//! camera (DeepSORT's idea, with colour histograms instead of a network):
 //!
-//! - **Motion model**: each track carries centre and size with a velocity, updated by an alpha-beta filter
-//!   in *seconds*, not frames, so a variable frame rate or frames skipped by the motion gate do not
-//!   distort it.
-//! - **Association** by IoU between predicted track boxes and detections, solved optimally (Hungarian)
-//!   in three rounds: (1) confident detections against confirmed tracks, where a track that is currently
-//!   unseen has its predicted box grown with the time it has been missing (buffered IoU), so a person who
-//!   reappears after an occlusion a little away from the prediction is still matched; (2) weak detections
-//!   (between `low_score` and `high_score`) against confirmed tracks that were seen last frame — a person
-//!   half-hidden behind another keeps the id instead of losing it (ByteTrack's idea); (3) confident
-//!   detections against tentative tracks.
-//! - **Lifecycle**: a track is tentative until it has been matched in `min_hits` consecutive updates, and
-//!   only then gets a public id, so a one-frame false positive never consumes an id. A confirmed track
-//!   survives `max_lost_secs` without a match, predicted forward, then ends.
+//! - **Motion model**: a constant-velocity Kalman filter on the box's centre, width and height, in
+//!   *seconds*, not frames, so a variable frame rate or frames skipped by the motion gate do not distort it.
+//!   Its noise is proportional to the person's height in the image: someone near the camera moves more
+//!   pixels per second, and their box jitters by more pixels, than someone far away.
+//! - **Appearance** ([`Appearance`]): colour histograms of torso and legs, learnt slowly from clear views
+//!   (a box that overlaps another person's is not learnt from). Two boxes that plainly show different
+//!   clothes are never matched, however well they overlap: that is what keeps two people apart where their
+//!   paths cross.
+//! - **Association**, solved optimally (Hungarian) in rounds:
+//!   1. confident detections against confirmed tracks, by IoU with the predicted box (grown while a track
+//!      is unseen, since the person may have changed pace) blended with appearance;
+//!   2. weak detections (between `low_score` and `high_score`) against confirmed tracks seen last update,
+//!      by IoU: a person half-hidden behind another keeps the id (ByteTrack's idea);
+//!   3. re-identification: confident detections nobody claimed against tracks lost for a while, by
+//!      appearance alone, within the distance the person could have walked and at a similar size; this is
+//!      what carries an identity through a long occlusion, when the motion model has nothing left to say;
+//!   4. confident detections against tentative tracks.
+//! - **Lifecycle**: a track is tentative until matched in `min_hits` consecutive updates, and only then
+//!   gets a public id, so a one-frame false positive never consumes one. A confirmed track survives
+//!   `max_lost_secs` unmatched, then ends. When the camera's frame size changes, every track ends at once:
+//!   a box in the old coordinates means nothing in the new ones.
 
 use serde::{Deserialize, Serialize};
 
+use crate::appearance::Appearance;
 use crate::assign::assign;
 use crate::detect::Detection;
 use crate::geom::BBox;
@@ -42,6 +51,9 @@ pub struct TrackerConfig {
     pub max_lost_secs: f64,
     /// How much an unseen track's box grows per second of absence, for matching (0.3 = 30%/s each side).
     pub lost_box_growth_per_sec: f32,
+    /// Use what people look like (colour of torso and legs, in memory only) to keep identities apart
+    /// and to find a person again after an occlusion.
+    pub appearance: bool,
 }
 
 impl Default for TrackerConfig {
@@ -52,8 +64,12 @@ impl Default for TrackerConfig {
             match_iou: 0.3,
             low_match_iou: 0.5,
             min_hits: 3,
-            max_lost_secs: 2.0,
+            // A shopper hidden behind a shelf end, a pillar or another shopper for a few seconds is still
+            // the same shopper; re-identification needs the track to outlive such an occlusion. Longer
+            // would keep people who left "present" for the rules (crowding, dwell) for longer.
+            max_lost_secs: 4.0,
             lost_box_growth_per_sec: 0.3,
+            appearance: true,
         }
     }
 }
@@ -73,92 +89,189 @@ pub struct TrackedPerson {
     pub last_seen: f64,
 }
 
-/// Position filter gains. Position follows the measurement closely (people change direction often);
-/// velocity is smoothed more.
-const ALPHA: f32 = 0.7;
-const BETA: f32 = 0.3;
+// The motion model's noise, as fractions of the person's height in the image (h):
+/// A detector's box edges jitter by about 5 % of the person's height from frame to frame.
+const MEASURE_STD: f32 = 0.05;
+/// Unmodelled movement of the box (sway, limbs, a step aside), per second: about 0.16 h per √s, which is
+/// 5 % of h per frame at 10 frames/s, the detector's jitter.
+const POSITION_NOISE: f32 = 0.16;
+/// How fast velocity changes, per second: 0.2 h/s per √s, about 0.35 m/s for a 1.7 m person. People walk
+/// smoothly; a stop or a turn takes a second or two.
+const VELOCITY_NOISE: f32 = 0.2;
+/// The first sighting says nothing about velocity: anything up to about a body height per second (a
+/// brisk walk is 0.8 h/s).
+const INITIAL_VELOCITY_STD: f32 = 0.6;
 /// Never extrapolate motion further than this: a track lost for long stays near where it was last seen.
-const MAX_EXTRAPOLATE_SECS: f32 = 1.0;
+const MAX_EXTRAPOLATE_SECS: f64 = 1.0;
 const MAX_BOX_GROWTH: f32 = 0.5;
-/// Cost used for pairs that fail the IoU gate; anything above 1 can never be a real `1 - IoU`.
+/// Cost used for pairs that fail a gate; anything above 1 can never be a real cost.
 const FORBIDDEN: f64 = 1e6;
+
+// Appearance (see `appearance.rs`; distances run from 0, same colours, to 1, none in common):
+/// Weight of appearance against IoU when matching a confident detection to a track.
+const APPEARANCE_WEIGHT: f64 = 0.5;
+/// Beyond this distance a box plainly shows someone else: two people in similar clothes are typically
+/// 0.2-0.4 apart, different clothes 0.6 and more.
+const APPEARANCE_GATE: f32 = 0.6;
+/// Re-identification by appearance alone must be surer than matching helped by overlap.
+const REID_MAX_DISTANCE: f32 = 0.35;
+/// How far from where a lost person was last seen they may be found again: one body height, or the
+/// distance walked at one body height per second if longer.
+const REID_RADIUS_HEIGHTS_PER_SEC: f32 = 1.0;
+/// A person found again is about the same size (they cannot have walked much nearer or further).
+const REID_MAX_SIZE_RATIO: f32 = 1.4;
+/// How fast a track's appearance follows what is seen, per clear view. Clothes do not change, so the
+/// average spans about 20 views (two seconds at 10 detected frames/s): a few odd ones (a person bending,
+/// a trolley in the box) move it little.
+const LEARN_RATE: f32 = 0.05;
+/// A detection overlapping another one by this IoU or more mixes two people's colours: not learnt from.
+const CLEAR_VIEW_IOU: f32 = 0.2;
+/// Tracks kept per camera at most (each detector output is bounded too); a frame with more people than
+/// this starts no new tracks until some end.
+pub const MAX_TRACKS: usize = 256;
+
+/// One coordinate (centre x, centre y, width or height) and its velocity under a constant-velocity
+/// Kalman filter. The four coordinates are independent in this model, so four 2x2 filters are exactly
+/// the 8x8 one, at a fraction of the cost.
+#[derive(Clone, Copy, Debug)]
+struct Axis {
+    x: f32,
+    v: f32,
+    pxx: f32,
+    pxv: f32,
+    pvv: f32,
+}
+
+impl Axis {
+    fn new(x: f32, h: f32) -> Self {
+        let (px, pv) = (2.0 * MEASURE_STD * h, INITIAL_VELOCITY_STD * h);
+        Self {
+            x,
+            v: 0.0,
+            pxx: px * px,
+            pxv: 0.0,
+            pvv: pv * pv,
+        }
+    }
+
+    /// Advances the covariance by `dt` seconds and the value by `move_dt` (at most `dt`).
+    fn predict(&mut self, dt: f32, move_dt: f32, h: f32) {
+        self.x += self.v * move_dt;
+        let (qp, qv) = (POSITION_NOISE * h, VELOCITY_NOISE * h);
+        self.pxx += 2.0 * dt * self.pxv + dt * dt * self.pvv + qp * qp * dt;
+        self.pxv += dt * self.pvv;
+        self.pvv += qv * qv * dt;
+    }
+
+    fn update(&mut self, z: f32, h: f32) {
+        let r = MEASURE_STD * h;
+        let s = self.pxx + r * r;
+        if !(s > 0.0 && s.is_finite()) {
+            self.x = z;
+            return;
+        }
+        let (kx, kv) = (self.pxx / s, self.pxv / s);
+        let y = z - self.x;
+        self.x += kx * y;
+        self.v += kv * y;
+        let (pxx, pxv) = (self.pxx, self.pxv);
+        self.pxx = (1.0 - kx) * pxx;
+        self.pxv = (1.0 - kx) * pxv;
+        self.pvv -= kv * pxv;
+    }
+}
 
 #[derive(Clone, Debug)]
 struct Track {
     id: Option<u64>,
-    /// centre x, centre y, width, height at time `t`
-    state: [f32; 4],
-    vel: [f32; 4],
+    /// centre x, centre y, width, height, as predicted (or updated) for time `t`
+    axes: [Axis; 4],
     t: f64,
+    /// Time of the last matched detection, and that detection's box (cx, cy, w, h).
+    seen_at: f64,
+    seen: [f32; 4],
     hits: u32,
     missed: u32,
     score: f32,
     first_seen: f64,
+    look: Option<Appearance>,
 }
 
 impl Track {
-    fn new(d: &Detection, now: f64) -> Self {
+    fn new(d: &Detection, look: Option<&Appearance>, now: f64) -> Self {
+        let z = cxcywh(&d.bbox);
+        let h = z[3].max(1.0);
         Self {
             id: None,
-            state: cxcywh(&d.bbox),
-            vel: [0.0; 4],
+            axes: z.map(|v| Axis::new(v, h)),
             t: now,
+            seen_at: now,
+            seen: z,
             hits: 1,
             missed: 0,
             score: d.score,
             first_seen: now,
+            look: look.cloned(),
         }
     }
 
-    fn predict(&self, now: f64) -> [f32; 4] {
-        let dt = ((now - self.t) as f32).clamp(0.0, MAX_EXTRAPOLATE_SECS);
-        let mut p = [0.0; 4];
-        for (i, p) in p.iter_mut().enumerate() {
-            *p = self.state[i] + self.vel[i] * dt;
-        }
-        p[2] = p[2].max(1.0);
-        p[3] = p[3].max(1.0);
-        p
+    fn height(&self) -> f32 {
+        self.axes[3].x.max(1.0)
     }
 
-    fn predicted_box(&self, now: f64) -> BBox {
-        let [cx, cy, w, h] = self.predict(now);
-        BBox::from_cxcywh(cx, cy, w, h)
+    /// Moves the track's state forward to `now`.
+    fn predict(&mut self, now: f64) {
+        let dt = now - self.t;
+        if dt <= 0.0 {
+            return;
+        }
+        // The value moves no further than MAX_EXTRAPOLATE_SECS past the last sighting; the uncertainty
+        // keeps growing.
+        let move_until = now.min(self.seen_at + MAX_EXTRAPOLATE_SECS);
+        let move_dt = (move_until - self.t).clamp(0.0, dt) as f32;
+        let h = self.height();
+        for a in &mut self.axes {
+            a.predict(dt as f32, move_dt, h);
+        }
+        self.axes[2].x = self.axes[2].x.max(1.0);
+        self.axes[3].x = self.axes[3].x.max(1.0);
+        self.t = now;
+    }
+
+    fn bbox(&self) -> BBox {
+        let [cx, cy, w, h] = self.axes.map(|a| a.x);
+        BBox::from_cxcywh(cx, cy, w.max(1.0), h.max(1.0))
     }
 
     /// The box used for matching: grown while the track is unseen, since the person may have changed pace.
     fn matching_box(&self, now: f64, growth_per_sec: f32) -> BBox {
-        let b = self.predicted_box(now);
+        let b = self.bbox();
         if self.missed == 0 {
             return b;
         }
-        let g = (growth_per_sec * (now - self.t) as f32).clamp(0.0, MAX_BOX_GROWTH);
+        let g = (growth_per_sec * (now - self.seen_at) as f32).clamp(0.0, MAX_BOX_GROWTH);
         b.expanded(g)
     }
 
-    fn update(&mut self, d: &Detection, now: f64) {
+    fn update(&mut self, d: &Detection, look: Option<&Appearance>, learn: bool, now: f64) {
         let z = cxcywh(&d.bbox);
-        let dt = (now - self.t) as f32;
-        if self.hits == 1 && dt > 0.0 {
-            // Second sighting: the displacement is the best velocity estimate there is.
-            for ((v, zi), si) in self.vel.iter_mut().zip(z).zip(self.state) {
-                *v = (zi - si) / dt;
-            }
-            self.state = z;
-        } else {
-            let pred = self.predict(now);
-            for (((s, v), zi), pi) in self.state.iter_mut().zip(&mut self.vel).zip(z).zip(pred) {
-                let r = zi - pi;
-                *s = pi + ALPHA * r;
-                if dt > 0.0 {
-                    *v += BETA * r / dt.max(1e-3);
-                }
-            }
+        let h = self.height();
+        for (a, z) in self.axes.iter_mut().zip(z) {
+            a.update(z, h);
         }
-        self.t = now;
+        self.axes[2].x = self.axes[2].x.max(1.0);
+        self.axes[3].x = self.axes[3].x.max(1.0);
+        self.seen_at = now;
+        self.seen = z;
         self.hits += 1;
         self.missed = 0;
         self.score = d.score;
+        if let (true, Some(seen)) = (learn, look) {
+            match &mut self.look {
+                Some(l) => l.learn(seen, LEARN_RATE),
+                None => self.look = Some(seen.clone()),
+            }
+        }
     }
 }
 
@@ -167,7 +280,8 @@ fn cxcywh(b: &BBox) -> [f32; 4] {
     [cx, cy, b.width(), b.height()]
 }
 
-/// Per-camera tracker. Pure: time comes in as stream seconds; no I/O, no pixels.
+/// Per-camera tracker. Pure: time comes in as stream seconds; no I/O, no pixels (only the appearance
+/// descriptions the caller made of each detection).
 #[derive(Debug)]
 pub struct Tracker {
     cfg: TrackerConfig,
@@ -175,6 +289,25 @@ pub struct Tracker {
     next_id: u64,
     people: Vec<TrackedPerson>,
     ended: Vec<TrackedPerson>,
+    frame_size: Option<(u32, u32)>,
+}
+
+/// One frame's detections as the tracker sees them.
+struct Frame<'a> {
+    dets: &'a [Detection],
+    looks: &'a [Option<Appearance>],
+    /// Confident detections (indexes into `dets`) and whether each is already taken.
+    high: Vec<usize>,
+    high_used: Vec<bool>,
+    low: Vec<usize>,
+    /// A detection overlapping another: its colours are not learnt.
+    crowded: Vec<bool>,
+}
+
+impl Frame<'_> {
+    fn look(&self, d: usize) -> Option<&Appearance> {
+        self.looks.get(d).and_then(Option::as_ref)
+    }
 }
 
 impl Tracker {
@@ -185,6 +318,7 @@ impl Tracker {
             next_id: 1,
             people: Vec::new(),
             ended: Vec::new(),
+            frame_size: None,
         }
     }
 
@@ -197,7 +331,8 @@ impl Tracker {
         &self.people
     }
 
-    /// Tracks that ended in the last update (gone longer than `max_lost_secs`), as last seen.
+    /// Tracks that ended in the last update (gone longer than `max_lost_secs`, or the frame size
+    /// changed), as last known.
     pub fn ended(&self) -> &[TrackedPerson] {
         &self.ended
     }
@@ -207,28 +342,104 @@ impl Tracker {
         self.next_id - 1
     }
 
-    /// Feeds one frame's detections at stream time `now` (seconds, non-decreasing).
+    /// The frame size of the last update that gave one.
+    pub fn frame_size(&self) -> Option<(u32, u32)> {
+        self.frame_size
+    }
+
+    /// Feeds one frame's detections at stream time `now` (seconds, non-decreasing), without appearance.
     pub fn update(&mut self, dets: &[Detection], now: f64) {
+        self.update_with(dets, &[], None, now);
+    }
+
+    /// Feeds one frame: its detections, what each detected person looks like (`looks[i]` for `dets[i]`;
+    /// empty when unknown), the frame's size when known, and its stream time `now` (seconds,
+    /// non-decreasing). A frame size other than the last one ends every track first.
+    pub fn update_with(
+        &mut self,
+        dets: &[Detection],
+        looks: &[Option<Appearance>],
+        size: Option<(u32, u32)>,
+        now: f64,
+    ) {
+        self.ended.clear();
+        if let Some(size) = size {
+            if self.frame_size.is_some_and(|s| s != size) {
+                for t in self.tracks.drain(..) {
+                    if let Some(id) = t.id {
+                        self.ended.push(person(id, &t));
+                    }
+                }
+            }
+            self.frame_size = Some(size);
+        }
         let cfg = self.cfg.clone();
-        let (high, low): (Vec<&Detection>, Vec<&Detection>) = dets
-            .iter()
-            .filter(|d| d.score >= cfg.low_score)
-            .partition(|d| d.score >= cfg.high_score);
-        let mut high_used = vec![false; high.len()];
+        let looks = if cfg.appearance && looks.len() == dets.len() {
+            looks
+        } else {
+            &[]
+        };
+        let high: Vec<usize> = (0..dets.len()).filter(|&i| dets[i].score >= cfg.high_score).collect();
+        let low: Vec<usize> = (0..dets.len())
+            .filter(|&i| dets[i].score >= cfg.low_score && dets[i].score < cfg.high_score)
+            .collect();
+        let considered: Vec<usize> = (0..dets.len()).filter(|&i| dets[i].score >= cfg.low_score).collect();
+        let crowded = (0..dets.len())
+            .map(|i| {
+                considered
+                    .iter()
+                    .any(|&j| j != i && dets[i].bbox.iou(&dets[j].bbox) >= CLEAR_VIEW_IOU)
+            })
+            .collect();
+        let mut f = Frame {
+            dets,
+            looks,
+            high_used: vec![false; high.len()],
+            high,
+            low,
+            crowded,
+        };
+        for t in &mut self.tracks {
+            t.predict(now);
+        }
         let mut matched = vec![false; self.tracks.len()];
 
-        // Round 1: confident detections against confirmed tracks (seen or briefly unseen).
+        // Round 1: confident detections against confirmed tracks (seen or unseen), IoU and appearance.
         let confirmed: Vec<usize> = (0..self.tracks.len())
             .filter(|&i| self.tracks[i].id.is_some())
             .collect();
-        let boxes: Vec<BBox> = confirmed
+        let candidates: Vec<usize> = (0..f.high.len()).filter(|&c| !f.high_used[c]).collect();
+        let cost: Vec<Vec<f64>> = confirmed
             .iter()
-            .map(|&i| self.tracks[i].matching_box(now, cfg.lost_box_growth_per_sec))
+            .map(|&i| {
+                let t = &self.tracks[i];
+                let b = t.matching_box(now, cfg.lost_box_growth_per_sec);
+                candidates
+                    .iter()
+                    .map(|&c| {
+                        let d = f.high[c];
+                        let iou = b.iou(&f.dets[d].bbox);
+                        if iou < cfg.match_iou {
+                            return FORBIDDEN;
+                        }
+                        match (&t.look, f.look(d)) {
+                            (Some(a), Some(b)) => {
+                                let dist = a.distance(b);
+                                if dist > APPEARANCE_GATE {
+                                    FORBIDDEN
+                                } else {
+                                    (1.0 - APPEARANCE_WEIGHT) * (1.0 - iou as f64) + APPEARANCE_WEIGHT * dist as f64
+                                }
+                            }
+                            _ => 1.0 - iou as f64,
+                        }
+                    })
+                    .collect()
+            })
             .collect();
-        for (row, col) in match_iou(&boxes, &high, &high_used, cfg.match_iou) {
-            self.tracks[confirmed[row]].update(high[col], now);
-            matched[confirmed[row]] = true;
-            high_used[col] = true;
+        for (row, col) in solve(&cost, candidates.len()) {
+            let c = candidates[col];
+            self.take(confirmed[row], &mut f, c, &mut matched, now);
         }
 
         // Round 2: weak detections keep confirmed tracks that were seen last update.
@@ -237,23 +448,62 @@ impl Tracker {
             .copied()
             .filter(|&i| !matched[i] && self.tracks[i].missed == 0)
             .collect();
-        let boxes: Vec<BBox> = seen.iter().map(|&i| self.tracks[i].predicted_box(now)).collect();
-        let low_used = vec![false; low.len()];
-        for (row, col) in match_iou(&boxes, &low, &low_used, cfg.low_match_iou) {
-            self.tracks[seen[row]].update(low[col], now);
+        let cost: Vec<Vec<f64>> = seen
+            .iter()
+            .map(|&i| {
+                let b = self.tracks[i].bbox();
+                f.low
+                    .iter()
+                    .map(|&d| iou_cost(&b, &f.dets[d].bbox, cfg.low_match_iou))
+                    .collect()
+            })
+            .collect();
+        for (row, col) in solve(&cost, f.low.len()) {
+            let d = f.low[col];
+            // A weak detection is usually a partial view (half hidden): kept, but not learnt from.
+            self.tracks[seen[row]].update(&f.dets[d], f.look(d), false, now);
             matched[seen[row]] = true;
         }
 
-        // Round 3: remaining confident detections against tentative tracks.
+        // Round 3: re-identification of tracks lost for a while, by appearance, near where they were.
+        if !f.looks.is_empty() {
+            let lost: Vec<usize> = confirmed
+                .iter()
+                .copied()
+                .filter(|&i| !matched[i] && self.tracks[i].missed > 0 && self.tracks[i].look.is_some())
+                .collect();
+            let candidates: Vec<usize> = (0..f.high.len()).filter(|&c| !f.high_used[c]).collect();
+            let cost: Vec<Vec<f64>> = lost
+                .iter()
+                .map(|&i| {
+                    let t = &self.tracks[i];
+                    candidates.iter().map(|&c| reid_cost(t, &f, f.high[c], now)).collect()
+                })
+                .collect();
+            for (row, col) in solve(&cost, candidates.len()) {
+                self.take(lost[row], &mut f, candidates[col], &mut matched, now);
+            }
+        }
+
+        // Round 4: remaining confident detections against tentative tracks.
         let tentative: Vec<usize> = (0..self.tracks.len())
             .filter(|&i| self.tracks[i].id.is_none())
             .collect();
-        let boxes: Vec<BBox> = tentative.iter().map(|&i| self.tracks[i].predicted_box(now)).collect();
-        for (row, col) in match_iou(&boxes, &high, &high_used, cfg.match_iou) {
-            let t = &mut self.tracks[tentative[row]];
-            t.update(high[col], now);
-            matched[tentative[row]] = true;
-            high_used[col] = true;
+        let candidates: Vec<usize> = (0..f.high.len()).filter(|&c| !f.high_used[c]).collect();
+        let cost: Vec<Vec<f64>> = tentative
+            .iter()
+            .map(|&i| {
+                let b = self.tracks[i].bbox();
+                candidates
+                    .iter()
+                    .map(|&c| iou_cost(&b, &f.dets[f.high[c]].bbox, cfg.match_iou))
+                    .collect()
+            })
+            .collect();
+        for (row, col) in solve(&cost, candidates.len()) {
+            let i = tentative[row];
+            self.take(i, &mut f, candidates[col], &mut matched, now);
+            let t = &mut self.tracks[i];
             if t.hits >= cfg.min_hits {
                 t.id = Some(self.next_id);
                 self.next_id += 1;
@@ -261,16 +511,15 @@ impl Tracker {
         }
 
         // Unmatched: tentative tracks are dropped at once, confirmed ones wait up to max_lost_secs.
-        self.ended.clear();
         let mut i = 0;
         while i < self.tracks.len() {
             if !matched[i] {
                 let t = &mut self.tracks[i];
                 t.missed += 1;
-                let gone = t.id.is_none() || now - t.t > cfg.max_lost_secs;
+                let gone = t.id.is_none() || now - t.seen_at > cfg.max_lost_secs;
                 if gone {
                     if let Some(id) = t.id {
-                        self.ended.push(person(id, t, now));
+                        self.ended.push(person(id, t));
                     }
                     self.tracks.swap_remove(i);
                     matched.swap_remove(i);
@@ -281,8 +530,12 @@ impl Tracker {
         }
 
         // New tentative tracks from confident detections nobody claimed.
-        for (d, _) in high.iter().zip(&high_used).filter(|(_, used)| !**used) {
-            let mut t = Track::new(d, now);
+        for (c, &d) in f.high.iter().enumerate() {
+            if f.high_used[c] || self.tracks.len() >= MAX_TRACKS {
+                continue;
+            }
+            let look = if f.crowded[d] { None } else { f.look(d) };
+            let mut t = Track::new(&f.dets[d], look, now);
             if cfg.min_hits <= 1 {
                 t.id = Some(self.next_id);
                 self.next_id += 1;
@@ -293,56 +546,75 @@ impl Tracker {
         self.people.clear();
         for t in &self.tracks {
             if let Some(id) = t.id {
-                self.people.push(person(id, t, now));
+                self.people.push(person(id, t));
             }
         }
         self.people.sort_by_key(|p| p.id);
     }
-}
 
-fn person(id: u64, t: &Track, now: f64) -> TrackedPerson {
-    let visible = t.missed == 0;
-    TrackedPerson {
-        id,
-        bbox: if visible {
-            BBox::from_cxcywh(t.state[0], t.state[1], t.state[2], t.state[3])
-        } else {
-            t.predicted_box(now)
-        },
-        score: t.score,
-        visible,
-        first_seen: t.first_seen,
-        last_seen: t.t,
+    /// Track `i` takes confident detection `c` (an index into `f.high`).
+    fn take(&mut self, i: usize, f: &mut Frame<'_>, c: usize, matched: &mut [bool], now: f64) {
+        let d = f.high[c];
+        let learn = !f.crowded[d];
+        self.tracks[i].update(&f.dets[d], f.look(d), learn, now);
+        matched[i] = true;
+        f.high_used[c] = true;
     }
 }
 
-/// Optimal assignment of `boxes` (rows) to the not-yet-used detections (columns) with IoU >= `min_iou`.
-/// Returns (row, detection index) pairs.
-fn match_iou(boxes: &[BBox], dets: &[&Detection], used: &[bool], min_iou: f32) -> Vec<(usize, usize)> {
-    let cols: Vec<usize> = (0..dets.len()).filter(|&c| !used[c]).collect();
-    if boxes.is_empty() || cols.is_empty() {
+/// The cost of giving lost track `t` the confident detection `d`, found by appearance alone.
+fn reid_cost(t: &Track, f: &Frame<'_>, d: usize, now: f64) -> f64 {
+    let (Some(a), Some(b)) = (&t.look, f.look(d)) else {
+        return FORBIDDEN;
+    };
+    let z = cxcywh(&f.dets[d].bbox);
+    let h = t.seen[3].max(1.0);
+    let ratio = z[3] / h;
+    if !(1.0 / REID_MAX_SIZE_RATIO..=REID_MAX_SIZE_RATIO).contains(&ratio) {
+        return FORBIDDEN;
+    }
+    let lost_secs = ((now - t.seen_at) as f32).max(1.0);
+    let dist = (z[0] - t.seen[0]).hypot(z[1] - t.seen[1]);
+    if dist > REID_RADIUS_HEIGHTS_PER_SEC * h * lost_secs {
+        return FORBIDDEN;
+    }
+    let looks = a.distance(b);
+    if looks >= REID_MAX_DISTANCE {
+        return FORBIDDEN;
+    }
+    looks as f64
+}
+
+fn iou_cost(a: &BBox, b: &BBox, min_iou: f32) -> f64 {
+    let iou = a.iou(b);
+    if iou >= min_iou {
+        1.0 - iou as f64
+    } else {
+        FORBIDDEN
+    }
+}
+
+/// Optimal assignment of rows to `cols` columns; only pairs below FORBIDDEN are returned.
+fn solve(cost: &[Vec<f64>], cols: usize) -> Vec<(usize, usize)> {
+    if cost.is_empty() || cols == 0 {
         return Vec::new();
     }
-    let cost: Vec<Vec<f64>> = boxes
-        .iter()
-        .map(|b| {
-            cols.iter()
-                .map(|&c| {
-                    let iou = b.iou(&dets[c].bbox);
-                    if iou >= min_iou {
-                        1.0 - iou as f64
-                    } else {
-                        FORBIDDEN
-                    }
-                })
-                .collect()
-        })
-        .collect();
-    assign(&cost, cols.len())
+    assign(cost, cols)
         .into_iter()
         .enumerate()
-        .filter_map(|(row, col)| col.filter(|&c| cost[row][c] < FORBIDDEN).map(|c| (row, cols[c])))
+        .filter_map(|(row, col)| col.filter(|&c| cost[row][c] < FORBIDDEN).map(|c| (row, c)))
         .collect()
+}
+
+fn person(id: u64, t: &Track) -> TrackedPerson {
+    TrackedPerson {
+        id,
+        bbox: t.bbox(),
+        score: t.score,
+        visible: t.missed == 0,
+        first_seen: t.first_seen,
+        last_seen: t.seen_at,
+    }
 }
 
 #[cfg(test)]
@@ -383,6 +655,186 @@ mod tests {
             .map(|(id, _, _)| *id)
     }
 
+    /// A look made of one colour bin for the torso and one for the legs.
+    fn look(torso: usize, legs: usize) -> Appearance {
+        let mut a = [0.0; crate::appearance::BINS];
+        let mut b = [0.0; crate::appearance::BINS];
+        a[torso] = 1.0;
+        b[legs] = 1.0;
+        Appearance::from_histograms(a, b)
+    }
+
+    /// (id, x) of a person where the test expected them.
+    type Sightings = Vec<(u64, f32)>;
+
+    /// Two people walk towards each other, meet, stand together for a second and walk back the way they
+    /// came. By motion alone each continues the other's path; what they wear says who is who.
+    fn meet_and_turn_back(appearance: bool) -> (Sightings, Sightings) {
+        let mut tr = Tracker::new(TrackerConfig {
+            appearance,
+            ..TrackerConfig::default()
+        });
+        let (red, blue) = (look(3, 0), look(48, 63));
+        let path = |f: i32| -> f32 {
+            match f {
+                0..=14 => 15.0 * f as f32,
+                15..=24 => 210.0,
+                _ => 210.0 - 15.0 * (f - 24) as f32,
+            }
+        };
+        let (mut a_seen, mut b_seen) = (Vec::new(), Vec::new());
+        for f in 0..45 {
+            let (xa, xb) = (100.0 + path(f), 540.0 - path(f));
+            let dets = [det(xa, 200.0, 50.0, 130.0, 0.9), det(xb, 205.0, 50.0, 130.0, 0.9)];
+            tr.update_with(
+                &dets,
+                &[Some(red.clone()), Some(blue.clone())],
+                Some((640, 480)),
+                f as f64 / FPS,
+            );
+            if f >= 35 {
+                for (x, seen) in [(xa, &mut a_seen), (xb, &mut b_seen)] {
+                    if let Some(p) = tr
+                        .people()
+                        .iter()
+                        .find(|p| p.visible && (p.bbox.center().0 - x).abs() < 10.0)
+                    {
+                        seen.push((p.id, x));
+                    }
+                }
+            }
+        }
+        (a_seen, b_seen)
+    }
+
+    #[test]
+    fn what_people_wear_keeps_them_apart_where_motion_cannot() {
+        let (a, b) = meet_and_turn_back(true);
+        assert!(!a.is_empty() && !b.is_empty());
+        assert!(a.iter().all(|(id, _)| *id == 1), "the first walker kept id 1: {a:?}");
+        assert!(b.iter().all(|(id, _)| *id == 2), "the second walker kept id 2: {b:?}");
+        // Without appearance the same scene loses at least one identity: the test can tell the difference.
+        let (a, b) = meet_and_turn_back(false);
+        assert!(
+            a.iter().chain(&b).any(|(id, _)| *id > 2) || a.iter().any(|(id, _)| *id != 1),
+            "{a:?} {b:?}"
+        );
+    }
+
+    #[test]
+    fn a_person_hidden_for_seconds_is_found_again_by_appearance() {
+        // Walks right at 6 px/frame; behind a pillar from frame 10 to 40 (3 s): reappears 186 px on,
+        // beyond where the motion model still looks. Another person in other clothes stands nearby.
+        let run = |appearance: bool| {
+            let mut tr = Tracker::new(TrackerConfig {
+                appearance,
+                ..TrackerConfig::default()
+            });
+            let (walker, other) = (look(5, 10), look(60, 40));
+            let mut ids = Vec::new();
+            for f in 0..60 {
+                let mut dets = vec![det(500.0, 300.0, 60.0, 150.0, 0.9)];
+                let mut looks = vec![Some(other.clone())];
+                if !(10..41).contains(&f) {
+                    dets.push(det(100.0 + 6.0 * f as f32, 200.0, 50.0, 130.0, 0.9));
+                    looks.push(Some(walker.clone()));
+                }
+                tr.update_with(&dets, &looks, Some((640, 480)), f as f64 / FPS);
+                if f >= 45 {
+                    let x = 100.0 + 6.0 * f as f32;
+                    ids.extend(
+                        tr.people()
+                            .iter()
+                            .filter(|p| (p.bbox.center().0 - x).abs() < 10.0)
+                            .map(|p| p.id),
+                    );
+                }
+            }
+            (ids, tr.ids_issued())
+        };
+        let (ids, issued) = run(true);
+        assert!(!ids.is_empty() && ids.iter().all(|&id| id == 2), "{ids:?}");
+        assert_eq!(issued, 2);
+        let (ids, issued) = run(false);
+        assert!(
+            ids.iter().all(|&id| id == 3) && issued == 3,
+            "without appearance a new id: {ids:?}"
+        );
+    }
+
+    #[test]
+    fn someone_else_in_the_lost_persons_place_is_not_given_their_id() {
+        // A lost person's place is taken by someone in other clothes: that newcomer gets a new id.
+        let mut tr = Tracker::new(TrackerConfig::default());
+        let (a, b) = (look(5, 10), look(60, 40));
+        for f in 0..40 {
+            let (dets, looks) = if f < 10 {
+                (vec![det(200.0, 200.0, 50.0, 130.0, 0.9)], vec![Some(a.clone())])
+            } else if f < 20 {
+                (vec![], vec![])
+            } else {
+                (vec![det(205.0, 200.0, 50.0, 130.0, 0.9)], vec![Some(b.clone())])
+            };
+            tr.update_with(&dets, &looks, Some((640, 480)), f as f64 / FPS);
+        }
+        assert_eq!(
+            tr.people()
+                .iter()
+                .filter(|p| p.visible)
+                .map(|p| p.id)
+                .collect::<Vec<_>>(),
+            vec![2]
+        );
+    }
+
+    #[test]
+    fn a_new_frame_size_ends_every_track_and_no_box_stays_in_old_coordinates() {
+        let mut tr = Tracker::new(TrackerConfig::default());
+        for f in 0..10 {
+            tr.update_with(
+                &[det(600.0, 400.0, 60.0, 150.0, 0.9)],
+                &[],
+                Some((1280, 720)),
+                f as f64 / FPS,
+            );
+        }
+        assert_eq!(tr.people().len(), 1);
+        // The camera now sends 640x360: the same person is at half the coordinates.
+        tr.update_with(&[det(300.0, 200.0, 30.0, 75.0, 0.9)], &[], Some((640, 360)), 1.0);
+        assert_eq!(tr.ended().iter().map(|p| p.id).collect::<Vec<_>>(), vec![1]);
+        assert!(tr.people().is_empty(), "nothing carried over: {:?}", tr.people());
+        assert_eq!(tr.frame_size(), Some((640, 360)));
+        for f in 11..14 {
+            tr.update_with(
+                &[det(300.0, 200.0, 30.0, 75.0, 0.9)],
+                &[],
+                Some((640, 360)),
+                f as f64 / FPS,
+            );
+        }
+        let p = tr.people();
+        assert_eq!(p.len(), 1);
+        assert_eq!(p[0].id, 2);
+        assert!(p[0].bbox.x2 <= 640.0 && p[0].bbox.y2 <= 360.0, "{p:?}");
+        assert!(tr.ended().is_empty());
+    }
+
+    #[test]
+    fn a_flood_of_detections_is_bounded() {
+        let mut tr = Tracker::new(TrackerConfig {
+            min_hits: 1,
+            ..TrackerConfig::default()
+        });
+        let dets: Vec<Detection> = (0..1000)
+            .map(|i| det((i % 40) as f32 * 30.0, (i / 40) as f32 * 30.0, 10.0, 20.0, 0.9))
+            .collect();
+        for f in 0..3 {
+            tr.update(&dets, f as f64 / FPS);
+            assert!(tr.people().len() <= MAX_TRACKS);
+        }
+        assert!(tr.ids_issued() as usize <= MAX_TRACKS);
+    }
+
     #[test]
     fn one_walker_gets_one_id_after_min_hits() {
         let mut tr = Tracker::new(TrackerConfig::default());
@@ -393,7 +845,8 @@ mod tests {
         assert!(out[0].is_empty() && out[1].is_empty(), "tentative tracks have no id");
         assert_eq!(out[2].len(), 1);
         assert_eq!(out[2][0].0, 1);
-        assert!((out[2][0].1 - 110.0).abs() < 0.5, "{:?}", out[2]);
+        // The filter smooths, so the box lags the detection by less than the detector's own jitter.
+        assert!((out[2][0].1 - 110.0).abs() < 2.0, "{:?}", out[2]);
         assert!(out[2..].iter().all(|f| f.len() == 1 && f[0].0 == 1));
         assert_eq!(tr.ids_issued(), 1);
     }

@@ -3,6 +3,7 @@
 //! These need what `scripts/setup.sh` installs into the cache (the test command runs it first); when it
 //! is missing they fail with a message that says so, rather than pass vacuously.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -11,9 +12,12 @@ use lpmesh_node::capture::OpenCvCapture;
 use lpmesh_node::config::{default_footage_path, default_model_path, NodeConfig};
 use lpmesh_node::detect::onnx::{OnnxDetector, OnnxOptions};
 use lpmesh_node::detect::{Detection, Detector, InputSpec};
-use lpmesh_node::motion::MotionConfig;
+use lpmesh_node::event::{EventKind, Phase};
+use lpmesh_node::motion::{Decision, MotionConfig};
 use lpmesh_node::pipeline::{run, Analyzer, PreparedFrame, RunOptions};
+use lpmesh_node::rules::CameraRules;
 use lpmesh_node::source::opencv::OpenCvOptions;
+use lpmesh_node::track::TrackedPerson;
 
 fn footage() -> PathBuf {
     let p = default_footage_path();
@@ -181,5 +185,207 @@ fn repeated_inferences_reuse_their_memory() {
     assert!(
         per_run < 200,
         "{per_run} page faults per inference: memory is not reused"
+    );
+}
+
+/// The feet (bottom centre) of a box, as fractions of the frame.
+fn feet(p: &TrackedPerson, w: u32, h: u32) -> [f32; 2] {
+    [(p.bbox.x1 + p.bbox.x2) / 2.0 / w as f32, p.bbox.y2 / h as f32]
+}
+
+fn square(c: [f32; 2], r: f32) -> String {
+    let (x1, y1) = ((c[0] - r).max(0.0), (c[1] - r).max(0.0));
+    let (x2, y2) = ((c[0] + r).min(1.0), (c[1] + r).min(1.0));
+    format!("[[{x1:.4}, {y1:.4}], [{x2:.4}, {y1:.4}], [{x2:.4}, {y2:.4}], [{x1:.4}, {y2:.4}]]")
+}
+
+#[test]
+fn a_person_missed_for_a_second_keeps_their_journey_and_their_dwell() {
+    // 25 s of real footage. The first pass, without rules, finds a person who walks a long way; the
+    // zones are then drawn on that person's own path: a shelf early on, an exit late, and the whole path
+    // as a zone where staying longer than either half of the walk counts as loitering.
+    let cfg = NodeConfig::default();
+    let mut all = frames(&(1..=250).collect::<Vec<_>>());
+    for f in &mut all {
+        f.decision = Decision::Infer;
+    }
+    let mut analyzer = Analyzer::new(Box::new(detector(&cfg)), cfg.tracker_config());
+    let mut paths: BTreeMap<u64, Vec<(usize, [f32; 2])>> = BTreeMap::new();
+    for (i, f) in all.iter().enumerate() {
+        let r = analyzer.process(f).expect("analyse");
+        for p in r.people.iter().filter(|p| p.visible) {
+            paths.entry(p.id).or_default().push((i, feet(p, r.width, r.height)));
+        }
+    }
+    let span = |path: &[(usize, [f32; 2])]| {
+        let xs = path.iter().map(|(_, f)| f[0]);
+        xs.clone().fold(f32::MIN, f32::max) - xs.fold(f32::MAX, f32::min)
+    };
+    let (&id, path) = paths
+        .iter()
+        .filter(|(_, p)| p.len() >= 80 && span(p) >= 0.25)
+        .max_by_key(|(_, p)| p.len())
+        .expect("a person walking across the plaza for 8 s or more");
+    let (first, last) = (path[0].0, path[path.len() - 1].0);
+    let at = |frac: f64| path[((path.len() - 1) as f64 * frac) as usize];
+    // One second (10 frames) in the middle of the walk is removed from the footage.
+    let gap_start = at(0.5).0;
+    let gap = gap_start..gap_start + 10;
+    let before = (gap.start - first) as f64 / 10.0;
+    let after = (last - gap.end) as f64 / 10.0;
+    let loiter_secs = before.max(after) + 1.0;
+    let (shelf, exit) = (at(0.15).1, at(0.9).1);
+    let pts: Vec<[f32; 2]> = path.iter().map(|(_, f)| *f).collect();
+    let lo = |k: usize| (pts.iter().map(|p| p[k]).fold(f32::MAX, f32::min) - 0.05).max(0.0);
+    let hi = |k: usize| (pts.iter().map(|p| p[k]).fold(f32::MIN, f32::max) + 0.05).min(1.0);
+    let (ax1, ay1, ax2, ay2) = (lo(0), lo(1), hi(0), hi(1));
+    let toml = format!(
+        "store = \"s\"\nnode = \"n\"\n[[camera]]\nname = \"plaza\"\nsource = \"cache:data/vtest.avi\"\n\
+         [[camera.zone]]\nname = \"shelf\"\nkind = \"shelf\"\npolygon = {}\n\
+         [[camera.zone]]\nname = \"exit\"\nkind = \"exit\"\npolygon = {}\n\
+         [[camera.zone]]\nname = \"aisle\"\nkind = \"general\"\n\
+         polygon = [[{ax1:.4}, {ay1:.4}], [{ax2:.4}, {ay1:.4}], [{ax2:.4}, {ay2:.4}], [{ax1:.4}, {ay2:.4}]]\n\
+         [[camera.rule]]\nkind = \"loitering\"\nzone = \"aisle\"\nsecs = {loiter_secs:.1}\n",
+        square(shelf, 0.04),
+        square(exit, 0.04),
+    );
+    let rules_cfg = NodeConfig::parse(&toml, std::path::Path::new("gap.toml")).expect("config");
+    let spec = rules_cfg
+        .camera_spec(&rules_cfg.cameras[0], "nanodet-m-416")
+        .expect("camera spec");
+    eprintln!(
+        "person {id}: frames {first}..={last}, gap {gap:?}, {before:.1} s before and {after:.1} s after, \
+         loitering after {loiter_secs:.1} s\n{toml}"
+    );
+
+    // The second pass sees the footage without that second (stream time jumps by a second, as when
+    // everyone in view is hidden), with the rules.
+    let mut analyzer = Analyzer::new(Box::new(detector(&cfg)), cfg.tracker_config())
+        .with_rules(CameraRules::new(spec), 1_781_092_800_000);
+    let mut events = Vec::new();
+    let (mut id_before, mut id_after) = (None, None);
+    for (i, f) in all.iter().enumerate().filter(|(i, _)| !gap.contains(i)) {
+        let r = analyzer.process(f).expect("analyse");
+        events.extend(r.events.iter().cloned());
+        let near = |target: [f32; 2]| {
+            r.people
+                .iter()
+                .filter(|p| p.visible)
+                .map(|p| (p.id, feet(p, r.width, r.height)))
+                .filter(|(_, f)| (f[0] - target[0]).hypot(f[1] - target[1]) < 0.03)
+                .map(|(id, _)| id)
+                .next()
+        };
+        let original = path.iter().find(|(j, _)| *j == i).map(|(_, f)| *f);
+        if let (Some(target), true) = (original, i < gap.start) {
+            id_before = near(target).or(id_before);
+        }
+        if let (Some(target), None, true) = (original, id_after, i >= gap.end) {
+            id_after = near(target);
+        }
+    }
+    let id_before = id_before.expect("the person is tracked before the gap");
+    assert_eq!(id_after, Some(id_before), "the same id after a second unseen");
+    let kinds = |kind: EventKind| {
+        events
+            .iter()
+            .filter(|e| e.kind == kind && e.track == Some(id_before))
+            .collect::<Vec<_>>()
+    };
+    let exits = kinds(EventKind::ExitWithoutCheckout);
+    assert_eq!(
+        exits.len(),
+        1,
+        "shelf before the gap, exit after it: one journey {events:#?}"
+    );
+    let loiter = kinds(EventKind::Loitering);
+    let start = loiter
+        .iter()
+        .find(|e| e.phase == Phase::Start)
+        .unwrap_or_else(|| panic!("dwell carried across the gap: {events:#?}"));
+    assert_eq!(start.zone.as_deref(), Some("aisle"));
+    // The dwell began before the gap, so only a stay spanning it could reach the limit.
+    let gap_ms = 1_781_092_800_000 + (gap.start as f64 * 100.0) as i64;
+    assert!(start.started_at_ms < gap_ms, "{start:#?}");
+    assert!(start.detail.dwell_secs.unwrap() as f64 >= loiter_secs);
+}
+
+#[test]
+fn a_camera_that_changes_its_frame_size_ends_its_tracks_and_starts_new_ones() {
+    // 8 s of real footage; from the 5th second on the camera (reconfigured) delivers pictures at half the
+    // size. The detector's tensor is the same stretch of the scene at either size; its boxes come back in
+    // the coordinates of the picture it was given.
+    let cfg = NodeConfig::default();
+    let mut all = frames(&(1..=80).collect::<Vec<_>>());
+    let switch = 50;
+    for (i, f) in all.iter_mut().enumerate() {
+        f.decision = Decision::Infer;
+        if i >= switch {
+            (f.width, f.height) = (f.width / 2, f.height / 2);
+        }
+    }
+    let (w2, h2) = (all[switch].width as f32, all[switch].height as f32);
+    let toml = "store = \"s\"\nnode = \"n\"\n[[camera]]\nname = \"plaza\"\nsource = \"cache:data/vtest.avi\"\n\
+                [[camera.zone]]\nname = \"all\"\nkind = \"restricted\"\n\
+                polygon = [[0.0, 0.0], [1.0, 0.0], [1.0, 1.0], [0.0, 1.0]]\n";
+    let rules_cfg = NodeConfig::parse(toml, std::path::Path::new("resize.toml")).expect("config");
+    let spec = rules_cfg
+        .camera_spec(&rules_cfg.cameras[0], "nanodet-m-416")
+        .expect("camera spec");
+    let clock = 1_781_092_800_000;
+    let mut analyzer =
+        Analyzer::new(Box::new(detector(&cfg)), cfg.tracker_config()).with_rules(CameraRules::new(spec), clock);
+    let (mut old_ids, mut new_ids) = (BTreeSet::new(), BTreeSet::new());
+    let mut events = Vec::new();
+    for (i, f) in all.iter().enumerate() {
+        let r = analyzer.process(f).expect("analyse");
+        events.extend(r.events.iter().cloned().map(|e| (i, e)));
+        if i < switch {
+            old_ids.extend(r.people.iter().map(|p| p.id));
+            continue;
+        }
+        if i == switch {
+            let ended: BTreeSet<u64> = r.ended.iter().map(|p| p.id).collect();
+            assert!(
+                ended.len() >= 3 && ended.is_subset(&old_ids),
+                "the people in view when the size changed end: {ended:?}"
+            );
+            assert!(r.people.is_empty(), "nothing carried into the new size: {:?}", r.people);
+            assert_eq!(r.counts.resized, 1);
+        }
+        for p in r.people {
+            assert!(!old_ids.contains(&p.id), "an old id at the new size: {p:?}");
+            let b = p.bbox;
+            assert!(
+                b.x1 >= -0.5 && b.y1 >= -0.5 && b.x2 <= w2 + 0.5 && b.y2 <= h2 + 0.5,
+                "a box outside the {w2}x{h2} picture: {p:?}"
+            );
+            new_ids.insert(p.id);
+        }
+    }
+    assert!(new_ids.len() >= 3, "new tracks at the new size: {new_ids:?}");
+    // Every incident of an old track ended at the change; every box in an event is inside its picture.
+    let switch_ms = clock + (switch as f64 * 100.0) as i64;
+    for (_, e) in &events {
+        if let Some(b) = e.bbox {
+            assert!(b.iter().all(|v| (-0.001..=1.001).contains(v)), "{e:#?}");
+        }
+    }
+    for id in &old_ids {
+        let of = |phase: Phase| {
+            events
+                .iter()
+                .filter(|(_, e)| e.track == Some(*id) && e.kind == EventKind::RestrictedEntry && e.phase == phase)
+                .count()
+        };
+        assert_eq!(of(Phase::Start), of(Phase::End), "track {id}: {events:#?}");
+    }
+    let ended_at_switch = events
+        .iter()
+        .filter(|(_, e)| e.phase == Phase::End && e.at_ms == switch_ms)
+        .count();
+    assert!(
+        ended_at_switch >= 3,
+        "{ended_at_switch} incidents ended at the size change"
     );
 }

@@ -129,8 +129,11 @@ fn scene(width: usize, height: usize, n: u64) -> Vec<u8> {
 struct Script {
     /// Parts of random bytes still to send instead of JPEGs.
     garbage: AtomicU32,
-    /// Frames still to send at the other resolution.
+    /// Frames still to send at the other resolution, on the same connection.
     resized: AtomicU32,
+    /// Reconfigured to the other resolution: every frame is sent at it (a reconfigured camera restarts
+    /// its stream, so the test also drops the connections when it sets this).
+    other_size: AtomicBool,
     /// Keep every connection open but send nothing (a frozen camera).
     stalled: AtomicBool,
     /// Bumped to drop every connection (the camera goes away).
@@ -192,6 +195,13 @@ impl MjpegCamera {
             }
         });
         self.listener = Some((open, accept));
+    }
+
+    /// Switches the camera to the other resolution (or back) the way a reconfigured network camera does: its stream restarts
+    /// (every connection is dropped) and delivers the new size from then on.
+    fn reconfigure(&self, other: bool) {
+        self.script.other_size.store(other, Ordering::Relaxed);
+        self.script.generation.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Closes the port and drops every connection.
@@ -264,6 +274,8 @@ fn serve(mut stream: TcpStream, script: &Script, generation: u64) {
         } else if take(&script.resized) {
             script.resized_sent.fetch_add(1, Ordering::Relaxed);
             scene(OTHER_SIZE.0, OTHER_SIZE.1, n)
+        } else if script.other_size.load(Ordering::Relaxed) {
+            scene(OTHER_SIZE.0, OTHER_SIZE.1, n)
         } else {
             scene(SIZE.0, SIZE.1, n)
         };
@@ -296,6 +308,16 @@ fn frames(m: &[(String, f64)], camera: &str) -> f64 {
 
 fn online(m: &[(String, f64)], camera: &str) -> Option<f64> {
     metric(m, &format!("lpmesh_camera_online{{camera=\"{camera}\"}}"))
+}
+
+/// The size of `camera`'s latest picture, as the node reports it.
+fn size(m: &[(String, f64)], camera: &str) -> Option<(f64, f64)> {
+    let get = |what: &str| metric(m, &format!("lpmesh_camera_frame_{what}{{camera=\"{camera}\"}}"));
+    Some((get("width")?, get("height")?))
+}
+
+fn size_changes(m: &[(String, f64)], camera: &str) -> f64 {
+    metric(m, &format!("lpmesh_camera_size_changes_total{{camera=\"{camera}\"}}")).unwrap_or(0.0)
 }
 
 /// `camera_offline` events of `camera` so far, starts and ends alike.
@@ -497,6 +519,31 @@ fn a_broken_network_camera_goes_offline_and_reconnects_while_the_other_camera_ke
         frames(&before, "plaza"),
         frames(&after, "plaza"),
     );
+
+    // 2b. The camera is reconfigured to another resolution and back, as an installer might do with an
+    // RTSP camera: its stream restarts at the new size each time. The node reports the new size, counts
+    // the change (the camera's tracks end there and new ones start in the new coordinates: see
+    // node/tests/real_model.rs for that on real footage) and never takes the camera for offline.
+    let full = (SIZE.0 as f64, SIZE.1 as f64);
+    let small = (OTHER_SIZE.0 as f64, OTHER_SIZE.1 as f64);
+    door.reconfigure(false);
+    node.wait_for("door at its usual size", Duration::from_secs(15), |m| {
+        size(m, "door") == Some(full)
+    });
+    let changes = size_changes(&node.scrape(), "door");
+    door.reconfigure(true);
+    let took = node.wait_for("door at its new size", Duration::from_secs(15), |m| {
+        size(m, "door") == Some(small) && size_changes(m, "door") > changes
+    });
+    door.reconfigure(false);
+    node.wait_for("door back at its usual size", Duration::from_secs(15), |m| {
+        size(m, "door") == Some(full) && size_changes(m, "door") > changes + 1.0
+    });
+    let m = node.scrape();
+    assert_eq!(online(&m, "door"), Some(1.0));
+    assert_eq!(offline_events(&m, "door"), 0.0);
+    assert!(node.log().contains("camera frame size changed"), "the change is logged");
+    eprintln!("reconfigured to {small:?} and back: seen {took:.1?} after the stream restarted");
 
     // 3. The camera freezes: the socket stays open, nothing comes. The node's FFmpeg read timeout
     // (3 s) ends the read, then the node dials again. Nothing reaches the rules while the read
