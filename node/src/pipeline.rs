@@ -259,12 +259,12 @@ impl Analyzer {
             if resized {
                 self.tracker.update_with(&[], &[], Some(size), f.pts);
             }
-        }
-        if resized {
-            self.stats.resized += 1;
             if f.online {
                 self.stats.skipped_by_motion += 1;
             }
+        }
+        if resized {
+            self.stats.resized += 1;
         }
         self.stats.ids_issued = self.tracker.ids_issued();
         let ended = if inferred || resized { self.tracker.ended() } else { &[] };
@@ -535,6 +535,8 @@ mod tests {
         seq: u64,
         skip_every: Option<u64>,
         delay: Duration,
+        /// From this frame on the camera delivers pictures of half the size.
+        half_from: Option<u64>,
     }
 
     impl Capture for Frames {
@@ -547,11 +549,16 @@ mod tests {
             tensor.clear();
             tensor.push(self.seq as f32 * 2.0);
             let skip = self.skip_every.is_some_and(|k| self.seq % k == 0);
+            let k = if self.half_from.is_some_and(|h| self.seq >= h) {
+                2
+            } else {
+                1
+            };
             Ok(Some(PreparedFrame {
                 seq: self.seq,
                 pts: self.seq as f64 / 10.0,
-                width: 640,
-                height: 480,
+                width: 640 / k,
+                height: 480 / k,
                 tensor,
                 decision: if skip { Decision::Skip } else { Decision::Infer },
                 still: skip,
@@ -587,6 +594,7 @@ mod tests {
                 seq: 0,
                 skip_every: Some(5),
                 delay: Duration::ZERO,
+                half_from: None,
             },
             &mut a,
             &RunOptions::default(),
@@ -611,6 +619,39 @@ mod tests {
     }
 
     #[test]
+    fn a_new_frame_size_ends_the_tracks_even_on_a_frame_the_motion_gate_skips() {
+        let mut a = Analyzer::new(scripted(), TrackerConfig::default());
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut seen = Vec::new();
+        let stats = run(
+            Frames {
+                n: 30,
+                seq: 0,
+                skip_every: Some(5),
+                delay: Duration::ZERO,
+                half_from: Some(20),
+            },
+            &mut a,
+            &RunOptions::default(),
+            &stop,
+            |r| {
+                let ids = |p: &[TrackedPerson]| p.iter().map(|p| p.id).collect::<Vec<_>>();
+                seen.push((r.seq, r.width, ids(r.people), ids(r.ended), r.counts.resized));
+                Ok(true)
+            },
+        )
+        .unwrap();
+        // Frame 20 is skipped by the gate and is the first at 320x240: track 1 ends there.
+        assert_eq!(seen[19], (20, 320, vec![], vec![1], 1), "{seen:?}");
+        assert!(seen[..19].iter().all(|s| s.3.is_empty() && s.4 == 0), "{seen:?}");
+        assert!(
+            seen[22..].iter().all(|s| s.2 == vec![2]),
+            "a new track at the new size: {seen:?}"
+        );
+        assert_eq!((stats.resized, stats.skipped_by_motion, stats.ids_issued), (1, 6, 2));
+    }
+
+    #[test]
     fn max_frames_and_a_sink_that_stops_end_the_run() {
         let stop = Arc::new(AtomicBool::new(false));
         let mut a = Analyzer::new(scripted(), TrackerConfig::default());
@@ -624,6 +665,7 @@ mod tests {
                 seq: 0,
                 skip_every: None,
                 delay: Duration::ZERO,
+                half_from: None,
             },
             &mut a,
             &opts,
@@ -640,6 +682,7 @@ mod tests {
                 seq: 0,
                 skip_every: None,
                 delay: Duration::ZERO,
+                half_from: None,
             },
             &mut a,
             &RunOptions::default(),
@@ -665,6 +708,7 @@ mod tests {
                 seq: 0,
                 skip_every: None,
                 delay: Duration::from_millis(1),
+                half_from: None,
             },
             &mut a,
             &opts,
