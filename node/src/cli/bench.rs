@@ -1,0 +1,125 @@
+//! `lpmesh bench mesh|hq|alerts`: the mesh's, HQ's and the alerts' benchmarks, printed for people or as JSON.
+
+use crate::*;
+
+pub fn mesh(nodes: usize, records: u64, json: bool) -> Result<ExitCode> {
+    let root = std::env::temp_dir().join(format!("lpmesh-bench-mesh-{}", std::process::id()));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let machine = lpmesh_node::ops::machine(&std::env::temp_dir());
+    let r = rt.block_on(lpmesh_mesh::bench::run(nodes, records, root))?;
+    if json {
+        println!("{}", bench_json(&r, &machine)?);
+    } else {
+        println!("{}", machine_line(&machine));
+        println!("{} nodes on loopback", r.nodes);
+        println!(
+            "durable appends  {:>9.0} records/s in batches of {} ({:.0}/s one commit each), one node alone",
+            r.append_records_per_s, r.append_batch, r.append_single_records_per_s
+        );
+        println!(
+            "propagation      p50 {:.1} ms   p99 {:.1} ms   (append to receipt on all nodes, {} records)",
+            r.propagation_p50_ms, r.propagation_p99_ms, r.propagation_samples
+        );
+        println!(
+            "catch-up         {} records in {:.2} s ({:.0} records/s; {} received, copies included)",
+            r.catch_up_records, r.catch_up_s, r.catch_up_records_per_s, r.catch_up_received
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn hq(stores: usize, periods: usize, database_url: Option<String>, json: bool) -> Result<ExitCode> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    // A database of its own lies in the temp directory; one named by URL is wherever it is.
+    let machine = lpmesh_node::ops::Machine {
+        data_dir: database_url.as_ref().map_or_else(
+            || std::env::temp_dir().display().to_string(),
+            |_| "the database given".into(),
+        ),
+        ..lpmesh_node::ops::machine(&std::env::temp_dir())
+    };
+    let r = rt.block_on(lpmesh_hq::bench::run(stores, periods, database_url))?;
+    if json {
+        println!("{}", bench_json(&r, &machine)?);
+    } else {
+        println!("{}", machine_line(&machine));
+        println!(
+            "{} summaries from {} stores into {} ({}) over HTTPS, {} concurrent uploads",
+            r.summaries,
+            r.stores,
+            r.database,
+            match r.fsync {
+                Some(true) => "fsync on",
+                Some(false) => "fsync off",
+                None => "its own fsync setting",
+            },
+            r.concurrency
+        );
+        println!(
+            "ingest           {:>8.0} summaries/s   (p50 {:.1} ms, p99 {:.1} ms per upload; {} B per envelope)",
+            r.summaries_per_s, r.p50_ms, r.p99_ms, r.envelope_bytes
+        );
+        println!(
+            "10,000 stores    {:.2} summaries/s hourly = {:.3} % of this HQ process (target < 1 %)",
+            r.chain_10k_hourly_per_s,
+            r.chain_10k_share * 100.0
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn alerts(incidents: usize, json: bool) -> Result<ExitCode> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let machine = lpmesh_node::ops::machine(&std::env::temp_dir());
+    let r = rt.block_on(lpmesh_node::bench_alerts::run(incidents))?;
+    if json {
+        println!("{}", bench_json(&r, &machine)?);
+    } else {
+        println!("{}", machine_line(&machine));
+        println!("{} incidents appended on node B, on loopback", r.incidents);
+        println!(
+            "-> MQTT message       p50 {:.1} ms   p99 {:.1} ms   ({} received; target p99 < 250 ms)",
+            r.mqtt_p50_ms, r.mqtt_p99_ms, r.mqtt_received
+        );
+        println!(
+            "-> node A's UI stream p50 {:.1} ms   p99 {:.1} ms   ({} received; target p99 < 250 ms)",
+            r.stream_p50_ms, r.stream_p99_ms, r.stream_received
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A benchmark's figures as one JSON object, with the machine they were measured on.
+pub fn bench_json(report: &impl serde::Serialize, machine: &lpmesh_node::ops::Machine) -> Result<String> {
+    let mut v = serde_json::to_value(report)?;
+    v["machine"] = serde_json::to_value(machine)?;
+    Ok(v.to_string())
+}
+
+/// The machine line a benchmark prints above its figures.
+pub fn machine_line(m: &lpmesh_node::ops::Machine) -> String {
+    format!(
+        "machine          {} cores; data in {} ({}{})",
+        m.cores,
+        m.data_dir,
+        if m.filesystem.is_empty() {
+            "filesystem unknown"
+        } else {
+            &m.filesystem
+        },
+        if m.on_tmpfs {
+            ": memory, fsyncs cost nothing"
+        } else {
+            ""
+        }
+    )
+}
