@@ -109,7 +109,11 @@ pub struct OpenCvCapture {
     detect_interval: Option<f64>,
     next_due: f64,
     /// Where this camera leaves a recent still for the zone editor (only on this node, in memory).
-    still: Option<(std::sync::Arc<crate::ui::zones::ZoneControl>, String, Option<Instant>)>,
+    still: Option<(
+        std::sync::Arc<crate::zone_control::ZoneControl>,
+        String,
+        Option<Instant>,
+    )>,
 }
 
 impl OpenCvCapture {
@@ -156,7 +160,7 @@ impl OpenCvCapture {
 
 impl OpenCvCapture {
     /// Keeps a still of this camera for the zone editor, refreshed every few seconds.
-    pub fn with_still(mut self, zones: std::sync::Arc<crate::ui::zones::ZoneControl>, camera: &str) -> Self {
+    pub fn with_still(mut self, zones: std::sync::Arc<crate::zone_control::ZoneControl>, camera: &str) -> Self {
         self.still = Some((zones, camera.to_string(), None));
         self
     }
@@ -165,12 +169,12 @@ impl OpenCvCapture {
         let Some((zones, camera, last)) = &mut self.still else {
             return;
         };
-        if last.is_some_and(|t| t.elapsed().as_secs_f64() < crate::ui::zones::STILL_EVERY_SECS) {
+        if last.is_some_and(|t| t.elapsed().as_secs_f64() < crate::zone_control::STILL_EVERY_SECS) {
             return;
         }
         *last = Some(Instant::now());
         let now = chrono::Utc::now().timestamp_millis();
-        if let Some(s) = crate::ui::zones::Still::downscale(&frame.bgr, frame.width, frame.height, now) {
+        if let Some(s) = crate::zone_control::Still::downscale(&frame.bgr, frame.width, frame.height, now) {
             zones.set_still(camera, s);
         }
     }

@@ -13,7 +13,7 @@
 //! - [`zone`], [`schedule`], [`event`], [`rules`]: zones and lines, opening hours, loss-prevention
 //!   events, and the rules engine that turns tracks and pixel measures into events.
 //! - [`measure`]: the pixel measures (tamper, shelf change) computed on small grey images.
-//! - [`source`]: the [`source::FrameSource`] trait and reconnect backoff.
+//! - [`source`]: the [`source::FrameSource`] trait; [`backoff`]: the one retry backoff.
 //!
 //! Behind the default `vision` feature (OpenCV and ONNX Runtime):
 //! - `source::opencv`: files, streams and devices through OpenCV.
@@ -33,9 +33,11 @@ pub mod action;
 pub mod alerts;
 pub mod appearance;
 pub mod assign;
+pub mod backoff;
 #[cfg(feature = "vision")]
 pub mod bench;
 pub mod bench_alerts;
+pub mod board;
 pub mod bounds;
 #[cfg(feature = "vision")]
 pub mod camera;
@@ -63,3 +65,4 @@ pub mod track;
 pub mod ui;
 pub mod uplink;
 pub mod zone;
+pub mod zone_control;

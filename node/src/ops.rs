@@ -16,9 +16,9 @@ use axum::{Json, Router};
 use lpmesh_mesh::net::MeshHandle;
 use tokio::sync::watch;
 
+use crate::board::CameraBoard;
 use crate::event::Event;
 use crate::pipeline::FrameCounts;
-use crate::ui::CameraBoard;
 use crate::uplink::UplinkStatus;
 
 /// Upper bounds (ms) of the inference latency histogram.

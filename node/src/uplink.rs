@@ -8,7 +8,7 @@
 //! - A period is done when HQ answers with a stored version vector that includes the one sent.
 //!   HQ answering with a concurrent one (the other side of a partition won the tie-break) leaves the
 //!   period waiting: once the logs merge, the merged summary dominates both and replaces it.
-//! - Failures back off exponentially (1 s doubling to 5 min) with ±20 % jitter; the leader probes HQ
+//! - Failures back off exponentially (2 s doubling to 5 min) with ±20 % jitter; the leader probes HQ
 //!   and tells the mesh whether it can reach it, which the election prefers.
 //! - It also tells the mesh when it last made progress (owed HQ nothing, or had an upload
 //!   acknowledged): answering HQ's probe is not getting summaries through, and the election demotes a
@@ -28,6 +28,7 @@ use lpmesh_mesh::record::Record;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, oneshot, watch};
 
+use crate::backoff::Backoff;
 use crate::summary::{node_id, Ledger};
 
 pub const STATUS_FILE: &str = "uplink-status.json";
@@ -137,7 +138,7 @@ struct Uplink {
     done: BTreeMap<i64, VersionVector>,
     waiting: BTreeSet<i64>,
     last_sent: HashMap<i64, Instant>,
-    failures: u32,
+    backoff: Backoff,
     retry_at: Instant,
     next_probe: Instant,
     status: UplinkStatus,
@@ -202,7 +203,7 @@ pub fn start(
         done,
         waiting: BTreeSet::new(),
         last_sent: HashMap::new(),
-        failures: 0,
+        backoff: Backoff::new(Duration::from_secs(2), MAX_BACKOFF, 0.2, rand::random()),
         retry_at: now,
         next_probe: now,
         status,
@@ -314,12 +315,7 @@ impl Uplink {
     }
 
     fn backoff(&mut self, why: String) {
-        self.failures = self.failures.saturating_add(1);
-        let base = Duration::from_secs(1)
-            .saturating_mul(1u32 << self.failures.min(9))
-            .min(MAX_BACKOFF);
-        let jitter = rand::Rng::gen_range(&mut rand::thread_rng(), 0.8..1.2);
-        self.retry_at = Instant::now() + base.mul_f64(jitter);
+        self.retry_at = Instant::now() + self.backoff.next_delay();
         self.status.last_error = Some(why);
     }
 
@@ -411,7 +407,7 @@ impl Uplink {
                     // HQ took it (stored, a no-op, stale or concurrent): the uplink works.
                     self.progress_ms = Some(now_ms());
                     self.status.summaries_sent += 1;
-                    self.failures = 0;
+                    self.backoff.reset();
                     self.status.last_error = None;
                     if ack.stored_vv.includes(&summary.vv) {
                         self.status.last_sync_ms = Some(now_ms());

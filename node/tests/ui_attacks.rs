@@ -17,8 +17,8 @@ use lpmesh_mesh::record::RecordKind;
 use lpmesh_node::config::NodeConfig;
 use lpmesh_node::event::{Detail, Event, EventKind, Phase, Severity};
 use lpmesh_node::ui::auth::{self, Role};
-use lpmesh_node::ui::zones::ZoneControl;
 use lpmesh_node::ui::{self, UiState};
+use lpmesh_node::zone_control::ZoneControl;
 use serde_json::{json, Value};
 use tower::ServiceExt;
 

@@ -19,7 +19,7 @@ use rumqttc::{AsyncClient, ConnectionError, Event, EventLoop, MqttOptions, Outgo
 use super::config::{parse_broker, RouteConfig};
 use super::queue::{close_deadline, pause, sleep_until_opt, CloseSignal, RouteShared};
 use super::{Alert, CameraState};
-use crate::source::backoff::Backoff;
+use crate::backoff::Backoff;
 
 /// Publishes outstanding (issued, not yet acknowledged) at once. Far below rumqttc's in-flight limit
 /// (100), so packet ids never collide, and below the request channel's capacity, so `try_publish`

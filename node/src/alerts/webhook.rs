@@ -13,7 +13,7 @@ use hyper_util::rt::TokioExecutor;
 
 use super::config::{parse_webhook_url, RouteConfig};
 use super::queue::{close_deadline, idle, pause, sleep_until_opt, CloseSignal, RouteShared};
-use crate::source::backoff::Backoff;
+use crate::backoff::Backoff;
 
 /// One attempt, connection included.
 pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);

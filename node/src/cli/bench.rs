@@ -4,16 +4,10 @@ use crate::*;
 
 pub fn mesh(nodes: usize, records: u64, json: bool) -> Result<ExitCode> {
     let root = std::env::temp_dir().join(format!("lpmesh-bench-mesh-{}", std::process::id()));
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
+    let rt = super::runtime()?;
     let machine = lpmesh_node::ops::machine(&std::env::temp_dir());
     let r = rt.block_on(lpmesh_mesh::bench::run(nodes, records, root))?;
-    if json {
-        println!("{}", bench_json(&r, &machine)?);
-    } else {
-        println!("{}", machine_line(&machine));
+    report(&r, &machine, json, |r| {
         println!("{} nodes on loopback", r.nodes);
         println!(
             "durable appends  {:>9.0} records/s in batches of {} ({:.0}/s one commit each), one node alone",
@@ -27,15 +21,11 @@ pub fn mesh(nodes: usize, records: u64, json: bool) -> Result<ExitCode> {
             "catch-up         {} records in {:.2} s ({:.0} records/s; {} received, copies included)",
             r.catch_up_records, r.catch_up_s, r.catch_up_records_per_s, r.catch_up_received
         );
-    }
-    Ok(ExitCode::SUCCESS)
+    })
 }
 
 pub fn hq(stores: usize, periods: usize, database_url: Option<String>, json: bool) -> Result<ExitCode> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
+    let rt = super::runtime()?;
     // A database of its own lies in the temp directory; one named by URL is wherever it is.
     let machine = lpmesh_node::ops::Machine {
         data_dir: database_url.as_ref().map_or_else(
@@ -45,10 +35,7 @@ pub fn hq(stores: usize, periods: usize, database_url: Option<String>, json: boo
         ..lpmesh_node::ops::machine(&std::env::temp_dir())
     };
     let r = rt.block_on(lpmesh_hq::bench::run(stores, periods, database_url))?;
-    if json {
-        println!("{}", bench_json(&r, &machine)?);
-    } else {
-        println!("{}", machine_line(&machine));
+    report(&r, &machine, json, |r| {
         println!(
             "{} summaries from {} stores into {} ({}) over HTTPS, {} concurrent uploads",
             r.summaries,
@@ -70,21 +57,14 @@ pub fn hq(stores: usize, periods: usize, database_url: Option<String>, json: boo
             r.chain_10k_hourly_per_s,
             r.chain_10k_share * 100.0
         );
-    }
-    Ok(ExitCode::SUCCESS)
+    })
 }
 
 pub fn alerts(incidents: usize, json: bool) -> Result<ExitCode> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
+    let rt = super::runtime()?;
     let machine = lpmesh_node::ops::machine(&std::env::temp_dir());
     let r = rt.block_on(lpmesh_node::bench_alerts::run(incidents))?;
-    if json {
-        println!("{}", bench_json(&r, &machine)?);
-    } else {
-        println!("{}", machine_line(&machine));
+    report(&r, &machine, json, |r| {
         println!("{} incidents appended on node B, on loopback", r.incidents);
         println!(
             "-> MQTT message       p50 {:.1} ms   p99 {:.1} ms   ({} received; target p99 < 250 ms)",
@@ -94,19 +74,35 @@ pub fn alerts(incidents: usize, json: bool) -> Result<ExitCode> {
             "-> node A's UI stream p50 {:.1} ms   p99 {:.1} ms   ({} received; target p99 < 250 ms)",
             r.stream_p50_ms, r.stream_p99_ms, r.stream_received
         );
+    })
+}
+
+/// A benchmark's figures as one JSON object, with the machine they were measured on.
+/// Prints a benchmark's figures: one JSON object with the machine it ran on, or the machine's line then
+/// `human`'s lines.
+fn report<R: serde::Serialize>(
+    r: &R,
+    machine: &lpmesh_node::ops::Machine,
+    json: bool,
+    human: impl FnOnce(&R),
+) -> Result<ExitCode> {
+    if json {
+        println!("{}", bench_json(r, machine)?);
+    } else {
+        println!("{}", machine_line(machine));
+        human(r);
     }
     Ok(ExitCode::SUCCESS)
 }
 
-/// A benchmark's figures as one JSON object, with the machine they were measured on.
-pub fn bench_json(report: &impl serde::Serialize, machine: &lpmesh_node::ops::Machine) -> Result<String> {
+fn bench_json(report: &impl serde::Serialize, machine: &lpmesh_node::ops::Machine) -> Result<String> {
     let mut v = serde_json::to_value(report)?;
     v["machine"] = serde_json::to_value(machine)?;
     Ok(v.to_string())
 }
 
 /// The machine line a benchmark prints above its figures.
-pub fn machine_line(m: &lpmesh_node::ops::Machine) -> String {
+fn machine_line(m: &lpmesh_node::ops::Machine) -> String {
     format!(
         "machine          {} cores; data in {} ({}{})",
         m.cores,

@@ -159,8 +159,8 @@ async fn start_ui(
     reader: lpmesh_node::bounds::Reader,
     members: Option<tokio::sync::watch::Receiver<Vec<lpmesh_node::members::Member>>>,
     uplink: Option<tokio::sync::watch::Receiver<lpmesh_node::uplink::UplinkStatus>>,
-    board: lpmesh_node::ui::CameraBoard,
-    zone_control: Arc<lpmesh_node::ui::zones::ZoneControl>,
+    board: lpmesh_node::board::CameraBoard,
+    zone_control: Arc<lpmesh_node::zone_control::ZoneControl>,
 ) -> Result<Option<(lpmesh_node::ui::Running, String)>> {
     if !cfg.ui.enabled {
         return Ok(None);
@@ -397,9 +397,9 @@ pub fn run(config: &Path, synthetic: Option<(f64, i64)>) -> Result<ExitCode> {
                 None
             }
         };
-        let board: lpmesh_node::ui::CameraBoard = Default::default();
+        let board: lpmesh_node::board::CameraBoard = Default::default();
         let node_metrics: Arc<lpmesh_node::ops::NodeMetrics> = Default::default();
-        let zone_control = lpmesh_node::ui::zones::ZoneControl::new(config.to_path_buf(), &cfg.cameras);
+        let zone_control = lpmesh_node::zone_control::ZoneControl::new(config.to_path_buf(), &cfg.cameras);
         let ui = start_ui(&cfg, &mesh, reader.clone(), store_founder.map(|_| members_rx), uplink.as_ref().map(|u| u.watch()), board.clone(), zone_control.clone()).await?;
         tokio::spawn(lpmesh_node::node::follow_alerts(
             mesh.clone(),

@@ -3,12 +3,7 @@
 use crate::*;
 use lpmesh_hq::config::HqConfig;
 
-fn runtime() -> Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?)
-}
+use super::runtime;
 
 pub fn run(config: Option<PathBuf>, cmd: Option<HqCommand>) -> Result<ExitCode> {
     match cmd {

@@ -8,3 +8,12 @@ pub mod records;
 pub mod store;
 #[cfg(feature = "vision")]
 pub mod vision;
+
+/// The multi-threaded runtime a one-shot command (a benchmark, an HQ command) runs on: two workers are
+/// what a store node or a small HQ box has to spare.
+pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?)
+}

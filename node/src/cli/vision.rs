@@ -291,8 +291,8 @@ pub fn spawn_camera(
     cam: CameraConfig,
     tx: tokio::sync::mpsc::Sender<Event>,
     stop: Arc<AtomicBool>,
-    board: lpmesh_node::ui::CameraBoard,
-    zone_control: Arc<lpmesh_node::ui::zones::ZoneControl>,
+    board: lpmesh_node::board::CameraBoard,
+    zone_control: Arc<lpmesh_node::zone_control::ZoneControl>,
     metrics: Arc<lpmesh_node::ops::NodeMetrics>,
 ) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
@@ -313,11 +313,11 @@ pub fn spawn_camera(
         };
         let reload = zone_control.reload_flag(&cam.name).unwrap_or_default();
         let mut cam = cam;
-        let mut live = lpmesh_node::ui::CameraLive {
+        let mut live = lpmesh_node::board::CameraLive {
             name: cam.name.clone(),
             ..Default::default()
         };
-        let publish = |live: &lpmesh_node::ui::CameraLive| {
+        let publish = |live: &lpmesh_node::board::CameraLive| {
             board
                 .write()
                 .unwrap_or_else(|p| p.into_inner())

@@ -1,7 +1,6 @@
 //! Where frames come from: the [`FrameSource`] trait, the reconnect policy, and (with the `vision`
 //! feature) the OpenCV implementation for files, RTSP/HTTP streams and local devices.
 
-pub mod backoff;
 #[cfg(feature = "vision")]
 pub mod opencv;
 

@@ -10,7 +10,7 @@ use opencv::core::{Mat, MatTraitConst, MatTraitConstManual, CV_8UC1, CV_8UC3, CV
 use opencv::imgproc;
 use opencv::videoio::{self, VideoCapture, VideoCaptureTrait, VideoCaptureTraitConst};
 
-use super::backoff::Backoff;
+use crate::backoff::Backoff;
 
 /// How long opening a network camera, and waiting for its next packet, may take.
 const OPEN_TIMEOUT_MS: i32 = 5_000;

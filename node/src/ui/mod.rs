@@ -10,8 +10,9 @@
 
 pub mod auth;
 pub mod charts;
-pub mod zones;
 
+pub use crate::board::{CameraBoard, CameraLive};
+use crate::zone_control as zones;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -50,23 +51,6 @@ pub struct NodeInfo {
     pub ui: Option<String>,
     pub cameras: Vec<CameraLive>,
 }
-
-/// A camera's health as its node sees it.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct CameraLive {
-    pub name: String,
-    pub online: bool,
-    pub fps: f32,
-    pub last_frame_ms: Option<i64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tamper: Option<String>,
-    /// People in each zone now.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub occupancy: BTreeMap<String, u32>,
-}
-
-/// This node's cameras, updated by their pipelines.
-pub type CameraBoard = Arc<RwLock<BTreeMap<String, CameraLive>>>;
 
 pub struct UiState {
     pub store: String,

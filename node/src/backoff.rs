@@ -1,4 +1,5 @@
-//! Exponential backoff with jitter for reconnecting cameras (and, later, the HQ uplink).
+//! Exponential backoff with jitter, for everything that retries: cameras reconnecting, alert routes, the HQ
+//! uplink.
 
 use std::time::Duration;
 
