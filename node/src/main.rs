@@ -547,12 +547,31 @@ fn run(cli: Cli) -> Result<ExitCode> {
 
 /// Ctrl-C (and SIGTERM) set the flag; the pipeline drains and the summary is still printed.
 fn stop_flag() -> Arc<AtomicBool> {
-    let stop = Arc::new(AtomicBool::new(false));
-    let s = stop.clone();
-    if let Err(e) = ctrlc::set_handler(move || s.store(true, Ordering::Relaxed)) {
+    stop_signal().flag
+}
+
+/// The one stop signal: Ctrl-C (and SIGTERM) set the flag, which camera threads read between frames,
+/// and wake whatever awaits `stopped`, so the async side needs no polling.
+struct StopSignal {
+    flag: Arc<AtomicBool>,
+    stopped: tokio::sync::watch::Receiver<bool>,
+    /// Kept so that `stopped` never reports a closed channel, even if no handler could be installed.
+    _tx: Arc<tokio::sync::watch::Sender<bool>>,
+}
+
+fn stop_signal() -> StopSignal {
+    let flag = Arc::new(AtomicBool::new(false));
+    let (tx, stopped) = tokio::sync::watch::channel(false);
+    let tx = Arc::new(tx);
+    let (f, t) = (flag.clone(), tx.clone());
+    let handler = move || {
+        f.store(true, Ordering::Relaxed);
+        let _ = t.send(true);
+    };
+    if let Err(e) = ctrlc::set_handler(handler) {
         tracing::warn!(error = %e, "cannot install the Ctrl-C handler");
     }
-    stop
+    StopSignal { flag, stopped, _tx: tx }
 }
 
 mod cli;

@@ -8,6 +8,49 @@ use crate::*;
 /// How long a stopping node keeps its mesh open after its last records.
 const SHUTDOWN_LINGER: std::time::Duration = std::time::Duration::from_millis(1500);
 
+/// The node's background loops, each under a name. A loop that ends while the node runs is reported by
+/// name (a panic included) instead of vanishing; at shutdown, once the ordered part is done, the rest
+/// are stopped together.
+#[derive(Default)]
+struct Loops {
+    set: tokio::task::JoinSet<()>,
+    names: std::collections::HashMap<tokio::task::Id, &'static str>,
+}
+
+impl Loops {
+    fn spawn(&mut self, name: &'static str, task: impl std::future::Future<Output = ()> + Send + 'static) {
+        let handle = self.set.spawn(task);
+        self.names.insert(handle.id(), name);
+    }
+
+    /// Waits for a loop to end and says which; pending forever when none is running.
+    async fn ended(&mut self) -> &'static str {
+        match self.set.join_next_with_id().await {
+            Some(Ok((id, ()))) => self.names.remove(&id).unwrap_or("?"),
+            Some(Err(e)) => {
+                let name = self.names.remove(&e.id()).unwrap_or("?");
+                if e.is_panic() {
+                    tracing::error!(task = name, "a background loop of the node panicked");
+                }
+                name
+            }
+            None => std::future::pending().await,
+        }
+    }
+
+    async fn stop(mut self) {
+        self.set.abort_all();
+        while let Some(r) = self.set.join_next_with_id().await {
+            if let Err(e) = r {
+                if e.is_panic() {
+                    let name = self.names.get(&e.id()).copied().unwrap_or("?");
+                    tracing::error!(task = name, "a background loop of the node panicked");
+                }
+            }
+        }
+    }
+}
+
 /// How tablets reach this node's UI, for alert links.
 fn ui_url(cfg: &NodeConfig) -> String {
     let scheme = if cfg.ui.tls { "https" } else { "http" };
@@ -280,7 +323,8 @@ pub fn run(config: &Path, synthetic: Option<(f64, i64)>) -> Result<ExitCode> {
             lpmesh_node::node::start_enrolment(&cfg, reader.ring().clone(), Default::default(), admitted_tx).await?;
         // Each node admitted here becomes a member of the store with a record signed by this node.
         let admit_mesh = mesh.clone();
-        tokio::spawn(async move {
+        let mut loops = Loops::default();
+        loops.spawn("admissions", async move {
             while let Some(a) = admitted_rx.recv().await {
                 if let Some(item) = lpmesh_node::node::admission(&a) {
                     if let Err(e) = admit_mesh.append(vec![item]).await {
@@ -307,8 +351,12 @@ pub fn run(config: &Path, synthetic: Option<(f64, i64)>) -> Result<ExitCode> {
                 cfg.node
             );
         }
-        tokio::spawn(lpmesh_node::node::follow_members(mesh.clone(), reader.clone(), store_founder, members_tx, cfg.mesh.priority, cfg.node.clone(), node_key.clone()));
-        let stop = stop_flag();
+        let members = lpmesh_node::node::follow_members(mesh.clone(), reader.clone(), store_founder, members_tx, cfg.mesh.priority, cfg.node.clone(), node_key.clone());
+        loops.spawn("members", async move {
+            let _ = members.await;
+        });
+        let signal = stop_signal();
+        let (stop, mut stopped) = (signal.flag.clone(), signal.stopped.clone());
         let (tx, rx) = tokio::sync::mpsc::channel(EVENT_QUEUE);
         let tz = lpmesh_node::schedule::Schedule::parse_tz(&cfg.schedule.timezone).map_err(anyhow::Error::msg)?;
         let alerts = lpmesh_node::alerts::start(&cfg.alerts, &cfg.store, &cfg.node, tz)?;
@@ -319,7 +367,7 @@ pub fn run(config: &Path, synthetic: Option<(f64, i64)>) -> Result<ExitCode> {
         ));
         // A nearly full disk is said, loudly and in the metrics; detection and alerts go on.
         let disk_dir = cfg.data_dir.clone();
-        tokio::spawn(async move {
+        loops.spawn("disk watch", async move {
             let mut every = tokio::time::interval(std::time::Duration::from_secs(60));
             loop {
                 every.tick().await;
@@ -333,7 +381,7 @@ pub fn run(config: &Path, synthetic: Option<(f64, i64)>) -> Result<ExitCode> {
         let mut sub = mesh.subscribe();
         let me = mesh.origin();
         let display = reader.clone();
-        tokio::spawn(async move {
+        loops.spawn("event log", async move {
             loop {
                 match sub.recv().await {
                     Ok(r) => {
@@ -351,7 +399,7 @@ pub fn run(config: &Path, synthetic: Option<(f64, i64)>) -> Result<ExitCode> {
         });
         // The mesh's counters in the log every minute too (for nodes without a metrics scraper).
         let m = mesh.clone();
-        tokio::spawn(async move {
+        loops.spawn("mesh counters", async move {
             let mut every = tokio::time::interval(std::time::Duration::from_secs(60));
             every.tick().await;
             loop {
@@ -401,13 +449,16 @@ pub fn run(config: &Path, synthetic: Option<(f64, i64)>) -> Result<ExitCode> {
         let node_metrics: Arc<lpmesh_node::ops::NodeMetrics> = Default::default();
         let zone_control = lpmesh_node::zone_control::ZoneControl::new(config.to_path_buf(), &cfg.cameras);
         let ui = start_ui(&cfg, &mesh, reader.clone(), store_founder.map(|_| members_rx), uplink.as_ref().map(|u| u.watch()), board.clone(), zone_control.clone()).await?;
-        tokio::spawn(lpmesh_node::node::follow_alerts(
+        let follow_alerts = lpmesh_node::node::follow_alerts(
             mesh.clone(),
             reader.clone(),
             alerts.clone(),
             cfg.node.clone(),
             ui.as_ref().map(|(_, url)| url.clone()).unwrap_or_default(),
-        ));
+        );
+        loops.spawn("alerts from the log", async move {
+            let _ = follow_alerts.await;
+        });
         let ops = if cfg.ops.enabled {
             let addr: std::net::SocketAddr = cfg.ops.listen.parse().context("[ops] listen")?;
             let st = Arc::new(lpmesh_node::ops::OpsState {
@@ -439,7 +490,7 @@ pub fn run(config: &Path, synthetic: Option<(f64, i64)>) -> Result<ExitCode> {
             ui: ui.as_ref().map(|(_, url)| url.clone()),
             cameras: Vec::new(),
         };
-        tokio::spawn(async move {
+        loops.spawn("heartbeat info", async move {
             let mut every = tokio::time::interval(std::time::Duration::from_secs(2));
             let mut last_states = std::collections::HashMap::new();
             loop {
@@ -499,8 +550,13 @@ pub fn run(config: &Path, synthetic: Option<(f64, i64)>) -> Result<ExitCode> {
             })
         });
         drop(tx);
-        while !stop.load(Ordering::Relaxed) {
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        loop {
+            tokio::select! {
+                _ = stopped.wait_for(|s| *s) => break,
+                name = loops.ended() => {
+                    tracing::info!(task = name, "a background loop of the node ended");
+                }
+            }
         }
         // Stop in order: cameras (their pipelines drain and close open incidents), then the
         // events they produced, then the mesh.
@@ -543,6 +599,7 @@ pub fn run(config: &Path, synthetic: Option<(f64, i64)>) -> Result<ExitCode> {
                 st.rejected.values().sum::<u64>()
             );
         }
+        loops.stop().await;
         mesh.shutdown().await?;
         // Nobody answers invitations here any more: `lpmesh invite` says so rather than making a
         // token that points at nothing.
