@@ -195,7 +195,9 @@ async fn follow_ui_ca(
     }
 }
 
-/// Starts the tablet UI (unless switched off): the incident view fed from the log, the listener.
+/// Starts the tablet UI (unless switched off): the incident view fed from the log, the listener. Its
+/// loops join the node's.
+#[allow(clippy::too_many_arguments)]
 async fn start_ui(
     cfg: &NodeConfig,
     mesh: &lpmesh_mesh::net::MeshHandle,
@@ -204,6 +206,7 @@ async fn start_ui(
     uplink: Option<tokio::sync::watch::Receiver<lpmesh_node::uplink::UplinkStatus>>,
     board: lpmesh_node::board::CameraBoard,
     zone_control: Arc<lpmesh_node::zone_control::ZoneControl>,
+    loops: &mut Loops,
 ) -> Result<Option<(lpmesh_node::ui::Running, String)>> {
     if !cfg.ui.enabled {
         return Ok(None);
@@ -236,14 +239,14 @@ async fn start_ui(
     };
     let feed_state = state.clone();
     let retention = Some(std::time::Duration::from_secs_f64(cfg.mesh.retention_days * 86_400.0));
-    tokio::spawn(async move {
+    loops.spawn("UI incident view", async move {
         if let Err(e) = lpmesh_node::ui::feed(feed_state, retention).await {
             tracing::error!(error = %e, "the UI's incident view stopped");
         }
     });
     // `lpmesh user add|remove` on this node reaches every node of the store through the log.
     let users_state = state.clone();
-    tokio::spawn(async move {
+    loops.spawn("UI user publishing", async move {
         if let Err(e) = lpmesh_node::ui::publish_users(users_state).await {
             tracing::error!(error = %e, "user changes are no longer published to the store");
         }
@@ -283,7 +286,10 @@ async fn start_ui(
         }
     };
     if let (Some(tls), Some((base, serving))) = (running.tls_config(), serving) {
-        tokio::spawn(follow_ui_ca(cfg.clone(), addr, ring, state, tls, base, serving));
+        loops.spawn(
+            "UI certificate",
+            follow_ui_ca(cfg.clone(), addr, ring, state, tls, base, serving),
+        );
     }
     let url = ui_url(cfg);
     println!("UI of node {} at {url}", cfg.node);
@@ -448,7 +454,7 @@ pub fn run(config: &Path, synthetic: Option<(f64, i64)>) -> Result<ExitCode> {
         let board: lpmesh_node::board::CameraBoard = Default::default();
         let node_metrics: Arc<lpmesh_node::ops::NodeMetrics> = Default::default();
         let zone_control = lpmesh_node::zone_control::ZoneControl::new(config.to_path_buf(), &cfg.cameras);
-        let ui = start_ui(&cfg, &mesh, reader.clone(), store_founder.map(|_| members_rx), uplink.as_ref().map(|u| u.watch()), board.clone(), zone_control.clone()).await?;
+        let ui = start_ui(&cfg, &mesh, reader.clone(), store_founder.map(|_| members_rx), uplink.as_ref().map(|u| u.watch()), board.clone(), zone_control.clone(), &mut loops).await?;
         let follow_alerts = lpmesh_node::node::follow_alerts(
             mesh.clone(),
             reader.clone(),
