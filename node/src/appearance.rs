@@ -65,7 +65,7 @@ impl Appearance {
                     let mut bin = 0;
                     for c in 0..3 {
                         let v = tensor[c * plane + i] * spec.std[c] + spec.mean[c];
-                        let level = ((v.max(0.0) as usize) * LEVELS / 256).min(LEVELS - 1);
+                        let level = ((v.clamp(0.0, 255.0) as usize) * LEVELS / 256).min(LEVELS - 1);
                         bin = bin * LEVELS + level;
                     }
                     part[bin] += 1.0;

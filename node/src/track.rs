@@ -154,9 +154,8 @@ impl Axis {
         }
     }
 
-    /// Advances the covariance by `dt` seconds and the value by `move_dt` (at most `dt`).
-    fn predict(&mut self, dt: f32, move_dt: f32, h: f32) {
-        self.x += self.v * move_dt;
+    fn predict(&mut self, dt: f32, h: f32) {
+        self.x += self.v * dt;
         let (qp, qv) = (POSITION_NOISE * h, VELOCITY_NOISE * h);
         self.pxx += 2.0 * dt * self.pxv + dt * dt * self.pvv + qp * qp * dt;
         self.pxv += dt * self.pvv;
@@ -190,6 +189,11 @@ struct Track {
     /// Time of the last matched detection, and that detection's box (cx, cy, w, h).
     seen_at: f64,
     seen: [f32; 4],
+    /// Each coordinate's filtered value and velocity right after that detection: what the box shown
+    /// and matched while the track is unseen is extrapolated from (for at most MAX_EXTRAPOLATE_SECS),
+    /// while the filter itself keeps predicting, so that a person found again after a long absence is
+    /// compared with where the motion model expects them, not with where the box was held.
+    filtered: [(f32, f32); 4],
     hits: u32,
     missed: u32,
     score: f32,
@@ -207,6 +211,7 @@ impl Track {
             t: now,
             seen_at: now,
             seen: z,
+            filtered: z.map(|v| (v, 0.0)),
             hits: 1,
             missed: 0,
             score: d.score,
@@ -216,7 +221,7 @@ impl Track {
     }
 
     fn height(&self) -> f32 {
-        self.axes[3].x.max(1.0)
+        self.bbox().height().max(1.0)
     }
 
     /// Moves the track's state forward to `now`.
@@ -225,21 +230,25 @@ impl Track {
         if dt <= 0.0 {
             return;
         }
-        // The value moves no further than MAX_EXTRAPOLATE_SECS past the last sighting; the uncertainty
-        // keeps growing.
-        let move_until = now.min(self.seen_at + MAX_EXTRAPOLATE_SECS);
-        let move_dt = (move_until - self.t).clamp(0.0, dt) as f32;
         let h = self.height();
         for a in &mut self.axes {
-            a.predict(dt as f32, move_dt, h);
+            a.predict(dt as f32, h);
         }
         self.axes[2].x = self.axes[2].x.max(1.0);
         self.axes[3].x = self.axes[3].x.max(1.0);
         self.t = now;
     }
 
+    /// The box as of time `t`: the filter's own while the track is seen; while it is not, extrapolated
+    /// from the last sighting for at most MAX_EXTRAPOLATE_SECS, then held (a track lost for long stays
+    /// near where it was last seen).
     fn bbox(&self) -> BBox {
-        let [cx, cy, w, h] = self.axes.map(|a| a.x);
+        let [cx, cy, w, h] = if self.missed == 0 {
+            self.axes.map(|a| a.x)
+        } else {
+            let e = (self.t - self.seen_at).clamp(0.0, MAX_EXTRAPOLATE_SECS) as f32;
+            self.filtered.map(|(x, v)| x + v * e)
+        };
         BBox::from_cxcywh(cx, cy, w.max(1.0), h.max(1.0))
     }
 
@@ -263,6 +272,7 @@ impl Track {
         self.axes[3].x = self.axes[3].x.max(1.0);
         self.seen_at = now;
         self.seen = z;
+        self.filtered = self.axes.map(|a| (a.x, a.v));
         self.hits += 1;
         self.missed = 0;
         self.score = d.score;
@@ -379,11 +389,25 @@ impl Tracker {
         } else {
             &[]
         };
-        let high: Vec<usize> = (0..dets.len()).filter(|&i| dets[i].score >= cfg.high_score).collect();
-        let low: Vec<usize> = (0..dets.len())
-            .filter(|&i| dets[i].score >= cfg.low_score && dets[i].score < cfg.high_score)
+        // A box that is not a finite, non-empty rectangle is nobody (and would poison the assignment).
+        let usable = |i: &usize| {
+            let b = &dets[*i].bbox;
+            [b.x1, b.y1, b.x2, b.y2].iter().all(|v| v.is_finite()) && b.x2 > b.x1 && b.y2 > b.y1
+        };
+        let considered: Vec<usize> = (0..dets.len())
+            .filter(usable)
+            .filter(|&i| dets[i].score >= cfg.low_score)
             .collect();
-        let considered: Vec<usize> = (0..dets.len()).filter(|&i| dets[i].score >= cfg.low_score).collect();
+        let high: Vec<usize> = considered
+            .iter()
+            .copied()
+            .filter(|&i| dets[i].score >= cfg.high_score)
+            .collect();
+        let low: Vec<usize> = considered
+            .iter()
+            .copied()
+            .filter(|&i| dets[i].score < cfg.high_score)
+            .collect();
         let crowded = (0..dets.len())
             .map(|i| {
                 considered
@@ -419,7 +443,7 @@ impl Tracker {
                     .map(|&c| {
                         let d = f.high[c];
                         let iou = b.iou(&f.dets[d].bbox);
-                        if iou < cfg.match_iou {
+                        if iou.is_nan() || iou < cfg.match_iou {
                             return FORBIDDEN;
                         }
                         match (&t.look, f.look(d)) {
@@ -817,6 +841,60 @@ mod tests {
         assert_eq!(p[0].id, 2);
         assert!(p[0].bbox.x2 <= 640.0 && p[0].bbox.y2 <= 360.0, "{p:?}");
         assert!(tr.ended().is_empty());
+    }
+
+    #[test]
+    fn boxes_that_are_not_rectangles_are_nobody() {
+        let mut tr = Tracker::new(TrackerConfig {
+            min_hits: 1,
+            ..TrackerConfig::default()
+        });
+        let bad = |x1: f32, y1: f32, x2: f32, y2: f32| Detection {
+            bbox: BBox::new(x1, y1, x2, y2),
+            score: 0.9,
+            class: 0,
+        };
+        for f in 0..5 {
+            let dets = [
+                det(100.0, 100.0, 40.0, 100.0, 0.9),
+                bad(f32::NAN, 0.0, 10.0, 10.0),
+                bad(0.0, 0.0, f32::INFINITY, 0.0),
+                bad(50.0, 50.0, 50.0, 80.0),
+            ];
+            tr.update(&dets, f as f64 / FPS);
+        }
+        assert_eq!(tr.ids_issued(), 1);
+        assert!(tr
+            .people()
+            .iter()
+            .all(|p| p.bbox.x1.is_finite() && p.bbox.y2.is_finite()));
+    }
+
+    #[test]
+    fn a_person_found_after_a_long_absence_keeps_a_walkers_speed() {
+        // Walks right at 100 px/s, unseen for 3 s (the value is held after 1 s), found where a walker
+        // would be: the velocity afterwards is still about a walker's, not inflated by the wait.
+        let mut tr = Tracker::new(TrackerConfig::default());
+        let at = |t: f64| det(100.0 + 100.0 * t as f32, 200.0, 50.0, 130.0, 0.9);
+        let looks = [Some(look(5, 10))];
+        for f in 0..20 {
+            let t = f as f64 / FPS;
+            tr.update_with(&[at(t)], &looks, None, t);
+        }
+        for f in 20..50 {
+            tr.update_with(&[], &[], None, f as f64 / FPS);
+        }
+        let t = 5.0;
+        tr.update_with(&[at(t)], &looks, None, t);
+        assert_eq!(
+            tr.people().iter().map(|p| (p.id, p.visible)).collect::<Vec<_>>(),
+            vec![(1, true)]
+        );
+        let before = tr.people()[0].bbox.center().0;
+        tr.update_with(&[], &[], None, t + 0.5);
+        let predicted = tr.people()[0].bbox.center().0;
+        let speed = (predicted - before) / 0.5;
+        assert!((60.0..=140.0).contains(&speed), "{speed} px/s after the absence");
     }
 
     #[test]
