@@ -241,13 +241,15 @@ impl Analyzer {
             let t = self.detector.detect(&f.tensor, f.width, f.height, &mut self.dets)?;
             let t0 = Instant::now();
             self.looks.clear();
-            if self.tracker.config().appearance {
-                let spec = self.detector.input_spec();
-                self.looks.extend(
-                    self.dets
-                        .iter()
-                        .map(|d| Appearance::from_tensor(&f.tensor, spec, f.width, f.height, &d.bbox)),
-                );
+            let cfg = self.tracker.config();
+            if cfg.appearance {
+                // The tracker matches and learns looks of confident detections only.
+                let (spec, high) = (self.detector.input_spec(), cfg.high_score);
+                self.looks.extend(self.dets.iter().map(|d| {
+                    (d.score >= high)
+                        .then(|| Appearance::from_tensor(&f.tensor, spec, f.width, f.height, &d.bbox))
+                        .flatten()
+                }));
             }
             self.tracker.update_with(&self.dets, &self.looks, Some(size), f.pts);
             self.stats.track += t0.elapsed();

@@ -262,7 +262,8 @@ impl Track {
         b.expanded(g)
     }
 
-    fn update(&mut self, d: &Detection, look: Option<&Appearance>, learn: bool, now: f64) {
+    /// Takes detection `d`, and learns from `look` when it is a clear view of the person.
+    fn update(&mut self, d: &Detection, look: Option<&Appearance>, now: f64) {
         let z = cxcywh(&d.bbox);
         let h = self.height();
         for (a, z) in self.axes.iter_mut().zip(z) {
@@ -276,7 +277,7 @@ impl Track {
         self.hits += 1;
         self.missed = 0;
         self.score = d.score;
-        if let (true, Some(seen)) = (learn, look) {
+        if let Some(seen) = look {
             match &mut self.look {
                 Some(l) => l.learn(seen, LEARN_RATE),
                 None => self.look = Some(seen.clone()),
@@ -408,13 +409,15 @@ impl Tracker {
             .copied()
             .filter(|&i| dets[i].score < cfg.high_score)
             .collect();
-        let crowded = (0..dets.len())
-            .map(|i| {
-                considered
+        // Only learning reads this, and only confident detections with a look are learnt from.
+        let mut crowded = vec![false; dets.len()];
+        if !looks.is_empty() {
+            for &i in &high {
+                crowded[i] = considered
                     .iter()
-                    .any(|&j| j != i && dets[i].bbox.iou(&dets[j].bbox) >= CLEAR_VIEW_IOU)
-            })
-            .collect();
+                    .any(|&j| j != i && dets[i].bbox.iou(&dets[j].bbox) >= CLEAR_VIEW_IOU);
+            }
+        }
         let mut f = Frame {
             dets,
             looks,
@@ -432,39 +435,24 @@ impl Tracker {
         let confirmed: Vec<usize> = (0..self.tracks.len())
             .filter(|&i| self.tracks[i].id.is_some())
             .collect();
-        let candidates: Vec<usize> = (0..f.high.len()).filter(|&c| !f.high_used[c]).collect();
-        let cost: Vec<Vec<f64>> = confirmed
-            .iter()
-            .map(|&i| {
-                let t = &self.tracks[i];
-                let b = t.matching_box(now, cfg.lost_box_growth_per_sec);
-                candidates
-                    .iter()
-                    .map(|&c| {
-                        let d = f.high[c];
-                        let iou = b.iou(&f.dets[d].bbox);
-                        if iou.is_nan() || iou < cfg.match_iou {
-                            return FORBIDDEN;
-                        }
-                        match (&t.look, f.look(d)) {
-                            (Some(a), Some(b)) => {
-                                let dist = a.distance(b);
-                                if dist > APPEARANCE_GATE {
-                                    FORBIDDEN
-                                } else {
-                                    (1.0 - APPEARANCE_WEIGHT) * (1.0 - iou as f64) + APPEARANCE_WEIGHT * dist as f64
-                                }
-                            }
-                            _ => 1.0 - iou as f64,
-                        }
-                    })
-                    .collect()
-            })
-            .collect();
-        for (row, col) in solve(&cost, candidates.len()) {
-            let c = candidates[col];
-            self.take(confirmed[row], &mut f, c, &mut matched, now);
-        }
+        let growth = cfg.lost_box_growth_per_sec;
+        self.take_confident(&confirmed, &mut f, &mut matched, now, |t, f, d| {
+            let iou = t.matching_box(now, growth).iou(&f.dets[d].bbox);
+            if iou.is_nan() || iou < cfg.match_iou {
+                return FORBIDDEN;
+            }
+            match (&t.look, f.look(d)) {
+                (Some(a), Some(b)) => {
+                    let dist = a.distance(b);
+                    if dist > APPEARANCE_GATE {
+                        FORBIDDEN
+                    } else {
+                        (1.0 - APPEARANCE_WEIGHT) * (1.0 - iou as f64) + APPEARANCE_WEIGHT * dist as f64
+                    }
+                }
+                _ => 1.0 - iou as f64,
+            }
+        });
 
         // Round 2: weak detections keep confirmed tracks that were seen last update.
         let seen: Vec<usize> = confirmed
@@ -485,7 +473,7 @@ impl Tracker {
         for (row, col) in solve(&cost, f.low.len()) {
             let d = f.low[col];
             // A weak detection is usually a partial view (half hidden): kept, but not learnt from.
-            self.tracks[seen[row]].update(&f.dets[d], f.look(d), false, now);
+            self.tracks[seen[row]].update(&f.dets[d], None, now);
             matched[seen[row]] = true;
         }
 
@@ -496,37 +484,17 @@ impl Tracker {
                 .copied()
                 .filter(|&i| !matched[i] && self.tracks[i].missed > 0 && self.tracks[i].look.is_some())
                 .collect();
-            let candidates: Vec<usize> = (0..f.high.len()).filter(|&c| !f.high_used[c]).collect();
-            let cost: Vec<Vec<f64>> = lost
-                .iter()
-                .map(|&i| {
-                    let t = &self.tracks[i];
-                    candidates.iter().map(|&c| reid_cost(t, &f, f.high[c], now)).collect()
-                })
-                .collect();
-            for (row, col) in solve(&cost, candidates.len()) {
-                self.take(lost[row], &mut f, candidates[col], &mut matched, now);
-            }
+            self.take_confident(&lost, &mut f, &mut matched, now, |t, f, d| reid_cost(t, f, d, now));
         }
 
         // Round 4: remaining confident detections against tentative tracks.
         let tentative: Vec<usize> = (0..self.tracks.len())
             .filter(|&i| self.tracks[i].id.is_none())
             .collect();
-        let candidates: Vec<usize> = (0..f.high.len()).filter(|&c| !f.high_used[c]).collect();
-        let cost: Vec<Vec<f64>> = tentative
-            .iter()
-            .map(|&i| {
-                let b = self.tracks[i].bbox();
-                candidates
-                    .iter()
-                    .map(|&c| iou_cost(&b, &f.dets[f.high[c]].bbox, cfg.match_iou))
-                    .collect()
-            })
-            .collect();
-        for (row, col) in solve(&cost, candidates.len()) {
-            let i = tentative[row];
-            self.take(i, &mut f, candidates[col], &mut matched, now);
+        let grown = self.take_confident(&tentative, &mut f, &mut matched, now, |t, f, d| {
+            iou_cost(&t.bbox(), &f.dets[d].bbox, cfg.match_iou)
+        });
+        for i in grown {
             let t = &mut self.tracks[i];
             if t.hits >= cfg.min_hits {
                 t.id = Some(self.next_id);
@@ -576,13 +544,33 @@ impl Tracker {
         self.people.sort_by_key(|p| p.id);
     }
 
-    /// Track `i` takes confident detection `c` (an index into `f.high`).
-    fn take(&mut self, i: usize, f: &mut Frame<'_>, c: usize, matched: &mut [bool], now: f64) {
-        let d = f.high[c];
-        let learn = !f.crowded[d];
-        self.tracks[i].update(&f.dets[d], f.look(d), learn, now);
-        matched[i] = true;
-        f.high_used[c] = true;
+    /// Gives the confident detections nobody has taken yet to the tracks `rows` (indexes into
+    /// `self.tracks`) at the least total `cost(track, frame, detection)`, FORBIDDEN meaning never; returns
+    /// the tracks that took one.
+    fn take_confident(
+        &mut self,
+        rows: &[usize],
+        f: &mut Frame<'_>,
+        matched: &mut [bool],
+        now: f64,
+        cost: impl Fn(&Track, &Frame<'_>, usize) -> f64,
+    ) -> Vec<usize> {
+        let free: Vec<usize> = (0..f.high.len()).filter(|&c| !f.high_used[c]).collect();
+        let costs: Vec<Vec<f64>> = rows
+            .iter()
+            .map(|&i| free.iter().map(|&c| cost(&self.tracks[i], f, f.high[c])).collect())
+            .collect();
+        let mut took = Vec::new();
+        for (row, col) in solve(&costs, free.len()) {
+            let (i, c) = (rows[row], free[col]);
+            let d = f.high[c];
+            let clear = if f.crowded[d] { None } else { f.look(d) };
+            self.tracks[i].update(&f.dets[d], clear, now);
+            matched[i] = true;
+            f.high_used[c] = true;
+            took.push(i);
+        }
+        took
     }
 }
 

@@ -23,17 +23,23 @@ impl Loops {
         self.names.insert(handle.id(), name);
     }
 
+    /// The name of a loop that ended, saying so when it panicked.
+    fn name_of(&mut self, ended: Result<(tokio::task::Id, ()), tokio::task::JoinError>) -> &'static str {
+        let (id, panicked) = match ended {
+            Ok((id, ())) => (id, false),
+            Err(e) => (e.id(), e.is_panic()),
+        };
+        let name = self.names.remove(&id).unwrap_or("?");
+        if panicked {
+            tracing::error!(task = name, "a background loop of the node panicked");
+        }
+        name
+    }
+
     /// Waits for a loop to end and says which; pending forever when none is running.
     async fn ended(&mut self) -> &'static str {
         match self.set.join_next_with_id().await {
-            Some(Ok((id, ()))) => self.names.remove(&id).unwrap_or("?"),
-            Some(Err(e)) => {
-                let name = self.names.remove(&e.id()).unwrap_or("?");
-                if e.is_panic() {
-                    tracing::error!(task = name, "a background loop of the node panicked");
-                }
-                name
-            }
+            Some(r) => self.name_of(r),
             None => std::future::pending().await,
         }
     }
@@ -41,12 +47,7 @@ impl Loops {
     async fn stop(mut self) {
         self.set.abort_all();
         while let Some(r) = self.set.join_next_with_id().await {
-            if let Err(e) = r {
-                if e.is_panic() {
-                    let name = self.names.get(&e.id()).copied().unwrap_or("?");
-                    tracing::error!(task = name, "a background loop of the node panicked");
-                }
-            }
+            self.name_of(r);
         }
     }
 }
