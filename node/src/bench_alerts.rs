@@ -260,6 +260,7 @@ pub async fn run(incidents: usize) -> Result<AlertsBench, BenchError> {
             bbox: Some([0.2, 0.3, 0.1, 0.3]),
             confidence: 0.8,
             model: "nanodet-m-416".into(),
+            evidence: None,
             detail: Detail::default(),
         };
         let bytes = serde_json::to_vec(&e).map_err(err)?;

@@ -222,7 +222,12 @@ impl Reader {
     fn decode(&self, r: &Record) -> Result<Entry, Refusal> {
         let plain = self.ring.decrypt(&r.ciphertext).map_err(|_| Refusal::Unreadable)?;
         match r.kind {
-            RecordKind::Event => serde_json::from_slice(&plain).map(Entry::Event),
+            // The evidence of an event is kept by the event's own node: a record cannot point
+            // tablets at another node's evidence.
+            RecordKind::Event => match serde_json::from_slice::<Event>(&plain) {
+                Ok(e) if e.evidence.as_ref().is_some_and(|r| r.node != e.node) => return Err(Refusal::ForeignNode),
+                other => other.map(Entry::Event),
+            },
             RecordKind::Action => serde_json::from_slice(&plain).map(Entry::Action),
             RecordKind::Member | RecordKind::Keys | RecordKind::User => return Err(Refusal::Unreadable),
         }
@@ -271,6 +276,7 @@ mod tests {
             bbox: None,
             confidence: 1.0,
             model: "m".into(),
+            evidence: None,
             detail: Detail::default(),
         })
     }

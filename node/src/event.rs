@@ -143,8 +143,59 @@ pub struct Event {
     pub bbox: Option<[f32; 4]>,
     pub confidence: f32,
     pub model: String,
+    /// Evidence of this incident (a still and a short clip) is kept on its camera's node: only that
+    /// it exists and where, never a byte of it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evidence: Option<EvidenceRef>,
     #[serde(default)]
     pub detail: Detail,
+}
+
+/// Where an incident's evidence is kept: the node that owns the camera, and the evidence's id there.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvidenceRef {
+    pub node: String,
+    pub id: EvidenceId,
+}
+
+/// An evidence id: 32 lowercase hex digits (128 random bits), so it names a file safely and says
+/// nothing about the incident. Anything else is refused when read.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(transparent)]
+pub struct EvidenceId(String);
+
+impl EvidenceId {
+    pub const LEN: usize = 32;
+
+    pub fn random() -> EvidenceId {
+        use rand::RngCore;
+        let mut b = [0u8; Self::LEN / 2];
+        rand::thread_rng().fill_bytes(&mut b);
+        EvidenceId(b.iter().map(|x| format!("{x:02x}")).collect())
+    }
+
+    pub fn parse(s: &str) -> Option<EvidenceId> {
+        (s.len() == Self::LEN && s.bytes().all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c)))
+            .then(|| EvidenceId(s.to_string()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for EvidenceId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for EvidenceId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        EvidenceId::parse(&s).ok_or_else(|| serde::de::Error::custom("an evidence id is 32 lowercase hex digits"))
+    }
 }
 
 impl Event {
@@ -167,6 +218,7 @@ impl Event {
             bbox: None,
             confidence: 1.0,
             model: "synthetic".into(),
+            evidence: None,
             detail: Detail::default(),
         }
     }
@@ -193,6 +245,7 @@ mod tests {
             bbox: Some([0.1, 0.2, 0.3, 0.4]),
             confidence: 0.8,
             model: "nanodet-m-416".into(),
+            evidence: None,
             detail: Detail {
                 dwell_secs: Some(61.0),
                 ..Detail::default()
@@ -233,5 +286,32 @@ mod tests {
             .map(|(k, _)| k)
             .collect();
         assert_eq!(arrays, vec!["bbox"]);
+    }
+
+    #[test]
+    fn evidence_is_a_reference_never_bytes() {
+        let mut e = sample();
+        let id = EvidenceId::random();
+        e.evidence = Some(EvidenceRef {
+            node: "n1".into(),
+            id: id.clone(),
+        });
+        let v = serde_json::to_value(&e).unwrap();
+        assert_eq!(v["evidence"], serde_json::json!({"node": "n1", "id": id.as_str()}));
+        assert_eq!(serde_json::from_value::<Event>(v.clone()).unwrap(), e);
+        // An id that is not 32 hex digits (a path, a blob) and any extra field are refused.
+        for bad in [
+            "../../etc/passwd",
+            "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+            &"0".repeat(33),
+            &"/9j/4AAQ".repeat(4),
+        ] {
+            let mut w = v.clone();
+            w["evidence"]["id"] = serde_json::json!(bad);
+            assert!(serde_json::from_value::<Event>(w).is_err(), "{bad}");
+        }
+        let mut w = v.clone();
+        w["evidence"]["still"] = serde_json::json!("/9j/4AAQSkZJRg");
+        assert!(serde_json::from_value::<Event>(w).is_err());
     }
 }

@@ -351,6 +351,7 @@ mod tests {
             bbox: None,
             confidence: 0.7,
             model: "m".into(),
+            evidence: None,
             detail: Detail::default(),
         }
     }

@@ -48,6 +48,7 @@ pub mod detect;
 pub mod epochs;
 pub mod eval;
 pub mod event;
+pub mod evidence;
 pub mod geom;
 pub mod incidents;
 pub mod measure;

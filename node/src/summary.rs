@@ -445,6 +445,7 @@ mod tests {
             bbox: None,
             confidence: 0.9,
             model: "m".into(),
+            evidence: None,
             detail: Detail::default(),
         }
     }

@@ -298,6 +298,7 @@ fn event(n: usize, camera: &str, zone: Option<&str>, kind: EventKind, severity: 
         bbox: Some([0.1, 0.2, 0.3, 0.4]),
         confidence: 0.9,
         model: "nanodet".into(),
+        evidence: None,
         detail: Detail::default(),
     }
 }

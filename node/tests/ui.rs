@@ -132,6 +132,7 @@ fn event(id: &str, kind: EventKind, severity: Severity, at: i64) -> Event {
         bbox: None,
         confidence: 0.8,
         model: "m".into(),
+        evidence: None,
         detail: Detail::default(),
     }
 }

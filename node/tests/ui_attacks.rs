@@ -176,6 +176,7 @@ async fn fixture(secure: bool) -> Fixture {
         bbox: None,
         confidence: 0.8,
         model: "m".into(),
+        evidence: None,
         detail: Detail::default(),
     };
     f.state

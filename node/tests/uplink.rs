@@ -368,6 +368,7 @@ fn crossing(node: usize, at: i64, n: usize) -> Entry {
         bbox: Some([0.1, 0.2, 0.1, 0.3]),
         confidence: 0.8,
         model: "nanodet-m-416".into(),
+        evidence: None,
         detail: Detail {
             line: Some("main".into()),
             direction: Some(if n % 3 == 0 { Direction::Out } else { Direction::In }),

@@ -44,6 +44,7 @@ fn offline(incident: &str, started: i64, at: i64, ended: Option<i64>) -> Event {
         bbox: None,
         confidence: 1.0,
         model: "forged".into(),
+        evidence: None,
         detail: Detail::default(),
     }
 }

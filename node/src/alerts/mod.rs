@@ -384,6 +384,7 @@ mod tests {
             bbox: Some([0.1, 0.2, 0.3, 0.4]),
             confidence: 0.9,
             model: "nanodet".into(),
+            evidence: None,
             detail: Detail::default(),
         }
     }

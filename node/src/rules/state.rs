@@ -152,6 +152,7 @@ impl CameraRules {
             bbox: s.bbox.map(|b| [b[0], b[1], b[2] - b[0], b[3] - b[1]]),
             confidence: s.confidence,
             model: self.spec.model.clone(),
+            evidence: None,
             detail,
         }
     }
