@@ -13,6 +13,8 @@ pub enum ActionKind {
     Resolve,
     FalseAlarm,
     Note,
+    /// A manager took the incident's clip off its node (written by that node when it hands it over).
+    EvidenceDownloaded,
 }
 
 impl ActionKind {
@@ -22,7 +24,16 @@ impl ActionKind {
             ActionKind::Resolve => "resolve",
             ActionKind::FalseAlarm => "false_alarm",
             ActionKind::Note => "note",
+            ActionKind::EvidenceDownloaded => "evidence_downloaded",
         }
+    }
+
+    /// Whether it says what state the incident is in (a note or a download does not).
+    pub fn decides(self) -> bool {
+        matches!(
+            self,
+            ActionKind::Acknowledge | ActionKind::Resolve | ActionKind::FalseAlarm
+        )
     }
 }
 

@@ -114,6 +114,16 @@ pub struct OpenCvCapture {
         String,
         Option<Instant>,
     )>,
+    /// Where this camera keeps its recent frames for evidence (only on this node, in memory).
+    ring: Option<RingFeed>,
+}
+
+struct RingFeed {
+    ring: Arc<crate::evidence::ring::Ring>,
+    interval: f64,
+    max_width: u32,
+    next_due: f64,
+    failed: bool,
 }
 
 impl OpenCvCapture {
@@ -132,6 +142,7 @@ impl OpenCvCapture {
             detect_interval: None,
             next_due: 0.0,
             still: None,
+            ring: None,
         })
     }
 
@@ -165,6 +176,46 @@ impl OpenCvCapture {
         self
     }
 
+    /// Keeps this camera's recent frames (at most `fps` a second, at most `max_width` wide) in `ring`.
+    pub fn with_ring(mut self, ring: Arc<crate::evidence::ring::Ring>, fps: f64, max_width: u32) -> Self {
+        self.ring = Some(RingFeed {
+            ring,
+            interval: 0.98 / fps.max(0.1),
+            max_width,
+            next_due: 0.0,
+            failed: false,
+        });
+        self
+    }
+
+    fn keep_in_ring(&mut self, frame: &Frame) {
+        let Some(feed) = &mut self.ring else {
+            return;
+        };
+        // A stream that started again begins its own schedule.
+        if frame.pts < feed.next_due - 2.0 * feed.interval {
+            feed.next_due = 0.0;
+        }
+        if frame.pts < feed.next_due {
+            return;
+        }
+        feed.next_due = frame.pts + feed.interval;
+        match crate::evidence::clip::ring_jpeg(&frame.bgr, frame.width, frame.height, feed.max_width) {
+            Ok((jpeg, width, height)) => feed.ring.push_frame(crate::evidence::ring::RingFrame {
+                pts: frame.pts,
+                at_ms: chrono::Utc::now().timestamp_millis(),
+                width,
+                height,
+                jpeg: jpeg.into(),
+            }),
+            Err(e) if !feed.failed => {
+                feed.failed = true;
+                tracing::error!(error = %e, "cannot keep frames for evidence");
+            }
+            Err(_) => {}
+        }
+    }
+
     fn keep_still(&mut self, frame: &Frame) {
         let Some((zones, camera, last)) = &mut self.still else {
             return;
@@ -187,6 +238,7 @@ impl Capture for OpenCvCapture {
             let frame = match self.source.next_frame(std::mem::take(&mut self.bgr)) {
                 Ok(Some(f)) => {
                     self.keep_still(&f);
+                    self.keep_in_ring(&f);
                     f
                 }
                 Ok(None) | Err(SourceError::Stopped) => return Ok(None),

@@ -40,6 +40,7 @@ pub struct NodeConfig {
     pub hq: HqConfig,
     pub ui: UiConfig,
     pub ops: OpsConfig,
+    pub evidence: crate::evidence::EvidenceConfig,
 }
 
 impl Default for NodeConfig {
@@ -60,6 +61,7 @@ impl Default for NodeConfig {
             hq: HqConfig::default(),
             ui: UiConfig::default(),
             ops: OpsConfig::default(),
+            evidence: Default::default(),
         }
     }
 }
@@ -832,9 +834,10 @@ impl NodeConfig {
                 "hq" => cfg.hq = r.value(at, v).unwrap_or_default(),
                 "ui" => cfg.ui = r.value(at, v).unwrap_or_default(),
                 "ops" => cfg.ops = r.value(at, v).unwrap_or_default(),
+                "evidence" => cfg.evidence = r.value(at, v).unwrap_or_default(),
                 other => r.problem(
                     at,
-                    format!("unknown key `{other}`; expected one of store, node, data_dir, runtime, detector, motion, tracker, rules, schedule, camera, mesh, alerts, hq, ui, ops"),
+                    format!("unknown key `{other}`; expected one of store, node, data_dir, runtime, detector, motion, tracker, rules, schedule, camera, mesh, alerts, hq, ui, ops, evidence"),
                 ),
             }
         }
@@ -999,7 +1002,7 @@ impl NodeConfig {
             ));
         }
         p.extend(self.hq.check());
-        for (field, message) in self.alerts.check() {
+        for (field, message) in self.alerts.check().into_iter().chain(self.evidence.check()) {
             p.push((field_path(&field), message));
         }
         if self.ops.listen.parse::<std::net::SocketAddr>().is_err() {

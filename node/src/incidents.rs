@@ -72,6 +72,9 @@ pub struct Incident {
     /// The first record's figures (line and direction of a crossing, people of a crowd, ...).
     pub detail: Detail,
     pub history: Vec<HistoryItem>,
+    /// Where its still and clip are kept (the camera's node), when they are.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub evidence: Option<crate::event::EvidenceRef>,
     /// The node whose record opened it here (what the per-node bound counts).
     #[serde(skip)]
     pub origin: Origin,
@@ -165,6 +168,10 @@ impl Book {
                     i.ended_at_ms = ended;
                     i.ongoing = false;
                 }
+                // The start may arrive after a later record of the incident.
+                if i.evidence.is_none() {
+                    i.evidence = e.evidence.clone();
+                }
                 insert_sorted(&mut i.history, item);
                 Change::Updated(e.incident.clone())
             }
@@ -185,6 +192,7 @@ impl Book {
                     confidence: e.confidence,
                     detail: e.detail.clone(),
                     history: vec![item],
+                    evidence: e.evidence.clone(),
                     origin: key.0,
                 };
                 for (a, signed_ms) in self.orphans.remove(&e.incident).unwrap_or_default() {

@@ -217,6 +217,11 @@ pub struct OpsState {
     pub alerts: Option<crate::alerts::Alerts>,
     pub board: CameraBoard,
     pub cameras: Vec<String>,
+    /// This node's evidence and what its workers did (none: no evidence kept here).
+    pub evidence: Option<(
+        Arc<crate::evidence::store::EvidenceStore>,
+        Arc<crate::evidence::EvidenceStats>,
+    )>,
 }
 
 fn esc(s: &str) -> String {
@@ -425,6 +430,69 @@ pub async fn render(s: &OpsState) -> String {
             why.as_str()
         );
     }
+    if let Some((store, stats)) = &s.evidence {
+        use std::sync::atomic::Ordering::Relaxed;
+        head(
+            &mut o,
+            "lpmesh_evidence_kept_total",
+            "counter",
+            "Stills and clips of incidents this node made since it started.",
+        );
+        let _ = writeln!(
+            o,
+            "lpmesh_evidence_kept_total{{part=\"still\"}} {}",
+            stats.stills.load(Relaxed)
+        );
+        let _ = writeln!(
+            o,
+            "lpmesh_evidence_kept_total{{part=\"clip\"}} {}",
+            stats.clips.load(Relaxed)
+        );
+        head(
+            &mut o,
+            "lpmesh_evidence_missed_total",
+            "counter",
+            "Incidents that wanted evidence and got none: the worker was behind (dropped) or it failed.",
+        );
+        let _ = writeln!(
+            o,
+            "lpmesh_evidence_missed_total{{reason=\"dropped\"}} {}",
+            stats.dropped.load(Relaxed)
+        );
+        let _ = writeln!(
+            o,
+            "lpmesh_evidence_missed_total{{reason=\"failed\"}} {}",
+            stats.failed.load(Relaxed)
+        );
+        let store = store.clone();
+        if let Ok(u) = tokio::task::spawn_blocking(move || store.usage()).await {
+            head(
+                &mut o,
+                "lpmesh_evidence_bytes",
+                "gauge",
+                "Disk used by the evidence kept now (encrypted).",
+            );
+            let _ = writeln!(o, "lpmesh_evidence_bytes {}", u.bytes);
+            head(
+                &mut o,
+                "lpmesh_evidence_items",
+                "gauge",
+                "Incidents whose evidence is kept now.",
+            );
+            let _ = writeln!(o, "lpmesh_evidence_items {}", u.stills);
+        }
+    }
+    head(
+        &mut o,
+        "lpmesh_evidence_refused_total",
+        "counter",
+        "Requests for evidence refused: no session, a bad, expired or foreign grant, or a removed user.",
+    );
+    let _ = writeln!(
+        o,
+        "lpmesh_evidence_refused_total {}",
+        crate::evidence::REFUSED.load(std::sync::atomic::Ordering::Relaxed)
+    );
     if let Ok(vv) = s.mesh.version_vector().await {
         head(
             &mut o,

@@ -317,13 +317,13 @@ impl Ledger {
             let mut sorted = acc.actions.clone();
             sorted.sort_by(|(sa, a), (sb, b)| (sa, a.at_ms, a.action, &a.by).cmp(&(sb, b.at_ms, b.action, &b.by)));
             let actions: Vec<&Action> = sorted.into_iter().map(|(_, a)| a).collect();
-            let first_ack = actions.iter().find(|a| a.action != ActionKind::Note).map(|a| a.at_ms);
+            let first_ack = actions.iter().find(|a| a.action.decides()).map(|a| a.at_ms);
             let state = actions
                 .iter()
                 .rev()
-                .find(|a| a.action != ActionKind::Note)
+                .find(|a| a.action.decides())
                 .map_or("open", |a| match a.action {
-                    ActionKind::Acknowledge | ActionKind::Note => "acknowledged",
+                    ActionKind::Acknowledge | ActionKind::Note | ActionKind::EvidenceDownloaded => "acknowledged",
                     ActionKind::Resolve => "resolved",
                     ActionKind::FalseAlarm => "false_alarm",
                 });

@@ -32,6 +32,8 @@ enum Access {
     Open,
     Session,
     Manager,
+    /// Answers anyone without a session with a redirect to the page's login (an alert's link).
+    ToLogin,
 }
 use Access::*;
 
@@ -64,6 +66,11 @@ const ROUTES: &[(&str, &str, Access)] = &[
     ("GET", "/api/zones/{camera}", Manager),
     ("PUT", "/api/zones/{camera}", Manager),
     ("GET", "/api/zones/{camera}/still.bmp", Manager),
+    ("GET", "/api/incidents/{id}/evidence", Session),
+    ("GET", "/evidence/{id}", ToLogin),
+    ("GET", "/evidence/{id}/still.jpg", Session),
+    ("GET", "/evidence/{id}/clip.mp4", Session),
+    ("GET", "/evidence/{id}/download", Manager),
 ];
 
 /// A route's path with its parameters filled in with things that exist.
@@ -368,6 +375,15 @@ async fn every_route_but_health_login_and_assets_refuses_a_request_without_a_ses
                 assert_eq!(s, StatusCode::BAD_REQUEST, "{method} {path}");
             }
             Open => assert_eq!(status(&f, req(method, &uri)).await, StatusCode::OK, "{method} {path}"),
+            ToLogin => {
+                let (s, h, _) = send(&f, req(method, &uri).build()).await;
+                assert_eq!(s, StatusCode::SEE_OTHER, "{method} {path}");
+                assert_eq!(
+                    h[header::LOCATION],
+                    "/",
+                    "{method} {path}: nothing said of unknown evidence"
+                );
+            }
             Session | Manager => {
                 let (s, _, b) = send(&f, req(method, &uri).json(&body).build()).await;
                 assert_eq!(s, StatusCode::UNAUTHORIZED, "{method} {path}");
@@ -399,7 +415,7 @@ async fn the_security_role_is_refused_on_every_manager_route() {
     let manager = login(&f, "manager", "manager password").await;
     let before = f.config_text();
     let manager_routes: Vec<_> = ROUTES.iter().filter(|r| r.2 == Manager).collect();
-    assert_eq!(manager_routes.len(), 9);
+    assert_eq!(manager_routes.len(), 10);
     for (method, path, _) in &manager_routes {
         let uri = concrete(path);
         let (s, _, b) = send(&f, req(method, &uri).session(&guard).json(&good_body(path)).build()).await;
@@ -655,6 +671,16 @@ async fn plain_http_takes_logins_and_pictures_only_from_the_node_itself() {
             .build()
     };
     assert_eq!(send(&f, still("10.0.0.77:50001")).await.0, StatusCode::FORBIDDEN);
+    // An incident's evidence neither, whoever asks and however.
+    let id = lpmesh_node::event::EvidenceId::random();
+    for part in ["", "/still.jpg", "/clip.mp4", "/download"] {
+        let r = req("GET", &format!("/evidence/{id}{part}?grant=x"))
+            .cookie(&cookie)
+            .peer("10.0.0.77:50003");
+        let (s, _, b) = send(&f, r.build()).await;
+        assert_eq!(s, StatusCode::FORBIDDEN, "{part}");
+        assert!(String::from_utf8_lossy(&b).contains("HTTPS"));
+    }
     // Past the refusal: the camera has given no frame yet.
     assert_eq!(
         send(&f, still("127.0.0.1:50002")).await.0,
@@ -1111,7 +1137,11 @@ async fn tampered_session_cookies_are_refused_and_logout_ends_the_session_on_the
     // The browser would forget the cookie; one that kept it is refused by the server.
     assert!(f.state.sessions.get(&token).is_none(), "the session outlived logout");
     let before = f.records().await;
-    for (method, path) in ROUTES.iter().filter(|r| r.2 != Open).map(|r| (r.0, r.1)) {
+    for (method, path) in ROUTES
+        .iter()
+        .filter(|r| matches!(r.2, Session | Manager))
+        .map(|r| (r.0, r.1))
+    {
         let r = req(method, &concrete(path)).session(&manager).json(&good_body(path));
         assert_eq!(
             status(&f, r).await,

@@ -91,6 +91,7 @@ mod tests {
             people: None,
             text: "HIGH exit_without_checkout at camera door, zone exit".into(),
             link: "http://ui/#/incident/n1%2Fdoor%2F1-0".into(),
+            evidence_url: None,
         };
         let c = ConsoleRoute::new("Europe/London".parse().unwrap());
         assert_eq!(

@@ -86,6 +86,10 @@ pub struct Alert {
     pub text: String,
     /// The incident in the store UI.
     pub link: String,
+    /// The incident's still on the node that keeps it (that node's UI asks for a login first):
+    /// a link, never the picture.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evidence_url: Option<String>,
 }
 
 impl Alert {
@@ -121,6 +125,12 @@ impl Alert {
                 link_base.trim_end_matches('/'),
                 percent_encode(&e.incident)
             ),
+            // A node alerts only for its own cameras, so the evidence is on this node's UI.
+            evidence_url: e
+                .evidence
+                .as_ref()
+                .filter(|r| r.node == e.node)
+                .map(|r| format!("{}/evidence/{}", link_base.trim_end_matches('/'), r.id)),
         }
     }
 }
@@ -394,6 +404,19 @@ mod tests {
         let a = Alert::from_event(&event(), "http://10.0.0.5:8080/");
         assert_eq!(a.text, "HIGH exit_without_checkout at camera door, zone exit");
         assert_eq!(a.link, "http://10.0.0.5:8080/#/incident/n1%2Fdoor%2F1717416000000-0");
+        assert_eq!(a.evidence_url, None);
+        let mut with = event();
+        let id = crate::event::EvidenceId::random();
+        with.evidence = Some(crate::event::EvidenceRef {
+            node: "n1".into(),
+            id: id.clone(),
+        });
+        let b = Alert::from_event(&with, "https://10.0.0.5:8443/");
+        assert_eq!(b.evidence_url, Some(format!("https://10.0.0.5:8443/evidence/{id}")));
+        assert_eq!(
+            serde_json::to_value(&b).unwrap()["evidence_url"],
+            b.evidence_url.clone().unwrap()
+        );
         assert_eq!(a.camera, "door");
         assert_eq!(a.zone.as_deref(), Some("exit"));
         assert_eq!(a.people, None);

@@ -352,6 +352,7 @@ mod tests {
             people: None,
             text: String::new(),
             link: String::new(),
+            evidence_url: None,
         }
     }
 

@@ -196,6 +196,40 @@ async fn follow_ui_ca(
     }
 }
 
+/// This node's evidence store (unless `[evidence] enabled = false`), and the loop that deletes what
+/// is past its retention. A store that cannot be opened is said loudly; the node goes on without
+/// evidence.
+fn start_evidence(
+    cfg: &NodeConfig,
+    loops: &mut Loops,
+) -> Option<(
+    Arc<lpmesh_node::evidence::store::EvidenceStore>,
+    Arc<lpmesh_node::evidence::EvidenceStats>,
+)> {
+    let ev = &cfg.evidence;
+    if !ev.enabled || cfg.cameras.is_empty() && !cfg.data_dir.join("evidence").exists() {
+        return None;
+    }
+    let store = match lpmesh_node::evidence::store::EvidenceStore::open(&cfg.data_dir, ev.retention_hours, ev.max_mb) {
+        Ok(s) => Arc::new(s),
+        Err(e) => {
+            tracing::error!(error = %e, "no evidence is kept on this node");
+            eprintln!("error: {e}: this node keeps no evidence");
+            return None;
+        }
+    };
+    let keep = store.clone();
+    loops.spawn("evidence retention", async move {
+        let mut every = tokio::time::interval(std::time::Duration::from_secs(300));
+        loop {
+            every.tick().await;
+            let s = keep.clone();
+            let _ = tokio::task::spawn_blocking(move || s.prune(chrono::Utc::now().timestamp_millis())).await;
+        }
+    });
+    Some((store, Arc::new(Default::default())))
+}
+
 /// Starts the tablet UI (unless switched off): the incident view fed from the log, the listener. Its
 /// loops join the node's.
 #[allow(clippy::too_many_arguments)]
@@ -207,6 +241,10 @@ async fn start_ui(
     uplink: Option<tokio::sync::watch::Receiver<lpmesh_node::uplink::UplinkStatus>>,
     board: lpmesh_node::board::CameraBoard,
     zone_control: Arc<lpmesh_node::zone_control::ZoneControl>,
+    evidence: Option<(
+        Arc<lpmesh_node::evidence::store::EvidenceStore>,
+        libp2p_identity::Keypair,
+    )>,
     loops: &mut Loops,
 ) -> Result<Option<(lpmesh_node::ui::Running, String)>> {
     if !cfg.ui.enabled {
@@ -226,6 +264,7 @@ async fn start_ui(
         cfg.ui.tls,
     )
     .with_zones(zone_control)
+    .with_evidence(evidence)
     .with_host_names(
         cfg.ui
             .names
@@ -455,7 +494,8 @@ pub fn run(config: &Path, synthetic: Option<(f64, i64)>) -> Result<ExitCode> {
         let board: lpmesh_node::board::CameraBoard = Default::default();
         let node_metrics: Arc<lpmesh_node::ops::NodeMetrics> = Default::default();
         let zone_control = lpmesh_node::zone_control::ZoneControl::new(config.to_path_buf(), &cfg.cameras);
-        let ui = start_ui(&cfg, &mesh, reader.clone(), store_founder.map(|_| members_rx), uplink.as_ref().map(|u| u.watch()), board.clone(), zone_control.clone(), &mut loops).await?;
+        let evidence = start_evidence(&cfg, &mut loops);
+        let ui = start_ui(&cfg, &mesh, reader.clone(), store_founder.map(|_| members_rx), uplink.as_ref().map(|u| u.watch()), board.clone(), zone_control.clone(), evidence.clone().map(|(s, _)| (s, node_key.clone())), &mut loops).await?;
         let follow_alerts = lpmesh_node::node::follow_alerts(
             mesh.clone(),
             reader.clone(),
@@ -477,6 +517,7 @@ pub fn run(config: &Path, synthetic: Option<(f64, i64)>) -> Result<ExitCode> {
                 alerts: Some(alerts.clone()),
                 board: board.clone(),
                 cameras: cfg.cameras.iter().map(|c| c.name.clone()).collect(),
+                evidence: evidence.clone(),
             });
             let r = lpmesh_node::ops::serve(st, addr).await;
             if let Some(r) = &r {
@@ -536,7 +577,7 @@ pub fn run(config: &Path, synthetic: Option<(f64, i64)>) -> Result<ExitCode> {
             addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", ")
         );
         #[cfg(feature = "vision")]
-        let cameras: Vec<_> = cfg.cameras.iter().map(|c| vision::spawn_camera(cfg.clone(), c.clone(), tx.clone(), stop.clone(), board.clone(), zone_control.clone(), node_metrics.clone())).collect();
+        let cameras: Vec<_> = cfg.cameras.iter().map(|c| vision::spawn_camera(cfg.clone(), c.clone(), tx.clone(), stop.clone(), board.clone(), zone_control.clone(), node_metrics.clone(), evidence.clone())).collect();
         let load = synthetic.map(|(rate, until)| {
             let (tx, stop, store, node) = (tx.clone(), stop.clone(), cfg.store.clone(), cfg.node.clone());
             tokio::spawn(async move {

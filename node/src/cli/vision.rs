@@ -20,7 +20,9 @@ fn model_path(cli: Option<PathBuf>, cfg: &NodeConfig) -> PathBuf {
 use lpmesh_node::bench::bench_pipeline;
 use lpmesh_node::camera::{load_detector, open_camera, resolve_source};
 use lpmesh_node::config::CameraConfig;
-use lpmesh_node::event::Phase;
+use lpmesh_node::event::{EvidenceId, EvidenceRef, Phase};
+use lpmesh_node::evidence::clip::{Job, Subject, Worker};
+use lpmesh_node::evidence::ring::{Ring, RingBoxes, MAX_RING_BYTES};
 use lpmesh_node::pipeline::{peak_rss_mb, run, PipelineStats, RunOptions};
 use lpmesh_node::source::opencv::{OpenCvOptions, SourceKind};
 use lpmesh_node::source::FrameSource;
@@ -284,8 +286,15 @@ pub fn demo(config: Option<PathBuf>, duration: Option<f64>) -> Result<ExitCode> 
     Ok(ExitCode::SUCCESS)
 }
 
+/// Where a camera's evidence goes: the node's store and its counters.
+pub type EvidenceSink = (
+    Arc<lpmesh_node::evidence::store::EvidenceStore>,
+    Arc<lpmesh_node::evidence::EvidenceStats>,
+);
+
 /// One camera's pipeline on its own thread; its events go to `tx`. A camera whose pipeline fails
 /// is reported and started again after a pause; the others keep running.
+#[allow(clippy::too_many_arguments)]
 pub fn spawn_camera(
     cfg: NodeConfig,
     cam: CameraConfig,
@@ -294,6 +303,7 @@ pub fn spawn_camera(
     board: lpmesh_node::board::CameraBoard,
     zone_control: Arc<lpmesh_node::zone_control::ZoneControl>,
     metrics: Arc<lpmesh_node::ops::NodeMetrics>,
+    evidence: Option<EvidenceSink>,
 ) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         let model = model_path(None, &cfg);
@@ -349,12 +359,26 @@ pub fn spawn_camera(
                     stop.clone(),
                 )?;
                 let capture = capture.with_still(zone_control.clone(), &cam.name);
+                // This run's recent frames and its evidence worker: a restarted camera starts both
+                // afresh (its stream time starts again).
+                let ev = &cfg.evidence;
+                let ring = evidence.as_ref().map(|_| Ring::new(ev.ring_secs(), MAX_RING_BYTES));
+                let capture = match &ring {
+                    Some(r) => capture.with_ring(r.clone(), ev.fps, ev.max_width),
+                    None => capture,
+                };
+                let worker = match (&evidence, &ring) {
+                    (Some((store, stats)), Some(r)) => {
+                        Some(Worker::spawn(ev.clone(), store.clone(), r.clone(), stats.clone()))
+                    }
+                    _ => None,
+                };
                 let opts = RunOptions {
                     max_frames: None,
                     live: true,
                 };
                 let mut resized = 0;
-                run(capture, &mut analyzer, &opts, &stop, |r| {
+                let ran = run(capture, &mut analyzer, &opts, &stop, |r| {
                     let size = r.online.then_some((r.width, r.height));
                     metrics.frame(&cam.name, r.counts, size, r.infer, r.events);
                     if r.counts.resized > resized {
@@ -363,17 +387,46 @@ pub fn spawn_camera(
                             tracks_ended = r.ended.len(),
                             "camera frame size changed: its tracks ended, new ones start at the new size");
                     }
+                    if let Some(ring) = &ring {
+                        let (w, h) = (r.width.max(1) as f32, r.height.max(1) as f32);
+                        ring.push_boxes(RingBoxes {
+                            pts: r.pts,
+                            people: r
+                                .people
+                                .iter()
+                                .map(|p| (p.id, [p.bbox.x1 / w, p.bbox.y1 / h, p.bbox.x2 / w, p.bbox.y2 / h]))
+                                .collect(),
+                        });
+                    }
                     for e in r.events {
-                        tx.blocking_send(e.clone())
-                            .map_err(|_| "the node is stopping".to_string())?;
-                        if e.kind == lpmesh_node::event::EventKind::CameraTamper {
-                            live.tamper = match e.phase {
+                        let mut e = e.clone();
+                        if let Some(worker) = worker.as_ref().filter(|_| ev.wants(&e)) {
+                            let id = EvidenceId::random();
+                            let job = Job {
+                                id: id.clone(),
+                                incident: e.incident.clone(),
+                                camera: e.camera.clone(),
+                                pts: r.pts,
+                                at_ms: e.at_ms,
+                                subject: Subject {
+                                    track: e.track,
+                                    bbox: e.bbox.map(|b| [b[0], b[1], b[0] + b[2], b[1] + b[3]]),
+                                },
+                            };
+                            // The event says evidence exists only when the worker took the job.
+                            if worker.offer(job) {
+                                e.evidence = Some(EvidenceRef {
+                                    node: e.node.clone(),
+                                    id,
+                                });
+                            }
+                        }
+                        let (kind, phase, reason) = (e.kind, e.phase, e.detail.reason);
+                        tx.blocking_send(e).map_err(|_| "the node is stopping".to_string())?;
+                        if kind == lpmesh_node::event::EventKind::CameraTamper {
+                            live.tamper = match phase {
                                 lpmesh_node::event::Phase::End => None,
-                                _ => Some(
-                                    e.detail
-                                        .reason
-                                        .map_or("tamper".into(), |r| format!("{r:?}").to_lowercase()),
-                                ),
+                                _ => Some(reason.map_or("tamper".into(), |r| format!("{r:?}").to_lowercase())),
                             };
                         }
                     }
@@ -405,7 +458,12 @@ pub fn spawn_camera(
                     }
                     // New zones: end this run (its open incidents close) and start again with them.
                     Ok(!reload.load(Ordering::Relaxed))
-                })?;
+                });
+                // What was queued is made from the frames the ring holds before the camera restarts.
+                if let Some(w) = worker {
+                    w.finish();
+                }
+                ran?;
                 Ok(())
             })();
             live.online = false;

@@ -19,6 +19,10 @@ pub mod ring;
 pub mod store;
 pub mod token;
 
+/// Requests for evidence this node refused (no session, a bad, expired or foreign grant, a removed
+/// user), for `/metrics`.
+pub static REFUSED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// What this node's evidence workers did (for `/metrics` and the demo's report).
 #[derive(Debug, Default)]
 pub struct EvidenceStats {

@@ -10,6 +10,7 @@
 
 pub mod auth;
 pub mod charts;
+pub mod evidence;
 
 pub use crate::board::{CameraBoard, CameraLive};
 use crate::zone_control as zones;
@@ -42,7 +43,7 @@ use auth::{LoginLimiter, Role, Session, Sessions, Users, SESSION_COOKIE};
 /// Incident changes waiting for each open page before it is told to reload.
 pub const LIVE_QUEUE: usize = 1024;
 const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
-connect-src 'self'; font-src 'none'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'";
+media-src 'self'; connect-src 'self'; font-src 'none'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'";
 
 /// What a node tells the others about itself in its heartbeats, for their UI.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -75,6 +76,8 @@ pub struct UiState {
     host_names: RwLock<Vec<String>>,
     /// This node's cameras for the zone editor (none in tests that do not need it).
     pub zones: RwLock<Option<Arc<zones::ZoneControl>>>,
+    /// This node's evidence and its grant key (none: no evidence here, and no grants signed).
+    evidence: RwLock<Option<Arc<evidence::EvidenceSide>>>,
     /// The store's member list as this node knows it (none: the store keeps none, or not known yet).
     pub members: RwLock<Option<watch::Receiver<Vec<crate::members::Member>>>>,
     /// The certificate authority tablets trust this node through (none: plain HTTP).
@@ -123,6 +126,7 @@ impl UiState {
             tz,
             secure,
             zones: RwLock::new(None),
+            evidence: RwLock::new(None),
             members: RwLock::new(None),
             host_names: RwLock::new(this_hostname().into_iter().collect()),
             trust: RwLock::new(None),
@@ -192,6 +196,24 @@ impl UiState {
             .unwrap_or_else(|p| p.into_inner())
             .as_ref()
             .map(|m| m.borrow().clone())
+    }
+
+    /// Serves this node's evidence and signs grants for others' (`None`: no evidence here).
+    pub fn with_evidence(
+        self: Arc<Self>,
+        e: Option<(Arc<crate::evidence::store::EvidenceStore>, libp2p_identity::Keypair)>,
+    ) -> Arc<Self> {
+        *self.evidence.write().unwrap_or_else(|p| p.into_inner()) =
+            e.map(|(store, key)| Arc::new(evidence::EvidenceSide { store, key }));
+        self
+    }
+
+    fn evidence_side(&self) -> Option<Arc<evidence::EvidenceSide>> {
+        self.evidence.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn evidence_refused(&self) {
+        crate::evidence::REFUSED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
     fn zone_control(&self) -> Option<Arc<zones::ZoneControl>> {
@@ -435,6 +457,11 @@ pub fn app(state: Arc<UiState>) -> Router {
         .route("/api/zones", get(zone_cameras))
         .route("/api/zones/{camera}", get(get_zones).put(put_zones))
         .route("/api/zones/{camera}/still.bmp", get(still))
+        .route("/api/incidents/{id}/evidence", get(evidence::links))
+        .route("/evidence/{id}", get(evidence::from_alert))
+        .route("/evidence/{id}/still.jpg", get(evidence::still))
+        .route("/evidence/{id}/clip.mp4", get(evidence::clip))
+        .route("/evidence/{id}/download", get(evidence::download))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .layer(middleware::from_fn(body_deadline))
         .layer(middleware::from_fn_with_state(state.clone(), known_host))
@@ -480,7 +507,9 @@ async fn security_headers(State(state): State<Arc<UiState>>, req: Request, next:
             HeaderValue::from_static("max-age=31536000"),
         );
     }
-    h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP));
+    if !h.contains_key(header::CONTENT_SECURITY_POLICY) {
+        h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP));
+    }
     h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
@@ -494,8 +523,42 @@ fn asset(ct: &'static str, body: &'static str) -> Response {
     ([(header::CONTENT_TYPE, ct), (header::CACHE_CONTROL, "no-cache")], body).into_response()
 }
 
-async fn index() -> Response {
-    asset("text/html; charset=utf-8", include_str!("assets/index.html"))
+/// The page, with a policy that lets it show pictures from the store's other nodes (an incident's
+/// evidence is fetched from the node that keeps it) and from nowhere else.
+async fn index(State(state): State<Arc<UiState>>) -> Response {
+    let mut r = asset("text/html; charset=utf-8", include_str!("assets/index.html"));
+    let origins: Vec<String> = node_infos(&state)
+        .await
+        .into_iter()
+        .filter_map(|(_, i)| i.ui.as_deref().and_then(https_origin))
+        .collect();
+    if let Ok(v) = HeaderValue::from_str(&csp(&origins)) {
+        r.headers_mut().insert(header::CONTENT_SECURITY_POLICY, v);
+    }
+    r
+}
+
+/// The page's policy, with `origins` (checked by [`https_origin`]) allowed for images and video.
+fn csp(origins: &[String]) -> String {
+    let extra: String = origins.iter().map(|o| format!(" {o}")).collect();
+    format!(
+        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:{extra}; \
+         media-src 'self'{extra}; connect-src 'self'; font-src 'none'; frame-ancestors 'none'; form-action 'self'; \
+         base-uri 'none'"
+    )
+}
+
+/// `https://host[:port]` of a URL another node announced, or `None` for anything else: what a node
+/// says about itself must not widen the page's policy beyond one HTTPS origin.
+fn https_origin(url: &str) -> Option<String> {
+    let rest = url.strip_prefix("https://")?;
+    let authority = rest.split(['/', '?', '#']).next()?;
+    let ok = !authority.is_empty()
+        && authority.len() <= 255
+        && authority
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'-' | b':' | b'[' | b']'));
+    ok.then(|| format!("https://{authority}"))
 }
 
 async fn app_js() -> Response {
@@ -834,6 +897,12 @@ async fn act(
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             format!("note: at most {MAX_NOTE_LEN} bytes"),
+        ));
+    }
+    if body.action == ActionKind::EvidenceDownloaded {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "action: a download is recorded by the node that hands the clip over, not claimed",
         ));
     }
     if matches!(body.action, ActionKind::Resolve | ActionKind::Note) && note.is_none() {

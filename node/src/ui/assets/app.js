@@ -234,7 +234,61 @@ function renderIncident(i) {
 
 async function showIncident(id) {
   $('#action-error').textContent = '';
-  renderIncident(await api('GET', `/api/incidents/${encodeURIComponent(id)}`));
+  const i = await api('GET', `/api/incidents/${encodeURIComponent(id)}`);
+  renderIncident(i);
+  showEvidence(i);
+}
+
+// The still and the clip come from the node that keeps them, straight to this tablet (a grant from
+// this node lets that node serve them). Evidence of a moment ago may still be being made: tried
+// again for a while before the page says it is unavailable.
+let evidenceTry = null;
+async function showEvidence(i) {
+  const box = $('#evidence');
+  const still = $('#evidence-still');
+  const clip = $('#evidence-clip');
+  const note = $('#evidence-note');
+  const dl = $('#evidence-download');
+  clearTimeout(evidenceTry);
+  box.dataset.for = i.id;
+  for (const e of [still, clip, dl]) e.classList.add('hidden');
+  still.removeAttribute('src');
+  clip.removeAttribute('src');
+  if (!i.evidence) { box.classList.add('hidden'); box.dataset.state = 'none'; return; }
+  box.classList.remove('hidden');
+  box.dataset.state = 'loading';
+  note.textContent = `Evidence kept on node ${i.evidence.node}: loading…`;
+  const unavailable = (why) => {
+    box.dataset.state = 'unavailable';
+    note.textContent = `Evidence kept on node ${i.evidence.node} is unavailable: ${why}.`;
+  };
+  let links;
+  try {
+    links = await api('GET', `/api/incidents/${encodeURIComponent(i.id)}/evidence`);
+  } catch (e) { unavailable(e.message); return; }
+  if (box.dataset.for !== i.id) return;
+  if (links.status !== 'ok') { unavailable(links.why || 'none was kept'); return; }
+  let tries = 0;
+  still.onload = () => {
+    if (box.dataset.for !== i.id) return;
+    still.classList.remove('hidden');
+    clip.src = links.clip;
+    clip.classList.remove('hidden');
+    if (links.download) { dl.href = links.download; dl.classList.remove('hidden'); }
+    box.dataset.state = 'shown';
+    note.textContent = `From node ${links.owner}; faces are hidden. It stays on that node.`;
+  };
+  still.onerror = () => {
+    if (box.dataset.for !== i.id) return;
+    const recent = Date.now() - i.started_at_ms < 60000;
+    if (recent && tries++ < 15) {
+      note.textContent = `Evidence kept on node ${links.owner}: being made…`;
+      evidenceTry = setTimeout(() => { still.src = `${links.still}&try=${tries}`; }, 3000);
+      return;
+    }
+    unavailable(`node ${links.owner} cannot be reached from this tablet now, or the evidence was deleted`);
+  };
+  still.src = links.still;
 }
 
 async function act(action) {
