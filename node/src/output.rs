@@ -98,6 +98,7 @@ mod tests {
             height: 100,
             inferred: true,
             people: &people,
+            detections: &[],
             ended: &[],
             events: &[],
             online: true,

@@ -78,6 +78,9 @@ pub struct FrameResult<'a> {
     /// False when the motion gate skipped inference: `people` are then as of the last inferred frame.
     pub inferred: bool,
     pub people: &'a [TrackedPerson],
+    /// Every detection of the last inferred frame, confirmed as a person or not (evidence hides
+    /// every head it can find, not only tracked people's).
+    pub detections: &'a [crate::detect::Detection],
     /// Tracks that ended with this frame.
     pub ended: &'a [TrackedPerson],
     /// Loss-prevention events this frame caused (empty without rules).
@@ -293,6 +296,7 @@ impl Analyzer {
             height: f.height,
             inferred,
             people: self.tracker.people(),
+            detections: &self.dets,
             ended,
             events: &self.events,
             online: f.online,
@@ -446,6 +450,7 @@ where
             height,
             inferred: false,
             people: &[],
+            detections: &[],
             ended: &[],
             events,
             online,

@@ -107,7 +107,7 @@ async fn back_node() -> Node {
         true,
     )
     .with_members(members)
-    .with_evidence(Some((store, key)));
+    .with_evidence(Some(store), key);
     tokio::spawn(ui::feed(state.clone(), None));
     state.users.add("manager", Role::Manager, "manager password").unwrap();
     state.users.add("guard", Role::Security, "guard password").unwrap();

@@ -4,7 +4,7 @@
 // Prints one JSON line with what it saw; exits non-zero on any failure.
 import { chromium } from 'playwright-core';
 
-const { URL_A, URL_B, USER, PASS, OUT, KIND } = process.env;
+const { URL_A, URL_B, USER, PASS, OUT, KIND, GUARD, GUARD_PASS } = process.env;
 const kindText = (KIND || 'restricted_entry').replace(/_/g, ' ');
 const browser = await chromium.launch({
   executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
@@ -15,13 +15,13 @@ const browser = await chromium.launch({
 const result = {};
 let current = null;
 try {
-  const login = async (url) => {
-    const ctx = await browser.newContext({ viewport: { width: 1280, height: 800 } });
+  const login = async (url, user = USER, pass = PASS) => {
+    const ctx = await browser.newContext({ viewport: { width: 1280, height: 800 }, acceptDownloads: true });
     const page = await ctx.newPage();
     page.on('pageerror', (e) => { result.page_errors = (result.page_errors || []).concat(String(e)); });
     await page.goto(url);
-    await page.fill('#login-name', USER);
-    await page.fill('#login-password', PASS);
+    await page.fill('#login-name', user);
+    await page.fill('#login-password', pass);
     await page.click('#login-submit');
     await page.waitForSelector('#app:not(.hidden)', { timeout: 10000 });
     current = page;
@@ -65,6 +65,45 @@ try {
   await a.click('#btn-ack');
   await a.locator('#incident-state', { hasText: 'acknowledged' }).waitFor({ timeout: 5000 });
   await a.screenshot({ path: `${OUT}/3-node-a-acknowledged.png`, fullPage: true });
+
+  // The evidence of B's incident on A's page, fetched by the browser from B itself.
+  const evidenceState = (p) => p.waitForFunction(
+    () => ['shown', 'unavailable'].includes(document.querySelector('#evidence').dataset.state)
+      && document.querySelector('#evidence').dataset.state, null, { timeout: 90000, polling: 200 }).then((h) => h.jsonValue());
+  const evidenceOn = async (p, who) => {
+    const state = await evidenceState(p);
+    const out = { state, note: await p.locator('#evidence-note').textContent() };
+    if (state !== 'shown') return out;
+    out.still_from = await p.evaluate(() => new URL(document.querySelector('#evidence-still').src).origin);
+    out.still_width = await p.evaluate(() => document.querySelector('#evidence-still').naturalWidth);
+    await p.waitForFunction(() => document.querySelector('#evidence-clip').readyState >= 1, null, { timeout: 20000 });
+    out.clip = await p.evaluate(async () => {
+      const v = document.querySelector('#evidence-clip');
+      await v.play();
+      await new Promise((r) => setTimeout(r, 1500));
+      return { duration: v.duration, width: v.videoWidth, played: v.currentTime, error: v.error && v.error.code };
+    });
+    out.download_visible = await p.isVisible('#evidence-download');
+    await p.screenshot({ path: `${OUT}/3b-${who}-evidence.png`, fullPage: true });
+    return out;
+  };
+  result.evidence = await evidenceOn(a, 'manager');
+  if (result.evidence.download_visible) {
+    const [dl] = await Promise.all([a.waitForEvent('download'), a.click('#evidence-download')]);
+    const fs = await import('node:fs');
+    result.download = { name: dl.suggestedFilename(), bytes: fs.statSync(await dl.path()).size };
+    // Recorded by B, shown on A through the store's log.
+    await a.reload();
+    await a.locator('#history li', { hasText: 'evidence downloaded' }).first().waitFor({ timeout: 20000 });
+    result.download.in_history = await a.locator('#history li', { hasText: 'evidence downloaded' }).first().textContent();
+  }
+  let guardPage = null;
+  if (GUARD) {
+    guardPage = await login(URL_A, GUARD, GUARD_PASS);
+    await guardPage.goto(`${URL_A}/#/incident/${encodeURIComponent(id)}`);
+    result.guard_evidence = await evidenceOn(guardPage, 'guard');
+    current = a;
+  }
 
   const b = await login(URL_B);
   const t = Date.now();
@@ -123,6 +162,16 @@ try {
     result.logged_out_on_a_after_ms = Date.now() - t0;
     await a.screenshot({ path: `${OUT}/9-node-a-logged-out.png`, fullPage: true });
     result.trust_shown = await a.locator('#trust-fp').textContent();
+  }
+  // Node B stopped: the guard's page on A says B's evidence is unavailable.
+  if (guardPage && process.env.STOP_B_SIGNAL) {
+    const fs = await import('node:fs');
+    current = guardPage;
+    fs.writeFileSync(process.env.STOP_B_SIGNAL, 'stop');
+    for (let i = 0; i < 200 && !fs.existsSync(`${process.env.STOP_B_SIGNAL}.done`); i++) await new Promise((r) => setTimeout(r, 100));
+    await guardPage.reload();
+    result.after_b_stopped = { state: await evidenceState(guardPage), note: await guardPage.locator('#evidence-note').textContent() };
+    await guardPage.screenshot({ path: `${OUT}/10-node-b-stopped-evidence.png`, fullPage: true });
   }
   result.ok = !result.page_errors;
 } catch (e) {

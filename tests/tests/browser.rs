@@ -99,6 +99,19 @@ fn an_incident_on_node_b_reaches_node_a_and_its_acknowledgement_comes_back() {
         ],
         Some("store manager pass\n"),
     );
+    ok(
+        &[
+            "user",
+            "add",
+            "--data",
+            &n1.to_string_lossy(),
+            "--role",
+            "security",
+            "--password-stdin",
+            "sam",
+        ],
+        Some("floor guard pass\n"),
+    );
     let (m1, m2, u1, u2) = (free_port(), free_port(), free_port(), free_port());
     let c1 = dir.join("n1.toml");
     std::fs::write(
@@ -121,7 +134,7 @@ fn an_incident_on_node_b_reaches_node_a_and_its_acknowledgement_comes_back() {
     .unwrap();
     let _a = run(&c1, &dir.join("n1.log"));
     wait_for_port(u1);
-    let _b = run(&c2, &dir.join("n2.log"));
+    let mut b = Some(run(&c2, &dir.join("n2.log")));
     wait_for_port(u2);
     let out_dir = repo().join("target/ui-artefacts");
     std::fs::create_dir_all(&out_dir).unwrap();
@@ -162,9 +175,13 @@ fn an_incident_on_node_b_reaches_node_a_and_its_acknowledgement_comes_back() {
         assert!(st.success(), "certutil {args:?}");
     }
     let signal = dir.join("remove-now");
+    let stop_b = dir.join("stop-b-now");
     let child = Command::new("node")
         .arg(&script)
         .env("REMOVE_SIGNAL", &signal)
+        .env("STOP_B_SIGNAL", &stop_b)
+        .env("GUARD", "sam")
+        .env("GUARD_PASS", "floor guard pass")
         .env("HOME", &home)
         .env("URL_A", format!("https://localhost:{u1}"))
         .env("URL_B", format!("https://127.0.0.1:{u2}"))
@@ -184,6 +201,14 @@ fn an_incident_on_node_b_reaches_node_a_and_its_acknowledgement_comes_back() {
     if signal.exists() {
         ok(&["user", "remove", "--data", &n2.to_string_lossy(), "alex"], None);
     }
+    // Then, when the script says so, node B stops (its evidence with it).
+    while !stop_b.exists() && child.try_wait().unwrap().is_none() && t.elapsed() < Duration::from_secs(400) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    if stop_b.exists() {
+        drop(b.take());
+        std::fs::write(stop_b.with_extension("done"), "").unwrap();
+    }
     let out = child.wait_with_output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let last = stdout.lines().last().unwrap_or("{}");
@@ -200,7 +225,29 @@ fn an_incident_on_node_b_reaches_node_a_and_its_acknowledgement_comes_back() {
         v["mesh_rows"].as_u64().unwrap() >= 2,
         "both nodes on the mesh page: {v}"
     );
-    for shot in ["2-node-a-incident-arrived.png", "4-node-b-shows-acknowledged.png"] {
+    // B's evidence on A's page, from B: the still, a clip that plays; the manager downloads it and
+    // the download is in the incident's history on A (recorded by B, through the log); the guard
+    // sees the same evidence with no download; B stopped, A's page says it is unavailable.
+    let ev = &v["evidence"];
+    assert_eq!(ev["state"], "shown", "{v}");
+    assert_eq!(ev["still_from"], format!("https://127.0.0.1:{u2}"), "{v}");
+    assert!(ev["still_width"].as_u64().unwrap() >= 320, "{v}");
+    assert!(ev["clip"]["duration"].as_f64().unwrap() >= 2.0, "{v}");
+    assert!(ev["clip"]["played"].as_f64().unwrap() > 0.3, "{v}");
+    assert!(ev["clip"]["width"].as_u64().unwrap() >= 320, "{v}");
+    assert_eq!(ev["download_visible"], true, "{v}");
+    assert!(v["download"]["bytes"].as_u64().unwrap() > 10_000, "{v}");
+    assert!(v["download"]["name"].as_str().unwrap().ends_with(".mp4"), "{v}");
+    assert!(v["download"]["in_history"].as_str().unwrap().contains("by alex"), "{v}");
+    assert_eq!(v["guard_evidence"]["state"], "shown", "{v}");
+    assert_eq!(v["guard_evidence"]["download_visible"], false, "{v}");
+    assert_eq!(v["after_b_stopped"]["state"], "unavailable", "{v}");
+    assert!(v["after_b_stopped"]["note"].as_str().unwrap().contains("back"), "{v}");
+    for shot in [
+        "2-node-a-incident-arrived.png",
+        "4-node-b-shows-acknowledged.png",
+        "3b-manager-evidence.png",
+    ] {
         assert!(out_dir.join(shot).metadata().unwrap().len() > 1000, "{shot}");
     }
     // The live feed a guard reads: medium and above, no row repeating another's kind, camera and

@@ -241,10 +241,8 @@ async fn start_ui(
     uplink: Option<tokio::sync::watch::Receiver<lpmesh_node::uplink::UplinkStatus>>,
     board: lpmesh_node::board::CameraBoard,
     zone_control: Arc<lpmesh_node::zone_control::ZoneControl>,
-    evidence: Option<(
-        Arc<lpmesh_node::evidence::store::EvidenceStore>,
-        libp2p_identity::Keypair,
-    )>,
+    evidence: Option<Arc<lpmesh_node::evidence::store::EvidenceStore>>,
+    node_key: libp2p_identity::Keypair,
     loops: &mut Loops,
 ) -> Result<Option<(lpmesh_node::ui::Running, String)>> {
     if !cfg.ui.enabled {
@@ -264,7 +262,7 @@ async fn start_ui(
         cfg.ui.tls,
     )
     .with_zones(zone_control)
-    .with_evidence(evidence)
+    .with_evidence(evidence, node_key)
     .with_host_names(
         cfg.ui
             .names
@@ -495,7 +493,7 @@ pub fn run(config: &Path, synthetic: Option<(f64, i64)>) -> Result<ExitCode> {
         let node_metrics: Arc<lpmesh_node::ops::NodeMetrics> = Default::default();
         let zone_control = lpmesh_node::zone_control::ZoneControl::new(config.to_path_buf(), &cfg.cameras);
         let evidence = start_evidence(&cfg, &mut loops);
-        let ui = start_ui(&cfg, &mesh, reader.clone(), store_founder.map(|_| members_rx), uplink.as_ref().map(|u| u.watch()), board.clone(), zone_control.clone(), evidence.clone().map(|(s, _)| (s, node_key.clone())), &mut loops).await?;
+        let ui = start_ui(&cfg, &mesh, reader.clone(), store_founder.map(|_| members_rx), uplink.as_ref().map(|u| u.watch()), board.clone(), zone_control.clone(), evidence.clone().map(|(s, _)| s), node_key.clone(), &mut loops).await?;
         let follow_alerts = lpmesh_node::node::follow_alerts(
             mesh.clone(),
             reader.clone(),

@@ -22,7 +22,7 @@ use lpmesh_node::camera::{load_detector, open_camera, resolve_source};
 use lpmesh_node::config::CameraConfig;
 use lpmesh_node::event::{EvidenceId, EvidenceRef, Phase};
 use lpmesh_node::evidence::clip::{Job, Subject, Worker};
-use lpmesh_node::evidence::ring::{Ring, RingBoxes, MAX_RING_BYTES};
+use lpmesh_node::evidence::ring::{Ring, RingBoxes, MAX_RING_BYTES, NO_TRACK};
 use lpmesh_node::pipeline::{peak_rss_mb, run, PipelineStats, RunOptions};
 use lpmesh_node::source::opencv::{OpenCvOptions, SourceKind};
 use lpmesh_node::source::FrameSource;
@@ -391,10 +391,14 @@ pub fn spawn_camera(
                         let (w, h) = (r.width.max(1) as f32, r.height.max(1) as f32);
                         ring.push_boxes(RingBoxes {
                             pts: r.pts,
+                            // Tracked people by id, then every detection besides (someone not yet
+                            // tracked has a head to hide too); `NO_TRACK` is nobody's id.
                             people: r
                                 .people
                                 .iter()
-                                .map(|p| (p.id, [p.bbox.x1 / w, p.bbox.y1 / h, p.bbox.x2 / w, p.bbox.y2 / h]))
+                                .map(|p| (p.id, &p.bbox))
+                                .chain(r.detections.iter().map(|d| (NO_TRACK, &d.bbox)))
+                                .map(|(id, b)| (id, [b.x1 / w, b.y1 / h, b.x2 / w, b.y2 / h]))
                                 .collect(),
                         });
                     }

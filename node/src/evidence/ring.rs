@@ -6,6 +6,9 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
+/// The id of a box that belongs to no track (a detection not, or not yet, confirmed as a person).
+pub const NO_TRACK: u64 = u64::MAX;
+
 /// Hard cap on the JPEG bytes one camera's ring holds, whatever the configuration.
 pub const MAX_RING_BYTES: usize = 48 * 1024 * 1024;
 

@@ -26,7 +26,7 @@ use crate::ui::auth::Role;
 
 /// This node's evidence and the key its grants are signed with.
 pub struct EvidenceSide {
-    pub store: Arc<EvidenceStore>,
+    pub store: Option<Arc<EvidenceStore>>,
     pub key: libp2p_identity::Keypair,
 }
 
@@ -177,10 +177,11 @@ fn not_found() -> ApiError {
 
 fn read(state: &UiState, id: &EvidenceId, part: Part) -> Result<Vec<u8>, ApiError> {
     let side = state.evidence_side();
-    let side = side
+    let store = side
         .as_ref()
+        .and_then(|s| s.store.as_ref())
         .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "this node keeps no evidence"))?;
-    match side.store.read(id, part) {
+    match store.read(id, part) {
         Ok(Some(b)) => Ok(b),
         Ok(None) => Err(ApiError::new(
             StatusCode::NOT_FOUND,
@@ -316,7 +317,7 @@ pub(super) async fn download(
     let side = state.evidence_side();
     let meta = side
         .as_ref()
-        .and_then(|s| s.store.meta(&id))
+        .and_then(|s| s.store.as_ref()?.meta(&id))
         .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "no such evidence here"))?;
     let body = tokio::task::spawn_blocking({
         let state = state.clone();
@@ -384,7 +385,10 @@ pub(super) async fn from_alert(
     }
     let id = EvidenceId::parse(&id);
     let side = state.evidence_side();
-    let meta = id.as_ref().zip(side.as_ref()).and_then(|(id, s)| s.store.meta(id));
+    let meta = id
+        .as_ref()
+        .zip(side.as_ref().and_then(|s| s.store.as_ref()))
+        .and_then(|(id, s)| s.meta(id));
     let logged_in = cookie_token(&headers)
         .and_then(|t| state.sessions.get(&t))
         .is_some_and(|s| state.users.role_of(&s.user) == Some(s.role));

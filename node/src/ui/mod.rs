@@ -76,7 +76,7 @@ pub struct UiState {
     host_names: RwLock<Vec<String>>,
     /// This node's cameras for the zone editor (none in tests that do not need it).
     pub zones: RwLock<Option<Arc<zones::ZoneControl>>>,
-    /// This node's evidence and its grant key (none: no evidence here, and no grants signed).
+    /// This node's evidence and its grant key (none: no evidence served, and no grants signed).
     evidence: RwLock<Option<Arc<evidence::EvidenceSide>>>,
     /// The store's member list as this node knows it (none: the store keeps none, or not known yet).
     pub members: RwLock<Option<watch::Receiver<Vec<crate::members::Member>>>>,
@@ -198,13 +198,15 @@ impl UiState {
             .map(|m| m.borrow().clone())
     }
 
-    /// Serves this node's evidence and signs grants for others' (`None`: no evidence here).
+    /// Serves this node's evidence (`None`: none kept here) and signs grants for the evidence other
+    /// nodes keep, with this node's key.
     pub fn with_evidence(
         self: Arc<Self>,
-        e: Option<(Arc<crate::evidence::store::EvidenceStore>, libp2p_identity::Keypair)>,
+        store: Option<Arc<crate::evidence::store::EvidenceStore>>,
+        key: libp2p_identity::Keypair,
     ) -> Arc<Self> {
         *self.evidence.write().unwrap_or_else(|p| p.into_inner()) =
-            e.map(|(store, key)| Arc::new(evidence::EvidenceSide { store, key }));
+            Some(Arc::new(evidence::EvidenceSide { store, key }));
         self
     }
 
@@ -526,12 +528,29 @@ fn asset(ct: &'static str, body: &'static str) -> Response {
 /// The page, with a policy that lets it show pictures from the store's other nodes (an incident's
 /// evidence is fetched from the node that keeps it) and from nowhere else.
 async fn index(State(state): State<Arc<UiState>>) -> Response {
-    let mut r = asset("text/html; charset=utf-8", include_str!("assets/index.html"));
     let origins: Vec<String> = node_infos(&state)
         .await
         .into_iter()
         .filter_map(|(_, i)| i.ui.as_deref().and_then(https_origin))
         .collect();
+    // The page learns which nodes its policy lets it show pictures from (a node that joins later
+    // needs the page loaded again).
+    let html = include_str!("assets/index.html").replacen(
+        "<head>",
+        &format!(
+            "<head>\n<meta name=\"lpmesh-evidence-origins\" content=\"{}\">",
+            origins.join(" ")
+        ),
+        1,
+    );
+    let mut r = (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        html,
+    )
+        .into_response();
     if let Ok(v) = HeaderValue::from_str(&csp(&origins)) {
         r.headers_mut().insert(header::CONTENT_SECURITY_POLICY, v);
     }

@@ -243,6 +243,7 @@ async function showIncident(id) {
 // this node lets that node serve them). Evidence of a moment ago may still be being made: tried
 // again for a while before the page says it is unavailable.
 let evidenceTry = null;
+
 async function showEvidence(i) {
   const box = $('#evidence');
   const still = $('#evidence-still');
@@ -271,6 +272,7 @@ async function showEvidence(i) {
   let tries = 0;
   still.onload = () => {
     if (box.dataset.for !== i.id) return;
+    sessionStorage.removeItem('evidence-reload');
     still.classList.remove('hidden');
     clip.src = links.clip;
     clip.classList.remove('hidden');
@@ -280,6 +282,15 @@ async function showEvidence(i) {
   };
   still.onerror = () => {
     if (box.dataset.for !== i.id) return;
+    // This page's policy lists the store's nodes it knew when it loaded: evidence on a node that
+    // joined since needs the page loaded again (once).
+    const origin = new URL(links.still, location.href).origin;
+    const allowed = (document.querySelector('meta[name=lpmesh-evidence-origins]')?.content || '').split(' ');
+    if (origin !== location.origin && !allowed.includes(origin) && !sessionStorage.getItem('evidence-reload')) {
+      sessionStorage.setItem('evidence-reload', '1');
+      location.reload();
+      return;
+    }
     const recent = Date.now() - i.started_at_ms < 60000;
     if (recent && tries++ < 15) {
       note.textContent = `Evidence kept on node ${links.owner}: being made…`;
