@@ -208,6 +208,10 @@ enum Command {
         /// One JSON object per line instead of a table.
         #[arg(long)]
         json: bool,
+        /// Every record of the log (events, actions, members, users, keys) with its decrypted
+        /// contents, one JSON object per line: what crossed the store's links, for audits.
+        #[arg(long, conflicts_with_all = ["since", "kind"])]
+        records: bool,
     },
 }
 
@@ -319,6 +323,15 @@ enum HqCommand {
     /// The people who may log in to HQ's dashboard.
     #[command(subcommand)]
     User(HqUserCommand),
+    /// The summaries HQ holds, as received and decrypted, one JSON object per line (the embedded
+    /// store: stop HQ first; PostgreSQL: any time).
+    Summaries {
+        #[arg(long)]
+        config: PathBuf,
+        /// Only this store's.
+        #[arg(long)]
+        store: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -536,10 +549,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
             synthetic.map(|rate| (rate, synthetic_until.unwrap_or(i64::MAX))),
         ),
         Command::Events {
+            data, records: true, ..
+        } => records::all_records(&data),
+        Command::Events {
             data,
             since,
             kind,
             json,
+            records: false,
         } => records::events(&data, since, kind, json),
         Command::Validate { file } => records::validate(&file),
     }

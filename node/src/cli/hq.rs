@@ -33,6 +33,22 @@ pub fn run(config: Option<PathBuf>, cmd: Option<HqCommand>) -> Result<ExitCode> 
             }
         }
         Some(HqCommand::User(cmd)) => user(cmd),
+        Some(HqCommand::Summaries { config, store }) => {
+            let cfg = HqConfig::load(&config)?;
+            let rows = runtime()?.block_on(async {
+                let db = lpmesh_hq::store::HqStore::open(&cfg.data_dir, cfg.database_url.as_deref()).await?;
+                db.summaries(&lpmesh_hq::store::Filter {
+                    store,
+                    ..Default::default()
+                })
+                .await
+            })?;
+            let mut out = std::io::stdout().lock();
+            for r in rows {
+                writeln!(out, "{}", serde_json::to_string(&r.summary)?)?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
 
         None => {
             let config = config.context("lpmesh hq needs --config FILE (see config/hq.example.toml)")?;

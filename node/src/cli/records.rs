@@ -40,6 +40,14 @@ pub fn events(data: &Path, since: Option<String>, kind: Option<String>, json: bo
     Ok(ExitCode::SUCCESS)
 }
 
+pub fn all_records(data: &Path) -> Result<ExitCode> {
+    let mut out = std::io::stdout().lock();
+    for r in lpmesh_node::node::read_records(data)? {
+        writeln!(out, "{r}")?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 pub fn validate(file: &Path) -> Result<ExitCode> {
     let checked = if is_hq_config(file) {
         lpmesh_hq::config::HqConfig::load(file)
