@@ -66,6 +66,30 @@ fn main() {
         write(&corpus, "heartbeat", &name, &bytes);
     }
 
+    // Grants as a tablet's URL brings them (the target's member "front" signs with this key).
+    let front = libp2p_identity::Keypair::ed25519_from_bytes([7; 32]).expect("a key");
+    let other = libp2p_identity::Keypair::ed25519_from_bytes([8; 32]).expect("a key");
+    let id = lpmesh_node::event::EvidenceId::parse("0123456789abcdef0123456789abcdef").expect("an id");
+    let now = 1_800_000_000_000;
+    let grant = |download: bool, expires_ms: i64| lpmesh_node::evidence::token::Grant {
+        issuer: "front".into(),
+        user: "sam".into(),
+        role: lpmesh_node::ui::auth::Role::Manager,
+        evidence: id.clone(),
+        download,
+        expires_ms,
+    };
+    for (name, g, key) in [
+        ("view", grant(false, now + 60_000), &front),
+        ("download", grant(true, now + 60_000), &front),
+        ("expired", grant(false, now - 1), &front),
+        ("foreign-key", grant(false, now + 60_000), &other),
+    ] {
+        let text = g.sign(key).expect("sign");
+        write(&corpus, "evidence_grant", name, text.as_bytes());
+    }
+    write(&corpus, "evidence_grant", "id", id.as_str().as_bytes());
+
     for (name, s) in summaries() {
         s.validate().unwrap_or_else(|e| panic!("seed summary {name}: {e}"));
         let env = seal(&s, &hq_identity().to_public(), store_key()).expect("seal");

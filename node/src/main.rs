@@ -65,6 +65,9 @@ enum Command {
         /// Kill the uplink leader after this many seconds: another takes over.
         #[arg(long)]
         kill_node_after: Option<f64>,
+        /// Keep no evidence (stills and clips) of incidents: to measure what evidence costs.
+        #[arg(long)]
+        no_evidence: bool,
     },
     /// Watch people being detected and tracked, and events raised, live on the demo footage (one camera,
     /// one process).
@@ -514,6 +517,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             duration,
             uplink_down,
             kill_node_after,
+            no_evidence,
         } => demo::run(
             demo::DemoArgs {
                 dir,
@@ -521,6 +525,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 duration,
                 uplink_down,
                 kill_node_after,
+                evidence: !no_evidence,
             },
             stop_flag(),
         ),

@@ -464,6 +464,17 @@ pub async fn render(s: &OpsState) -> String {
             "lpmesh_evidence_missed_total{{reason=\"failed\"}} {}",
             stats.failed.load(Relaxed)
         );
+        head(
+            &mut o,
+            "lpmesh_evidence_encoder_peak_rss_bytes",
+            "gauge",
+            "The most memory a clip encoder (an ffmpeg child process, gone when done) has used.",
+        );
+        let _ = writeln!(
+            o,
+            "lpmesh_evidence_encoder_peak_rss_bytes {}",
+            stats.encoder_peak_kb.load(Relaxed) * 1024
+        );
         let store = store.clone();
         if let Ok(u) = tokio::task::spawn_blocking(move || store.usage()).await {
             head(

@@ -25,6 +25,7 @@ pub struct DemoArgs {
     pub duration: Option<f64>,
     pub uplink_down: Option<f64>,
     pub kill_node_after: Option<f64>,
+    pub evidence: bool,
 }
 
 fn free_port() -> Result<u16> {
@@ -166,7 +167,12 @@ fn memory_detail(pid: u32) -> Option<(f64, f64)> {
 fn usage(pid: u32) -> Option<(f64, f64)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    // The node's own time and that of the children it waited for (its clip encoders).
+    let ticks: f64 = fields
+        .get(11..15)?
+        .iter()
+        .map(|f| f.parse::<f64>().unwrap_or(0.0))
+        .sum();
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let rss_kb: f64 = status
         .lines()
@@ -211,6 +217,8 @@ struct Node {
     max_anon_mb: f64,
     frames0: Option<f64>,
     frames_detected: f64,
+    /// The most memory one of its clip encoders (child processes) used, MB.
+    encoder_mb: f64,
     killed: bool,
 }
 
@@ -221,6 +229,7 @@ fn node_config(
     boot: Option<u16>,
     hq: &HqInfo,
     mqtt: bool,
+    evidence: bool,
 ) -> Result<String> {
     use toml_edit::{value, Array, ArrayOfTables, DocumentMut, Table};
     let text = std::fs::read_to_string(template).with_context(|| format!("demo template {}", template.display()))?;
@@ -257,6 +266,9 @@ fn node_config(
     h.insert("resend_secs", value(5.0));
     h.insert("timeout_secs", value(3.0));
     doc["hq"] = toml_edit::Item::Table(h);
+    let mut ev = Table::new();
+    ev.insert("enabled", value(evidence));
+    doc["evidence"] = toml_edit::Item::Table(ev);
     let mut route = Table::new();
     if mqtt {
         route.insert("name", value("mqtt"));
@@ -374,6 +386,7 @@ pub fn run(a: DemoArgs, stop: Arc<AtomicBool>) -> Result<ExitCode> {
             max_anon_mb: 0.0,
             frames0: None,
             frames_detected: 0.0,
+            encoder_mb: 0.0,
             killed: false,
         });
     }
@@ -415,7 +428,15 @@ pub fn run(a: DemoArgs, stop: Arc<AtomicBool>) -> Result<ExitCode> {
     for (i, n) in nodes.iter().enumerate() {
         let template = repo_config.join(format!("{}.toml", n.name));
         let mesh_port = if i == 0 { first_mesh } else { free_port()? };
-        let text = node_config(&template, n, mesh_port, (i > 0).then_some(first_mesh), &hq, mqtt)?;
+        let text = node_config(
+            &template,
+            n,
+            mesh_port,
+            (i > 0).then_some(first_mesh),
+            &hq,
+            mqtt,
+            a.evidence,
+        )?;
         std::fs::write(&n.config, text)?;
         step(&["validate", &n.config.to_string_lossy()], None)?;
     }
@@ -530,6 +551,7 @@ pub fn run(a: DemoArgs, stop: Arc<AtomicBool>) -> Result<ExitCode> {
                     n.frames0 = Some(f);
                 }
                 n.frames_detected = f - n.frames0.unwrap_or(f);
+                n.encoder_mb = metric_sum(&m, "lpmesh_evidence_encoder_peak_rss_bytes") / (1024.0 * 1024.0);
             }
         }
         // Who leads, as the live nodes see it; changes are counted.
@@ -796,6 +818,27 @@ fn report(
         }
     );
     println!("  leader        {} change(s)", leaders.len().saturating_sub(1));
+    // Evidence stays on the node whose camera saw the incident; the log carries only where it is.
+    let referenced = reference.lines().filter(|l| l.contains("\"evidence\":{")).count();
+    let kept: Vec<(String, lpmesh_node::evidence::store::Usage)> = nodes
+        .iter()
+        .map(|n| (n.name.clone(), lpmesh_node::evidence::store::usage_in(&n.data)))
+        .filter(|(_, u)| u.stills > 0)
+        .collect();
+    let (stills, clips, bytes) = kept
+        .iter()
+        .fold((0, 0, 0), |(s, c, b), (_, u)| (s + u.stills, c + u.clips, b + u.bytes));
+    println!(
+        "  evidence      {stills} stills and {clips} clips kept on their camera nodes, {:.1} MB encrypted ({}); {referenced} incidents point to theirs",
+        bytes as f64 / 1e6,
+        kept.iter()
+            .map(|(n, u)| format!("{n} {}/{} {:.1} MB", u.stills, u.clips, u.bytes as f64 / 1e6))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    if referenced > 0 && stills == 0 {
+        failures.push("incidents point to evidence, but no node kept any".into());
+    }
     for n in nodes {
         let cpu = if n.wall_s > 0.0 {
             100.0 * n.cpu_s / n.wall_s
@@ -808,11 +851,16 @@ fn report(
             0.0
         };
         println!(
-            "  {:<12}  CPU {cpu:5.1} %   memory max: RSS {:5.1} MB, PSS {:5.1} MB, private {:5.1} MB   detected {fps:4.1} frames/s{}",
+            "  {:<12}  CPU {cpu:5.1} %   memory max: RSS {:5.1} MB, PSS {:5.1} MB, private {:5.1} MB{}   detected {fps:4.1} frames/s{}",
             n.name,
             n.max_rss_mb,
             n.max_pss_mb,
             n.max_anon_mb,
+            if n.encoder_mb > 0.0 {
+                format!(" (+ clip encoder {:.0} MB while it runs)", n.encoder_mb)
+            } else {
+                String::new()
+            },
             if n.killed { "   (killed)" } else { "" }
         );
     }

@@ -8,11 +8,10 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use opencv::core::{Mat, MatTraitConst, Rect, Scalar, Size, Vector, VectorToVec};
-use opencv::videoio::{VideoWriterTrait, VideoWriterTraitConst};
-use opencv::{imgcodecs, imgproc, videoio};
+use opencv::core::{Mat, MatTraitConst, MatTraitConstManual, Rect, Scalar, Size, Vector, VectorToVec};
+use opencv::{imgcodecs, imgproc};
 
-use super::ring::{Ring, RingFrame};
+use super::ring::{Ring, Windowed};
 use super::store::{EvidenceStore, Meta};
 use super::{EvidenceConfig, EvidenceStats};
 use crate::event::EvidenceId;
@@ -117,6 +116,10 @@ fn draw_box(img: &mut Mat, b: [f32; 4]) -> Result<(), ClipError> {
 pub struct Built {
     pub still: Vec<u8>,
     pub clip: Option<Vec<u8>>,
+    /// Why there is no clip, when one was due.
+    pub clip_error: Option<ClipError>,
+    /// The most memory its encoder used, KB.
+    pub encoder_kb: u64,
     pub at_ms: i64,
     pub clip_from_ms: i64,
     pub clip_to_ms: i64,
@@ -133,14 +136,14 @@ pub struct Subject {
 /// The still (the frame nearest `moment`) and the clip from `frames`. With `hide_faces`, a frame
 /// with no analysis near it in time is left out: nobody's face is shown unhidden.
 pub fn build(
-    frames: &[(RingFrame, Option<Vec<(u64, [f32; 4])>>)],
+    frames: &[Windowed],
     moment: f64,
     subject: Subject,
     hide_faces: bool,
     fps: f64,
+    ffmpeg: &str,
 ) -> Result<Built, ClipError> {
-    let usable: Vec<&(RingFrame, Option<Vec<(u64, [f32; 4])>>)> =
-        frames.iter().filter(|(_, p)| !hide_faces || p.is_some()).collect();
+    let usable: Vec<&Windowed> = frames.iter().filter(|(_, p)| !hide_faces || p.is_some()).collect();
     let still_at = usable
         .iter()
         .enumerate()
@@ -151,7 +154,17 @@ pub fn build(
         } else {
             " with its people analysed"
         }))?;
-    let mut rendered = Vec::with_capacity(usable.len());
+    let first = usable
+        .first()
+        .map(|(f, _)| (f.width as i32, f.height as i32))
+        .unwrap_or_default();
+    // Frames go to the encoder one by one as they are drawn: a clip is never held decoded whole.
+    let mut encoder = match usable.len() >= 2 {
+        true => Some(Encoder::start(Size::new(first.0, first.1), fps, ffmpeg)),
+        false => None,
+    };
+    let mut still = None;
+    let mut shown: Vec<i64> = Vec::with_capacity(usable.len());
     for (i, (f, people)) in usable.iter().enumerate() {
         let mut img = imgcodecs::imdecode(&Vector::<u8>::from_slice(&f.jpeg), imgcodecs::IMREAD_COLOR)?;
         if img.empty() {
@@ -164,80 +177,210 @@ pub fn build(
         let by_track = subject
             .track
             .and_then(|t| people.iter().find(|(id, _)| *id == t).map(|(_, b)| *b));
-        match by_track.or(if i == still_at { subject.bbox } else { None }) {
-            Some(b) => draw_box(&mut img, b)?,
-            None => {}
+        if let Some(b) = by_track.or(if i == still_at { subject.bbox } else { None }) {
+            draw_box(&mut img, b)?;
         }
-        rendered.push((f.pts, f.at_ms, img));
+        if i == still_at {
+            still = Some((jpeg(&img)?, f.at_ms));
+        }
+        shown.push(f.at_ms);
+        // A clip that cannot be made leaves the still: the moment is what a guard needs first.
+        if let Some(Ok(e)) = &mut encoder {
+            if let Err(err) = e.push(&img) {
+                encoder = Some(Err(err));
+            }
+        }
     }
-    let (_, at_ms, still_img) = rendered
-        .get(still_at.min(rendered.len().saturating_sub(1)))
-        .ok_or(ClipError::NoFrame(" that decodes"))?;
-    let still = jpeg(still_img)?;
-    let clip = if rendered.len() >= 2 {
-        let mats: Vec<&Mat> = rendered.iter().map(|(_, _, m)| m).collect();
-        Some(mp4(&mats, fps)?)
-    } else {
-        None
+    let (still, at_ms) = still.ok_or(ClipError::NoFrame(" that decodes"))?;
+    let (clip, clip_error, encoder_kb) = match encoder.map(|e| e.and_then(Encoder::finish)) {
+        Some(Ok((c, kb))) => (Some(c), None, kb),
+        Some(Err(e)) => (None, Some(e), 0),
+        None => (None, None, 0),
     };
     Ok(Built {
         still,
         clip,
-        at_ms: *at_ms,
-        clip_from_ms: rendered.first().map_or(0, |r| r.1),
-        clip_to_ms: rendered.last().map_or(0, |r| r.1),
+        clip_error,
+        encoder_kb,
+        at_ms,
+        clip_from_ms: shown.first().copied().unwrap_or(at_ms),
+        clip_to_ms: shown.last().copied().unwrap_or(at_ms),
     })
 }
 
-/// H.264 in MP4, encoded by FFmpeg through OpenCV into memory: the plain clip never touches a disk.
-/// FFmpeg picks the container by the file name, so it writes through a link named `.mp4` (in this
-/// node's private evidence directory) to a memory-only file.
-fn mp4(frames: &[&Mat], fps: f64) -> Result<Vec<u8>, ClipError> {
-    let first = frames.first().ok_or(ClipError::NoFrame(""))?;
-    let size = first.size()?;
-    // SAFETY: memfd_create takes a NUL-terminated name and flags; the descriptor it returns is ours
-    // alone and is owned by the File from here on.
-    let fd = unsafe { libc::memfd_create(c"lpmesh-clip".as_ptr(), libc::MFD_CLOEXEC) };
-    if fd < 0 {
-        return Err(ClipError::Encoder(format!(
-            "memfd_create: {}",
-            std::io::Error::last_os_error()
-        )));
-    }
-    let mut mem = unsafe { std::fs::File::from_raw_fd(fd) };
-    let link = std::env::temp_dir().join(format!(
-        "lpmesh-clip-{}-{fd}-{}.mp4",
-        std::process::id(),
-        rand::random::<u64>()
-    ));
-    std::os::unix::fs::symlink(format!("/proc/self/fd/{fd}"), &link)
-        .map_err(|e| ClipError::Encoder(format!("{}: {e}", link.display())))?;
-    let result = (|| -> Result<(), ClipError> {
-        let fourcc = videoio::VideoWriter::fourcc('a', 'v', 'c', '1')?;
-        let mut w = videoio::VideoWriter::new_with_backend(&link, videoio::CAP_FFMPEG, fourcc, fps, size, true)?;
-        if !w.is_opened()? {
-            return Err(ClipError::Encoder(
-                "FFmpeg has no H.264 encoder here (libx264 or openh264)".into(),
-            ));
+/// The longest a clip may take to encode before its encoder is stopped.
+const ENCODE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// H.264 in MP4 (yuv420p, the moov box first so a browser starts playing before the end), encoded by
+/// FFmpeg's libx264 in a child process, frames in through a pipe, the file out into a memory-only
+/// file: the plain clip never touches a disk, and the encoder's memory (tens of MB) is the child's
+/// and is gone when it exits. OpenCV's own writer (4.6) cannot be told x264's settings: at its
+/// defaults it held about 130 MB more in the node and spent more CPU.
+pub struct Encoder {
+    child: Arc<std::sync::Mutex<std::process::Child>>,
+    stdin: Option<std::process::ChildStdin>,
+    mem: std::fs::File,
+    size: Size,
+    done: Arc<std::sync::atomic::AtomicBool>,
+    watchdog: Option<std::thread::JoinHandle<()>>,
+}
+
+fn enc(what: &str, e: std::io::Error) -> ClipError {
+    ClipError::Encoder(format!("{what}: {e}"))
+}
+
+impl Encoder {
+    fn start(size: Size, fps: f64, ffmpeg: &str) -> Result<Encoder, ClipError> {
+        // SAFETY: memfd_create takes a NUL-terminated name and flags; the descriptor it returns is
+        // ours alone and is owned by the File from here on.
+        let fd = unsafe { libc::memfd_create(c"lpmesh-clip".as_ptr(), libc::MFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(enc("memfd_create", std::io::Error::last_os_error()));
         }
-        for m in frames {
-            if m.size()? == size {
-                w.write(*m)?;
+        let mem = unsafe { std::fs::File::from_raw_fd(fd) };
+        let out = mem.try_clone().map_err(|e| enc("memfd", e))?;
+        let mut child = std::process::Command::new(ffmpeg)
+            .args([
+                "-hide_banner",
+                "-loglevel",
+                "error",
+                "-f",
+                "rawvideo",
+                "-pix_fmt",
+                "bgr24",
+                "-s",
+            ])
+            .arg(format!("{}x{}", size.width, size.height))
+            .arg("-r")
+            .arg(format!("{fps}"))
+            .args([
+                "-i",
+                "pipe:0",
+                "-an",
+                "-c:v",
+                "libx264",
+                "-preset",
+                "veryfast",
+                "-tune",
+                "zerolatency",
+            ])
+            .args([
+                "-threads",
+                "1",
+                "-pix_fmt",
+                "yuv420p",
+                "-crf",
+                "26",
+                "-movflags",
+                "+faststart",
+            ])
+            // The child's standard output is the memory file; opened again by path it is seekable,
+            // which the moov-first rewrite needs.
+            .args(["-f", "mp4", "-y", "/proc/self/fd/1"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(out)
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .map_err(|e| enc(&format!("{ffmpeg} (apt install ffmpeg)"), e))?;
+        let stdin = child.stdin.take();
+        let child = Arc::new(std::sync::Mutex::new(child));
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        // A stuck encoder is stopped, whatever the thread feeding it is blocked on.
+        let (c, d) = (child.clone(), done.clone());
+        let watchdog = std::thread::spawn(move || {
+            let t0 = std::time::Instant::now();
+            while !d.load(Ordering::Relaxed) {
+                if t0.elapsed() > ENCODE_TIMEOUT {
+                    let _ = c.lock().unwrap_or_else(|p| p.into_inner()).kill();
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
             }
-        }
-        w.release()?;
-        Ok(())
-    })();
-    let _ = std::fs::remove_file(&link);
-    result?;
-    let mut out = Vec::new();
-    mem.rewind()
-        .and_then(|_| mem.read_to_end(&mut out))
-        .map_err(|e| ClipError::Encoder(e.to_string()))?;
-    if out.len() < 8 || &out[4..8] != b"ftyp" {
-        return Err(ClipError::Encoder(format!("{} bytes that are not MP4", out.len())));
+        });
+        Ok(Encoder {
+            child,
+            stdin,
+            mem,
+            size,
+            done,
+            watchdog: Some(watchdog),
+        })
     }
-    Ok(out)
+
+    fn push(&mut self, img: &Mat) -> Result<(), ClipError> {
+        if img.size()? != self.size || !img.is_continuous() {
+            return Ok(());
+        }
+        let stdin = self
+            .stdin
+            .as_mut()
+            .ok_or(ClipError::Encoder("no pipe to ffmpeg".into()))?;
+        std::io::Write::write_all(stdin, img.data_bytes()?).map_err(|e| enc("feeding ffmpeg", e))
+    }
+
+    /// The clip, and the most memory the encoder used (KB, its own after `exec`: what a fork
+    /// shared with the node does not count).
+    fn finish(mut self) -> Result<(Vec<u8>, u64), ClipError> {
+        drop(self.stdin.take());
+        let pid = self.child.lock().unwrap_or_else(|p| p.into_inner()).id();
+        let mut peak_kb = 0;
+        let status = loop {
+            peak_kb = peak_kb.max(high_water_kb(pid).unwrap_or(0));
+            let polled = self.child.lock().unwrap_or_else(|p| p.into_inner()).try_wait();
+            match polled {
+                Ok(Some(st)) => break st,
+                Ok(None) => std::thread::sleep(Duration::from_millis(10)),
+                Err(e) => break Err(enc("waiting for ffmpeg", e))?,
+            }
+        };
+        self.done.store(true, Ordering::Relaxed);
+        if let Some(w) = self.watchdog.take() {
+            let _ = w.join();
+        }
+        if !status.success() {
+            let mut err = Vec::new();
+            if let Some(e) = self.child.lock().unwrap_or_else(|p| p.into_inner()).stderr.as_mut() {
+                let _ = std::io::Read::read_to_end(&mut std::io::Read::take(e, 2048), &mut err);
+            }
+            return Err(ClipError::Encoder(format!(
+                "ffmpeg {status}: {}",
+                String::from_utf8_lossy(&err).trim()
+            )));
+        }
+        let mut out = Vec::new();
+        self.mem
+            .rewind()
+            .and_then(|_| self.mem.read_to_end(&mut out))
+            .map_err(|e| enc("reading the clip", e))?;
+        if out.len() < 8 || &out[4..8] != b"ftyp" {
+            return Err(ClipError::Encoder(format!("{} bytes that are not MP4", out.len())));
+        }
+        Ok((out, peak_kb))
+    }
+}
+
+/// A running process's peak resident memory (`VmHWM`), KB.
+fn high_water_kb(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+impl Drop for Encoder {
+    /// An encoder given up on (its clip failed halfway) is stopped and reaped, not left running.
+    fn drop(&mut self) {
+        if !self.done.swap(true, Ordering::Relaxed) {
+            drop(self.stdin.take());
+            let mut c = self.child.lock().unwrap_or_else(|p| p.into_inner());
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
 }
 
 /// One incident's evidence to make.
@@ -274,8 +417,13 @@ impl Worker {
                     r.wait_for(job.pts + cfg.after_secs, Duration::from_secs_f64(cfg.after_secs + 10.0));
                     let frames = r.window(job.pts - cfg.before_secs, job.pts + cfg.after_secs, NEAR_SECS);
                     let t0 = std::time::Instant::now();
-                    match build(&frames, job.pts, job.subject, cfg.blur_faces, cfg.fps) {
+                    match build(&frames, job.pts, job.subject, cfg.blur_faces, cfg.fps, &cfg.ffmpeg) {
                         Ok(b) => {
+                            s.encoder_peak_kb.fetch_max(b.encoder_kb, Ordering::Relaxed);
+                            if let Some(e) = &b.clip_error {
+                                s.failed.fetch_add(1, Ordering::Relaxed);
+                                tracing::warn!(incident = %job.incident, error = %e, "the still is kept, the clip could not be made");
+                            }
                             let meta = Meta {
                                 id: job.id.clone(),
                                 incident: job.incident.clone(),
@@ -346,7 +494,8 @@ impl Drop for Worker {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use opencv::videoio::VideoCaptureTrait;
+    use crate::evidence::ring::RingFrame;
+    use opencv::videoio::{self, VideoCaptureTrait};
 
     /// A noisy frame (every pixel differs from its neighbours), so hidden regions show as blocks.
     fn noise(w: u32, h: u32, seed: u32) -> Vec<u8> {
@@ -400,6 +549,7 @@ mod tests {
             },
             true,
             5.0,
+            "ffmpeg",
         )
         .unwrap();
         assert_eq!(b.at_ms, 2000, "the still is the frame of the moment");
@@ -421,6 +571,9 @@ mod tests {
         // The clip is MP4 and plays back: every analysed frame, at the clip's size.
         let clip = b.clip.unwrap();
         assert_eq!(&clip[4..8], b"ftyp");
+        // The index first: a browser plays it while the rest arrives.
+        let at = |box_name: &[u8]| clip.windows(4).position(|w| w == box_name).unwrap();
+        assert!(at(b"moov") < at(b"mdat"));
         let path = std::env::temp_dir().join(format!("lpmesh-clip-test-{}.mp4", std::process::id()));
         std::fs::write(&path, &clip).unwrap();
         let mut cap = videoio::VideoCapture::from_file(path.to_str().unwrap(), videoio::CAP_FFMPEG).unwrap();
@@ -433,11 +586,16 @@ mod tests {
         let _ = std::fs::remove_file(&path);
         assert_eq!(n, 10);
         // Without hidden faces every frame is used; with no frame at all, nothing is made.
-        let all = build(&frames, 1.0, Subject::default(), false, 5.0).unwrap();
+        let all = build(&frames, 1.0, Subject::default(), false, 5.0, "ffmpeg").unwrap();
         assert_eq!(all.clip_from_ms, 1000);
         assert!(matches!(
-            build(&frames[..2], 0.0, Subject::default(), true, 5.0),
+            build(&frames[..2], 0.0, Subject::default(), true, 5.0, "ffmpeg"),
             Err(ClipError::NoFrame(_))
         ));
+        // No encoder on this node: the still is kept, and the clip's absence says why.
+        let none = build(&frames, 1.0, Subject::default(), true, 5.0, "/nonexistent/ffmpeg").unwrap();
+        assert!(none.clip.is_none() && none.still.starts_with(&[0xFF, 0xD8]));
+        let why = none.clip_error.unwrap().to_string();
+        assert!(why.contains("apt install ffmpeg"), "{why}");
     }
 }

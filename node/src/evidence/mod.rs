@@ -32,6 +32,8 @@ pub struct EvidenceStats {
     pub dropped: std::sync::atomic::AtomicU64,
     /// Evidence that failed (no frame of the moment, the encoder, the disk).
     pub failed: std::sync::atomic::AtomicU64,
+    /// The most memory a clip encoder (a child process) has used, KB.
+    pub encoder_peak_kb: std::sync::atomic::AtomicU64,
 }
 
 /// `[evidence]`: which incidents keep a still and a clip, and for how long.
@@ -56,6 +58,8 @@ pub struct EvidenceConfig {
     pub max_mb: u64,
     /// Pixelate every person's head in stills and clips.
     pub blur_faces: bool,
+    /// The program that encodes clips (Debian's `ffmpeg`; without it stills are kept, clips not).
+    pub ffmpeg: String,
 }
 
 impl Default for EvidenceConfig {
@@ -71,6 +75,7 @@ impl Default for EvidenceConfig {
             retention_hours: 72.0,
             max_mb: 1024,
             blur_faces: true,
+            ffmpeg: "ffmpeg".into(),
         }
     }
 }

@@ -24,11 +24,17 @@ pub struct RingFrame {
     pub jpeg: Arc<[u8]>,
 }
 
+/// People in a frame: (camera-local track id or [`NO_TRACK`], box as fractions x1, y1, x2, y2).
+pub type People = Vec<(u64, [f32; 4])>;
+
+/// A kept frame with the people seen nearest to it in time, if any were.
+pub type Windowed = (RingFrame, Option<People>);
+
 /// People seen in one analysed frame: (camera-local track id, box as fractions x1, y1, x2, y2).
 #[derive(Clone, Debug, PartialEq)]
 pub struct RingBoxes {
     pub pts: f64,
-    pub people: Vec<(u64, [f32; 4])>,
+    pub people: People,
 }
 
 #[derive(Default)]
@@ -123,7 +129,7 @@ impl Ring {
 
     /// The frames from `from` to `to` (stream seconds), each with the people seen nearest to it in
     /// time (within `near` seconds; `None` when nobody was analysed that close).
-    pub fn window(&self, from: f64, to: f64, near: f64) -> Vec<(RingFrame, Option<Vec<(u64, [f32; 4])>>)> {
+    pub fn window(&self, from: f64, to: f64, near: f64) -> Vec<Windowed> {
         let g = self.lock();
         g.frames
             .iter()

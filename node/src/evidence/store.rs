@@ -256,12 +256,7 @@ impl EvidenceStore {
     }
 
     pub fn usage(&self) -> Usage {
-        self.list().iter().fold(Usage::default(), |mut u, m| {
-            u.stills += 1;
-            u.clips += u64::from(m.clip_bytes > 0);
-            u.bytes += m.bytes();
-            u
-        })
+        usage_of(&self.list())
     }
 
     /// Deletes evidence older than the retention, then the oldest until the rest fits the cap.
@@ -308,6 +303,29 @@ impl EvidenceStore {
             }
         }
     }
+}
+
+fn usage_of(list: &[Meta]) -> Usage {
+    list.iter().fold(Usage::default(), |mut u, m| {
+        u.stills += 1;
+        u.clips += u64::from(m.clip_bytes > 0);
+        u.bytes += m.bytes();
+        u
+    })
+}
+
+/// What a node's data directory holds as evidence, read from the descriptions alone (no key needed,
+/// none made): for reports about a stopped node.
+pub fn usage_in(data_dir: &Path) -> Usage {
+    let dir = data_dir.join("evidence");
+    let list: Vec<Meta> = std::fs::read_dir(&dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|d| d.file_name().to_string_lossy().ends_with(".json"))
+        .filter_map(|d| serde_json::from_slice(&std::fs::read(d.path()).ok()?).ok())
+        .collect();
+    usage_of(&list)
 }
 
 /// Writes `bytes` to `path` readable by this user only, whole or not at all.
