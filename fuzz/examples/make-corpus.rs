@@ -77,15 +77,16 @@ fn main() {
         role: lpmesh_node::ui::auth::Role::Manager,
         evidence: id.clone(),
         download,
+        issued_ms: expires_ms - 300_000,
         expires_ms,
     };
     for (name, g, key) in [
         ("view", grant(false, now + 60_000), &front),
         ("download", grant(true, now + 60_000), &front),
-        ("expired", grant(false, now - 1), &front),
+        ("expired", grant(false, now - 200_000), &front),
         ("foreign-key", grant(false, now + 60_000), &other),
     ] {
-        let text = g.sign(key).expect("sign");
+        let text = g.sign("shop-1", key).expect("sign");
         write(&corpus, "evidence_grant", name, text.as_bytes());
     }
     write(&corpus, "evidence_grant", "id", id.as_str().as_bytes());

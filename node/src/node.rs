@@ -771,7 +771,34 @@ pub fn read_events(data_dir: &Path) -> Result<Vec<Event>, NodeError> {
     Ok(out)
 }
 
-/// Every record of the log with its contents decrypted, as JSON (`{kind, origin, seq, payload}`;
+/// Secrets in a record's contents (a user's password hash, the sealed keys of a key epoch) replaced
+/// by what they are and their size: an audit shows that they are there, not what they are.
+fn redact(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::Object(m) => {
+            for (k, x) in m.iter_mut() {
+                match x {
+                    serde_json::Value::String(s) if k == "hash" => {
+                        let what = if s.starts_with("$argon2id$") {
+                            "argon2id hash"
+                        } else {
+                            "not an argon2id hash"
+                        };
+                        *x = serde_json::Value::String(format!("<{what}, {} bytes>", s.len()));
+                    }
+                    serde_json::Value::String(s) if s.len() > 64 => {
+                        *x = serde_json::Value::String(format!("<secret, {} bytes>", s.len()));
+                    }
+                    _ => redact(x),
+                }
+            }
+        }
+        serde_json::Value::Array(a) => a.iter_mut().for_each(redact),
+        _ => {}
+    }
+}
+
+/// Every record of the log with its contents decrypted (secrets redacted), as JSON (`{kind, origin, seq, payload}`;
 /// `payload` is null for contents this node cannot read): what the store's members sent each other,
 /// for audits such as the privacy test.
 pub fn read_records(data_dir: &Path) -> Result<Vec<serde_json::Value>, NodeError> {
@@ -786,9 +813,10 @@ pub fn read_records(data_dir: &Path) -> Result<Vec<serde_json::Value>, NodeError
             RecordKind::Keys => ring.base().decrypt(&r.ciphertext).ok(),
             _ => ring.decrypt(&r.ciphertext).ok(),
         };
-        let payload = plain
+        let mut payload = plain
             .and_then(|p| serde_json::from_slice::<serde_json::Value>(&p).ok())
             .unwrap_or(serde_json::Value::Null);
+        redact(&mut payload);
         out.push(serde_json::json!({
             "kind": format!("{:?}", r.kind).to_lowercase(),
             "origin": crate::members::hex(&r.origin),

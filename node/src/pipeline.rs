@@ -263,6 +263,8 @@ impl Analyzer {
         } else {
             if resized {
                 self.tracker.update_with(&[], &[], Some(size), f.pts);
+                // Nor is a detection of the old size reported with the new one.
+                self.dets.clear();
             }
             if f.online {
                 self.stats.skipped_by_motion += 1;

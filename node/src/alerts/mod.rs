@@ -125,11 +125,12 @@ impl Alert {
                 link_base.trim_end_matches('/'),
                 percent_encode(&e.incident)
             ),
-            // A node alerts only for its own cameras, so the evidence is on this node's UI.
+            // A node alerts only for its own cameras, so the evidence is on this node's UI; a UI
+            // on plain HTTP shows pictures to nobody but itself, so it gets no link.
             evidence_url: e
                 .evidence
                 .as_ref()
-                .filter(|r| r.node == e.node)
+                .filter(|r| r.node == e.node && link_base.starts_with("https://"))
                 .map(|r| format!("{}/evidence/{}", link_base.trim_end_matches('/'), r.id)),
         }
     }
@@ -417,6 +418,7 @@ mod tests {
             serde_json::to_value(&b).unwrap()["evidence_url"],
             b.evidence_url.clone().unwrap()
         );
+        assert_eq!(Alert::from_event(&with, "http://10.0.0.5:8080/").evidence_url, None);
         assert_eq!(a.camera, "door");
         assert_eq!(a.zone.as_deref(), Some("exit"));
         assert_eq!(a.people, None);

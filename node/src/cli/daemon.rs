@@ -196,9 +196,10 @@ async fn follow_ui_ca(
     }
 }
 
-/// This node's evidence store (unless `[evidence] enabled = false`), and the loop that deletes what
-/// is past its retention. A store that cannot be opened is said loudly; the node goes on without
-/// evidence.
+/// This node's evidence store, and the loop that deletes what is past its retention: on a node with
+/// cameras and evidence on, and on any node that kept evidence before (switched off since, it
+/// still serves and deletes what it has, in its time). A store that cannot be opened is said
+/// loudly; the node goes on without evidence.
 fn start_evidence(
     cfg: &NodeConfig,
     loops: &mut Loops,
@@ -207,7 +208,7 @@ fn start_evidence(
     Arc<lpmesh_node::evidence::EvidenceStats>,
 )> {
     let ev = &cfg.evidence;
-    if !ev.enabled || cfg.cameras.is_empty() && !cfg.data_dir.join("evidence").exists() {
+    if !(ev.enabled && !cfg.cameras.is_empty() || cfg.data_dir.join("evidence").exists()) {
         return None;
     }
     let store = match lpmesh_node::evidence::store::EvidenceStore::open(&cfg.data_dir, ev.retention_hours, ev.max_mb) {
@@ -575,7 +576,7 @@ pub fn run(config: &Path, synthetic: Option<(f64, i64)>) -> Result<ExitCode> {
             addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", ")
         );
         #[cfg(feature = "vision")]
-        let cameras: Vec<_> = cfg.cameras.iter().map(|c| vision::spawn_camera(cfg.clone(), c.clone(), tx.clone(), stop.clone(), board.clone(), zone_control.clone(), node_metrics.clone(), evidence.clone())).collect();
+        let cameras: Vec<_> = cfg.cameras.iter().map(|c| vision::spawn_camera(cfg.clone(), c.clone(), tx.clone(), stop.clone(), board.clone(), zone_control.clone(), node_metrics.clone(), evidence.clone().filter(|_| cfg.evidence.enabled))).collect();
         let load = synthetic.map(|(rate, until)| {
             let (tx, stop, store, node) = (tx.clone(), stop.clone(), cfg.store.clone(), cfg.node.clone());
             tokio::spawn(async move {

@@ -387,7 +387,10 @@ pub fn spawn_camera(
                             tracks_ended = r.ended.len(),
                             "camera frame size changed: its tracks ended, new ones start at the new size");
                     }
-                    if let Some(ring) = &ring {
+                    // Where people are, for hiding their heads: from analysed frames, and from frames
+                    // the motion gate skipped because nothing moved since (so the boxes still hold);
+                    // never from a camera's offline heartbeat.
+                    if let Some(ring) = ring.as_ref().filter(|_| r.online) {
                         let (w, h) = (r.width.max(1) as f32, r.height.max(1) as f32);
                         ring.push_boxes(RingBoxes {
                             pts: r.pts,

@@ -160,7 +160,7 @@ pub fn build(
         .unwrap_or_default();
     // Frames go to the encoder one by one as they are drawn: a clip is never held decoded whole.
     let mut encoder = match usable.len() >= 2 {
-        true => Some(Encoder::start(Size::new(first.0, first.1), fps, ffmpeg)),
+        true => Some(Encoder::start(Size::new(first.0, first.1), fps, ffmpeg, usable.len())),
         false => None,
     };
     let mut still = None;
@@ -208,8 +208,11 @@ pub fn build(
     })
 }
 
-/// The longest a clip may take to encode before its encoder is stopped.
-const ENCODE_TIMEOUT: Duration = Duration::from_secs(60);
+/// The longest a clip may take to encode before its encoder is stopped: half a minute, and a fifth of
+/// a second more per frame (an edge box's CPU, shared with its cameras).
+fn encode_timeout(frames: usize) -> Duration {
+    Duration::from_secs(30) + Duration::from_millis(200) * frames as u32
+}
 
 /// H.264 in MP4 (yuv420p, the moov box first so a browser starts playing before the end), encoded by
 /// FFmpeg's libx264 in a child process, frames in through a pipe, the file out into a memory-only
@@ -223,6 +226,7 @@ pub struct Encoder {
     size: Size,
     done: Arc<std::sync::atomic::AtomicBool>,
     watchdog: Option<std::thread::JoinHandle<()>>,
+    stderr: Option<std::thread::JoinHandle<Vec<u8>>>,
 }
 
 fn enc(what: &str, e: std::io::Error) -> ClipError {
@@ -230,7 +234,8 @@ fn enc(what: &str, e: std::io::Error) -> ClipError {
 }
 
 impl Encoder {
-    fn start(size: Size, fps: f64, ffmpeg: &str) -> Result<Encoder, ClipError> {
+    fn start(size: Size, fps: f64, ffmpeg: &str, frames: usize) -> Result<Encoder, ClipError> {
+        let timeout = encode_timeout(frames);
         // SAFETY: memfd_create takes a NUL-terminated name and flags; the descriptor it returns is
         // ours alone and is owned by the File from here on.
         let fd = unsafe { libc::memfd_create(c"lpmesh-clip".as_ptr(), libc::MFD_CLOEXEC) };
@@ -283,6 +288,15 @@ impl Encoder {
             .spawn()
             .map_err(|e| enc(&format!("{ffmpeg} (apt install ffmpeg)"), e))?;
         let stdin = child.stdin.take();
+        // What it says is read as it says it (a full pipe would stall it), the first few KB kept.
+        let stderr = child.stderr.take().map(|mut e| {
+            std::thread::spawn(move || {
+                let mut kept = Vec::new();
+                let _ = std::io::Read::read_to_end(&mut std::io::Read::take(&mut e, 4096), &mut kept);
+                let _ = std::io::copy(&mut e, &mut std::io::sink());
+                kept
+            })
+        });
         let child = Arc::new(std::sync::Mutex::new(child));
         let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
         // A stuck encoder is stopped, whatever the thread feeding it is blocked on.
@@ -290,7 +304,7 @@ impl Encoder {
         let watchdog = std::thread::spawn(move || {
             let t0 = std::time::Instant::now();
             while !d.load(Ordering::Relaxed) {
-                if t0.elapsed() > ENCODE_TIMEOUT {
+                if t0.elapsed() > timeout {
                     let _ = c.lock().unwrap_or_else(|p| p.into_inner()).kill();
                     return;
                 }
@@ -304,6 +318,7 @@ impl Encoder {
             size,
             done,
             watchdog: Some(watchdog),
+            stderr,
         })
     }
 
@@ -338,10 +353,7 @@ impl Encoder {
             let _ = w.join();
         }
         if !status.success() {
-            let mut err = Vec::new();
-            if let Some(e) = self.child.lock().unwrap_or_else(|p| p.into_inner()).stderr.as_mut() {
-                let _ = std::io::Read::read_to_end(&mut std::io::Read::take(e, 2048), &mut err);
-            }
+            let err = self.stderr.take().and_then(|h| h.join().ok()).unwrap_or_default();
             return Err(ClipError::Encoder(format!(
                 "ffmpeg {status}: {}",
                 String::from_utf8_lossy(&err).trim()
@@ -495,7 +507,7 @@ impl Drop for Worker {
 mod tests {
     use super::*;
     use crate::evidence::ring::RingFrame;
-    use opencv::videoio::{self, VideoCaptureTrait};
+    use opencv::videoio::{self, VideoCaptureTrait, VideoCaptureTraitConst};
 
     /// A noisy frame (every pixel differs from its neighbours), so hidden regions show as blocks.
     fn noise(w: u32, h: u32, seed: u32) -> Vec<u8> {
@@ -585,6 +597,32 @@ mod tests {
         }
         let _ = std::fs::remove_file(&path);
         assert_eq!(n, 10);
+        // Kept by the store, the files on disk are neither an image nor a video to OpenCV.
+        let dir = std::env::temp_dir().join(format!("lpmesh-clip-store-{}", std::process::id()));
+        let store = crate::evidence::store::EvidenceStore::open(&dir, 1.0, 100).unwrap();
+        let id = crate::event::EvidenceId::random();
+        let meta = crate::evidence::store::Meta {
+            id: id.clone(),
+            incident: "n/cam/1-0".into(),
+            camera: "cam".into(),
+            at_ms: b.at_ms,
+            created_ms: 0,
+            still_bytes: 0,
+            clip_bytes: 0,
+            clip_from_ms: b.clip_from_ms,
+            clip_to_ms: b.clip_to_ms,
+            faces_hidden: true,
+        };
+        store.put(&meta, &b.still, Some(&clip), 0).unwrap();
+        let on_disk = std::fs::read(dir.join("evidence").join(format!("{id}.still"))).unwrap();
+        let img = imgcodecs::imdecode(&Vector::<u8>::from_slice(&on_disk), imgcodecs::IMREAD_COLOR);
+        assert!(img.map_or(true, |m| m.empty()), "the sealed still decodes as an image");
+        let sealed_clip = dir.join("evidence").join(format!("{id}.clip"));
+        let mut cap = videoio::VideoCapture::from_file(sealed_clip.to_str().unwrap(), videoio::CAP_FFMPEG).unwrap();
+        let mut m = Mat::default();
+        let frame = cap.is_opened().unwrap() && cap.read(&mut m).unwrap_or(false) && !m.empty();
+        assert!(!frame, "the sealed clip plays");
+        let _ = std::fs::remove_dir_all(&dir);
         // Without hidden faces every frame is used; with no frame at all, nothing is made.
         let all = build(&frames, 1.0, Subject::default(), false, 5.0, "ffmpeg").unwrap();
         assert_eq!(all.clip_from_ms, 1000);

@@ -1,15 +1,18 @@
 //! Evidence on disk: encrypted with a key that never leaves this node, deleted by age and by size.
 //!
-//! Layout under `<data_dir>/evidence/` (directory 0700, files 0600):
-//! - `key`: 32 random bytes, made on first use;
-//! - `<id>.still` and `<id>.clip`: `MAGIC`, a 24-byte random nonce, then XChaCha20-Poly1305 of the
-//!   JPEG or MP4 with the id and the part as associated data (a file renamed to another id or part
-//!   does not decrypt);
-//! - `<id>.json`: what the evidence is of (incident, camera, times, sizes): no pixel.
+//! Layout (directory 0700, files 0600):
+//! - `<data_dir>/evidence.key`: 32 random bytes, made on first use, beside the node's other keys and
+//!   outside the evidence directory;
+//! - `<data_dir>/evidence/<id>.still` and `<id>.clip`: `MAGIC`, a 24-byte random nonce, then
+//!   XChaCha20-Poly1305 of the JPEG or MP4 with the id and the part as associated data (a file
+//!   renamed to another id or part does not decrypt);
+//! - `<data_dir>/evidence/<id>.json`: what the evidence is of (incident, camera, times, sizes): no
+//!   pixel. Written first, so whatever a crash leaves behind is listed and deleted in its time.
 //!
-//! A copy of the directory (a backup, a support bundle, a disk pulled from a node) shows no picture
-//! without the key. Whoever holds the whole disk holds the key too: this protects evidence that
-//! travels without its node, not a node that is stolen whole.
+//! A copy of the evidence directory (what is handed over or backed up as "the evidence") shows no
+//! picture without the key. Whoever copies the whole data directory or holds the disk has the key
+//! too, as they have the node's identity: the node is the trust boundary, and a backup of a data
+//! directory must be kept like the node's keys.
 
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
@@ -38,6 +41,10 @@ pub enum EvidenceError {
     Sealed { path: PathBuf },
     #[error("{path}: {reason}")]
     Invalid { path: PathBuf, reason: String },
+    #[error("evidence of {bytes} bytes: more than {limit} may be kept")]
+    TooLarge { bytes: u64, limit: u64 },
+    #[error("cannot encrypt evidence")]
+    Seal,
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> EvidenceError + '_ {
@@ -123,7 +130,7 @@ impl EvidenceStore {
         let dir = data_dir.join("evidence");
         std::fs::create_dir_all(&dir).map_err(io(&dir))?;
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).map_err(io(&dir))?;
-        let key_path = dir.join("key");
+        let key_path = data_dir.join("evidence.key");
         let key = match std::fs::read(&key_path) {
             Ok(k) if k.len() == 32 => k,
             Ok(_) => {
@@ -161,11 +168,10 @@ impl EvidenceStore {
         self.dir.join(format!("{id}.{ext}"))
     }
 
-    fn seal(&self, id: &EvidenceId, part: Part, plain: &[u8]) -> Vec<u8> {
+    fn seal(&self, id: &EvidenceId, part: Part, plain: &[u8]) -> Result<Vec<u8>, EvidenceError> {
         let mut nonce = [0u8; NONCE];
         rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut nonce);
         let aad = format!("{id}.{}", part.ext());
-        // Encrypting in memory cannot fail for these sizes (the AEAD's limit is 256 GiB).
         let sealed = self
             .cipher
             .encrypt(
@@ -175,12 +181,12 @@ impl EvidenceStore {
                     aad: aad.as_bytes(),
                 },
             )
-            .unwrap_or_default();
+            .map_err(|_| EvidenceError::Seal)?;
         let mut out = Vec::with_capacity(MAGIC.len() + NONCE + sealed.len());
         out.extend_from_slice(MAGIC);
         out.extend_from_slice(&nonce);
         out.extend_from_slice(&sealed);
-        out
+        Ok(out)
     }
 
     /// Keeps one incident's evidence, then deletes what is too old or over the cap.
@@ -189,12 +195,24 @@ impl EvidenceStore {
         let mut meta = meta.clone();
         meta.still_bytes = still.len() as u64;
         meta.clip_bytes = clip.map_or(0, |c| c.len() as u64);
-        write_private(&self.path(&meta.id, "still"), &self.seal(&meta.id, Part::Still, still))?;
-        if let Some(c) = clip {
-            write_private(&self.path(&meta.id, "clip"), &self.seal(&meta.id, Part::Clip, c))?;
+        // Something that could never be read back, or that alone would empty the store, is refused.
+        let largest = meta.still_bytes.max(meta.clip_bytes);
+        if largest > MAX_PART_BYTES || meta.bytes() > self.max_bytes {
+            return Err(EvidenceError::TooLarge {
+                bytes: largest.max(meta.bytes()),
+                limit: MAX_PART_BYTES.min(self.max_bytes),
+            });
         }
-        let json = serde_json::to_vec(&meta).unwrap_or_default();
-        write_private(&self.path(&meta.id, "json"), &json)?;
+        let json_path = self.path(&meta.id, "json");
+        let json = serde_json::to_vec(&meta).map_err(|e| EvidenceError::Invalid {
+            path: json_path.clone(),
+            reason: e.to_string(),
+        })?;
+        write_private(&json_path, &json)?;
+        write_private(&self.path(&meta.id, "still"), &self.seal(&meta.id, Part::Still, still)?)?;
+        if let Some(c) = clip {
+            write_private(&self.path(&meta.id, "clip"), &self.seal(&meta.id, Part::Clip, c)?)?;
+        }
         Ok(self.prune_locked(now_ms))
     }
 
@@ -268,8 +286,12 @@ impl EvidenceStore {
     fn prune_locked(&self, now_ms: i64) -> Pruned {
         let mut pruned = Pruned::default();
         let mut kept = Vec::new();
-        for m in self.list() {
-            if now_ms.saturating_sub(m.created_ms) > self.retention_ms {
+        let listed = self.list();
+        self.remove_strays(&listed, now_ms);
+        for m in listed {
+            // Written by a clock far ahead, it would outlive its retention: it goes now.
+            let from_the_future = m.created_ms > now_ms.saturating_add(86_400_000);
+            if now_ms.saturating_sub(m.created_ms) > self.retention_ms || from_the_future {
                 self.remove(&m.id);
                 pruned.expired += 1;
             } else {
@@ -291,9 +313,31 @@ impl EvidenceStore {
         pruned
     }
 
+    /// Parts with no description (a write cut short, a description unreadable), and unfinished
+    /// writes, once older than an hour: nothing in the directory outlives its retention unlisted.
+    fn remove_strays(&self, listed: &[Meta], now_ms: i64) {
+        let known: std::collections::HashSet<&str> = listed.iter().map(|m| m.id.as_str()).collect();
+        for d in std::fs::read_dir(&self.dir).into_iter().flatten().flatten() {
+            let name = d.file_name().to_string_lossy().to_string();
+            let id = name.split('.').next().unwrap_or_default();
+            if known.contains(id) && !name.ends_with(".tmp") {
+                continue;
+            }
+            let age_ms = d
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map_or(i64::MAX, |t| now_ms.saturating_sub(t.as_millis() as i64));
+            if age_ms > 3_600_000 {
+                let _ = std::fs::remove_file(d.path());
+            }
+        }
+    }
+
     fn remove(&self, id: &EvidenceId) {
         // The description goes last: evidence is listed by it, so a crash midway leaves it listed
-        // and the next prune finishes the job.
+        // (or a stray) and the next prune finishes the job.
         for ext in ["clip", "still", "json"] {
             let p = self.path(id, ext);
             if let Err(e) = std::fs::remove_file(&p) {
@@ -360,6 +404,13 @@ mod tests {
             clip_to_ms: 0,
             faces_hidden: true,
         }
+    }
+
+    fn now_ms() -> i64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64
     }
 
     fn tmp(name: &str) -> PathBuf {
@@ -475,11 +526,21 @@ mod tests {
             }
         );
         assert_eq!(s.usage(), Usage::default());
-        let left: Vec<_> = std::fs::read_dir(d.join("evidence"))
-            .unwrap()
-            .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .collect();
-        assert_eq!(left, vec!["key".to_string()]);
+        assert_eq!(std::fs::read_dir(d.join("evidence")).unwrap().count(), 0);
+        // Strays (a write cut short) go once they are an hour old, by the clock given.
+        std::fs::write(d.join("evidence").join(format!("{}.still", EvidenceId::random())), b"x").unwrap();
+        std::fs::write(d.join("evidence").join("abc.tmp"), b"x").unwrap();
+        s.prune(now_ms() + 30 * 60_000);
+        assert_eq!(std::fs::read_dir(d.join("evidence")).unwrap().count(), 2);
+        s.prune(now_ms() + 2 * hour);
+        assert_eq!(std::fs::read_dir(d.join("evidence")).unwrap().count(), 0);
+        // Too large to keep: refused, nothing written.
+        let big = vec![0u8; 2 * 1024 * 1024];
+        assert!(matches!(
+            s.put(&meta(&EvidenceId::random(), 0), &big, None, 0),
+            Err(EvidenceError::TooLarge { .. })
+        ));
+        assert_eq!(std::fs::read_dir(d.join("evidence")).unwrap().count(), 0);
         let _ = std::fs::remove_dir_all(&d);
     }
 }

@@ -16,12 +16,23 @@ use crate::ui::auth::Role;
 
 /// How long a grant lasts: long enough to watch a clip, short enough that a copied link dies soon.
 pub const GRANT_TTL_MS: i64 = 5 * 60_000;
-/// A grant claiming more than this much time left is refused (a node's clock a little ahead is
-/// fine, a grant for ever is not).
-const MAX_AHEAD_MS: i64 = GRANT_TTL_MS + 60_000;
+/// How far apart two nodes' clocks may be for their grants to work (a store offline for weeks
+/// drifts seconds, not minutes): a grant is taken from this long before it was issued to this long
+/// after it expired, by the keeping node's clock.
+pub const CLOCK_SKEW_MS: i64 = 2 * 60_000;
 /// The longest grant text taken from a URL.
 pub const MAX_GRANT_LEN: usize = 1024;
 const DOMAIN: &[u8] = b"lpmesh evidence grant v1\n";
+
+/// What is signed: the domain, the store (a grant from one store's node opens nothing in another
+/// store, whatever names they share), then the grant.
+fn message(store: &str, body: &[u8]) -> Vec<u8> {
+    let mut msg = DOMAIN.to_vec();
+    msg.extend_from_slice(store.as_bytes());
+    msg.push(b'\n');
+    msg.extend_from_slice(body);
+    msg
+}
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -33,6 +44,7 @@ pub struct Grant {
     pub evidence: EvidenceId,
     /// Download (managers only) rather than view.
     pub download: bool,
+    pub issued_ms: i64,
     pub expires_ms: i64,
 }
 
@@ -46,7 +58,7 @@ pub enum GrantError {
     BadSignature,
     #[error("expired")]
     Expired,
-    #[error("valid for longer than any grant")]
+    #[error("valid for longer than any grant, or issued later than now")]
     TooLong,
     #[error("for other evidence")]
     OtherEvidence,
@@ -59,17 +71,17 @@ fn b64() -> base64::engine::GeneralPurpose {
 }
 
 impl Grant {
-    /// The grant as URL-safe text, signed with `key`.
-    pub fn sign(&self, key: &libp2p_identity::Keypair) -> Option<String> {
+    /// The grant as URL-safe text, signed with `key` for `store`.
+    pub fn sign(&self, store: &str, key: &libp2p_identity::Keypair) -> Option<String> {
         let body = serde_json::to_vec(self).ok()?;
-        let mut msg = DOMAIN.to_vec();
-        msg.extend_from_slice(&body);
-        let sig = key.sign(&msg).ok()?;
+        let sig = key.sign(&message(store, &body)).ok()?;
         Some(format!("{}.{}", b64().encode(&body), b64().encode(sig)))
     }
 
-    /// Checks `text` for `evidence` at `now_ms`; `issuer_key` finds a member's key by node name.
+    /// Checks `text` for `evidence` of `store` at `now_ms`; `issuer_key` finds a member's key by
+    /// node name.
     pub fn verify(
+        store: &str,
         text: &str,
         evidence: &EvidenceId,
         download: bool,
@@ -86,16 +98,17 @@ impl Grant {
         let key = issuer_key(&g.issuer)
             .and_then(|o| o.public_key())
             .ok_or(GrantError::UnknownIssuer)?;
-        let mut msg = DOMAIN.to_vec();
-        msg.extend_from_slice(&body);
-        if !key.verify(&msg, &sig) {
+        if !key.verify(&message(store, &body), &sig) {
             return Err(GrantError::BadSignature);
         }
-        if g.expires_ms <= now_ms {
-            return Err(GrantError::Expired);
-        }
-        if g.expires_ms > now_ms.saturating_add(MAX_AHEAD_MS) {
+        if g.expires_ms.saturating_sub(g.issued_ms) > GRANT_TTL_MS
+            || g.expires_ms < g.issued_ms
+            || g.issued_ms > now_ms.saturating_add(CLOCK_SKEW_MS)
+        {
             return Err(GrantError::TooLong);
+        }
+        if g.expires_ms.saturating_add(CLOCK_SKEW_MS) <= now_ms {
+            return Err(GrantError::Expired);
         }
         if &g.evidence != evidence {
             return Err(GrantError::OtherEvidence);
@@ -118,9 +131,12 @@ mod tests {
             role,
             evidence: id.clone(),
             download,
+            issued_ms: expires_ms - GRANT_TTL_MS,
             expires_ms,
         }
     }
+
+    const STORE: &str = "shop-1";
 
     #[test]
     fn a_grant_opens_its_evidence_for_its_time_and_nothing_else() {
@@ -131,38 +147,55 @@ mod tests {
         let id = EvidenceId::random();
         let now = 1_800_000_000_000;
         let t = grant(&id, false, Role::Security, now + GRANT_TTL_MS)
-            .sign(&key)
+            .sign(STORE, &key)
             .unwrap();
         assert!(t.len() < MAX_GRANT_LEN && !t.contains(['/', '+', '=', '&', '?']), "{t}");
-        let g = Grant::verify(&t, &id, false, now, members).unwrap();
+        let g = Grant::verify(STORE, &t, &id, false, now, members).unwrap();
         assert_eq!((g.user.as_str(), g.role), ("sam", Role::Security));
-        let check = |t: &str, id: &EvidenceId, dl: bool, now: i64| Grant::verify(t, id, dl, now, members);
-        assert_eq!(check(&t, &id, false, now + GRANT_TTL_MS), Err(GrantError::Expired));
+        let check = |t: &str, id: &EvidenceId, dl: bool, now: i64| Grant::verify(STORE, t, id, dl, now, members);
+        // Clocks a minute apart either way are fine; past its life and the skew, it is expired.
+        assert!(check(&t, &id, false, now - 60_000).is_ok());
+        assert!(check(&t, &id, false, now + GRANT_TTL_MS + 60_000).is_ok());
+        assert_eq!(
+            check(&t, &id, false, now + GRANT_TTL_MS + CLOCK_SKEW_MS),
+            Err(GrantError::Expired)
+        );
+        assert_eq!(check(&t, &id, false, now - CLOCK_SKEW_MS - 1), Err(GrantError::TooLong));
+        // Another store's node signed it: nothing, whatever the names.
+        assert_eq!(
+            Grant::verify("shop-2", &t, &id, false, now, members),
+            Err(GrantError::BadSignature)
+        );
         assert_eq!(
             check(&t, &EvidenceId::random(), false, now),
             Err(GrantError::OtherEvidence)
         );
         // Viewing is not downloading; a security user's grant never downloads, even if it says so.
         assert_eq!(check(&t, &id, true, now), Err(GrantError::NotDownload));
-        let t2 = grant(&id, true, Role::Security, now + 1000).sign(&key).unwrap();
+        let t2 = grant(&id, true, Role::Security, now + 1000).sign(STORE, &key).unwrap();
         assert_eq!(check(&t2, &id, true, now), Err(GrantError::NotDownload));
-        let t3 = grant(&id, true, Role::Manager, now + 1000).sign(&key).unwrap();
+        let t3 = grant(&id, true, Role::Manager, now + 1000).sign(STORE, &key).unwrap();
         assert!(check(&t3, &id, true, now).is_ok());
         // A grant for a day is refused even when correctly signed.
-        let long = grant(&id, false, Role::Manager, now + 86_400_000).sign(&key).unwrap();
+        let long = Grant {
+            issued_ms: now,
+            ..grant(&id, false, Role::Manager, now + 86_400_000)
+        }
+        .sign(STORE, &key)
+        .unwrap();
         assert_eq!(check(&long, &id, false, now), Err(GrantError::TooLong));
         // Signed by a key that is not the named member's (a revoked or foreign node), or edited.
         let forged = grant(&id, false, Role::Manager, now + 1000)
-            .sign(&libp2p_identity::Keypair::generate_ed25519())
+            .sign(STORE, &libp2p_identity::Keypair::generate_ed25519())
             .unwrap();
         assert_eq!(check(&forged, &id, false, now), Err(GrantError::BadSignature));
         let by_other = |name: &str| (name == "front").then_some(other);
         assert_eq!(
-            Grant::verify(&t, &id, false, now, by_other),
+            Grant::verify(STORE, &t, &id, false, now, by_other),
             Err(GrantError::BadSignature)
         );
         assert_eq!(
-            Grant::verify(&t, &id, false, now, |_| None),
+            Grant::verify(STORE, &t, &id, false, now, |_| None),
             Err(GrantError::UnknownIssuer)
         );
         let (body, sig) = t.split_once('.').unwrap();

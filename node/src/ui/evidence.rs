@@ -28,6 +28,73 @@ use crate::ui::auth::Role;
 pub struct EvidenceSide {
     pub store: Option<Arc<EvidenceStore>>,
     pub key: libp2p_identity::Keypair,
+    /// Reads at once: each decrypts a whole part (up to `MAX_PART_BYTES`), so many parallel
+    /// requests from one grant cannot take the node's memory.
+    pub reads: tokio::sync::Semaphore,
+    /// The last download recorded per (user, evidence): a player or a prefetcher asking again
+    /// within a grant's life is one download in the log, not a flood of records.
+    pub downloads: std::sync::Mutex<std::collections::HashMap<(String, EvidenceId), i64>>,
+}
+
+/// Evidence reads at once, per node.
+pub const READS_AT_ONCE: usize = 4;
+/// Downloads remembered for de-duplication (the oldest are forgotten first).
+const DOWNLOADS_REMEMBERED: usize = 1024;
+
+impl EvidenceSide {
+    pub fn new(store: Option<Arc<EvidenceStore>>, key: libp2p_identity::Keypair) -> EvidenceSide {
+        EvidenceSide {
+            store,
+            key,
+            reads: tokio::sync::Semaphore::new(READS_AT_ONCE),
+            downloads: Default::default(),
+        }
+    }
+
+    /// Whether a download by `user` of `id` at `now_ms` is a new one to record.
+    fn first_download(&self, user: &str, id: &EvidenceId, now_ms: i64) -> bool {
+        let mut d = self.downloads.lock().unwrap_or_else(|p| p.into_inner());
+        let key = (user.to_string(), id.clone());
+        if d.get(&key).is_some_and(|t| now_ms - t < GRANT_TTL_MS) {
+            return false;
+        }
+        if d.len() >= DOWNLOADS_REMEMBERED {
+            d.retain(|_, t| now_ms - *t < GRANT_TTL_MS);
+            if d.len() >= DOWNLOADS_REMEMBERED {
+                if let Some(oldest) = d.iter().min_by_key(|(_, t)| **t).map(|(k, _)| k.clone()) {
+                    d.remove(&oldest);
+                }
+            }
+        }
+        d.insert(key, now_ms);
+        true
+    }
+}
+
+/// A part of this node's evidence, read off the async workers, a few at a time.
+async fn read_part(state: &Arc<UiState>, id: &EvidenceId, part: Part) -> Result<Vec<u8>, ApiError> {
+    let side = state
+        .evidence_side()
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "this node keeps no evidence"))?;
+    let _one = side
+        .reads
+        .acquire()
+        .await
+        .map_err(|_| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "evidence is not served now"))?;
+    let (st, id) = (state.clone(), id.clone());
+    tokio::task::spawn_blocking(move || read(&st, &id, part))
+        .await
+        .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "reading evidence failed"))?
+}
+
+/// What this node's evidence `id` is of, read off the async workers.
+async fn meta_of(state: &UiState, id: &EvidenceId) -> Option<crate::evidence::store::Meta> {
+    let store = state.evidence_side()?.store.clone()?;
+    let id = id.clone();
+    tokio::task::spawn_blocking(move || store.meta(&id))
+        .await
+        .ok()
+        .flatten()
 }
 
 fn now_ms() -> i64 {
@@ -70,18 +137,23 @@ pub(super) async fn links(
     let base = if r.node == state.node {
         String::new()
     } else {
-        let infos = super::node_infos(&state).await;
-        match infos
+        let why = if state.member_list().is_none() {
+            // Without the store's member list no other node's grant could be checked there.
+            Some("this store keeps no member list, so only the node itself shows its evidence")
+        } else {
+            None
+        };
+        let found = super::member_uis(&state)
+            .await
             .into_iter()
-            .find(|(_, i)| i.name == r.node)
-            .and_then(|(_, i)| i.ui)
-        {
-            Some(u) if u.starts_with("https://") => u.trim_end_matches('/').to_string(),
-            _ => {
+            .find(|(name, _)| *name == r.node);
+        match (why, found) {
+            (None, Some((_, origin))) => origin,
+            (why, _) => {
                 return Ok(Json(serde_json::json!({
                     "status": "unavailable",
                     "owner": r.node,
-                    "why": "that node has not said where tablets reach it over HTTPS",
+                    "why": why.unwrap_or("that node is not heard from, or has not said where tablets reach it over HTTPS"),
                 })))
             }
         }
@@ -93,9 +165,10 @@ pub(super) async fn links(
             role: s.role,
             evidence: r.id.clone(),
             download,
+            issued_ms: now_ms(),
             expires_ms: now_ms() + GRANT_TTL_MS,
         }
-        .sign(&side.key)
+        .sign(&state.store, &side.key)
     };
     let view = grant(false).ok_or_else(|| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "cannot sign"))?;
     let path = format!("{base}/evidence/{}", r.id);
@@ -126,7 +199,10 @@ fn access(
     download: bool,
 ) -> Result<(String, Role), ApiError> {
     if let Some(session) = cookie_token(headers).and_then(|t| state.sessions.get(&t)) {
-        if state.users.role_of(&session.user) == Some(session.role) {
+        if state.users.role_of(&session.user) != Some(session.role) {
+            // Removed or given another role elsewhere: the session ends, as on every other route.
+            state.sessions.remove_user(&session.user);
+        } else {
             if download && session.role != Role::Manager {
                 return Err(ApiError::new(StatusCode::FORBIDDEN, "managers only"));
             }
@@ -140,7 +216,7 @@ fn access(
     let id = id.ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "no such evidence"))?;
     let me = state.mesh.origin();
     let members = state.member_list();
-    let g = Grant::verify(text, id, download, now_ms(), |issuer| {
+    let g = Grant::verify(&state.store, text, id, download, now_ms(), |issuer| {
         if issuer == state.node {
             return Some(me);
         }
@@ -228,13 +304,7 @@ pub(super) async fn still(
     let id = EvidenceId::parse(&id);
     access(&state, &headers, q.grant.as_deref(), id.as_ref(), false)?;
     let id = id.ok_or_else(not_found)?;
-    let body = tokio::task::spawn_blocking({
-        let state = state.clone();
-        let id = id.clone();
-        move || read(&state, &id, Part::Still)
-    })
-    .await
-    .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "reading evidence failed"))??;
+    let body = read_part(&state, &id, Part::Still).await?;
     Ok(picture("image/jpeg", body, StatusCode::OK, &[]))
 }
 
@@ -274,13 +344,7 @@ pub(super) async fn clip(
     let id = EvidenceId::parse(&id);
     access(&state, &headers, q.grant.as_deref(), id.as_ref(), false)?;
     let id = id.ok_or_else(not_found)?;
-    let body = tokio::task::spawn_blocking({
-        let state = state.clone();
-        let id = id.clone();
-        move || read(&state, &id, Part::Clip)
-    })
-    .await
-    .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "reading evidence failed"))??;
+    let body = read_part(&state, &id, Part::Clip).await?;
     let len = body.len();
     let accept = (header::ACCEPT_RANGES, "bytes".to_string());
     Ok(match range(&headers, len) {
@@ -303,6 +367,7 @@ pub(super) async fn clip(
 /// The clip as a file to hand over (managers only), recorded in the store's log as an action.
 pub(super) async fn download(
     State(state): State<Arc<UiState>>,
+    method: axum::http::Method,
     headers: HeaderMap,
     Path(id): Path<String>,
     Query(q): Query<GrantQuery>,
@@ -314,18 +379,18 @@ pub(super) async fn download(
     let id = EvidenceId::parse(&id);
     let (user, _) = access(&state, &headers, q.grant.as_deref(), id.as_ref(), true)?;
     let id = id.ok_or_else(not_found)?;
-    let side = state.evidence_side();
-    let meta = side
-        .as_ref()
-        .and_then(|s| s.store.as_ref()?.meta(&id))
+    let meta = meta_of(&state, &id)
+        .await
         .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "no such evidence here"))?;
-    let body = tokio::task::spawn_blocking({
-        let state = state.clone();
-        let id = id.clone();
-        move || read(&state, &id, Part::Clip)
-    })
-    .await
-    .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "reading evidence failed"))??;
+    let body = read_part(&state, &id, Part::Clip).await?;
+    let side = state.evidence_side();
+    // Asking for the headers only is no download; asking again within a grant's life is the same
+    // one.
+    let record =
+        method != axum::http::Method::HEAD && side.as_ref().is_some_and(|s| s.first_download(&user, &id, now_ms()));
+    if !record {
+        return Ok(clip_file(&meta, body));
+    }
     // Recorded before a byte is handed over: a download that is not in the log does not happen.
     let started = {
         let book = state.book.read().unwrap_or_else(|p| p.into_inner());
@@ -356,6 +421,11 @@ pub(super) async fn download(
         state.take(r);
     }
     tracing::warn!(incident = %meta.incident, evidence = %id, by = %user, "evidence downloaded");
+    Ok(clip_file(&meta, body))
+}
+
+/// The clip as a file named after its camera and moment.
+fn clip_file(meta: &crate::evidence::store::Meta, body: Vec<u8>) -> Response {
     let name = format!(
         "lpmesh-{}-{}.mp4",
         meta.camera
@@ -364,12 +434,12 @@ pub(super) async fn download(
             .map(|t| t.format("%Y%m%dT%H%M%SZ").to_string())
             .unwrap_or_default()
     );
-    Ok(picture(
+    picture(
         "video/mp4",
         body,
         StatusCode::OK,
         &[(header::CONTENT_DISPOSITION, format!("attachment; filename=\"{name}\""))],
-    ))
+    )
 }
 
 /// The link in an alert: the still for a logged-in tablet, the incident's page (after its login)
@@ -384,18 +454,17 @@ pub(super) async fn from_alert(
         return Err(e);
     }
     let id = EvidenceId::parse(&id);
-    let side = state.evidence_side();
-    let meta = id
-        .as_ref()
-        .zip(side.as_ref().and_then(|s| s.store.as_ref()))
-        .and_then(|(id, s)| s.meta(id));
+    let meta = match &id {
+        Some(id) => meta_of(&state, id).await,
+        None => None,
+    };
     let logged_in = cookie_token(&headers)
         .and_then(|t| state.sessions.get(&t))
         .is_some_and(|s| state.users.role_of(&s.user) == Some(s.role));
     match (logged_in, id, meta) {
         (true, Some(id), Some(_)) => Ok(picture(
             "image/jpeg",
-            read(&state, &id, Part::Still)?,
+            read_part(&state, &id, Part::Still).await?,
             StatusCode::OK,
             &[],
         )),
@@ -415,6 +484,63 @@ pub(super) async fn from_alert(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_member_is_known_by_its_admitted_name_not_the_one_it_claims() {
+        use lpmesh_mesh::record::Origin;
+        let keys: Vec<libp2p_identity::Keypair> =
+            (0..4).map(|_| libp2p_identity::Keypair::generate_ed25519()).collect();
+        let origin = |i: usize| Origin::of(&keys[i]).unwrap();
+        let member = |i: usize, name: Option<&str>| crate::members::Member {
+            node: keys[i].public().to_peer_id().to_string(),
+            key: crate::members::hex(&origin(i)),
+            founder: i == 0,
+            admitted_by: None,
+            admitted_at_ms: None,
+            invitation: None,
+            priority: None,
+            name: name.map(str::to_string),
+        };
+        let list = [member(0, Some("front")), member(1, Some("back")), member(2, None)];
+        let name = |i: usize, claimed: &str| super::super::admitted_name(&list, &origin(i), claimed);
+        // "back" claiming to be "front" is still "back": its evidence links are its own.
+        assert_eq!(name(1, "front").as_deref(), Some("back"));
+        // Admitted with no name: what it claims, unless that is another member's admitted name.
+        assert_eq!(name(2, "stockroom").as_deref(), Some("stockroom"));
+        assert_eq!(name(2, "back"), None);
+        // Not a member (never admitted, or revoked): nobody.
+        assert_eq!(name(3, "front"), None);
+    }
+
+    #[test]
+    fn the_pages_policy_takes_one_https_origin_per_node_and_nothing_else() {
+        use super::super::{csp, https_origin};
+        assert_eq!(
+            https_origin("https://10.0.0.5:8443/").as_deref(),
+            Some("https://10.0.0.5:8443")
+        );
+        assert_eq!(
+            https_origin("https://[::1]:8443").as_deref(),
+            Some("https://[::1]:8443")
+        );
+        for bad in [
+            "http://10.0.0.5:8080",
+            "https://",
+            "https://x; script-src *",
+            "https://evil.example\" img-src *",
+            "https://a b",
+            "javascript:alert(1)",
+        ] {
+            assert_eq!(https_origin(bad), None, "{bad}");
+        }
+        let p = csp(&["https://10.0.0.6:8443".into()]);
+        assert!(p.contains("img-src 'self' data: https://10.0.0.6:8443;"), "{p}");
+        assert!(p.contains("media-src 'self' https://10.0.0.6:8443;"), "{p}");
+        assert!(
+            p.contains("script-src 'self';") && p.contains("connect-src 'self';"),
+            "{p}"
+        );
+    }
 
     #[test]
     fn ranges_as_browsers_ask_for_them() {

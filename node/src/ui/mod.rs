@@ -206,7 +206,7 @@ impl UiState {
         key: libp2p_identity::Keypair,
     ) -> Arc<Self> {
         *self.evidence.write().unwrap_or_else(|p| p.into_inner()) =
-            Some(Arc::new(evidence::EvidenceSide { store, key }));
+            Some(Arc::new(evidence::EvidenceSide::new(store, key)));
         self
     }
 
@@ -528,11 +528,7 @@ fn asset(ct: &'static str, body: &'static str) -> Response {
 /// The page, with a policy that lets it show pictures from the store's other nodes (an incident's
 /// evidence is fetched from the node that keeps it) and from nowhere else.
 async fn index(State(state): State<Arc<UiState>>) -> Response {
-    let origins: Vec<String> = node_infos(&state)
-        .await
-        .into_iter()
-        .filter_map(|(_, i)| i.ui.as_deref().and_then(https_origin))
-        .collect();
+    let origins: Vec<String> = member_uis(&state).await.into_iter().map(|(_, o)| o).collect();
     // The page learns which nodes its policy lets it show pictures from (a node that joins later
     // needs the page loaded again).
     let html = include_str!("assets/index.html").replacen(
@@ -565,6 +561,45 @@ fn csp(origins: &[String]) -> String {
          media-src 'self'{extra}; connect-src 'self'; font-src 'none'; frame-ancestors 'none'; form-action 'self'; \
          base-uri 'none'"
     )
+}
+
+/// The store's members' tablet addresses (HTTPS origins) as their heartbeats announce them, under
+/// the names their admissions give them, as the store's records are taken (`bounds`): a member
+/// admitted under a name is only that name; one admitted without a name is the name it announces
+/// unless another member was admitted under it. So a member cannot pose as another to serve its
+/// evidence. A node that is no member (revoked) is left out. (A store made before member records has
+/// no list: there the heartbeat's name is all there is.)
+async fn member_uis(state: &UiState) -> Vec<(String, String)> {
+    let members = state.member_list();
+    node_infos(state)
+        .await
+        .into_iter()
+        .filter_map(|(n, info)| {
+            let origin = info.ui.as_deref().and_then(https_origin)?;
+            let name = match &members {
+                Some(list) => admitted_name(list, &n.origin, &info.name)?,
+                None => info.name,
+            };
+            Some((name, origin))
+        })
+        .collect()
+}
+
+/// The name a node speaks under in the store: its admitted name; for a member admitted without one,
+/// the name it claims unless another member was admitted under it; for anyone else, none.
+fn admitted_name(
+    list: &[crate::members::Member],
+    origin: &lpmesh_mesh::record::Origin,
+    claimed: &str,
+) -> Option<String> {
+    let me = list
+        .iter()
+        .find(|m| crate::members::parse_hex(&m.key).as_ref() == Some(origin))?;
+    match &me.name {
+        Some(admitted) => Some(admitted.clone()),
+        None if list.iter().any(|m| m.name.as_deref() == Some(claimed)) => None,
+        None => Some(claimed.to_string()),
+    }
 }
 
 /// `https://host[:port]` of a URL another node announced, or `None` for anything else: what a node

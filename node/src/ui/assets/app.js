@@ -270,6 +270,25 @@ async function showEvidence(i) {
   if (box.dataset.for !== i.id) return;
   if (links.status !== 'ok') { unavailable(links.why || 'none was kept'); return; }
   let tries = 0;
+  // The links' grants last minutes: a clip played (or downloaded) later asks for fresh ones.
+  const fresh = async () => {
+    const l = await api('GET', `/api/incidents/${encodeURIComponent(i.id)}/evidence`);
+    if (l.status === 'ok') links = l;
+    return links;
+  };
+  let clipRetried = false;
+  clip.onerror = async () => {
+    if (clipRetried || box.dataset.for !== i.id) return;
+    clipRetried = true;
+    const at = clip.currentTime;
+    clip.src = (await fresh()).clip;
+    clip.currentTime = at;
+  };
+  dl.onclick = async (ev) => {
+    ev.preventDefault();
+    const l = await fresh().catch(() => links);
+    if (l.download) location.href = l.download;
+  };
   still.onload = () => {
     if (box.dataset.for !== i.id) return;
     sessionStorage.removeItem('evidence-reload');
@@ -285,7 +304,8 @@ async function showEvidence(i) {
     // This page's policy lists the store's nodes it knew when it loaded: evidence on a node that
     // joined since needs the page loaded again (once).
     const origin = new URL(links.still, location.href).origin;
-    const allowed = (document.querySelector('meta[name=lpmesh-evidence-origins]')?.content || '').split(' ');
+    const allowed = (document.querySelector('meta[name=lpmesh-evidence-origins]')?.content || '')
+      .split(' ').filter(Boolean).map((o) => new URL(o).origin);
     if (origin !== location.origin && !allowed.includes(origin) && !sessionStorage.getItem('evidence-reload')) {
       sessionStorage.setItem('evidence-reload', '1');
       location.reload();
