@@ -5,6 +5,10 @@
 //! cost is not counted), posted by 32 concurrent clients on loopback. The clients share the machine
 //! with HQ and PostgreSQL, so the figure is a lower bound of HQ's capacity. The throw-away cluster
 //! runs with fsync on, as a production database would: every acknowledged summary is on disk.
+//!
+//! By default each client keeps its connection (a store's uploads after an outage come in a burst on
+//! one connection); with fresh connections every upload opens its own TCP connection and pays a full
+//! TLS handshake (a new client, so no session to resume), as the hourly uploads of 10,000 stores do.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -45,6 +49,10 @@ pub struct HqBench {
     /// Whether the database fsyncs its commits: `true` for the cluster the bench starts itself;
     /// `None` for one given by URL (its settings are its own).
     pub fsync: Option<bool>,
+    /// Every upload on a connection and TLS handshake of its own.
+    pub fresh_connections: bool,
+    /// TCP connections (and TLS handshakes) the uploads made.
+    pub connections: usize,
 }
 
 fn sample(store: &str, period: i64, nodes: &[String], k: u64) -> Summary {
@@ -98,7 +106,12 @@ fn sample(store: &str, period: i64, nodes: &[String], k: u64) -> Summary {
 }
 
 /// Runs the benchmark against `database_url`, or a throw-away cluster when there is none.
-pub async fn run(stores: usize, periods: usize, database_url: Option<String>) -> Result<HqBench, BenchError> {
+pub async fn run(
+    stores: usize,
+    periods: usize,
+    database_url: Option<String>,
+    fresh_connections: bool,
+) -> Result<HqBench, BenchError> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let own_cluster = database_url.is_none();
     let (pg, url) = match database_url {
@@ -146,12 +159,12 @@ pub async fn run(stores: usize, periods: usize, database_url: Option<String>) ->
     )
     .await
     .map_err(err)?;
-    let client = HqClient::new(
-        &format!("https://localhost:{}", running.addr.port()),
-        Some(&cert.cert_path),
-        Duration::from_secs(30),
-    )
-    .map_err(err)?;
+    let url = format!("https://localhost:{}", running.addr.port());
+    let new_client = {
+        let (url, ca) = (url.clone(), cert.cert_path.clone());
+        move || HqClient::new(&url, Some(&ca), Duration::from_secs(30)).map_err(err)
+    };
+    let client = new_client()?;
     client.probe().await.map_err(err)?;
     let concurrency = 32;
     let total = envelopes.len();
@@ -161,13 +174,20 @@ pub async fn run(stores: usize, periods: usize, database_url: Option<String>) ->
     for _ in 0..concurrency {
         let q = queue.clone();
         let c = client.clone();
+        let new_client = new_client.clone();
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::new();
             loop {
                 let next = q.lock().map(|mut v| v.pop()).unwrap_or(None);
                 let Some(env) = next else { break };
                 let t = Instant::now();
-                c.post(env).await.map_err(err)?;
+                // A fresh client has no connection and no TLS session: the upload pays for both,
+                // and the client's own setup (reading the CA) is part of what a store pays too.
+                if fresh_connections {
+                    new_client()?.post(env).await.map_err(err)?;
+                } else {
+                    c.post(env).await.map_err(err)?;
+                }
                 lat.push(t.elapsed().as_secs_f64() * 1000.0);
             }
             Ok::<Vec<f64>, BenchError>(lat)
@@ -207,5 +227,11 @@ pub async fn run(stores: usize, periods: usize, database_url: Option<String>) ->
         envelope_bytes,
         database: "postgresql".into(),
         fsync: own_cluster.then_some(true),
+        fresh_connections,
+        connections: if fresh_connections {
+            total
+        } else {
+            concurrency.min(total)
+        },
     })
 }

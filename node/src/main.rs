@@ -387,6 +387,9 @@ enum BenchWhat {
         /// PostgreSQL to use (default: a throw-away cluster started for the run).
         #[arg(long)]
         database_url: Option<String>,
+        /// Every upload opens its own connection and TLS handshake, as stores' hourly uploads do.
+        #[arg(long)]
+        fresh_connections: bool,
         #[arg(long)]
         json: bool,
     },
@@ -486,9 +489,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     stores,
                     periods,
                     database_url,
+                    fresh_connections,
                     json,
                 },
-        } => bench::hq(stores, periods, database_url, json),
+        } => bench::hq(stores, periods, database_url, fresh_connections, json),
         Command::Bench {
             what: BenchWhat::Alerts { incidents, json },
         } => bench::alerts(incidents, json),

@@ -445,6 +445,33 @@ fn bench_hq_ingests_into_a_real_postgresql() {
     for key in ["summaries_per_s", "p50_ms", "p99_ms", "chain_10k_share"] {
         assert!(v[key].as_f64().is_some_and(|x| x > 0.0 && x.is_finite()), "{key}: {v}");
     }
+    assert_eq!(
+        (v["fresh_connections"].clone(), v["connections"].clone()),
+        (false.into(), 32.into())
+    );
+    // Every upload on a connection of its own, as stores' hourly uploads come.
+    let o = lpmesh()
+        .args([
+            "bench",
+            "hq",
+            "--stores",
+            "10",
+            "--periods",
+            "2",
+            "--fresh-connections",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("one JSON object");
+    assert_eq!(
+        (v["summaries"].clone(), v["connections"].clone()),
+        (20.into(), 20.into()),
+        "{v}"
+    );
+    assert_eq!(v["fresh_connections"], true, "{v}");
+    assert!(v["summaries_per_s"].as_f64().is_some_and(|x| x > 0.0), "{v}");
 }
 
 #[test]

@@ -24,7 +24,7 @@ pub fn mesh(nodes: usize, records: u64, json: bool) -> Result<ExitCode> {
     })
 }
 
-pub fn hq(stores: usize, periods: usize, database_url: Option<String>, json: bool) -> Result<ExitCode> {
+pub fn hq(stores: usize, periods: usize, database_url: Option<String>, fresh: bool, json: bool) -> Result<ExitCode> {
     let rt = super::runtime()?;
     // A database of its own lies in the temp directory; one named by URL is wherever it is.
     let machine = lpmesh_node::ops::Machine {
@@ -34,10 +34,10 @@ pub fn hq(stores: usize, periods: usize, database_url: Option<String>, json: boo
         ),
         ..lpmesh_node::ops::machine(&std::env::temp_dir())
     };
-    let r = rt.block_on(lpmesh_hq::bench::run(stores, periods, database_url))?;
+    let r = rt.block_on(lpmesh_hq::bench::run(stores, periods, database_url, fresh))?;
     report(&r, &machine, json, |r| {
         println!(
-            "{} summaries from {} stores into {} ({}) over HTTPS, {} concurrent uploads",
+            "{} summaries from {} stores into {} ({}) over HTTPS, {} concurrent uploads, {}",
             r.summaries,
             r.stores,
             r.database,
@@ -46,7 +46,12 @@ pub fn hq(stores: usize, periods: usize, database_url: Option<String>, json: boo
                 Some(false) => "fsync off",
                 None => "its own fsync setting",
             },
-            r.concurrency
+            r.concurrency,
+            if r.fresh_connections {
+                format!("each on a connection and TLS handshake of its own ({})", r.connections)
+            } else {
+                format!("on {} kept connections", r.connections)
+            }
         );
         println!(
             "ingest           {:>8.0} summaries/s   (p50 {:.1} ms, p99 {:.1} ms per upload; {} B per envelope)",
