@@ -124,6 +124,8 @@ struct RingFeed {
     max_width: u32,
     next_due: f64,
     failed: bool,
+    /// Heads are hidden in the zone editor's still too (from the people the ring knows of).
+    hide_faces: bool,
 }
 
 impl OpenCvCapture {
@@ -176,14 +178,22 @@ impl OpenCvCapture {
         self
     }
 
-    /// Keeps this camera's recent frames (at most `fps` a second, at most `max_width` wide) in `ring`.
-    pub fn with_ring(mut self, ring: Arc<crate::evidence::ring::Ring>, fps: f64, max_width: u32) -> Self {
+    /// Keeps this camera's recent frames (at most `fps` a second, at most `max_width` wide) in `ring`;
+    /// with `hide_faces`, the zone editor's still hides people's heads as evidence does.
+    pub fn with_ring(
+        mut self,
+        ring: Arc<crate::evidence::ring::Ring>,
+        fps: f64,
+        max_width: u32,
+        hide_faces: bool,
+    ) -> Self {
         self.ring = Some(RingFeed {
             ring,
             interval: 0.98 / fps.max(0.1),
             max_width,
             next_due: 0.0,
             failed: false,
+            hide_faces,
         });
         self
     }
@@ -217,15 +227,35 @@ impl OpenCvCapture {
     }
 
     fn keep_still(&mut self, frame: &Frame) {
+        let due = match &self.still {
+            Some((_, _, last)) => {
+                !last.is_some_and(|t| t.elapsed().as_secs_f64() < crate::zone_control::STILL_EVERY_SECS)
+            }
+            None => false,
+        };
+        if !due {
+            return;
+        }
+        // Where people are now, to hide their heads; with nobody analysed near this frame yet, the
+        // still waits for a later frame rather than showing a face.
+        let people = match &self.ring {
+            Some(f) if f.hide_faces => match f.ring.people_near(frame.pts, crate::evidence::clip::NEAR_SECS) {
+                Some(p) => Some(p),
+                None => return,
+            },
+            _ => None,
+        };
         let Some((zones, camera, last)) = &mut self.still else {
             return;
         };
-        if last.is_some_and(|t| t.elapsed().as_secs_f64() < crate::zone_control::STILL_EVERY_SECS) {
-            return;
-        }
         *last = Some(Instant::now());
         let now = chrono::Utc::now().timestamp_millis();
-        if let Some(s) = crate::zone_control::Still::downscale(&frame.bgr, frame.width, frame.height, now) {
+        if let Some(mut s) = crate::zone_control::Still::downscale(&frame.bgr, frame.width, frame.height, now) {
+            if let Some(p) = &people {
+                if crate::evidence::clip::hide_heads_bgr(&mut s.bgr, s.width, s.height, p).is_err() {
+                    return;
+                }
+            }
             zones.set_still(camera, s);
         }
     }

@@ -1,8 +1,9 @@
 //! Editing a camera's zones from the tablet: the still frame it is drawn on, and saving.
 //!
 //! The still is taken by the camera thread of the node that owns the camera (a downscaled copy of a
-//! recent frame, refreshed every few seconds, kept in memory only) and served only by that node to a
-//! logged-in manager; it never enters the mesh or the log. Saving writes the camera's zones into the
+//! recent frame, refreshed every few seconds, kept in memory only, people's heads hidden as in
+//! evidence when `[evidence]` is on) and served only by that node to a logged-in manager over HTTPS;
+//! it never enters the mesh or the log. Saving writes the camera's zones into the
 //! node's configuration file (the rest of the file, comments included, is kept), checks the whole file
 //! as `lpmesh validate` would, and applies the zones by restarting that camera's pipeline: its open
 //! incidents end, the node and its other cameras go on.

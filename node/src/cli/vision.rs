@@ -364,7 +364,7 @@ pub fn spawn_camera(
                 let ev = &cfg.evidence;
                 let ring = evidence.as_ref().map(|_| Ring::new(ev.ring_secs(), MAX_RING_BYTES));
                 let capture = match &ring {
-                    Some(r) => capture.with_ring(r.clone(), ev.fps, ev.max_width),
+                    Some(r) => capture.with_ring(r.clone(), ev.fps, ev.max_width, ev.blur_faces),
                     None => capture,
                 };
                 let worker = match (&evidence, &ring) {

@@ -29,7 +29,7 @@ pub enum ClipError {
 /// JPEG quality of ring frames and stills.
 const JPEG_QUALITY: i32 = 82;
 /// Boxes farther than this in time from a frame are not its people.
-const NEAR_SECS: f64 = 0.6;
+pub const NEAR_SECS: f64 = 0.6;
 /// The part of a person's box hidden as the head: the top quarter (people bend, boxes are loose),
 /// widened a little on each side.
 const HEAD_FRACTION: f32 = 0.25;
@@ -95,6 +95,23 @@ fn hide_heads(img: &mut Mat, people: &[(u64, [f32; 4])]) -> Result<(), ClipError
         imgproc::resize(&tiny, &mut back, rect.size(), 0.0, 0.0, imgproc::INTER_NEAREST)?;
         let mut roi = Mat::roi_mut(img, rect)?;
         back.copy_to(&mut roi)?;
+    }
+    Ok(())
+}
+
+/// Pixelates the heads of `people` in a BGR image held as bytes (the zone editor's still).
+pub fn hide_heads_bgr(bgr: &mut [u8], width: u32, height: u32, people: &[(u64, [f32; 4])]) -> Result<(), ClipError> {
+    if people.is_empty() {
+        return Ok(());
+    }
+    let rows = height as i32;
+    let mut img = Mat::new_rows_cols_with_data(rows, width as i32 * 3, bgr)?
+        .reshape(3, rows)?
+        .try_clone()?;
+    hide_heads(&mut img, people)?;
+    let out = img.data_bytes()?;
+    if out.len() == bgr.len() {
+        bgr.copy_from_slice(out);
     }
     Ok(())
 }
@@ -623,6 +640,23 @@ mod tests {
         let frame = cap.is_opened().unwrap() && cap.read(&mut m).unwrap_or(false) && !m.empty();
         assert!(!frame, "the sealed clip plays");
         let _ = std::fs::remove_dir_all(&dir);
+        // The zone editor's still, held as bytes: the same blocks over the head.
+        let (sw, sh) = (640u32, 480u32);
+        let mut raw = noise(sw, sh, 99);
+        let before = raw.clone();
+        hide_heads_bgr(&mut raw, sw, sh, &[(1, person)]).unwrap();
+        let at = |x: u32, y: u32| ((y * sw + x) * 3) as usize;
+        assert_ne!(raw, before);
+        assert_eq!(
+            raw[at(40, 300)..at(40, 300) + 3],
+            before[at(40, 300)..at(40, 300) + 3],
+            "beside: untouched"
+        );
+        let head_px: std::collections::HashSet<&[u8]> = (100..180)
+            .flat_map(|y| (262..374).map(move |x| (x, y)))
+            .map(|(x, y)| &raw[at(x, y)..at(x, y) + 3])
+            .collect();
+        assert!(head_px.len() <= 25, "{} colours over the head", head_px.len());
         // Without hidden faces every frame is used; with no frame at all, nothing is made.
         let all = build(&frames, 1.0, Subject::default(), false, 5.0, "ffmpeg").unwrap();
         assert_eq!(all.clip_from_ms, 1000);

@@ -146,6 +146,17 @@ impl Ring {
             .collect()
     }
 
+    /// The people seen nearest in time to `pts`, within `near` seconds (`None`: nobody analysed
+    /// that close).
+    pub fn people_near(&self, pts: f64, near: f64) -> Option<People> {
+        let g = self.lock();
+        g.boxes
+            .iter()
+            .filter(|b| (b.pts - pts).abs() <= near)
+            .min_by(|a, b| (a.pts - pts).abs().total_cmp(&(b.pts - pts).abs()))
+            .map(|b| b.people.clone())
+    }
+
     /// Bytes of frames held now.
     pub fn bytes(&self) -> usize {
         self.lock().bytes
@@ -221,6 +232,8 @@ mod tests {
         assert_eq!(ids, vec![Some(1), Some(1), Some(2), Some(2), Some(2)]);
         // Nobody analysed near enough: the frame says so (it is left out of a clip that hides faces).
         assert_eq!(r.window(1.8, 1.8, 0.25)[0].1, None);
+        assert_eq!(r.people_near(0.5, 0.1).map(|p| p[0].0), Some(1));
+        assert_eq!(r.people_near(3.0, 0.25), None);
     }
 
     #[test]
