@@ -68,7 +68,7 @@ try {
 
   // The evidence of B's incident on A's page, fetched by the browser from B itself.
   const evidenceState = (p) => p.waitForFunction(
-    () => ['shown', 'unavailable'].includes(document.querySelector('#evidence').dataset.state)
+    () => ['shown', 'unavailable', 'reload'].includes(document.querySelector('#evidence').dataset.state)
       && document.querySelector('#evidence').dataset.state, null, { timeout: 90000, polling: 200 }).then((h) => h.jsonValue());
   const evidenceOn = async (p, who) => {
     const state = await evidenceState(p);
@@ -87,6 +87,10 @@ try {
     await p.screenshot({ path: `${OUT}/3b-${who}-evidence.png`, fullPage: true });
     return out;
   };
+  // A page opened before node B was heard from says so and offers a reload (never reloads itself).
+  result.evidence_before_reload = await evidenceState(a);
+  await a.reload();
+  await a.waitForSelector('#view-incident:not(.hidden)');
   result.evidence = await evidenceOn(a, 'manager');
   if (result.evidence.download_visible) {
     const [dl] = await Promise.all([a.waitForEvent('download'), a.click('#evidence-download')]);

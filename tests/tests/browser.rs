@@ -228,6 +228,11 @@ fn an_incident_on_node_b_reaches_node_a_and_its_acknowledgement_comes_back() {
     // B's evidence on A's page, from B: the still, a clip that plays; the manager downloads it and
     // the download is in the incident's history on A (recorded by B, through the log); the guard
     // sees the same evidence with no download; B stopped, A's page says it is unavailable.
+    // Before the reload: shown, or (the page opened before B was heard from) a reload offered.
+    assert!(
+        ["shown", "reload"].contains(&v["evidence_before_reload"].as_str().unwrap_or("")),
+        "{v}"
+    );
     let ev = &v["evidence"];
     assert_eq!(ev["state"], "shown", "{v}");
     assert_eq!(ev["still_from"], format!("https://127.0.0.1:{u2}"), "{v}");

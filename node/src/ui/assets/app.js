@@ -291,7 +291,6 @@ async function showEvidence(i) {
   };
   still.onload = () => {
     if (box.dataset.for !== i.id) return;
-    sessionStorage.removeItem('evidence-reload');
     still.classList.remove('hidden');
     clip.src = links.clip;
     clip.classList.remove('hidden');
@@ -301,16 +300,6 @@ async function showEvidence(i) {
   };
   still.onerror = () => {
     if (box.dataset.for !== i.id) return;
-    // This page's policy lists the store's nodes it knew when it loaded: evidence on a node that
-    // joined since needs the page loaded again (once).
-    const origin = new URL(links.still, location.href).origin;
-    const allowed = (document.querySelector('meta[name=lpmesh-evidence-origins]')?.content || '')
-      .split(' ').filter(Boolean).map((o) => new URL(o).origin);
-    if (origin !== location.origin && !allowed.includes(origin) && !sessionStorage.getItem('evidence-reload')) {
-      sessionStorage.setItem('evidence-reload', '1');
-      location.reload();
-      return;
-    }
     const recent = Date.now() - i.started_at_ms < 60000;
     if (recent && tries++ < 15) {
       note.textContent = `Evidence kept on node ${links.owner}: being made…`;
@@ -319,6 +308,18 @@ async function showEvidence(i) {
     }
     unavailable(`node ${links.owner} cannot be reached from this tablet now, or the evidence was deleted`);
   };
+  // This page's policy lists the store's nodes it knew when it loaded: evidence on a node heard
+  // from only since needs the page loaded again. Said, with a button; never reloaded under a
+  // guard's finger.
+  const origin = new URL(links.still, location.href).origin;
+  const allowed = (document.querySelector('meta[name=lpmesh-evidence-origins]')?.content || '')
+    .split(' ').filter(Boolean).map((o) => new URL(o).origin);
+  if (origin !== location.origin && !allowed.includes(origin)) {
+    box.dataset.state = 'reload';
+    note.replaceChildren(`Evidence kept on node ${links.owner}, which this page did not know when it opened. `,
+      el('button', { class: 'small secondary', onclick: () => location.reload() }, 'Reload to show it'));
+    return;
+  }
   still.src = links.still;
 }
 
