@@ -178,24 +178,12 @@ pub(crate) fn read_users(path: &Path) -> Result<Vec<HqUser>, StoreError> {
 
 /// Replaces the file atomically, owner-only (it holds password hashes).
 fn write_users(path: &Path, users: Vec<HqUser>) -> Result<(), StoreError> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(|e| file_error(dir, e))?;
     }
     let json = serde_json::to_vec_pretty(&UsersFile { users }).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-    let tmp = path.with_extension("json.tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(|e| file_error(&tmp, e))?;
-    f.write_all(&json)
-        .and_then(|_| f.sync_all())
-        .map_err(|e| file_error(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| file_error(path, e))
+    lpmesh_web::fs::write_private_atomic(path, &path.with_extension("json.tmp"), &json)
+        .map_err(|(p, e)| file_error(&p, e))
 }
 
 /// Adds or replaces a user; its `changed_ms` always moves forward, so older sessions end.

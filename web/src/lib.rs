@@ -1,8 +1,9 @@
 //! What every HTTP service of lpmesh (the store's tablet UI, HQ's upload API and dashboard) needs the
-//! same way: logins that hold under attack, request bodies read within limits, and the store's own
-//! certificate authority for its tablets.
+//! same way: logins that hold under attack, request bodies read within limits, the store's own
+//! certificate authority for its tablets, and private files written whole.
 
 pub mod body;
+pub mod fs;
 pub mod html;
 pub mod login;
 pub mod tls;

@@ -153,7 +153,7 @@ fn severity_word(s: Severity) -> &'static str {
 }
 
 /// RFC 3986 unreserved characters stay, everything else is %XX (an incident id has slashes).
-fn percent_encode(s: &str) -> String {
+pub(crate) fn percent_encode(s: &str) -> String {
     let mut out = String::with_capacity(s.len() * 3);
     for b in s.bytes() {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {

@@ -14,8 +14,7 @@
 //! too, as they have the node's identity: the node is the trust boundary, and a backup of a data
 //! directory must be kept like the node's keys.
 
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
@@ -374,17 +373,8 @@ pub fn usage_in(data_dir: &Path) -> Usage {
 
 /// Writes `bytes` to `path` readable by this user only, whole or not at all.
 fn write_private(path: &Path, bytes: &[u8]) -> Result<(), EvidenceError> {
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(io(&tmp))?;
-    f.write_all(bytes).map_err(io(&tmp))?;
-    f.sync_all().map_err(io(&tmp))?;
-    std::fs::rename(&tmp, path).map_err(io(path))
+    lpmesh_web::fs::write_private_atomic(path, &path.with_extension("tmp"), bytes)
+        .map_err(|(path, source)| EvidenceError::Io { path, source })
 }
 
 #[cfg(test)]

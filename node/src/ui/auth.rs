@@ -206,24 +206,13 @@ impl Users {
     }
 
     fn save(&self, users: &[User]) -> Result<(), UserError> {
-        use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
-        let file = |e: std::io::Error| UserError::File {
-            path: self.path.clone(),
-            reason: e.to_string(),
-        };
-        let tmp = self.path.with_extension("json.tmp");
         let json = serde_json::to_vec_pretty(users).map_err(|e| UserError::Hash(e.to_string()))?;
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(file)?;
-        f.write_all(&json).map_err(file)?;
-        f.sync_all().map_err(file)?;
-        std::fs::rename(&tmp, &self.path).map_err(file)
+        lpmesh_web::fs::write_private_atomic(&self.path, &self.path.with_extension("json.tmp"), &json).map_err(
+            |(_, e)| UserError::File {
+                path: self.path.clone(),
+                reason: e.to_string(),
+            },
+        )
     }
 
     /// Adds a user, or sets a new password and role for an existing one.

@@ -14,7 +14,6 @@ use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use lpmesh_mesh::record::RecordKind;
 use serde::Deserialize;
 
 use super::{client_ip, cookie_token, plain_http_refused, ApiError, Authed, UiState};
@@ -99,15 +98,6 @@ async fn meta_of(state: &UiState, id: &EvidenceId) -> Option<crate::evidence::st
 
 fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
-}
-
-fn percent(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 /// Where the page finds an incident's evidence, with grants for this user.
@@ -247,6 +237,24 @@ fn access(
     Ok((g.user, g.role))
 }
 
+/// What every evidence route asks first: HTTPS (or the node itself), then a session or a grant for
+/// this evidence (`download`: a manager's), then an id that can exist. The id and who asks.
+fn admit(
+    state: &UiState,
+    ext: &axum::http::Extensions,
+    headers: &HeaderMap,
+    id: &str,
+    grant: Option<&str>,
+    download: bool,
+) -> Result<(EvidenceId, String), ApiError> {
+    if let Some(e) = plain_http_refused(state, client_ip(ext), "evidence") {
+        return Err(e);
+    }
+    let id = EvidenceId::parse(id);
+    let (user, _) = access(state, headers, grant, id.as_ref(), download)?;
+    Ok((id.ok_or_else(not_found)?, user))
+}
+
 fn not_found() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "no such evidence")
 }
@@ -298,12 +306,7 @@ pub(super) async fn still(
     Query(q): Query<GrantQuery>,
     ext: axum::http::Extensions,
 ) -> Result<Response, ApiError> {
-    if let Some(e) = plain_http_refused(&state, client_ip(&ext), "evidence") {
-        return Err(e);
-    }
-    let id = EvidenceId::parse(&id);
-    access(&state, &headers, q.grant.as_deref(), id.as_ref(), false)?;
-    let id = id.ok_or_else(not_found)?;
+    let (id, _) = admit(&state, &ext, &headers, &id, q.grant.as_deref(), false)?;
     let body = read_part(&state, &id, Part::Still).await?;
     Ok(picture("image/jpeg", body, StatusCode::OK, &[]))
 }
@@ -338,12 +341,7 @@ pub(super) async fn clip(
     Query(q): Query<GrantQuery>,
     ext: axum::http::Extensions,
 ) -> Result<Response, ApiError> {
-    if let Some(e) = plain_http_refused(&state, client_ip(&ext), "evidence") {
-        return Err(e);
-    }
-    let id = EvidenceId::parse(&id);
-    access(&state, &headers, q.grant.as_deref(), id.as_ref(), false)?;
-    let id = id.ok_or_else(not_found)?;
+    let (id, _) = admit(&state, &ext, &headers, &id, q.grant.as_deref(), false)?;
     let body = read_part(&state, &id, Part::Clip).await?;
     let len = body.len();
     let accept = (header::ACCEPT_RANGES, "bytes".to_string());
@@ -373,12 +371,7 @@ pub(super) async fn download(
     Query(q): Query<GrantQuery>,
     ext: axum::http::Extensions,
 ) -> Result<Response, ApiError> {
-    if let Some(e) = plain_http_refused(&state, client_ip(&ext), "evidence") {
-        return Err(e);
-    }
-    let id = EvidenceId::parse(&id);
-    let (user, _) = access(&state, &headers, q.grant.as_deref(), id.as_ref(), true)?;
-    let id = id.ok_or_else(not_found)?;
+    let (id, user) = admit(&state, &ext, &headers, &id, q.grant.as_deref(), true)?;
     let meta = meta_of(&state, &id)
         .await
         .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "no such evidence here"))?;
@@ -405,21 +398,12 @@ pub(super) async fn download(
         at_ms: now_ms(),
         note: None,
     };
-    let bytes =
-        serde_json::to_vec(&action).map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-    let recs = state
-        .mesh
-        .append(vec![(RecordKind::Action, bytes)])
-        .await
-        .map_err(|e| {
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("the download could not be recorded: {e}"),
-            )
-        })?;
-    for r in &recs {
-        state.take(r);
-    }
+    state.record_action(&action).await.map_err(|e| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("the download could not be recorded: {}", e.1),
+        )
+    })?;
     tracing::warn!(incident = %meta.incident, evidence = %id, by = %user, "evidence downloaded");
     Ok(clip_file(&meta, body))
 }
@@ -475,7 +459,9 @@ pub(super) async fn from_alert(
         // The page logs the tablet in and then shows the incident (or the feed, for evidence this
         // node does not know): whoever is not logged in learns nothing here.
         (false, _, meta) => {
-            let to = meta.map_or("/".to_string(), |m| format!("/#/incident/{}", percent(&m.incident)));
+            let to = meta.map_or("/".to_string(), |m| {
+                format!("/#/incident/{}", crate::alerts::percent_encode(&m.incident))
+            });
             Ok((StatusCode::SEE_OTHER, [(header::LOCATION, to)]).into_response())
         }
     }

@@ -218,6 +218,22 @@ impl UiState {
         crate::evidence::REFUSED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
+    /// Appends an operator action to the store's log and applies it here at once, so the answer
+    /// shows it (the subscription sees it again: a no-op).
+    async fn record_action(&self, action: &Action) -> Result<(), ApiError> {
+        let bytes =
+            serde_json::to_vec(action).map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+        let recs = self
+            .mesh
+            .append(vec![(RecordKind::Action, bytes)])
+            .await
+            .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+        for r in &recs {
+            self.take(r);
+        }
+        Ok(())
+    }
+
     fn zone_control(&self) -> Option<Arc<zones::ZoneControl>> {
         self.zones.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
@@ -980,17 +996,7 @@ async fn act(
         at_ms: chrono::Utc::now().timestamp_millis(),
         note,
     };
-    let bytes =
-        serde_json::to_vec(&action).map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-    let recs = state
-        .mesh
-        .append(vec![(RecordKind::Action, bytes)])
-        .await
-        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
-    // Applied here at once, so the answer shows it (the subscription sees it again: a no-op).
-    for r in &recs {
-        state.take(r);
-    }
+    state.record_action(&action).await?;
     tracing::info!(incident = %id, action = action.action.as_str(), by = %s.user, "operator action");
     let book = state.book.read().unwrap_or_else(|p| p.into_inner());
     book.get(&id)
