@@ -43,6 +43,16 @@ fn main() {
     )
     .expect("seal");
     write(&corpus, "record", "other-store", &foreign.encode());
+    // The same records as one gossiped bundle.
+    let encoded: Vec<Vec<u8>> = records.iter().map(|(_, r)| r.encode()).collect();
+    let bundle = lpmesh_mesh::record::bundles(encoded.iter().map(Vec::as_slice));
+    assert_eq!(bundle.len(), 1, "the seed records fit one bundle");
+    assert_eq!(
+        wire::gossip_bundle(&bundle[0], STORE).map(|v| v.len()),
+        Ok(records.len()),
+        "seed bundle"
+    );
+    write(&corpus, "record", "bundle", &bundle[0]);
 
     for (name, req) in sync_requests(&records) {
         let bytes = cbor4ii::serde::to_vec(Vec::new(), &req).expect("CBOR into a Vec");

@@ -1,9 +1,10 @@
-//! A record as gossip delivers it: from any peer of the store, or from anything that got onto the network.
+//! A record as gossip delivers it, alone or in a bundle: from any peer of the store, or from anything that
+//! got onto the network.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use lpmesh_fuzz::{assert_record_round_trips, STORE};
-use lpmesh_mesh::record::{Record, RecordError};
+use lpmesh_mesh::record::{bundles, Record, RecordError, MAX_BUNDLE_RECORDS};
 use lpmesh_mesh::wire;
 
 fuzz_target!(|data: &[u8]| {
@@ -15,6 +16,25 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(gossiped, r.verify(STORE).map(|()| r));
         }
         Err(e) => assert_eq!(gossiped, Err(e)),
+    }
+    // The same bytes as a bundle: taken whole or refused whole, never a panic.
+    match wire::gossip_bundle(data, STORE) {
+        Ok(records) => {
+            assert!(!records.is_empty() && records.len() <= MAX_BUNDLE_RECORDS);
+            for r in &records {
+                assert_record_round_trips(r);
+                assert_eq!(wire::gossip_record(&r.encode(), STORE).as_ref(), Ok(r));
+            }
+            let encoded: Vec<Vec<u8>> = records.iter().map(Record::encode).collect();
+            let again: Vec<Record> = bundles(encoded.iter().map(Vec::as_slice))
+                .iter()
+                .flat_map(|b| wire::gossip_bundle(b, STORE).expect("a re-packed bundle is taken"))
+                .collect();
+            assert_eq!(again, records);
+        }
+        Err(e) => {
+            let _ = (e.reason(), e.to_string());
+        }
     }
     if let Ok(r) = gossiped {
         assert!(r.seq >= 1, "an accepted record has a sequence number");

@@ -261,6 +261,9 @@ impl HqStore {
 pub struct Embedded {
     db: sled::Db,
     sessions: sled::Tree,
+    /// What sled's flush leaves unsynced (see `lpmesh_durable`).
+    /// Boxed: `HqStore`'s variants stay of a size.
+    sync: Box<Mutex<lpmesh_durable::SledSync>>,
     path: PathBuf,
     registry: PathBuf,
     users: PathBuf,
@@ -363,9 +366,8 @@ fn save_registry(path: &Path, mut reg: Registry) -> Result<(), StoreError> {
     };
     let tmp = path.with_extension("json.tmp");
     let json = serde_json::to_vec_pretty(&reg).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-    std::fs::write(&tmp, json).map_err(file)?;
-    std::fs::rename(&tmp, path).map_err(file)?;
-    Ok(())
+    // A store registered must stay registered: replaced whole and synced, rename included.
+    lpmesh_durable::replace_file(path, &tmp, &json, 0o644).map_err(|(_, e)| file(e))
 }
 
 impl Embedded {
@@ -383,14 +385,25 @@ impl Embedded {
             path: path.clone(),
             source,
         })?;
+        let sync = lpmesh_durable::SledSync::open(&path).map_err(|e| StoreError::Sled {
+            path: path.clone(),
+            source: e.into(),
+        })?;
         Ok(Embedded {
             db,
+            sync: Box::new(std::sync::Mutex::new(sync)),
             sessions,
             path,
             registry: data_dir.join(REGISTRY_FILE),
             users: access::users_path(data_dir),
             write: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// What sled's flush leaves unsynced (see `lpmesh_durable`).
+    fn durable(&self) -> Result<(), StoreError> {
+        let mut sync = self.sync.lock().unwrap_or_else(|p| p.into_inner());
+        self.sled(sync.sync().map_err(sled::Error::from))
     }
 
     fn sled<T>(&self, r: Result<T, sled::Error>) -> Result<T, StoreError> {
@@ -509,6 +522,7 @@ impl Embedded {
         self.sled(self.db.insert(summary_key(&s.store, s.period_start_ms), bytes))?;
         // Acknowledged means durable.
         self.sled(self.db.flush())?;
+        self.durable()?;
         // A history not derived yet will be, with this summary in it.
         if let Some(h) = known.get_mut(&s.store) {
             h.take(s.period_secs, &s.vv, received_at_ms);

@@ -163,6 +163,8 @@ pub struct Log {
     failed: bool,
     db: sled::Db,
     tree: sled::Tree,
+    /// What sled's flush leaves unsynced (see `lpmesh_durable`).
+    sync: lpmesh_durable::SledSync,
     store: String,
     key: Keypair,
     origin: Origin,
@@ -219,6 +221,7 @@ impl Log {
             other => LogError::Db(other),
         })?;
         let tree = db.open_tree("log")?;
+        let sync = lpmesh_durable::SledSync::open(dir).map_err(sled::Error::from)?;
         let mut vv = VersionVector::new();
         for item in tree.scan_prefix(b"v") {
             let (k, v) = item?;
@@ -253,6 +256,7 @@ impl Log {
             failed: false,
             db,
             tree,
+            sync,
             store: store.to_string(),
             key,
             origin,
@@ -274,7 +278,11 @@ impl Log {
         if self.failed {
             return Err(LogError::Unavailable);
         }
-        let r = self.tree.apply_batch(batch).and_then(|_| self.db.flush().map(|_| ()));
+        let r = self
+            .tree
+            .apply_batch(batch)
+            .and_then(|_| self.db.flush())
+            .and_then(|_| self.sync.sync().map_err(sled::Error::from));
         if let Err(e) = r {
             self.failed = true;
             return Err(e.into());

@@ -2,8 +2,11 @@
 //!
 //! - Transport: TCP, then the private-network handshake with the store's pre-shared key, then Noise and
 //!   Yamux. A device without the key cannot complete a connection. No QUIC: pnet cannot protect it.
-//! - Gossipsub on one topic per store carries each new record (strict signing, content-addressed ids,
-//!   validation before forwarding: a bad record is rejected and its sender scored down).
+//! - Gossipsub carries each new record (strict signing, content-addressed ids, validation before
+//!   forwarding: a bad record is rejected and its sender scored down): a record appended alone as one
+//!   message on the store's `records/1` topic, records appended together as bundles of up to 256
+//!   ([`crate::record::bundles`]) on `records/2`. A node of an earlier version, not subscribed to
+//!   `records/2`, gets those through anti-entropy instead, so a store upgrades one node at a time.
 //! - Anti-entropy over request-response (CBOR): version vectors on connect and every few seconds with a
 //!   random peer, then the missing records in bounded batches ([`crate::sync`] decides, this carries out).
 //!   Held to gossip's standard: a peer whose answers carry invalid records is banned like one that
@@ -74,6 +77,9 @@ const SYNC_PARTS_PER_PEER: usize = 2 * crate::sync::PIPELINE as usize;
 const SYNC_PROTOCOL: &str = "/lpmesh/sync/1";
 /// Swarm events handled before the gossiped records among them are committed.
 const GOSSIP_BURST: usize = 512;
+/// ... or records gossiped, whichever comes first (bundles carry up to 256 each): their signatures
+/// are checked on the actor's turn.
+const GOSSIP_BURST_RECORDS: usize = 2048;
 
 #[derive(Clone, Debug)]
 pub struct MeshConfig {
@@ -166,6 +172,9 @@ pub struct MeshStats {
     pub peers_banned: u64,
     /// The same bans by reason: `invalid_gossip`, `invalid_sync`.
     pub peers_banned_by: BTreeMap<String, u64>,
+    /// Gossip messages not sent because a peer's queue was full (a burst of appends, a slow peer):
+    /// anti-entropy carries those records instead.
+    pub gossip_dropped: u64,
 }
 
 /// An anti-entropy request (public for the fuzz targets, through `wire`).
@@ -454,8 +463,9 @@ impl MeshHandle {
             .map_err(|_| MeshError::Stopped)
     }
 
-    /// Fault injection for tests: gossips arbitrary bytes as if they were a record. Any peer holding the
-    /// store key could do this with its own code; the honest nodes must cope.
+    /// Fault injection for tests: gossips arbitrary bytes as if they were a record (or a bundle, when
+    /// they start with [`crate::record::BUNDLE_TAG`]). Any peer holding the store key could do this
+    /// with its own code; the honest nodes must cope.
     #[doc(hidden)]
     pub async fn publish_raw(&self, bytes: Vec<u8>) -> Result<(), MeshError> {
         self.cmd
@@ -559,7 +569,11 @@ fn build_swarm(cfg: &MeshConfig, key: &Keypair, keys: &NetworkKeys) -> Result<Sw
                 invalid_message_deliveries_decay: 0.9,
                 ..Default::default()
             };
-            for name in [topic_name(&store), heartbeat_topic_name(&store)] {
+            for name in [
+                topic_name(&store),
+                bundle_topic_name(&store),
+                heartbeat_topic_name(&store),
+            ] {
                 params.topics.insert(IdentTopic::new(name).hash(), tparams.clone());
             }
             gossipsub.with_peer_score(params, gossipsub::PeerScoreThresholds::default())?;
@@ -621,6 +635,10 @@ fn topic_name(store: &str) -> String {
     format!("/lpmesh/{store}/records/1")
 }
 
+fn bundle_topic_name(store: &str) -> String {
+    format!("/lpmesh/{store}/records/2")
+}
+
 /// Starts the mesh actor on the current tokio runtime (multi-threaded: log writes block in place).
 pub fn start(cfg: MeshConfig, key: Keypair, recipient: StoreRecipient) -> Result<MeshHandle, MeshError> {
     let mut log = Log::open(&cfg.data_dir, &cfg.store, key.clone(), recipient)?;
@@ -629,7 +647,8 @@ pub fn start(cfg: MeshConfig, key: Keypair, recipient: StoreRecipient) -> Result
     let mut swarm = build_swarm(&cfg, &key, &net_keys)?;
     let topic = IdentTopic::new(topic_name(&cfg.store));
     let heartbeat_topic = IdentTopic::new(heartbeat_topic_name(&cfg.store));
-    for t in [&topic, &heartbeat_topic] {
+    let bundle_topic = IdentTopic::new(bundle_topic_name(&cfg.store));
+    for t in [&topic, &bundle_topic, &heartbeat_topic] {
         swarm
             .behaviour_mut()
             .gossipsub
@@ -661,6 +680,7 @@ pub fn start(cfg: MeshConfig, key: Keypair, recipient: StoreRecipient) -> Result
         net_keys,
         log,
         topic,
+        bundle_topic,
         ae: AntiEntropy::new(cfg.anti_entropy_interval.as_millis() as u64, cfg.sync_batch, seed),
         heartbeat_topic,
         election: Election::new(origin, cfg.leader_timeout.as_millis() as u64).with_stall(stall_limit_ms(&cfg)),
@@ -712,6 +732,7 @@ struct Actor {
     net_keys: NetworkKeys,
     log: Log,
     topic: IdentTopic,
+    bundle_topic: IdentTopic,
     heartbeat_topic: IdentTopic,
     election: Election,
     priority: u8,
@@ -733,7 +754,8 @@ struct Actor {
     priorities: HashMap<Origin, u8>,
     listen: Vec<Multiaddr>,
     /// Gossiped records decoded but not yet committed (at most one burst).
-    pending_gossip: Vec<(gossipsub::MessageId, PeerId, Record)>,
+    /// Gossip messages (one record, or a bundle's) waiting to be stored in one commit.
+    pending_gossip: Vec<(gossipsub::MessageId, PeerId, Vec<Record>)>,
     next_answer: u64,
     /// Per connected peer: the answer being received and how many of its parts have been handled.
     answers: std::collections::HashMap<PeerId, AnswerState>,
@@ -855,6 +877,9 @@ impl Actor {
                     // Take whatever else is ready, then store the gossiped records of the whole burst
                     // with one flush (group commit on the receiving side too).
                     for _ in 0..GOSSIP_BURST {
+                        if self.pending_gossip.iter().map(|(_, _, r)| r.len()).sum::<usize>() >= GOSSIP_BURST_RECORDS {
+                            break;
+                        }
                         match futures::FutureExt::now_or_never(self.swarm.select_next_some()) {
                             Some(ev) => self.on_swarm(ev),
                             None => break,
@@ -903,13 +928,19 @@ impl Actor {
                 match res {
                     Ok(recs) => {
                         self.stats.appended += recs.len() as u64;
+                        // No peer yet is fine: anti-entropy delivers them when one appears.
+                        let encoded: Vec<Vec<u8>> = recs.iter().map(Record::encode).collect();
+                        let (topic, messages) = match encoded.as_slice() {
+                            [one] => (self.topic.clone(), vec![one.clone()]),
+                            many => (
+                                self.bundle_topic.clone(),
+                                crate::record::bundles(many.iter().map(Vec::as_slice)),
+                            ),
+                        };
+                        for m in messages {
+                            let _ = self.swarm.behaviour_mut().gossipsub.publish(topic.clone(), m);
+                        }
                         for r in &recs {
-                            // No peer yet is fine: anti-entropy delivers it when one appears.
-                            let _ = self
-                                .swarm
-                                .behaviour_mut()
-                                .gossipsub
-                                .publish(self.topic.clone(), r.encode());
                             let _ = self.records.send(r.clone());
                         }
                         let _ = reply.send(Ok(recs));
@@ -1041,7 +1072,12 @@ impl Actor {
                 let _ = reply.send(list);
             }
             Command::PublishRaw(bytes) => {
-                if let Err(e) = self.swarm.behaviour_mut().gossipsub.publish(self.topic.clone(), bytes) {
+                let topic = if bytes.first() == Some(&crate::record::BUNDLE_TAG) {
+                    self.bundle_topic.clone()
+                } else {
+                    self.topic.clone()
+                };
+                if let Err(e) = self.swarm.behaviour_mut().gossipsub.publish(topic, bytes) {
                     tracing::debug!(error = %e, "raw publish refused locally");
                 }
             }
@@ -1315,6 +1351,14 @@ impl Actor {
                 message_id,
                 message,
             })) => self.on_gossip(propagation_source, message_id, message),
+            SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(gossipsub::Event::SlowPeer {
+                peer_id,
+                failed_messages,
+            })) => {
+                let n = failed_messages.priority + failed_messages.non_priority;
+                self.stats.gossip_dropped += n as u64;
+                tracing::debug!(peer = %peer_id, dropped = n, "gossip to a slow peer dropped; anti-entropy carries it");
+            }
             SwarmEvent::Behaviour(BehaviourEvent::Sync(request_response::Event::Message {
                 peer,
                 message: request_response::Message::Request { request, channel, .. },
@@ -1475,10 +1519,15 @@ impl Actor {
             self.validate(&id, &source, MessageAcceptance::Ignore);
             return;
         }
-        match Record::decode(&message.data) {
-            Ok(r) => {
-                self.stats.received_gossip += 1;
-                self.pending_gossip.push((id, source, r));
+        let decoded = if message.topic == self.bundle_topic.hash() {
+            crate::record::decode_bundle(&message.data)
+        } else {
+            Record::decode(&message.data).map(|r| vec![r])
+        };
+        match decoded {
+            Ok(records) => {
+                self.stats.received_gossip += records.len() as u64;
+                self.pending_gossip.push((id, source, records));
             }
             Err(e) => {
                 self.reject(e.reason());
@@ -1537,15 +1586,23 @@ impl Actor {
             return;
         }
         let pending = std::mem::take(&mut self.pending_gossip);
-        let records: Vec<Record> = pending.iter().map(|(_, _, r)| r.clone()).collect();
+        let records: Vec<Record> = pending.iter().flat_map(|(_, _, r)| r.iter().cloned()).collect();
         let (_, outcomes) = self.ingest(records);
-        for (i, (id, source, _)) in pending.iter().enumerate() {
-            let acceptance = match outcomes.get(i) {
-                Some(Ok(Inserted::New)) => MessageAcceptance::Accept,
-                Some(Ok(Inserted::Duplicate)) | Some(Ok(Inserted::Expired)) | None => MessageAcceptance::Ignore,
-                // Not forwarded, but no fault of the sender's (a clock running ahead).
-                Some(Err(e)) if !e.blames(source) => MessageAcceptance::Ignore,
-                Some(Err(_)) => MessageAcceptance::Reject,
+        let mut at = 0;
+        for (id, source, records) in &pending {
+            let mine = outcomes.get(at..at + records.len()).unwrap_or(&[]);
+            at += records.len();
+            // A message is forwarded when it brought something new and nothing its sender is to blame
+            // for; one bad record of a bundle rejects the bundle.
+            let acceptance = if mine.len() < records.len() {
+                MessageAcceptance::Ignore
+            } else if mine.iter().any(|o| o.as_ref().is_err_and(|e| e.blames(source))) {
+                MessageAcceptance::Reject
+            } else if mine.iter().any(|o| matches!(o, Ok(Inserted::New))) {
+                MessageAcceptance::Accept
+            } else {
+                // Held already, expired, or not ours to blame the sender for (a clock running ahead).
+                MessageAcceptance::Ignore
             };
             self.validate(id, source, acceptance);
         }

@@ -69,6 +69,15 @@ pub fn gossip_record(bytes: &[u8], store: &str) -> Result<Record, crate::record:
     Ok(r)
 }
 
+/// A gossiped bundle as the node receives it: every record decoded and verified, or none taken.
+pub fn gossip_bundle(bytes: &[u8], store: &str) -> Result<Vec<Record>, crate::record::RecordError> {
+    let records = crate::record::decode_bundle(bytes)?;
+    for r in &records {
+        r.verify(store)?;
+    }
+    Ok(records)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -79,6 +88,7 @@ mod tests {
         assert!(heartbeat(&vec![0u8; MAX_HEARTBEAT_BYTES + 1]).is_none());
         assert!(sync_request(&[0xa1, 0x00]).is_err());
         assert!(gossip_record(&[1, 2, 3], "s").is_err());
+        assert!(gossip_bundle(&[crate::record::BUNDLE_TAG, 0, 1, 0, 0, 0, 3, 1, 2, 3], "s").is_err());
     }
 
     /// A heartbeat as nodes from before `last_progress_ms` wrote it.

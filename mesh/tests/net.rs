@@ -837,6 +837,61 @@ async fn a_record_from_a_clock_far_ahead_is_refused_counted_not_forwarded_and_no
 /// A burst from one node loads every receiver's CPU and send queues (slow consumers, IWANT promises
 /// kept late): that is load, not misbehaviour, and must cut nobody off.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_appended_together_go_out_as_bundles_and_a_bad_bundle_is_refused_whole() {
+    use lpmesh_mesh::hlc::Timestamp;
+    use lpmesh_mesh::record::{bundles, Record};
+    // Nodes 3 and 4 are attackers holding the store key: one bad message each gets them banned.
+    let c = cluster(5).await;
+    let batch: Vec<(RecordKind, Vec<u8>)> = (0..600).map(|i| (RecordKind::Event, vec![i as u8; 300])).collect();
+    let appended = c.nodes[2].append(batch).await.unwrap();
+    let last = appended.last().unwrap().clone();
+    for i in [0, 1] {
+        eventually(
+            &format!("node {i} holds the batch"),
+            Duration::from_secs(5),
+            async || c.nodes[i].version_vector().await.unwrap().get(&last.origin) == Some(&600),
+        )
+        .await;
+    }
+    // Gossip is milliseconds; anti-entropy (every second here) may still bring some first.
+    eventually(
+        "the whole batch came by gossip too",
+        Duration::from_secs(3),
+        async || c.nodes[0].stats().await.unwrap().received_gossip >= 600,
+    )
+    .await;
+    let s = c.nodes[0].stats().await.unwrap();
+    assert!(s.rejected.is_empty(), "{s:?}");
+    // A bundle holding one forged record among genuine ones, and a truncated bundle.
+    let key = &c.keys[3];
+    let seal = |seq: u64| Record::seal(STORE, key, seq, Timestamp::default(), RecordKind::Event, vec![1]).unwrap();
+    let mut forged = seal(2);
+    forged.ciphertext[0] ^= 1;
+    let encoded = [seal(1).encode(), forged.encode(), seal(3).encode()];
+    let bad = bundles(encoded.iter().map(Vec::as_slice)).remove(0);
+    c.nodes[3].publish_raw(bad).await.unwrap();
+    let good = bundles([seal(1).encode().as_slice()]).remove(0);
+    c.nodes[4].publish_raw(good[..good.len() - 3].to_vec()).await.unwrap();
+    eventually(
+        "both bad bundles refused and counted",
+        Duration::from_secs(3),
+        async || {
+            let s = c.nodes[0].stats().await.unwrap();
+            s.rejected.get("bad_signature").is_some_and(|n| *n >= 1)
+                && s.rejected.get("malformed").is_some_and(|n| *n >= 1)
+        },
+    )
+    .await;
+    let vv = c.nodes[0].version_vector().await.unwrap();
+    let forger = lpmesh_mesh::record::Origin::of(key).unwrap();
+    assert!(
+        vv.get(&forger).copied().unwrap_or(0) < 2,
+        "nothing past the forged record is held in order: {vv:?}"
+    );
+    c.stop(&[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_of_appends_bans_no_honest_peer() {
     let c = cluster(6).await;
     let batch: Vec<(RecordKind, Vec<u8>)> = (0..500).map(|_| (RecordKind::Event, vec![7u8; 400])).collect();

@@ -378,6 +378,11 @@ pub async fn render(s: &OpsState) -> String {
                 m.sync_rounds,
             ),
             (
+                "lpmesh_gossip_dropped_total",
+                "Gossip messages not queued for a slow peer (anti-entropy carries their records).",
+                m.gossip_dropped,
+            ),
+            (
                 "lpmesh_handshake_failures_total",
                 "Connections that failed before they were up.",
                 m.handshake_failures,

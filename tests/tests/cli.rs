@@ -421,6 +421,20 @@ fn bench_mesh_reports_throughput_latency_and_catch_up() {
         assert!(v[key].as_f64().is_some_and(|x| x > 0.0 && x.is_finite()), "{key}: {v}");
     }
     assert_eq!(v["catch_up_records"], 2000);
+    // Where a record's time goes, step by step.
+    for part in [
+        "encrypt_us",
+        "sign_us",
+        "decode_us",
+        "verify_us",
+        "store_us",
+        "decrypt_us",
+    ] {
+        assert!(
+            v["parts"][part].as_f64().is_some_and(|x| x > 0.0 && x.is_finite()),
+            "{part}: {v}"
+        );
+    }
     // The machine it ran on comes with the figures.
     assert!(v["machine"]["cores"].as_u64().is_some_and(|c| c >= 1), "{v}");
     assert!(v["machine"]["on_tmpfs"].is_boolean(), "{v}");

@@ -1,25 +1,12 @@
 //! Files only this user reads, written whole or not at all: a crash mid-write leaves the old file
 //! (or none), never half of the new one.
 
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
-/// Writes `bytes` to `path` (mode 0600) through `tmp`, synced, then renamed over `path`. The error
-/// names the file that failed.
+/// Writes `bytes` to `path` (mode 0600) through `tmp`, synced, then renamed over `path`, and the
+/// rename synced. The error names the file that failed.
 pub fn write_private_atomic(path: &Path, tmp: &Path, bytes: &[u8]) -> Result<(), (std::path::PathBuf, std::io::Error)> {
-    fn on(p: &Path) -> impl FnOnce(std::io::Error) -> (std::path::PathBuf, std::io::Error) + '_ {
-        move |e| (p.to_path_buf(), e)
-    }
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(tmp)
-        .map_err(on(tmp))?;
-    f.write_all(bytes).and_then(|_| f.sync_all()).map_err(on(tmp))?;
-    std::fs::rename(tmp, path).map_err(on(path))
+    lpmesh_durable::replace_file(path, tmp, bytes, 0o600)
 }
 
 #[cfg(test)]
