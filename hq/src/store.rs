@@ -510,6 +510,10 @@ impl Embedded {
         let existing = self.get(&s.store, s.period_start_ms)?;
         let decision = Decision::decide(existing.as_ref().map(|e| &e.summary.vv), &s.vv);
         if !decision.writes() {
+            // What is already there may be the row of an earlier upload whose sync failed: it is
+            // acknowledged only once it is durable.
+            self.sled(self.db.flush())?;
+            self.durable()?;
             let stored_vv = existing.map(|e| e.summary.vv).unwrap_or_default();
             return Ok(Upserted { decision, stored_vv });
         }

@@ -43,7 +43,10 @@ pub struct WritePathParts {
     pub encrypt_us: f64,
     /// Sealing: the origin's Ed25519 signature over the record.
     pub sign_us: f64,
+    /// Each signature checked alone (gossip of single records).
     pub verify_us: f64,
+    /// The same signatures checked as one batch equation (a catch-up, a gossiped bundle).
+    pub verify_batch_us: f64,
     pub decode_us: f64,
     /// Storing received records (checked already) in batches of 500, each flushed and fsynced.
     pub store_us: f64,
@@ -93,6 +96,14 @@ fn write_path_parts(b: &Bench) -> Result<WritePathParts, MeshError> {
     }
     let verify_us = per(t);
     let t = Instant::now();
+    let vk = crate::record::Origin::of(&key).and_then(|o| o.verifying_key());
+    let mut batch = ed25519_zebra::batch::Verifier::new();
+    for r in &decoded {
+        batch.queue(r.batch_item("bench-store", vk.as_ref()).map_err(|e| fail(&e))?);
+    }
+    batch.verify(rand::thread_rng()).map_err(|e| fail(&e))?;
+    let verify_batch_us = per(t);
+    let t = Instant::now();
     for r in &decoded {
         b.secret.decrypt(&r.ciphertext).map_err(|e| fail(&e))?;
     }
@@ -114,6 +125,7 @@ fn write_path_parts(b: &Bench) -> Result<WritePathParts, MeshError> {
         encrypt_us,
         sign_us,
         verify_us,
+        verify_batch_us,
         decode_us,
         store_us,
         decrypt_us,

@@ -746,18 +746,36 @@ impl Log {
     }
 }
 
-/// Signature checks dominate taking in a large batch (a node catching up): spread them over the cores.
+/// Signature checks dominate taking in a large batch (a node catching up): checked as one batch
+/// equation per chunk (about 2.5 times cheaper per signature than one by one when the records share
+/// an origin), the chunks spread over the cores.
 fn verify_all(records: &[Record], store: &str) -> Vec<Result<(), RecordError>> {
-    // A batch comes from few origins: each origin's key is parsed once per chunk.
     fn verify_chunk(records: &[Record], store: &str) -> Vec<Result<(), RecordError>> {
-        let mut keys: std::collections::HashMap<Origin, Option<libp2p_identity::PublicKey>> = Default::default();
-        records
+        // A batch comes from few origins: each origin's key is parsed once per chunk.
+        let mut keys: std::collections::HashMap<Origin, Option<crate::record::VerifyingKey>> = Default::default();
+        let mut batch = ed25519_zebra::batch::Verifier::new();
+        let mut items = Vec::new();
+        let mut out: Vec<Result<(), RecordError>> = records
             .iter()
-            .map(|r| {
-                let key = keys.entry(r.origin).or_insert_with(|| r.origin.public_key());
-                r.verify_with(store, key.as_ref())
+            .enumerate()
+            .map(|(i, r)| {
+                let key = keys.entry(r.origin).or_insert_with(|| r.origin.verifying_key());
+                let item = r.batch_item(store, key.as_ref())?;
+                batch.queue(item.clone());
+                items.push((i, item));
+                Ok(())
             })
-            .collect()
+            .collect();
+        // The batch says whether all hold (ZIP 215: exactly when each does alone); when one does
+        // not, each is checked alone to find it, which a peer that sent it pays for with a ban.
+        if !items.is_empty() && batch.verify(rand::thread_rng()).is_err() {
+            for (i, item) in items {
+                if item.verify_single().is_err() {
+                    out[i] = Err(RecordError::BadSignature);
+                }
+            }
+        }
+        out
     }
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(8);
     if records.len() < 64 || threads < 2 {
@@ -887,6 +905,47 @@ mod tests {
                 .collect::<Vec<_>>(),
             vec![2, 3, 4]
         );
+    }
+
+    #[test]
+    fn a_batch_check_finds_each_bad_signature_among_many_and_agrees_with_checking_alone() {
+        let secret = StoreSecret::generate();
+        let dir = Dir::new("batch");
+        let keys: Vec<Keypair> = (0..3).map(|_| Keypair::generate_ed25519()).collect();
+        let mut log = open(&dir, &keys[0], &secret);
+        let items: Vec<(RecordKind, &[u8])> = (0..300).map(|_| (RecordKind::Event, &b"e"[..])).collect();
+        let mut records = log.append_batch(&items, 1000).unwrap();
+        for k in &keys[1..] {
+            records.push(Record::seal("store-1", k, 1, Timestamp::default(), RecordKind::Event, vec![1]).unwrap());
+        }
+        // All good: one batch, every verdict Ok.
+        assert!(verify_all(&records, "store-1").iter().all(Result::is_ok));
+        // Bad ones scattered through both halves (the chunks of two cores): each found, no other.
+        let bad = [0usize, 7, 150, 299, 301];
+        for &i in &bad {
+            records[i].signature[10] ^= 1;
+        }
+        records[42].signature.truncate(10);
+        // A small-order origin: anyone could make its signatures check, so it has no key.
+        let mut identity = [0u8; 32];
+        identity[0] = 1;
+        records[200].origin = Origin(identity);
+        let verdicts = verify_all(&records, "store-1");
+        for (i, v) in verdicts.iter().enumerate() {
+            let expected = if bad.contains(&i) || i == 42 {
+                Err(RecordError::BadSignature)
+            } else if i == 200 {
+                Err(RecordError::BadOrigin)
+            } else {
+                Ok(())
+            };
+            assert_eq!(v, &expected, "record {i}");
+            assert_eq!(
+                &records[i].verify("store-1"),
+                v,
+                "record {i}: the batch and the single check agree"
+            );
+        }
     }
 
     fn seqs(log: &Log, origin: &Origin) -> Vec<u64> {

@@ -172,8 +172,8 @@ pub struct MeshStats {
     pub peers_banned: u64,
     /// The same bans by reason: `invalid_gossip`, `invalid_sync`.
     pub peers_banned_by: BTreeMap<String, u64>,
-    /// Gossip messages not sent because a peer's queue was full (a burst of appends, a slow peer):
-    /// anti-entropy carries those records instead.
+    /// Messages gossipsub could not queue for a slow peer, control messages included (gossipsub's
+    /// `SlowPeer` counts): records among them reach it by anti-entropy instead.
     pub gossip_dropped: u64,
 }
 
@@ -1519,11 +1519,24 @@ impl Actor {
             self.validate(&id, &source, MessageAcceptance::Ignore);
             return;
         }
-        let decoded = if message.topic == self.bundle_topic.hash() {
+        let bundle = message.topic == self.bundle_topic.hash();
+        let decoded = if bundle {
             crate::record::decode_bundle(&message.data)
         } else {
             Record::decode(&message.data).map(|r| vec![r])
         };
+        // A bundle carries its publisher's own appends, nobody else's: otherwise a member could
+        // carry a refused node's records (or an equivocation's other side) along with one of its own.
+        if bundle
+            && decoded.as_ref().is_ok_and(|rs| {
+                rs.iter()
+                    .any(|r| message.source.is_none() || r.origin.peer_id() != message.source)
+            })
+        {
+            self.reject("foreign_bundle");
+            self.validate(&id, &source, MessageAcceptance::Reject);
+            return;
+        }
         match decoded {
             Ok(records) => {
                 self.stats.received_gossip += records.len() as u64;
@@ -1592,16 +1605,19 @@ impl Actor {
         for (id, source, records) in &pending {
             let mine = outcomes.get(at..at + records.len()).unwrap_or(&[]);
             at += records.len();
-            // A message is forwarded when it brought something new and nothing its sender is to blame
-            // for; one bad record of a bundle rejects the bundle.
+            // A message is forwarded only when it brought something new and nothing in it was refused:
+            // a record refused here (from the future, of a node not admitted) is not passed on inside
+            // a bundle either. One record its sender is to blame for rejects the bundle.
             let acceptance = if mine.len() < records.len() {
                 MessageAcceptance::Ignore
             } else if mine.iter().any(|o| o.as_ref().is_err_and(|e| e.blames(source))) {
                 MessageAcceptance::Reject
+            } else if mine.iter().any(Result::is_err) {
+                MessageAcceptance::Ignore
             } else if mine.iter().any(|o| matches!(o, Ok(Inserted::New))) {
                 MessageAcceptance::Accept
             } else {
-                // Held already, expired, or not ours to blame the sender for (a clock running ahead).
+                // Held already, or expired.
                 MessageAcceptance::Ignore
             };
             self.validate(id, source, acceptance);

@@ -97,6 +97,13 @@ pub fn decode_bundle(bytes: &[u8]) -> Result<Vec<Record>, RecordError> {
     Ok(out)
 }
 
+/// An origin's key as record signatures are checked: Ed25519 under the ZIP 215 rules (the cofactored
+/// equation RFC 8032 allows, canonical `s`), with which a batch check agrees exactly with checking
+/// each signature alone, so every node takes the same records however it checks them. Signatures
+/// made by any Ed25519 signer (libp2p's, here) are valid under both rules; only a crafted one with a
+/// small-order component tells them apart, and nodes of one version all apply the same.
+pub type VerifyingKey = ed25519_zebra::VerificationKey;
+
 /// A node's identity in the log: its Ed25519 public key (the key behind its libp2p PeerId).
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Origin(pub [u8; 32]);
@@ -112,6 +119,16 @@ impl Origin {
 
     pub fn public_key(&self) -> Option<PublicKey> {
         ed25519::PublicKey::try_from_bytes(&self.0).ok().map(PublicKey::from)
+    }
+
+    /// The key this origin's signatures are checked with: `None` for bytes that are not a point,
+    /// or a point of small order (for which anyone could forge a signature that checks).
+    pub fn verifying_key(&self) -> Option<VerifyingKey> {
+        let point = curve25519_dalek::edwards::CompressedEdwardsY(self.0).decompress()?;
+        if point.is_small_order() {
+            return None;
+        }
+        VerifyingKey::try_from(ed25519_zebra::VerificationKeyBytes::from(self.0)).ok()
     }
 
     pub fn peer_id(&self) -> Option<PeerId> {
@@ -308,12 +325,34 @@ impl Record {
 
     /// Checks that the record belongs to `store`, is well-formed, and is signed by its origin.
     pub fn verify(&self, store: &str) -> Result<(), RecordError> {
-        self.verify_with(store, self.origin.public_key().as_ref())
+        self.verify_with(store, self.origin.verifying_key().as_ref())
     }
 
     /// [`Record::verify`] with the origin's key already parsed (`None`: not a key), for checking
     /// many records of few origins: parsing a key costs a third of a signature check.
-    pub fn verify_with(&self, store: &str, key: Option<&PublicKey>) -> Result<(), RecordError> {
+    pub fn verify_with(&self, store: &str, key: Option<&VerifyingKey>) -> Result<(), RecordError> {
+        self.check_fields(store)?;
+        let key = key.ok_or(RecordError::BadOrigin)?;
+        let sig = ed25519_zebra::Signature::from_slice(&self.signature).map_err(|_| RecordError::BadSignature)?;
+        key.verify(&sig, &self.signed_bytes())
+            .map_err(|_| RecordError::BadSignature)
+    }
+
+    /// Everything [`Record::verify_with`] checks but the signature equation, and what that equation
+    /// needs (for [`ed25519_zebra::batch::Verifier`]).
+    pub fn batch_item(
+        &self,
+        store: &str,
+        key: Option<&VerifyingKey>,
+    ) -> Result<ed25519_zebra::batch::Item, RecordError> {
+        self.check_fields(store)?;
+        let key = key.ok_or(RecordError::BadOrigin)?;
+        let sig = ed25519_zebra::Signature::from_slice(&self.signature).map_err(|_| RecordError::BadSignature)?;
+        let bytes = ed25519_zebra::VerificationKeyBytes::from(*key);
+        Ok(ed25519_zebra::batch::Item::from((bytes, sig, &self.signed_bytes())))
+    }
+
+    fn check_fields(&self, store: &str) -> Result<(), RecordError> {
         if self.store != store {
             return Err(RecordError::WrongStore(
                 self.store.chars().take(MAX_STORE_ID_BYTES).collect(),
@@ -325,12 +364,7 @@ impl Record {
         if self.ciphertext.len() > MAX_CIPHERTEXT_BYTES {
             return Err(RecordError::PayloadTooLarge);
         }
-        let key = key.ok_or(RecordError::BadOrigin)?;
-        if key.verify(&self.signed_bytes(), &self.signature) {
-            Ok(())
-        } else {
-            Err(RecordError::BadSignature)
-        }
+        Ok(())
     }
 }
 

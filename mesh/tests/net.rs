@@ -834,14 +834,12 @@ async fn a_record_from_a_clock_far_ahead_is_refused_counted_not_forwarded_and_no
     c.stop(&[]).await;
 }
 
-/// A burst from one node loads every receiver's CPU and send queues (slow consumers, IWANT promises
-/// kept late): that is load, not misbehaviour, and must cut nobody off.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_appended_together_go_out_as_bundles_and_a_bad_bundle_is_refused_whole() {
     use lpmesh_mesh::hlc::Timestamp;
     use lpmesh_mesh::record::{bundles, Record};
-    // Nodes 3 and 4 are attackers holding the store key: one bad message each gets them banned.
-    let c = cluster(5).await;
+    // Nodes 3, 4 and 5 are attackers holding the store key: one bad message each gets them banned.
+    let c = cluster(6).await;
     let batch: Vec<(RecordKind, Vec<u8>)> = (0..600).map(|i| (RecordKind::Event, vec![i as u8; 300])).collect();
     let appended = c.nodes[2].append(batch).await.unwrap();
     let last = appended.last().unwrap().clone();
@@ -872,13 +870,16 @@ async fn records_appended_together_go_out_as_bundles_and_a_bad_bundle_is_refused
     c.nodes[3].publish_raw(bad).await.unwrap();
     let good = bundles([seal(1).encode().as_slice()]).remove(0);
     c.nodes[4].publish_raw(good[..good.len() - 3].to_vec()).await.unwrap();
+    // A bundle of genuine records, but another node's (node 3's): a bundle carries its publisher's own.
+    c.nodes[5].publish_raw(good).await.unwrap();
     eventually(
-        "both bad bundles refused and counted",
+        "the three bad bundles refused and counted",
         Duration::from_secs(3),
         async || {
             let s = c.nodes[0].stats().await.unwrap();
-            s.rejected.get("bad_signature").is_some_and(|n| *n >= 1)
-                && s.rejected.get("malformed").is_some_and(|n| *n >= 1)
+            ["bad_signature", "malformed", "foreign_bundle"]
+                .iter()
+                .all(|r| s.rejected.get(*r).is_some_and(|n| *n >= 1))
         },
     )
     .await;
@@ -891,6 +892,8 @@ async fn records_appended_together_go_out_as_bundles_and_a_bad_bundle_is_refused
     c.stop(&[]).await;
 }
 
+/// A burst from one node loads every receiver's CPU and send queues (slow consumers, IWANT promises
+/// kept late): that is load, not misbehaviour, and must cut nobody off.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_of_appends_bans_no_honest_peer() {
     let c = cluster(6).await;

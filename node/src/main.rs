@@ -454,11 +454,8 @@ fn main() -> ExitCode {
 }
 
 fn init_logging(level: &str, format: LogFormat) {
-    // gossipsub warns once per message it cannot queue for a slow peer, with the message in the line:
-    // a burst of appends writes thousands. The mesh counts them (`lpmesh_gossip_dropped_total`).
-    let filter = tracing_subscriber::EnvFilter::try_from_env("LPMESH_LOG").unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new(format!("{level},ort=warn,libp2p_gossipsub::behaviour=error"))
-    });
+    let filter = tracing_subscriber::EnvFilter::try_from_env("LPMESH_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{level},ort=warn")));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

@@ -379,7 +379,7 @@ pub async fn render(s: &OpsState) -> String {
             ),
             (
                 "lpmesh_gossip_dropped_total",
-                "Gossip messages not queued for a slow peer (anti-entropy carries their records).",
+                "Messages gossipsub could not queue for a slow peer, control messages included (records among them reach it by anti-entropy).",
                 m.gossip_dropped,
             ),
             (

@@ -427,6 +427,7 @@ fn bench_mesh_reports_throughput_latency_and_catch_up() {
         "sign_us",
         "decode_us",
         "verify_us",
+        "verify_batch_us",
         "store_us",
         "decrypt_us",
     ] {
