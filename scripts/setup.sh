@@ -19,7 +19,8 @@ if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
 # UI's browser tests (driven by playwright-core from npm, which never downloads a browser of its own).
 # libnss3-tools: certutil, which puts the store's CA into the browser test's own trust store (NSS).
 # ffmpeg: encodes incidents' evidence clips (H.264 MP4) on the node; without it a node keeps stills only.
-DEB_PKGS=(pkg-config clang libclang-dev libopencv-dev ffmpeg postgresql mosquitto chromium libnss3-tools)
+# fuse3: fusermount3, with which the power-cut tests mount their filesystem where mounting needs it.
+DEB_PKGS=(pkg-config clang libclang-dev libopencv-dev ffmpeg postgresql mosquitto chromium libnss3-tools fuse3)
 missing=()
 for p in "${DEB_PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

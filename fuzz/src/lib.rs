@@ -34,6 +34,13 @@ pub fn hq_identity() -> &'static age::x25519::Identity {
     ID.get_or_init(|| HQ_IDENTITY.parse().expect("HQ_IDENTITY is an age secret key"))
 }
 
+/// A store key for opening payloads (any age identity will do: the target checks refusals, not secrets).
+pub fn store_secret() -> &'static lpmesh_mesh::crypto::StoreSecret {
+    static SECRET: OnceLock<lpmesh_mesh::crypto::StoreSecret> = OnceLock::new();
+    SECRET
+        .get_or_init(|| lpmesh_mesh::crypto::StoreSecret::parse(HQ_IDENTITY).expect("HQ_IDENTITY is an age secret key"))
+}
+
 /// The wire types the mesh decodes, as the seed generator writes them.
 pub use lpmesh_mesh::wire::{HeartbeatMsg, SyncRequest};
 
