@@ -48,8 +48,16 @@ impl SledSync {
         }
         s.sync()?;
         sync_dir(dir)?;
-        if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
-            sync_dir(parent)?;
+        // Each directory's entry lives in its parent: a data directory made just now (HQ's first
+        // start makes `<data>/hq.db` and `<data>` itself) is lost with the power unless every
+        // directory above it is synced too. The parent must sync; further up, a directory this user
+        // may not read is left to whoever made it.
+        let absolute = std::path::absolute(dir)?;
+        for (i, up) in absolute.ancestors().skip(1).enumerate() {
+            match sync_dir(up) {
+                Err(e) if i == 0 => return Err(e),
+                _ => {}
+            }
         }
         Ok(s)
     }

@@ -154,6 +154,16 @@ impl Fs {
     fn state(&self) -> MutexGuard<'_, State> {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
+
+    fn new_file(&self, parent: u64, name: &OsStr, mode: u32) -> Result<FileAttr, i32> {
+        let mut s = self.state();
+        let file = Kind::File {
+            data: Vec::new(),
+            synced: Vec::new(),
+        };
+        let ino = s.add(parent, name, file, (mode & 0o7777) as u16)?;
+        s.attr(ino).ok_or(libc::EIO)
+    }
 }
 
 impl Filesystem for Fs {
@@ -218,13 +228,8 @@ impl Filesystem for Fs {
         _rdev: u32,
         reply: ReplyEntry,
     ) {
-        let mut s = self.state();
-        let file = Kind::File {
-            data: Vec::new(),
-            synced: Vec::new(),
-        };
-        match s.add(parent, name, file, (mode & 0o7777) as u16) {
-            Ok(ino) => reply.entry(&TTL, &s.attr(ino).expect("just added"), 0),
+        match self.new_file(parent, name, mode) {
+            Ok(a) => reply.entry(&TTL, &a, 0),
             Err(e) => reply.error(e),
         }
     }
@@ -235,8 +240,11 @@ impl Filesystem for Fs {
             entries: BTreeMap::new(),
             synced: BTreeMap::new(),
         };
-        match s.add(parent, name, dir, (mode & 0o7777) as u16) {
-            Ok(ino) => reply.entry(&TTL, &s.attr(ino).expect("just added"), 0),
+        match s
+            .add(parent, name, dir, (mode & 0o7777) as u16)
+            .and_then(|ino| s.attr(ino).ok_or(libc::EIO))
+        {
+            Ok(a) => reply.entry(&TTL, &a, 0),
             Err(e) => reply.error(e),
         }
     }
@@ -300,13 +308,8 @@ impl Filesystem for Fs {
         _flags: i32,
         reply: ReplyCreate,
     ) {
-        let mut s = self.state();
-        let file = Kind::File {
-            data: Vec::new(),
-            synced: Vec::new(),
-        };
-        match s.add(parent, name, file, (mode & 0o7777) as u16) {
-            Ok(ino) => reply.created(&TTL, &s.attr(ino).expect("just added"), 0, 0, DIRECT_IO),
+        match self.new_file(parent, name, mode) {
+            Ok(a) => reply.created(&TTL, &a, 0, 0, DIRECT_IO),
             Err(e) => reply.error(e),
         }
     }
