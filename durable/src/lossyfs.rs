@@ -137,7 +137,8 @@ impl State {
             match &mut n.kind {
                 Kind::File { data, synced } => {
                     if data != synced {
-                        lost += data.len().abs_diff(synced.len()).max(1) as u64;
+                        let changed = data.iter().zip(synced.iter()).filter(|(a, b)| a != b).count();
+                        lost += (changed + data.len().abs_diff(synced.len())) as u64;
                     }
                     *data = synced.clone();
                 }

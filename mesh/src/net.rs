@@ -1527,12 +1527,15 @@ impl Actor {
         };
         // A bundle carries its publisher's own appends, nobody else's: otherwise a member could
         // carry a refused node's records (or an equivocation's other side) along with one of its own.
-        if bundle
-            && decoded.as_ref().is_ok_and(|rs| {
-                rs.iter()
-                    .any(|r| message.source.is_none() || r.origin.peer_id() != message.source)
+        // Origins are compared as bytes; the publisher's key is parsed once, not once per record.
+        let foreign = |rs: &Vec<Record>| {
+            rs.first().is_some_and(|first| {
+                rs.iter().any(|r| r.origin != first.origin)
+                    || message.source.is_none()
+                    || first.origin.peer_id() != message.source
             })
-        {
+        };
+        if bundle && decoded.as_ref().is_ok_and(foreign) {
             self.reject("foreign_bundle");
             self.validate(&id, &source, MessageAcceptance::Reject);
             return;
