@@ -468,3 +468,56 @@ impl LossyFs {
         &self.mountpoint
     }
 }
+
+/// One writer between two power cuts, for the cut tests. The writer is a test of the calling test
+/// binary (`child_test`, which must return at once unless `env` is set) that prints `acked N` after
+/// each write it would acknowledge; it runs with `env` set to `value` until it has acknowledged a
+/// first write and then for `run`, and is killed (SIGKILL: it stops mid-write, as a machine does).
+/// Returns every N it printed, in order, those printed just before the kill included.
+pub fn run_writer(child_test: &str, env: &str, value: &Path, run: Duration) -> io::Result<Vec<u64>> {
+    use std::io::BufRead;
+    use std::process::{Command, Stdio};
+    use std::time::Instant;
+
+    let mut child = Command::new(std::env::current_exe()?)
+        .args(["--exact", child_test, "--nocapture", "--test-threads", "1"])
+        .env(env, value)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()?;
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| io::Error::other("the writer's output is not piped"))?;
+    let (tx, rx) = std::sync::mpsc::channel::<u64>();
+    let reader = std::thread::spawn(move || {
+        for line in io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(n) = line.strip_prefix("acked ").and_then(|s| s.parse().ok()) {
+                let _ = tx.send(n);
+            }
+        }
+    });
+    // The first write comes once the store has opened (recovery, and the previous writer's lock let go).
+    let first = rx.recv_timeout(Duration::from_secs(60));
+    let mut acked = Vec::new();
+    if let Ok(n) = first {
+        acked.push(n);
+        let t = Instant::now();
+        while t.elapsed() < run {
+            if let Ok(n) = rx.recv_timeout(Duration::from_millis(20)) {
+                acked.push(n);
+            }
+        }
+    }
+    child.kill()?;
+    child.wait()?;
+    let _ = reader.join();
+    // Acknowledgements printed before the kill but read after it count too.
+    acked.extend(rx.try_iter());
+    if acked.is_empty() {
+        return Err(io::Error::other(format!(
+            "the writer {child_test} acknowledged nothing in 60 s"
+        )));
+    }
+    Ok(acked)
+}

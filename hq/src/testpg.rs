@@ -153,8 +153,8 @@ impl TestPg {
         &self.dir
     }
 
-    /// Stops the server the way a power cut does (`pg_ctl stop -m immediate`: no checkpoint, WAL replay
-    /// at the next start).
+    /// Stops the server as a crash does (`pg_ctl stop -m immediate`: no checkpoint, WAL replay at the
+    /// next start).
     pub fn crash(&self) -> Result<(), PgError> {
         let data = self.dir.join("data");
         self.cmd("pg_ctl", |c| {

@@ -3,12 +3,10 @@
 //! (`lpmesh_durable::lossyfs`), and the store is opened again. Every acknowledged summary must be
 //! there, as stored, and the store must open and list cleanly; the next round stores on top.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use lpmesh_durable::lossyfs::LossyFs;
+use lpmesh_durable::lossyfs::{self, LossyFs};
 use lpmesh_hq::store::{Embedded, Filter};
 use lpmesh_hq::summary::Summary;
 use lpmesh_hq::vv::VersionVector;
@@ -86,39 +84,12 @@ fn acknowledged_summaries_survive_repeated_power_cuts() {
     let rounds = 8;
     let mut acked: Option<i64> = None;
     for round in 0..rounds {
-        let mut child = Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", "hq_power_cut_child", "--nocapture", "--test-threads", "1"])
-            .env(CHILD_ENV, &mnt)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel::<i64>();
-        let reader = std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(p) = line.strip_prefix("acked ").and_then(|s| s.parse().ok()) {
-                    let _ = tx.send(p);
-                }
-            }
-        });
-        let first = rx
-            .recv_timeout(Duration::from_secs(60))
-            .unwrap_or_else(|_| panic!("round {round}: the storing process never stored"));
-        let mut last = first;
         let run = Duration::from_millis(150 + 100 * ((round * 5) % 9) as u64);
-        let t = Instant::now();
-        while t.elapsed() < run {
-            if let Ok(p) = rx.recv_timeout(Duration::from_millis(20)) {
-                last = last.max(p);
-            }
-        }
-        child.kill().unwrap();
-        let _ = child.wait();
-        reader.join().unwrap();
-        while let Ok(p) = rx.try_recv() {
-            last = last.max(p);
-        }
+        let last = lossyfs::run_writer("hq_power_cut_child", CHILD_ENV, &mnt, run)
+            .unwrap_or_else(|e| panic!("round {round}: {e}"))
+            .into_iter()
+            .max()
+            .unwrap_or(0) as i64;
         assert!(
             acked.is_none_or(|a| last > a),
             "round {round}: nothing new was acknowledged"

@@ -3,13 +3,11 @@
 //! (`lpmesh_durable::lossyfs`), and the log is opened again. Every acknowledged record must be there,
 //! readable and verified, and the log must open (nothing corrupt); the next round appends on top.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use libp2p_identity::Keypair;
-use lpmesh_durable::lossyfs::LossyFs;
+use lpmesh_durable::lossyfs::{self, LossyFs};
 use lpmesh_mesh::crypto::StoreSecret;
 use lpmesh_mesh::log::Log;
 use lpmesh_mesh::record::{Origin, RecordKind};
@@ -90,42 +88,13 @@ fn acknowledged_appends_survive_repeated_power_cuts() {
     let mut acked_total = 0u64;
     let started = Instant::now();
     for round in 0..rounds {
-        let mut child = Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", "power_cut_child", "--nocapture", "--test-threads", "1"])
-            .env(CHILD_ENV, &dir.0)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel::<u64>();
-        let reader = std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(seq) = line.strip_prefix("acked ").and_then(|s| s.parse().ok()) {
-                    let _ = tx.send(seq);
-                }
-            }
-        });
-        // The first append comes once the log has opened (recovery, and the previous process's lock
-        // let go); then the cut comes at a different moment each round, after 0.2 to 1.4 s of appends.
-        let mut acked = rx
-            .recv_timeout(Duration::from_secs(60))
-            .unwrap_or_else(|_| panic!("round {round}: the appending process never appended"));
+        // The cut comes at a different moment each round, after 0.2 to 1.4 s of appends.
         let run = Duration::from_millis(200 + 100 * ((round * 7) % 13) as u64);
-        let t = Instant::now();
-        while t.elapsed() < run {
-            if let Ok(seq) = rx.recv_timeout(Duration::from_millis(20)) {
-                acked = acked.max(seq);
-            }
-        }
-        // SIGKILL: the process stops mid-write, as the machine does.
-        child.kill().unwrap();
-        let _ = child.wait();
-        reader.join().unwrap();
-        // Acknowledgements printed before the kill but read after it count too.
-        while let Ok(seq) = rx.try_recv() {
-            acked = acked.max(seq);
-        }
+        let acked = lossyfs::run_writer("power_cut_child", CHILD_ENV, &dir.0, run)
+            .unwrap_or_else(|e| panic!("round {round}: {e}"))
+            .into_iter()
+            .max()
+            .unwrap_or(0);
         assert!(acked > acked_total, "round {round}: the child acknowledged nothing new");
         acked_total = acked;
         fs.cut_power().unwrap();

@@ -5,7 +5,8 @@
 //! - A period is waiting (in the outbox) while it holds a record that HQ's copy does not include. The
 //!   outbox on disk (sled, `uplink/` in the data directory) keeps, per period, the version vector HQ
 //!   said it stored; what is waiting follows from it and the log, so nothing is lost in a crash.
-//! - A period is done when HQ answers with a stored version vector that includes the one sent.
+//! - A period is done when HQ answers with a stored version vector that includes the one sent, and
+//!   that answer is durable in the outbox ([`outbox`]).
 //!   HQ answering with a concurrent one (the other side of a partition won the tie-break) leaves the
 //!   period waiting: once the logs merge, the merged summary dominates both and replaces it.
 //! - Failures back off exponentially (2 s doubling to 5 min) with ±20 % jitter; the leader probes HQ
@@ -29,7 +30,10 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, oneshot, watch};
 
 use crate::backoff::Backoff;
+
+pub mod outbox;
 use crate::summary::{node_id, Ledger};
+use outbox::{Outbox, OutboxError};
 
 pub const STATUS_FILE: &str = "uplink-status.json";
 const OUTBOX_DIR: &str = "uplink";
@@ -57,8 +61,8 @@ pub struct UplinkSettings {
 
 #[derive(Debug, thiserror::Error)]
 pub enum UplinkError {
-    #[error("outbox {path}: {source}")]
-    Outbox { path: PathBuf, source: sled::Error },
+    #[error(transparent)]
+    Outbox(#[from] OutboxError),
     #[error(transparent)]
     Client(#[from] ClientError),
     #[error(transparent)]
@@ -115,24 +119,13 @@ fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 
-fn period_key(p: i64) -> [u8; 8] {
-    ((p as u64) ^ (1 << 63)).to_be_bytes()
-}
-
-#[derive(Serialize, Deserialize)]
-struct Done {
-    hq_vv: VersionVector,
-    acked_ms: i64,
-}
-
 struct Uplink {
     s: UplinkSettings,
     mesh: MeshHandle,
     reader: crate::bounds::Reader,
     signing: libp2p_identity::Keypair,
     client: HqClient,
-    outbox: sled::Db,
-    outbox_path: PathBuf,
+    outbox: Outbox,
     ledger: Ledger,
     /// What HQ said it stored, per period.
     done: BTreeMap<i64, VersionVector>,
@@ -161,28 +154,7 @@ pub fn start(
     let reader = reader.into();
     let client = HqClient::new(&s.url, s.ca_cert.as_deref(), s.timeout)?;
     let outbox_path = s.data_dir.join(OUTBOX_DIR);
-    let outbox = sled::open(&outbox_path).map_err(|source| UplinkError::Outbox {
-        path: outbox_path.clone(),
-        source,
-    })?;
-    let mut done = BTreeMap::new();
-    for kv in outbox.iter() {
-        let (k, v) = kv.map_err(|source| UplinkError::Outbox {
-            path: outbox_path.clone(),
-            source,
-        })?;
-        let Ok(k) = <[u8; 8]>::try_from(k.as_ref()) else {
-            continue;
-        };
-        let p = (u64::from_be_bytes(k) ^ (1 << 63)) as i64;
-        match serde_json::from_slice::<Done>(&v) {
-            Ok(d) => {
-                done.insert(p, d.hq_vv);
-            }
-            // Forgetting what HQ acknowledged only costs a re-send, which HQ takes as a no-op.
-            Err(e) => tracing::warn!(period = p, error = %e, "unreadable outbox entry; the period will be sent again"),
-        }
-    }
+    let (outbox, done) = Outbox::open(&outbox_path)?;
     let status = UplinkStatus {
         node: mesh.peer_id().to_string(),
         hq_url: s.url.clone(),
@@ -199,7 +171,6 @@ pub fn start(
         signing,
         client,
         outbox,
-        outbox_path,
         done,
         waiting: BTreeSet::new(),
         last_sent: HashMap::new(),
@@ -275,7 +246,9 @@ impl Uplink {
         }
         self.status.outbox = self.waiting.len();
         self.status.periods_done = self.done.len();
-        let _ = self.outbox.flush_async().await;
+        if let Err(e) = self.outbox.commit().await {
+            tracing::error!(error = %e, "cannot commit the outbox at shutdown");
+        }
         self.write_status(true);
     }
 
@@ -289,6 +262,16 @@ impl Uplink {
             crate::summary::period_of(cutoff, self.s.period_secs)
         });
         self.ledger.expire(&floors, drop_before, &self.waiting);
+        // HQ's acknowledgements of periods the log no longer holds are kept no longer either, so the
+        // outbox stays bounded by the retention. Not a durability claim: a forgotten one that comes
+        // back after a crash is dropped again.
+        if let Some(b) = drop_before {
+            let waiting = &self.waiting;
+            self.done.retain(|p, _| *p >= b || waiting.contains(p));
+            if let Err(e) = self.outbox.forget_before(b, waiting) {
+                tracing::warn!(error = %e, "cannot prune the outbox");
+            }
+        }
     }
 
     async fn scan(&mut self) -> Result<(), MeshError> {
@@ -392,6 +375,7 @@ impl Uplink {
             .filter(|p| self.last_sent.get(p).is_none_or(|t| t.elapsed() >= self.s.resend_every))
             .take(SENDS_PER_STEP)
             .collect();
+        let mut acked = Vec::new();
         for p in due {
             let summary = self.ledger.summarize(&self.s.store, p);
             let env = match seal(&summary, &self.s.recipient, &self.signing) {
@@ -405,18 +389,17 @@ impl Uplink {
             match self.client.post(env.encode()).await {
                 Ok(ack) => {
                     // HQ took it (stored, a no-op, stale or concurrent): the uplink works.
-                    self.progress_ms = Some(now_ms());
                     self.status.summaries_sent += 1;
                     self.backoff.reset();
                     self.status.last_error = None;
                     if ack.stored_vv.includes(&summary.vv) {
-                        self.status.last_sync_ms = Some(now_ms());
-                        self.record_done(p, ack.stored_vv);
+                        acked.push((p, ack.stored_vv));
                     } else {
                         // HQ kept a summary from records this node has not seen yet; send again once
                         // they have arrived (the period stays waiting).
                         tracing::info!(period = p, status = %ack.status, "HQ holds a concurrent summary of this period");
                     }
+                    self.progress_ms = Some(now_ms());
                 }
                 Err(e @ ClientError::Refused { .. }) => {
                     // One refused period must not hold the others back: it is tried again after
@@ -428,27 +411,34 @@ impl Uplink {
                     tracing::warn!(error = %e, "cannot reach HQ");
                     self.set_reachable(false).await;
                     self.backoff(e.to_string());
-                    return;
+                    break;
                 }
             }
         }
+        if !acked.is_empty() {
+            self.record_done(acked).await;
+        }
     }
 
-    fn record_done(&mut self, p: i64, hq_vv: VersionVector) {
-        let entry = Done {
-            hq_vv: hq_vv.clone(),
-            acked_ms: now_ms(),
-        };
-        let stored = serde_json::to_vec(&entry)
-            .ok()
-            .map(|v| self.outbox.insert(period_key(p), v));
-        if let Some(Err(e)) = stored {
-            tracing::error!(path = %self.outbox_path.display(), error = %e, "cannot record HQ's acknowledgement");
+    /// What HQ confirmed this step: made durable in the outbox (one commit), then counted. When the
+    /// disk refuses, the periods still count as done in memory (HQ has them); after a restart they
+    /// are sent again, which HQ takes as a no-op.
+    async fn record_done(&mut self, acked: Vec<(i64, VersionVector)>) {
+        let at = now_ms();
+        let mut stored = acked.iter().try_for_each(|(p, vv)| self.outbox.put(*p, vv, at));
+        if stored.is_ok() {
+            stored = self.outbox.commit().await;
         }
-        if self.ledger.covered(p, &hq_vv) {
-            self.waiting.remove(&p);
+        if let Err(e) = stored {
+            tracing::error!(error = %e, "cannot record HQ's acknowledgement");
         }
-        self.done.insert(p, hq_vv);
+        self.status.last_sync_ms = Some(now_ms());
+        for (p, hq_vv) in acked {
+            if self.ledger.covered(p, &hq_vv) {
+                self.waiting.remove(&p);
+            }
+            self.done.insert(p, hq_vv);
+        }
     }
 
     fn write_status(&mut self, force: bool) {
