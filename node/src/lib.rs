@@ -18,7 +18,8 @@
 //! Behind the default `vision` feature (OpenCV and ONNX Runtime):
 //! - `source::opencv`: files, streams and devices through OpenCV.
 //! - `capture`: resize/normalise/thumbnail/pixel measures on the capture thread.
-//! - `camera`: one camera assembled from the configuration (source, detector, tracker, rules).
+//! - `camera`: one camera assembled from the configuration (source, detector, tracker, rules), and
+//!   its supervisor (a thread per camera, started again after a failure).
 //! - `detect::onnx`: loading ONNX Runtime and the NanoDet detector.
 //! - `bench`: `lpmesh bench pipeline`.
 //!

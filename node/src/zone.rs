@@ -159,6 +159,27 @@ impl CountingLine {
     }
 }
 
+/// How many of `people` stand in each zone (by their feet: the bottom centre of the box), for the
+/// tablets' camera board. Boxes are in pixels of a `width` x `height` frame, zones in fractions.
+pub fn occupancy(
+    zones: &[(String, Polygon)],
+    people: &[crate::track::TrackedPerson],
+    width: u32,
+    height: u32,
+) -> std::collections::BTreeMap<String, u32> {
+    let (w, h) = (width.max(1) as f32, height.max(1) as f32);
+    zones
+        .iter()
+        .map(|(name, poly)| {
+            let n = people
+                .iter()
+                .filter(|p| poly.contains([(p.bbox.x1 + p.bbox.x2) / 2.0 / w, p.bbox.y2 / h]))
+                .count() as u32;
+            (name.clone(), n)
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -198,5 +219,38 @@ mod tests {
         assert!(l.spans([0.5, 0.3]) && !l.spans([0.95, 0.3]));
         // A heading along the line can never be crossed.
         assert!(CountingLine::new([0.1, 0.5], [0.9, 0.5], Heading::Left).is_none());
+    }
+
+    #[test]
+    fn occupancy_counts_people_by_their_feet() {
+        use crate::track::TrackedPerson;
+        let zones = vec![
+            (
+                "left".to_string(),
+                Polygon::new(vec![[0.0, 0.0], [0.5, 0.0], [0.5, 1.0], [0.0, 1.0]]).unwrap(),
+            ),
+            (
+                "empty".to_string(),
+                Polygon::new(vec![[0.9, 0.9], [1.0, 0.9], [1.0, 1.0]]).unwrap(),
+            ),
+        ];
+        let person = |x1: f32, x2: f32| TrackedPerson {
+            id: 1,
+            bbox: crate::geom::BBox {
+                x1,
+                y1: 10.0,
+                x2,
+                y2: 90.0,
+            },
+            score: 0.9,
+            visible: true,
+            first_seen: 0.0,
+            last_seen: 0.0,
+        };
+        // 200 px wide: feet at x = 50 and 90 (left of the border at 100), and 150.
+        let people = [person(40.0, 60.0), person(60.0, 120.0), person(140.0, 160.0)];
+        let occ = occupancy(&zones, &people, 200, 100);
+        assert_eq!(occ["left"], 2);
+        assert_eq!(occ["empty"], 0);
     }
 }

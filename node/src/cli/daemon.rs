@@ -1,8 +1,6 @@
 //! `lpmesh run`: the node's runtime (mesh, cameras, UI, alerts, uplink, operations endpoint), from
 //! start to an orderly stop.
 
-#[cfg(feature = "vision")]
-use super::vision;
 use crate::*;
 
 /// How long a stopping node keeps its mesh open after its last records.
@@ -576,7 +574,7 @@ pub fn run(config: &Path, synthetic: Option<(f64, i64)>) -> Result<ExitCode> {
             addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", ")
         );
         #[cfg(feature = "vision")]
-        let cameras: Vec<_> = cfg.cameras.iter().map(|c| vision::spawn_camera(cfg.clone(), c.clone(), tx.clone(), stop.clone(), board.clone(), zone_control.clone(), node_metrics.clone(), evidence.clone().filter(|_| cfg.evidence.enabled))).collect();
+        let cameras: Vec<_> = cfg.cameras.iter().map(|c| lpmesh_node::camera::supervisor::spawn_camera(cfg.clone(), c.clone(), tx.clone(), stop.clone(), board.clone(), zone_control.clone(), node_metrics.clone(), evidence.clone().filter(|_| cfg.evidence.enabled))).collect();
         let load = synthetic.map(|(rate, until)| {
             let (tx, stop, store, node) = (tx.clone(), stop.clone(), cfg.store.clone(), cfg.node.clone());
             tokio::spawn(async move {

@@ -14,6 +14,8 @@ use crate::rules::{CameraRules, ZoneKind};
 use crate::source::opencv::OpenCvOptions;
 use crate::source::SourceError;
 
+pub mod supervisor;
+
 #[derive(Debug, thiserror::Error)]
 pub enum CameraError {
     #[error(transparent)]
@@ -22,6 +24,8 @@ pub enum CameraError {
     Source(#[from] SourceError),
     #[error("camera {camera}: {reason}")]
     Config { camera: String, reason: String },
+    #[error(transparent)]
+    Pipeline(Box<crate::pipeline::PipelineError>),
 }
 
 /// A source as written in the configuration: `cache:PATH` is a path inside the lpmesh cache (the demo
