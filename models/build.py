@@ -1,12 +1,14 @@
 #!/usr/bin/env python3
 """Produce lpmesh's models, fetch its ONNX Runtime library and its test footage, from registry packages only.
 
-    python3 models/build.py            # everything in manifest.toml (runtime, footage, models)
+    python3 models/build.py            # runtime, footage and models (everything but the opt-in `openvino`)
     python3 models/build.py runtime    # only the ONNX Runtime library
     python3 models/build.py footage    # only the test footage (Debian package)
     python3 models/build.py models     # only the models (fetches the footage too: int8 calibrates on it)
     python3 models/build.py evaluate   # compare int8 with fp32 on the footage (accuracy and speed), ~1 min
     python3 models/build.py calibrate  # maintainers: rewrite the int8 calibration table, then re-pin sha256s
+    python3 models/build.py openvino   # opt-in, not in the default: ONNX Runtime's OpenVINO execution provider
+                                       #   (~100 MB; Intel CPUs, and Intel NPUs through Intel's NPU driver)
     python3 models/build.py --print-cache
 
 Everything lands in the cache (``$LPMESH_CACHE``, else ``$XDG_CACHE_HOME/lpmesh``, else ``~/.cache/lpmesh``),
@@ -23,6 +25,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -91,6 +95,22 @@ def install_atomically(src: Path, dest: Path) -> None:
     os.replace(tmp, dest)
 
 
+def install_dir_atomically(staged: Path, dest: Path) -> None:
+    """Put the complete directory `staged` (a sibling of `dest`, so on the same file system) in place of `dest`.
+
+    A fresh install appears at once, whole. Replacing an existing `dest` takes two renames (rename(2) cannot
+    replace a non-empty directory), between which `dest` is briefly absent, never partial.
+    """
+    old = dest.with_name(dest.name + ".old")
+    if old.exists():
+        shutil.rmtree(old)
+    if dest.exists():
+        os.replace(dest, old)
+    os.replace(staged, dest)
+    if old.exists():
+        shutil.rmtree(old)
+
+
 # --- ONNX Runtime -------------------------------------------------------------------------------------------
 
 
@@ -125,6 +145,99 @@ def build_runtime(manifest: dict) -> Path:
         install_atomically(lib, dest)
     step(f"ONNX Runtime {rt['version']} installed: {dest}")
     return dest
+
+
+# --- OpenVINO execution provider (opt-in) -------------------------------------------------------------------
+
+
+def openvino_dir(manifest: dict) -> Path:
+    ov = manifest["openvino"]
+    return cache_dir() / ov["install_dir"] / ov["version"]
+
+
+def openvino_path(manifest: dict) -> Path:
+    """The plugin library to register with ONNX Runtime; its dependencies sit beside it."""
+    return openvino_dir(manifest) / manifest["openvino"]["plugin"]
+
+
+def version_tuple(version: str) -> tuple[int, ...]:
+    return tuple(int(m.group()) if (m := re.match(r"\d+", part)) else 0 for part in version.split("."))
+
+
+def check_openvino_supported(manifest: dict) -> None:
+    ov, rt = manifest["openvino"], manifest["runtime"]
+    what = f"{ov['pypi_package']} {ov['version']}"
+    machine = platform.machine()
+    if sys.platform != "linux" or machine != "x86_64":
+        raise BuildError(f"{what} is fetched for x86_64 Linux only ({ov['wheel']}); this is {sys.platform} on "
+                         f"{machine}. Nothing was downloaded.")
+    try:
+        libc = os.confstr("CS_GNU_LIBC_VERSION") or ""
+    except (ValueError, OSError):
+        libc = ""
+    name, _, version = libc.partition(" ")
+    if name != "glibc" or version_tuple(version) < (2, 28):
+        raise BuildError(f"{what} needs glibc >= 2.28 ({ov['platform']}); this system has "
+                         f"{libc or 'no glibc'}. Nothing was downloaded.")
+    if version_tuple(rt["version"]) < version_tuple(ov["min_onnxruntime"]):
+        raise BuildError(f"{what} is a plugin for ONNX Runtime >= {ov['min_onnxruntime']} (the plugin "
+                         f"execution-provider API), but [runtime] in {MANIFEST.name} pins {rt['version']}. "
+                         f"Nothing was downloaded.")
+
+
+def build_openvino(manifest: dict) -> Path:
+    if "openvino" not in manifest:
+        raise BuildError(f"no [openvino] section in {MANIFEST.name}")
+    ov = manifest["openvino"]
+    check_openvino_supported(manifest)
+    dest, files = openvino_dir(manifest), ov["files"]
+    what = f"OpenVINO execution provider {ov['version']}"
+    if dest.is_dir():
+        missing = [name for name in files if not (dest / name).is_file()]
+        if not missing:
+            try:
+                for name, sha in files.items():
+                    check_sha(dest / name, sha, f"{what}: {name}")
+            except BuildError as e:
+                raise BuildError(f"{e}\nThe installed copy differs from the manifest: remove {dest} and run "
+                                 f"`build.py openvino` again.") from e
+            step(f"{what} up to date: {openvino_path(manifest)}")
+            return openvino_path(manifest)
+        step(f"{dest} lacks {', '.join(missing)}; installing it again")
+    spec = f"{ov['pypi_package']}=={ov['version']}"
+    staged = dest.with_name(dest.name + ".partial")
+    with tempfile.TemporaryDirectory(prefix="lpmesh-openvino-") as tmp:
+        step(f"downloading {spec} from PyPI (~53 MB, OpenVINO {ov['openvino_version']}; "
+             f"{len(files)} of its libraries are kept)")
+        run(
+            [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--progress-bar", "on",
+             "--platform", ov["platform"], "-d", tmp, spec]
+        )
+        wheel = Path(tmp) / ov["wheel"]
+        if not wheel.is_file():
+            raise BuildError(f"pip download {spec} left {[p.name for p in Path(tmp).iterdir()]}, "
+                             f"expected {ov['wheel']}")
+        check_sha(wheel, ov["wheel_sha256"], f"wheel {wheel.name}")
+        if staged.exists():
+            shutil.rmtree(staged)
+        staged.mkdir(parents=True)
+        try:
+            with zipfile.ZipFile(wheel) as z:
+                for name, sha in files.items():
+                    member = f"{ov['wheel_dir']}/{name}"
+                    try:
+                        with z.open(member) as src, (staged / name).open("wb") as out:
+                            shutil.copyfileobj(src, out, 1 << 20)
+                    except KeyError as e:
+                        raise BuildError(f"{wheel.name} has no {member}") from e
+                    check_sha(staged / name, sha, f"{what}: {name} from {wheel.name}")
+            install_dir_atomically(staged, dest)
+        finally:
+            if staged.exists():
+                shutil.rmtree(staged)
+    step(f"{what} installed: {openvino_path(manifest)} (register it with ONNX Runtime "
+         f"{manifest['runtime']['version']} as {ov['ep_name']})")
+    return openvino_path(manifest)
 
 
 # --- footage ------------------------------------------------------------------------------------------------
@@ -378,6 +491,8 @@ def main(argv: list[str]) -> int:
                     build_footage(clip)
                 for m in manifest["model"]:
                     build_model(manifest, m, envs)
+            elif what == "openvino":
+                build_openvino(manifest)
             elif what == "evaluate":
                 evaluate(manifest, envs)
             elif what == "calibrate":

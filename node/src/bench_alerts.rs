@@ -1,7 +1,15 @@
-//! `lpmesh bench alerts`: how long an incident takes from being appended on node B to (a) the MQTT
-//! message of B's alert route and (b) the event on node A's open UI stream. Everything is real and on
-//! loopback: two mesh nodes, a Mosquitto broker started for the run, A's UI over HTTP with a logged-in
-//! session reading `/api/stream`.
+//! `lpmesh bench alerts`: how long an incident takes to reach (a) the MQTT message of node B's alert
+//! route and (b) the event on node A's open UI stream. Everything is real and on loopback: two mesh
+//! nodes, a Mosquitto broker started for the run, A's UI over HTTP with a logged-in session reading
+//! `/api/stream`.
+//!
+//! - By default from the moment the incident is appended on B (the mesh, the alert route, the UI).
+//! - With `--from-frame`, from the frame in which it happened: B runs a real camera (the demo's, or a
+//!   configured one) on footage replayed at its own rate, through the same supervisor, detector,
+//!   tracker, rules and event queue as `lpmesh run`. A frame's time is when the camera delivered it
+//!   (stream time 0 is the camera's start; the replay waits for each frame's time), which is the
+//!   time the event carries; so the figure holds decoding, inference, tracking, the rules, the queue
+//!   and the durable append, besides the mesh and the routes.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -30,6 +38,12 @@ fn err(e: impl std::fmt::Display) -> BenchError {
 
 #[derive(Debug, Serialize)]
 pub struct AlertsBench {
+    /// What the latencies are measured from: `append` (the incident appended on B) or `frame` (the
+    /// camera frame in which it happened).
+    pub from: String,
+    /// With `frame`: the footage, the camera's analysis rate and how long it ran.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub camera: Option<CameraRun>,
     pub incidents: usize,
     pub mqtt_received: usize,
     pub mqtt_p50_ms: f64,
@@ -37,6 +51,15 @@ pub struct AlertsBench {
     pub stream_received: usize,
     pub stream_p50_ms: f64,
     pub stream_p99_ms: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct CameraRun {
+    pub source: String,
+    pub detect_fps: f64,
+    pub seconds: f64,
+    /// Incidents by kind (`restricted_entry`, `line_crossing`, ...).
+    pub kinds: std::collections::BTreeMap<String, usize>,
 }
 
 /// A broker for the run, on a free loopback port; stopped on drop.
@@ -114,14 +137,47 @@ fn pct(v: &mut [f64], q: f64) -> f64 {
         .unwrap_or(0.0)
 }
 
-/// When an incident was first seen on a channel (repeats, e.g. an MQTT redelivery, do not count).
-fn first_seen(seen: &Mutex<HashMap<String, Instant>>, id: &str) {
+/// When an incident was first seen on a channel (repeats, e.g. an MQTT redelivery, do not count):
+/// the instant, and the wall clock in Unix ms (what an event's frame time is compared with).
+#[derive(Clone, Copy)]
+struct Seen {
+    at: Instant,
+    #[cfg_attr(not(feature = "vision"), allow(dead_code))]
+    wall_ms: f64,
+}
+
+type SeenMap = Arc<Mutex<HashMap<String, Seen>>>;
+
+fn wall_ms() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+}
+
+fn first_seen(seen: &Mutex<HashMap<String, Seen>>, id: &str) {
     if let Ok(mut m) = seen.lock() {
-        m.entry(id.to_string()).or_insert_with(Instant::now);
+        m.entry(id.to_string()).or_insert_with(|| Seen {
+            at: Instant::now(),
+            wall_ms: wall_ms(),
+        });
     }
 }
 
-pub async fn run(incidents: usize) -> Result<AlertsBench, BenchError> {
+/// The two nodes, the broker, B's alert route, A's UI and the two listeners.
+struct Rig {
+    broker: Broker,
+    root: PathBuf,
+    secrets: StoreSecrets,
+    a: MeshHandle,
+    b: MeshHandle,
+    db: PathBuf,
+    al: alerts::Alerts,
+    running: ui::Running,
+    seen_mqtt: SeenMap,
+    seen_stream: SeenMap,
+}
+
+async fn rig() -> Result<Rig, BenchError> {
     let broker = tokio::task::spawn_blocking(Broker::start).await.map_err(err)??;
     let root = std::env::temp_dir().join(format!("lpmesh-bench-alerts-nodes-{}", std::process::id()));
     let (da, db) = (root.join("a"), root.join("b"));
@@ -192,7 +248,7 @@ pub async fn run(incidents: usize) -> Result<AlertsBench, BenchError> {
         .and_then(|v| v.split(';').next())
         .ok_or_else(|| err("login gave no cookie"))?
         .to_string();
-    let seen_stream: Arc<Mutex<HashMap<String, Instant>>> = Default::default();
+    let seen_stream: SeenMap = Default::default();
     let stream_client: hyper_util::client::legacy::Client<_, Empty<Bytes>> =
         hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
     let req = hyper::Request::get(format!("{base}/api/stream"))
@@ -219,7 +275,7 @@ pub async fn run(incidents: usize) -> Result<AlertsBench, BenchError> {
         }
     });
     // An MQTT subscriber standing in for the guards' radio gateway.
-    let seen_mqtt: Arc<Mutex<HashMap<String, Instant>>> = Default::default();
+    let seen_mqtt: SeenMap = Default::default();
     let mut opts = rumqttc::MqttOptions::new("bench-subscriber", "127.0.0.1", broker.port);
     opts.set_keep_alive(Duration::from_secs(10));
     let (sub, mut ev) = rumqttc::AsyncClient::new(opts, 64);
@@ -240,6 +296,34 @@ pub async fn run(incidents: usize) -> Result<AlertsBench, BenchError> {
     });
     // Let the mesh, the route and both listeners settle.
     tokio::time::sleep(Duration::from_secs(3)).await;
+    Ok(Rig {
+        broker,
+        root,
+        secrets,
+        a,
+        b,
+        db,
+        al,
+        running,
+        seen_mqtt,
+        seen_stream,
+    })
+}
+
+impl Rig {
+    async fn stop(self) {
+        self.al.shutdown(Duration::from_secs(1)).await;
+        self.running.shutdown(Duration::from_millis(200)).await;
+        let _ = self.a.shutdown().await;
+        let _ = self.b.shutdown().await;
+        drop(self.broker);
+        let _ = std::fs::remove_dir_all(&self.root);
+    }
+}
+
+pub async fn run(incidents: usize) -> Result<AlertsBench, BenchError> {
+    let rig = rig().await?;
+    let b = &rig.b;
     let mut appended: Vec<(String, Instant)> = Vec::with_capacity(incidents);
     let now = chrono::Utc::now().timestamp_millis();
     for k in 0..incidents {
@@ -269,25 +353,130 @@ pub async fn run(incidents: usize) -> Result<AlertsBench, BenchError> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let lat = |seen: &Arc<Mutex<HashMap<String, Instant>>>| -> Vec<f64> {
+    let lat = |seen: &SeenMap| -> Vec<f64> {
         let m = seen.lock().map(|m| m.clone()).unwrap_or_default();
         appended
             .iter()
             .filter_map(|(id, t)| {
                 m.get(id)
-                    .map(|r| r.saturating_duration_since(*t).as_secs_f64() * 1000.0)
+                    .map(|r| r.at.saturating_duration_since(*t).as_secs_f64() * 1000.0)
             })
             .collect()
     };
-    let (mut mq, mut st) = (lat(&seen_mqtt), lat(&seen_stream));
-    al.shutdown(Duration::from_secs(1)).await;
-    running.shutdown(Duration::from_millis(200)).await;
-    let _ = a.shutdown().await;
-    let _ = b.shutdown().await;
-    drop(broker);
-    let _ = std::fs::remove_dir_all(&root);
+    let (mut mq, mut st) = (lat(&rig.seen_mqtt), lat(&rig.seen_stream));
+    rig.stop().await;
     Ok(AlertsBench {
+        from: "append".into(),
+        camera: None,
         incidents,
+        mqtt_received: mq.len(),
+        mqtt_p50_ms: pct(&mut mq, 0.5),
+        mqtt_p99_ms: pct(&mut mq, 0.99),
+        stream_received: st.len(),
+        stream_p50_ms: pct(&mut st, 0.5),
+        stream_p99_ms: pct(&mut st, 0.99),
+    })
+}
+
+/// The camera `--from-frame` runs when none is configured: the demo's first camera (its footage,
+/// zones, line and rules), which `python3 models/build.py` and `scripts/setup.sh` install for.
+const DEMO_CAMERA: &str = include_str!("../../config/demo/node-1.toml");
+
+/// `--from-frame`: B's camera runs on its footage for `seconds`; every incident it raises is timed
+/// from its frame to the MQTT message and to A's UI stream.
+#[cfg(feature = "vision")]
+pub async fn from_frame(seconds: f64, config: Option<&Path>) -> Result<AlertsBench, BenchError> {
+    use crate::camera::supervisor::{model_path, spawn_camera};
+    use crate::config::NodeConfig;
+
+    let mut cfg = match config {
+        Some(p) => NodeConfig::load(p).map_err(err)?,
+        None => NodeConfig::parse(DEMO_CAMERA, Path::new("config/demo/node-1.toml")).map_err(err)?,
+    };
+    let mut cam = cfg
+        .cameras
+        .first()
+        .cloned()
+        .ok_or_else(|| err("the configuration has no [[camera]]"))?;
+    if cam.zones.iter().all(|z| z.kind != crate::rules::ZoneKind::Restricted) && cam.lines.is_empty() {
+        return Err(err(format!(
+            "camera {}: no restricted zone and no line, so nothing to time",
+            cam.name
+        )));
+    }
+    // A replay that does not loop: every frame is seen once, at its time.
+    cam.looping = false;
+    // Fails here, not in the camera's retry loop, when the model or ONNX Runtime is missing.
+    crate::camera::load_detector(&cfg, &model_path(&cfg)).map_err(err)?;
+    let rig = rig().await?;
+    cfg.store = rig.secrets.store.clone();
+    cfg.node = "b".into();
+    cfg.data_dir = rig.db.clone();
+    cfg.cameras = vec![cam.clone()];
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (cam_tx, mut cam_rx) = tokio::sync::mpsc::channel::<Event>(crate::node::EVENT_QUEUE);
+    let (log_tx, log_rx) = tokio::sync::mpsc::channel::<Event>(crate::node::EVENT_QUEUE);
+    // Between the camera and the log, as the node's event queue: notes each alert's frame time.
+    let frames: Arc<Mutex<Vec<(String, String, i64)>>> = Default::default();
+    let noted = frames.clone();
+    let forward = tokio::spawn(async move {
+        while let Some(e) = cam_rx.recv().await {
+            if alerts::is_alertable(&e, "b") {
+                if let Ok(mut f) = noted.lock() {
+                    f.push((e.incident.clone(), e.kind.as_str().to_string(), e.at_ms));
+                }
+            }
+            if log_tx.send(e).await.is_err() {
+                break;
+            }
+        }
+    });
+    let appender = tokio::spawn(crate::node::append_events(rig.b.clone(), log_rx, None));
+    let camera = spawn_camera(
+        cfg.clone(),
+        cam.clone(),
+        cam_tx,
+        stop.clone(),
+        Default::default(),
+        crate::zone_control::ZoneControl::new(rig.root.join("bench.toml"), &cfg.cameras),
+        Arc::new(crate::ops::NodeMetrics::default()),
+        None,
+    );
+    let started = Instant::now();
+    tokio::time::sleep(Duration::from_secs_f64(seconds)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let ran = started.elapsed().as_secs_f64();
+    tokio::task::spawn_blocking(move || camera.join())
+        .await
+        .map_err(err)?
+        .map_err(|_| err("the camera thread panicked"))?;
+    let _ = forward.await;
+    let _ = appender.await;
+    // What is on its way arrives within this.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let frames = frames.lock().map(|f| f.clone()).unwrap_or_default();
+    let lat = |seen: &SeenMap| -> Vec<f64> {
+        let m = seen.lock().map(|m| m.clone()).unwrap_or_default();
+        frames
+            .iter()
+            .filter_map(|(id, _, at_ms)| m.get(id).map(|r| (r.wall_ms - *at_ms as f64).max(0.0)))
+            .collect()
+    };
+    let (mut mq, mut st) = (lat(&rig.seen_mqtt), lat(&rig.seen_stream));
+    let mut kinds = std::collections::BTreeMap::new();
+    for (_, kind, _) in &frames {
+        *kinds.entry(kind.clone()).or_insert(0) += 1;
+    }
+    rig.stop().await;
+    Ok(AlertsBench {
+        from: "frame".into(),
+        camera: Some(CameraRun {
+            source: cam.source.clone(),
+            detect_fps: cam.detect_fps,
+            seconds: ran,
+            kinds,
+        }),
+        incidents: frames.len(),
         mqtt_received: mq.len(),
         mqtt_p50_ms: pct(&mut mq, 0.5),
         mqtt_p99_ms: pct(&mut mq, 0.99),

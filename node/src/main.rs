@@ -370,10 +370,21 @@ enum HqUserCommand {
 
 #[derive(Subcommand)]
 enum BenchWhat {
-    /// Incident appended on node B -> MQTT message of its alert route, and -> node A's UI stream.
+    /// Incident appended on node B -> MQTT message of its alert route, and -> node A's UI stream;
+    /// with --from-frame, from the camera frame in which it happened (real footage, real detector).
     Alerts {
         #[arg(long, default_value_t = 200)]
         incidents: usize,
+        /// Time from the frame in which each incident happened: node B runs a camera on its footage.
+        #[arg(long)]
+        from_frame: bool,
+        /// With --from-frame: how long the camera runs.
+        #[arg(long, default_value_t = 60.0, requires = "from_frame")]
+        seconds: f64,
+        /// With --from-frame: a node configuration whose first camera runs (default: the demo's
+        /// first camera, on the demo footage).
+        #[arg(long, requires = "from_frame")]
+        config: Option<PathBuf>,
         #[arg(long)]
         json: bool,
     },
@@ -494,8 +505,15 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 },
         } => bench::hq(stores, periods, database_url, fresh_connections, json),
         Command::Bench {
-            what: BenchWhat::Alerts { incidents, json },
-        } => bench::alerts(incidents, json),
+            what:
+                BenchWhat::Alerts {
+                    incidents,
+                    from_frame,
+                    seconds,
+                    config,
+                    json,
+                },
+        } => bench::alerts(incidents, from_frame.then_some((seconds, config)), json),
         Command::Hq { config, cmd } => hq::run(config, cmd),
         Command::StoreKey { data } => store::store_key(&data),
         Command::StoreCa { data, out } => store::store_ca(&data, out),

@@ -505,6 +505,33 @@ fn bench_alerts_measures_mqtt_and_the_ui_stream() {
 }
 
 #[test]
+fn bench_alerts_from_the_frame_times_a_real_camera() {
+    let o = lpmesh()
+        .args(["bench", "alerts", "--from-frame", "--seconds", "20", "--json"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("one JSON object");
+    assert_eq!(v["from"], "frame", "{v}");
+    assert!(
+        v["camera"]["source"].as_str().is_some_and(|s| s.ends_with("vtest.avi")),
+        "{v}"
+    );
+    // The demo footage has people crossing the walkway line within its first 20 s.
+    assert!(
+        v["camera"]["kinds"]["line_crossing"].as_u64().is_some_and(|n| n > 0),
+        "{v}"
+    );
+    let n = v["incidents"].as_u64().unwrap();
+    assert_eq!(v["mqtt_received"], n, "every incident reaches MQTT: {v}");
+    assert_eq!(v["stream_received"], n, "every incident reaches A's UI stream: {v}");
+    for key in ["mqtt_p50_ms", "mqtt_p99_ms", "stream_p50_ms", "stream_p99_ms"] {
+        // Inference alone takes milliseconds: a figure from the frame cannot be below it.
+        assert!(v[key].as_f64().is_some_and(|x| x > 1.0 && x.is_finite()), "{key}: {v}");
+    }
+}
+
+#[test]
 fn logs_can_be_json_lines_for_collectors() {
     let o = lpmesh()
         .args([
