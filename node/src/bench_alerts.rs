@@ -167,9 +167,11 @@ fn first_seen(seen: &Mutex<HashMap<String, Seen>>, id: &str) {
 struct Rig {
     broker: Broker,
     root: PathBuf,
+    #[cfg_attr(not(feature = "vision"), allow(dead_code))]
     secrets: StoreSecrets,
     a: MeshHandle,
     b: MeshHandle,
+    #[cfg_attr(not(feature = "vision"), allow(dead_code))]
     db: PathBuf,
     al: alerts::Alerts,
     running: ui::Running,
@@ -380,6 +382,7 @@ pub async fn run(incidents: usize) -> Result<AlertsBench, BenchError> {
 
 /// The camera `--from-frame` runs when none is configured: the demo's first camera (its footage,
 /// zones, line and rules), which `python3 models/build.py` and `scripts/setup.sh` install for.
+#[cfg(feature = "vision")]
 const DEMO_CAMERA: &str = include_str!("../../config/demo/node-1.toml");
 
 /// `--from-frame`: B's camera runs on its footage for `seconds`; every incident it raises is timed
