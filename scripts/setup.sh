@@ -47,3 +47,7 @@ fi
 # --- runtime, models, footage --------------------------------------------------------------------------------
 python3 models/build.py all
 python3 models/build.py footage
+# OpenVINO's execution provider (Intel's PyPI plugin), for the accelerator tests; it exists for x86_64 only.
+if [ "$(uname -m)" = x86_64 ]; then
+  python3 models/build.py openvino
+fi

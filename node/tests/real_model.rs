@@ -143,6 +143,50 @@ fn the_whole_video_yields_a_bounded_number_of_stable_tracks() {
     );
 }
 
+/// A node configured for OpenVINO.
+fn openvino(settings: &str) -> NodeConfig {
+    let text = format!("store = \"s\"\nnode = \"n\"\n[runtime]\nexecution_providers = [\"openvino\"]\n[runtime.openvino]\n{settings}\n");
+    NodeConfig::parse(&text, std::path::Path::new("openvino.toml")).expect("a valid configuration")
+}
+
+#[test]
+fn openvino_runs_the_model_as_the_cpu_does_or_the_cpu_takes_over() {
+    let plugin = lpmesh_node::config::default_openvino_plugin_path();
+    assert!(
+        plugin.is_file(),
+        "{} missing: run scripts/setup.sh (it runs `python3 models/build.py openvino` on x86_64)",
+        plugin.display()
+    );
+    let f = &frames(&[100])[0];
+    let mut cpu = detector(&NodeConfig::default());
+    let want = people(&mut cpu, f, 0.35);
+    assert!(want.len() >= 3, "the CPU finds the people of frame 100");
+    // OpenVINO on this machine's CPU, in f32 (the default there): the same people, the same boxes.
+    let mut ov = detector(&openvino(""));
+    assert_eq!(ov.providers(), ["openvino", "cpu"]);
+    let got = people(&mut ov, f, 0.35);
+    assert_eq!(got.len(), want.len(), "OpenVINO finds the same people: {got:?} vs {want:?}");
+    for (g, w) in got.iter().zip(&want) {
+        let d = [g.bbox.x1 - w.bbox.x1, g.bbox.y1 - w.bbox.y1, g.bbox.x2 - w.bbox.x2, g.bbox.y2 - w.bbox.y2];
+        assert!(d.iter().all(|d| d.abs() < 1.0), "boxes within a pixel: {g:?} vs {w:?}");
+        assert!((g.score - w.score).abs() < 0.01, "scores agree: {g:?} vs {w:?}");
+    }
+    // Each way OpenVINO can be missing or fail, the CPU runs the model instead (and the log says why).
+    for (why, settings) in [
+        ("no plugin there", "plugin = \"/nonexistent/libonnxruntime_providers_openvino_plugin.so\"".to_string()),
+        (
+            "a library that is no plugin",
+            format!("plugin = {:?}", lpmesh_node::config::default_onnxruntime_path().display().to_string()),
+        ),
+        ("no such device here", "device = \"NPU\"".to_string()),
+        ("a property the device refuses", "settings = { LPMESH_NO_SUCH_PROPERTY = \"1\" }".to_string()),
+    ] {
+        let mut fallen = detector(&openvino(&settings));
+        assert_eq!(fallen.providers(), ["cpu"], "{why}");
+        assert_eq!(people(&mut fallen, f, 0.35).len(), want.len(), "{why}: the CPU still detects");
+    }
+}
+
 #[test]
 fn a_wrong_input_size_is_an_error_not_a_crash() {
     let mut det = detector(&NodeConfig::default());

@@ -1,11 +1,14 @@
 //! ONNX Runtime: finding and loading the library, choosing execution providers, and the NanoDet detector.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 use std::time::Instant;
 
+use ort::device::Device;
 use ort::environment::Environment;
 use ort::ep::{self, ExecutionProvider, ExecutionProviderDispatch};
+use ort::memory::DeviceType;
 use ort::session::builder::GraphOptimizationLevel;
 use ort::session::Session;
 use ort::value::TensorRef;
@@ -13,7 +16,7 @@ use ort::value::TensorRef;
 use super::nanodet::{Level, NanoDetDecoder};
 use super::nms::nms;
 use super::{DetectError, DetectTimings, Detection, Detector, InputSpec};
-use crate::config::{default_onnxruntime_path, RuntimeConfig};
+use crate::config::{default_onnxruntime_path, default_openvino_plugin_path, OpenVinoConfig, RuntimeConfig};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
@@ -110,6 +113,130 @@ fn provider(name: &str) -> Option<(ExecutionProviderDispatch, bool)> {
     }
 }
 
+/// The OpenVINO provider's name in ONNX Runtime, as its plugin registers it.
+const OPENVINO_EP: &str = "OpenVINOExecutionProvider";
+
+/// Plugin libraries registered with the environment, by path, and how that went: ONNX Runtime takes
+/// a library once per process.
+static PLUGINS: Mutex<BTreeMap<PathBuf, Result<(), String>>> = Mutex::new(BTreeMap::new());
+
+fn register_plugin(env: &Environment, path: &Path) -> Result<(), String> {
+    if !path.is_file() {
+        return Err(format!(
+            "{} not found: fetch it with `python3 models/build.py openvino`, or set runtime.openvino.plugin",
+            path.display()
+        ));
+    }
+    let mut plugins = PLUGINS.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(r) = plugins.get(path) {
+        return r.clone();
+    }
+    let name = format!("lpmesh-plugin-{}", plugins.len());
+    let r = env
+        .register_ep_library(name, path)
+        .map_err(|e| format!("ONNX Runtime cannot load {}: {e}", path.display()));
+    plugins.insert(path.to_path_buf(), r.clone());
+    r
+}
+
+/// The devices of one provider a session is given: those the environment lists under `ep` with this
+/// hardware type (looked up again for each session: `Device` is a borrowed handle).
+#[derive(Clone, Copy)]
+struct DeviceChoice {
+    ep: &'static str,
+    ty: DeviceType,
+}
+
+impl DeviceChoice {
+    fn devices<'e>(&self, env: &'e Environment) -> impl Iterator<Item = Device<'e>> + 'e {
+        let me = *self;
+        env.devices()
+            .filter(move |d| d.ep().is_ok_and(|ep| ep == me.ep) && d.hardware_device().ty() == me.ty)
+    }
+}
+
+/// The OpenVINO devices to attach for `cfg` and their options, or why there are none.
+fn openvino_devices(
+    env: &Environment,
+    cfg: &OpenVinoConfig,
+    threads: usize,
+) -> Result<(DeviceChoice, Vec<(String, String)>), String> {
+    let plugin = cfg.plugin.clone().unwrap_or_else(default_openvino_plugin_path);
+    register_plugin(env, &plugin)?;
+    let want = match cfg.device.as_str() {
+        "GPU" => DeviceType::GPU,
+        "NPU" => DeviceType::NPU,
+        _ => DeviceType::CPU,
+    };
+    // The `.AUTO` entry is OpenVINO choosing for itself; the device asked for is named.
+    let choice = DeviceChoice {
+        ep: OPENVINO_EP,
+        ty: want,
+    };
+    if choice.devices(env).next().is_none() {
+        let seen: Vec<String> = env
+            .devices()
+            .filter_map(|d| {
+                let ep = d.ep().ok().filter(|ep| ep.starts_with(OPENVINO_EP))?;
+                Some(format!("{ep} on {:?}", d.hardware_device().ty()))
+            })
+            .collect();
+        return Err(format!(
+            "OpenVINO offers no {} device here (it offers: {})",
+            cfg.device,
+            if seen.is_empty() { "none".into() } else { seen.join(", ") }
+        ));
+    }
+    // OpenVINO takes its device settings as one JSON object, per device.
+    let mut settings = serde_json::Map::new();
+    let precision = cfg
+        .precision
+        .as_deref()
+        .unwrap_or(if cfg.device == "CPU" { "f32" } else { "auto" });
+    if precision != "auto" {
+        settings.insert("INFERENCE_PRECISION_HINT".into(), precision.into());
+    }
+    if cfg.device == "CPU" {
+        settings.insert("INFERENCE_NUM_THREADS".into(), threads.to_string().into());
+    }
+    for (k, v) in &cfg.settings {
+        settings.insert(k.clone(), v.clone().into());
+    }
+    let mut options = Vec::new();
+    if !settings.is_empty() {
+        let load_config = serde_json::json!({ cfg.device.as_str(): settings });
+        options.push((format!("{OPENVINO_EP}.load_config"), load_config.to_string()));
+    }
+    Ok((choice, options))
+}
+
+/// One entry of the session's provider list.
+enum Planned {
+    Classic(String, ExecutionProviderDispatch),
+    /// A plugin's devices, with their options.
+    Devices(String, DeviceChoice, Vec<(String, String)>),
+}
+
+/// A session for `model` with the providers of `plan`, in its order.
+fn commit(env: &Environment, runtime: &RuntimeConfig, model: &Path, plan: &[Planned]) -> Result<Session, ort::Error> {
+    let mut b = Session::builder(env)?
+        .with_optimization_level(GraphOptimizationLevel::Level3)
+        .map_err(ort::Error::<()>::from)?
+        .with_intra_threads(runtime.threads())
+        .map_err(ort::Error::<()>::from)?
+        .with_intra_op_spinning(runtime.spin_wait)
+        .map_err(ort::Error::<()>::from)?;
+    for p in plan {
+        b = match p {
+            Planned::Classic(_, d) => b.with_execution_providers([d.clone()]).map_err(ort::Error::<()>::from)?,
+            Planned::Devices(_, choice, options) => b
+                .with_devices(choice.devices(env), Some(options))
+                .map_err(ort::Error::<()>::from)?,
+        };
+    }
+    b.commit_from_file(model)
+}
+
 /// Where to find each head in the session's outputs, per stride.
 #[derive(Clone, Debug)]
 struct LevelIndex {
@@ -144,35 +271,60 @@ impl OnnxDetector {
             path: model.to_path_buf(),
             reason: e.to_string(),
         };
-        let mut chosen = Vec::new();
-        let mut dispatch = Vec::new();
+        let mut plan = Vec::new();
         for name in &runtime.execution_providers {
-            match provider(name) {
+            let name = name.to_ascii_lowercase();
+            match provider(&name) {
+                Some((p, true)) => plan.push(Planned::Classic(name, p)),
+                // Not built into this library: OpenVINO comes as Intel's plugin instead.
+                Some((_, false)) if name == "openvino" => {
+                    match openvino_devices(env, &runtime.openvino, runtime.threads()) {
+                        Ok((devices, options)) => plan.push(Planned::Devices(name, devices, options)),
+                        Err(why) => tracing::warn!(
+                            provider = %name, reason = %why,
+                            "execution provider unavailable; the next one in the list (at last the CPU) takes over"
+                        ),
+                    }
+                }
                 Some((_, false)) => {
                     tracing::warn!(provider = %name, "execution provider not available in this ONNX Runtime build; skipped")
-                }
-                Some((p, true)) => {
-                    chosen.push(name.to_ascii_lowercase());
-                    dispatch.push(p);
                 }
                 None => tracing::warn!(provider = %name, "unknown execution provider; skipped"),
             }
         }
-        if !chosen.iter().any(|p| p == "cpu") {
-            chosen.push("cpu".into());
+        // The CPU is always the last resort, with its arena on (see `provider`).
+        if !plan.iter().any(|p| matches!(p, Planned::Classic(n, _) if n == "cpu")) {
+            if let Some((p, _)) = provider("cpu") {
+                plan.push(Planned::Classic("cpu".into(), p));
+            }
         }
-        let session = Session::builder(env)
-            .map_err(load_err)?
-            .with_optimization_level(GraphOptimizationLevel::Level3)
-            .map_err(|e| load_err(e.into()))?
-            .with_intra_threads(runtime.threads())
-            .map_err(|e| load_err(e.into()))?
-            .with_intra_op_spinning(runtime.spin_wait)
-            .map_err(|e| load_err(e.into()))?
-            .with_execution_providers(dispatch)
-            .map_err(|e| load_err(e.into()))?
-            .commit_from_file(model)
-            .map_err(load_err)?;
+        let session = match commit(env, runtime, model, &plan) {
+            Ok(s) => s,
+            // A plugin that registered but cannot take this model or its options (an unknown device
+            // setting, a device that fails to compile it): without it, rather than no detector.
+            Err(e) if plan.iter().any(|p| matches!(p, Planned::Devices(..))) => {
+                let dropped: Vec<String> = plan
+                    .iter()
+                    .filter_map(|p| match p {
+                        Planned::Devices(n, ..) => Some(n.clone()),
+                        Planned::Classic(..) => None,
+                    })
+                    .collect();
+                tracing::warn!(
+                    providers = ?dropped, error = %e,
+                    "execution provider failed to load the model; loading it without"
+                );
+                plan.retain(|p| matches!(p, Planned::Classic(..)));
+                commit(env, runtime, model, &plan).map_err(load_err)?
+            }
+            Err(e) => return Err(load_err(e)),
+        };
+        let chosen: Vec<String> = plan
+            .iter()
+            .map(|p| match p {
+                Planned::Classic(n, _) | Planned::Devices(n, ..) => n.clone(),
+            })
+            .collect();
         let unsupported = |reason: String| ModelError::Unsupported {
             path: model.to_path_buf(),
             reason,
