@@ -184,17 +184,17 @@ fn openvino_devices(
         return Err(format!(
             "OpenVINO offers no {} device here (it offers: {})",
             cfg.device,
-            if seen.is_empty() { "none".into() } else { seen.join(", ") }
+            if seen.is_empty() {
+                "none".into()
+            } else {
+                seen.join(", ")
+            }
         ));
     }
     // OpenVINO takes its device settings as one JSON object, per device.
     let mut settings = serde_json::Map::new();
-    let precision = cfg
-        .precision
-        .as_deref()
-        .unwrap_or(if cfg.device == "CPU" { "f32" } else { "auto" });
-    if precision != "auto" {
-        settings.insert("INFERENCE_PRECISION_HINT".into(), precision.into());
+    if let Some(p) = cfg.precision.as_deref().filter(|p| *p != "auto") {
+        settings.insert("INFERENCE_PRECISION_HINT".into(), p.into());
     }
     if cfg.device == "CPU" {
         settings.insert("INFERENCE_NUM_THREADS".into(), threads.to_string().into());
@@ -228,7 +228,9 @@ fn commit(env: &Environment, runtime: &RuntimeConfig, model: &Path, plan: &[Plan
         .map_err(ort::Error::<()>::from)?;
     for p in plan {
         b = match p {
-            Planned::Classic(_, d) => b.with_execution_providers([d.clone()]).map_err(ort::Error::<()>::from)?,
+            Planned::Classic(_, d) => b
+                .with_execution_providers([d.clone()])
+                .map_err(ort::Error::<()>::from)?,
             Planned::Devices(_, choice, options) => b
                 .with_devices(choice.devices(env), Some(options))
                 .map_err(ort::Error::<()>::from)?,
