@@ -17,7 +17,6 @@
 //! - The node's status (leader, last sync, outbox size) is written to `uplink-status.json` for
 //!   `lpmesh status`, which works while the node runs (the databases admit one process).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -29,17 +28,15 @@ use lpmesh_mesh::record::Record;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, oneshot, watch};
 
-use crate::backoff::Backoff;
+use crate::summary::{node_id, Ledger};
 
 pub mod outbox;
-use crate::summary::{node_id, Ledger};
+pub mod policy;
 use outbox::{Outbox, OutboxError};
+use policy::{Now, Policy, PolicyConfig};
 
 pub const STATUS_FILE: &str = "uplink-status.json";
 const OUTBOX_DIR: &str = "uplink";
-/// Periods sent per step, so a long backlog does not keep the loop from its other work.
-const SENDS_PER_STEP: usize = 16;
-const MAX_BACKOFF: Duration = Duration::from_secs(300);
 
 #[derive(Clone, Debug)]
 pub struct UplinkSettings {
@@ -127,21 +124,12 @@ struct Uplink {
     client: HqClient,
     outbox: Outbox,
     ledger: Ledger,
-    /// What HQ said it stored, per period.
-    done: BTreeMap<i64, VersionVector>,
-    waiting: BTreeSet<i64>,
-    last_sent: HashMap<i64, Instant>,
-    backoff: Backoff,
-    retry_at: Instant,
-    next_probe: Instant,
+    /// What waits, what is due, when to probe and to try again: the pure part.
+    policy: Policy,
     status: UplinkStatus,
     status_tx: watch::Sender<UplinkStatus>,
     status_written: Instant,
     started: Instant,
-    /// Wall ms of the last progress: nothing owed to HQ, or an upload acknowledged.
-    progress_ms: Option<i64>,
-    /// The progress last told to the mesh, and when.
-    progress_told: Option<(i64, Instant)>,
 }
 
 /// Starts the uplink on the current tokio runtime.
@@ -163,6 +151,17 @@ pub fn start(
     let (status_tx, status_rx) = watch::channel(status.clone());
     let (stop_tx, stop_rx) = oneshot::channel();
     let now = Instant::now();
+    let policy = Policy::new(
+        PolicyConfig {
+            probe_every: s.probe_every,
+            resend_every: s.resend_every,
+            settle: s.settle,
+            period_secs: s.period_secs,
+            progress_every: Duration::from_millis(lpmesh_mesh::net::PROGRESS_REPORT_MS),
+        },
+        done,
+        rand::random(),
+    );
     let up = Uplink {
         ledger: Ledger::new(s.period_secs),
         s,
@@ -171,18 +170,11 @@ pub fn start(
         signing,
         client,
         outbox,
-        done,
-        waiting: BTreeSet::new(),
-        last_sent: HashMap::new(),
-        backoff: Backoff::new(Duration::from_secs(2), MAX_BACKOFF, 0.2, rand::random()),
-        retry_at: now,
-        next_probe: now,
+        policy,
         status,
         status_tx,
         status_written: now - Duration::from_secs(10),
         started: now,
-        progress_ms: None,
-        progress_told: None,
     };
     let task = tokio::spawn(up.run(stop_rx));
     Ok(UplinkHandle {
@@ -234,18 +226,18 @@ impl Uplink {
                 Err(_) => break,
             }
         }
-        if self.status.am_leader && self.status.hq_reachable && !self.waiting.is_empty() {
-            self.last_sent.clear();
+        if self.status.am_leader && self.status.hq_reachable && !self.policy.waiting().is_empty() {
+            self.policy.send_all_again();
             let flush = tokio::time::timeout(self.s.timeout.min(Duration::from_secs(5)), self.send_waiting());
-            if flush.await.is_err() || !self.waiting.is_empty() {
+            if flush.await.is_err() || !self.policy.waiting().is_empty() {
                 tracing::warn!(
-                    waiting = self.waiting.len(),
+                    waiting = self.policy.waiting().len(),
                     "periods left in the outbox at shutdown; sent after restart"
                 );
             }
         }
-        self.status.outbox = self.waiting.len();
-        self.status.periods_done = self.done.len();
+        self.status.outbox = self.policy.waiting().len();
+        self.status.periods_done = self.policy.done().len();
         if let Err(e) = self.outbox.commit().await {
             tracing::error!(error = %e, "cannot commit the outbox at shutdown");
         }
@@ -261,14 +253,13 @@ impl Uplink {
             let cutoff = now_ms() - r.as_millis().min(i64::MAX as u128) as i64;
             crate::summary::period_of(cutoff, self.s.period_secs)
         });
-        self.ledger.expire(&floors, drop_before, &self.waiting);
+        self.ledger.expire(&floors, drop_before, self.policy.waiting());
         // HQ's acknowledgements of periods the log no longer holds are kept no longer either, so the
         // outbox stays bounded by the retention. Not a durability claim: a forgotten one that comes
         // back after a crash is dropped again.
         if let Some(b) = drop_before {
-            let waiting = &self.waiting;
-            self.done.retain(|p, _| *p >= b || waiting.contains(p));
-            if let Err(e) = self.outbox.forget_before(b, waiting) {
+            self.policy.forget_before(b);
+            if let Err(e) = self.outbox.forget_before(b, self.policy.waiting()) {
                 tracing::warn!(error = %e, "cannot prune the outbox");
             }
         }
@@ -280,7 +271,7 @@ impl Uplink {
         self.expire().await;
         tracing::info!(
             records = self.ledger.len(),
-            waiting = self.waiting.len(),
+            waiting = self.policy.waiting().len(),
             "uplink read the log"
         );
         Ok(())
@@ -290,15 +281,21 @@ impl Uplink {
         let entry = self.reader.open(r);
         let signed_ms = i64::try_from(r.hlc.wall_ms).unwrap_or(i64::MAX);
         for p in self.ledger.add_signed(r.origin, r.seq, entry, signed_ms) {
-            let hq = self.done.get(&p).cloned().unwrap_or_default();
-            if !self.ledger.covered(p, &hq) {
-                self.waiting.insert(p);
-            }
+            let ledger = &self.ledger;
+            self.policy.touched(p, |hq| ledger.covered(p, hq));
+        }
+    }
+
+    fn now(&self) -> Now {
+        Now {
+            mono: self.started.elapsed(),
+            wall_ms: now_ms(),
         }
     }
 
     fn backoff(&mut self, why: String) {
-        self.retry_at = Instant::now() + self.backoff.next_delay();
+        let now = self.now();
+        self.policy.failed(now);
         self.status.last_error = Some(why);
     }
 
@@ -311,9 +308,8 @@ impl Uplink {
     }
 
     async fn step(&mut self) -> Result<(), UplinkError> {
-        let now = Instant::now();
-        if now >= self.next_probe {
-            self.next_probe = now + self.s.probe_every;
+        let now = self.now();
+        if self.policy.probe_due(now) {
             let ok = tokio::time::timeout(self.s.timeout.min(Duration::from_secs(5)), self.client.probe()).await;
             let reachable = matches!(ok, Ok(Ok(())));
             self.status.last_probe_ms = Some(now_ms());
@@ -322,59 +318,30 @@ impl Uplink {
         let leader = self.mesh.leader().await?;
         let me = self.mesh.origin();
         self.status.leader = leader.as_ref().map(node_id);
-        self.status.am_leader = leader == Some(me) && self.started.elapsed() >= self.s.settle;
-        if self.status.am_leader && self.status.hq_reachable && now >= self.retry_at {
+        self.status.am_leader = self.policy.leads(now, leader == Some(me));
+        if self.status.am_leader && self.status.hq_reachable && self.policy.may_send(now) {
             self.send_waiting().await;
         }
         self.report_progress().await;
-        self.status.outbox = self.waiting.len();
-        self.status.periods_done = self.done.len();
+        self.status.outbox = self.policy.waiting().len();
+        self.status.periods_done = self.policy.done().len();
         self.status.records = self.ledger.len();
         self.write_status(false);
         Ok(())
     }
 
-    /// The latest period that may be sent now. A period later than now plus one period can only come
-    /// from records dated in the future (the views refuse those; this is the last check before HQ): HQ
-    /// would refuse it, so it waits.
-    fn latest_sendable(&self) -> i64 {
-        now_ms().saturating_add(i64::from(self.s.period_secs) * 1000)
-    }
-
-    /// Tells the mesh when this node last made progress with HQ: now if it owes HQ nothing it could
-    /// send (a period held back as future-dated is not owed: no node could send it), else the last
-    /// acknowledgement. Followers report too, by the same rule; their backlog does not count against
-    /// them when they take the lead (the election judges a new leader from when it took the lead). At
-    /// most every `PROGRESS_REPORT_MS`: heartbeats carry it every few seconds, and the limit is minutes.
+    /// Tells the mesh when this node last made progress with HQ (the policy says what and when).
+    /// Followers report too, by the same rule; their backlog does not count against them when they
+    /// take the lead (the election judges a new leader from when it took the lead).
     async fn report_progress(&mut self) {
-        let latest = self.latest_sendable();
-        if !self.waiting.iter().any(|p| *p <= latest) {
-            self.progress_ms = Some(now_ms());
+        let now = self.now();
+        if let Some(p) = self.policy.progress_to_tell(now) {
+            let _ = self.mesh.set_hq_progress(u64::try_from(p).unwrap_or(0)).await;
         }
-        let Some(p) = self.progress_ms else {
-            return;
-        };
-        let every = Duration::from_millis(lpmesh_mesh::net::PROGRESS_REPORT_MS);
-        if self
-            .progress_told
-            .is_some_and(|(told, at)| told == p || at.elapsed() < every)
-        {
-            return;
-        }
-        self.progress_told = Some((p, Instant::now()));
-        let _ = self.mesh.set_hq_progress(u64::try_from(p).unwrap_or(0)).await;
     }
 
     async fn send_waiting(&mut self) {
-        let latest = self.latest_sendable();
-        let due: Vec<i64> = self
-            .waiting
-            .iter()
-            .copied()
-            .filter(|p| *p <= latest)
-            .filter(|p| self.last_sent.get(p).is_none_or(|t| t.elapsed() >= self.s.resend_every))
-            .take(SENDS_PER_STEP)
-            .collect();
+        let due = self.policy.due(self.now());
         let mut acked = Vec::new();
         for p in due {
             let summary = self.ledger.summarize(&self.s.store, p);
@@ -385,12 +352,13 @@ impl Uplink {
                     continue;
                 }
             };
-            self.last_sent.insert(p, Instant::now());
+            let now = self.now();
+            self.policy.sending(p, now);
             match self.client.post(env.encode()).await {
                 Ok(ack) => {
                     // HQ took it (stored, a no-op, stale or concurrent): the uplink works.
+                    self.policy.answered(now);
                     self.status.summaries_sent += 1;
-                    self.backoff.reset();
                     self.status.last_error = None;
                     if ack.stored_vv.includes(&summary.vv) {
                         acked.push((p, ack.stored_vv));
@@ -399,7 +367,6 @@ impl Uplink {
                         // they have arrived (the period stays waiting).
                         tracing::info!(period = p, status = %ack.status, "HQ holds a concurrent summary of this period");
                     }
-                    self.progress_ms = Some(now_ms());
                 }
                 Err(e @ ClientError::Refused { .. }) => {
                     // One refused period must not hold the others back: it is tried again after
@@ -434,10 +401,8 @@ impl Uplink {
         }
         self.status.last_sync_ms = Some(now_ms());
         for (p, hq_vv) in acked {
-            if self.ledger.covered(p, &hq_vv) {
-                self.waiting.remove(&p);
-            }
-            self.done.insert(p, hq_vv);
+            let covered = self.ledger.covered(p, &hq_vv);
+            self.policy.acked(p, hq_vv, covered);
         }
     }
 
