@@ -8,7 +8,7 @@
     python3 models/build.py evaluate   # compare int8 with fp32 on the footage (accuracy and speed), ~1 min
     python3 models/build.py calibrate  # maintainers: rewrite the int8 calibration table, then re-pin sha256s
     python3 models/build.py openvino   # opt-in, not in the default: ONNX Runtime's OpenVINO execution provider
-                                       #   (~100 MB; Intel CPUs, and Intel NPUs through Intel's NPU driver)
+                                       #   (~108 MB; Intel CPUs, and Intel NPUs through Intel's NPU driver)
     python3 models/build.py --print-cache
 
 Everything lands in the cache (``$LPMESH_CACHE``, else ``$XDG_CACHE_HOME/lpmesh``, else ``~/.cache/lpmesh``),
@@ -65,10 +65,16 @@ def sha256_of(path: Path) -> str:
     return h.hexdigest()
 
 
+# Set by `calibrate` only: a maintainer rewriting the calibration table re-pins the int8 model afterwards.
+ALLOW_UNPINNED = False
+
+
 def check_sha(path: Path, expected: str, what: str) -> None:
     actual = sha256_of(path)
     if not expected:
-        # A manifest entry without a checksum is a development state only: say so loudly.
+        if not ALLOW_UNPINNED:
+            raise BuildError(f"no sha256 pinned for {what} in {MANIFEST.name} (found {actual}): nothing unverified "
+                             f"is installed")
         step(f"WARNING: no sha256 pinned for {what} in {MANIFEST.name}; found {actual}")
         return
     if actual != expected:
@@ -193,6 +199,11 @@ def build_openvino(manifest: dict) -> Path:
     dest, files = openvino_dir(manifest), ov["files"]
     what = f"OpenVINO execution provider {ov['version']}"
     if dest.is_dir():
+        # OpenVINO loads every device plugin it finds beside libopenvino.so: nothing unpinned may sit there.
+        extra = sorted(p.name for p in dest.iterdir() if p.name not in files)
+        if extra:
+            raise BuildError(f"{dest} holds files the manifest does not pin: {', '.join(extra)}. Remove {dest} "
+                             f"and run `build.py openvino` again.")
         missing = [name for name in files if not (dest / name).is_file()]
         if not missing:
             try:
@@ -496,6 +507,8 @@ def main(argv: list[str]) -> int:
             elif what == "evaluate":
                 evaluate(manifest, envs)
             elif what == "calibrate":
+                global ALLOW_UNPINNED
+                ALLOW_UNPINNED = True
                 for m in manifest["model"]:
                     if "quantize" in m:
                         quantize_model(manifest, m, envs, write_ranges=True)

@@ -1,6 +1,6 @@
 //! What makes a write survive losing the page cache (a kernel crash, a pulled plug), for the stores
-//! that acknowledge writes as durable: the mesh log, HQ's embedded store and the files they keep
-//! beside them.
+//! that acknowledge writes as durable: the mesh log, HQ's embedded store, the uplink's outbox and the
+//! files they keep beside them.
 //!
 //! sled 0.34's `flush` ends with `sync_file_range` on Linux. That writes the data's pages to the
 //! device but neither the file's size nor the device's volatile cache, so a log that grew may come

@@ -509,6 +509,14 @@ pub fn run_writer(child_test: &str, env: &str, value: &Path, run: Duration) -> i
             }
         }
     }
+    // A writer that stopped by itself (a panic, a wrong test name) did not run until the cut.
+    if let Some(status) = child.try_wait()? {
+        let _ = reader.join();
+        return Err(io::Error::other(format!(
+            "the writer {child_test} stopped by itself ({status}) after acknowledging {}",
+            acked.last().map_or("nothing".into(), |n| n.to_string())
+        )));
+    }
     child.kill()?;
     child.wait()?;
     let _ = reader.join();
@@ -516,7 +524,7 @@ pub fn run_writer(child_test: &str, env: &str, value: &Path, run: Duration) -> i
     acked.extend(rx.try_iter());
     if acked.is_empty() {
         return Err(io::Error::other(format!(
-            "the writer {child_test} acknowledged nothing in 60 s"
+            "the writer {child_test} acknowledged nothing"
         )));
     }
     Ok(acked)

@@ -392,6 +392,11 @@ pub async fn from_frame(seconds: f64, config: Option<&Path>) -> Result<AlertsBen
     use crate::camera::supervisor::{model_path, spawn_camera};
     use crate::config::NodeConfig;
 
+    if !(seconds.is_finite() && seconds > 0.0 && seconds <= 86_400.0) {
+        return Err(err(format!(
+            "--seconds {seconds}: give a number of seconds, more than 0 and at most a day"
+        )));
+    }
     let mut cfg = match config {
         Some(p) => NodeConfig::load(p).map_err(err)?,
         None => NodeConfig::parse(DEMO_CAMERA, Path::new("config/demo/node-1.toml")).map_err(err)?,
@@ -410,7 +415,11 @@ pub async fn from_frame(seconds: f64, config: Option<&Path>) -> Result<AlertsBen
     // A replay that does not loop: every frame is seen once, at its time.
     cam.looping = false;
     // Fails here, not in the camera's retry loop, when the model or ONNX Runtime is missing.
-    crate::camera::load_detector(&cfg, &model_path(&cfg)).map_err(err)?;
+    let probe = cfg.clone();
+    tokio::task::spawn_blocking(move || crate::camera::load_detector(&probe, &model_path(&probe)).map(drop))
+        .await
+        .map_err(err)?
+        .map_err(err)?;
     let rig = rig().await?;
     cfg.store = rig.secrets.store.clone();
     cfg.node = "b".into();
@@ -462,7 +471,7 @@ pub async fn from_frame(seconds: f64, config: Option<&Path>) -> Result<AlertsBen
         let m = seen.lock().map(|m| m.clone()).unwrap_or_default();
         frames
             .iter()
-            .filter_map(|(id, _, at_ms)| m.get(id).map(|r| (r.wall_ms - *at_ms as f64).max(0.0)))
+            .filter_map(|(id, _, at_ms)| m.get(id).map(|r| r.wall_ms - *at_ms as f64))
             .collect()
     };
     let (mut mq, mut st) = (lat(&rig.seen_mqtt), lat(&rig.seen_stream));
@@ -471,6 +480,19 @@ pub async fn from_frame(seconds: f64, config: Option<&Path>) -> Result<AlertsBen
         *kinds.entry(kind.clone()).or_insert(0) += 1;
     }
     rig.stop().await;
+    if frames.is_empty() {
+        return Err(err(format!(
+            "camera {} raised no incident in {ran:.0} s: nothing measured (see the log for the camera)",
+            cam.name
+        )));
+    }
+    // A receipt before its frame would be a clock fault, not speed: said, not hidden.
+    if let Some(x) = mq.iter().chain(&st).copied().find(|x| *x < 0.0) {
+        return Err(err(format!(
+            "a message arrived {:.1} ms before its frame: the clock is not monotonic",
+            -x
+        )));
+    }
     Ok(AlertsBench {
         from: "frame".into(),
         camera: Some(CameraRun {

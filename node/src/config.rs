@@ -417,7 +417,7 @@ pub struct OpenVinoConfig {
     pub plugin: Option<PathBuf>,
     /// The OpenVINO device: `CPU`, `GPU` or `NPU` (an NPU needs Intel's NPU driver).
     pub device: String,
-    /// Inference precision: `auto` (the default) lets OpenVINO choose: bf16 on CPUs with AMX, about 4x
+    /// Inference precision: `auto` (the default) lets OpenVINO choose: bf16 on CPUs with AMX, about 4.5x
     /// the f32 speed on this project's machine with the same recall and MOTA on the scored footage
     /// (within 0.2 point), f16 on NPUs; `f32` computes as ONNX Runtime's CPU provider does (the same
     /// boxes, within a pixel); or `bf16`/`f16`.

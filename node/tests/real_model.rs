@@ -149,8 +149,10 @@ fn openvino(settings: &str) -> NodeConfig {
     NodeConfig::parse(&text, std::path::Path::new("openvino.toml")).expect("a valid configuration")
 }
 
+/// Intel ships the plugin for x86_64 only (`scripts/setup.sh` fetches it there).
+#[cfg(target_arch = "x86_64")]
 #[test]
-fn openvino_runs_the_model_as_the_cpu_does_or_the_cpu_takes_over() {
+fn openvino_runs_the_model_as_the_cpu_does() {
     let plugin = lpmesh_node::config::default_openvino_plugin_path();
     assert!(
         plugin.is_file(),
@@ -185,7 +187,17 @@ fn openvino_runs_the_model_as_the_cpu_does_or_the_cpu_takes_over() {
     let mut auto = detector(&openvino(""));
     assert_eq!(auto.providers(), ["openvino", "cpu"]);
     assert!(people(&mut auto, f, 0.35).len().abs_diff(want.len()) <= 1);
-    // Each way OpenVINO can be missing or fail, the CPU runs the model instead (and the log says why).
+    // A property the device refuses: the session is built again without OpenVINO.
+    let mut refused = detector(&openvino("settings = { LPMESH_NO_SUCH_PROPERTY = \"1\" }"));
+    assert_eq!(refused.providers(), ["cpu"]);
+    assert_eq!(people(&mut refused, f, 0.35).len(), want.len());
+}
+
+#[test]
+fn without_openvino_the_cpu_takes_over() {
+    let f = &frames(&[100])[0];
+    let want = people(&mut detector(&NodeConfig::default()), f, 0.35).len();
+    // Each way OpenVINO can be missing, the CPU runs the model instead (and the log says why).
     for (why, settings) in [
         (
             "no plugin there",
@@ -198,19 +210,12 @@ fn openvino_runs_the_model_as_the_cpu_does_or_the_cpu_takes_over() {
                 lpmesh_node::config::default_onnxruntime_path().display().to_string()
             ),
         ),
-        ("no such device here", "device = \"NPU\"".to_string()),
-        (
-            "a property the device refuses",
-            "settings = { LPMESH_NO_SUCH_PROPERTY = \"1\" }".to_string(),
-        ),
+        // No GPU plugin is installed, so no GPU device is offered, whatever the machine has.
+        ("no such device here", "device = \"GPU\"".to_string()),
     ] {
         let mut fallen = detector(&openvino(&settings));
         assert_eq!(fallen.providers(), ["cpu"], "{why}");
-        assert_eq!(
-            people(&mut fallen, f, 0.35).len(),
-            want.len(),
-            "{why}: the CPU still detects"
-        );
+        assert_eq!(people(&mut fallen, f, 0.35).len(), want, "{why}: the CPU still detects");
     }
 }
 

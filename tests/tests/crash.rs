@@ -1,5 +1,5 @@
-//! Process crashes (not power cuts: the page cache survives them), 50 times each: a real `lpmesh run` node appending records is killed with SIGKILL at random
-//! moments and restarted, beside a peer that never stops and an HQ on PostgreSQL; then HQ itself is
+//! Process crashes, 50 times each (not power cuts: the page cache survives them): a real `lpmesh run`
+//! node appending records is killed with SIGKILL at random moments and restarted, beside a peer that never stops and an HQ on PostgreSQL; then HQ itself is
 //! killed 50 times while summaries are uploaded, and its PostgreSQL crashed (`-m immediate`) every tenth
 //! time. The seed is printed; `LPMESH_CRASH_SEED=N` replays a run, `LPMESH_CRASH_CYCLES=N` changes the count.
 

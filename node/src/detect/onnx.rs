@@ -121,6 +121,9 @@ const OPENVINO_EP: &str = "OpenVINOExecutionProvider";
 static PLUGINS: Mutex<BTreeMap<PathBuf, Result<(), String>>> = Mutex::new(BTreeMap::new());
 
 fn register_plugin(env: &Environment, path: &Path) -> Result<(), String> {
+    // Absolute, so the file checked is the file loaded (a bare name would send the loader searching the
+    // library path) and one file is registered once however it is spelled.
+    let path = &std::path::absolute(path).map_err(|e| format!("{}: {e}", path.display()))?;
     if !path.is_file() {
         return Err(format!(
             "{} not found: fetch it with `python3 models/build.py openvino`, or set runtime.openvino.plugin",
@@ -277,7 +280,15 @@ impl OnnxDetector {
         for name in &runtime.execution_providers {
             let name = name.to_ascii_lowercase();
             match provider(&name) {
-                Some((p, true)) => plan.push(Planned::Classic(name, p)),
+                Some((p, true)) => {
+                    if name == "openvino" && runtime.openvino != OpenVinoConfig::default() {
+                        tracing::warn!(
+                            "this ONNX Runtime has OpenVINO built in: it runs with its own defaults, and \
+                             [runtime.openvino] (device, precision, settings) applies to the plugin only"
+                        );
+                    }
+                    plan.push(Planned::Classic(name, p))
+                }
                 // Not built into this library: OpenVINO comes as Intel's plugin instead.
                 Some((_, false)) if name == "openvino" => {
                     match openvino_devices(env, &runtime.openvino, runtime.threads()) {

@@ -228,8 +228,11 @@ impl Uplink {
         }
         if self.status.am_leader && self.status.hq_reachable && !self.policy.waiting().is_empty() {
             self.policy.send_all_again();
-            let flush = tokio::time::timeout(self.s.timeout.min(Duration::from_secs(5)), self.send_waiting());
-            if flush.await.is_err() || !self.policy.waiting().is_empty() {
+            // Bounded by a deadline rather than by cancelling the sends: what HQ confirmed before it
+            // is still recorded.
+            let deadline = Instant::now() + self.s.timeout.min(Duration::from_secs(5));
+            self.send_waiting(Some(deadline)).await;
+            if !self.policy.waiting().is_empty() {
                 tracing::warn!(
                     waiting = self.policy.waiting().len(),
                     "periods left in the outbox at shutdown; sent after restart"
@@ -318,9 +321,10 @@ impl Uplink {
         let leader = self.mesh.leader().await?;
         let me = self.mesh.origin();
         self.status.leader = leader.as_ref().map(node_id);
+        let now = self.now();
         self.status.am_leader = self.policy.leads(now, leader == Some(me));
         if self.status.am_leader && self.status.hq_reachable && self.policy.may_send(now) {
-            self.send_waiting().await;
+            self.send_waiting(None).await;
         }
         self.report_progress().await;
         self.status.outbox = self.policy.waiting().len();
@@ -340,10 +344,16 @@ impl Uplink {
         }
     }
 
-    async fn send_waiting(&mut self) {
+    /// Sends the periods due, then records what HQ confirmed. With a `deadline` (shutdown), nothing is
+    /// posted after it and a post still running then is given up.
+    async fn send_waiting(&mut self, deadline: Option<Instant>) {
         let due = self.policy.due(self.now());
         let mut acked = Vec::new();
         for p in due {
+            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            if left.is_some_and(|l| l.is_zero()) {
+                break;
+            }
             let summary = self.ledger.summarize(&self.s.store, p);
             let env = match seal(&summary, &self.s.recipient, &self.signing) {
                 Ok(e) => e,
@@ -352,12 +362,19 @@ impl Uplink {
                     continue;
                 }
             };
-            let now = self.now();
-            self.policy.sending(p, now);
-            match self.client.post(env.encode()).await {
+            self.policy.sending(p, self.now());
+            let post = self.client.post(env.encode());
+            let answer = match left {
+                Some(l) => match tokio::time::timeout(l, post).await {
+                    Ok(a) => a,
+                    Err(_) => break,
+                },
+                None => post.await,
+            };
+            match answer {
                 Ok(ack) => {
                     // HQ took it (stored, a no-op, stale or concurrent): the uplink works.
-                    self.policy.answered(now);
+                    self.policy.answered(self.now());
                     self.status.summaries_sent += 1;
                     self.status.last_error = None;
                     if ack.stored_vv.includes(&summary.vv) {
@@ -388,8 +405,8 @@ impl Uplink {
     }
 
     /// What HQ confirmed this step: made durable in the outbox (one commit), then counted. When the
-    /// disk refuses, the periods still count as done in memory (HQ has them); after a restart they
-    /// are sent again, which HQ takes as a no-op.
+    /// disk refuses, nothing is counted: the periods stay waiting and are sent again after
+    /// `resend_every` (HQ takes a repeat as a no-op), and the status shows the error.
     async fn record_done(&mut self, acked: Vec<(i64, VersionVector)>) {
         let at = now_ms();
         let mut stored = acked.iter().try_for_each(|(p, vv)| self.outbox.put(*p, vv, at));
@@ -397,7 +414,9 @@ impl Uplink {
             stored = self.outbox.commit().await;
         }
         if let Err(e) = stored {
-            tracing::error!(error = %e, "cannot record HQ's acknowledgement");
+            tracing::error!(error = %e, "cannot record HQ's acknowledgement; the periods will be sent again");
+            self.status.last_error = Some(e.to_string());
+            return;
         }
         self.status.last_sync_ms = Some(now_ms());
         for (p, hq_vv) in acked {

@@ -18,8 +18,11 @@ pub enum OutboxError {
     Db { path: PathBuf, source: sled::Error },
     #[error("outbox {path}: cannot make it durable: {source}")]
     Sync { path: PathBuf, source: std::io::Error },
-    #[error("outbox {path}: the commit did not finish: {why}")]
-    Task { path: PathBuf, why: String },
+    #[error("outbox {path}: the commit did not finish: {source}")]
+    Task {
+        path: PathBuf,
+        source: tokio::task::JoinError,
+    },
     #[error("outbox {path}: cannot encode an entry: {source}")]
     Encode { path: PathBuf, source: serde_json::Error },
 }
@@ -145,9 +148,9 @@ impl Outbox {
         let me = self.clone();
         tokio::task::spawn_blocking(move || me.commit_blocking())
             .await
-            .map_err(|e| OutboxError::Task {
+            .map_err(|source| OutboxError::Task {
                 path: self.path.clone(),
-                why: e.to_string(),
+                source,
             })?
     }
 }

@@ -215,7 +215,20 @@ mod tests {
     enum Step {
         Sent(Duration, i64),
         Failed(Duration, Duration),
+        Concurrent(Duration, i64),
         Told(Duration, i64),
+    }
+
+    /// A delay after k failures in a row: 2 s doubled k - 1 times, at most 5 min, within the jitter.
+    fn check_backoff(policy: &Policy, d: Duration) {
+        let k = policy.backoff.attempts().saturating_sub(1);
+        let base = (FIRST_BACKOFF.as_secs_f64() * 2f64.powi(k.min(30) as i32)).min(MAX_BACKOFF.as_secs_f64());
+        let s = d.as_secs_f64();
+        assert!(
+            s >= base * (1.0 - JITTER) - 1e-9 && s <= base * (1.0 + JITTER) + 1e-9,
+            "a backoff of {s} s after {} failures",
+            k + 1
+        );
     }
 
     /// A store whose records arrive at random, a mesh whose leadership comes and goes and an HQ that is
@@ -282,20 +295,18 @@ mod tests {
                     if i < calm_from && rng.gen_bool(0.05) {
                         // HQ refuses one upload (the others go on).
                         let d = policy.failed(now);
-                        let k = policy.backoff.attempts().saturating_sub(1);
-                        let base =
-                            (FIRST_BACKOFF.as_secs_f64() * 2f64.powi(k.min(30) as i32)).min(MAX_BACKOFF.as_secs_f64());
-                        let s = d.as_secs_f64();
-                        assert!(
-                            s >= base * (1.0 - JITTER) - 1e-9 && s <= base * (1.0 + JITTER) + 1e-9,
-                            "a backoff of {s} s after {} failures",
-                            k + 1
-                        );
+                        check_backoff(&policy, d);
                         blocked_until = mono + d;
                         trace.push(Step::Failed(mono, d));
                         continue;
                     }
                     policy.answered(now);
+                    if i < calm_from && rng.gen_bool(0.05) {
+                        // HQ holds a summary from records this node has not seen (the other side of a
+                        // partition): answered, not acknowledged, so the period waits and goes again.
+                        trace.push(Step::Concurrent(mono, p));
+                        continue;
+                    }
                     let n = local[&p];
                     let stored = hq.entry(p).or_insert(0);
                     *stored = (*stored).max(n);
@@ -312,6 +323,7 @@ mod tests {
                     last_send_at.insert(p, mono);
                     policy.sending(p, now);
                     let d = policy.failed(now);
+                    check_backoff(&policy, d);
                     blocked_until = mono + d;
                     trace.push(Step::Failed(mono, d));
                 }
@@ -339,6 +351,10 @@ mod tests {
             assert!(
                 a.iter().any(|s| matches!(s, Step::Failed(..))),
                 "seed {seed}: HQ never failed"
+            );
+            assert!(
+                a.iter().any(|s| matches!(s, Step::Concurrent(..))),
+                "seed {seed}: HQ never held a concurrent summary"
             );
             assert!(
                 a.iter().any(|s| matches!(s, Step::Told(..))),
