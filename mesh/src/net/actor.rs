@@ -142,7 +142,8 @@ pub(super) struct Actor {
     /// Answer parts waiting for their records to be checked (at most [`SYNC_PARTS_QUEUED`] with
     /// those being checked), and those being checked (at most [`SYNC_CHECKS_RUNNING`]).
     pub(super) to_check: std::collections::VecDeque<SyncPart>,
-    pub(super) checking: futures::stream::FuturesUnordered<futures::future::BoxFuture<'static, (PeerId, Option<CheckedPart>)>>,
+    pub(super) checking:
+        futures::stream::FuturesUnordered<futures::future::BoxFuture<'static, (PeerId, Option<CheckedPart>)>>,
     /// Per peer: its parts waiting or being checked (at most [`SYNC_PARTS_PER_PEER`]).
     pub(super) parts_of: std::collections::HashMap<PeerId, usize>,
     /// When each peer heard of by heartbeat was last dialled.

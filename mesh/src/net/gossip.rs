@@ -15,7 +15,10 @@ impl Actor {
     }
 
     /// [`Actor::ingest`] for records checked off the actor's thread (only the writes happen here).
-    pub(super) fn ingest_checked(&mut self, checked: crate::log::Checked) -> (u32, Vec<Result<Inserted, crate::log::Rejected>>) {
+    pub(super) fn ingest_checked(
+        &mut self,
+        checked: crate::log::Checked,
+    ) -> (u32, Vec<Result<Inserted, crate::log::Rejected>>) {
         let res = tokio::task::block_in_place(|| self.log.insert_checked(&checked, now_ms()));
         self.ingested(checked.into_records(), res)
     }

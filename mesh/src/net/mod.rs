@@ -53,7 +53,8 @@ mod sync;
 
 pub use actor::start;
 use actor::Actor;
-use swarm::Behaviour;
+use swarm::{build_swarm, bundle_topic_name, heartbeat_topic_name, topic_name, Behaviour, BehaviourEvent};
+use sync::{AnswerState, CheckedPart, SyncPart};
 
 /// Commands waiting for the actor.
 pub const COMMAND_QUEUE: usize = 256;
