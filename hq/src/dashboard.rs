@@ -168,9 +168,7 @@ fn parse_time(param: &'static str, value: Option<&str>) -> Result<Option<i64>, F
         .map_err(|_| bad())
 }
 
-fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
-}
+use lpmesh_web::clock::now_ms;
 
 fn plain(status: StatusCode, msg: impl Into<String>) -> Response {
     let headers = [

@@ -294,9 +294,7 @@ async fn ingest_inner(
     Ok((up.decision, env.store, env.period_start_ms, up.stored_vv))
 }
 
-fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
-}
+use lpmesh_web::clock::now_ms;
 
 /// Bytes of an oversized body read (and thrown away) before answering 413: a client still sending
 /// when the server answers and closes would see a broken connection instead of the refusal.

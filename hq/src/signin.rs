@@ -76,9 +76,7 @@ impl IntoResponse for NeedLogin {
     }
 }
 
-fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
-}
+use lpmesh_web::clock::now_ms;
 
 pub fn cookie_token(headers: &HeaderMap) -> Option<String> {
     lpmesh_web::login::cookie(headers, COOKIE)

@@ -36,8 +36,7 @@ fn find_bin() -> Result<PathBuf, PgError> {
 }
 
 fn free_port() -> Result<u16, PgError> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| PgError(e.to_string()))?;
-    l.local_addr().map(|a| a.port()).map_err(|e| PgError(e.to_string()))
+    lpmesh_web::clock::free_loopback_port().map_err(|e| PgError(e.to_string()))
 }
 
 fn is_root() -> bool {

@@ -113,8 +113,7 @@ impl Drop for Broker {
 }
 
 fn free_port() -> Result<u16, BenchError> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(err)?;
-    Ok(l.local_addr().map_err(err)?.port())
+    lpmesh_web::clock::free_loopback_port().map_err(err)
 }
 
 fn mesh_node(dir: &Path, secrets: &StoreSecrets, boot: Vec<net::Addr>) -> Result<MeshHandle, BenchError> {

@@ -1,7 +1,6 @@
 //! Alert routes against real endpoints: a real Mosquitto broker (started per test as a child process)
 //! subscribed to with a real MQTT client, and local HTTP receivers (axum) for webhooks.
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -41,7 +40,7 @@ impl Drop for Dir {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    lpmesh_web::clock::free_loopback_port().unwrap()
 }
 
 fn mosquitto_binary() -> PathBuf {

@@ -1,8 +1,9 @@
 //! What every HTTP service of lpmesh (the store's tablet UI, HQ's upload API and dashboard) needs the
 //! same way: logins that hold under attack, request bodies read within limits, the store's own
-//! certificate authority for its tablets, and private files written whole.
+//! certificate authority for its tablets, private files written whole, and one wall clock.
 
 pub mod body;
+pub mod clock;
 pub mod fs;
 pub mod html;
 pub mod login;

@@ -306,9 +306,7 @@ enum RouteTask {
     Console(console::ConsoleRoute),
 }
 
-fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
-}
+use lpmesh_web::clock::now_ms;
 
 impl Alerts {
     /// Offers an alert to every route: each filters it and queues it. Never waits on delivery.

@@ -29,7 +29,7 @@ pub struct DemoArgs {
 }
 
 fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(lpmesh_web::clock::free_loopback_port()?)
 }
 
 fn exe() -> Result<PathBuf> {

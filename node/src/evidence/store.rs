@@ -396,12 +396,7 @@ mod tests {
         }
     }
 
-    fn now_ms() -> i64 {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis() as i64
-    }
+    use lpmesh_web::clock::now_ms;
 
     fn tmp(name: &str) -> PathBuf {
         let d = std::env::temp_dir().join(format!("lpmesh-evidence-{name}-{}", std::process::id()));

@@ -415,9 +415,7 @@ pub struct Sessions {
     saved_ms: std::sync::atomic::AtomicI64,
 }
 
-fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
-}
+use lpmesh_web::clock::now_ms;
 
 impl Sessions {
     /// The sessions kept in `data_dir` (none if the file is missing or unreadable: logged, not fatal).

@@ -96,9 +96,7 @@ async fn meta_of(state: &UiState, id: &EvidenceId) -> Option<crate::evidence::st
         .flatten()
 }
 
-fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
-}
+use lpmesh_web::clock::now_ms;
 
 /// Where the page finds an incident's evidence, with grants for this user.
 pub(super) async fn links(

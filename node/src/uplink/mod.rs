@@ -112,9 +112,7 @@ impl UplinkHandle {
     }
 }
 
-fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
-}
+use lpmesh_web::clock::now_ms;
 
 struct Uplink {
     s: UplinkSettings,
