@@ -12,7 +12,7 @@
 //!   lets a node whose clock runs a little ahead send the next period near a boundary.
 //! - `period_length`: a period length other than the store's (that of the first period HQ holds for
 //!   it), or, for a store HQ holds nothing of yet, one a node cannot be configured with (at least
-//!   60 s and dividing a day, node/src/config.rs). Periods of another length would overlap the
+//!   60 s and dividing a day, node/src/config/check.rs). Periods of another length would overlap the
 //!   store's under the same (store, period start) key: a day starting at midnight would compete with
 //!   the hour starting at midnight.
 //! - `misaligned_period`: a start that is not a multiple of the period, which no node computes

@@ -3,6 +3,8 @@
 use chrono::{DateTime, Datelike, NaiveDate, NaiveTime, TimeZone, Utc, Weekday};
 use chrono_tz::Tz;
 
+use crate::config::{path, FieldPath, WEEKDAYS};
+
 /// Opening hours per weekday plus closed dates. A range that ends at or before it starts runs past
 /// midnight and belongs to the day it starts ("22:00-02:00" on Friday covers Saturday 01:00).
 #[derive(Clone, Debug, PartialEq)]
@@ -83,6 +85,55 @@ impl Schedule {
 
 fn weekday_index(w: Weekday) -> usize {
     w.num_days_from_monday() as usize
+}
+
+/// The configuration's `[schedule]` section compiled into a [`Schedule`].
+impl crate::config::ScheduleConfig {
+    fn days(&self) -> [&Option<Vec<String>>; 7] {
+        [
+            &self.monday,
+            &self.tuesday,
+            &self.wednesday,
+            &self.thursday,
+            &self.friday,
+            &self.saturday,
+            &self.sunday,
+        ]
+    }
+
+    /// The schedule, or every problem with it as (field, message).
+    pub fn compile(&self) -> Result<Schedule, Vec<(FieldPath, String)>> {
+        let mut problems = Vec::new();
+        let tz = Schedule::parse_tz(&self.timezone).map_err(|e| problems.push((path(&["schedule", "timezone"]), e)));
+        let configured = self.days().iter().any(|d| d.is_some());
+        let mut days: [Vec<(u32, u32)>; 7] = Default::default();
+        for (i, day) in self.days().iter().enumerate() {
+            for (j, r) in day.iter().flatten().enumerate() {
+                match Schedule::parse_range(r) {
+                    Ok(range) => days[i].push(range),
+                    Err(e) => problems.push((path(&["schedule", WEEKDAYS[i]]).index(j), e)),
+                }
+            }
+        }
+        let mut closed = Vec::new();
+        for (j, d) in self.closed_dates.iter().enumerate() {
+            match NaiveDate::parse_from_str(d, "%Y-%m-%d") {
+                Ok(d) => closed.push(d),
+                Err(_) => problems.push((
+                    path(&["schedule", "closed_dates"]).index(j),
+                    format!("{d:?} is not a date like \"2026-12-25\""),
+                )),
+            }
+        }
+        match tz {
+            Ok(tz) if problems.is_empty() => Ok(if configured {
+                Schedule::new(tz, days, closed)
+            } else {
+                Schedule::always_open(tz)
+            }),
+            _ => Err(problems),
+        }
+    }
 }
 
 #[cfg(test)]

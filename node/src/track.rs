@@ -629,6 +629,22 @@ fn person(id: u64, t: &Track) -> TrackedPerson {
     }
 }
 
+/// The tracker's settings as the node's configuration gives them.
+impl crate::config::NodeConfig {
+    /// The tracker settings with the detector's threshold as the one that starts tracks.
+    pub fn tracker_config(&self) -> TrackerConfig {
+        TrackerConfig {
+            high_score: self.detector.score_threshold,
+            ..self.tracker.clone()
+        }
+    }
+
+    /// The lowest score any stage uses: the detector decodes down to here so the tracker sees weak boxes.
+    pub fn decode_threshold(&self) -> f32 {
+        self.detector.score_threshold.min(self.tracker.low_score)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

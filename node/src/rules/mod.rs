@@ -4,6 +4,7 @@
 //! open incident; [`CameraRules::observe`] is called once per frame (inferred or not) and appends the
 //! events that frame causes. See ARCHITECTURE.md, "Rules", for each rule's definition.
 
+mod from_config;
 mod state;
 #[cfg(test)]
 mod tests;
