@@ -34,9 +34,15 @@ pub fn start(cfg: MeshConfig, key: Keypair, recipient: StoreRecipient) -> Result
             .map_err(|e| MeshError::Network(e.to_string()))?;
     }
     for addr in &cfg.listen {
-        swarm
-            .listen_on(addr.clone())
-            .map_err(|e| MeshError::Network(format!("listen on {addr}: {e}")))?;
+        swarm.listen_on(addr.clone()).map_err(|e| {
+            // libp2p's own message for an operating-system error is empty ("address in use" is
+            // what an installer needs to read).
+            let why = match e {
+                libp2p::TransportError::Other(io) => io.to_string(),
+                e @ libp2p::TransportError::MultiaddrNotSupported(_) => e.to_string(),
+            };
+            MeshError::Network(format!("listen on {addr}: {why}"))
+        })?;
     }
     for addr in &cfg.bootstrap {
         if let Err(e) = swarm.dial(addr.clone()) {
