@@ -112,6 +112,9 @@ fn wait_healthy(hq: &Hq, log: &Path) {
 /// `ports`: the ops listener and the mesh listener.
 fn node_config(path: &Path, data: &Path, name: &str, ports: (u16, u16), boot: Option<u16>, priority: u8, hq: &Hq) {
     let (ops, mesh) = ports;
+    // A port of its own for invitations: two nodes on one machine cannot both have 7421, and the
+    // fallback (any free port) could take the one drawn for the next start's operations endpoint.
+    let enrol = free_port();
     let boot = boot
         .map(|p| format!("bootstrap = [\"/ip4/127.0.0.1/tcp/{p}\"]\n"))
         .unwrap_or_default();
@@ -119,7 +122,7 @@ fn node_config(path: &Path, data: &Path, name: &str, ports: (u16, u16), boot: Op
         path,
         format!(
             "store = \"shop-crash\"\nnode = \"{name}\"\ndata_dir = \"{}\"\n[ui]\nenabled = false\n[ops]\nlisten = \"127.0.0.1:{ops}\"\n\
-             [mesh]\nlisten = [\"/ip4/127.0.0.1/tcp/{mesh}\"]\n{boot}mdns = false\nheartbeat_secs = 0.5\nleader_timeout_secs = 2.0\npriority = {priority}\n\
+             [mesh]\nlisten = [\"/ip4/127.0.0.1/tcp/{mesh}\"]\nenrol_listen = \"127.0.0.1:{enrol}\"\n{boot}mdns = false\nheartbeat_secs = 0.5\nleader_timeout_secs = 2.0\npriority = {priority}\n\
              [hq]\nurl = \"https://localhost:{}\"\nrecipient = \"{}\"\nca_cert = \"{}\"\nprobe_secs = 0.5\nresend_secs = 0.5\ntimeout_secs = 2.0\n",
             data.display(),
             hq.port,
@@ -193,7 +196,7 @@ fn a_node_killed_50_times_loses_no_durable_record_and_never_reuses_a_seq() {
                     .lines()
                     .rev()
                     .take(3)
-                    .any(|l| l.contains("error: network: listen on"))
+                    .any(|l| l.contains("error: network: listen on") || l.contains("in use"))
                     && port_taken < 3
                 {
                     port_taken += 1;
