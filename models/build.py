@@ -436,7 +436,7 @@ def quantize_model(manifest: dict, model: dict, envs: Envs, write_ranges: bool =
     with tempfile.TemporaryDirectory(prefix="lpmesh-quant-") as tmp_s:
         out = Path(tmp_s) / model["output"]
         step(f"quantising {base['name']} to {model['name']} ({q['format']}, {q['weight_type']} per-channel weights, "
-             f"{q['activation_type']} activations, {q['calibrate_method']} on {q['calibration_frames']} frames)")
+             f"{q['activation_type']} activations, {q['calibrate_method']} on {q['calibration_frames']} frames and {q.get('calibration_zoom_crops', 0)} zoomed crops)")
         cmd = [str(py), str(HERE / "tools" / "quantize.py"), "--manifest", str(MANIFEST), "--model", model["name"],
                "--fp32", str(fp32), "--footage", str(clip), "--out", str(out)]
         if write_ranges:
@@ -453,9 +453,13 @@ def quantize_model(manifest: dict, model: dict, envs: Envs, write_ranges: bool =
 def build_model(manifest: dict, model: dict, envs: Envs) -> Path:
     dest = model_path(model)
     if dest.exists():
-        check_sha(dest, model["output_sha256"], f"model {dest.name}")
-        step(f"model {model['name']} up to date: {dest}")
-        return dest
+        found = sha256_of(dest)
+        if found == model["output_sha256"]:
+            step(f"model {model['name']} up to date: {dest}")
+            return dest
+        # The cache holds another version (the manifest moved on, or the file was damaged): build the pinned
+        # one; it replaces the old only once it has passed its own checksum.
+        step(f"model {model['name']} in the cache is not the pinned one (sha256 {found}); building it again")
     if "quantize" in model:
         return quantize_model(manifest, model, envs)
     return convert_model(model, envs)

@@ -5,7 +5,7 @@
 Runs inside the throwaway tools environment (see requirements-tools.txt). NAME is the int8 model's entry in the
 manifest; its [model.quantize] table says how, its [model.input] how calibration frames are prepared.
 
-The recipe is onnxruntime's own (`quant_pre_process`, then `quantize_static`), with two additions:
+The recipe is onnxruntime's own (`quant_pre_process`, then `quantize_static`), with these additions:
 
 - Nodes that read a non-finite constant are kept in float, with the nodes that consume their output. The converted
   NanoDet pads with -inf in front of its first MaxPool (TensorFlow's "SAME" max-pool padding); calibrating that
@@ -17,6 +17,14 @@ The recipe is onnxruntime's own (`quant_pre_process`, then `quantize_static`), w
   whose last bits depend on the CPU's kernels (AVX2, AVX-512 and NEON accumulate in different orders); quantising
   with the table instead keeps the int8 file, and so its pinned sha256, the same on every machine, while the
   comparison still catches a changed model or changed frames. `--write-ranges` writes a new table.
+- With `keep_float = ["head"]`, the detection head stays in float: for every graph output, the nearest Conv
+  upstream of it and every node between that Conv and the output (found by walking back along each node's first
+  input, so by graph structure, not by name). Quantised, the shared score/box Conv has one uint8 scale for both
+  (~0.09 per logit step, ~0.02 score steps near 0.5), and the score ranges of levels that saw no person during
+  calibration clip at the largest score seen there.
+- `calibration_zoom_crops` adds crops of the footage cut at each zoom in `calibration_zooms` (2x: half the frame's
+  width and height), so the coarse levels (stride 16/32) see people as large as they are near a camera. A clip of
+  small people alone calibrates those levels' tensors too narrow, and the int8 model then misses large people.
 """
 
 from __future__ import annotations
@@ -65,6 +73,29 @@ def nonfinite_nodes(model: onnx.ModelProto) -> list[str]:
     for n in readers + consumers:
         if n.name not in names:
             names.append(n.name)
+    return names
+
+
+def head_nodes(model: onnx.ModelProto) -> list[str]:
+    """The nearest Conv upstream of each graph output, and every node from it to the output.
+
+    Walks back from each output along the first input of each producer (the data input of Transpose, Reshape,
+    Sigmoid, Split) until it reaches a Conv. By structure, so it survives the converter renaming nodes.
+    """
+    g = model.graph
+    producer = {o: n for n in g.node for o in n.output}
+    names: list[str] = []
+    for out in g.output:
+        t, path = out.name, []
+        while t in producer:
+            n = producer[t]
+            path.append(n.name)
+            if n.op_type == "Conv":
+                break
+            t = n.input[0] if n.input else None
+        else:
+            raise SystemExit(f"quantize: no Conv upstream of output {out.name}")
+        names += [p for p in path if p not in names]
     return names
 
 
@@ -146,6 +177,30 @@ def calibration_tensors(footage: Path, prep: nanodet.Preprocess, count: int) -> 
     return tensors, sizes
 
 
+def zoom_crops(footage: Path, prep: nanodet.Preprocess, count: int, zooms: list[float]) -> tuple[list[np.ndarray], list]:
+    """`count` crops, frames spread over the clip (offset from the full-frame picks), zoom cycling through `zooms`.
+
+    Crop origins follow the golden-ratio sequence (plain float64 arithmetic, the same on every machine); the
+    crop keeps the frame's aspect ratio and is resized by `prep` exactly as a full frame is.
+    """
+    total = sum(1 for _ in nanodet.read_frames(footage))
+    picks = {}
+    for k, i in enumerate(nanodet.spread(total, count)):
+        picks.setdefault(min(i + total // (2 * count), total - 1), []).append(k)
+    phi = (5 ** 0.5 - 1) / 2
+    tensors, sizes = [], []
+    for i, frame in enumerate(nanodet.read_frames(footage)):
+        for k in picks.get(i, []):
+            z = zooms[k % len(zooms)]
+            h, w = frame.shape[:2]
+            cw, ch = int(w / z), int(h / z)
+            x0 = int(((k + 1) * phi % 1.0) * (w - cw))
+            y0 = int(((k + 1) * phi * phi % 1.0) * (h - ch))
+            tensors.append(prep(frame[y0:y0 + ch, x0:x0 + cw]))
+            sizes.append((cw, ch))
+    return tensors, sizes
+
+
 def session(path: Path) -> ort.InferenceSession:
     so = ort.SessionOptions()
     so.intra_op_num_threads = 2
@@ -210,8 +265,11 @@ def main() -> int:
     prep = nanodet.Preprocess(model["input"])
 
     tensors, sizes = calibration_tensors(args.footage, prep, q["calibration_frames"])
+    if q.get("calibration_zoom_crops", 0):
+        crops, crop_sizes = zoom_crops(args.footage, prep, q["calibration_zoom_crops"], q["calibration_zooms"])
+        tensors, sizes = tensors + crops, sizes + crop_sizes
     digest = nanodet.tensors_digest(tensors)
-    log(f"{len(tensors)} calibration frames from {args.footage.name}, sha256 of the input tensors {digest}")
+    log(f"{len(tensors)} calibration frames (zoomed crops included) from {args.footage.name}, sha256 of the input tensors {digest}")
     if q.get("calibration_sha256") and digest != q["calibration_sha256"]:
         raise SystemExit(
             "quantize: the calibration frames differ from the ones the manifest pins\n"
@@ -234,10 +292,20 @@ def main() -> int:
         graph = onnx.load(str(src))
         exclude = nonfinite_nodes(graph)
         log(f"kept in float (read a non-finite constant, or read what such a node produced): {exclude}")
+        unknown = set(q.get("keep_float", [])) - {"head"}
+        if unknown:
+            raise SystemExit(f"quantize: keep_float knows only \"head\", manifest asks {sorted(unknown)}")
+        if "head" in q.get("keep_float", []):
+            head = [n for n in head_nodes(graph) if n not in exclude]
+            log(f"kept in float (detection head, last Conv to the outputs): {head}")
+            exclude += head
 
         calibrator = create_calibrator(src, op_types, augmented_model_path=str(tmp / "augmented.onnx"),
                                        calibrate_method=CalibrationMethod.MinMax)
-        calibrator.collect_data(Frames(prep.name, tensors))
+        # In batches: the MinMax calibrator keeps every intermediate tensor of what it is given until it reduces
+        # them. Reducing per batch and merging min/max gives the same ranges as one pass (bit for bit).
+        for i in range(0, len(tensors), 25):
+            calibrator.collect_data(Frames(prep.name, tensors[i:i + 25]))
         ranges = calibrator.compute_data()
         del calibrator
         computed = finite_ranges(ranges)
