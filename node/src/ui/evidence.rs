@@ -142,7 +142,10 @@ pub(super) async fn links(
                     "status": "unavailable",
                     "owner": r.node,
                     "why": why.unwrap_or("that node is not heard from, or has not said where tablets reach it over HTTPS"),
-                })))
+                    // An incident can arrive before its node's first heartbeat says where its UI is:
+                    // worth asking again in a moment.
+                    "retry": why.is_none(),
+                })));
             }
         }
     };

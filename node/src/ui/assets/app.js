@@ -244,7 +244,7 @@ async function showIncident(id) {
 // again for a while before the page says it is unavailable.
 let evidenceTry = null;
 
-async function showEvidence(i) {
+async function showEvidence(i, waited = 0) {
   const box = $('#evidence');
   const still = $('#evidence-still');
   const clip = $('#evidence-clip');
@@ -268,7 +268,17 @@ async function showEvidence(i) {
     links = await api('GET', `/api/incidents/${encodeURIComponent(i.id)}/evidence`);
   } catch (e) { unavailable(e.message); return; }
   if (box.dataset.for !== i.id) return;
-  if (links.status !== 'ok') { unavailable(links.why || 'none was kept'); return; }
+  if (links.status !== 'ok') {
+    // The incident came before its node's heartbeat said where tablets reach it: asked again for
+    // half a minute before the page says it is unavailable.
+    if (links.retry && waited < 10) {
+      note.textContent = `Evidence kept on node ${i.evidence.node}: waiting to hear from that node…`;
+      evidenceTry = setTimeout(() => { if (box.dataset.for === i.id) showEvidence(i, waited + 1); }, 3000);
+      return;
+    }
+    unavailable(links.why || 'none was kept');
+    return;
+  }
   let tries = 0;
   // The links' grants last minutes: a clip played (or downloaded) later asks for fresh ones.
   const fresh = async () => {
