@@ -53,6 +53,23 @@ pub struct AlertsBench {
     pub stream_p99_ms: f64,
 }
 
+impl AlertsBench {
+    /// The figures of `incidents`, from the latencies (ms) each channel saw.
+    fn of(from: &str, camera: Option<CameraRun>, incidents: usize, mut mq: Vec<f64>, mut st: Vec<f64>) -> AlertsBench {
+        AlertsBench {
+            from: from.into(),
+            camera,
+            incidents,
+            mqtt_received: mq.len(),
+            mqtt_p50_ms: pct(&mut mq, 0.5),
+            mqtt_p99_ms: pct(&mut mq, 0.99),
+            stream_received: st.len(),
+            stream_p50_ms: pct(&mut st, 0.5),
+            stream_p99_ms: pct(&mut st, 0.99),
+        }
+    }
+}
+
 #[derive(Debug, Serialize)]
 pub struct CameraRun {
     pub source: String,
@@ -364,19 +381,9 @@ pub async fn run(incidents: usize) -> Result<AlertsBench, BenchError> {
             })
             .collect()
     };
-    let (mut mq, mut st) = (lat(&rig.seen_mqtt), lat(&rig.seen_stream));
+    let (mq, st) = (lat(&rig.seen_mqtt), lat(&rig.seen_stream));
     rig.stop().await;
-    Ok(AlertsBench {
-        from: "append".into(),
-        camera: None,
-        incidents,
-        mqtt_received: mq.len(),
-        mqtt_p50_ms: pct(&mut mq, 0.5),
-        mqtt_p99_ms: pct(&mut mq, 0.99),
-        stream_received: st.len(),
-        stream_p50_ms: pct(&mut st, 0.5),
-        stream_p99_ms: pct(&mut st, 0.99),
-    })
+    Ok(AlertsBench::of("append", None, incidents, mq, st))
 }
 
 /// The camera `--from-frame` runs when none is configured: the demo's first camera (its footage,
@@ -473,7 +480,7 @@ pub async fn from_frame(seconds: f64, config: Option<&Path>) -> Result<AlertsBen
             .filter_map(|(id, _, at_ms)| m.get(id).map(|r| r.wall_ms - *at_ms as f64))
             .collect()
     };
-    let (mut mq, mut st) = (lat(&rig.seen_mqtt), lat(&rig.seen_stream));
+    let (mq, st) = (lat(&rig.seen_mqtt), lat(&rig.seen_stream));
     let mut kinds = std::collections::BTreeMap::new();
     for (_, kind, _) in &frames {
         *kinds.entry(kind.clone()).or_insert(0) += 1;
@@ -492,20 +499,11 @@ pub async fn from_frame(seconds: f64, config: Option<&Path>) -> Result<AlertsBen
             -x
         )));
     }
-    Ok(AlertsBench {
-        from: "frame".into(),
-        camera: Some(CameraRun {
-            source: cam.source.clone(),
-            detect_fps: cam.detect_fps,
-            seconds: ran,
-            kinds,
-        }),
-        incidents: frames.len(),
-        mqtt_received: mq.len(),
-        mqtt_p50_ms: pct(&mut mq, 0.5),
-        mqtt_p99_ms: pct(&mut mq, 0.99),
-        stream_received: st.len(),
-        stream_p50_ms: pct(&mut st, 0.5),
-        stream_p99_ms: pct(&mut st, 0.99),
-    })
+    let camera = CameraRun {
+        source: cam.source.clone(),
+        detect_fps: cam.detect_fps,
+        seconds: ran,
+        kinds,
+    };
+    Ok(AlertsBench::of("frame", Some(camera), frames.len(), mq, st))
 }
