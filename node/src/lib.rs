@@ -60,6 +60,7 @@ pub mod ops;
 pub mod output;
 pub mod pipeline;
 pub mod rules;
+pub mod runtime;
 pub mod schedule;
 pub mod source;
 pub mod summary;

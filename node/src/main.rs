@@ -591,31 +591,18 @@ fn run(cli: Cli) -> Result<ExitCode> {
 
 /// Ctrl-C (and SIGTERM) set the flag; the pipeline drains and the summary is still printed.
 fn stop_flag() -> Arc<AtomicBool> {
-    stop_signal().flag
+    stop_signal().flag()
 }
 
-/// The one stop signal: Ctrl-C (and SIGTERM) set the flag, which camera threads read between frames,
-/// and wake whatever awaits `stopped`, so the async side needs no polling.
-struct StopSignal {
-    flag: Arc<AtomicBool>,
-    stopped: tokio::sync::watch::Receiver<bool>,
-    /// Kept so that `stopped` never reports a closed channel, even if no handler could be installed.
-    _tx: Arc<tokio::sync::watch::Sender<bool>>,
-}
-
-fn stop_signal() -> StopSignal {
-    let flag = Arc::new(AtomicBool::new(false));
-    let (tx, stopped) = tokio::sync::watch::channel(false);
-    let tx = Arc::new(tx);
-    let (f, t) = (flag.clone(), tx.clone());
-    let handler = move || {
-        f.store(true, Ordering::Relaxed);
-        let _ = t.send(true);
-    };
-    if let Err(e) = ctrlc::set_handler(handler) {
+/// The one stop signal, given by Ctrl-C (and SIGTERM): camera threads read its flag between frames,
+/// and the async side awaits it, so nothing polls.
+fn stop_signal() -> lpmesh_node::runtime::Stop {
+    let stop = lpmesh_node::runtime::Stop::new();
+    let on_signal = stop.clone();
+    if let Err(e) = ctrlc::set_handler(move || on_signal.stop()) {
         tracing::warn!(error = %e, "cannot install the Ctrl-C handler");
     }
-    StopSignal { flag, stopped, _tx: tx }
+    stop
 }
 
 mod cli;

@@ -18,7 +18,7 @@ pub fn store_key(data: &Path) -> Result<ExitCode> {
 pub fn store_ca(data: &Path, out: Option<PathBuf>) -> Result<ExitCode> {
     let secrets = lpmesh_mesh::keys::StoreSecrets::load(data)?;
     // What the node serves now (after a revocation, its key epoch's CA), else the store's.
-    let current = std::fs::read_to_string(data.join("ui-tls").join(CURRENT_CA_FILE)).ok();
+    let current = std::fs::read_to_string(data.join("ui-tls").join(lpmesh_node::runtime::ui::CURRENT_CA_FILE)).ok();
     let Some(cert_pem) = current.or(secrets.ui_ca.map(|c| c.cert_pem)) else {
         eprintln!(
             "store {} has no certificate authority (made before store CAs): each node's UI shows its own, from https://NODE:PORT/ca.crt",
@@ -158,9 +158,6 @@ pub fn join(data: &Path, token_file: Option<PathBuf>) -> Result<ExitCode> {
     }
     Ok(ExitCode::SUCCESS)
 }
-
-/// The CA a node's UI serves now, in `ui-tls/` of its data directory (for `lpmesh store-ca`).
-pub const CURRENT_CA_FILE: &str = "current-ca.pem";
 
 pub fn read_password(from_stdin: bool) -> Result<String> {
     use std::io::{BufRead, IsTerminal};
