@@ -349,27 +349,7 @@ pub fn app(state: Arc<HqState>) -> Router {
 }
 
 /// A running HQ listener.
-pub struct Running {
-    pub addr: SocketAddr,
-    handle: axum_server::Handle<SocketAddr>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Running {
-    /// Stops accepting, lets requests in flight finish (for at most `grace`), and waits.
-    pub async fn shutdown(self, grace: std::time::Duration) {
-        self.handle.graceful_shutdown(Some(grace));
-        let _ = self.task.await;
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum ServeError {
-    #[error("cannot listen on {addr}: {reason}")]
-    Listen { addr: SocketAddr, reason: String },
-    #[error("TLS: {0}")]
-    Tls(String),
-}
+pub use lpmesh_web::serve::{Running, ServeError};
 
 /// Serves HQ's upload API over HTTPS on `addr` (port 0 picks a free one; see [`Running::addr`]).
 pub async fn serve(
@@ -378,7 +358,7 @@ pub async fn serve(
     cert_pem: Vec<u8>,
     key_pem: Vec<u8>,
 ) -> Result<Running, ServeError> {
-    serve_app(app(state), addr, cert_pem, key_pem).await
+    lpmesh_web::serve::serve(app(state), addr, Some((cert_pem, key_pem)), "HQ upload").await
 }
 
 /// Serves the dashboard, the export and `/metrics` over HTTPS on `addr`.
@@ -388,48 +368,11 @@ pub async fn serve_dashboard(
     cert_pem: Vec<u8>,
     key_pem: Vec<u8>,
 ) -> Result<Running, ServeError> {
-    serve_app(crate::dashboard::app(state), addr, cert_pem, key_pem).await
-}
-
-async fn serve_app(app: Router, addr: SocketAddr, cert_pem: Vec<u8>, key_pem: Vec<u8>) -> Result<Running, ServeError> {
-    // rustls is built with ring only; say so explicitly rather than rely on feature detection.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let tls = axum_server::tls_rustls::RustlsConfig::from_pem(cert_pem, key_pem)
-        .await
-        .map_err(|e| ServeError::Tls(e.to_string()))?;
-    let listener = std::net::TcpListener::bind(addr).map_err(|e| ServeError::Listen {
+    lpmesh_web::serve::serve(
+        crate::dashboard::app(state),
         addr,
-        reason: e.to_string(),
-    })?;
-    listener.set_nonblocking(true).map_err(|e| ServeError::Listen {
-        addr,
-        reason: e.to_string(),
-    })?;
-    let local = listener.local_addr().map_err(|e| ServeError::Listen {
-        addr,
-        reason: e.to_string(),
-    })?;
-    let handle = axum_server::Handle::new();
-    let mut server = axum_server::from_tcp_rustls(listener, tls)
-        .map_err(|e| ServeError::Listen {
-            addr,
-            reason: e.to_string(),
-        })?
-        .handle(handle.clone());
-    // A client that never finishes its request head (slowloris) is cut off.
-    server.http_builder().http1().header_read_timeout(HEADER_DEADLINE);
-    let task = tokio::spawn(async move {
-        // The client's address feeds the login backoff.
-        if let Err(e) = server
-            .serve(app.into_make_service_with_connect_info::<SocketAddr>())
-            .await
-        {
-            tracing::error!(error = %e, "HQ listener stopped");
-        }
-    });
-    Ok(Running {
-        addr: local,
-        handle,
-        task,
-    })
+        Some((cert_pem, key_pem)),
+        "HQ dashboard",
+    )
+    .await
 }

@@ -672,8 +672,8 @@ pub fn app(state: Arc<OpsState>) -> Router {
 }
 
 /// Serves the ops endpoints; a failure to listen is reported and the node goes on without them.
-pub async fn serve(state: Arc<OpsState>, addr: SocketAddr) -> Option<crate::ui::Running> {
-    match crate::ui::serve_router(app(state), addr).await {
+pub async fn serve(state: Arc<OpsState>, addr: SocketAddr) -> Option<lpmesh_web::serve::Running> {
+    match lpmesh_web::serve::serve(app(state), addr, None, "operations").await {
         Ok(r) => Some(r),
         Err(e) => {
             tracing::error!(error = %e, "metrics and health endpoints are not available");

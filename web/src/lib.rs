@@ -1,5 +1,5 @@
 //! What every HTTP service of lpmesh (the store's tablet UI, HQ's upload API and dashboard) needs the
-//! same way: logins that hold under attack, request bodies read within limits, the store's own
+//! same way: logins that hold under attack, request bodies read within limits, listeners served plain or over TLS with deadlines, the store's own
 //! certificate authority for its tablets, private files written whole, and one wall clock.
 
 pub mod body;
@@ -7,4 +7,5 @@ pub mod clock;
 pub mod fs;
 pub mod html;
 pub mod login;
+pub mod serve;
 pub mod tls;

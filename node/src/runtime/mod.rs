@@ -142,7 +142,7 @@ pub struct RunningNode {
     appender: tokio::task::JoinHandle<()>,
     alerts: Alerts,
     ui: Option<crate::ui::Running>,
-    ops: Option<crate::ui::Running>,
+    ops: Option<lpmesh_web::serve::Running>,
     uplink: Option<UplinkHandle>,
     load: Option<tokio::task::JoinHandle<()>>,
     #[cfg(feature = "vision")]

@@ -1469,115 +1469,15 @@ async fn trust_info(
 // ---------------------------------------------------------------------------------------------------------
 // Serving
 
-pub struct Running {
-    pub addr: SocketAddr,
-    handle: axum_server::Handle<SocketAddr>,
-    task: tokio::task::JoinHandle<()>,
-    tls: Option<axum_server::tls_rustls::RustlsConfig>,
-}
-
-impl Running {
-    /// The TLS configuration served, for a task that replaces the certificate later.
-    pub fn tls_config(&self) -> Option<axum_server::tls_rustls::RustlsConfig> {
-        self.tls.clone()
-    }
-
-    /// Serves another certificate chain and key from the next handshake on (connections open keep
-    /// theirs); an error leaves the one served now.
-    pub async fn reload_tls(&self, cert_pem: Vec<u8>, key_pem: Vec<u8>) -> Result<(), UiError> {
-        match &self.tls {
-            Some(t) => t
-                .reload_from_pem(cert_pem, key_pem)
-                .await
-                .map_err(|e| UiError::Tls(e.to_string())),
-            None => Err(UiError::Tls("this listener serves plain HTTP".into())),
-        }
-    }
-
-    pub async fn shutdown(self, grace: Duration) {
-        self.handle.graceful_shutdown(Some(grace));
-        let _ = self.task.await;
-    }
-}
+pub use lpmesh_web::serve::Running;
 
 #[derive(Debug, thiserror::Error)]
 pub enum UiError {
-    #[error("UI cannot listen on {addr}: {reason}")]
-    Listen { addr: SocketAddr, reason: String },
-    #[error("UI TLS: {0}")]
-    Tls(String),
-}
-
-/// Serves any router on `addr` over plain HTTP (the ops endpoints).
-pub async fn serve_router(router: Router, addr: SocketAddr) -> Result<Running, UiError> {
-    let (listener, local) = bind(addr)?;
-    let handle = axum_server::Handle::new();
-    let mut server = axum_server::from_tcp(listener)
-        .map_err(|e| listen_error(addr, e))?
-        .handle(handle.clone());
-    // A client that never finishes its request head (slowloris) is cut off.
-    server
-        .http_builder()
-        .http1()
-        .header_read_timeout(lpmesh_web::body::HEADER_DEADLINE);
-    // With the client's address available to handlers (the login limits need it).
-    let svc = router.into_make_service_with_connect_info::<SocketAddr>();
-    let task = tokio::spawn(async move {
-        if let Err(e) = server.serve(svc).await {
-            tracing::error!(error = %e, "listener stopped");
-        }
-    });
-    Ok(Running {
-        addr: local,
-        handle,
-        task,
-        tls: None,
-    })
-}
-
-fn listen_error(addr: SocketAddr, e: std::io::Error) -> UiError {
-    UiError::Listen {
-        addr,
-        reason: e.to_string(),
-    }
-}
-
-/// A non-blocking listener on `addr`, and the address it got (port 0 picks one).
-fn bind(addr: SocketAddr) -> Result<(std::net::TcpListener, SocketAddr), UiError> {
-    let listener = std::net::TcpListener::bind(addr).map_err(|e| listen_error(addr, e))?;
-    listener.set_nonblocking(true).map_err(|e| listen_error(addr, e))?;
-    let local = listener.local_addr().map_err(|e| listen_error(addr, e))?;
-    Ok((listener, local))
+    #[error("UI: {0}")]
+    Serve(#[from] lpmesh_web::serve::ServeError),
 }
 
 /// Serves the UI on `addr`, over TLS when `tls` holds a PEM certificate and key.
 pub async fn serve(state: Arc<UiState>, addr: SocketAddr, tls: Option<(Vec<u8>, Vec<u8>)>) -> Result<Running, UiError> {
-    let Some((cert, key)) = tls else {
-        return serve_router(app(state), addr).await;
-    };
-    let (listener, local) = bind(addr)?;
-    let handle = axum_server::Handle::new();
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let cfg = axum_server::tls_rustls::RustlsConfig::from_pem(cert, key)
-        .await
-        .map_err(|e| UiError::Tls(e.to_string()))?;
-    let mut server = axum_server::from_tcp_rustls(listener, cfg.clone())
-        .map_err(|e| listen_error(addr, e))?
-        .handle(handle.clone());
-    server
-        .http_builder()
-        .http1()
-        .header_read_timeout(lpmesh_web::body::HEADER_DEADLINE);
-    let svc = app(state).into_make_service_with_connect_info::<SocketAddr>();
-    let task = tokio::spawn(async move {
-        if let Err(e) = server.serve(svc).await {
-            tracing::error!(error = %e, "UI listener stopped");
-        }
-    });
-    Ok(Running {
-        addr: local,
-        handle,
-        task,
-        tls: Some(cfg),
-    })
+    Ok(lpmesh_web::serve::serve(app(state), addr, tls, "UI").await?)
 }
