@@ -4,7 +4,6 @@
 //! against the system's roots.
 
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
 use http_body_util::{BodyExt, Full};
@@ -19,7 +18,7 @@ pub enum ClientError {
     #[error("HQ URL {0:?}: {1}")]
     Url(String, String),
     #[error("TLS set-up: {0}")]
-    Tls(String),
+    Tls(#[from] lpmesh_web::tls::ClientTlsError),
     #[error("HQ unreachable: {0}")]
     Unreachable(String),
     #[error("HQ did not answer within {0:?}")]
@@ -58,35 +57,7 @@ impl HqClient {
                 "must be https://host[:port] (summaries only travel over TLS)".into(),
             ));
         }
-        let mut roots = rustls::RootCertStore::empty();
-        match ca_cert {
-            Some(path) => {
-                let pem = std::fs::read(path).map_err(|e| ClientError::Tls(format!("{}: {e}", path.display())))?;
-                for c in rustls_pemfile::certs(&mut &pem[..]) {
-                    let c = c.map_err(|e| ClientError::Tls(format!("{}: {e}", path.display())))?;
-                    roots
-                        .add(c)
-                        .map_err(|e| ClientError::Tls(format!("{}: {e}", path.display())))?;
-                }
-                if roots.is_empty() {
-                    return Err(ClientError::Tls(format!(
-                        "{}: no certificate in the file",
-                        path.display()
-                    )));
-                }
-            }
-            None => {
-                for c in rustls_native_certs::load_native_certs().certs {
-                    let _ = roots.add(c);
-                }
-            }
-        }
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let tls = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|e| ClientError::Tls(e.to_string()))?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+        let tls = lpmesh_web::tls::client_config(lpmesh_web::tls::trust_roots(ca_cert)?)?;
         let https = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls)
             .https_only()

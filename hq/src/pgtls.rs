@@ -35,8 +35,8 @@ pub enum PgTlsMode {
 pub enum PgTlsError {
     #[error("database_url: sslmode={0} is not one of disable, allow, prefer, require, verify-ca, verify-full")]
     Mode(String),
-    #[error("database_url: sslrootcert {path}: {reason}")]
-    Roots { path: PathBuf, reason: String },
+    #[error("database_url: sslrootcert {0}")]
+    Roots(#[source] lpmesh_web::tls::ClientTlsError),
     #[error("database_url: {0}")]
     Syntax(String),
     #[error("TLS for PostgreSQL: {0}")]
@@ -224,30 +224,7 @@ impl PgTarget {
 }
 
 fn roots(file: Option<&Path>) -> Result<rustls::RootCertStore, PgTlsError> {
-    let mut store = rustls::RootCertStore::empty();
-    match file {
-        Some(path) => {
-            let err = |reason: String| PgTlsError::Roots {
-                path: path.to_path_buf(),
-                reason,
-            };
-            let pem = std::fs::read(path).map_err(|e| err(e.to_string()))?;
-            for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
-                store
-                    .add(cert.map_err(|e| err(e.to_string()))?)
-                    .map_err(|e| err(e.to_string()))?;
-            }
-            if store.is_empty() {
-                return Err(err("no certificate in it".into()));
-            }
-        }
-        None => {
-            for cert in rustls_native_certs::load_native_certs().certs {
-                let _ = store.add(cert);
-            }
-        }
-    }
-    Ok(store)
+    lpmesh_web::tls::trust_roots(file).map_err(PgTlsError::Roots)
 }
 
 /// `require` without a CA: encryption against a passive listener only. The server still proves it

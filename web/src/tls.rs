@@ -179,3 +179,89 @@ mod tests {
         assert_eq!(f.len(), 32 * 3 - 1);
     }
 }
+
+/// Why a TLS client could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientTlsError {
+    // The reason is part of the message: it is what the installer fixes (a path, a permission).
+    #[error("{}: {reason}", path.display())]
+    Read {
+        path: std::path::PathBuf,
+        reason: std::io::Error,
+    },
+    #[error("{}: no certificate in it", path.display())]
+    NoCertificate { path: std::path::PathBuf },
+    #[error("TLS setup: {0}")]
+    Rustls(#[from] rustls::Error),
+}
+
+/// The roots a client trusts: the certificates in `ca_file`, or the system's without one (which may
+/// be none at all on a machine without `ca-certificates`: the caller decides whether that is fatal).
+/// A certificate the file holds but rustls cannot parse is skipped; a file with none is an error.
+pub fn trust_roots(ca_file: Option<&std::path::Path>) -> Result<rustls::RootCertStore, ClientTlsError> {
+    let mut roots = rustls::RootCertStore::empty();
+    match ca_file {
+        Some(path) => {
+            let read = |reason| ClientTlsError::Read {
+                path: path.to_path_buf(),
+                reason,
+            };
+            let pem = std::fs::read(path).map_err(read)?;
+            let certs: Vec<_> = rustls_pemfile::certs(&mut pem.as_slice())
+                .collect::<Result<_, _>>()
+                .map_err(read)?;
+            let (added, _unparsable) = roots.add_parsable_certificates(certs);
+            if added == 0 {
+                return Err(ClientTlsError::NoCertificate {
+                    path: path.to_path_buf(),
+                });
+            }
+        }
+        None => {
+            let found = rustls_native_certs::load_native_certs();
+            for e in &found.errors {
+                tracing::warn!(error = %e, "reading system certificates");
+            }
+            roots.add_parsable_certificates(found.certs);
+        }
+    }
+    Ok(roots)
+}
+
+/// The one crypto provider every lpmesh TLS endpoint uses: rustls is built with ring only.
+pub fn provider() -> std::sync::Arc<rustls::crypto::CryptoProvider> {
+    std::sync::Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// A TLS client (safe protocol versions, no client certificate) that trusts `roots`.
+pub fn client_config(roots: rustls::RootCertStore) -> Result<rustls::ClientConfig, ClientTlsError> {
+    Ok(rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
+#[cfg(test)]
+mod client_tests {
+    use super::*;
+
+    #[test]
+    fn roots_come_from_the_file_and_a_file_without_certificates_is_refused() {
+        let dir = std::env::temp_dir().join(format!("lpmesh-roots-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ca = new_ca("roots test").unwrap();
+        let good = dir.join("ca.pem");
+        std::fs::write(&good, &ca.cert_pem).unwrap();
+        let roots = trust_roots(Some(&good)).unwrap();
+        assert_eq!(roots.len(), 1);
+        assert!(client_config(roots).is_ok());
+        let empty = dir.join("empty.pem");
+        std::fs::write(&empty, "not a certificate\n").unwrap();
+        let e = trust_roots(Some(&empty)).unwrap_err();
+        assert!(e.to_string().contains("no certificate in it"), "{e}");
+        let missing = dir.join("missing.pem");
+        let e = trust_roots(Some(&missing)).unwrap_err();
+        assert!(e.to_string().starts_with(&missing.display().to_string()), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
