@@ -55,13 +55,8 @@ impl Drop for Hq {
 }
 
 fn temp_dir() -> PathBuf {
-    let d = std::env::temp_dir().join(format!(
-        "lpmesh-hq-attacks-{}-{}",
-        std::process::id(),
-        rand::random::<u32>()
-    ));
-    std::fs::create_dir_all(&d).unwrap();
-    d
+    // The fixture that holds it removes it when it drops.
+    lpmesh_testkit::TempDir::new("hq-attacks").into_path()
 }
 
 async fn embedded() -> Hq {

@@ -16,13 +16,8 @@ use lpmesh_hq::vv::VersionVector;
 const HOUR: i64 = 3_600_000;
 
 fn temp_dir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!(
-        "lpmesh-hq-{tag}-{}-{}",
-        std::process::id(),
-        rand::random::<u32>()
-    ));
-    std::fs::create_dir_all(&d).unwrap();
-    d
+    // The fixture that holds it removes it when it drops.
+    lpmesh_testkit::TempDir::new(&format!("hq-{tag}")).into_path()
 }
 
 fn vv(pairs: &[(&str, u64)]) -> VersionVector {

@@ -1,7 +1,6 @@
 //! Real swarms on loopback, in one process: propagation, a device without the store key, partition and
 //! heal, and a node catching up after being away.
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use libp2p::Multiaddr;
@@ -12,21 +11,7 @@ use lpmesh_mesh::record::RecordKind;
 
 const STORE: &str = "store-7";
 
-struct Dir(PathBuf);
-impl Dir {
-    fn new(tag: &str) -> Self {
-        Dir(std::env::temp_dir().join(format!(
-            "lpmesh-net-{tag}-{}-{}",
-            std::process::id(),
-            rand::random::<u32>()
-        )))
-    }
-}
-impl Drop for Dir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+use lpmesh_testkit::TempDir as Dir;
 
 fn start(dir: &Dir, key: &Keypair, psk: [u8; 32], secret: &StoreSecret, bootstrap: Vec<Multiaddr>) -> MeshHandle {
     start_retaining(dir, key, psk, secret, bootstrap, None)
@@ -61,16 +46,7 @@ async fn addr(h: &MeshHandle) -> Multiaddr {
     panic!("no listen address");
 }
 
-async fn eventually(what: &str, limit: Duration, mut check: impl AsyncFnMut() -> bool) -> Duration {
-    let t = Instant::now();
-    while t.elapsed() < limit {
-        if check().await {
-            return t.elapsed();
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("{what}: not within {limit:?}");
-}
+use lpmesh_testkit::eventually;
 
 struct Cluster {
     secret: StoreSecret,
@@ -628,10 +604,7 @@ fn raw_part(bytes: Vec<u8>) -> net::SyncRequest {
 }
 
 fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
+    lpmesh_testkit::now_ms() as u64
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

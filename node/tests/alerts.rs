@@ -19,29 +19,9 @@ const NODE: &str = "n1";
 // ---------------------------------------------------------------------------------------------
 // Helpers
 
-struct Dir(PathBuf);
+use lpmesh_testkit::TempDir as Dir;
 
-impl Dir {
-    fn new(tag: &str) -> Dir {
-        let d = std::env::temp_dir().join(format!(
-            "lpmesh-alerts-{tag}-{}-{}",
-            std::process::id(),
-            rand::random::<u32>()
-        ));
-        std::fs::create_dir_all(&d).unwrap();
-        Dir(d)
-    }
-}
-
-impl Drop for Dir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn free_port() -> u16 {
-    lpmesh_web::clock::free_loopback_port().unwrap()
-}
+use lpmesh_testkit::free_port;
 
 fn mosquitto_binary() -> PathBuf {
     let fixed = Path::new("/usr/sbin/mosquitto");

@@ -82,15 +82,9 @@ async fn me(n: &Node, cookie: &str) -> StatusCode {
     send(n, req).await.0
 }
 
-async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) -> Duration {
-    let t = Instant::now();
-    while t.elapsed() < Duration::from_secs(20) {
-        if check().await {
-            return t.elapsed();
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("{what}: not within 20 s");
+/// Every wait of this file: a user change crosses the store within seconds; 20 s means it never will.
+async fn eventually(what: &str, check: impl AsyncFnMut() -> bool) -> Duration {
+    lpmesh_testkit::eventually(what, Duration::from_secs(20), check).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,7 +3,6 @@
 //! real PostgreSQL. Each scenario ends by checking that HQ holds exactly the summaries computed from
 //! the merged log, once per period.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -26,23 +25,7 @@ const STORE: &str = "shop-9";
 const HOUR: i64 = 3_600_000;
 const LEADER_TIMEOUT: Duration = Duration::from_millis(1500);
 
-struct Dir(PathBuf);
-impl Dir {
-    fn new(tag: &str) -> Self {
-        let d = std::env::temp_dir().join(format!(
-            "lpmesh-uplink-{tag}-{}-{}",
-            std::process::id(),
-            rand::random::<u32>()
-        ));
-        std::fs::create_dir_all(&d).unwrap();
-        Dir(d)
-    }
-}
-impl Drop for Dir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+use lpmesh_testkit::TempDir as Dir;
 
 struct Hq {
     state: Arc<HqState>,
@@ -151,16 +134,7 @@ async fn addr_of(h: &MeshHandle) -> Addr {
     panic!("no listen address");
 }
 
-async fn eventually(what: &str, limit: Duration, mut check: impl AsyncFnMut() -> bool) -> Duration {
-    let t = Instant::now();
-    while t.elapsed() < limit {
-        if check().await {
-            return t.elapsed();
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("{what}: not within {limit:?}");
-}
+use lpmesh_testkit::eventually;
 
 impl Store {
     async fn new(n: usize, hq: &Hq, signing: Keypair) -> Store {

@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use lpmesh_hq::store::{Embedded, Filter};
 use lpmesh_tests::{
-    free_port, hq_recipient, interrupt, log_tail, lpmesh, lpmesh_path, metric, ok, scrape, FaultProxy, HeldPort, Rng,
-    TempDir,
+    free_port, hq_recipient, interrupt, log_tail, lpmesh, lpmesh_path, metric, now_ms, ok, scrape, FaultProxy,
+    HeldPort, Rng, TempDir,
 };
 
 const NODES: usize = 5;
@@ -103,13 +103,6 @@ struct HqInfo {
     proxy_port: u16,
     recipient: String,
     cert: PathBuf,
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
 }
 
 fn all_links(proxies: &BTreeMap<(usize, usize), FaultProxy>, f: impl Fn(&FaultProxy)) {

@@ -15,7 +15,7 @@ use lpmesh_mesh::log::Log;
 use lpmesh_mesh::record::RecordKind;
 use lpmesh_node::action::{Action, ActionKind};
 use lpmesh_node::event::{Detail, Event, EventKind, Phase};
-use lpmesh_tests::{enrol, free_port, hq_recipient, interrupt, lpmesh, metric, ok, spawn, TempDir};
+use lpmesh_tests::{enrol, free_port, hq_recipient, interrupt, lpmesh, metric, now_ms, ok, spawn, TempDir};
 
 const STORE: &str = "shop-insider";
 
@@ -47,13 +47,6 @@ fn offline(incident: &str, started: i64, at: i64, ended: Option<i64>) -> Event {
         evidence: None,
         detail: Detail::default(),
     }
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
 }
 
 #[test]
