@@ -99,9 +99,14 @@ fn signed_bytes(e: &Envelope) -> Vec<u8> {
 pub type HqRecipient = age::x25519::Recipient;
 
 /// HQ's age recipient, as configured on the nodes.
-pub fn parse_recipient(s: &str) -> Result<HqRecipient, String> {
-    s.trim().parse::<age::x25519::Recipient>().map_err(|e| e.to_string())
+pub fn parse_recipient(s: &str) -> Result<HqRecipient, RecipientError> {
+    s.trim().parse::<age::x25519::Recipient>().map_err(RecipientError)
 }
+
+/// Text that is not an age recipient: age says why only in words.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct RecipientError(pub &'static str);
 
 /// Encrypts and signs a summary for HQ.
 pub fn seal(summary: &Summary, hq: &age::x25519::Recipient, store_key: &Keypair) -> Result<Envelope, EnvelopeError> {
@@ -201,18 +206,27 @@ pub fn store_key_to_string(key: &PublicKey) -> Option<String> {
     ))
 }
 
-pub fn parse_store_key(s: &str) -> Result<PublicKey, String> {
+/// Why a store's signing key, as text, was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreKeyError {
+    #[error("a store key starts with `ed25519:` (print it with `lpmesh store-key --data DIR`)")]
+    Prefix,
+    #[error("not base64url: {0}")]
+    Base64(#[source] base64::DecodeError),
+    #[error("not an Ed25519 public key: {0}")]
+    Key(#[source] libp2p_identity::DecodingError),
+}
+
+/// The inverse of [`store_key_to_string`].
+pub fn parse_store_key(s: &str) -> Result<PublicKey, StoreKeyError> {
     use base64::Engine;
-    let b64 = s
-        .trim()
-        .strip_prefix("ed25519:")
-        .ok_or("a store key starts with `ed25519:` (print it with `lpmesh store-key --data DIR`)")?;
+    let b64 = s.trim().strip_prefix("ed25519:").ok_or(StoreKeyError::Prefix)?;
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(b64)
-        .map_err(|e| format!("not base64url: {e}"))?;
+        .map_err(StoreKeyError::Base64)?;
     ed25519::PublicKey::try_from_bytes(&bytes)
         .map(PublicKey::from)
-        .map_err(|e| format!("not an Ed25519 public key: {e}"))
+        .map_err(StoreKeyError::Key)
 }
 
 #[cfg(test)]

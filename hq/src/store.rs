@@ -29,8 +29,12 @@ pub enum StoreError {
     File { path: PathBuf, reason: String },
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
-    #[error("bad store key for {store}: {reason}")]
-    BadKey { store: String, reason: String },
+    #[error("bad store key for {store}: {source}")]
+    BadKey {
+        store: String,
+        #[source]
+        source: crate::envelope::StoreKeyError,
+    },
     #[error("PostgreSQL over TLS: {0}")]
     Tls(String),
     #[error("another writer keeps changing {store} period {period_start_ms}; giving up")]
@@ -124,9 +128,9 @@ impl HqStore {
     }
 
     pub async fn register_store(&self, store: &str, key: &str, now_ms: i64) -> Result<(), StoreError> {
-        parse_store_key(key).map_err(|reason| StoreError::BadKey {
+        parse_store_key(key).map_err(|source| StoreError::BadKey {
             store: store.to_string(),
-            reason,
+            source,
         })?;
         match self {
             HqStore::Embedded(e) => e.register_store(store, key, now_ms),
@@ -299,9 +303,9 @@ fn summary_key(store: &str, period_start_ms: i64) -> Vec<u8> {
 
 /// Registers a store in the embedded store's registry without opening its database.
 pub fn register_in_file(data_dir: &Path, store: &str, key: &str, now_ms: i64) -> Result<(), StoreError> {
-    parse_store_key(key).map_err(|reason| StoreError::BadKey {
+    parse_store_key(key).map_err(|source| StoreError::BadKey {
         store: store.to_string(),
-        reason,
+        source,
     })?;
     std::fs::create_dir_all(data_dir).map_err(|e| StoreError::File {
         path: data_dir.to_path_buf(),
@@ -1069,9 +1073,9 @@ impl KeyCache {
             self.keys.write().await.remove(name);
             return Ok(None);
         };
-        let key = parse_store_key(&text).map_err(|reason| StoreError::BadKey {
+        let key = parse_store_key(&text).map_err(|source| StoreError::BadKey {
             store: name.to_string(),
-            reason,
+            source,
         })?;
         let mut keys = self.keys.write().await;
         if keys.len() >= MAX_CACHED_KEYS {

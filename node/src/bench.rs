@@ -47,8 +47,8 @@ pub enum BenchError {
     Source(#[from] crate::source::SourceError),
     #[error(transparent)]
     Camera(#[from] CameraError),
-    #[error("{0}")]
-    Prepare(String),
+    #[error(transparent)]
+    Prepare(crate::capture::CaptureError),
     #[error(transparent)]
     Detect(#[from] crate::detect::DetectError),
     #[error(transparent)]

@@ -29,6 +29,24 @@ pub struct Preparer {
     meter: Option<PixelMeter>,
 }
 
+/// Why [`Preparer::prepare`] could not prepare a frame.
+#[derive(Debug, thiserror::Error)]
+pub enum PrepareError {
+    #[error(transparent)]
+    OpenCv(opencv::Error),
+    #[error("resized frame has an unexpected size")]
+    Size,
+}
+
+/// Why [`OpenCvCapture`] gave no frame.
+#[derive(Debug, thiserror::Error)]
+pub enum CaptureError {
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error(transparent)]
+    Prepare(#[from] PrepareError),
+}
+
 /// What [`Preparer::prepare`] found besides the tensor.
 pub struct Prepared {
     pub gate: Gate,
@@ -56,8 +74,8 @@ impl Preparer {
     }
 
     /// Fills `tensor` from `frame`, decides whether the frame needs inference, and measures it.
-    pub fn prepare(&mut self, frame: &Frame, tensor: &mut Vec<f32>) -> Result<Prepared, String> {
-        let cv = |e: opencv::Error| e.message;
+    pub fn prepare(&mut self, frame: &Frame, tensor: &mut Vec<f32>) -> Result<Prepared, PrepareError> {
+        let cv = PrepareError::OpenCv;
         let rows = frame.height as i32;
         let flat = Mat::new_rows_cols_with_data(rows, frame.width as i32 * 3, &frame.bgr).map_err(cv)?;
         let img = flat.reshape(3, rows).map_err(cv)?;
@@ -65,7 +83,7 @@ impl Preparer {
         imgproc::resize(&img, &mut self.resized, size, 0.0, 0.0, imgproc::INTER_LINEAR).map_err(cv)?;
         tensor.resize(self.spec.tensor_len(), 0.0);
         if !self.normalizer.fill(self.resized.data_bytes().map_err(cv)?, tensor) {
-            return Err("resized frame has an unexpected size".into());
+            return Err(PrepareError::Size);
         }
         // The small grey images come from the already small model input: cheaper than from the frame.
         imgproc::cvt_color_def(&self.resized, &mut self.gray, imgproc::COLOR_BGR2GRAY).map_err(cv)?;
@@ -166,7 +184,7 @@ impl OpenCvCapture {
     }
 
     /// Reads and prepares one frame outside a pipeline (the benchmark's pre-made inputs, tests).
-    pub fn next_prepared(&mut self) -> Result<Option<PreparedFrame>, String> {
+    pub fn next_prepared(&mut self) -> Result<Option<PreparedFrame>, CaptureError> {
         self.next(Vec::new())
     }
 }
@@ -262,7 +280,9 @@ impl OpenCvCapture {
 }
 
 impl Capture for OpenCvCapture {
-    fn next(&mut self, mut tensor: Vec<f32>) -> Result<Option<PreparedFrame>, String> {
+    type Error = CaptureError;
+
+    fn next(&mut self, mut tensor: Vec<f32>) -> Result<Option<PreparedFrame>, CaptureError> {
         loop {
             let t0 = Instant::now();
             let frame = match self.source.next_frame(std::mem::take(&mut self.bgr)) {
@@ -275,7 +295,7 @@ impl Capture for OpenCvCapture {
                 Err(SourceError::Unavailable { .. }) => {
                     return Ok(Some(PreparedFrame::offline(self.source.clock(), tensor)))
                 }
-                Err(e) => return Err(e.to_string()),
+                Err(e) => return Err(e.into()),
             };
             if let Some(interval) = self.detect_interval {
                 if frame.pts < self.next_due {

@@ -458,7 +458,7 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", cli::report(&e));
             ExitCode::FAILURE
         }
     }

@@ -329,10 +329,16 @@ pub enum PipelineError {
     #[error(transparent)]
     Detect(#[from] DetectError),
     #[error("capture: {0}")]
-    Capture(String),
+    Capture(#[source] BoxError),
+    #[error("capture: capture thread panicked")]
+    CapturePanicked,
     #[error("output: {0}")]
-    Sink(String),
+    Sink(#[source] BoxError),
 }
+
+/// A capture's or a sink's own error: each caller brings its own (a camera, an output file), and the
+/// pipeline only passes it on.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Options for [`run`].
 #[derive(Clone, Debug, Default)]
@@ -344,8 +350,10 @@ pub struct RunOptions {
 
 /// The producing half, run on the capture thread: fills a [`PreparedFrame`] per source frame.
 pub trait Capture: Send {
+    type Error: std::error::Error + Send + Sync + 'static;
+
     /// The next prepared frame, written into `tensor` (a pooled buffer); `Ok(None)` at the end.
-    fn next(&mut self, tensor: Vec<f32>) -> Result<Option<PreparedFrame>, String>;
+    fn next(&mut self, tensor: Vec<f32>) -> Result<Option<PreparedFrame>, Self::Error>;
 }
 
 /// Runs `capture` on its own thread and `analyzer` on this one until the source ends, `max_frames`
@@ -359,7 +367,7 @@ pub fn run<C, S>(
 ) -> Result<PipelineStats, PipelineError>
 where
     C: Capture,
-    S: FnMut(&FrameResult<'_>) -> Result<bool, String>,
+    S: FnMut(&FrameResult<'_>) -> Result<bool, BoxError>,
 {
     let started = Instant::now();
     let (tx, rx) = bounded::<PreparedFrame>(FRAME_QUEUE);
@@ -371,9 +379,7 @@ where
         let producer = scope.spawn(|| produce(capture, tx, pool_rx, pool_tx.clone(), opts, stop, &done));
         let consumed = consume(analyzer, rx, &pool_tx, opts, stop, &mut sink, start_frames);
         done.store(true, Ordering::Relaxed);
-        let produced = producer
-            .join()
-            .map_err(|_| PipelineError::Capture("capture thread panicked".into()))?;
+        let produced = producer.join().map_err(|_| PipelineError::CapturePanicked)?;
         let dropped = produced?;
         consumed?;
         Ok(dropped)
@@ -400,7 +406,7 @@ fn produce<C: Capture>(
             break;
         }
         let tensor = pool_rx.try_recv().unwrap_or_default();
-        let Some(frame) = capture.next(tensor).map_err(PipelineError::Capture)? else {
+        let Some(frame) = capture.next(tensor).map_err(|e| PipelineError::Capture(Box::new(e)))? else {
             break;
         };
         produced += 1;
@@ -430,7 +436,7 @@ fn consume<S>(
     start_frames: u64,
 ) -> Result<(), PipelineError>
 where
-    S: FnMut(&FrameResult<'_>) -> Result<bool, String>,
+    S: FnMut(&FrameResult<'_>) -> Result<bool, BoxError>,
 {
     // The latest frame of any kind (an offline camera still sends heartbeats), and the size of the
     // latest real picture: an incident open at the end ends at the latest time known, so a camera
@@ -549,7 +555,9 @@ mod tests {
     }
 
     impl Capture for Frames {
-        fn next(&mut self, mut tensor: Vec<f32>) -> Result<Option<PreparedFrame>, String> {
+        type Error = std::convert::Infallible;
+
+        fn next(&mut self, mut tensor: Vec<f32>) -> Result<Option<PreparedFrame>, Self::Error> {
             if self.seq == self.n {
                 return Ok(None);
             }

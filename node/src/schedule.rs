@@ -30,26 +30,29 @@ impl Schedule {
     }
 
     /// Parses a time zone name (IANA, e.g. "Europe/London").
-    pub fn parse_tz(name: &str) -> Result<Tz, String> {
-        name.parse::<Tz>()
-            .map_err(|_| format!("unknown time zone {name:?} (use an IANA name such as \"Europe/London\")"))
+    pub fn parse_tz(name: &str) -> Result<Tz, UnknownTimeZone> {
+        // chrono-tz's own error says no more than this one, so it is not kept.
+        name.parse::<Tz>().map_err(|_| UnknownTimeZone(name.to_string()))
     }
 
     /// Parses "HH:MM-HH:MM" (24:00 allowed as an end).
-    pub fn parse_range(s: &str) -> Result<(u32, u32), String> {
-        let bad = || format!("{s:?} is not a time range like \"08:30-21:00\"");
-        let (a, b) = s.split_once('-').ok_or_else(bad)?;
-        let minutes = |t: &str| -> Result<u32, String> {
+    pub fn parse_range(s: &str) -> Result<(u32, u32), RangeError> {
+        let bad = |source| RangeError {
+            text: s.to_string(),
+            source,
+        };
+        let (a, b) = s.split_once('-').ok_or_else(|| bad(None))?;
+        let minutes = |t: &str| -> Result<u32, RangeError> {
             let t = t.trim();
             if t == "24:00" {
                 return Ok(24 * 60);
             }
-            let nt = NaiveTime::parse_from_str(t, "%H:%M").map_err(|_| bad())?;
+            let nt = NaiveTime::parse_from_str(t, "%H:%M").map_err(|e| bad(Some(e)))?;
             Ok(chrono::Timelike::hour(&nt) * 60 + chrono::Timelike::minute(&nt))
         };
         let (start, mut end) = (minutes(a)?, minutes(b)?);
         if start == 24 * 60 {
-            return Err(bad());
+            return Err(bad(None));
         }
         if end <= start {
             end += 24 * 60;
@@ -83,6 +86,21 @@ impl Schedule {
     }
 }
 
+/// A time zone name that is not in the IANA database (the name as given).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("unknown time zone {0:?} (use an IANA name such as \"Europe/London\")")]
+pub struct UnknownTimeZone(pub String);
+
+/// A time range that is not "HH:MM-HH:MM".
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{text:?} is not a time range like \"08:30-21:00\"")]
+pub struct RangeError {
+    pub text: String,
+    /// Why a time in it did not parse, when that was the trouble.
+    #[source]
+    pub source: Option<chrono::ParseError>,
+}
+
 fn weekday_index(w: Weekday) -> usize {
     w.num_days_from_monday() as usize
 }
@@ -104,14 +122,15 @@ impl crate::config::ScheduleConfig {
     /// The schedule, or every problem with it as (field, message).
     pub fn compile(&self) -> Result<Schedule, Vec<(FieldPath, String)>> {
         let mut problems = Vec::new();
-        let tz = Schedule::parse_tz(&self.timezone).map_err(|e| problems.push((path(&["schedule", "timezone"]), e)));
+        let tz = Schedule::parse_tz(&self.timezone)
+            .map_err(|e| problems.push((path(&["schedule", "timezone"]), e.to_string())));
         let configured = self.days().iter().any(|d| d.is_some());
         let mut days: [Vec<(u32, u32)>; 7] = Default::default();
         for (i, day) in self.days().iter().enumerate() {
             for (j, r) in day.iter().flatten().enumerate() {
                 match Schedule::parse_range(r) {
                     Ok(range) => days[i].push(range),
-                    Err(e) => problems.push((path(&["schedule", WEEKDAYS[i]]).index(j), e)),
+                    Err(e) => problems.push((path(&["schedule", WEEKDAYS[i]]).index(j), e.to_string())),
                 }
             }
         }

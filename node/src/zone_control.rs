@@ -15,7 +15,7 @@ use std::sync::{Arc, RwLock};
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{CameraConfig, NodeConfig, ZoneConfig};
+use crate::config::{CameraConfig, ConfigError, NodeConfig, ZoneConfig};
 
 /// Widest still kept (pixels); zones are in fractions of the frame, so any size does.
 pub const STILL_MAX_WIDTH: u32 = 640;
@@ -95,10 +95,30 @@ pub struct ZoneControl {
 pub enum ZoneError {
     #[error("no camera {0:?} on this node")]
     NoCamera(String),
-    #[error("{0}")]
-    Invalid(String),
-    #[error("{path}: {reason}")]
-    File { path: PathBuf, reason: String },
+    /// The file's text cannot take the zones.
+    #[error(transparent)]
+    Edit(#[from] EditError),
+    /// The file with the new zones is not a valid configuration.
+    #[error(transparent)]
+    Invalid(#[from] ConfigError),
+    #[error("{path}: {source}")]
+    File {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Why [`replace_zones`] could not edit the configuration text.
+#[derive(Debug, thiserror::Error)]
+pub enum EditError {
+    #[error(transparent)]
+    Toml(#[from] toml_edit::TomlError),
+    #[error("the configuration has no [[camera]] tables")]
+    NoCameras,
+    /// The camera's name.
+    #[error("no [[camera]] named {0:?} in the file")]
+    NoCamera(String),
 }
 
 /// The editable part of a camera: its zones (lines are shown, not edited here).
@@ -165,13 +185,13 @@ impl ZoneControl {
         if self.camera(camera).is_none() {
             return Err(ZoneError::NoCamera(camera.to_string()));
         }
-        let file = |e: std::io::Error| ZoneError::File {
+        let file = |source: std::io::Error| ZoneError::File {
             path: self.config_path.clone(),
-            reason: e.to_string(),
+            source,
         };
         let text = std::fs::read_to_string(&self.config_path).map_err(file)?;
-        let new_text = replace_zones(&text, camera, &zones).map_err(ZoneError::Invalid)?;
-        let cfg = NodeConfig::parse(&new_text, &self.config_path).map_err(|e| ZoneError::Invalid(e.to_string()))?;
+        let new_text = replace_zones(&text, camera, &zones)?;
+        let cfg = NodeConfig::parse(&new_text, &self.config_path)?;
         let cam = cfg
             .cameras
             .into_iter()
@@ -193,17 +213,17 @@ impl ZoneControl {
 }
 
 /// The configuration text with camera `camera`'s `[[camera.zone]]` tables replaced.
-pub fn replace_zones(text: &str, camera: &str, zones: &[ZoneConfig]) -> Result<String, String> {
+pub fn replace_zones(text: &str, camera: &str, zones: &[ZoneConfig]) -> Result<String, EditError> {
     use toml_edit::{value, Array, ArrayOfTables, DocumentMut, Item, Table, Value};
-    let mut doc: DocumentMut = text.parse().map_err(|e: toml_edit::TomlError| e.to_string())?;
+    let mut doc: DocumentMut = text.parse()?;
     let cams = doc
         .get_mut("camera")
         .and_then(Item::as_array_of_tables_mut)
-        .ok_or("the configuration has no [[camera]] tables")?;
+        .ok_or(EditError::NoCameras)?;
     let cam = cams
         .iter_mut()
         .find(|t| t.get("name").and_then(Item::as_str) == Some(camera))
-        .ok_or_else(|| format!("no [[camera]] named {camera:?} in the file"))?;
+        .ok_or_else(|| EditError::NoCamera(camera.to_string()))?;
     let mut list = ArrayOfTables::new();
     for z in zones {
         let mut t = Table::new();

@@ -132,33 +132,73 @@ impl Default for RouteConfig {
 
 /// The secret in a route's `secret_file` or `password_file` (surrounding whitespace trimmed): at
 /// least `min` bytes, at most 4 KiB.
-pub fn read_secret(path: &str, min: usize) -> Result<Vec<u8>, String> {
-    let bytes = std::fs::read(path).map_err(|e| format!("{path}: {e}"))?;
+pub fn read_secret(path: &str, min: usize) -> Result<Vec<u8>, SecretError> {
+    let bytes = std::fs::read(path).map_err(|source| SecretError::Read {
+        path: path.to_string(),
+        source,
+    })?;
     if bytes.len() > 4096 {
-        return Err(format!("{path}: more than 4 KiB: not a secret"));
+        return Err(SecretError::TooLong(path.to_string()));
     }
     let text = String::from_utf8_lossy(&bytes);
     let secret = text.trim().as_bytes().to_vec();
     if secret.len() < min {
-        return Err(format!(
-            "{path}: a secret of at least {min} characters (e.g. `openssl rand -hex 32`)"
-        ));
+        return Err(SecretError::TooShort {
+            path: path.to_string(),
+            min,
+        });
     }
     Ok(secret)
 }
 
+/// Why [`read_secret`] found no secret in a file.
+#[derive(Debug, thiserror::Error)]
+pub enum SecretError {
+    #[error("{path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}: more than 4 KiB: not a secret")]
+    TooLong(String),
+    #[error("{path}: a secret of at least {min} characters (e.g. `openssl rand -hex 32`)")]
+    TooShort { path: String, min: usize },
+}
+
+/// Why [`client_tls`] could not build a TLS client configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("ca_file {path}: {source}")]
+    CaFile {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("ca_file {0}: no certificate in it")]
+    NoCertificate(String),
+    #[error("no system root certificates found (install ca-certificates)")]
+    NoSystemRoots,
+    #[error("TLS setup: {0}")]
+    Setup(#[source] rustls::Error),
+}
+
 /// A TLS client configuration that trusts `ca_file`'s certificates, or the system's without one.
-pub fn client_tls(ca_file: Option<&str>) -> Result<std::sync::Arc<rustls::ClientConfig>, String> {
+pub fn client_tls(ca_file: Option<&str>) -> Result<std::sync::Arc<rustls::ClientConfig>, TlsError> {
     let mut roots = rustls::RootCertStore::empty();
     match ca_file {
         Some(ca) => {
-            let pem = std::fs::read(ca).map_err(|e| format!("ca_file {ca}: {e}"))?;
+            let ca_err = |source| TlsError::CaFile {
+                path: ca.to_string(),
+                source,
+            };
+            let pem = std::fs::read(ca).map_err(ca_err)?;
             let certs: Vec<_> = rustls_pemfile::certs(&mut pem.as_slice())
                 .collect::<Result<_, _>>()
-                .map_err(|e| format!("ca_file {ca}: {e}"))?;
+                .map_err(ca_err)?;
             let (added, _) = roots.add_parsable_certificates(certs);
             if added == 0 {
-                return Err(format!("ca_file {ca}: no certificate in it"));
+                return Err(TlsError::NoCertificate(ca.to_string()));
             }
         }
         None => {
@@ -168,14 +208,14 @@ pub fn client_tls(ca_file: Option<&str>) -> Result<std::sync::Arc<rustls::Client
             }
             let (added, _ignored) = roots.add_parsable_certificates(found.certs);
             if added == 0 {
-                return Err("no system root certificates found (install ca-certificates)".into());
+                return Err(TlsError::NoSystemRoots);
             }
         }
     }
     let tls =
         rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
             .with_safe_default_protocol_versions()
-            .map_err(|e| format!("TLS setup: {e}"))?
+            .map_err(TlsError::Setup)?
             .with_root_certificates(roots)
             .with_no_client_auth();
     Ok(std::sync::Arc::new(tls))
@@ -183,8 +223,11 @@ pub fn client_tls(ca_file: Option<&str>) -> Result<std::sync::Arc<rustls::Client
 
 /// Splits `host[:port]` / `[v6]:port`. The host keeps IPv6 brackets because that is the form a socket
 /// address lookup wants back.
-pub fn parse_broker(s: &str) -> Result<(String, u16), String> {
-    let bad = |why: &str| format!("{s:?} is not a broker address like \"host:1883\": {why}");
+pub fn parse_broker(s: &str) -> Result<(String, u16), BrokerError> {
+    let bad = |why: &'static str| BrokerError {
+        text: s.to_string(),
+        why,
+    };
     let s = s.trim();
     if s.is_empty() {
         return Err(bad("empty"));
@@ -226,17 +269,43 @@ pub fn parse_broker(s: &str) -> Result<(String, u16), String> {
     Ok((host, port))
 }
 
+/// A broker address that is not `host[:port]`: the text as given, and what is wrong with it.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{text:?} is not a broker address like \"host:1883\": {why}")]
+pub struct BrokerError {
+    pub text: String,
+    pub why: &'static str,
+}
+
 /// Checks that a webhook URL is `http(s)://host...`.
-pub fn parse_webhook_url(s: &str) -> Result<hyper::Uri, String> {
-    let uri: hyper::Uri = s.parse().map_err(|e| format!("{s:?} is not a URL: {e}"))?;
+pub fn parse_webhook_url(s: &str) -> Result<hyper::Uri, UrlError> {
+    let uri: hyper::Uri = s.parse().map_err(|source| UrlError::Invalid {
+        text: s.to_string(),
+        source,
+    })?;
     match uri.scheme_str() {
         Some("http") | Some("https") => {}
-        _ => return Err(format!("{s:?} must start with http:// or https://")),
+        _ => return Err(UrlError::Scheme(s.to_string())),
     }
     if uri.host().is_none_or(str::is_empty) {
-        return Err(format!("{s:?} has no host"));
+        return Err(UrlError::NoHost(s.to_string()));
     }
     Ok(uri)
+}
+
+/// A webhook URL that [`parse_webhook_url`] refused (each variant holds the text as given).
+#[derive(Debug, thiserror::Error)]
+pub enum UrlError {
+    #[error("{text:?} is not a URL: {source}")]
+    Invalid {
+        text: String,
+        #[source]
+        source: hyper::http::uri::InvalidUri,
+    },
+    #[error("{0:?} must start with http:// or https://")]
+    Scheme(String),
+    #[error("{0:?} has no host")]
+    NoHost(String),
 }
 
 impl AlertsConfig {
@@ -263,7 +332,7 @@ impl AlertsConfig {
                     match r.broker.as_deref() {
                         None => err("broker", "an mqtt route needs `broker` (host:port)".into()),
                         Some(b) => match parse_broker(b) {
-                            Err(m) => err("broker", m),
+                            Err(m) => err("broker", m.to_string()),
                             Ok((host, port)) => {
                                 let id = r.client_id.as_deref();
                                 if let Some(first) = sessions.insert((host.to_ascii_lowercase(), port, id), i) {
@@ -307,7 +376,7 @@ impl AlertsConfig {
                                 err("username", "1 to 128 characters".into());
                             }
                             if let Err(m) = read_secret(f, 1) {
-                                err("password_file", m);
+                                err("password_file", m.to_string());
                             }
                             let loopback = r
                                 .broker
@@ -330,7 +399,7 @@ impl AlertsConfig {
                         None => err("url", "a webhook route needs `url` (http:// or https://)".into()),
                         Some(u) => {
                             if let Err(m) = parse_webhook_url(u) {
-                                err("url", m);
+                                err("url", m.to_string());
                             } else if r.ca_file.is_some() && !u.starts_with("https://") {
                                 err("ca_file", "only for an https:// url".into());
                             }
@@ -338,7 +407,7 @@ impl AlertsConfig {
                     }
                     if let Some(f) = &r.secret_file {
                         if let Err(m) = read_secret(f, 16) {
-                            err("secret_file", m);
+                            err("secret_file", m.to_string());
                         }
                     }
                 }
@@ -369,7 +438,7 @@ impl AlertsConfig {
             }
             for (j, h) in r.hours.iter().enumerate() {
                 if let Err(m) = Schedule::parse_range(h) {
-                    err(&format!("hours[{j}]"), m);
+                    err(&format!("hours[{j}]"), m.to_string());
                 }
             }
             if !r.cooldown_secs.is_finite() || r.cooldown_secs < 0.0 {

@@ -8,7 +8,7 @@ use chrono_tz::Tz;
 use super::config::RouteConfig;
 use super::Alert;
 use crate::event::{EventKind, Severity};
-use crate::schedule::Schedule;
+use crate::schedule::{RangeError, Schedule};
 
 /// At most this many (camera, zone, kind) keys are remembered per route. A store has tens of cameras
 /// with a handful of zones and ten kinds, so this is only reached by something pathological (zone names
@@ -44,16 +44,25 @@ pub struct Filter {
     since_prune: u32,
 }
 
+/// Why [`Filter::new`] refused a route's filter.
+#[derive(Debug, thiserror::Error)]
+pub enum FilterError {
+    #[error(transparent)]
+    Hours(#[from] RangeError),
+    #[error("cooldown_secs {0} must be >= 0")]
+    Cooldown(f64),
+}
+
 impl Filter {
     /// The filter of a route; fails only on what [`super::AlertsConfig::check`] reports too.
-    pub fn new(route: &RouteConfig) -> Result<Filter, String> {
+    pub fn new(route: &RouteConfig) -> Result<Filter, FilterError> {
         let hours = route
             .hours
             .iter()
             .map(|h| Schedule::parse_range(h))
             .collect::<Result<Vec<_>, _>>()?;
         if !route.cooldown_secs.is_finite() || route.cooldown_secs < 0.0 {
-            return Err(format!("cooldown_secs {} must be >= 0", route.cooldown_secs));
+            return Err(FilterError::Cooldown(route.cooldown_secs));
         }
         Ok(Filter {
             min_severity: route.min_severity,

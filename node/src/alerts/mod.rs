@@ -212,8 +212,40 @@ pub enum AlertsError {
     Config(Vec<(String, String)>),
     #[error("alert routes need a Tokio runtime (start them from inside one)")]
     NoRuntime,
-    #[error("alert route {route}: {message}")]
-    Route { route: String, message: String },
+    #[error("alert route {route}: {source}")]
+    Route {
+        route: String,
+        #[source]
+        source: RouteError,
+    },
+}
+
+/// Why one route could not be built from its checked configuration: mostly the files it names (a
+/// secret, a CA certificate), read again here.
+#[derive(Debug, thiserror::Error)]
+pub enum RouteError {
+    #[error(transparent)]
+    Filter(#[from] filter::FilterError),
+    #[error("an mqtt route needs `broker`")]
+    NoBroker,
+    #[error(transparent)]
+    Broker(#[from] config::BrokerError),
+    #[error("invalid MQTT client id {0:?}")]
+    ClientId(String),
+    #[error("{file}: the password is not UTF-8")]
+    PasswordEncoding {
+        file: String,
+        #[source]
+        source: std::string::FromUtf8Error,
+    },
+    #[error("a webhook route needs `url`")]
+    NoUrl,
+    #[error(transparent)]
+    Url(#[from] config::UrlError),
+    #[error(transparent)]
+    Secret(#[from] config::SecretError),
+    #[error(transparent)]
+    Tls(#[from] config::TlsError),
 }
 
 struct Inner {
@@ -264,11 +296,11 @@ pub fn start(cfg: &AlertsConfig, store: &str, node: &str, tz: Tz) -> Result<Aler
     // Build every route before spawning any, so a failure leaves nothing running.
     let mut ready = Vec::new();
     for r in &cfg.route {
-        let err = |message: String| AlertsError::Route {
+        let err = |source: RouteError| AlertsError::Route {
             route: r.name.clone(),
-            message,
+            source,
         };
-        let filter = Filter::new(r).map_err(err)?;
+        let filter = Filter::new(r).map_err(|e| err(e.into()))?;
         let shared = Arc::new(RouteShared::new(r.name.clone(), r.kind, filter));
         let task = match r.kind {
             RouteKind::Mqtt => RouteTask::Mqtt(mqtt::MqttRoute::new(r, store, node).map_err(err)?),

@@ -18,6 +18,7 @@ use rumqttc::{AsyncClient, ConnectionError, Event, EventLoop, MqttOptions, Outgo
 
 use super::config::{parse_broker, RouteConfig};
 use super::queue::{close_deadline, pause, sleep_until_opt, CloseSignal, RouteShared};
+use super::RouteError;
 use super::{Alert, CameraState};
 use crate::backoff::Backoff;
 
@@ -108,12 +109,12 @@ enum Outcome {
 }
 
 impl MqttRoute {
-    pub fn new(r: &RouteConfig, _store: &str, node: &str) -> Result<MqttRoute, String> {
-        let broker = r.broker.clone().ok_or("an mqtt route needs `broker`")?;
+    pub fn new(r: &RouteConfig, _store: &str, node: &str) -> Result<MqttRoute, RouteError> {
+        let broker = r.broker.clone().ok_or(RouteError::NoBroker)?;
         let (host, port) = parse_broker(&broker)?;
         let id = r.client_id.clone().unwrap_or_else(|| format!("lpmesh-{node}"));
         if id.is_empty() || id.starts_with(' ') {
-            return Err(format!("invalid MQTT client id {id:?}"));
+            return Err(RouteError::ClientId(id));
         }
         let mut opts = MqttOptions::new(id, host, port);
         opts.set_keep_alive(KEEP_ALIVE)
@@ -121,7 +122,10 @@ impl MqttRoute {
             .set_max_packet_size(MAX_PACKET, MAX_PACKET);
         if let (Some(user), Some(file)) = (&r.username, &r.password_file) {
             let password = super::config::read_secret(file, 1)?;
-            let password = String::from_utf8(password).map_err(|_| format!("{file}: the password is not UTF-8"))?;
+            let password = String::from_utf8(password).map_err(|source| RouteError::PasswordEncoding {
+                file: file.clone(),
+                source,
+            })?;
             opts.set_credentials(user.clone(), password);
         }
         if r.tls {

@@ -11,8 +11,9 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
-use super::config::{parse_webhook_url, RouteConfig};
+use super::config::{parse_webhook_url, RouteConfig, TlsError};
 use super::queue::{close_deadline, idle, pause, sleep_until_opt, CloseSignal, RouteShared};
+use super::RouteError;
 use crate::backoff::Backoff;
 
 /// One attempt, connection included.
@@ -43,8 +44,8 @@ enum AttemptError {
 }
 
 impl WebhookRoute {
-    pub fn new(r: &RouteConfig) -> Result<WebhookRoute, String> {
-        let url = r.url.as_deref().ok_or("a webhook route needs `url`")?;
+    pub fn new(r: &RouteConfig) -> Result<WebhookRoute, RouteError> {
+        let url = r.url.as_deref().ok_or(RouteError::NoUrl)?;
         let uri = parse_webhook_url(url)?;
         let secret = r
             .secret_file
@@ -59,7 +60,7 @@ impl WebhookRoute {
             Arc::new(
                 rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
                     .with_safe_default_protocol_versions()
-                    .map_err(|e| format!("TLS setup: {e}"))?
+                    .map_err(TlsError::Setup)?
                     .with_root_certificates(empty)
                     .with_no_client_auth(),
             )

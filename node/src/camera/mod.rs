@@ -22,8 +22,12 @@ pub enum CameraError {
     Model(#[from] ModelError),
     #[error(transparent)]
     Source(#[from] SourceError),
-    #[error("camera {camera}: {reason}")]
-    Config { camera: String, reason: String },
+    #[error("camera {camera}: {source}")]
+    Config {
+        camera: String,
+        #[source]
+        source: crate::rules::SpecError,
+    },
     #[error(transparent)]
     Pipeline(Box<crate::pipeline::PipelineError>),
 }
@@ -72,9 +76,9 @@ pub fn open_camera(
     }
     let spec = cfg
         .camera_spec(cam, detector.model_version())
-        .map_err(|reason| CameraError::Config {
+        .map_err(|source| CameraError::Config {
             camera: cam.name.clone(),
-            reason,
+            source,
         })?;
     let r = &cfg.rules;
     let gate = LearnGate {

@@ -17,3 +17,39 @@ pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .enable_all()
         .build()?)
 }
+
+/// An error and its causes, each once, for the terminal. The library's errors already say what
+/// caused them in their own message and keep the cause as their source too, where `{:#}` would
+/// print it twice; a context added here says nothing of its cause, which is then appended.
+pub fn report(e: &anyhow::Error) -> String {
+    let mut text = e.to_string();
+    for cause in e.chain().skip(1) {
+        let more = cause.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use anyhow::Context;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("cannot read x.toml: {source}")]
+    struct Read {
+        #[source]
+        source: std::io::Error,
+    }
+
+    #[test]
+    fn a_cause_is_reported_once_whether_or_not_the_message_above_it_says_it() {
+        let io = || std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
+        let e = anyhow::Error::from(Read { source: io() });
+        assert_eq!(super::report(&e), "cannot read x.toml: no such file");
+        let e = Err::<(), _>(io()).context("loading the zones").unwrap_err();
+        assert_eq!(super::report(&e), "loading the zones: no such file");
+    }
+}

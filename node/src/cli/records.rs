@@ -52,11 +52,11 @@ pub fn validate(file: &Path) -> Result<ExitCode> {
     let checked = if is_hq_config(file) {
         lpmesh_hq::config::HqConfig::load(file)
             .and_then(|c| c.metrics_token().map(|_| "HQ configuration"))
-            .map_err(|e| e.to_string())
+            .map_err(anyhow::Error::from)
     } else {
         NodeConfig::load(file)
             .map(|_| "store node configuration")
-            .map_err(|e| e.to_string())
+            .map_err(anyhow::Error::from)
     };
     match checked {
         Ok(what) => {

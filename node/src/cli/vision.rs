@@ -108,10 +108,10 @@ pub fn detect(a: DetectArgs) -> Result<ExitCode> {
         live,
     };
     let stats = run(capture, &mut analyzer, &opts, &stop, |r| {
-        write_frame(&mut out, a.format, r).map_err(|e| e.to_string())?;
+        write_frame(&mut out, a.format, r)?;
         if a.realtime || !r.events.is_empty() && live {
             // A reader following live output must not wait for a buffer to fill.
-            out.flush().map_err(|e| e.to_string())?;
+            out.flush()?;
         }
         if let Some(b) = &bar {
             b.inc(1);
@@ -274,9 +274,9 @@ pub fn demo(config: Option<PathBuf>, duration: Option<f64>) -> Result<ExitCode> 
             lines.push(format!("[{at}]        in view: {} people {}", ids.len(), ids.join(" ")));
         }
         for l in lines {
-            writeln!(stdout, "{l}").map_err(|e| e.to_string())?;
+            writeln!(stdout, "{l}")?;
         }
-        stdout.flush().map_err(|e| e.to_string())?;
+        stdout.flush()?;
         Ok(duration.is_none_or(|d| r.pts < d))
     })?;
     println!("{}", summary(&stats));

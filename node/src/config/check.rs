@@ -88,7 +88,7 @@ impl NodeConfig {
             if !table.contains_key(key) {
                 p.push((path(&[key]), "required".into()));
             } else if let Err(e) = check_name(v) {
-                p.push((path(&[key]), e));
+                p.push((path(&[key]), e.to_string()));
             }
         }
     }
@@ -284,7 +284,7 @@ impl NodeConfig {
         for (ci, cam) in self.cameras.iter().enumerate() {
             let at = path(&["camera"]).index(ci);
             if let Err(e) = check_name(&cam.name) {
-                p.push((at.clone().key("name"), e));
+                p.push((at.clone().key("name"), e.to_string()));
             } else if !camera_names.insert(cam.name.as_str()) {
                 p.push((
                     at.clone().key("name"),
@@ -307,7 +307,7 @@ impl NodeConfig {
             for (zi, z) in cam.zones.iter().enumerate() {
                 let zat = at.clone().key("zone").index(zi);
                 if let Err(e) = check_name(&z.name) {
-                    p.push((zat.clone().key("name"), e));
+                    p.push((zat.clone().key("name"), e.to_string()));
                 } else if !names.insert(z.name.as_str()) {
                     p.push((
                         zat.clone().key("name"),
@@ -330,7 +330,7 @@ impl NodeConfig {
             for (li, l) in cam.lines.iter().enumerate() {
                 let lat = at.clone().key("line").index(li);
                 if let Err(e) = check_name(&l.name) {
-                    p.push((lat.clone().key("name"), e));
+                    p.push((lat.clone().key("name"), e.to_string()));
                 } else if !names.insert(l.name.as_str()) {
                     p.push((
                         lat.clone().key("name"),
@@ -402,20 +402,33 @@ pub const ZONE_KINDS: [EventKind; 6] = [
 
 /// Names travel in every event: short, printable, no separators that would confuse ids or topics.
 /// A store or node name: what the configuration, invitations and member records accept.
-pub fn check_name(s: &str) -> Result<(), String> {
+pub fn check_name(s: &str) -> Result<(), NameError> {
     if s.is_empty() {
-        return Err("must not be empty".into());
+        return Err(NameError::Empty);
     }
     if s.len() > 64 {
-        return Err(format!("at most 64 characters, got {}", s.len()));
+        return Err(NameError::TooLong(s.len()));
     }
     if !s
         .chars()
         .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
     {
-        return Err(format!("{s:?}: use letters, digits, '-', '_' and '.' only"));
+        return Err(NameError::Characters(s.to_string()));
     }
     Ok(())
+}
+
+/// Why [`check_name`] refused a name. The message follows the field it is reported against, so it
+/// does not repeat what kind of name it is.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum NameError {
+    #[error("must not be empty")]
+    Empty,
+    /// The length in bytes.
+    #[error("at most 64 characters, got {0}")]
+    TooLong(usize),
+    #[error("{0:?}: use letters, digits, '-', '_' and '.' only")]
+    Characters(String),
 }
 
 pub(crate) fn check_point(p: &mut Vec<(FieldPath, String)>, at: FieldPath, pt: &[f32]) -> bool {

@@ -21,7 +21,7 @@ mod check;
 mod reader;
 mod schema;
 
-pub use check::{check_name, ZONE_KINDS};
+pub use check::{check_name, NameError, ZONE_KINDS};
 pub(crate) use reader::{field_path, line_of, path, toml_message, Reader};
 pub use reader::{ConfigError, ConfigProblem, FieldPath, Seg};
 pub use schema::*;

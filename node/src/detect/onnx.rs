@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
 use ort::device::Device;
@@ -118,28 +118,64 @@ const OPENVINO_EP: &str = "OpenVINOExecutionProvider";
 
 /// Plugin libraries registered with the environment, by path, and how that went: ONNX Runtime takes
 /// a library once per process.
-static PLUGINS: Mutex<BTreeMap<PathBuf, Result<(), String>>> = Mutex::new(BTreeMap::new());
+/// `Arc`: a failure is reported again to every later session, and `ort::Error` cannot be cloned.
+static PLUGINS: Mutex<BTreeMap<PathBuf, Result<(), Arc<ort::Error>>>> = Mutex::new(BTreeMap::new());
 
-fn register_plugin(env: &Environment, path: &Path) -> Result<(), String> {
+/// Why a plugin library could not be registered.
+#[derive(Debug, thiserror::Error)]
+enum PluginError {
+    #[error("{}: {source}", path.display())]
+    Path {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "{} not found: fetch it with `python3 models/build.py openvino`, or set runtime.openvino.plugin",
+        .0.display()
+    )]
+    NotFound(PathBuf),
+    #[error("ONNX Runtime cannot load {}: {source}", path.display())]
+    Load {
+        path: PathBuf,
+        #[source]
+        source: Arc<ort::Error>,
+    },
+}
+
+fn register_plugin(env: &Environment, path: &Path) -> Result<(), PluginError> {
     // Absolute, so the file checked is the file loaded (a bare name would send the loader searching the
     // library path) and one file is registered once however it is spelled.
-    let path = &std::path::absolute(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let path = &std::path::absolute(path).map_err(|source| PluginError::Path {
+        path: path.to_path_buf(),
+        source,
+    })?;
     if !path.is_file() {
-        return Err(format!(
-            "{} not found: fetch it with `python3 models/build.py openvino`, or set runtime.openvino.plugin",
-            path.display()
-        ));
+        return Err(PluginError::NotFound(path.clone()));
     }
     let mut plugins = PLUGINS.lock().unwrap_or_else(|p| p.into_inner());
-    if let Some(r) = plugins.get(path) {
-        return r.clone();
-    }
-    let name = format!("lpmesh-plugin-{}", plugins.len());
-    let r = env
-        .register_ep_library(name, path)
-        .map_err(|e| format!("ONNX Runtime cannot load {}: {e}", path.display()));
-    plugins.insert(path.to_path_buf(), r.clone());
-    r
+    let r = match plugins.get(path) {
+        Some(r) => r.clone(),
+        None => {
+            let name = format!("lpmesh-plugin-{}", plugins.len());
+            let r = env.register_ep_library(name, path).map_err(Arc::new);
+            plugins.insert(path.to_path_buf(), r.clone());
+            r
+        }
+    };
+    r.map_err(|source| PluginError::Load {
+        path: path.clone(),
+        source,
+    })
+}
+
+/// Why the OpenVINO plugin gives a session no device (the next provider in the list takes over).
+#[derive(Debug, thiserror::Error)]
+enum OpenVinoError {
+    #[error(transparent)]
+    Plugin(#[from] PluginError),
+    #[error("OpenVINO offers no {device} device here (it offers: {offered})")]
+    NoDevice { device: String, offered: String },
 }
 
 /// The devices of one provider a session is given: those the environment lists under `ep` with this
@@ -163,7 +199,7 @@ fn openvino_devices(
     env: &Environment,
     cfg: &OpenVinoConfig,
     threads: usize,
-) -> Result<(DeviceChoice, Vec<(String, String)>), String> {
+) -> Result<(DeviceChoice, Vec<(String, String)>), OpenVinoError> {
     let plugin = cfg.plugin.clone().unwrap_or_else(default_openvino_plugin_path);
     register_plugin(env, &plugin)?;
     let want = match cfg.device.as_str() {
@@ -184,15 +220,14 @@ fn openvino_devices(
                 Some(format!("{ep} on {:?}", d.hardware_device().ty()))
             })
             .collect();
-        return Err(format!(
-            "OpenVINO offers no {} device here (it offers: {})",
-            cfg.device,
-            if seen.is_empty() {
+        return Err(OpenVinoError::NoDevice {
+            device: cfg.device.clone(),
+            offered: if seen.is_empty() {
                 "none".into()
             } else {
                 seen.join(", ")
-            }
-        ));
+            },
+        });
     }
     // OpenVINO takes its device settings as one JSON object, per device.
     let mut settings = serde_json::Map::new();

@@ -9,15 +9,21 @@ use crate::zone::{CountingLine, Polygon};
 
 use super::{CameraSpec, LineSpec, ZoneKind, ZoneSpec};
 
+/// Why a camera's configuration does not compile: only a configuration that skipped its checks.
+#[derive(Debug, thiserror::Error)]
+pub enum SpecError {
+    /// The schedule's problems, each with its field.
+    #[error("{}", .0.iter().map(|(a, m)| format!("{a}: {m}")).collect::<Vec<_>>().join("; "))]
+    Schedule(Vec<(FieldPath, String)>),
+    /// The zone's name.
+    #[error("zone {0:?} has fewer than 3 points")]
+    Polygon(String),
+}
+
 impl NodeConfig {
     /// Compiles a (validated) camera's zones, lines and rule overrides for the rules engine.
-    pub fn camera_spec(&self, cam: &CameraConfig, model: &str) -> Result<CameraSpec, String> {
-        let schedule = self.schedule.compile().map_err(|e| {
-            e.iter()
-                .map(|(a, m)| format!("{a}: {m}"))
-                .collect::<Vec<_>>()
-                .join("; ")
-        })?;
+    pub fn camera_spec(&self, cam: &CameraConfig, model: &str) -> Result<CameraSpec, SpecError> {
+        let schedule = self.schedule.compile().map_err(SpecError::Schedule)?;
         let threshold = cam.score_threshold.unwrap_or(self.detector.score_threshold);
         let applies = |o: &RuleOverride, kind: EventKind, zone: Option<&str>| {
             o.kind == kind && (o.zone.is_none() || o.zone.as_deref() == zone)
@@ -32,7 +38,7 @@ impl NodeConfig {
         let mut zones = Vec::new();
         for z in &cam.zones {
             let polygon = Polygon::new(z.polygon.iter().map(|p| [p[0], p[1]]).collect())
-                .ok_or_else(|| format!("zone {:?} has fewer than 3 points", z.name))?;
+                .ok_or_else(|| SpecError::Polygon(z.name.clone()))?;
             let mut spec = ZoneSpec {
                 name: z.name.clone(),
                 kind: z.kind,

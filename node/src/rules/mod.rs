@@ -17,6 +17,7 @@ use crate::event::{EventKind, Severity};
 use crate::schedule::Schedule;
 use crate::zone::{CountingLine, Polygon};
 
+pub use from_config::SpecError;
 pub use state::{CameraRules, Observation};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -21,13 +21,34 @@ pub struct Frame {
 pub enum SourceError {
     #[error("cannot open video source {source_name}: {reason}")]
     Open { source_name: String, reason: String },
-    #[error("reading from {source_name} failed: {reason}")]
-    Read { source_name: String, reason: String },
+    #[error("reading from {source_name} failed: {source}")]
+    Read {
+        source_name: String,
+        #[source]
+        source: ReadError,
+    },
     /// A live source could not be (re)connected this time; it will be tried again.
     #[error("{source_name} is unavailable: {reason}")]
     Unavailable { source_name: String, reason: String },
     #[error("stopped")]
     Stopped,
+}
+
+/// Why a source that was opened gave no frame.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("not connected")]
+    NotConnected,
+    #[cfg(feature = "vision")]
+    #[error(transparent)]
+    OpenCv(#[from] ::opencv::Error),
+    #[error("unsupported pixel type {0}")]
+    PixelType(i32),
+    #[error("frame is not contiguous in memory")]
+    NotContiguous,
+    /// A file that cannot seek back to its start is opened again to loop it, and that failed.
+    #[error(transparent)]
+    Reopen(Box<SourceError>),
 }
 
 /// A camera or video. Blocking: each source runs on its own thread.

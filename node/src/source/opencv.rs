@@ -15,7 +15,7 @@ use crate::backoff::Backoff;
 /// How long opening a network camera, and waiting for its next packet, may take.
 const OPEN_TIMEOUT_MS: i32 = 5_000;
 const READ_TIMEOUT_MS: i32 = 3_000;
-use super::{Frame, FrameSource, SourceError};
+use super::{Frame, FrameSource, ReadError, SourceError};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SourceKind {
@@ -217,31 +217,31 @@ impl OpenCvSource {
     }
 
     /// Reads one raw frame into `self.mat`; Ok(false) at the end of the stream.
-    fn read_raw(&mut self) -> Result<bool, String> {
-        let cap = self.cap.as_mut().ok_or("not connected")?;
+    fn read_raw(&mut self) -> Result<bool, ReadError> {
+        let cap = self.cap.as_mut().ok_or(ReadError::NotConnected)?;
         match cap.read(&mut self.mat) {
             Ok(true) if !self.mat.empty() => Ok(true),
             Ok(_) => Ok(false),
-            Err(e) => Err(e.message),
+            Err(e) => Err(e.into()),
         }
     }
 
-    fn rewind(&mut self) -> Result<(), String> {
+    fn rewind(&mut self) -> Result<(), ReadError> {
         self.loop_offset += self.frames_this_loop;
         self.frames_this_loop = 0;
-        let cap = self.cap.as_mut().ok_or("not connected")?;
+        let cap = self.cap.as_mut().ok_or(ReadError::NotConnected)?;
         match cap.set(videoio::CAP_PROP_POS_FRAMES, 0.0) {
             Ok(true) => Ok(()),
             // Some containers cannot seek: open the file again instead.
             _ => {
                 self.cap = None;
-                self.connect().map_err(|e| e.to_string())
+                self.connect().map_err(|e| ReadError::Reopen(Box::new(e)))
             }
         }
     }
 
     /// Copies `self.mat` (any of grey, BGR, BGRA) into `buf` as packed BGR.
-    fn copy_bgr(&mut self, mut buf: Vec<u8>) -> Result<(u32, u32, Vec<u8>), String> {
+    fn copy_bgr(&mut self, mut buf: Vec<u8>) -> Result<(u32, u32, Vec<u8>), ReadError> {
         let typ = self.mat.typ();
         let src = match typ {
             t if t == CV_8UC3 => &self.mat,
@@ -251,16 +251,16 @@ impl OpenCvSource {
                 } else {
                     imgproc::COLOR_BGRA2BGR
                 };
-                imgproc::cvt_color_def(&self.mat, &mut self.converted, code).map_err(|e| e.message)?;
+                imgproc::cvt_color_def(&self.mat, &mut self.converted, code)?;
                 &self.converted
             }
-            other => return Err(format!("unsupported pixel type {other}")),
+            other => return Err(ReadError::PixelType(other)),
         };
-        let size = src.size().map_err(|e| e.message)?;
+        let size = src.size()?;
         let bytes = if src.is_continuous() {
-            src.data_bytes().map_err(|e| e.message)?
+            src.data_bytes()?
         } else {
-            return Err("frame is not contiguous in memory".into());
+            return Err(ReadError::NotContiguous);
         };
         buf.clear();
         buf.extend_from_slice(bytes);
@@ -309,9 +309,9 @@ impl FrameSource for OpenCvSource {
                 Ok(true) => {}
                 Ok(false) if !self.kind.is_live() => {
                     if self.opts.looping && self.frames_this_loop > 0 {
-                        self.rewind().map_err(|reason| SourceError::Read {
+                        self.rewind().map_err(|source| SourceError::Read {
                             source_name: self.name.clone(),
-                            reason,
+                            source,
                         })?;
                         continue;
                     }
@@ -321,23 +321,23 @@ impl FrameSource for OpenCvSource {
                     self.disconnect("end of stream");
                     continue;
                 }
-                Err(reason) if !self.kind.is_live() => {
+                Err(source) if !self.kind.is_live() => {
                     return Err(SourceError::Read {
                         source_name: self.name.clone(),
-                        reason,
+                        source,
                     });
                 }
-                Err(reason) => {
-                    self.disconnect(&reason);
+                Err(e) => {
+                    self.disconnect(&e.to_string());
                     continue;
                 }
             }
             let (width, height, bgr) = match self.copy_bgr(buf) {
                 Ok(v) => v,
-                Err(reason) => {
+                Err(source) => {
                     return Err(SourceError::Read {
                         source_name: self.name.clone(),
-                        reason,
+                        source,
                     })
                 }
             };

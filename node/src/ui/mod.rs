@@ -1285,7 +1285,9 @@ async fn put_zones(
     let n = body.zones.len();
     tokio::task::block_in_place(|| z.save_zones(&camera, body.zones)).map_err(|e| match e {
         zones::ZoneError::NoCamera(_) => ApiError::new(StatusCode::NOT_FOUND, e.to_string()),
-        zones::ZoneError::Invalid(_) => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()),
+        zones::ZoneError::Edit(_) | zones::ZoneError::Invalid(_) => {
+            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string())
+        }
         zones::ZoneError::File { .. } => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     })?;
     tracing::info!(camera = %camera, zones = n, by = %s.user, "zones edited in the UI");
