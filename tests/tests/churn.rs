@@ -152,9 +152,9 @@ fn five_nodes_through_partitions_delays_loss_and_restarts_converge_with_hq_match
 
     let mut nodes: Vec<Node> = (0..NODES)
         .map(|i| Node {
-            data: dir.join(&format!("n{i}")),
-            config: dir.join(&format!("n{i}.toml")),
-            log: dir.join(&format!("n{i}.log")),
+            data: dir.join(format!("n{i}")),
+            config: dir.join(format!("n{i}.toml")),
+            log: dir.join(format!("n{i}.log")),
             listen: HeldPort::new(),
             ops: 0,
             proc: None,

@@ -243,13 +243,13 @@ fn two_hq_processes_on_one_postgresql_take_uploads_at_once_and_share_logins() {
     );
     let mut cfgs = Vec::new();
     for i in 0..2 {
-        let data = dir.join(&format!("hq-{i}"));
+        let data = dir.join(format!("hq-{i}"));
         if i == 1 {
             // The second receiver decrypts with the same identity: a copy of the first's.
             std::fs::create_dir_all(&data).unwrap();
             std::fs::copy(dir.join("hq-0/hq.identity"), data.join("hq.identity")).unwrap();
         }
-        let cfg = dir.join(&format!("hq-{i}.toml"));
+        let cfg = dir.join(format!("hq-{i}.toml"));
         std::fs::write(
             &cfg,
             format!(
@@ -307,9 +307,9 @@ fn two_hq_processes_on_one_postgresql_take_uploads_at_once_and_share_logins() {
         assert!(add.wait().unwrap().success());
     }
     let mut procs: Vec<_> = (0..2)
-        .map(|i| spawn(&["hq", "--config", &cfgs[i]], &dir.join(&format!("hq-{i}.log"))))
+        .map(|i| spawn(&["hq", "--config", &cfgs[i]], &dir.join(format!("hq-{i}.log"))))
         .collect();
-    let certs: Vec<_> = (0..2).map(|i| dir.join(&format!("hq-{i}/cert.pem"))).collect();
+    let certs: Vec<_> = (0..2).map(|i| dir.join(format!("hq-{i}/cert.pem"))).collect();
 
     let hour = 3_600_000i64;
     let now = chrono_now();

@@ -375,11 +375,11 @@ fn only_admitted_nodes_connect_even_with_the_stores_secrets() {
     ];
     let mut procs = Vec::new();
     for (name, data, port, extra) in &cfgs {
-        let c = dir.join(&format!("{name}.toml"));
+        let c = dir.join(format!("{name}.toml"));
         std::fs::write(&c, node(name, data, *port, extra)).unwrap();
         procs.push(spawn(
             &["run", "--config", &c.to_string_lossy(), "--synthetic", "5"],
-            &dir.join(&format!("{name}.log")),
+            &dir.join(format!("{name}.log")),
         ));
         std::thread::sleep(Duration::from_millis(300));
     }
@@ -443,7 +443,7 @@ fn a_revoked_node_is_dropped_by_every_member_and_its_later_records_are_refused()
     let n3_peer = joined.split("this node is ").nth(1).unwrap().trim().to_string();
     let (p1, p2, p3, ops) = (free_port(), free_port(), free_port(), free_port());
     let config = |name: &str, data: &Path, port: u16, extra: &str| {
-        let c = dir.join(&format!("{name}.toml"));
+        let c = dir.join(format!("{name}.toml"));
         std::fs::write(
             &c,
             format!(
@@ -480,7 +480,7 @@ fn a_revoked_node_is_dropped_by_every_member_and_its_later_records_are_refused()
     let run = |c: &Path, name: &str| {
         spawn(
             &["run", "--config", &c.to_string_lossy(), "--synthetic", "5"],
-            &dir.join(&format!("{name}.log")),
+            &dir.join(format!("{name}.log")),
         )
     };
     let peers = |want: f64, refused_at_least: f64| {

@@ -169,56 +169,21 @@ pub enum SecretError {
 /// Why [`client_tls`] could not build a TLS client configuration.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
-    #[error("ca_file {path}: {source}")]
-    CaFile {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("ca_file {0}: no certificate in it")]
-    NoCertificate(String),
+    // The file's own error names its path; "ca_file" says which setting it came from.
+    #[error("ca_file {0}")]
+    CaFile(#[from] lpmesh_web::tls::ClientTlsError),
     #[error("no system root certificates found (install ca-certificates)")]
     NoSystemRoots,
-    #[error("TLS setup: {0}")]
-    Setup(#[source] rustls::Error),
 }
 
 /// A TLS client configuration that trusts `ca_file`'s certificates, or the system's without one.
 pub fn client_tls(ca_file: Option<&str>) -> Result<std::sync::Arc<rustls::ClientConfig>, TlsError> {
-    let mut roots = rustls::RootCertStore::empty();
-    match ca_file {
-        Some(ca) => {
-            let ca_err = |source| TlsError::CaFile {
-                path: ca.to_string(),
-                source,
-            };
-            let pem = std::fs::read(ca).map_err(ca_err)?;
-            let certs: Vec<_> = rustls_pemfile::certs(&mut pem.as_slice())
-                .collect::<Result<_, _>>()
-                .map_err(ca_err)?;
-            let (added, _) = roots.add_parsable_certificates(certs);
-            if added == 0 {
-                return Err(TlsError::NoCertificate(ca.to_string()));
-            }
-        }
-        None => {
-            let found = rustls_native_certs::load_native_certs();
-            for e in &found.errors {
-                tracing::warn!("reading system certificates: {e}");
-            }
-            let (added, _ignored) = roots.add_parsable_certificates(found.certs);
-            if added == 0 {
-                return Err(TlsError::NoSystemRoots);
-            }
-        }
+    let roots = lpmesh_web::tls::trust_roots(ca_file.map(std::path::Path::new))?;
+    // A route with no roots could never connect: say why at start, not at the first alert.
+    if roots.is_empty() {
+        return Err(TlsError::NoSystemRoots);
     }
-    let tls =
-        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .map_err(TlsError::Setup)?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-    Ok(std::sync::Arc::new(tls))
+    Ok(std::sync::Arc::new(lpmesh_web::tls::client_config(roots)?))
 }
 
 /// Splits `host[:port]` / `[v6]:port`. The host keeps IPv6 brackets because that is the form a socket

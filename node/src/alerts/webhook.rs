@@ -56,14 +56,7 @@ impl WebhookRoute {
             super::config::client_tls(r.ca_file.as_deref())?
         } else {
             // A LAN receiver on http:// needs no certificates: none are read.
-            let empty = rustls::RootCertStore::empty();
-            Arc::new(
-                rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-                    .with_safe_default_protocol_versions()
-                    .map_err(TlsError::Setup)?
-                    .with_root_certificates(empty)
-                    .with_no_client_auth(),
-            )
+            Arc::new(lpmesh_web::tls::client_config(rustls::RootCertStore::empty()).map_err(TlsError::from)?)
         };
         let https = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config((*tls).clone())
