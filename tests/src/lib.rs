@@ -147,3 +147,60 @@ pub fn scrape(port: u16) -> Option<Vec<(String, f64)>> {
     let (status, body) = try_http_get(port, "/metrics").ok()?;
     (status == 200).then(|| prometheus(&body))
 }
+
+/// An HQ provisioned for a test the way an installer does it: its configuration written and `lpmesh
+/// hq init` run (which makes its certificate and its recipient). Not started: the test decides when.
+pub struct HqSetup {
+    /// The configuration file, for `lpmesh hq --config`.
+    pub config: String,
+    /// What `lpmesh hq init` printed.
+    pub init: String,
+    /// The recipient the stores encrypt their summaries to.
+    pub recipient: String,
+    /// HQ's certificate, which the stores trust (`[hq] ca_cert`).
+    pub cert: PathBuf,
+    pub port: u16,
+}
+
+/// Provisions an HQ in `dir` (data in `dir/hq`, configuration `dir/hq.toml`) listening on `port`;
+/// `extra` is appended to its configuration (`dashboard_listen`, `database_url`).
+pub fn hq_setup(dir: &std::path::Path, port: u16, extra: &str) -> HqSetup {
+    let data = dir.join("hq");
+    let config = dir.join("hq.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:{port}\"\ndata_dir = \"{}\"\n{extra}",
+            data.display()
+        ),
+    )
+    .expect("write hq.toml");
+    let config = config.to_string_lossy().to_string();
+    let init = ok(&["hq", "init", "--config", &config]);
+    HqSetup {
+        recipient: hq_recipient(&init),
+        init,
+        config,
+        cert: data.join("cert.pem"),
+        port,
+    }
+}
+
+impl HqSetup {
+    /// Registers the store whose member node keeps its data in `member`, with the key `lpmesh
+    /// store-key` prints there.
+    pub fn register(&self, store: &str, member: &std::path::Path) {
+        let key = ok(&["store-key", "--data", &member.to_string_lossy()]);
+        assert!(key.starts_with("ed25519:"), "{key}");
+        ok(&[
+            "hq",
+            "register-store",
+            "--config",
+            &self.config,
+            "--store",
+            store,
+            "--key",
+            key.trim(),
+        ]);
+    }
+}

@@ -14,8 +14,7 @@ use std::time::{Duration, Instant};
 
 use lpmesh_hq::store::{Embedded, Filter};
 use lpmesh_tests::{
-    free_port, hq_recipient, interrupt, log_tail, lpmesh, lpmesh_path, metric, now_ms, ok, scrape, FaultProxy,
-    HeldPort, Rng, TempDir,
+    free_port, interrupt, log_tail, lpmesh, lpmesh_path, metric, now_ms, ok, scrape, FaultProxy, HeldPort, Rng, TempDir,
 };
 
 const NODES: usize = 5;
@@ -131,23 +130,13 @@ fn five_nodes_through_partitions_delays_loss_and_restarts_converge_with_hq_match
     // HQ (embedded store), reached through its own proxy.
     let mut hq_hold = HeldPort::new();
     let hq_port = hq_hold.port();
-    let hq_toml = dir.join("hq.toml");
-    std::fs::write(
-        &hq_toml,
-        format!(
-            "listen = \"127.0.0.1:{hq_port}\"\ndashboard_listen = \"127.0.0.1:0\"\ndata_dir = \"{}\"\n",
-            dir.join("hq").display()
-        ),
-    )
-    .unwrap();
-    let hq_cfg = hq_toml.to_string_lossy().to_string();
-    let init = ok(&["hq", "init", "--config", &hq_cfg]);
-    let recipient = hq_recipient(&init);
+    let hq_setup = lpmesh_tests::hq_setup(&dir.0, hq_port, "dashboard_listen = \"127.0.0.1:0\"\n");
+    let (hq_cfg, recipient) = (hq_setup.config.clone(), hq_setup.recipient.clone());
     let hq_proxy = FaultProxy::start(([127, 0, 0, 1], hq_port).into());
     let hq = HqInfo {
         proxy_port: hq_proxy.port(),
         recipient,
-        cert: dir.join("hq").join("cert.pem"),
+        cert: hq_setup.cert.clone(),
     };
 
     let mut nodes: Vec<Node> = (0..NODES)
@@ -166,17 +155,7 @@ fn five_nodes_through_partitions_delays_loss_and_restarts_converge_with_hq_match
     for n in &nodes[1..] {
         lpmesh_tests::enrol(&nodes[0].data, &n.data);
     }
-    let key = ok(&["store-key", "--data", &nodes[0].data.to_string_lossy()]);
-    ok(&[
-        "hq",
-        "register-store",
-        "--config",
-        &hq_cfg,
-        "--store",
-        STORE,
-        "--key",
-        key.trim(),
-    ]);
+    hq_setup.register(STORE, &nodes[0].data);
     hq_hold.release();
     let mut hq_proc = spawn(&["hq", "--config", &hq_cfg], &dir.join("hq.log"));
 

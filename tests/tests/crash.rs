@@ -4,7 +4,7 @@
 //! time. The seed is printed; `LPMESH_CRASH_SEED=N` replays a run, `LPMESH_CRASH_CYCLES=N` changes the count.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -14,7 +14,7 @@ use lpmesh_hq::store::{Filter, HqStore};
 use lpmesh_hq::summary::Summary;
 use lpmesh_hq::testpg::TestPg;
 use lpmesh_hq::vv::VersionVector;
-use lpmesh_tests::{free_port, hq_recipient, interrupt, lpmesh_path, metric, ok, scrape, Rng, TempDir};
+use lpmesh_tests::{free_port, interrupt, lpmesh_path, metric, ok, scrape, Rng, TempDir};
 
 fn rng_from_env() -> Rng {
     let seed = std::env::var("LPMESH_CRASH_SEED")
@@ -66,35 +66,11 @@ fn tail(path: &Path) -> String {
         .join("\n")
 }
 
-struct Hq {
-    config: String,
-    recipient: String,
-    cert: PathBuf,
-    port: u16,
-}
+type Hq = lpmesh_tests::HqSetup;
 
 fn hq_setup(dir: &TempDir, pg: &TestPg) -> Hq {
-    let port = free_port();
-    let hq_dir = dir.join("hq");
-    let config = dir.join("hq.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "listen = \"127.0.0.1:{port}\"\ndashboard_listen = \"127.0.0.1:0\"\ndata_dir = \"{}\"\ndatabase_url = \"{}\"\n",
-            hq_dir.display(),
-            pg.url()
-        ),
-    )
-    .unwrap();
-    let config = config.to_string_lossy().to_string();
-    let init = ok(&["hq", "init", "--config", &config]);
-    let recipient = hq_recipient(&init);
-    Hq {
-        config,
-        recipient,
-        cert: hq_dir.join("cert.pem"),
-        port,
-    }
+    let extra = format!("dashboard_listen = \"127.0.0.1:0\"\ndatabase_url = \"{}\"\n", pg.url());
+    lpmesh_tests::hq_setup(&dir.0, free_port(), &extra)
 }
 
 fn wait_healthy(hq: &Hq, log: &Path) {
@@ -149,17 +125,7 @@ fn a_node_killed_50_times_loses_no_durable_record_and_never_reuses_a_seq() {
     let (a, b) = (dir.join("a"), dir.join("b"));
     ok(&["init", "--store", "shop-crash", "--data", &a.to_string_lossy()]);
     lpmesh_tests::enrol(&a, &b);
-    let key = ok(&["store-key", "--data", &a.to_string_lossy()]);
-    ok(&[
-        "hq",
-        "register-store",
-        "--config",
-        &hq.config,
-        "--store",
-        "shop-crash",
-        "--key",
-        key.trim(),
-    ]);
+    hq.register("shop-crash", &a);
     wait_healthy(&hq, &hq_log);
 
     let (b_ops, b_mesh) = (free_port(), free_port());

@@ -25,18 +25,12 @@ fn a_store_reports_to_hq_through_its_elected_leader() {
     let dir = TempDir::new("hq-e2e");
     let hq_dir = dir.join("hq");
     let hq_port = free_port();
-    let hq_toml = dir.join("hq.toml");
-    std::fs::write(
-        &hq_toml,
-        format!(
-            "listen = \"127.0.0.1:{hq_port}\"\ndashboard_listen = \"127.0.0.1:0\"\ndata_dir = \"{}\"\n",
-            hq_dir.display()
-        ),
-    )
-    .unwrap();
-    let hq_cfg = hq_toml.to_string_lossy().to_string();
-    let init = ok(&["hq", "init", "--config", &hq_cfg]);
-    let recipient = hq_recipient(&init);
+    let hq_setup = lpmesh_tests::hq_setup(&dir.0, hq_port, "dashboard_listen = \"127.0.0.1:0\"\n");
+    let (hq_cfg, init, recipient) = (
+        hq_setup.config.clone(),
+        hq_setup.init.clone(),
+        hq_setup.recipient.clone(),
+    );
     assert!(recipient.starts_with("age1"), "{init}");
     assert!(init.contains("fingerprint     SHA-256 "), "{init}");
     let mut hq = spawn(&["hq", "--config", &hq_cfg], &dir.join("hq.log"));
@@ -44,19 +38,8 @@ fn a_store_reports_to_hq_through_its_elected_leader() {
     let (n1, n2) = (dir.join("n1"), dir.join("n2"));
     ok(&["init", "--store", "shop-e2e", "--data", &n1.to_string_lossy()]);
     lpmesh_tests::enrol(&n1, &n2);
-    let key = ok(&["store-key", "--data", &n2.to_string_lossy()]);
-    assert!(key.starts_with("ed25519:"), "{key}");
     // Registered while HQ is already running.
-    ok(&[
-        "hq",
-        "register-store",
-        "--config",
-        &hq_cfg,
-        "--store",
-        "shop-e2e",
-        "--key",
-        key.trim(),
-    ]);
+    hq_setup.register("shop-e2e", &n2);
     let bad = lpmesh()
         .args([
             "hq",

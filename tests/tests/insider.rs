@@ -15,7 +15,7 @@ use lpmesh_mesh::log::Log;
 use lpmesh_mesh::record::RecordKind;
 use lpmesh_node::action::{Action, ActionKind};
 use lpmesh_node::event::{Detail, Event, EventKind, Phase};
-use lpmesh_tests::{enrol, free_port, hq_recipient, interrupt, lpmesh, metric, now_ms, ok, spawn, TempDir};
+use lpmesh_tests::{enrol, free_port, interrupt, lpmesh, metric, now_ms, ok, spawn, TempDir};
 
 const STORE: &str = "shop-insider";
 
@@ -54,31 +54,12 @@ fn a_member_forging_records_is_contained_and_hq_still_hears_the_store() {
     let dir = TempDir::new("insider");
     let hq_dir = dir.join("hq");
     let hq_port = free_port();
-    let hq_toml = dir.join("hq.toml");
-    std::fs::write(
-        &hq_toml,
-        format!(
-            "listen = \"127.0.0.1:{hq_port}\"\ndata_dir = \"{}\"\n",
-            hq_dir.display()
-        ),
-    )
-    .unwrap();
-    let hq_cfg = hq_toml.to_string_lossy().to_string();
-    let recipient = hq_recipient(&ok(&["hq", "init", "--config", &hq_cfg]));
+    let hq_setup = lpmesh_tests::hq_setup(&dir.0, hq_port, "");
+    let (hq_cfg, recipient) = (hq_setup.config.clone(), hq_setup.recipient.clone());
     let (n1, n2) = (dir.join("n1"), dir.join("n2"));
     ok(&["init", "--store", STORE, "--data", &n1.to_string_lossy()]);
     lpmesh_tests::enrol_with(&n1, &n2, &["--node", "back"]);
-    let key = ok(&["store-key", "--data", &n1.to_string_lossy()]);
-    ok(&[
-        "hq",
-        "register-store",
-        "--config",
-        &hq_cfg,
-        "--store",
-        STORE,
-        "--key",
-        key.trim(),
-    ]);
+    hq_setup.register(STORE, &n1);
     let mut hq = spawn(&["hq", "--config", &hq_cfg], &dir.join("hq.log"));
 
     // The insider signs its forgeries into its own log, as its node would have written them.

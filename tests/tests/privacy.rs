@@ -9,9 +9,7 @@
 
 use std::time::{Duration, Instant};
 
-use lpmesh_tests::{
-    free_port, hq_recipient, http_get, interrupt, metric, ok, prometheus, spawn, FaultProxy, HeldPort, TempDir,
-};
+use lpmesh_tests::{free_port, http_get, interrupt, metric, ok, prometheus, spawn, FaultProxy, HeldPort, TempDir};
 
 fn find(hay: &[u8], needle: &[u8]) -> usize {
     hay.windows(needle.len()).filter(|w| *w == needle).count()
@@ -21,32 +19,12 @@ fn find(hay: &[u8], needle: &[u8]) -> usize {
 fn the_bytes_a_node_sends_to_peers_and_hq_carry_no_event_field_and_no_image() {
     let dir = TempDir::new("privacy");
     let hq_port = free_port();
-    let hq_toml = dir.join("hq.toml");
-    std::fs::write(
-        &hq_toml,
-        format!(
-            "listen = \"127.0.0.1:{hq_port}\"\ndata_dir = \"{}\"\n",
-            dir.join("hq").display()
-        ),
-    )
-    .unwrap();
-    let hq_cfg = hq_toml.to_string_lossy().to_string();
-    let init = ok(&["hq", "init", "--config", &hq_cfg]);
-    let recipient = hq_recipient(&init);
+    let hq_setup = lpmesh_tests::hq_setup(&dir.0, hq_port, "");
+    let (hq_cfg, recipient) = (hq_setup.config.clone(), hq_setup.recipient.clone());
     let (a, b) = (dir.join("a"), dir.join("b"));
     ok(&["init", "--store", "privacy-store", "--data", &a.to_string_lossy()]);
     lpmesh_tests::enrol(&a, &b);
-    let key = ok(&["store-key", "--data", &a.to_string_lossy()]);
-    ok(&[
-        "hq",
-        "register-store",
-        "--config",
-        &hq_cfg,
-        "--store",
-        "privacy-store",
-        "--key",
-        key.trim(),
-    ]);
+    hq_setup.register("privacy-store", &a);
     let mut hq = spawn(&["hq", "--config", &hq_cfg], &dir.join("hq.log"));
 
     // Held while the proxies bind theirs, so no proxy lands on a node's port.
