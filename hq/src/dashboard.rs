@@ -746,11 +746,13 @@ async fn metrics(State(st): State<Arc<HqState>>, headers: HeaderMap, who: Result
             Err(e) => return e.into_response(),
         }
     }
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        st.metrics.prometheus(),
-    )
-        .into_response()
+    match st.metrics.prometheus() {
+        Ok(text) => ([(header::CONTENT_TYPE, lpmesh_web::metrics::CONTENT_TYPE)], text).into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "metrics could not be written");
+            StatusCode::INTERNAL_SERVER_ERROR.into_response()
+        }
+    }
 }
 
 #[cfg(test)]

@@ -29,6 +29,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use lpmesh_web::metrics::Exposition;
 use serde::{Deserialize, Serialize};
 
 use crate::envelope::{Envelope, EnvelopeError};
@@ -144,30 +145,33 @@ impl Metrics {
         self.rejected.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    pub fn prometheus(&self) -> String {
-        let mut s = String::new();
-        s.push_str("# HELP lpmesh_hq_envelopes_received_total Envelopes posted to HQ.\n");
-        s.push_str("# TYPE lpmesh_hq_envelopes_received_total counter\n");
-        s.push_str(&format!(
-            "lpmesh_hq_envelopes_received_total {}\n",
-            self.received.load(Ordering::Relaxed)
-        ));
-        s.push_str("# HELP lpmesh_hq_summaries_total Accepted envelopes by what HQ did with them.\n");
-        s.push_str("# TYPE lpmesh_hq_summaries_total counter\n");
-        for (k, v) in self.outcomes() {
-            s.push_str(&format!("lpmesh_hq_summaries_total{{outcome=\"{k}\"}} {v}\n"));
-        }
-        s.push_str("# HELP lpmesh_hq_rejected_total Refused envelopes by reason.\n");
-        s.push_str("# TYPE lpmesh_hq_rejected_total counter\n");
-        for (k, v) in self.rejections() {
-            s.push_str(&format!("lpmesh_hq_rejected_total{{reason=\"{k}\"}} {v}\n"));
-        }
-        s.push_str("# HELP lpmesh_hq_logins_total Dashboard logins by outcome.\n");
-        s.push_str("# TYPE lpmesh_hq_logins_total counter\n");
-        for (k, v) in self.logins() {
-            s.push_str(&format!("lpmesh_hq_logins_total{{outcome=\"{k}\"}} {v}\n"));
-        }
-        s
+    /// HQ's counters as Prometheus text ([`lpmesh_web::metrics::CONTENT_TYPE`]).
+    pub fn prometheus(&self) -> Result<String, std::fmt::Error> {
+        let mut x = Exposition::default();
+        x.counter(
+            "lpmesh_hq_envelopes_received_total",
+            "Envelopes posted to HQ.",
+            self.received.load(Ordering::Relaxed),
+        );
+        let by = |key: &'static str, counts: BTreeMap<&'static str, u64>| {
+            counts.into_iter().map(move |(k, n)| ([(key, k)], n))
+        };
+        x.counters(
+            "lpmesh_hq_summaries_total",
+            "Accepted envelopes by what HQ did with them.",
+            by("outcome", self.outcomes()),
+        );
+        x.counters(
+            "lpmesh_hq_rejected_total",
+            "Refused envelopes by reason.",
+            by("reason", self.rejections()),
+        );
+        x.counters(
+            "lpmesh_hq_logins_total",
+            "Dashboard logins by outcome.",
+            by("outcome", self.logins()),
+        );
+        x.encode()
     }
 }
 
@@ -375,4 +379,36 @@ pub async fn serve_dashboard(
         "HQ dashboard",
     )
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_keep_their_names_labels_and_help() {
+        let m = Metrics::default();
+        m.received.store(3, Ordering::Relaxed);
+        m.outcome(Decision::Insert);
+        m.outcome(Decision::Stale);
+        m.rejected("bad_signature");
+        m.login("ok");
+        m.login("wrong");
+        // Exactly what the hand-written exposition printed before prometheus-client wrote it.
+        let want = "# HELP lpmesh_hq_envelopes_received_total Envelopes posted to HQ.\n\
+             # TYPE lpmesh_hq_envelopes_received_total counter\n\
+             lpmesh_hq_envelopes_received_total 3\n\
+             # HELP lpmesh_hq_summaries_total Accepted envelopes by what HQ did with them.\n\
+             # TYPE lpmesh_hq_summaries_total counter\n\
+             lpmesh_hq_summaries_total{outcome=\"stale\"} 1\n\
+             lpmesh_hq_summaries_total{outcome=\"stored\"} 1\n\
+             # HELP lpmesh_hq_rejected_total Refused envelopes by reason.\n\
+             # TYPE lpmesh_hq_rejected_total counter\n\
+             lpmesh_hq_rejected_total{reason=\"bad_signature\"} 1\n\
+             # HELP lpmesh_hq_logins_total Dashboard logins by outcome.\n\
+             # TYPE lpmesh_hq_logins_total counter\n\
+             lpmesh_hq_logins_total{outcome=\"ok\"} 1\n\
+             lpmesh_hq_logins_total{outcome=\"wrong\"} 1\n";
+        assert_eq!(m.prometheus().unwrap(), want);
+    }
 }

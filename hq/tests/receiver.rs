@@ -158,7 +158,7 @@ async fn suite(store: HqStore) {
     assert_eq!(rejected.get("undecryptable"), Some(&1));
     assert_eq!(rejected.get("too_large"), Some(&1));
     assert_eq!(rejected.get("malformed"), Some(&2));
-    let metrics = state.metrics.prometheus();
+    let metrics = state.metrics.prometheus().unwrap();
     assert!(
         metrics.contains("lpmesh_hq_rejected_total{reason=\"bad_signature\"} 3"),
         "{metrics}"

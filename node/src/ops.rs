@@ -1,9 +1,9 @@
 //! What an installer and a monitoring system see of a running node, on its own listener (`[ops] listen`,
-//! loopback by default, so the counters need no login): `/metrics` in the Prometheus text format,
-//! `/health` (the process answers) and `/ready` (cameras opened, model loaded, mesh up).
+//! loopback by default, so the counters need no login): `/metrics` in the Prometheus text format
+//! (written by `prometheus-client`, [`lpmesh_web::metrics`]), `/health` (the process answers) and
+//! `/ready` (cameras opened, model loaded, mesh up).
 
 use std::collections::BTreeMap;
-use std::fmt::Write;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -14,6 +14,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use lpmesh_mesh::net::MeshHandle;
+use lpmesh_web::metrics::{Exposition, HistogramValue};
 use tokio::sync::watch;
 
 use crate::board::CameraBoard;
@@ -224,19 +225,13 @@ pub struct OpsState {
     )>,
 }
 
-fn esc(s: &str) -> String {
-    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
-}
-
-fn head(out: &mut String, name: &str, kind: &str, help: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}");
-    let _ = writeln!(out, "# TYPE {name} {kind}");
-}
-
-/// The Prometheus text of everything the node knows about itself.
-pub async fn render(s: &OpsState) -> String {
-    let mut o = String::new();
+/// The Prometheus text of everything the node knows about itself ([`lpmesh_web::metrics::CONTENT_TYPE`]).
+/// Each figure is read from its owner now; a source that does not answer (the mesh stopping) leaves its
+/// metrics out of this scrape.
+pub async fn render(s: &OpsState) -> Result<String, std::fmt::Error> {
+    let mut x = Exposition::default();
     let cams = s.metrics.cameras.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let camera = |name: &String| [("camera", name.clone())];
     for (name, help, get) in [
         (
             "lpmesh_camera_frames_total",
@@ -264,10 +259,7 @@ pub async fn render(s: &OpsState) -> String {
             |c| c.resized,
         ),
     ] {
-        head(&mut o, name, "counter", help);
-        for (cam, c) in &cams {
-            let _ = writeln!(o, "{name}{{camera=\"{}\"}} {}", esc(cam), get(c));
-        }
+        x.counters(name, help, cams.iter().map(|(cam, c)| (camera(cam), get(c))));
     }
     for (name, help, pick) in [
         (
@@ -281,76 +273,48 @@ pub async fn render(s: &OpsState) -> String {
             |s| s.1,
         ),
     ] {
-        head(&mut o, name, "gauge", help);
-        for (cam, c) in &cams {
-            if let Some(size) = c.size {
-                let _ = writeln!(o, "{name}{{camera=\"{}\"}} {}", esc(cam), pick(size));
-            }
-        }
+        let sizes = cams.iter().filter_map(|(cam, c)| Some((camera(cam), pick(c.size?))));
+        x.gauges(name, help, sizes);
     }
-    head(
-        &mut o,
+    x.histograms(
         "lpmesh_inference_seconds",
-        "histogram",
         "Detector time per frame.",
+        cams.iter().map(|(cam, c)| {
+            let hist = HistogramValue {
+                buckets: INFER_BUCKETS_MS.iter().map(|ms| ms / 1000.0).zip(c.buckets).collect(),
+                count: c.infer_count,
+                sum: c.infer_sum_s,
+            };
+            (camera(cam), hist)
+        }),
     );
-    for (cam, c) in &cams {
-        let cam = esc(cam);
-        for (i, b) in INFER_BUCKETS_MS.iter().enumerate() {
-            let _ = writeln!(
-                o,
-                "lpmesh_inference_seconds_bucket{{camera=\"{cam}\",le=\"{}\"}} {}",
-                b / 1000.0,
-                c.buckets[i]
-            );
-        }
-        let _ = writeln!(
-            o,
-            "lpmesh_inference_seconds_bucket{{camera=\"{cam}\",le=\"+Inf\"}} {}",
-            c.infer_count
-        );
-        let _ = writeln!(o, "lpmesh_inference_seconds_sum{{camera=\"{cam}\"}} {}", c.infer_sum_s);
-        let _ = writeln!(
-            o,
-            "lpmesh_inference_seconds_count{{camera=\"{cam}\"}} {}",
-            c.infer_count
+    // The locks are let go before the first await below: their guards must not live across one.
+    {
+        let board = s.board.read().unwrap_or_else(|p| p.into_inner());
+        x.gauges(
+            "lpmesh_camera_online",
+            "1 while the camera delivers frames.",
+            board.values().map(|c| (camera(&c.name), u32::from(c.online))),
         );
     }
-    head(
-        &mut o,
-        "lpmesh_camera_online",
-        "gauge",
-        "1 while the camera delivers frames.",
-    );
-    for c in s.board.read().unwrap_or_else(|p| p.into_inner()).values() {
-        let _ = writeln!(
-            o,
-            "lpmesh_camera_online{{camera=\"{}\"}} {}",
-            esc(&c.name),
-            u8::from(c.online)
+    {
+        let events = s.metrics.events.lock().unwrap_or_else(|p| p.into_inner());
+        x.counters(
+            "lpmesh_events_total",
+            "Events raised by this node's cameras, by kind.",
+            events
+                .iter()
+                .map(|((cam, kind), n)| ([("camera", cam.clone()), ("kind", kind.to_string())], *n)),
         );
-    }
-    head(
-        &mut o,
-        "lpmesh_events_total",
-        "counter",
-        "Events raised by this node's cameras, by kind.",
-    );
-    for ((cam, kind), n) in s.metrics.events.lock().unwrap_or_else(|p| p.into_inner()).iter() {
-        let _ = writeln!(o, "lpmesh_events_total{{camera=\"{}\",kind=\"{kind}\"}} {n}", esc(cam));
     }
     if let Ok(m) = s.mesh.stats().await {
-        head(&mut o, "lpmesh_mesh_peers", "gauge", "Connected peers.");
-        let _ = writeln!(o, "lpmesh_mesh_peers {}", m.peers);
-        head(
-            &mut o,
+        x.gauge("lpmesh_mesh_peers", "Connected peers.", m.peers);
+        x.gauge(
             "lpmesh_log_failed",
-            "gauge",
             "1 while the log refuses writes (a full or failing disk); alerts go on.",
+            u32::from(m.log_failed),
         );
-        let _ = writeln!(o, "lpmesh_log_failed {}", u8::from(m.log_failed));
-        head(&mut o, "lpmesh_log_records", "gauge", "Records in this node's log.");
-        let _ = writeln!(o, "lpmesh_log_records {}", m.records);
+        x.gauge("lpmesh_log_records", "Records in this node's log.", m.records);
         for (name, help, v) in [
             (
                 "lpmesh_records_appended_total",
@@ -408,194 +372,123 @@ pub async fn render(s: &OpsState) -> String {
                 m.expired_received,
             ),
         ] {
-            head(&mut o, name, "counter", help);
-            let _ = writeln!(o, "{name} {v}");
+            x.counter(name, help, v);
         }
-        head(
-            &mut o,
+        x.counters(
             "lpmesh_records_rejected_total",
-            "counter",
             "Refused records and messages by reason.",
+            m.rejected.into_iter().map(|(reason, n)| ([("reason", reason)], n)),
         );
-        for (reason, n) in &m.rejected {
-            let _ = writeln!(o, "lpmesh_records_rejected_total{{reason=\"{}\"}} {n}", esc(reason));
-        }
     }
-    head(
-        &mut o,
+    x.counters(
         "lpmesh_records_contents_refused_total",
-        "counter",
         "Records kept in the log but left out of the views and summaries: their contents claim times \
          their signed time does not allow (future, past), are disordered, or cannot be read.",
+        crate::bounds::refused().map(|(why, n)| ([("reason", why.as_str())], n)),
     );
-    for (why, n) in crate::bounds::refused() {
-        let _ = writeln!(
-            o,
-            "lpmesh_records_contents_refused_total{{reason=\"{}\"}} {n}",
-            why.as_str()
-        );
-    }
     if let Some((store, stats)) = &s.evidence {
         use std::sync::atomic::Ordering::Relaxed;
-        head(
-            &mut o,
+        x.counters(
             "lpmesh_evidence_kept_total",
-            "counter",
             "Stills and clips of incidents this node made since it started.",
+            [
+                ([("part", "still")], stats.stills.load(Relaxed)),
+                ([("part", "clip")], stats.clips.load(Relaxed)),
+            ],
         );
-        let _ = writeln!(
-            o,
-            "lpmesh_evidence_kept_total{{part=\"still\"}} {}",
-            stats.stills.load(Relaxed)
-        );
-        let _ = writeln!(
-            o,
-            "lpmesh_evidence_kept_total{{part=\"clip\"}} {}",
-            stats.clips.load(Relaxed)
-        );
-        head(
-            &mut o,
+        x.counters(
             "lpmesh_evidence_missed_total",
-            "counter",
             "Incidents that wanted evidence and got none: the worker was behind (dropped) or it failed.",
+            [
+                ([("reason", "dropped")], stats.dropped.load(Relaxed)),
+                ([("reason", "failed")], stats.failed.load(Relaxed)),
+            ],
         );
-        let _ = writeln!(
-            o,
-            "lpmesh_evidence_missed_total{{reason=\"dropped\"}} {}",
-            stats.dropped.load(Relaxed)
-        );
-        let _ = writeln!(
-            o,
-            "lpmesh_evidence_missed_total{{reason=\"failed\"}} {}",
-            stats.failed.load(Relaxed)
-        );
-        head(
-            &mut o,
+        x.gauge(
             "lpmesh_evidence_encoder_peak_rss_bytes",
-            "gauge",
             "The most memory a clip encoder (an ffmpeg child process, gone when done) has used.",
-        );
-        let _ = writeln!(
-            o,
-            "lpmesh_evidence_encoder_peak_rss_bytes {}",
-            stats.encoder_peak_kb.load(Relaxed) * 1024
+            stats.encoder_peak_kb.load(Relaxed) * 1024,
         );
         let store = store.clone();
         if let Ok(u) = tokio::task::spawn_blocking(move || store.usage()).await {
-            head(
-                &mut o,
+            x.gauge(
                 "lpmesh_evidence_bytes",
-                "gauge",
                 "Disk used by the evidence kept now (encrypted).",
+                u.bytes,
             );
-            let _ = writeln!(o, "lpmesh_evidence_bytes {}", u.bytes);
-            head(
-                &mut o,
+            x.gauge(
                 "lpmesh_evidence_items",
-                "gauge",
                 "Incidents whose evidence is kept now.",
+                u.stills,
             );
-            let _ = writeln!(o, "lpmesh_evidence_items {}", u.stills);
         }
     }
-    head(
-        &mut o,
+    x.counter(
         "lpmesh_evidence_refused_total",
-        "counter",
         "Requests for evidence refused: no session, a bad, expired or foreign grant, or a removed user.",
-    );
-    let _ = writeln!(
-        o,
-        "lpmesh_evidence_refused_total {}",
-        crate::evidence::REFUSED.load(std::sync::atomic::Ordering::Relaxed)
+        crate::evidence::REFUSED.load(std::sync::atomic::Ordering::Relaxed),
     );
     if let Ok(vv) = s.mesh.version_vector().await {
-        head(
-            &mut o,
+        x.gauge(
             "lpmesh_log_own_seq",
-            "gauge",
             "Highest seq this node has appended (each durable when counted).",
+            vv.get(&s.mesh.origin()).copied().unwrap_or(0),
         );
-        let _ = writeln!(
-            o,
-            "lpmesh_log_own_seq {}",
-            vv.get(&s.mesh.origin()).copied().unwrap_or(0)
-        );
-        head(
-            &mut o,
+        x.gauges(
             "lpmesh_log_origin_seq",
-            "gauge",
             "Per node of the store, the seq up to which this node holds its records (the version vector).",
+            vv.iter().map(|(origin, seq)| ([("origin", origin.to_string())], *seq)),
         );
-        for (origin, seq) in &vv {
-            let _ = writeln!(o, "lpmesh_log_origin_seq{{origin=\"{origin}\"}} {seq}");
-        }
     }
     if let Ok(leader) = s.mesh.leader().await {
-        head(
-            &mut o,
+        x.gauge(
             "lpmesh_uplink_leader",
-            "gauge",
             "1 when this node is the store's uplink leader.",
+            u32::from(leader == Some(s.mesh.origin())),
         );
-        let _ = writeln!(o, "lpmesh_uplink_leader {}", u8::from(leader == Some(s.mesh.origin())));
     }
     if let Some(u) = &s.uplink {
         let st = u.borrow().clone();
-        head(
-            &mut o,
+        x.gauge(
             "lpmesh_uplink_outbox_periods",
-            "gauge",
             "Summary periods waiting to be sent.",
+            st.outbox,
         );
-        let _ = writeln!(o, "lpmesh_uplink_outbox_periods {}", st.outbox);
-        head(
-            &mut o,
+        x.gauge(
             "lpmesh_uplink_hq_reachable",
-            "gauge",
             "1 when HQ answered the last probe.",
+            u32::from(st.hq_reachable),
         );
-        let _ = writeln!(o, "lpmesh_uplink_hq_reachable {}", u8::from(st.hq_reachable));
-        head(
-            &mut o,
+        x.counter(
             "lpmesh_uplink_summaries_sent_total",
-            "counter",
             "Summaries HQ answered.",
+            st.summaries_sent,
         );
-        let _ = writeln!(o, "lpmesh_uplink_summaries_sent_total {}", st.summaries_sent);
         if let Some(t) = st.last_sync_ms {
-            head(
-                &mut o,
-                "lpmesh_uplink_last_sync_age_seconds",
-                "gauge",
-                "Time since HQ last acknowledged a summary from this node.",
-            );
             let age = (chrono::Utc::now().timestamp_millis() - t).max(0) as f64 / 1000.0;
-            let _ = writeln!(o, "lpmesh_uplink_last_sync_age_seconds {age}");
+            x.gauge(
+                "lpmesh_uplink_last_sync_age_seconds",
+                "Time since HQ last acknowledged a summary from this node.",
+                age,
+            );
         }
     }
-    head(
-        &mut o,
+    x.gauge(
         "lpmesh_data_dir_bytes",
-        "gauge",
         "Bytes in the node's data directory.",
+        dir_size(&s.data_dir),
     );
-    let _ = writeln!(o, "lpmesh_data_dir_bytes {}", dir_size(&s.data_dir));
     if let Some((free, total)) = disk_space(&s.data_dir) {
-        head(
-            &mut o,
+        x.gauge(
             "lpmesh_disk_free_bytes",
-            "gauge",
             "Free bytes on the data directory's filesystem.",
+            free,
         );
-        let _ = writeln!(o, "lpmesh_disk_free_bytes {free}");
-        head(
-            &mut o,
+        x.gauge(
             "lpmesh_disk_nearly_full",
-            "gauge",
-            "1 when under 5 % or 512 MiB are free.",
+            "1 when under 2 % or 1 GiB are free.",
+            u32::from(nearly_full(free, total)),
         );
-        let _ = writeln!(o, "lpmesh_disk_nearly_full {}", u8::from(nearly_full(free, total)));
     }
     if let Some(a) = &s.alerts {
         let stats = a.stats();
@@ -621,27 +514,31 @@ pub async fn render(s: &OpsState) -> String {
                 |r| r.filtered.cooldown,
             ),
         ] {
-            head(&mut o, name, "counter", help);
-            for r in &stats {
-                let _ = writeln!(
-                    o,
-                    "{name}{{route=\"{}\",type=\"{}\"}} {}",
-                    esc(&r.name),
-                    r.kind.as_str(),
-                    get(r)
-                );
-            }
+            let series = stats.iter().map(|r| {
+                (
+                    [("route", r.name.clone()), ("type", r.kind.as_str().to_string())],
+                    get(r),
+                )
+            });
+            x.counters(name, help, series);
         }
-        head(&mut o, "lpmesh_alerts_queued", "gauge", "Alerts waiting per route.");
-        for r in &stats {
-            let _ = writeln!(o, "lpmesh_alerts_queued{{route=\"{}\"}} {}", esc(&r.name), r.queued);
-        }
+        x.gauges(
+            "lpmesh_alerts_queued",
+            "Alerts waiting per route.",
+            stats.iter().map(|r| ([("route", r.name.clone())], r.queued)),
+        );
     }
-    o
+    x.encode()
 }
 
 async fn metrics(State(s): State<Arc<OpsState>>) -> Response {
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], render(&s).await).into_response()
+    match render(&s).await {
+        Ok(text) => ([(header::CONTENT_TYPE, lpmesh_web::metrics::CONTENT_TYPE)], text).into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "metrics could not be written");
+            StatusCode::INTERNAL_SERVER_ERROR.into_response()
+        }
+    }
 }
 
 /// Ready: the mesh listens and every camera has opened (its model loaded, a frame seen).
