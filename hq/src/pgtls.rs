@@ -196,7 +196,7 @@ impl PgTarget {
         if self.mode == PgTlsMode::Off {
             return Ok(None);
         }
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let provider = lpmesh_web::tls::provider();
         let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
             .map_err(|e| PgTlsError::Rustls(e.to_string()))?;

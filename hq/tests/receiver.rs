@@ -16,7 +16,7 @@ use lpmesh_hq::vv::VersionVector;
 const HOUR: i64 = 3_600_000;
 
 fn temp_dir(tag: &str) -> PathBuf {
-    // The fixture that holds it removes it when it drops.
+    // Each test removes its directory at its end (kept after a failure, to look into).
     lpmesh_testkit::TempDir::new(&format!("hq-{tag}")).into_path()
 }
 

@@ -764,25 +764,11 @@ struct TlsReceiver {
     url: String,
     ca_pem: PathBuf,
     got: Received,
-    _dir: tempdir::Dir,
-}
-
-mod tempdir {
-    pub struct Dir(pub std::path::PathBuf);
-    impl Drop for Dir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
+    _dir: lpmesh_testkit::TempDir,
 }
 
 async fn tls_receiver() -> TlsReceiver {
-    let dir = std::env::temp_dir().join(format!(
-        "lpmesh-hook-tls-{}-{}",
-        std::process::id(),
-        rand::random::<u32>()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = lpmesh_testkit::TempDir::new("hook-tls").into_path();
     let cert = lpmesh_hq::tls::load_or_create_cert(&dir, None, None, &["127.0.0.1".to_string()]).unwrap();
     let ca_pem = dir.join("receiver-ca.pem");
     std::fs::write(&ca_pem, &cert.cert_pem).unwrap();
@@ -815,7 +801,7 @@ async fn tls_receiver() -> TlsReceiver {
         url: format!("https://127.0.0.1:{}/hooks/lp", addr.port()),
         ca_pem,
         got,
-        _dir: tempdir::Dir(dir),
+        _dir: lpmesh_testkit::TempDir(dir),
     }
 }
 
@@ -884,8 +870,7 @@ async fn webhooks_are_signed_and_reach_an_https_receiver_of_its_own_ca() {
 
 #[test]
 fn a_webhook_secret_that_is_short_missing_or_for_another_route_kind_is_a_config_error() {
-    let dir = std::env::temp_dir().join(format!("lpmesh-hook-cfg-{}", rand::random::<u32>()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = lpmesh_testkit::TempDir::new("hook-cfg").into_path();
     let short = dir.join("short");
     std::fs::write(&short, "letmein").unwrap();
     let problems = |r: RouteConfig| AlertsConfig { route: vec![r] }.check();
@@ -919,13 +904,8 @@ fn a_webhook_secret_that_is_short_missing_or_for_another_route_kind_is_a_config_
 /// subscriber): the route with the password over TLS delivers; one without a password is refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mqtt_over_tls_with_a_password_delivers_and_a_route_without_one_is_refused() {
-    let dir = std::env::temp_dir().join(format!(
-        "lpmesh-mqtt-tls-{}-{}",
-        std::process::id(),
-        rand::random::<u32>()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    let _cleanup = tempdir::Dir(dir.clone());
+    let dir = lpmesh_testkit::TempDir::new("mqtt-tls").into_path();
+    let _cleanup = lpmesh_testkit::TempDir(dir.clone());
     let cert = lpmesh_hq::tls::load_or_create_cert(&dir, None, None, &["127.0.0.1".to_string()]).unwrap();
     let (cert_file, key_file) = (dir.join("broker.pem"), dir.join("broker.key"));
     std::fs::write(&cert_file, &cert.cert_pem).unwrap();

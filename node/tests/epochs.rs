@@ -12,11 +12,7 @@ use lpmesh_node::members::{hex, Membership};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_that_hears_a_revocation_begins_a_key_epoch_and_writes_under_it() {
-    let dir = std::env::temp_dir().join(format!(
-        "lpmesh-epochs-{}-{}",
-        std::process::id(),
-        rand::random::<u32>()
-    ));
+    let dir = lpmesh_testkit::TempDir::new("epochs").into_path();
     let key = Keypair::generate_ed25519();
     let me = Origin::of(&key).unwrap();
     let mut secrets = StoreSecrets::generate("shop-epochs").unwrap();

@@ -46,12 +46,7 @@ fn now() -> i64 {
 
 /// Node "back": one incident with evidence kept here, users, and "front" as a fellow member.
 async fn back_node() -> Node {
-    let dir = std::env::temp_dir().join(format!(
-        "lpmesh-evidence-ui-{}-{}",
-        std::process::id(),
-        rand::random::<u32>()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = lpmesh_testkit::TempDir::new("evidence-ui").into_path();
     let secrets = StoreSecrets::generate("shop-ev").unwrap();
     secrets.save(&dir).unwrap();
     let mut cfg = MeshConfig::new("shop-ev", secrets.psk().unwrap(), dir.join("log"));

@@ -48,8 +48,7 @@ fn event(camera: &str, kind: EventKind) -> Event {
 
 /// The node's `/metrics` text and its own origin.
 async fn scrape() -> (String, String) {
-    let dir = std::env::temp_dir().join(format!("lpmesh-ops-{}-{}", std::process::id(), rand::random::<u32>()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = lpmesh_testkit::TempDir::new("ops").into_path();
     let secrets = StoreSecrets::generate("shop-ops").unwrap();
     let mut cfg = MeshConfig::new("shop-ops", secrets.psk().unwrap(), dir.join("log"));
     cfg.listen = vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()];

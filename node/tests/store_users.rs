@@ -21,12 +21,7 @@ struct Node {
 
 /// A node; `file_users` are in its users file from before store-wide users (nothing queued).
 async fn node(secrets: &StoreSecrets, name: &str, bootstrap: Vec<String>, file_users: &[(&str, Role, &str)]) -> Node {
-    let dir = std::env::temp_dir().join(format!(
-        "lpmesh-users-{name}-{}-{}",
-        std::process::id(),
-        rand::random::<u32>()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = lpmesh_testkit::TempDir::new(&format!("users-{name}")).into_path();
     for (user, role, password) in file_users {
         Users::new(&dir).add(user, *role, password).unwrap();
     }
@@ -83,8 +78,9 @@ async fn me(n: &Node, cookie: &str) -> StatusCode {
 }
 
 /// Every wait of this file: a user change crosses the store within seconds; 20 s means it never will.
+/// Checked every 100 ms: a check may be a login, and failed logins slow the next ones down.
 async fn eventually(what: &str, check: impl AsyncFnMut() -> bool) -> Duration {
-    lpmesh_testkit::eventually(what, Duration::from_secs(20), check).await
+    lpmesh_testkit::eventually_every(what, Duration::from_secs(20), Duration::from_millis(100), check).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

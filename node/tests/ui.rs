@@ -28,8 +28,7 @@ impl Drop for Fixture {
 }
 
 async fn fixture(secure: bool) -> Fixture {
-    let dir = std::env::temp_dir().join(format!("lpmesh-ui-{}-{}", std::process::id(), rand::random::<u32>()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = lpmesh_testkit::TempDir::new("ui").into_path();
     let secrets = StoreSecrets::generate("shop-ui").unwrap();
     secrets.save(&dir).unwrap();
     let mut cfg = MeshConfig::new("shop-ui", secrets.psk().unwrap(), dir.join("log"));

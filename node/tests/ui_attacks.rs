@@ -122,12 +122,7 @@ impl Fixture {
 
 /// A node with users, one open incident and one camera whose zones can be edited.
 async fn fixture(secure: bool) -> Fixture {
-    let dir = std::env::temp_dir().join(format!(
-        "lpmesh-ui-attacks-{}-{}",
-        std::process::id(),
-        rand::random::<u32>()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = lpmesh_testkit::TempDir::new("ui-attacks").into_path();
     let secrets = StoreSecrets::generate("shop-ui").unwrap();
     secrets.save(&dir).unwrap();
     let mut cfg = MeshConfig::new("shop-ui", secrets.psk().unwrap(), dir.join("log"));

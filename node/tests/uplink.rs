@@ -134,7 +134,10 @@ async fn addr_of(h: &MeshHandle) -> Addr {
     panic!("no listen address");
 }
 
-use lpmesh_testkit::eventually;
+/// Every wait of this file: a check reads HQ's database, so it asks every 50 ms, not more.
+async fn eventually(what: &str, limit: Duration, check: impl AsyncFnMut() -> bool) -> Duration {
+    lpmesh_testkit::eventually_every(what, limit, Duration::from_millis(50), check).await
+}
 
 impl Store {
     async fn new(n: usize, hq: &Hq, signing: Keypair) -> Store {

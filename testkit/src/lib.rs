@@ -13,4 +13,4 @@ pub use dir::TempDir;
 pub use net::{free_port, http_get, try_http_get, HeldPort};
 pub use prometheus::{metric, prometheus};
 pub use proxy::FaultProxy;
-pub use wait::{eventually, now_ms, Rng};
+pub use wait::{eventually, eventually_every, now_ms, Rng};

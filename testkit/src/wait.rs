@@ -2,11 +2,21 @@
 
 use std::time::{Duration, Instant};
 
-/// Checks `check` until it holds, for at most `limit`; how long it took. Panics naming `what`.
-pub async fn eventually(what: &str, limit: Duration, mut check: impl AsyncFnMut() -> bool) -> Duration {
+/// Checks `check` every 20 ms until it holds, for at most `limit`; how long it took. Panics naming
+/// `what`. Often enough to time what is measured in tens of milliseconds (a record crossing the mesh).
+pub async fn eventually(what: &str, limit: Duration, check: impl AsyncFnMut() -> bool) -> Duration {
+    eventually_every(what, limit, Duration::from_millis(20), check).await
+}
+
+/// [`eventually`] checking every `every`: for a check that costs something where it lands (a query to
+/// a database, a login attempt that a failure slows down).
+pub async fn eventually_every(
+    what: &str,
+    limit: Duration,
+    every: Duration,
+    mut check: impl AsyncFnMut() -> bool,
+) -> Duration {
     let t = Instant::now();
-    // Often enough to time what is measured in tens of milliseconds, seldom enough to stay cheap.
-    let every = (limit / 400).clamp(Duration::from_millis(10), Duration::from_millis(100));
     while t.elapsed() < limit {
         if check().await {
             return t.elapsed();

@@ -20,8 +20,10 @@ use prometheus_client::registry::{Metric, Registry, Unit};
 
 /// The Prometheus text format (version 0.0.4), what both endpoints have always served and every
 /// Prometheus reads. OpenMetrics text would do for Prometheus too, but it names a counter's family
-/// without `_total` on its `# HELP` and `# TYPE` lines and ends with `# EOF`: the 0.0.4 text keeps the
-/// output line for line what it was, for every reader of it and not only Prometheus.
+/// without `_total` on its `# HELP` and `# TYPE` lines and ends with `# EOF`: the 0.0.4 text keeps every
+/// series' name, labels and `# TYPE` line what they were, for every reader of it and not only
+/// Prometheus. What changed with the client: the content type now names its charset, and a float
+/// gauge prints as the client writes floats (`2.0`, not `2`).
 pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
 
 /// A label set: `[("camera", name)]`, printed in its order. Values are escaped by the encoder.

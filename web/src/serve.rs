@@ -13,8 +13,8 @@ pub enum ServeError {
     // The OS's reason is part of the message: it is what an installer acts on (a port in use).
     #[error("cannot listen on {addr}: {reason}")]
     Listen { addr: SocketAddr, reason: std::io::Error },
-    #[error("TLS certificate and key")]
-    Tls(#[source] std::io::Error),
+    #[error("TLS certificate and key: {0}")]
+    Tls(std::io::Error),
     #[error("this listener serves plain HTTP")]
     NotTls,
 }

@@ -191,13 +191,19 @@ pub enum ClientTlsError {
     },
     #[error("{}: no certificate in it", path.display())]
     NoCertificate { path: std::path::PathBuf },
+    #[error("{}: a certificate in it cannot be used: {reason}", path.display())]
+    Unusable {
+        path: std::path::PathBuf,
+        reason: rustls::Error,
+    },
     #[error("TLS setup: {0}")]
     Rustls(#[from] rustls::Error),
 }
 
 /// The roots a client trusts: the certificates in `ca_file`, or the system's without one (which may
 /// be none at all on a machine without `ca-certificates`: the caller decides whether that is fatal).
-/// A certificate the file holds but rustls cannot parse is skipped; a file with none is an error.
+/// Every certificate in the file must be one rustls accepts: a CA file with a broken certificate in
+/// it is a mistake the installer should hear about at start, not a root quietly left out.
 pub fn trust_roots(ca_file: Option<&std::path::Path>) -> Result<rustls::RootCertStore, ClientTlsError> {
     let mut roots = rustls::RootCertStore::empty();
     match ca_file {
@@ -210,11 +216,16 @@ pub fn trust_roots(ca_file: Option<&std::path::Path>) -> Result<rustls::RootCert
             let certs: Vec<_> = rustls_pemfile::certs(&mut pem.as_slice())
                 .collect::<Result<_, _>>()
                 .map_err(read)?;
-            let (added, _unparsable) = roots.add_parsable_certificates(certs);
-            if added == 0 {
+            if certs.is_empty() {
                 return Err(ClientTlsError::NoCertificate {
                     path: path.to_path_buf(),
                 });
+            }
+            for c in certs {
+                roots.add(c).map_err(|reason| ClientTlsError::Unusable {
+                    path: path.to_path_buf(),
+                    reason,
+                })?;
             }
         }
         None => {
@@ -259,6 +270,12 @@ mod client_tests {
         std::fs::write(&empty, "not a certificate\n").unwrap();
         let e = trust_roots(Some(&empty)).unwrap_err();
         assert!(e.to_string().contains("no certificate in it"), "{e}");
+        // A PEM block that is not a certificate rustls can use is refused, not skipped.
+        let broken = dir.join("broken.pem");
+        let junk = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
+        std::fs::write(&broken, format!("{}{junk}", ca.cert_pem)).unwrap();
+        let e = trust_roots(Some(&broken)).unwrap_err();
+        assert!(e.to_string().contains("cannot be used"), "{e}");
         let missing = dir.join("missing.pem");
         let e = trust_roots(Some(&missing)).unwrap_err();
         assert!(e.to_string().starts_with(&missing.display().to_string()), "{e}");

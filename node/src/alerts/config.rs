@@ -171,19 +171,23 @@ pub enum SecretError {
 pub enum TlsError {
     // The file's own error names its path; "ca_file" says which setting it came from.
     #[error("ca_file {0}")]
-    CaFile(#[from] lpmesh_web::tls::ClientTlsError),
+    CaFile(lpmesh_web::tls::ClientTlsError),
     #[error("no system root certificates found (install ca-certificates)")]
     NoSystemRoots,
+    #[error("{0}")]
+    Setup(lpmesh_web::tls::ClientTlsError),
 }
 
 /// A TLS client configuration that trusts `ca_file`'s certificates, or the system's without one.
 pub fn client_tls(ca_file: Option<&str>) -> Result<std::sync::Arc<rustls::ClientConfig>, TlsError> {
-    let roots = lpmesh_web::tls::trust_roots(ca_file.map(std::path::Path::new))?;
+    let roots = lpmesh_web::tls::trust_roots(ca_file.map(std::path::Path::new)).map_err(TlsError::CaFile)?;
     // A route with no roots could never connect: say why at start, not at the first alert.
     if roots.is_empty() {
         return Err(TlsError::NoSystemRoots);
     }
-    Ok(std::sync::Arc::new(lpmesh_web::tls::client_config(roots)?))
+    Ok(std::sync::Arc::new(
+        lpmesh_web::tls::client_config(roots).map_err(TlsError::Setup)?,
+    ))
 }
 
 /// Splits `host[:port]` / `[v6]:port`. The host keeps IPv6 brackets because that is the form a socket

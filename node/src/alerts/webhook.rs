@@ -56,7 +56,7 @@ impl WebhookRoute {
             super::config::client_tls(r.ca_file.as_deref())?
         } else {
             // A LAN receiver on http:// needs no certificates: none are read.
-            Arc::new(lpmesh_web::tls::client_config(rustls::RootCertStore::empty()).map_err(TlsError::from)?)
+            Arc::new(lpmesh_web::tls::client_config(rustls::RootCertStore::empty()).map_err(TlsError::Setup)?)
         };
         let https = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config((*tls).clone())

@@ -17,10 +17,19 @@ pub fn run(config: &Path, synthetic: Option<(f64, i64)>) -> Result<ExitCode> {
         synthetic,
     };
     rt.block_on(async {
-        let running = runtime::start(cfg, opts, stop).await?;
+        // A stop while the node starts (a slow log, a stuck peer) is honoured at once, as before the
+        // runtime watched the signal: what started is dropped with the runtime.
+        let running = tokio::select! {
+            r = runtime::start(cfg, opts, stop.clone()) => r?,
+            _ = stop.stopped() => {
+                println!("node {node} stopped while starting");
+                return Ok(ExitCode::SUCCESS);
+            }
+        };
         say_started(running.started(), &data_dir);
-        let stopped = running.run().await?;
+        let stopped = running.run().await;
         say_stopped(&stopped);
+        stopped.mesh_closed.context("closing the mesh")?;
         println!("node {node} stopped");
         Ok(ExitCode::SUCCESS)
     })

@@ -48,18 +48,20 @@ pub enum RuntimeError {
     #[error(transparent)]
     Certificate(#[from] lpmesh_web::tls::CertError),
     /// A setting the configuration check let through but the runtime cannot use.
-    #[error("{setting}")]
+    #[error("{setting}: {source}")]
     Setting {
         setting: &'static str,
         #[source]
         source: BoxError,
     },
-    #[error("{}", path.display())]
+    #[error("{}: {source}", path.display())]
     Io {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
+    #[error("synthetic load of {0} events a second: give more than 0 and at most 10000")]
+    SyntheticRate(f64),
     #[error("the UI CA certificate is not PEM")]
     UiCaNotPem,
     #[error("recording this founder's node name")]
@@ -126,10 +128,48 @@ pub struct Started {
 }
 
 /// What a node that stopped says about its last moments.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct Stopped {
     pub uplink: Option<UplinkStatus>,
     pub mesh: Option<MeshStats>,
+    /// The mesh did not close cleanly (its last flush failed): what came before is still reported.
+    pub mesh_closed: Result<(), MeshError>,
+}
+
+/// What the runtime reads from the configuration beyond what [`NodeConfig::load`] checked, read
+/// before anything starts, so that a setting it cannot use leaves nothing half started.
+struct Settings {
+    tz: chrono_tz::Tz,
+    ui_addr: Option<SocketAddr>,
+    ops_addr: Option<SocketAddr>,
+    recipient: Option<lpmesh_hq::envelope::HqRecipient>,
+}
+
+impl Settings {
+    fn read(cfg: &NodeConfig, opts: &Options) -> Result<Settings, RuntimeError> {
+        if let Some((rate, _)) = opts
+            .synthetic
+            .filter(|(r, _)| !(r.is_finite() && *r > 0.0 && *r <= 10_000.0))
+        {
+            return Err(RuntimeError::SyntheticRate(rate));
+        }
+        let addr = |on: bool, text: &str, setting| -> Result<Option<SocketAddr>, RuntimeError> {
+            on.then(|| text.parse().map_err(|e| RuntimeError::setting(setting, e)))
+                .transpose()
+        };
+        Ok(Settings {
+            tz: crate::schedule::Schedule::parse_tz(&cfg.schedule.timezone)
+                .map_err(|e| RuntimeError::setting("[schedule] timezone", e))?,
+            ui_addr: addr(cfg.ui.enabled, &cfg.ui.listen, "[ui] listen")?,
+            ops_addr: addr(cfg.ops.enabled, &cfg.ops.listen, "[ops] listen")?,
+            recipient: match (&cfg.hq.url, &cfg.hq.recipient) {
+                (Some(_), Some(r)) => Some(
+                    lpmesh_hq::envelope::parse_recipient(r).map_err(|e| RuntimeError::setting("[hq] recipient", e))?,
+                ),
+                _ => None,
+            },
+        })
+    }
 }
 
 /// A node that started, until [`RunningNode::run`] stops it.
@@ -152,6 +192,7 @@ pub struct RunningNode {
 /// Starts the node on the current tokio runtime. The node watches `stop` from here on: a stop given
 /// while it starts is honoured as soon as [`RunningNode::run`] is called.
 pub async fn start(cfg: NodeConfig, opts: Options, stop: Stop) -> Result<RunningNode, RuntimeError> {
+    let settings = Settings::read(&cfg, &opts)?;
     let mut notices = Vec::new();
     let mesh = start_mesh(&cfg)?;
     let store_secrets = StoreSecrets::load(&cfg.data_dir)?;
@@ -203,9 +244,7 @@ pub async fn start(cfg: NodeConfig, opts: Options, stop: Stop) -> Result<Running
         let _ = members.await;
     });
     let (tx, rx) = tokio::sync::mpsc::channel(EVENT_QUEUE);
-    let tz = crate::schedule::Schedule::parse_tz(&cfg.schedule.timezone)
-        .map_err(|e| RuntimeError::setting("[schedule] timezone", e))?;
-    let alerts = crate::alerts::start(&cfg.alerts, &cfg.store, &cfg.node, tz)?;
+    let alerts = crate::alerts::start(&cfg.alerts, &cfg.store, &cfg.node, settings.tz)?;
     let appender = tokio::spawn(append_events(
         mesh.clone(),
         rx,
@@ -214,7 +253,13 @@ pub async fn start(cfg: NodeConfig, opts: Options, stop: Stop) -> Result<Running
     loops.spawn("disk watch", loops::disk_watch(cfg.data_dir.clone()));
     loops.spawn("event log", loops::event_log(mesh.clone(), reader.clone()));
     loops.spawn("mesh counters", loops::mesh_counters(mesh.clone()));
-    let uplink = start_uplink(&cfg, &mesh, &reader)?;
+    let uplink = match settings.recipient {
+        Some(recipient) => Some(start_uplink(&cfg, recipient, &mesh, &reader)?),
+        None => {
+            tracing::info!("no [hq] url: this store sends nothing to HQ");
+            None
+        }
+    };
     let board: crate::board::CameraBoard = Default::default();
     let node_metrics: Arc<crate::ops::NodeMetrics> = Default::default();
     let zone_control = crate::zone_control::ZoneControl::new(opts.config_path.clone(), &cfg.cameras);
@@ -229,7 +274,8 @@ pub async fn start(cfg: NodeConfig, opts: Options, stop: Stop) -> Result<Running
         evidence: evidence.clone().map(|(s, _)| s),
         node_key: node_key.clone(),
     };
-    let (ui, ui_started) = match ui::start_ui(&cfg, parts, &mut loops, &mut notices).await? {
+    let ui_at = settings.ui_addr.map(|addr| (addr, settings.tz));
+    let (ui, ui_started) = match ui::start_ui(&cfg, ui_at, parts, &mut loops, &mut notices).await? {
         Some((running, started)) => (Some(running), Some(started)),
         None => (None, None),
     };
@@ -243,12 +289,7 @@ pub async fn start(cfg: NodeConfig, opts: Options, stop: Stop) -> Result<Running
     loops.spawn("alerts from the log", async move {
         let _ = follow_alerts.await;
     });
-    let ops = if cfg.ops.enabled {
-        let addr: SocketAddr = cfg
-            .ops
-            .listen
-            .parse()
-            .map_err(|e| RuntimeError::setting("[ops] listen", e))?;
+    let ops = if let Some(addr) = settings.ops_addr {
         let st = Arc::new(crate::ops::OpsState {
             node: cfg.node.clone(),
             data_dir: cfg.data_dir.clone(),
@@ -340,23 +381,19 @@ pub async fn start(cfg: NodeConfig, opts: Options, stop: Stop) -> Result<Running
     })
 }
 
-/// The uplink to HQ when the store has one (`[hq] url` and `recipient`).
+/// The uplink to HQ, for a store that has one (`[hq] url` and `recipient`).
 fn start_uplink(
     cfg: &NodeConfig,
+    recipient: lpmesh_hq::envelope::HqRecipient,
     mesh: &MeshHandle,
     reader: &crate::bounds::Reader,
-) -> Result<Option<UplinkHandle>, RuntimeError> {
-    let (Some(url), Some(recipient)) = (&cfg.hq.url, &cfg.hq.recipient) else {
-        tracing::info!("no [hq] url: this store sends nothing to HQ");
-        return Ok(None);
-    };
+) -> Result<UplinkHandle, RuntimeError> {
     let secrets = StoreSecrets::load(&cfg.data_dir)?;
     let settings = crate::uplink::UplinkSettings {
         store: cfg.store.clone(),
-        url: url.clone(),
+        url: cfg.hq.url.clone().unwrap_or_default(),
         ca_cert: cfg.hq.ca_cert.clone(),
-        recipient: lpmesh_hq::envelope::parse_recipient(recipient)
-            .map_err(|e| RuntimeError::setting("[hq] recipient", e))?,
+        recipient,
         period_secs: cfg.hq.period_secs,
         probe_every: Duration::from_secs_f64(cfg.hq.probe_secs),
         resend_every: Duration::from_secs_f64(cfg.hq.resend_secs),
@@ -365,12 +402,12 @@ fn start_uplink(
         settle: Duration::from_secs_f64(cfg.mesh.leader_timeout_secs),
         retention: Some(Duration::from_secs_f64(cfg.mesh.retention_days * 86_400.0)),
     };
-    Ok(Some(crate::uplink::start(
+    Ok(crate::uplink::start(
         settings,
         mesh.clone(),
         reader.clone(),
         secrets.signing_key()?,
-    )?))
+    )?)
 }
 
 impl RunningNode {
@@ -379,7 +416,7 @@ impl RunningNode {
     }
 
     /// Serves until the stop signal, then stops in order.
-    pub async fn run(mut self) -> Result<Stopped, RuntimeError> {
+    pub async fn run(mut self) -> Stopped {
         loop {
             tokio::select! {
                 _ = self.stop.stopped() => break,
@@ -393,7 +430,7 @@ impl RunningNode {
 
     /// Stops in order: cameras (their pipelines drain and close open incidents), then the events they
     /// produced, then the mesh.
-    async fn shutdown(self) -> Result<Stopped, RuntimeError> {
+    async fn shutdown(self) -> Stopped {
         // Whatever called this, the threads that read the flag stop too.
         self.stop.stop();
         #[cfg(feature = "vision")]
@@ -425,10 +462,14 @@ impl RunningNode {
         };
         let mesh = self.mesh.stats().await.ok();
         self.loops.stop().await;
-        self.mesh.shutdown().await?;
+        let mesh_closed = self.mesh.shutdown().await;
         // Nobody answers invitations here any more: `lpmesh invite` says so rather than making a
         // token that points at nothing.
         let _ = std::fs::remove_file(self.cfg.data_dir.join(lpmesh_mesh::enrol::ENROL_ADDR_FILE));
-        Ok(Stopped { uplink, mesh })
+        Stopped {
+            uplink,
+            mesh,
+            mesh_closed,
+        }
     }
 }

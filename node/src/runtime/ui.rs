@@ -228,15 +228,14 @@ pub struct UiStarted {
 /// loops join the node's. A UI that cannot listen is said loudly; the node goes on without it.
 pub(crate) async fn start_ui(
     cfg: &NodeConfig,
+    at: Option<(SocketAddr, chrono_tz::Tz)>,
     parts: UiParts,
     loops: &mut Loops,
     notices: &mut Vec<super::Notice>,
 ) -> Result<Option<(crate::ui::Running, UiStarted)>, RuntimeError> {
-    if !cfg.ui.enabled {
+    let Some((addr, tz)) = at else {
         return Ok(None);
-    }
-    let tz = crate::schedule::Schedule::parse_tz(&cfg.schedule.timezone)
-        .map_err(|e| RuntimeError::setting("[schedule] timezone", e))?;
+    };
     let ring = parts.reader.ring().clone();
     let state = UiState::new(
         &cfg.store,
@@ -277,11 +276,6 @@ pub(crate) async fn start_ui(
             tracing::error!(error = %e, "user changes are no longer published to the store");
         }
     });
-    let addr: SocketAddr = cfg
-        .ui
-        .listen
-        .parse()
-        .map_err(|e| RuntimeError::setting("[ui] listen", e))?;
     let (state, tls, serving, trust) = if cfg.ui.tls {
         let base = base_ui_ca(cfg)?;
         let ca = ui_ca(cfg, &ring, &base);
