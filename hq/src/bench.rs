@@ -53,6 +53,8 @@ pub struct HqBench {
     pub fresh_connections: bool,
     /// TCP connections (and TLS handshakes) the uploads made.
     pub connections: usize,
+    /// HQ's connections to PostgreSQL (`database_connections`).
+    pub database_connections: usize,
 }
 
 fn sample(store: &str, period: i64, nodes: &[String], k: u64) -> Summary {
@@ -111,6 +113,7 @@ pub async fn run(
     periods: usize,
     database_url: Option<String>,
     fresh_connections: bool,
+    database_connections: usize,
 ) -> Result<HqBench, BenchError> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let own_cluster = database_url.is_none();
@@ -128,7 +131,7 @@ pub async fn run(
     };
     let dir = std::env::temp_dir().join(format!("lpmesh-bench-hq-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(err)?;
-    let store = HqStore::Postgres(Postgres::connect(&url, 4).await.map_err(err)?);
+    let store = HqStore::Postgres(Postgres::connect(&url, database_connections).await.map_err(err)?);
     let identity = age::x25519::Identity::generate();
     let recipient = identity.to_public();
     let cert = crate::tls::load_or_create_cert(&dir, None, None, &["localhost".to_string()]).map_err(err)?;
@@ -233,5 +236,6 @@ pub async fn run(
         } else {
             concurrency.min(total)
         },
+        database_connections,
     })
 }

@@ -22,6 +22,10 @@ pub struct HqConfig {
     /// PostgreSQL connection string (`host=... user=... dbname=...` or `postgresql://...`). Without it,
     /// summaries go to the embedded store in `data_dir`.
     pub database_url: Option<String>,
+    /// Connections to PostgreSQL per HQ process. Each carries many uploads at once, but its queries run
+    /// one after another in one server process, so each commit waits for the one before it to reach
+    /// the disk: more connections let PostgreSQL flush several uploads' commits in one fsync.
+    pub database_connections: usize,
     /// A certificate chain and key (PEM) for a real deployment; both or neither.
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
@@ -40,6 +44,7 @@ impl Default for HqConfig {
             metrics_token_file: None,
             data_dir: PathBuf::from("/var/lib/lpmesh-hq"),
             database_url: None,
+            database_connections: DEFAULT_DATABASE_CONNECTIONS,
             tls_cert: None,
             tls_key: None,
             tls_names: vec!["localhost".into(), "127.0.0.1".into()],
@@ -47,6 +52,12 @@ impl Default for HqConfig {
         }
     }
 }
+
+/// See [`HqConfig::database_connections`] and the README's `bench hq` figures.
+pub const DEFAULT_DATABASE_CONNECTIONS: usize = 4;
+
+/// More than this would hold more of PostgreSQL's connection slots than one HQ process can use.
+pub const MAX_DATABASE_CONNECTIONS: usize = 64;
 
 /// A quarter and a day: the span of a quarterly review.
 pub const DEFAULT_EXPORT_MAX_DAYS: u32 = 93;
@@ -108,6 +119,11 @@ impl HqConfig {
                 cfg.dashboard_listen, cfg.listen
             )));
         }
+        if !(1..=MAX_DATABASE_CONNECTIONS).contains(&cfg.database_connections) {
+            return Err(invalid(format!(
+                "database_connections must be 1..={MAX_DATABASE_CONNECTIONS}"
+            )));
+        }
         if !(1..=3660).contains(&cfg.export_max_days) {
             return Err(invalid("export_max_days must be 1..=3660".into()));
         }
@@ -147,6 +163,10 @@ mod tests {
             .to_string();
         assert!(e.contains("dashboard_listen"), "{e}");
         assert!(HqConfig::parse("export_max_days = 0\n", Path::new("hq.toml")).is_err());
+        let e = HqConfig::parse("database_connections = 0\n", Path::new("hq.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("database_connections"), "{e}");
     }
 
     #[test]

@@ -81,7 +81,7 @@ pub async fn start(cfg: &HqConfig) -> Result<Started, ServiceError> {
         export_max_days: cfg.export_max_days,
         metrics_token: cfg.metrics_token()?,
     };
-    let store = HqStore::open(&cfg.data_dir, cfg.database_url.as_deref()).await?;
+    let store = HqStore::open(&cfg.data_dir, cfg.database_url.as_deref(), cfg.database_connections).await?;
     let users = store.users().await?.len();
     let state = HqState::with_dashboard(store, age_id, cfg.max_envelope_bytes, options);
     let running = serve(state.clone(), cfg.listen, cert.cert_pem.clone(), cert.key_pem.clone()).await?;

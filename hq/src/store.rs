@@ -120,9 +120,9 @@ impl HqStore {
     }
 
     /// Opens the configured store, running migrations.
-    pub async fn open(data_dir: &Path, database_url: Option<&str>) -> Result<HqStore, StoreError> {
+    pub async fn open(data_dir: &Path, database_url: Option<&str>, connections: usize) -> Result<HqStore, StoreError> {
         match database_url {
-            Some(url) => Ok(HqStore::Postgres(Postgres::connect(url, 4).await?)),
+            Some(url) => Ok(HqStore::Postgres(Postgres::connect(url, connections).await?)),
             None => Ok(HqStore::Embedded(Embedded::open(data_dir)?)),
         }
     }

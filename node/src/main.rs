@@ -401,6 +401,9 @@ enum BenchWhat {
         /// Every upload opens its own connection and TLS handshake, as stores' hourly uploads do.
         #[arg(long)]
         fresh_connections: bool,
+        /// HQ's connections to PostgreSQL, as `database_connections` in its configuration.
+        #[arg(long, default_value_t = lpmesh_hq::config::DEFAULT_DATABASE_CONNECTIONS)]
+        database_connections: usize,
         #[arg(long)]
         json: bool,
     },
@@ -501,9 +504,17 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     periods,
                     database_url,
                     fresh_connections,
+                    database_connections,
                     json,
                 },
-        } => bench::hq(stores, periods, database_url, fresh_connections, json),
+        } => bench::hq(
+            stores,
+            periods,
+            database_url,
+            fresh_connections,
+            database_connections,
+            json,
+        ),
         Command::Bench {
             what:
                 BenchWhat::Alerts {

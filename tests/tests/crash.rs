@@ -230,7 +230,7 @@ fn a_node_killed_50_times_loses_no_durable_record_and_never_reuses_a_seq() {
     };
     let rt = tokio::runtime::Runtime::new().unwrap();
     let store = rt
-        .block_on(HqStore::open(&dir.join("hq-check"), Some(&pg.url())))
+        .block_on(HqStore::open(&dir.join("hq-check"), Some(&pg.url()), 1))
         .unwrap();
     let t = Instant::now();
     let at_hq = loop {
@@ -380,7 +380,7 @@ fn hq_killed_50_times_and_its_database_crashed_keeps_every_acknowledged_summary(
     let mut proc = spawn(&["hq", "--config", &hq.config], &log);
     wait_healthy(&hq, &log);
     let store = rt
-        .block_on(HqStore::open(&dir.join("hq-check"), Some(&pg.url())))
+        .block_on(HqStore::open(&dir.join("hq-check"), Some(&pg.url()), 1))
         .unwrap();
     let stored = rt
         .block_on(store.summaries(&Filter {

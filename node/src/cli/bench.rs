@@ -29,7 +29,20 @@ pub fn mesh(nodes: usize, records: u64, json: bool) -> Result<ExitCode> {
     })
 }
 
-pub fn hq(stores: usize, periods: usize, database_url: Option<String>, fresh: bool, json: bool) -> Result<ExitCode> {
+pub fn hq(
+    stores: usize,
+    periods: usize,
+    database_url: Option<String>,
+    fresh: bool,
+    database_connections: usize,
+    json: bool,
+) -> Result<ExitCode> {
+    if !(1..=lpmesh_hq::config::MAX_DATABASE_CONNECTIONS).contains(&database_connections) {
+        anyhow::bail!(
+            "--database-connections {database_connections}: give 1..={}",
+            lpmesh_hq::config::MAX_DATABASE_CONNECTIONS
+        );
+    }
     let rt = super::runtime()?;
     // A database of its own lies in the temp directory; one named by URL is wherever it is.
     let machine = lpmesh_node::ops::Machine {
@@ -39,7 +52,13 @@ pub fn hq(stores: usize, periods: usize, database_url: Option<String>, fresh: bo
         ),
         ..lpmesh_node::ops::machine(&std::env::temp_dir())
     };
-    let r = rt.block_on(lpmesh_hq::bench::run(stores, periods, database_url, fresh))?;
+    let r = rt.block_on(lpmesh_hq::bench::run(
+        stores,
+        periods,
+        database_url,
+        fresh,
+        database_connections,
+    ))?;
     report(&r, &machine, json, |r| {
         println!(
             "{} summaries from {} stores into {} ({}) over HTTPS, {} concurrent uploads, {}",
@@ -58,6 +77,7 @@ pub fn hq(stores: usize, periods: usize, database_url: Option<String>, fresh: bo
                 format!("on {} kept connections", r.connections)
             }
         );
+        println!("HQ holds {} connections to PostgreSQL", r.database_connections);
         println!(
             "ingest           {:>8.0} summaries/s   (p50 {:.1} ms, p99 {:.1} ms per upload; {} B per envelope)",
             r.summaries_per_s, r.p50_ms, r.p99_ms, r.envelope_bytes

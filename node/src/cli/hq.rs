@@ -36,7 +36,12 @@ pub fn run(config: Option<PathBuf>, cmd: Option<HqCommand>) -> Result<ExitCode> 
         Some(HqCommand::Summaries { config, store }) => {
             let cfg = HqConfig::load(&config)?;
             let rows = runtime()?.block_on(async {
-                let db = lpmesh_hq::store::HqStore::open(&cfg.data_dir, cfg.database_url.as_deref()).await?;
+                let db = lpmesh_hq::store::HqStore::open(
+                    &cfg.data_dir,
+                    cfg.database_url.as_deref(),
+                    cfg.database_connections,
+                )
+                .await?;
                 db.summaries(&lpmesh_hq::store::Filter {
                     store,
                     ..Default::default()
