@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::Command;
 
 pub use lpmesh_testkit::{
-    free_port, http_get, metric, now_ms, prometheus, try_http_get, FaultProxy, HeldPort, Rng, TempDir,
+    free_port, http_get, metric, now_ms, prometheus, try_http_get, ChildGuard, FaultProxy, HeldPort, Rng, TempDir,
 };
 
 /// The `lpmesh` binary of the same build profile as the running test.
@@ -38,10 +38,11 @@ pub fn footage() -> PathBuf {
     p
 }
 
-/// Starts `lpmesh ARGS` at info level, its stderr to `log` and its stdout beside it (`.out`).
-pub fn spawn(args: &[&str], log: &std::path::Path) -> std::process::Child {
+/// Starts `lpmesh ARGS` at info level, its stderr to `log` and its stdout beside it (`.out`); killed
+/// if the test fails before it stops it.
+pub fn spawn(args: &[&str], log: &std::path::Path) -> ChildGuard {
     use std::process::Stdio;
-    lpmesh()
+    let child = lpmesh()
         .args(args)
         .env("LPMESH_LOG", "info")
         .stdout(Stdio::from(
@@ -49,7 +50,8 @@ pub fn spawn(args: &[&str], log: &std::path::Path) -> std::process::Child {
         ))
         .stderr(Stdio::from(std::fs::File::create(log).expect("stderr log")))
         .spawn()
-        .expect("run lpmesh")
+        .expect("run lpmesh");
+    ChildGuard(child)
 }
 
 /// The last `lines` lines of a process's log file, for a failure message.

@@ -6,6 +6,8 @@
 use std::io::Write;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+
+use lpmesh_testkit::ChildGuard;
 use std::time::{Duration, Instant};
 
 use lpmesh_hq::client::HqClient;
@@ -37,16 +39,19 @@ fn cycles() -> usize {
         .unwrap_or(50)
 }
 
-/// Starts `lpmesh ARGS`, its output appended to `log` (one log across restarts).
-fn spawn(args: &[&str], log: &Path) -> Child {
+/// Starts `lpmesh ARGS`, its output appended to `log` (one log across restarts); killed if the test
+/// fails before it stops it.
+fn spawn(args: &[&str], log: &Path) -> ChildGuard {
     let f = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
-    Command::new(lpmesh_path())
-        .args(args)
-        .env("LPMESH_LOG", "info")
-        .stdout(Stdio::from(f.try_clone().unwrap()))
-        .stderr(Stdio::from(f))
-        .spawn()
-        .unwrap()
+    ChildGuard(
+        Command::new(lpmesh_path())
+            .args(args)
+            .env("LPMESH_LOG", "info")
+            .stdout(Stdio::from(f.try_clone().unwrap()))
+            .stderr(Stdio::from(f))
+            .spawn()
+            .unwrap(),
+    )
 }
 
 fn kill9(child: &mut Child) {
