@@ -181,7 +181,7 @@ fn write_users(path: &Path, users: Vec<HqUser>) -> Result<(), StoreError> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(|e| file_error(dir, e))?;
     }
-    let json = serde_json::to_vec_pretty(&UsersFile { users }).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let json = serde_json::to_vec_pretty(&UsersFile { users }).map_err(|e| StoreError::Corrupt(e.into()))?;
     lpmesh_web::fs::write_private_atomic(path, &path.with_extension("json.tmp"), &json)
         .map_err(|(p, e)| file_error(&p, e))
 }

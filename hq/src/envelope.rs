@@ -41,13 +41,16 @@ struct Signed<'a> {
     ciphertext: &'a [u8],
 }
 
+/// Any error, kept as the source of ours: its own message and its causes stay readable.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 /// Why HQ refused an envelope; each is counted separately and has its own HTTP status.
 #[derive(Debug, thiserror::Error)]
 pub enum EnvelopeError {
     #[error("envelope of {0} bytes exceeds the limit")]
     TooLarge(usize),
     #[error("malformed envelope: {0}")]
-    Malformed(String),
+    Malformed(#[source] BoxError),
     #[error("unknown envelope version {0}")]
     Version(u8),
     #[error("store {0:?} is not registered")]
@@ -55,13 +58,13 @@ pub enum EnvelopeError {
     #[error("signature does not verify against the store's registered key")]
     BadSignature,
     #[error("cannot decrypt: {0}")]
-    Undecryptable(String),
+    Undecryptable(#[source] BoxError),
     #[error("malformed summary: {0}")]
-    BadSummary(String),
+    BadSummary(#[source] BoxError),
     #[error(transparent)]
     Invalid(#[from] InvalidSummary),
     #[error("cannot seal: {0}")]
-    Seal(String),
+    Seal(#[source] BoxError),
 }
 
 impl EnvelopeError {
@@ -110,15 +113,15 @@ pub struct RecipientError(pub &'static str);
 
 /// Encrypts and signs a summary for HQ.
 pub fn seal(summary: &Summary, hq: &age::x25519::Recipient, store_key: &Keypair) -> Result<Envelope, EnvelopeError> {
-    let plain = serde_json::to_vec(summary).map_err(|e| EnvelopeError::Seal(e.to_string()))?;
+    let plain = serde_json::to_vec(summary).map_err(|e| EnvelopeError::Seal(e.into()))?;
     let encryptor = age::Encryptor::with_recipients(std::iter::once(hq as &dyn age::Recipient))
-        .map_err(|e| EnvelopeError::Seal(e.to_string()))?;
+        .map_err(|e| EnvelopeError::Seal(e.into()))?;
     let mut ciphertext = Vec::with_capacity(plain.len() + 256);
     let mut w = encryptor
         .wrap_output(&mut ciphertext)
-        .map_err(|e| EnvelopeError::Seal(e.to_string()))?;
-    w.write_all(&plain).map_err(|e| EnvelopeError::Seal(e.to_string()))?;
-    w.finish().map_err(|e| EnvelopeError::Seal(e.to_string()))?;
+        .map_err(|e| EnvelopeError::Seal(e.into()))?;
+    w.write_all(&plain).map_err(|e| EnvelopeError::Seal(e.into()))?;
+    w.finish().map_err(|e| EnvelopeError::Seal(e.into()))?;
     let mut env = Envelope {
         store: summary.store.clone(),
         period_start_ms: summary.period_start_ms,
@@ -129,7 +132,7 @@ pub fn seal(summary: &Summary, hq: &age::x25519::Recipient, store_key: &Keypair)
     };
     env.signature = store_key
         .sign(&signed_bytes(&env))
-        .map_err(|e| EnvelopeError::Seal(e.to_string()))?;
+        .map_err(|e| EnvelopeError::Seal(e.into()))?;
     Ok(env)
 }
 
@@ -151,13 +154,12 @@ impl Envelope {
             return Err(EnvelopeError::Version(v));
         }
         let mut rest = body;
-        let e: Envelope = ciborium::from_reader(&mut rest).map_err(|e| EnvelopeError::Malformed(e.to_string()))?;
+        let e: Envelope = ciborium::from_reader(&mut rest).map_err(|e| EnvelopeError::Malformed(e.into()))?;
         // One envelope per upload, nothing after it: strict like the mesh's records.
         if !rest.is_empty() {
-            return Err(EnvelopeError::Malformed(format!(
-                "{} bytes after the envelope",
-                rest.len()
-            )));
+            return Err(EnvelopeError::Malformed(
+                format!("{} bytes after the envelope", rest.len()).into(),
+            ));
         }
         // Control characters (a NUL above all, which PostgreSQL refuses in text) are never in a name.
         if e.store.is_empty()
@@ -180,8 +182,8 @@ impl Envelope {
 
     /// Decrypts, parses and checks the summary, and that it says what the envelope says.
     pub fn open(&self, hq: &age::x25519::Identity) -> Result<Summary, EnvelopeError> {
-        let plain = age::decrypt(hq, &self.ciphertext).map_err(|e| EnvelopeError::Undecryptable(e.to_string()))?;
-        let s: Summary = serde_json::from_slice(&plain).map_err(|e| EnvelopeError::BadSummary(e.to_string()))?;
+        let plain = age::decrypt(hq, &self.ciphertext).map_err(|e| EnvelopeError::Undecryptable(e.into()))?;
+        let s: Summary = serde_json::from_slice(&plain).map_err(|e| EnvelopeError::BadSummary(e.into()))?;
         if s.store != self.store
             || s.period_start_ms != self.period_start_ms
             || s.period_secs != self.period_secs

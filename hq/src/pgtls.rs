@@ -318,7 +318,7 @@ impl ServerCertVerifier for AnyName {
 pub async fn connect(target: &PgTarget) -> Result<tokio_postgres::Client, crate::store::StoreError> {
     let tls = target
         .client_config()
-        .map_err(|e| crate::store::StoreError::Tls(e.to_string()))?;
+        .map_err(|e| crate::store::StoreError::Tls(e.into()))?;
     let client = match tls {
         None => {
             let (client, conn) = tokio_postgres::connect(&target.url, tokio_postgres::NoTls).await?;

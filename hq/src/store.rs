@@ -14,7 +14,7 @@ use std::sync::Mutex;
 use serde::{Deserialize, Serialize};
 
 use crate::access::{self, HqSession, HqUser, UserError};
-use crate::envelope::parse_store_key;
+use crate::envelope::{parse_store_key, BoxError};
 use crate::plausible::History;
 use crate::summary::Summary;
 use crate::vv::{Decision, VersionVector};
@@ -28,7 +28,7 @@ pub enum StoreError {
     #[error("{path}: {reason}")]
     File { path: PathBuf, reason: String },
     #[error("stored data is corrupt: {0}")]
-    Corrupt(String),
+    Corrupt(#[source] BoxError),
     #[error("bad store key for {store}: {source}")]
     BadKey {
         store: String,
@@ -36,7 +36,7 @@ pub enum StoreError {
         source: crate::envelope::StoreKeyError,
     },
     #[error("PostgreSQL over TLS: {0}")]
-    Tls(String),
+    Tls(#[source] BoxError),
     #[error("another writer keeps changing {store} period {period_start_ms}; giving up")]
     Contended { store: String, period_start_ms: i64 },
 }
@@ -369,7 +369,7 @@ fn save_registry(path: &Path, mut reg: Registry) -> Result<(), StoreError> {
         reason: e.to_string(),
     };
     let tmp = path.with_extension("json.tmp");
-    let json = serde_json::to_vec_pretty(&reg).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let json = serde_json::to_vec_pretty(&reg).map_err(|e| StoreError::Corrupt(e.into()))?;
     // A store registered must stay registered: replaced whole and synced, rename included.
     lpmesh_durable::replace_file(path, &tmp, &json, 0o644).map_err(|(_, e)| file(e))
 }
@@ -465,7 +465,7 @@ impl Embedded {
         for k in drop {
             self.sled(self.sessions.remove(k))?;
         }
-        let bytes = serde_json::to_vec(s).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let bytes = serde_json::to_vec(s).map_err(|e| StoreError::Corrupt(e.into()))?;
         self.sled(self.sessions.insert(key.as_bytes(), bytes))?;
         Ok(())
     }
@@ -481,7 +481,7 @@ impl Embedded {
         match self.sled(self.db.get(summary_key(store, period_start_ms)))? {
             Some(v) => serde_json::from_slice(&v)
                 .map(Some)
-                .map_err(|e| StoreError::Corrupt(e.to_string())),
+                .map_err(|e| StoreError::Corrupt(e.into())),
             None => Ok(None),
         }
     }
@@ -493,7 +493,7 @@ impl Embedded {
         let mut h = History::default();
         for kv in self.db.scan_prefix(prefix) {
             let (_, v) = self.sled(kv)?;
-            let s: StoredSummary = serde_json::from_slice(&v).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            let s: StoredSummary = serde_json::from_slice(&v).map_err(|e| StoreError::Corrupt(e.into()))?;
             h.take(s.summary.period_secs, &s.summary.vv, s.received_at_ms);
         }
         Ok(h)
@@ -526,7 +526,7 @@ impl Embedded {
             received_at_ms,
             updates: existing.map_or(1, |e| e.updates.saturating_add(1)),
         };
-        let bytes = serde_json::to_vec(&row).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let bytes = serde_json::to_vec(&row).map_err(|e| StoreError::Corrupt(e.into()))?;
         self.sled(self.db.insert(summary_key(&s.store, s.period_start_ms), bytes))?;
         // Acknowledged means durable.
         self.sled(self.db.flush())?;
@@ -550,7 +550,7 @@ impl Embedded {
             let mut periods = 0;
             for kv in self.db.scan_prefix(&prefix) {
                 let (_, v) = self.sled(kv)?;
-                let s: StoredSummary = serde_json::from_slice(&v).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                let s: StoredSummary = serde_json::from_slice(&v).map_err(|e| StoreError::Corrupt(e.into()))?;
                 periods += 1;
                 last_sync_ms = last_sync_ms.max(Some(s.received_at_ms));
             }
@@ -590,7 +590,7 @@ impl Embedded {
                     continue;
                 }
             }
-            let s: StoredSummary = serde_json::from_slice(&v).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            let s: StoredSummary = serde_json::from_slice(&v).map_err(|e| StoreError::Corrupt(e.into()))?;
             if f.matches(&s.summary) {
                 out.push(s);
                 if f.limit.is_some_and(|l| out.len() >= l) {
@@ -659,7 +659,7 @@ const MIGRATION_LOCK: i64 = 0x6c70_6d65_7368;
 impl Postgres {
     /// Opens `connections` connections (each carries many concurrent queries) and migrates the schema.
     pub async fn connect(url: &str, connections: usize) -> Result<Postgres, StoreError> {
-        let target = crate::pgtls::PgTarget::parse(url).map_err(|e| StoreError::Tls(e.to_string()))?;
+        let target = crate::pgtls::PgTarget::parse(url).map_err(|e| StoreError::Tls(e.into()))?;
         let mut clients = Vec::new();
         for _ in 0..connections.max(1) {
             clients.push(crate::pgtls::connect(&target).await?);
@@ -748,7 +748,7 @@ impl Postgres {
         let mut h = History::default();
         if let Some(r) = period {
             let secs: i32 = r.get(0);
-            let secs = u32::try_from(secs).map_err(|_| StoreError::Corrupt(format!("period of {secs} s")))?;
+            let secs = u32::try_from(secs).map_err(|_| StoreError::Corrupt(format!("period of {secs} s").into()))?;
             h.period_secs = Some(secs);
         }
         for r in frontier {
@@ -756,7 +756,7 @@ impl Postgres {
             let text: String = r.get(1);
             let seq = text
                 .parse::<u64>()
-                .map_err(|_| StoreError::Corrupt(format!("version vector entry {node} = {text}")))?;
+                .map_err(|_| StoreError::Corrupt(format!("version vector entry {node} = {text}").into()))?;
             h.frontier.insert(
                 node,
                 crate::plausible::Frontier {
@@ -770,10 +770,10 @@ impl Postgres {
 
     pub async fn upsert(&self, s: &Summary, received_at_ms: i64) -> Result<Upserted, StoreError> {
         let c = self.client();
-        let vv_json = serde_json::to_string(&s.vv).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let body = serde_json::to_string(s).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let period_secs =
-            i32::try_from(s.period_secs).map_err(|_| StoreError::Corrupt(format!("period of {} s", s.period_secs)))?;
+        let vv_json = serde_json::to_string(&s.vv).map_err(|e| StoreError::Corrupt(e.into()))?;
+        let body = serde_json::to_string(s).map_err(|e| StoreError::Corrupt(e.into()))?;
+        let period_secs = i32::try_from(s.period_secs)
+            .map_err(|_| StoreError::Corrupt(format!("period of {} s", s.period_secs).into()))?;
         for _ in 0..8 {
             let row = c
                 .query_opt(
@@ -784,7 +784,7 @@ impl Postgres {
             let (stored_text, stored) = match row {
                 Some(r) => {
                     let t: String = r.get(0);
-                    let vv: VersionVector = serde_json::from_str(&t).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                    let vv: VersionVector = serde_json::from_str(&t).map_err(|e| StoreError::Corrupt(e.into()))?;
                     (Some(t), Some(vv))
                 }
                 None => (None, None),
@@ -897,7 +897,7 @@ impl Postgres {
             .map(|r| {
                 let text: String = r.get(0);
                 Ok(StoredSummary {
-                    summary: serde_json::from_str(&text).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                    summary: serde_json::from_str(&text).map_err(|e| StoreError::Corrupt(e.into()))?,
                     received_at_ms: r.get(1),
                     updates: r.get::<_, i32>(2) as u32,
                 })
@@ -943,8 +943,8 @@ impl Postgres {
                 Ok(HqUser {
                     name: r.get(0),
                     role: access::HqRole::parse(&role)
-                        .ok_or_else(|| StoreError::Corrupt(format!("HQ role {role:?}")))?,
-                    stores: serde_json::from_str(&stores).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                        .ok_or_else(|| StoreError::Corrupt(format!("HQ role {role:?}").into()))?,
+                    stores: serde_json::from_str(&stores).map_err(|e| StoreError::Corrupt(e.into()))?,
                     hash: r.get(3),
                     changed_ms: r.get(4),
                 })
@@ -962,7 +962,7 @@ impl Postgres {
         if count as usize >= access::MAX_USERS {
             return Err(UserError::TooMany);
         }
-        let stores = serde_json::to_string(&u.stores).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let stores = serde_json::to_string(&u.stores).map_err(|e| StoreError::Corrupt(e.into()))?;
         c.execute(
             "INSERT INTO hq_users (name, role, stores, hash, changed_ms) VALUES ($1, $2, $3::text::jsonb, $4, $5)
              ON CONFLICT (name) DO UPDATE SET role = EXCLUDED.role, stores = EXCLUDED.stores, hash = EXCLUDED.hash,

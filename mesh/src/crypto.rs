@@ -33,6 +33,9 @@ use curve25519_dalek::montgomery::MontgomeryPoint;
 
 use crate::keys::EpochKey;
 
+/// Any error, kept as the source of ours: its own message and its causes stay readable.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 #[derive(Debug, thiserror::Error)]
 pub enum CryptoError {
     #[error("not a valid store secret key")]
@@ -40,9 +43,9 @@ pub enum CryptoError {
     #[error("not a valid store recipient")]
     BadRecipient,
     #[error("encryption failed: {0}")]
-    Encrypt(String),
+    Encrypt(#[source] BoxError),
     #[error("cannot decrypt: {0}")]
-    Decrypt(String),
+    Decrypt(#[source] BoxError),
 }
 
 /// What starts a payload in the shared-exchange format (see the module's notes). An age file starts
@@ -115,7 +118,7 @@ impl StoreSecret {
 
     pub fn decrypt(&self, ciphertext: &[u8]) -> Result<Vec<u8>, CryptoError> {
         let Some(sealed) = Sealed::parse(ciphertext)? else {
-            return age::decrypt(&self.identity, ciphertext).map_err(|e| CryptoError::Decrypt(e.to_string()));
+            return age::decrypt(&self.identity, ciphertext).map_err(|e| CryptoError::Decrypt(e.into()));
         };
         let id: [u8; 32] = sha2::Sha256::digest(sealed.wrapped).into();
         let cached = self.cache.lock().unwrap_or_else(|p| p.into_inner()).get(&id);
@@ -211,7 +214,7 @@ impl StoreRecipient {
             return Ok(d);
         }
         let key: [u8; 32] = rand::random();
-        let wrapped = age::encrypt(&self.age, &key).map_err(|e| CryptoError::Encrypt(e.to_string()))?;
+        let wrapped = age::encrypt(&self.age, &key).map_err(|e| CryptoError::Encrypt(e.into()))?;
         let len = u16::try_from(wrapped.len())
             .ok()
             .filter(|l| usize::from(*l) <= MAX_WRAPPED_BYTES)
@@ -236,7 +239,7 @@ impl StoreRecipient {
                     aad: &d.header,
                 },
             )
-            .map_err(|e| CryptoError::Encrypt(e.to_string()))?;
+            .map_err(|e| CryptoError::Encrypt(e.to_string().into()))?;
         Ok([d.header.as_slice(), &nonce, &body].concat())
     }
 }
@@ -427,7 +430,7 @@ fn seal_key(
     let hk = hkdf::Hkdf::<sha2::Sha256>::new(Some(&salt), shared.as_bytes());
     let mut key = [0u8; 32];
     hk.expand(SEAL_INFO, &mut key)
-        .map_err(|e| CryptoError::Encrypt(e.to_string()))?;
+        .map_err(|e| CryptoError::Encrypt(e.to_string().into()))?;
     Ok(key)
 }
 
@@ -441,13 +444,13 @@ pub fn seal_to_node(node: &[u8; 32], plaintext: &[u8]) -> Result<Vec<u8>, Crypto
     let key = seal_key(&to.mul_clamped(ephemeral_secret), &ephemeral, &to)?;
     let sealed = chacha20poly1305::ChaCha20Poly1305::new((&key).into())
         .encrypt(&chacha20poly1305::Nonce::default(), plaintext)
-        .map_err(|e| CryptoError::Encrypt(e.to_string()))?;
+        .map_err(|e| CryptoError::Encrypt(e.to_string().into()))?;
     Ok([ephemeral.as_bytes().as_slice(), &sealed].concat())
 }
 
 /// Opens what [`seal_to_node`] sealed to this node's key.
 pub fn open_with_node_key(key: &libp2p_identity::Keypair, sealed: &[u8]) -> Result<Vec<u8>, CryptoError> {
-    let bad = |why: &str| CryptoError::Decrypt(why.to_string());
+    let bad = |why: &str| CryptoError::Decrypt(why.into());
     let ed = key
         .clone()
         .try_into_ed25519()

@@ -56,6 +56,9 @@ pub const HELLO_DEADLINE: Duration = Duration::from_secs(3);
 /// Enrolments a member serves at once; more are refused as busy at once.
 pub const MAX_CONCURRENT: usize = 4;
 
+/// Any error, kept as the source of ours: its own message and its causes stay readable.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 #[derive(Debug, thiserror::Error)]
 pub enum EnrolError {
     #[error("{}: {source}", path.display())]
@@ -65,7 +68,7 @@ pub enum EnrolError {
         source: std::io::Error,
     },
     #[error("not a valid invitation token: {0}")]
-    Token(String),
+    Token(#[source] BoxError),
     #[error("the invitation was refused by the member: {0}")]
     Refused(Refusal),
     #[error("cannot reach the member at {addr}: {source}")]
@@ -75,7 +78,7 @@ pub enum EnrolError {
         source: std::io::Error,
     },
     #[error("the enrolment exchange failed: {0}")]
-    Protocol(String),
+    Protocol(#[source] BoxError),
     #[error("the member did not prove it knows the invitation's secret: it is not the store's member, or the token was altered")]
     NotTheMember,
     #[error("the secrets received are not the store's named in the token ({0})")]
@@ -129,7 +132,7 @@ fn b64(bytes: &[u8]) -> String {
 fn unb64(s: &str) -> Result<Vec<u8>, EnrolError> {
     base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(s)
-        .map_err(|e| EnrolError::Protocol(format!("bad base64: {e}")))
+        .map_err(|e| EnrolError::Protocol(format!("bad base64: {e}").into()))
 }
 
 /// An invitation as the member keeps it.
@@ -211,12 +214,12 @@ impl Token {
         }
         let body = text
             .strip_prefix(TOKEN_PREFIX)
-            .ok_or_else(|| EnrolError::Token(format!("it does not start with {TOKEN_PREFIX}")))?;
+            .ok_or_else(|| EnrolError::Token(format!("it does not start with {TOKEN_PREFIX}").into()))?;
         if body.len() > MAX_FRAME {
             return Err(EnrolError::Token("it is too long".into()));
         }
         let json = unb64(body).map_err(|_| EnrolError::Token("it is not base64".into()))?;
-        let t: Token = serde_json::from_slice(&json).map_err(|e| EnrolError::Token(e.to_string()))?;
+        let t: Token = serde_json::from_slice(&json).map_err(|e| EnrolError::Token(e.into()))?;
         if t.id.len() != 32 || !t.id.chars().all(|c| c.is_ascii_hexdigit()) {
             return Err(EnrolError::Token("bad invitation id".into()));
         }
@@ -239,7 +242,7 @@ fn save(data_dir: &Path, inv: &Invitation) -> Result<(), EnrolError> {
     let path = invite_path(data_dir, &inv.id);
     // A name of its own per write: two exchanges (or two processes) saving at once never interleave.
     let tmp = path.with_extension(format!("tmp.{:016x}", rand::random::<u64>()));
-    let json = serde_json::to_vec_pretty(inv).map_err(|e| EnrolError::Protocol(e.to_string()))?;
+    let json = serde_json::to_vec_pretty(inv).map_err(|e| EnrolError::Protocol(e.into()))?;
     {
         let mut f = fs::OpenOptions::new()
             .write(true)
@@ -297,7 +300,7 @@ fn load(data_dir: &Path, id: &str) -> Result<Option<Invitation>, EnrolError> {
                 }
                 Some(inv)
             })
-            .map_err(|e| EnrolError::Protocol(format!("{}: {e}", path.display()))),
+            .map_err(|e| EnrolError::Protocol(format!("{}: {e}", path.display()).into())),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(EnrolError::Io { path, source: e }),
     }
@@ -473,24 +476,24 @@ enum Msg {
 }
 
 async fn send<S: AsyncWriteExt + Unpin>(s: &mut S, m: &Msg) -> Result<(), EnrolError> {
-    let json = serde_json::to_vec(m).map_err(|e| EnrolError::Protocol(e.to_string()))?;
-    let io = |e: std::io::Error| EnrolError::Protocol(e.to_string());
+    let json = serde_json::to_vec(m).map_err(|e| EnrolError::Protocol(e.into()))?;
+    let io = |e: std::io::Error| EnrolError::Protocol(e.into());
     s.write_all(&(json.len() as u32).to_be_bytes()).await.map_err(io)?;
     s.write_all(&json).await.map_err(io)?;
     s.flush().await.map_err(io)
 }
 
 async fn recv<S: AsyncReadExt + Unpin>(s: &mut S) -> Result<Msg, EnrolError> {
-    let io = |e: std::io::Error| EnrolError::Protocol(e.to_string());
+    let io = |e: std::io::Error| EnrolError::Protocol(e.into());
     let mut len = [0u8; 4];
     s.read_exact(&mut len).await.map_err(io)?;
     let len = u32::from_be_bytes(len) as usize;
     if len > MAX_FRAME {
-        return Err(EnrolError::Protocol(format!("a frame of {len} bytes")));
+        return Err(EnrolError::Protocol(format!("a frame of {len} bytes").into()));
     }
     let mut buf = vec![0u8; len];
     s.read_exact(&mut buf).await.map_err(io)?;
-    serde_json::from_slice(&buf).map_err(|e| EnrolError::Protocol(e.to_string()))
+    serde_json::from_slice(&buf).map_err(|e| EnrolError::Protocol(e.into()))
 }
 
 /// A node admitted by this member.
@@ -554,7 +557,7 @@ where
         Spake2::<Ed25519Group>::start_symmetric(&Password::new(&secret), &identity(&inv.store, &inv.id));
     let shared = state
         .finish(&joiner_msg)
-        .map_err(|e| EnrolError::Protocol(format!("SPAKE2: {e:?}")))?;
+        .map_err(|e| EnrolError::Protocol(format!("SPAKE2: {e:?}").into()))?;
     let t = transcript(&inv.store, &inv.id, &joiner_msg, &member_msg);
     let keys = derive(&shared, &t);
     send(
@@ -574,8 +577,8 @@ where
         return Err(EnrolError::Protocol("expected proof".into()));
     };
     let node_bytes = unb64(&node_key)?;
-    let node =
-        PublicKey::try_decode_protobuf(&node_bytes).map_err(|e| EnrolError::Protocol(format!("node key: {e}")))?;
+    let node = PublicKey::try_decode_protobuf(&node_bytes)
+        .map_err(|e| EnrolError::Protocol(format!("node key: {e}").into()))?;
     // The node key is inside what the joiner confirms and signs: nobody in the middle can swap it.
     let tk = bind_key(&t, &node_bytes);
     if !mac_ok(&keys.joiner_confirm, &tk, &unb64(&confirm)?) || !node.verify(&tk, &unb64(&signature)?) {
@@ -620,7 +623,7 @@ where
         // The claim file already says it is used; this only loses who and when.
         tracing::warn!(error = %e, "cannot record who used an invitation");
     }
-    let plain = serde_json::to_vec(secrets).map_err(|e| EnrolError::Protocol(e.to_string()))?;
+    let plain = serde_json::to_vec(secrets).map_err(|e| EnrolError::Protocol(e.into()))?;
     let sealed = ChaCha20Poly1305::new((&keys.seal).into())
         .encrypt(
             &[0u8; 12].into(),
@@ -662,7 +665,7 @@ where
     };
     let shared = state
         .finish(&member_msg)
-        .map_err(|e| EnrolError::Protocol(format!("SPAKE2: {e:?}")))?;
+        .map_err(|e| EnrolError::Protocol(format!("SPAKE2: {e:?}").into()))?;
     let t = transcript(&token.store, &token.id, &joiner_msg, &member_msg);
     let keys = derive(&shared, &t);
     if !mac_ok(&keys.member_confirm, &t, &confirm) {
@@ -672,7 +675,7 @@ where
     let tk = bind_key(&t, &node_bytes);
     let signature = node_key
         .sign(&tk)
-        .map_err(|e| EnrolError::Protocol(format!("signing: {e}")))?;
+        .map_err(|e| EnrolError::Protocol(format!("signing: {e}").into()))?;
     send(
         stream,
         &Msg::Proof {
@@ -697,7 +700,7 @@ where
         )
         .map_err(|_| EnrolError::NotTheMember)?;
     let secrets: StoreSecrets =
-        serde_json::from_slice(&plain).map_err(|e| EnrolError::Protocol(format!("secrets: {e}")))?;
+        serde_json::from_slice(&plain).map_err(|e| EnrolError::Protocol(format!("secrets: {e}").into()))?;
     let secrets = secrets.checked()?;
     let key = secrets.signing_key()?.public().to_peer_id().to_string();
     if secrets.store != token.store || key != token.store_key {
@@ -726,7 +729,7 @@ pub async fn join_remote(token: &Token, node_key: &Keypair) -> Result<StoreSecre
     };
     tokio::time::timeout(DEADLINE, run)
         .await
-        .map_err(|_| EnrolError::Protocol(format!("no answer from {} within {DEADLINE:?}", token.enrol)))?
+        .map_err(|_| EnrolError::Protocol(format!("no answer from {} within {DEADLINE:?}", token.enrol).into()))?
 }
 
 /// Counts of the member's enrolment listener, for metrics.

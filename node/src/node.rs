@@ -27,7 +27,7 @@ pub enum NodeError {
     #[error(transparent)]
     Enrol(#[from] EnrolError),
     #[error("{0}")]
-    Setup(String),
+    Setup(#[source] lpmesh_mesh::enrol::BoxError),
 }
 
 /// Where the log lives inside the data directory.
@@ -44,7 +44,7 @@ pub fn init(store: &str, data_dir: &Path) -> Result<lpmesh_mesh::net::NodeId, No
     // The first node is the root of the store's member list: every joiner receives its key with the
     // store's secrets, so it needs no record of its own (and `init` leaves the log to `run`).
     secrets.founder = Some(crate::members::hex(&me));
-    let ca = lpmesh_web::tls::new_ca(store).map_err(|e| NodeError::Setup(e.to_string()))?;
+    let ca = lpmesh_web::tls::new_ca(store).map_err(|e| NodeError::Setup(e.into()))?;
     secrets.ui_ca = Some(keys::UiCa {
         name: store.to_string(),
         cert_pem: ca.cert_pem,
@@ -321,21 +321,21 @@ pub fn revoke(data_dir: &Path, peer: &str) -> Result<String, NodeError> {
         NodeError::Setup("this store has no member list (created before invitations): nothing to revoke from".into())
     })?;
     let mut log = Log::open(&log_dir(data_dir), &secrets.store, key.clone(), secrets.recipient()?)
-        .map_err(|e| NodeError::Setup(format!("{e}: stop the node first (the log admits one process)")))?;
+        .map_err(|e| NodeError::Setup(format!("{e}: stop the node first (the log admits one process)").into()))?;
     let mut state = state_in(&log, &secrets, &key, f)?;
     let now = chrono::Utc::now().timestamp_millis();
     let wall = u64::try_from(now).unwrap_or(0);
     let revocation = crate::members::revocation(&state.members.list(), peer, &log.origin(), now)
-        .map_err(|e| NodeError::Setup(format!("{peer}: {e}")))?;
-    let json = serde_json::to_vec(&revocation).map_err(|e| NodeError::Setup(e.to_string()))?;
+        .map_err(|e| NodeError::Setup(format!("{peer}: {e}").into()))?;
+    let json = serde_json::to_vec(&revocation).map_err(|e| NodeError::Setup(e.into()))?;
     log.set_write_recipient(Some(state.reader.ring().current()));
     let r = log.append(RecordKind::Member, &json, wall)?;
     take_member(&mut state.members, &state.reader, &r);
     // The store writes under keys the revoked node never had from now on.
     if state.epochs.needs_rekey(&state.members, state.reader.ring()) {
-        let (grant, epoch) = crate::epochs::begin(&state.members, state.reader.ring(), now)
-            .map_err(|e| NodeError::Setup(e.to_string()))?;
-        let json = serde_json::to_vec(&grant).map_err(|e| NodeError::Setup(e.to_string()))?;
+        let (grant, epoch) =
+            crate::epochs::begin(&state.members, state.reader.ring(), now).map_err(|e| NodeError::Setup(e.into()))?;
+        let json = serde_json::to_vec(&grant).map_err(|e| NodeError::Setup(e.into()))?;
         log.append(RecordKind::Keys, &json, wall)?;
         tracing::info!(epoch = epoch.n, "began a new key epoch");
     }
@@ -423,7 +423,7 @@ pub fn invite(
     enrol: Option<String>,
 ) -> Result<(enrol::Invitation, enrol::Token), NodeError> {
     if let Some(n) = &grant.name {
-        crate::config::check_name(n).map_err(|e| NodeError::Setup(format!("node name {e}")))?;
+        crate::config::check_name(n).map_err(|e| NodeError::Setup(format!("node name {e}").into()))?;
     }
     let secrets = StoreSecrets::load(data_dir)?;
     let enrol = match enrol {
@@ -431,11 +431,14 @@ pub fn invite(
         None => std::fs::read_to_string(data_dir.join(enrol::ENROL_ADDR_FILE))
             .map(|s| s.trim().to_string())
             .map_err(|_| {
-                NodeError::Setup(format!(
-                    "no node is running on {}: an invitation is answered by a running node, so start it \
+                NodeError::Setup(
+                    format!(
+                        "no node is running on {}: an invitation is answered by a running node, so start it \
                      first (`lpmesh run`), or name the running member's enrolment address with --enrol HOST:PORT",
-                    data_dir.display()
-                ))
+                        data_dir.display()
+                    )
+                    .into(),
+                )
             })?,
     };
     let now = u64::try_from(chrono::Utc::now().timestamp_millis()).unwrap_or(0);
@@ -491,13 +494,13 @@ pub async fn invite_and_serve(
 ) -> Result<enrol::Admitted, NodeError> {
     let want: std::net::SocketAddr = listen
         .parse()
-        .map_err(|e| NodeError::Setup(format!("--serve {listen:?}: {e}")))?;
+        .map_err(|e| NodeError::Setup(format!("--serve {listen:?}: {e}").into()))?;
     let listener = tokio::net::TcpListener::bind(want)
         .await
-        .map_err(|e| NodeError::Setup(format!("--serve {want}: {e}")))?;
+        .map_err(|e| NodeError::Setup(format!("--serve {want}: {e}").into()))?;
     let bound = listener
         .local_addr()
-        .map_err(|e| NodeError::Setup(format!("--serve {want}: {e}")))?;
+        .map_err(|e| NodeError::Setup(format!("--serve {want}: {e}").into()))?;
     // Opened first: a running node holds the log, and then it answers invitations itself.
     let secrets0 = StoreSecrets::load(data_dir)?;
     let node_key = keys::load_node_key(data_dir)?;
@@ -508,9 +511,7 @@ pub async fn invite_and_serve(
         secrets0.recipient()?,
     )
     .map_err(|e| {
-        NodeError::Setup(format!(
-            "{e}: is the node running? Then run `lpmesh invite` without --serve"
-        ))
+        NodeError::Setup(format!("{e}: is the node running? Then run `lpmesh invite` without --serve").into())
     })?;
     let state = founder(&secrets0)
         .map(|f| state_in(&log, &secrets0, &node_key, f))
@@ -521,9 +522,9 @@ pub async fn invite_and_serve(
     if let (Some(n), Some(st)) = (&grant.name, &state) {
         let taken = st.members.names().into_values().any(|held| &held == n);
         if taken {
-            return Err(NodeError::Setup(format!(
-                "a member of the store is named {n:?} already"
-            )));
+            return Err(NodeError::Setup(
+                format!("a member of the store is named {n:?} already").into(),
+            ));
         }
     }
     let (inv, token) = invite(data_dir, bootstrap, expires, grant, Some(enrol_address(bound)))?;
@@ -545,7 +546,7 @@ pub async fn invite_and_serve(
         match tokio::time::timeout(Duration::from_millis(left), rx.recv()).await {
             Ok(Some(a)) if a.invitation == inv.id => break Ok(a),
             Ok(Some(_)) => continue,
-            Ok(None) | Err(_) => break Err(NodeError::Setup(format!("invitation {} expired unused", inv.id))),
+            Ok(None) | Err(_) => break Err(NodeError::Setup(format!("invitation {} expired unused", inv.id).into())),
         }
     };
     server.abort();
@@ -573,22 +574,23 @@ pub async fn start_enrolment(
         .mesh
         .enrol_listen
         .parse()
-        .map_err(|e| NodeError::Setup(format!("[mesh] enrol_listen {:?}: {e}", cfg.mesh.enrol_listen)))?;
+        .map_err(|e| NodeError::Setup(format!("[mesh] enrol_listen {:?}: {e}", cfg.mesh.enrol_listen).into()))?;
     let listener = match tokio::net::TcpListener::bind(want).await {
         Ok(l) => l,
         Err(e) => {
             tracing::warn!(listen = %want, error = %e, "enrolment port taken; answering invitations on a free port instead");
             tokio::net::TcpListener::bind(std::net::SocketAddr::new(want.ip(), 0))
                 .await
-                .map_err(|e| NodeError::Setup(format!("enrolment listener on {want}: {e}")))?
+                .map_err(|e| NodeError::Setup(format!("enrolment listener on {want}: {e}").into()))?
         }
     };
     let bound = listener
         .local_addr()
-        .map_err(|e| NodeError::Setup(format!("enrolment listener: {e}")))?;
+        .map_err(|e| NodeError::Setup(format!("enrolment listener: {e}").into()))?;
     let addr = enrol_address(bound);
     let file = cfg.data_dir.join(enrol::ENROL_ADDR_FILE);
-    std::fs::write(&file, format!("{addr}\n")).map_err(|e| NodeError::Setup(format!("{}: {e}", file.display())))?;
+    std::fs::write(&file, format!("{addr}\n"))
+        .map_err(|e| NodeError::Setup(format!("{}: {e}", file.display()).into()))?;
     tokio::spawn(enrol::serve(
         listener,
         cfg.data_dir.clone(),
@@ -605,17 +607,23 @@ pub fn start_mesh(cfg: &NodeConfig) -> Result<MeshHandle, NodeError> {
     let key = keys::load_node_key(&cfg.data_dir)?;
     let secrets = StoreSecrets::load(&cfg.data_dir)?;
     if secrets.store != cfg.store {
-        return Err(NodeError::Setup(format!(
-            "{} belongs to store {:?}, but the configuration says store {:?}",
-            cfg.data_dir.display(),
-            secrets.store,
-            cfg.store
-        )));
+        return Err(NodeError::Setup(
+            format!(
+                "{} belongs to store {:?}, but the configuration says store {:?}",
+                cfg.data_dir.display(),
+                secrets.store,
+                cfg.store
+            )
+            .into(),
+        ));
     }
     let mut mc = MeshConfig::new(&cfg.store, secrets.psk()?, log_dir(&cfg.data_dir));
     let parse = |v: &[String]| -> Result<Vec<net::Addr>, NodeError> {
         v.iter()
-            .map(|a| a.parse().map_err(|e| NodeError::Setup(format!("bad address {a}: {e}"))))
+            .map(|a| {
+                a.parse()
+                    .map_err(|e| NodeError::Setup(format!("bad address {a}: {e}").into()))
+            })
             .collect()
     };
     mc.listen = parse(&cfg.mesh.listen)?;

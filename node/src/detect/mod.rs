@@ -68,14 +68,17 @@ pub struct DetectTimings {
     pub postprocess: Duration,
 }
 
+/// Any error, kept as the source of ours: its own message and its causes stay readable.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 #[derive(Debug, thiserror::Error)]
 pub enum DetectError {
     #[error("input tensor has {got} values, the model wants {want}")]
     InputSize { got: usize, want: usize },
     #[error("inference failed: {0}")]
-    Inference(String),
+    Inference(#[source] BoxError),
     #[error("model output is not what the decoder expects: {0}")]
-    Output(String),
+    Output(#[source] BoxError),
 }
 
 /// A person detector. Implementations own their model session; the caller owns the buffers.

@@ -15,7 +15,7 @@ use ort::value::TensorRef;
 
 use super::nanodet::{Level, NanoDetDecoder};
 use super::nms::nms;
-use super::{DetectError, DetectTimings, Detection, Detector, InputSpec};
+use super::{BoxError, DetectError, DetectTimings, Detection, Detector, InputSpec};
 use crate::config::{default_onnxruntime_path, default_openvino_plugin_path, OpenVinoConfig, RuntimeConfig};
 
 #[derive(Debug, thiserror::Error)]
@@ -30,7 +30,7 @@ pub enum RuntimeError {
     #[error("cannot load ONNX Runtime from {}: {reason}", path.display())]
     Load { path: PathBuf, reason: String },
     #[error("ONNX Runtime environment: {0}")]
-    Environment(String),
+    Environment(#[source] BoxError),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -78,7 +78,7 @@ pub fn environment(cfg: &RuntimeConfig) -> Result<&'static Environment, RuntimeE
     let env = builder
         .with_name("lpmesh")
         .build()
-        .map_err(|e| RuntimeError::Environment(e.to_string()))?;
+        .map_err(|e| RuntimeError::Environment(e.into()))?;
     tracing::info!(library = %path.display(), "ONNX Runtime loaded");
     Ok(ENVIRONMENT.get_or_init(|| env))
 }
@@ -476,25 +476,25 @@ impl Detector for OnnxDetector {
         self.check_input(input)?;
         let shape = self.input_shape();
         let t0 = Instant::now();
-        let tensor = TensorRef::from_array_view((shape, input)).map_err(|e| DetectError::Inference(e.to_string()))?;
+        let tensor = TensorRef::from_array_view((shape, input)).map_err(|e| DetectError::Inference(e.into()))?;
         let outputs = self
             .session
             .run(ort::inputs![tensor])
-            .map_err(|e| DetectError::Inference(e.to_string()))?;
+            .map_err(|e| DetectError::Inference(e.into()))?;
         let t1 = Instant::now();
         let mut heads = Vec::with_capacity(self.levels.len());
         for l in &self.levels {
             let scores = outputs
                 .get(&l.scores)
-                .ok_or_else(|| DetectError::Output(format!("missing output {}", l.scores)))?
+                .ok_or_else(|| DetectError::Output(format!("missing output {}", l.scores).into()))?
                 .try_extract_tensor::<f32>()
-                .map_err(|e| DetectError::Output(e.to_string()))?
+                .map_err(|e| DetectError::Output(e.into()))?
                 .1;
             let boxes = outputs
                 .get(&l.boxes)
-                .ok_or_else(|| DetectError::Output(format!("missing output {}", l.boxes)))?
+                .ok_or_else(|| DetectError::Output(format!("missing output {}", l.boxes).into()))?
                 .try_extract_tensor::<f32>()
-                .map_err(|e| DetectError::Output(e.to_string()))?
+                .map_err(|e| DetectError::Output(e.into()))?
                 .1;
             heads.push(Level {
                 stride: l.stride,
@@ -505,7 +505,7 @@ impl Detector for OnnxDetector {
         let start = out.len();
         self.decoder
             .decode(&heads, frame_width, frame_height, out)
-            .map_err(|e| DetectError::Output(e.to_string()))?;
+            .map_err(|e| DetectError::Output(e.into()))?;
         let mut mine = out.split_off(start);
         nms(&mut mine, self.nms_iou);
         out.extend(mine);
@@ -517,11 +517,11 @@ impl Detector for OnnxDetector {
 
     fn run_model_only(&mut self, input: &[f32]) -> Result<(), DetectError> {
         self.check_input(input)?;
-        let tensor = TensorRef::from_array_view((self.input_shape(), input))
-            .map_err(|e| DetectError::Inference(e.to_string()))?;
+        let tensor =
+            TensorRef::from_array_view((self.input_shape(), input)).map_err(|e| DetectError::Inference(e.into()))?;
         self.session
             .run(ort::inputs![tensor])
-            .map_err(|e| DetectError::Inference(e.to_string()))?;
+            .map_err(|e| DetectError::Inference(e.into()))?;
         Ok(())
     }
 
