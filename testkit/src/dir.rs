@@ -26,15 +26,17 @@ impl TempDir {
     }
 
     /// Keeps the directory past this value: for a fixture that removes it itself when it drops.
-    pub fn into_path(self) -> PathBuf {
-        let me = std::mem::ManuallyDrop::new(self);
-        me.0.clone()
+    pub fn into_path(mut self) -> PathBuf {
+        // The empty path left behind is what `drop` sees: it removes nothing and leaks nothing.
+        std::mem::take(&mut self.0)
     }
 }
 
 impl Drop for TempDir {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+        if !self.0.as_os_str().is_empty() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
     }
 }
 
@@ -51,5 +53,8 @@ mod tests {
         drop(a);
         assert!(!kept.exists());
         assert!(b.path().exists());
+        let kept = b.into_path();
+        assert!(kept.exists(), "into_path keeps the directory");
+        std::fs::remove_dir_all(kept).unwrap();
     }
 }
