@@ -251,6 +251,30 @@ impl Store {
         found.unwrap()
     }
 
+    /// The leader once the store has settled: every live node reached HQ and all agree on the node
+    /// the rule picks among equals (smallest id). Before that, a node whose first probe came late
+    /// (a loaded machine) can take the lead from one that already sent everything, and then has
+    /// nothing to send.
+    async fn settled_leader(&self) -> usize {
+        eventually("every live node reached HQ", Duration::from_secs(20), async || {
+            self.live()
+                .all(|(_, n)| n.uplink.as_ref().is_some_and(|u| u.status().hq_reachable))
+        })
+        .await;
+        let smallest = self.live().map(|(_, n)| n.mesh.origin()).min().unwrap();
+        let mut found = None;
+        eventually(
+            "the smallest id leads, agreed by every live node",
+            Duration::from_secs(10),
+            async || {
+                found = Some(self.leader().await);
+                found.is_some_and(|i| self.node(i).mesh.origin() == smallest)
+            },
+        )
+        .await;
+        found.unwrap()
+    }
+
     async fn kill(&mut self, i: usize) -> (Dir, Keypair) {
         let mut n = self.nodes[i].take().unwrap();
         if let Some(u) = n.uplink.take() {
@@ -387,20 +411,26 @@ async fn sent(n: &Node) -> u64 {
     n.uplink.as_ref().unwrap().status().summaries_sent
 }
 
+/// A node counts a send once HQ's answer is on its disk, a moment after HQ holds the summary.
+async fn counts_a_send(n: &Node, what: &str) {
+    eventually(what, Duration::from_secs(5), async || sent(n).await > 0).await;
+}
+
 /// Leader elected, summaries arrive; the leader dies, another takes over within the failover time,
 /// summaries keep arriving, nothing is counted twice.
 async fn failover(postgres: bool) {
     let key = Keypair::generate_ed25519();
     let hq = Hq::start(postgres, &key).await;
     let mut store = Store::new(3, &hq, key).await;
+    let leader = store.settled_leader().await;
     let now = this_hour();
     for i in 0..3 {
         store.append(i, traffic(i, now - 2 * HOUR, 5)).await;
         store.append(i, traffic(i, now, 4)).await;
     }
-    let leader = store.leader().await;
+    assert_eq!(store.leader().await, leader, "nothing changed the lead");
     store.hq_matches_log(&hq, Duration::from_secs(20)).await;
-    assert!(sent(store.node(leader)).await > 0);
+    counts_a_send(store.node(leader), "the leader sends").await;
     for (i, n) in store.live() {
         if i != leader {
             assert_eq!(sent(n).await, 0, "only the leader sends");
@@ -432,7 +462,7 @@ async fn failover(postgres: bool) {
         }
     }
     store.hq_matches_log(&hq, Duration::from_secs(20)).await;
-    assert!(sent(store.node(next)).await > 0, "the new leader sends");
+    counts_a_send(store.node(next), "the new leader sends").await;
     assert!(
         took < LEADER_TIMEOUT + Duration::from_secs(3),
         "failover took {took:?}, documented as the leader timeout"
@@ -450,9 +480,9 @@ async fn hq_outage(postgres: bool) {
     let key = Keypair::generate_ed25519();
     let mut hq = Hq::start(postgres, &key).await;
     let store = Store::new(3, &hq, key).await;
+    let leader = store.settled_leader().await;
     let now = this_hour();
     store.append(0, traffic(0, now, 2)).await;
-    let leader = store.leader().await;
     store.hq_matches_log(&hq, Duration::from_secs(20)).await;
     hq.stop().await;
     for h in 1..=5 {
@@ -672,7 +702,7 @@ async fn a_leader_that_gets_nothing_through_is_replaced() {
         replaced < stall + lag + Duration::from_secs(3),
         "replaced {replaced:?} after the uploads began to fail; the limit is {stall:?} + {lag:?}"
     );
-    assert!(sent(store.node(1)).await > 0, "the new leader sends");
+    counts_a_send(store.node(1), "the new leader sends").await;
     let bu = store.node(0).uplink.as_ref().unwrap();
     eventually(
         "the demoted node's uplink steps down",
