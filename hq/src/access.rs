@@ -155,10 +155,10 @@ struct UsersFile {
     users: Vec<HqUser>,
 }
 
-fn file_error(path: &Path, e: impl std::fmt::Display) -> StoreError {
+fn file_error(path: &Path, e: impl Into<crate::envelope::BoxError>) -> StoreError {
     StoreError::File {
         path: path.to_path_buf(),
-        reason: e.to_string(),
+        reason: e.into(),
     }
 }
 

@@ -11,16 +11,19 @@ use hyper::body::Bytes;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
+use crate::envelope::BoxError;
 use crate::server::{Ack, Refusal, INGEST_PATH};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error("HQ URL {0:?}: {1}")]
-    Url(String, String),
+    Url(String, #[source] BoxError),
     #[error("TLS set-up: {0}")]
     Tls(#[from] lpmesh_web::tls::ClientTlsError),
-    #[error("HQ unreachable: {0}")]
-    Unreachable(String),
+    // The causes in the message too: hyper's own ("client error (Connect)") says little, and the
+    // uplink shows the message alone.
+    #[error("HQ unreachable: {}", error_chain(.0.as_ref()))]
+    Unreachable(#[source] BoxError),
     #[error("HQ did not answer within {0:?}")]
     Timeout(Duration),
     /// HQ answered, and refused (the envelope will not become acceptable by retrying unchanged).
@@ -50,7 +53,7 @@ impl HqClient {
         let base = url.trim_end_matches('/').to_string();
         let uri: hyper::Uri = base
             .parse()
-            .map_err(|e: hyper::http::uri::InvalidUri| ClientError::Url(url.to_string(), e.to_string()))?;
+            .map_err(|e: hyper::http::uri::InvalidUri| ClientError::Url(url.to_string(), e.into()))?;
         if uri.scheme_str() != Some("https") || uri.host().is_none() {
             return Err(ClientError::Url(
                 url.to_string(),
@@ -75,19 +78,19 @@ impl HqClient {
             .uri(format!("{}{path}", self.base))
             .header(hyper::header::CONTENT_TYPE, "application/octet-stream")
             .body(Full::new(Bytes::from(body)))
-            .map_err(|e| ClientError::Url(self.base.clone(), e.to_string()))?;
+            .map_err(|e| ClientError::Url(self.base.clone(), e.into()))?;
         let fut = async {
             let resp = self
                 .client
                 .request(req)
                 .await
-                .map_err(|e| ClientError::Unreachable(error_chain(&e)))?;
+                .map_err(|e| ClientError::Unreachable(e.into()))?;
             let status = resp.status().as_u16();
             let body = resp
                 .into_body()
                 .collect()
                 .await
-                .map_err(|e| ClientError::Unreachable(e.to_string()))?
+                .map_err(|e| ClientError::Unreachable(e.into()))?
                 .to_bytes()
                 .to_vec();
             Ok((status, body))
@@ -146,4 +149,38 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         cur = c.source();
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bad_url_is_refused_with_its_cause() {
+        let Err(e) = HqClient::new("https://bad host", None, Duration::from_secs(1)) else {
+            panic!("a URL with a space was taken");
+        };
+        let cause = std::error::Error::source(&e).map(|s| s.to_string()).unwrap_or_default();
+        assert!(matches!(e, ClientError::Url(..)), "{e:?}");
+        assert_eq!(e.to_string(), format!("HQ URL \"https://bad host\": {cause}"));
+        let Err(e) = HqClient::new("http://hq.example", None, Duration::from_secs(1)) else {
+            panic!("http:// was taken");
+        };
+        assert!(
+            e.to_string()
+                .ends_with("must be https://host[:port] (summaries only travel over TLS)"),
+            "{e}"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_hq_that_does_not_answer_is_unreachable_and_the_causes_are_kept() {
+        let port = lpmesh_web::clock::free_loopback_port().unwrap();
+        let c = HqClient::new(&format!("https://127.0.0.1:{port}"), None, Duration::from_secs(5)).unwrap();
+        let e = c.probe().await.unwrap_err();
+        assert!(matches!(e, ClientError::Unreachable(_)), "{e:?}");
+        let cause = std::error::Error::source(&e).map(|s| s.to_string()).unwrap_or_default();
+        // The message goes on past hyper's own ("client error (Connect)") to what refused it.
+        assert!(e.to_string().starts_with(&format!("HQ unreachable: {cause}: ")), "{e}");
+    }
 }

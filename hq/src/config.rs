@@ -70,7 +70,11 @@ fn overlap(a: SocketAddr, b: SocketAddr) -> bool {
 #[derive(Debug, thiserror::Error)]
 pub enum HqConfigError {
     #[error("{path}: {reason}")]
-    Read { path: PathBuf, reason: String },
+    Read {
+        path: PathBuf,
+        #[source]
+        reason: crate::envelope::BoxError,
+    },
     /// toml's message names the line, column and field.
     #[error("{path}: {message}")]
     Invalid { path: PathBuf, message: String },
@@ -84,7 +88,7 @@ impl HqConfig {
         };
         let text = std::fs::read_to_string(path).map_err(|e| HqConfigError::Read {
             path: path.clone(),
-            reason: e.to_string(),
+            reason: e.into(),
         })?;
         let t = text.trim();
         if t.len() < 16 {
@@ -99,7 +103,7 @@ impl HqConfig {
     pub fn load(path: &Path) -> Result<HqConfig, HqConfigError> {
         let text = std::fs::read_to_string(path).map_err(|e| HqConfigError::Read {
             path: path.to_path_buf(),
-            reason: e.to_string(),
+            reason: e.into(),
         })?;
         Self::parse(&text, path)
     }

@@ -40,7 +40,7 @@ pub enum PgTlsError {
     #[error("database_url: {0}")]
     Syntax(String),
     #[error("TLS for PostgreSQL: {0}")]
-    Rustls(String),
+    Rustls(#[source] crate::envelope::BoxError),
 }
 
 /// A connection string split into what `tokio_postgres` reads and what TLS needs.
@@ -199,14 +199,14 @@ impl PgTarget {
         let provider = lpmesh_web::tls::provider();
         let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
-            .map_err(|e| PgTlsError::Rustls(e.to_string()))?;
+            .map_err(|e| PgTlsError::Rustls(e.into()))?;
         let verifier: Arc<dyn ServerCertVerifier> = match self.mode {
             PgTlsMode::Encrypt => Arc::new(AnyCertificate(provider)),
             _ => {
                 let roots = Arc::new(roots(self.root_cert.as_deref())?);
                 let webpki = WebPkiServerVerifier::builder_with_provider(roots, provider)
                     .build()
-                    .map_err(|e| PgTlsError::Rustls(e.to_string()))?;
+                    .map_err(|e| PgTlsError::Rustls(e.into()))?;
                 if self.mode == PgTlsMode::VerifyCa {
                     Arc::new(AnyName(webpki))
                 } else {

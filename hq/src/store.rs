@@ -26,7 +26,11 @@ pub enum StoreError {
     #[error("PostgreSQL: {}", with_causes(.0))]
     Postgres(#[from] tokio_postgres::Error),
     #[error("{path}: {reason}")]
-    File { path: PathBuf, reason: String },
+    File {
+        path: PathBuf,
+        #[source]
+        reason: BoxError,
+    },
     #[error("stored data is corrupt: {0}")]
     Corrupt(#[source] BoxError),
     #[error("bad store key for {store}: {source}")]
@@ -309,7 +313,7 @@ pub fn register_in_file(data_dir: &Path, store: &str, key: &str, now_ms: i64) ->
     })?;
     std::fs::create_dir_all(data_dir).map_err(|e| StoreError::File {
         path: data_dir.to_path_buf(),
-        reason: e.to_string(),
+        reason: e.into(),
     })?;
     write_registry(&data_dir.join(REGISTRY_FILE), store, key, now_ms)
 }
@@ -318,12 +322,12 @@ fn read_registry_file(path: &Path) -> Result<Registry, StoreError> {
     match std::fs::read(path) {
         Ok(b) => serde_json::from_slice(&b).map_err(|e| StoreError::File {
             path: path.to_path_buf(),
-            reason: e.to_string(),
+            reason: e.into(),
         }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Registry::default()),
         Err(e) => Err(StoreError::File {
             path: path.to_path_buf(),
-            reason: e.to_string(),
+            reason: e.into(),
         }),
     }
 }
@@ -366,7 +370,7 @@ fn save_registry(path: &Path, mut reg: Registry) -> Result<(), StoreError> {
     reg.stores.sort_by(|a, b| a.store.cmp(&b.store));
     let file = |e: std::io::Error| StoreError::File {
         path: path.to_path_buf(),
-        reason: e.to_string(),
+        reason: e.into(),
     };
     let tmp = path.with_extension("json.tmp");
     let json = serde_json::to_vec_pretty(&reg).map_err(|e| StoreError::Corrupt(e.into()))?;
@@ -379,7 +383,7 @@ impl Embedded {
         let path = data_dir.join("hq.db");
         std::fs::create_dir_all(data_dir).map_err(|e| StoreError::File {
             path: data_dir.to_path_buf(),
-            reason: e.to_string(),
+            reason: e.into(),
         })?;
         let db = sled::open(&path).map_err(|source| StoreError::Sled {
             path: path.clone(),

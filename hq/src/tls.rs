@@ -15,17 +15,21 @@ pub const KEY_FILE: &str = "key.pem";
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     #[error("{path}: {reason}")]
-    File { path: PathBuf, reason: String },
+    File {
+        path: PathBuf,
+        #[source]
+        reason: crate::envelope::BoxError,
+    },
     #[error("cannot generate a certificate: {0}")]
-    Generate(String),
+    Generate(#[source] rcgen::Error),
     #[error("{path}: no certificate in the file")]
     NoCert { path: PathBuf },
 }
 
-fn file_err(path: &Path, e: impl std::fmt::Display) -> TlsError {
+fn file_err(path: &Path, e: impl Into<crate::envelope::BoxError>) -> TlsError {
     TlsError::File {
         path: path.to_path_buf(),
-        reason: e.to_string(),
+        reason: e.into(),
     }
 }
 
@@ -94,8 +98,7 @@ pub fn load_or_create_cert(
             let k = data_dir.join(KEY_FILE);
             if !c.exists() || !k.exists() {
                 std::fs::create_dir_all(data_dir).map_err(|e| file_err(data_dir, e))?;
-                let ck = rcgen::generate_simple_self_signed(names.to_vec())
-                    .map_err(|e| TlsError::Generate(e.to_string()))?;
+                let ck = rcgen::generate_simple_self_signed(names.to_vec()).map_err(TlsError::Generate)?;
                 let _ = std::fs::remove_file(&k);
                 write_private(&k, ck.signing_key.serialize_pem().as_bytes())?;
                 std::fs::write(&c, ck.cert.pem()).map_err(|e| file_err(&c, e))?;

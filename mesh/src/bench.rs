@@ -57,7 +57,7 @@ fn write_path_parts(b: &Bench) -> Result<WritePathParts, MeshError> {
     use crate::hlc::Timestamp;
     use crate::log::Log;
     use crate::record::Record;
-    let fail = |e: &dyn std::fmt::Display| MeshError::Network(format!("write path: {e}"));
+    let fail = |e: &dyn std::fmt::Display| MeshError::Network(format!("write path: {e}").into());
     let n = 2000usize;
     let per = |t: Instant| t.elapsed().as_secs_f64() * 1e6 / n as f64;
     let key = Keypair::generate_ed25519();
@@ -142,8 +142,8 @@ impl Bench {
     fn start(&self, i: usize, key: &Keypair, bootstrap: Vec<net::Addr>) -> Result<MeshHandle, MeshError> {
         let mut cfg = MeshConfig::new("bench-store", self.psk, self.root.join(format!("node-{i}")));
         cfg.listen = vec!["/ip4/127.0.0.1/tcp/0"
-            .parse()
-            .map_err(|e| MeshError::Network(format!("{e}")))?];
+            .parse::<net::Addr>()
+            .map_err(|e| MeshError::Network(e.into()))?];
         cfg.mdns = false;
         cfg.bootstrap = bootstrap;
         cfg.anti_entropy_interval = Duration::from_secs(2);
@@ -155,8 +155,8 @@ async fn addr(h: &MeshHandle) -> Result<net::Addr, MeshError> {
     for _ in 0..500 {
         if let Some(a) = h.listen_addrs().await?.first() {
             return format!("{a}/p2p/{}", h.peer_id())
-                .parse()
-                .map_err(|e| MeshError::Network(format!("{e}")));
+                .parse::<net::Addr>()
+                .map_err(|e| MeshError::Network(e.into()));
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -257,7 +257,7 @@ pub async fn run(nodes: usize, catch_up_records: u64, root: PathBuf) -> Result<M
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let got = collector.await.map_err(|e| MeshError::Network(e.to_string()))?;
+    let got = collector.await.map_err(|e| MeshError::Network(e.into()))?;
     let mut lat: Vec<f64> = Vec::new();
     for (k, (t0, _)) in &sent {
         match got.get(k) {

@@ -239,6 +239,7 @@ impl StoreRecipient {
                     aad: &d.header,
                 },
             )
+            // Its message only: aead's error is no std::error::Error without the `std` feature.
             .map_err(|e| CryptoError::Encrypt(e.to_string().into()))?;
         Ok([d.header.as_slice(), &nonce, &body].concat())
     }
@@ -429,6 +430,7 @@ fn seal_key(
     let salt = [ephemeral.as_bytes().as_slice(), to.as_bytes().as_slice()].concat();
     let hk = hkdf::Hkdf::<sha2::Sha256>::new(Some(&salt), shared.as_bytes());
     let mut key = [0u8; 32];
+    // Its message only: hkdf's error is no std::error::Error without the `std` feature.
     hk.expand(SEAL_INFO, &mut key)
         .map_err(|e| CryptoError::Encrypt(e.to_string().into()))?;
     Ok(key)
@@ -444,6 +446,7 @@ pub fn seal_to_node(node: &[u8; 32], plaintext: &[u8]) -> Result<Vec<u8>, Crypto
     let key = seal_key(&to.mul_clamped(ephemeral_secret), &ephemeral, &to)?;
     let sealed = chacha20poly1305::ChaCha20Poly1305::new((&key).into())
         .encrypt(&chacha20poly1305::Nonce::default(), plaintext)
+        // Its message only: aead's error is no std::error::Error without the `std` feature.
         .map_err(|e| CryptoError::Encrypt(e.to_string().into()))?;
     Ok([ephemeral.as_bytes().as_slice(), &sealed].concat())
 }

@@ -18,7 +18,7 @@ use base64::Engine;
 use libp2p_identity::Keypair;
 use serde::{Deserialize, Serialize};
 
-use crate::crypto::{StoreRecipient, StoreSecret};
+use crate::crypto::{BoxError, StoreRecipient, StoreSecret};
 
 pub const NODE_KEY_FILE: &str = "node.key";
 pub const STORE_SECRETS_FILE: &str = "store.secrets";
@@ -34,7 +34,11 @@ pub enum KeyError {
         source: std::io::Error,
     },
     #[error("{} is not a valid key file: {reason}", path.display())]
-    Invalid { path: PathBuf, reason: String },
+    Invalid {
+        path: PathBuf,
+        #[source]
+        reason: BoxError,
+    },
     #[error("{} already exists: this data directory already belongs to a node", path.display())]
     Exists { path: PathBuf },
     #[error("{} is missing: run `lpmesh init` (first node) or `lpmesh join` (other nodes)", path.display())]
@@ -101,7 +105,7 @@ pub fn create_node_key(dir: &Path) -> Result<Keypair, KeyError> {
     let path = dir.join(NODE_KEY_FILE);
     let bytes = key.to_protobuf_encoding().map_err(|e| KeyError::Invalid {
         path: path.clone(),
-        reason: e.to_string(),
+        reason: e.into(),
     })?;
     write_private(&path, &bytes)?;
     Ok(key)
@@ -112,7 +116,7 @@ pub fn save_node_key(dir: &Path, key: &Keypair) -> Result<(), KeyError> {
     let path = dir.join(NODE_KEY_FILE);
     let bytes = key.to_protobuf_encoding().map_err(|e| KeyError::Invalid {
         path: path.clone(),
-        reason: e.to_string(),
+        reason: e.into(),
     })?;
     write_private(&path, &bytes)
 }
@@ -120,10 +124,7 @@ pub fn save_node_key(dir: &Path, key: &Keypair) -> Result<(), KeyError> {
 pub fn load_node_key(dir: &Path) -> Result<Keypair, KeyError> {
     let path = dir.join(NODE_KEY_FILE);
     let bytes = read_private(&path)?;
-    Keypair::from_protobuf_encoding(&bytes).map_err(|e| KeyError::Invalid {
-        path,
-        reason: e.to_string(),
-    })
+    Keypair::from_protobuf_encoding(&bytes).map_err(|e| KeyError::Invalid { path, reason: e.into() })
 }
 
 /// The secrets every node of a store shares.
@@ -220,7 +221,7 @@ impl EpochKey {
             .map(|s| s.recipient())
             .map_err(|e| KeyError::Invalid {
                 path: PathBuf::from(STORE_SECRETS_FILE),
-                reason: e.to_string(),
+                reason: e.into(),
             })
     }
 }
@@ -255,7 +256,7 @@ impl StoreSecrets {
         let signing = Keypair::generate_ed25519();
         let signing = signing.to_protobuf_encoding().map_err(|e| KeyError::Invalid {
             path: PathBuf::from("signing key"),
-            reason: e.to_string(),
+            reason: e.into(),
         })?;
         Ok(Self {
             store: store.to_string(),
@@ -277,7 +278,7 @@ impl StoreSecrets {
         let ring = crate::crypto::Keyring::from(self.store_secret()?).with_base_psk(self.psk()?);
         ring.add(&self.epochs).map_err(|e| KeyError::Invalid {
             path: PathBuf::from(STORE_SECRETS_FILE),
-            reason: e.to_string(),
+            reason: e.into(),
         })?;
         Ok(ring)
     }
@@ -285,7 +286,7 @@ impl StoreSecrets {
     pub fn store_secret(&self) -> Result<StoreSecret, KeyError> {
         StoreSecret::parse(&self.age_secret).map_err(|e| KeyError::Invalid {
             path: PathBuf::from(STORE_SECRETS_FILE),
-            reason: e.to_string(),
+            reason: e.into(),
         })
     }
 
@@ -294,14 +295,14 @@ impl StoreSecrets {
     }
 
     pub fn signing_key(&self) -> Result<Keypair, KeyError> {
-        let bad = |r: String| KeyError::Invalid {
+        let bad = |reason: BoxError| KeyError::Invalid {
             path: PathBuf::from(STORE_SECRETS_FILE),
-            reason: r,
+            reason,
         };
         let bytes = base64::engine::general_purpose::STANDARD
             .decode(&self.signing_key)
-            .map_err(|e| bad(e.to_string()))?;
-        Keypair::from_protobuf_encoding(&bytes).map_err(|e| bad(e.to_string()))
+            .map_err(|e| bad(e.into()))?;
+        Keypair::from_protobuf_encoding(&bytes).map_err(|e| bad(e.into()))
     }
 
     /// The secrets, if every one of them is well formed (secrets received from a member).
@@ -325,13 +326,13 @@ impl StoreSecrets {
         if self.epochs.len() > MAX_EPOCHS_HELD {
             return Err(KeyError::Invalid {
                 path: path.to_path_buf(),
-                reason: format!("more than {MAX_EPOCHS_HELD} key epochs"),
+                reason: format!("more than {MAX_EPOCHS_HELD} key epochs").into(),
             });
         }
         for e in &self.epochs {
             e.psk().and(e.recipient()).map_err(|_| KeyError::Invalid {
                 path: path.to_path_buf(),
-                reason: format!("bad key of epoch {}", e.n),
+                reason: format!("bad key of epoch {}", e.n).into(),
             })?;
         }
         let epoch_cas = self.epochs.iter().filter_map(|e| e.ui_ca.as_ref());
@@ -350,7 +351,7 @@ impl StoreSecrets {
         let path = dir.join(STORE_SECRETS_FILE);
         let json = serde_json::to_vec_pretty(self).map_err(|e| KeyError::Invalid {
             path: path.clone(),
-            reason: e.to_string(),
+            reason: e.into(),
         })?;
         write_private(&path, &json)
     }
@@ -360,7 +361,7 @@ impl StoreSecrets {
         let bytes = read_private(&path)?;
         let s: StoreSecrets = serde_json::from_slice(&bytes).map_err(|e| KeyError::Invalid {
             path: path.clone(),
-            reason: e.to_string(),
+            reason: e.into(),
         })?;
         s.validate(&path)
     }

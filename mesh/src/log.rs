@@ -48,8 +48,13 @@ pub enum LogError {
     Record(#[from] RecordError),
     #[error(transparent)]
     Crypto(#[from] CryptoError),
-    #[error("stored record {origin}/{seq} is corrupt: {reason}")]
-    Corrupt { origin: Origin, seq: u64, reason: String },
+    #[error("stored record {origin}/{seq} is corrupt: {source}")]
+    Corrupt {
+        origin: Origin,
+        seq: u64,
+        #[source]
+        source: RecordError,
+    },
     #[error("the node key is not Ed25519")]
     UnsupportedKey,
     #[error("the log is in use by another process (is the node running?)")]
@@ -364,7 +369,7 @@ impl Log {
                 let r = Record::decode(&v).map_err(|e| LogError::Corrupt {
                     origin,
                     seq: seq_of(&k),
-                    reason: e.to_string(),
+                    source: e,
                 })?;
                 if r.hlc.wall_ms >= cutoff {
                     break;
@@ -714,7 +719,7 @@ impl Log {
             out.push(Record::decode(&v).map_err(|e| LogError::Corrupt {
                 origin: *origin,
                 seq,
-                reason: e.to_string(),
+                source: e,
             })?);
         }
         Ok(out)
@@ -726,11 +731,7 @@ impl Log {
             let (k, v) = item?;
             let origin = Origin(k[1..33].try_into().unwrap_or([0; 32]));
             let seq = u64::from_be_bytes(k[33..41].try_into().unwrap_or([0; 8]));
-            Record::decode(&v).map_err(|e| LogError::Corrupt {
-                origin,
-                seq,
-                reason: e.to_string(),
-            })
+            Record::decode(&v).map_err(|e| LogError::Corrupt { origin, seq, source: e })
         })
     }
 
@@ -739,7 +740,7 @@ impl Log {
             Some(v) => Ok(Some(Record::decode(&v).map_err(|e| LogError::Corrupt {
                 origin: *origin,
                 seq,
-                reason: e.to_string(),
+                source: e,
             })?)),
             None => Ok(None),
         }

@@ -5,6 +5,7 @@
 //! node can check it came, unaltered, from its origin.
 
 use std::fmt;
+use std::sync::Arc;
 
 use libp2p_identity::{ed25519, Keypair, PeerId, PublicKey};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -70,7 +71,7 @@ pub fn decode_bundle(bytes: &[u8]) -> Result<Vec<Record>, RecordError> {
     if bytes.len() > MAX_BUNDLE_BYTES {
         return Err(RecordError::TooLarge(bytes.len()));
     }
-    let bad = |why: &str| RecordError::Malformed(format!("bundle: {why}"));
+    let bad = |why: &str| RecordError::Malformed(format!("bundle: {why}").into());
     let (&tag, rest) = bytes.split_first().ok_or(RecordError::Empty)?;
     if tag != BUNDLE_TAG {
         return Err(RecordError::Version(tag));
@@ -218,7 +219,7 @@ pub enum RecordError {
     #[error("unknown wire version {0}")]
     Version(u8),
     #[error("malformed record: {0}")]
-    Malformed(String),
+    Malformed(#[source] Cause),
     #[error("record belongs to store {0:?}")]
     WrongStore(String),
     #[error("origin is not an Ed25519 public key")]
@@ -232,6 +233,51 @@ pub enum RecordError {
     #[error("the signing key is not Ed25519")]
     UnsupportedKey,
 }
+
+/// Why a record is malformed, kept as the source of [`RecordError::Malformed`]: shared, so that the
+/// verdict stays `Clone` (one is copied to every record of a batch) and comparable (two are equal when
+/// they say the same).
+#[derive(Clone, Debug)]
+pub struct Cause(Arc<dyn std::error::Error + Send + Sync>);
+
+impl Cause {
+    pub fn new(e: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Cause(Arc::new(e))
+    }
+}
+
+impl From<&str> for Cause {
+    fn from(why: &str) -> Self {
+        Cause(Arc::from(Box::<dyn std::error::Error + Send + Sync>::from(why)))
+    }
+}
+
+impl From<String> for Cause {
+    fn from(why: String) -> Self {
+        Cause(Arc::from(Box::<dyn std::error::Error + Send + Sync>::from(why)))
+    }
+}
+
+impl fmt::Display for Cause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+// In a chain it stands for the error it holds: that error's causes come next.
+impl std::error::Error for Cause {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
+    }
+}
+
+impl PartialEq for Cause {
+    fn eq(&self, other: &Self) -> bool {
+        self.to_string() == other.to_string()
+    }
+}
+
+impl Eq for Cause {}
 
 impl RecordError {
     /// A short stable label for metrics.
@@ -327,7 +373,7 @@ impl Record {
         if version != WIRE_VERSION {
             return Err(RecordError::Version(version));
         }
-        ciborium::from_reader(body).map_err(|e| RecordError::Malformed(e.to_string()))
+        ciborium::from_reader(body).map_err(|e| RecordError::Malformed(Cause::new(e)))
     }
 
     /// Checks that the record belongs to `store`, is well-formed, and is signed by its origin.
@@ -516,6 +562,17 @@ mod tests {
             assert_eq!(v.verify("store-1"), Err(RecordError::BadSignature), "{v:?}");
         }
         assert!(matches!(r.verify("store-2"), Err(RecordError::WrongStore(_))));
+    }
+
+    #[test]
+    fn a_malformed_record_keeps_the_decoders_error_as_its_source() {
+        let Err(e) = Record::decode(&[WIRE_VERSION, 0xff, 0x00]) else {
+            panic!("decoded garbage");
+        };
+        let cause = std::error::Error::source(&e).map(|s| s.to_string());
+        assert_eq!(Some(e.to_string()), cause.map(|c| format!("malformed record: {c}")));
+        assert_eq!(e.clone(), e);
+        assert_ne!(e, RecordError::Malformed("something else".into()));
     }
 
     #[test]

@@ -20,7 +20,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use base64::Engine;
 use chacha20poly1305::aead::{Aead, KeyInit};
 use libp2p_identity::Keypair;
-use lpmesh_mesh::crypto::{open_with_node_key, seal_to_node, Keyring};
+use lpmesh_mesh::crypto::{open_with_node_key, seal_to_node, BoxError, Keyring};
 use lpmesh_mesh::keys::{EpochKey, MAX_EPOCHS_HELD};
 use lpmesh_mesh::record::Origin;
 use serde::{Deserialize, Serialize};
@@ -53,7 +53,7 @@ pub struct KeyGrant {
 #[derive(Debug, thiserror::Error)]
 pub enum EpochError {
     #[error("cannot seal the new keys: {0}")]
-    Seal(String),
+    Seal(#[source] BoxError),
     #[error("the store has begun {0} key epochs: no more can be numbered")]
     Exhausted(u32),
 }
@@ -147,14 +147,13 @@ fn open(g: &KeyGrant, mine: &str, me: &Keypair) -> Option<Vec<EpochKey>> {
 
 /// A new key epoch for the store's members now: the grant to record, and its key.
 pub fn begin(members: &Members, ring: &Keyring, at_ms: i64) -> Result<(KeyGrant, EpochKey), EpochError> {
-    let seal_err = |e: &dyn std::fmt::Display| EpochError::Seal(e.to_string());
     let b64 = base64::engine::general_purpose::STANDARD;
     let newest = ring.newest();
     let n = newest.checked_add(1).ok_or(EpochError::Exhausted(newest))?;
     let mut epoch = EpochKey::generate(n);
     // A new tablet CA with the new keys: the revoked node held the old one.
     let name = format!("key epoch {n}");
-    let ca = lpmesh_web::tls::new_ca(&name).map_err(|e| seal_err(&e))?;
+    let ca = lpmesh_web::tls::new_ca(&name).map_err(|e| EpochError::Seal(e.into()))?;
     epoch.ui_ca = Some(lpmesh_mesh::keys::UiCa {
         name,
         cert_pem: ca.cert_pem,
@@ -165,16 +164,20 @@ pub fn begin(members: &Members, ring: &Keyring, at_ms: i64) -> Result<(KeyGrant,
     // The newest epochs: older ones stay readable by the members that hold them.
     let skip = chain.len().saturating_sub(MAX_EPOCHS_HELD);
     let chain: Vec<EpochKey> = chain.into_iter().skip(skip).collect();
-    let plain = serde_json::to_vec(&chain).map_err(|e| seal_err(&e))?;
+    let plain = serde_json::to_vec(&chain).map_err(|e| EpochError::Seal(e.into()))?;
     let key: [u8; 32] = rand::random();
     let sealed_chain = chacha20poly1305::ChaCha20Poly1305::new((&key).into())
         .encrypt(&chacha20poly1305::Nonce::default(), plain.as_slice())
-        .map_err(|e| seal_err(&e))?;
+        // Its message only: aead's error is no std::error::Error without the `std` feature.
+        .map_err(|e| EpochError::Seal(e.to_string().into()))?;
     let mut sealed = BTreeMap::new();
     for m in members.admitted() {
-        sealed.insert(hex(&m), b64.encode(seal_to_node(&m.0, &key).map_err(|e| seal_err(&e))?));
+        sealed.insert(
+            hex(&m),
+            b64.encode(seal_to_node(&m.0, &key).map_err(|e| EpochError::Seal(e.into()))?),
+        );
     }
-    let recipient = epoch.recipient().map_err(|e| seal_err(&e))?.to_string();
+    let recipient = epoch.recipient().map_err(|e| EpochError::Seal(e.into()))?.to_string();
     let grant = KeyGrant {
         n,
         recipient,

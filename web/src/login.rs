@@ -12,7 +12,7 @@ use argon2::Argon2;
 
 #[derive(Debug, thiserror::Error)]
 #[error("cannot hash the password: {0}")]
-pub struct HashError(pub String);
+pub struct HashError(#[source] pub argon2::password_hash::Error);
 
 /// Wrong passwords a user name or an address may give before each further attempt waits.
 pub const FREE_FAILURES: u32 = 5;
@@ -41,7 +41,7 @@ pub fn hash_password(password: &str) -> Result<String, HashError> {
     Argon2::default()
         .hash_password(password.as_bytes(), &salt)
         .map(|h| h.to_string())
-        .map_err(|e| HashError(e.to_string()))
+        .map_err(HashError)
 }
 
 pub fn verify_password(hash: &str, password: &str) -> bool {

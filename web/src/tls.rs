@@ -17,7 +17,7 @@ pub enum CertError {
     #[error("certificate: {0}")]
     Rcgen(#[from] rcgen::Error),
     #[error("the store's CA key: {0}")]
-    Key(String),
+    Key(#[source] rcgen::Error),
 }
 
 /// A CA as PEM text.
@@ -69,7 +69,7 @@ pub fn new_ca(store: &str) -> Result<CaPem, CertError> {
 /// A leaf certificate chain (leaf, then the CA) and its key, PEM, for a node answering to `names`
 /// and `ips`, issued by the store's CA.
 pub fn issue(store: &str, ca: &CaPem, names: &[String], ips: &[IpAddr]) -> Result<(Vec<u8>, Vec<u8>), CertError> {
-    let ca_key = KeyPair::from_pem(&ca.key_pem).map_err(|e| CertError::Key(e.to_string()))?;
+    let ca_key = KeyPair::from_pem(&ca.key_pem).map_err(CertError::Key)?;
     // The issuer is rebuilt from the same name and key: what the leaf names as its issuer and the
     // key that signs it are the CA's, which is all a verifier matches.
     let issuer = Issuer::new(ca_params(store)?, ca_key);

@@ -31,17 +31,20 @@ pub fn start(cfg: MeshConfig, key: Keypair, recipient: StoreRecipient) -> Result
             .behaviour_mut()
             .gossipsub
             .subscribe(t)
-            .map_err(|e| MeshError::Network(e.to_string()))?;
+            .map_err(|e| MeshError::Network(e.into()))?;
     }
     for addr in &cfg.listen {
         swarm.listen_on(addr.clone()).map_err(|e| {
             // libp2p's own message for an operating-system error is empty ("address in use" is
             // what an installer needs to read).
-            let why = match e {
-                libp2p::TransportError::Other(io) => io.to_string(),
-                e @ libp2p::TransportError::MultiaddrNotSupported(_) => e.to_string(),
+            let source: BoxError = match e {
+                libp2p::TransportError::Other(io) => io.into(),
+                e @ libp2p::TransportError::MultiaddrNotSupported(_) => e.into(),
             };
-            MeshError::Network(format!("listen on {addr}: {why}"))
+            MeshError::Listen {
+                addr: addr.clone(),
+                source,
+            }
         })?;
     }
     for addr in &cfg.bootstrap {

@@ -35,7 +35,7 @@ use libp2p_identity::Keypair;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
-use crate::crypto::StoreRecipient;
+use crate::crypto::{BoxError, StoreRecipient};
 use crate::election::{Election, Heartbeat};
 use crate::log::{Inserted, Log, LogError, VersionVector};
 use crate::netkeys::NetworkKeys;
@@ -148,7 +148,13 @@ pub enum MeshError {
     #[error(transparent)]
     Log(#[from] LogError),
     #[error("network: {0}")]
-    Network(String),
+    Network(#[source] BoxError),
+    #[error("network: listen on {addr}: {source}")]
+    Listen {
+        addr: Multiaddr,
+        #[source]
+        source: BoxError,
+    },
     #[error("the mesh has stopped")]
     Stopped,
 }

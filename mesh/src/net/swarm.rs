@@ -13,7 +13,6 @@ pub(super) struct Behaviour {
 }
 
 pub(super) fn build_swarm(cfg: &MeshConfig, key: &Keypair, keys: &NetworkKeys) -> Result<Swarm<Behaviour>, MeshError> {
-    let net = |e: &dyn std::fmt::Display| MeshError::Network(e.to_string());
     let keys = keys.clone();
     let store = cfg.store.clone();
     let mdns_on = cfg.mdns;
@@ -37,7 +36,7 @@ pub(super) fn build_swarm(cfg: &MeshConfig, key: &Keypair, keys: &NetworkKeys) -
                 // A peer with the wrong key never finishes Noise: give up on it quickly.
                 .timeout(Duration::from_secs(5)))
         })
-        .map_err(|e| net(&e))?
+        .map_err(|e| MeshError::Network(e.into()))?
         .with_behaviour(|key| -> Result<_, Box<dyn std::error::Error + Send + Sync>> {
             let gcfg = gossipsub::ConfigBuilder::default()
                 .validation_mode(ValidationMode::Strict)
@@ -114,7 +113,7 @@ pub(super) fn build_swarm(cfg: &MeshConfig, key: &Keypair, keys: &NetworkKeys) -
                 mdns: Toggle::from(mdns),
             })
         })
-        .map_err(|e| net(&e))?
+        .map_err(|e| MeshError::Network(e.into()))?
         .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
         .build();
     Ok(swarm)

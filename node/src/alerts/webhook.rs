@@ -37,8 +37,11 @@ pub struct WebhookRoute {
 enum AttemptError {
     #[error("answered {0}")]
     Status(u16),
-    #[error("{0}")]
-    Http(String),
+    #[error("cannot build the request: {0}")]
+    Request(#[source] hyper::http::Error),
+    // Logged alone: its causes are in its message too.
+    #[error("{}", chain(.0))]
+    Http(#[source] hyper_util::client::legacy::Error),
     #[error("no answer within {0:?}")]
     Timeout(Duration),
 }
@@ -93,15 +96,9 @@ impl WebhookRoute {
                 .header(TIMESTAMP_HEADER, at.to_string())
                 .header(SIGNATURE_HEADER, signature(secret, at, body));
         }
-        let req = req
-            .body(Full::new(body.clone()))
-            .map_err(|e| AttemptError::Http(e.to_string()))?;
+        let req = req.body(Full::new(body.clone())).map_err(AttemptError::Request)?;
         let attempt = async {
-            let resp = self
-                .client
-                .request(req)
-                .await
-                .map_err(|e| AttemptError::Http(chain(&e)))?;
+            let resp = self.client.request(req).await.map_err(AttemptError::Http)?;
             let status = resp.status();
             // Reading (a bounded part of) the body lets the connection be reused.
             let _ = http_body_util::Limited::new(resp.into_body(), MAX_RESPONSE)

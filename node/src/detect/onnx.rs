@@ -27,8 +27,12 @@ pub enum RuntimeError {
         .looked.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
     )]
     NotFound { looked: Vec<PathBuf> },
-    #[error("cannot load ONNX Runtime from {}: {reason}", path.display())]
-    Load { path: PathBuf, reason: String },
+    #[error("cannot load ONNX Runtime from {}: {source}", path.display())]
+    Load {
+        path: PathBuf,
+        #[source]
+        source: ort::LoadDynamicError,
+    },
     #[error("ONNX Runtime environment: {0}")]
     Environment(#[source] BoxError),
 }
@@ -39,8 +43,12 @@ pub enum ModelError {
     Runtime(#[from] RuntimeError),
     #[error("model file not found: {}. Produce it with `scripts/setup.sh` (or `python3 models/build.py models`)", .0.display())]
     NotFound(PathBuf),
-    #[error("cannot load model {}: {reason}", path.display())]
-    Load { path: PathBuf, reason: String },
+    #[error("cannot load model {}: {source}", path.display())]
+    Load {
+        path: PathBuf,
+        #[source]
+        source: ort::Error,
+    },
     #[error("model {} does not look like NanoDet: {reason}", path.display())]
     Unsupported { path: PathBuf, reason: String },
 }
@@ -71,9 +79,9 @@ pub fn environment(cfg: &RuntimeConfig) -> Result<&'static Environment, RuntimeE
         .find(|p| p.is_file())
         .cloned()
         .ok_or(RuntimeError::NotFound { looked })?;
-    let builder = ort::init_from(&path).map_err(|e| RuntimeError::Load {
+    let builder = ort::init_from(&path).map_err(|source| RuntimeError::Load {
         path: path.clone(),
-        reason: e.to_string(),
+        source,
     })?;
     let env = builder
         .with_name("lpmesh")
@@ -307,9 +315,9 @@ impl OnnxDetector {
         if !model.is_file() {
             return Err(ModelError::NotFound(model.to_path_buf()));
         }
-        let load_err = |e: ort::Error| ModelError::Load {
+        let load_err = |source: ort::Error| ModelError::Load {
             path: model.to_path_buf(),
-            reason: e.to_string(),
+            source,
         };
         let mut plan = Vec::new();
         for name in &runtime.execution_providers {

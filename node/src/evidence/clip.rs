@@ -24,6 +24,12 @@ pub enum ClipError {
     NoFrame(&'static str),
     #[error("the clip encoder: {0}")]
     Encoder(String),
+    #[error("the clip encoder: {what}: {source}")]
+    EncoderIo {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// JPEG quality of ring frames and stills.
@@ -246,8 +252,11 @@ pub struct Encoder {
     stderr: Option<std::thread::JoinHandle<Vec<u8>>>,
 }
 
-fn enc(what: &str, e: std::io::Error) -> ClipError {
-    ClipError::Encoder(format!("{what}: {e}"))
+fn enc(what: impl Into<String>, source: std::io::Error) -> ClipError {
+    ClipError::EncoderIo {
+        what: what.into(),
+        source,
+    }
 }
 
 impl Encoder {
@@ -303,7 +312,7 @@ impl Encoder {
             .stdout(out)
             .stderr(std::process::Stdio::piped())
             .spawn()
-            .map_err(|e| enc(&format!("{ffmpeg} (apt install ffmpeg)"), e))?;
+            .map_err(|e| enc(format!("{ffmpeg} (apt install ffmpeg)"), e))?;
         let stdin = child.stdin.take();
         // What it says is read as it says it (a full pipe would stall it), the first few KB kept.
         let stderr = child.stderr.take().map(|mut e| {

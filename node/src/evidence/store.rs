@@ -40,6 +40,12 @@ pub enum EvidenceError {
     Sealed { path: PathBuf },
     #[error("{path}: {reason}")]
     Invalid { path: PathBuf, reason: String },
+    #[error("{path}: {source}")]
+    Encode {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
     #[error("evidence of {bytes} bytes: more than {limit} may be kept")]
     TooLarge { bytes: u64, limit: u64 },
     #[error("cannot encrypt evidence")]
@@ -203,9 +209,9 @@ impl EvidenceStore {
             });
         }
         let json_path = self.path(&meta.id, "json");
-        let json = serde_json::to_vec(&meta).map_err(|e| EvidenceError::Invalid {
+        let json = serde_json::to_vec(&meta).map_err(|source| EvidenceError::Encode {
             path: json_path.clone(),
-            reason: e.to_string(),
+            source,
         })?;
         write_private(&json_path, &json)?;
         write_private(&self.path(&meta.id, "still"), &self.seal(&meta.id, Part::Still, still)?)?;

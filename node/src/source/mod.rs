@@ -4,6 +4,8 @@
 #[cfg(feature = "vision")]
 pub mod opencv;
 
+use crate::pipeline::BoxError;
+
 /// One decoded frame: packed 8-bit BGR, `width * height * 3` bytes.
 #[derive(Debug)]
 pub struct Frame {
@@ -20,7 +22,11 @@ pub struct Frame {
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
     #[error("cannot open video source {source_name}: {reason}")]
-    Open { source_name: String, reason: String },
+    Open {
+        source_name: String,
+        #[source]
+        reason: BoxError,
+    },
     #[error("reading from {source_name} failed: {source}")]
     Read {
         source_name: String,
@@ -29,7 +35,11 @@ pub enum SourceError {
     },
     /// A live source could not be (re)connected this time; it will be tried again.
     #[error("{source_name} is unavailable: {reason}")]
-    Unavailable { source_name: String, reason: String },
+    Unavailable {
+        source_name: String,
+        #[source]
+        reason: BoxError,
+    },
     #[error("stopped")]
     Stopped,
 }

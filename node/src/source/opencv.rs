@@ -15,7 +15,7 @@ use crate::backoff::Backoff;
 /// How long opening a network camera, and waiting for its next packet, may take.
 const OPEN_TIMEOUT_MS: i32 = 5_000;
 const READ_TIMEOUT_MS: i32 = 3_000;
-use super::{Frame, FrameSource, ReadError, SourceError};
+use super::{BoxError, Frame, FrameSource, ReadError, SourceError};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SourceKind {
@@ -144,7 +144,7 @@ impl OpenCvSource {
         self.stats.clone()
     }
 
-    fn open_err(&self, reason: impl Into<String>) -> SourceError {
+    fn open_err(&self, reason: impl Into<BoxError>) -> SourceError {
         SourceError::Open {
             source_name: self.name.clone(),
             reason: reason.into(),
@@ -172,7 +172,7 @@ impl OpenCvSource {
             }
             SourceKind::Device(n) => VideoCapture::new(*n, videoio::CAP_ANY),
         }
-        .map_err(|e| self.open_err(e.message.clone()))?;
+        .map_err(|e| self.open_err(e))?;
         if !cap.is_opened().unwrap_or(false) {
             return Err(self.open_err("OpenCV could not open it (not a video, unsupported codec, or unreachable)"));
         }
@@ -190,10 +190,10 @@ impl OpenCvSource {
         Ok(())
     }
 
-    fn unavailable(&self, reason: &str) -> SourceError {
+    fn unavailable(&self, reason: impl Into<BoxError>) -> SourceError {
         SourceError::Unavailable {
             source_name: self.name.clone(),
-            reason: reason.to_string(),
+            reason: reason.into(),
         }
     }
 
@@ -296,7 +296,7 @@ impl FrameSource for OpenCvSource {
                         self.next_attempt = Some(Instant::now() + delay);
                         tracing::warn!(camera = %self.name, error = %e, attempt = self.backoff.attempts(),
                             retry_in_ms = delay.as_millis() as u64, "camera reconnect failed");
-                        return Err(self.unavailable(&e.to_string()));
+                        return Err(self.unavailable(e));
                     }
                     self.next_attempt = None;
                     if self.stats.failures.load(Ordering::Relaxed) > 0 {

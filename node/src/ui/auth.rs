@@ -55,14 +55,30 @@ pub struct User {
 
 #[derive(Debug, thiserror::Error)]
 pub enum UserError {
-    #[error("{path}: {reason}")]
-    File { path: PathBuf, reason: String },
+    #[error("{path}: {source}")]
+    File {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {source}")]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
     #[error("user names are 1-32 letters, digits, '.', '-' or '_'")]
     BadName,
     #[error("passwords need at least 8 characters")]
     WeakPassword,
-    #[error("cannot hash the password: {0}")]
-    Hash(String),
+    #[error(transparent)]
+    Hash(#[from] HashError),
+    #[error("cannot encode {what} as JSON: {source}")]
+    Encode {
+        what: &'static str,
+        #[source]
+        source: serde_json::Error,
+    },
 }
 
 /// Whether `name` and `password` make a user ([`Users::add`] would take them).
@@ -183,9 +199,9 @@ impl Users {
     }
 
     pub fn load(&self) -> Result<Vec<User>, UserError> {
-        let file = |e: std::io::Error| UserError::File {
+        let file = |source: std::io::Error| UserError::File {
             path: self.path.clone(),
-            reason: e.to_string(),
+            source,
         };
         let mtime = match std::fs::metadata(&self.path) {
             Ok(m) => m.modified().ok(),
@@ -197,20 +213,23 @@ impl Users {
             return Ok(cache.1.clone());
         }
         let bytes = std::fs::read(&self.path).map_err(file)?;
-        let users: Vec<User> = serde_json::from_slice(&bytes).map_err(|e| UserError::File {
+        let users: Vec<User> = serde_json::from_slice(&bytes).map_err(|source| UserError::Parse {
             path: self.path.clone(),
-            reason: e.to_string(),
+            source,
         })?;
         *cache = (mtime, users.clone());
         Ok(users)
     }
 
     fn save(&self, users: &[User]) -> Result<(), UserError> {
-        let json = serde_json::to_vec_pretty(users).map_err(|e| UserError::Hash(e.to_string()))?;
+        let json = serde_json::to_vec_pretty(users).map_err(|source| UserError::Encode {
+            what: "the users",
+            source,
+        })?;
         lpmesh_web::fs::write_private_atomic(&self.path, &self.path.with_extension("json.tmp"), &json).map_err(
-            |(_, e)| UserError::File {
+            |(_, source)| UserError::File {
                 path: self.path.clone(),
-                reason: e.to_string(),
+                source,
             },
         )
     }
@@ -221,7 +240,7 @@ impl Users {
         let mut users = self.load()?;
         users.retain(|u| u.name != name);
         let now = chrono::Utc::now().timestamp_millis();
-        let hash = hash_password(password).map_err(|e| UserError::Hash(e.0))?;
+        let hash = hash_password(password)?;
         users.push(User {
             name: name.to_string(),
             role,
@@ -367,11 +386,14 @@ impl Users {
         use std::io::Write;
         use std::os::unix::fs::OpenOptionsExt;
         let path = self.outbox();
-        let file = |e: std::io::Error| UserError::File {
+        let file = |source: std::io::Error| UserError::File {
             path: path.clone(),
-            reason: e.to_string(),
+            source,
         };
-        let mut line = serde_json::to_vec(r).map_err(|e| UserError::Hash(e.to_string()))?;
+        let mut line = serde_json::to_vec(r).map_err(|source| UserError::Encode {
+            what: "a user record",
+            source,
+        })?;
         line.push(b'\n');
         let mut f = std::fs::OpenOptions::new()
             .append(true)
