@@ -151,9 +151,10 @@ impl HqStore {
     }
 
     /// What HQ holds of `store` that [`crate::plausible::check`] needs: its period length and, per node,
-    /// the highest sequence number stored and since when. Derived from the stored summaries (each
-    /// carries its store's whole version vector), so it needs no table of its own and is right for
-    /// every HQ process sharing a database.
+    /// the highest sequence number stored and since when. PostgreSQL keeps it in `store_frontier`,
+    /// raised by the statement that stores each summary, so every HQ process sharing the database reads
+    /// the same and an upload's check does not grow with the store's age; the embedded store derives it
+    /// once from its summaries and keeps it in memory (one process owns the file).
     pub async fn history(&self, store: &str) -> Result<History, StoreError> {
         match self {
             HqStore::Embedded(e) => e.history(store),
@@ -650,7 +651,34 @@ const MIGRATIONS: &[(i32, &str)] = &[
      );
      CREATE INDEX hq_sessions_by_name ON hq_sessions (name, created_ms);",
     ),
+    (
+        // Per store and node, the highest version-vector entry stored and since when: the upload check
+        // reads it on every upload, and deriving it from the summaries read a store's whole history
+        // (8,760 rows a year) each time. Filled from the summaries already stored.
+        3,
+        "CREATE TABLE store_frontier (
+        store text NOT NULL REFERENCES stores(store),
+        node text NOT NULL,
+        seq numeric(20, 0) NOT NULL,
+        since_ms bigint NOT NULL,
+        PRIMARY KEY (store, node)
+     );
+     INSERT INTO store_frontier (store, node, seq, since_ms)
+        SELECT DISTINCT ON (m.store, e.key) m.store, e.key, e.value::text::numeric, m.received_at_ms
+        FROM summaries m, jsonb_each(m.vv) AS e
+        ORDER BY m.store, e.key, e.value::text::numeric DESC, m.received_at_ms;",
+    ),
 ];
+
+/// Raises the frontier of `$1`'s nodes to the entries of the version vector `$2` (jsonb text) stored at
+/// `$3`, as `History::take` does: a higher entry moves it, an equal one stored earlier keeps the earlier
+/// time. Used inside the statement that writes the summary, so both land or neither does.
+const RAISE_FRONTIER: &str = "INSERT INTO store_frontier (store, node, seq, since_ms)
+        SELECT $1, e.key, e.value::text::numeric, $3 FROM jsonb_each($2::text::jsonb) AS e
+        WHERE EXISTS (SELECT 1 FROM written)
+        ON CONFLICT (store, node) DO UPDATE SET seq = EXCLUDED.seq, since_ms = EXCLUDED.since_ms
+        WHERE store_frontier.seq < EXCLUDED.seq
+           OR (store_frontier.seq = EXCLUDED.seq AND EXCLUDED.since_ms < store_frontier.since_ms)";
 
 pub struct Postgres {
     clients: Vec<tokio_postgres::Client>,
@@ -682,6 +710,11 @@ impl Postgres {
     }
 
     async fn migrate(&self) -> Result<(), StoreError> {
+        self.migrate_to(i32::MAX).await
+    }
+
+    /// Applies the migrations up to version `last` (tests start from an older schema).
+    async fn migrate_to(&self, last: i32) -> Result<(), StoreError> {
         let c = &self.clients[0];
         c.execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK]).await?;
         let res = async {
@@ -696,7 +729,7 @@ impl Postgres {
                 .map(|r| r.get(0))
                 .collect();
             for (version, sql) in MIGRATIONS {
-                if done.contains(version) {
+                if done.contains(version) || *version > last {
                     continue;
                 }
                 let script = format!("BEGIN; {sql}; INSERT INTO lpmesh_schema (version) VALUES ({version}); COMMIT;");
@@ -742,10 +775,7 @@ impl Postgres {
             &params,
         );
         let frontier = c.query(
-            "SELECT DISTINCT ON (e.key) e.key, e.value::text, m.received_at_ms
-             FROM summaries m, jsonb_each(m.vv) AS e
-             WHERE m.store = $1
-             ORDER BY e.key, e.value::text::numeric DESC, m.received_at_ms",
+            "SELECT node, seq::text, since_ms FROM store_frontier WHERE store = $1",
             &params,
         );
         let (period, frontier) = futures::try_join!(period, frontier)?;
@@ -801,40 +831,55 @@ impl Postgres {
                 });
             }
             // Written only if nobody changed the row since it was read.
-            let n = match stored_text {
+            // One statement writes the summary and raises the frontier: atomic without a transaction's
+            // extra round trips.
+            let row = match stored_text {
                 None => {
-                    c.execute(
-                        "INSERT INTO summaries (store, period_start_ms, period_secs, vv, summary, received_at_ms)
-                         VALUES ($1, $2, $3, $4::text::jsonb, $5::text::jsonb, $6) ON CONFLICT DO NOTHING",
+                    c.query_one(
+                        &format!(
+                            "WITH written AS (
+                                INSERT INTO summaries (store, period_start_ms, period_secs, vv, summary, received_at_ms)
+                                VALUES ($1, $4, $5, $2::text::jsonb, $6::text::jsonb, $3) ON CONFLICT DO NOTHING
+                                RETURNING 1
+                             ), raised AS ({RAISE_FRONTIER})
+                             SELECT count(*) FROM written"
+                        ),
                         &[
                             &s.store,
+                            &vv_json,
+                            &received_at_ms,
                             &s.period_start_ms,
                             &period_secs,
-                            &vv_json,
                             &body,
-                            &received_at_ms,
                         ],
                     )
                     .await?
                 }
                 Some(old) => {
-                    c.execute(
-                        "UPDATE summaries SET vv = $3::text::jsonb, summary = $4::text::jsonb, received_at_ms = $5,
-                                period_secs = $6, updates = updates + 1
-                         WHERE store = $1 AND period_start_ms = $2 AND vv = $7::text::jsonb",
+                    c.query_one(
+                        &format!(
+                            "WITH written AS (
+                                UPDATE summaries SET vv = $2::text::jsonb, summary = $6::text::jsonb,
+                                       received_at_ms = $3, period_secs = $5, updates = updates + 1
+                                WHERE store = $1 AND period_start_ms = $4 AND vv = $7::text::jsonb
+                                RETURNING 1
+                             ), raised AS ({RAISE_FRONTIER})
+                             SELECT count(*) FROM written"
+                        ),
                         &[
                             &s.store,
-                            &s.period_start_ms,
                             &vv_json,
-                            &body,
                             &received_at_ms,
+                            &s.period_start_ms,
                             &period_secs,
+                            &body,
                             &old,
                         ],
                     )
                     .await?
                 }
             };
+            let n: i64 = row.get(0);
             if n == 1 {
                 return Ok(Upserted {
                     decision,
@@ -1135,5 +1180,119 @@ mod tests {
             .collect();
         assert_eq!(f, vec![("a", 9, 500), ("b", 7, 200)]);
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    const HOUR: i64 = 3_600_000;
+
+    /// Uploads in an order that moves the frontier every way: a new node, a higher entry, an equal one
+    /// stored later (keeps the earlier time), a stale one (not stored), a replacement.
+    fn uploads() -> Vec<(Summary, i64)> {
+        vec![
+            (summary(5 * HOUR, &[("a", 4)]), 100),
+            (summary(3 * HOUR, &[("a", 2), ("b", 7)]), 200),
+            (summary(5 * HOUR, &[("a", 3)]), 300),
+            (summary(4 * HOUR, &[("a", 4), ("b", 7)]), 400),
+            (summary(5 * HOUR, &[("a", 9), ("b", 7)]), 500),
+            (summary(6 * HOUR, &[("a", 8), ("c", 1)]), 600),
+            (summary(6 * HOUR, &[("a", 8), ("c", 2)]), 700),
+        ]
+    }
+
+    async fn postgres(pg: &crate::testpg::TestPg, schema: i32) -> Postgres {
+        let target = crate::pgtls::PgTarget::parse(&pg.url()).unwrap();
+        let p = Postgres {
+            clients: vec![crate::pgtls::connect(&target).await.unwrap()],
+            next: AtomicUsize::new(0),
+        };
+        p.migrate_to(schema).await.unwrap();
+        p.register_store("shop-1", "key", 0).await.unwrap();
+        p
+    }
+
+    fn embedded_history() -> History {
+        let dir = std::env::temp_dir().join(format!(
+            "lpmesh-hq-history-{}-{}",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
+        let db = Embedded::open(&dir).unwrap();
+        for (s, at) in uploads() {
+            db.upsert(&s, at).unwrap();
+        }
+        let h = db.history("shop-1").unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        h
+    }
+
+    /// PostgreSQL keeps the frontier as it writes, one statement per upload, and its history is the
+    /// embedded store's for the same uploads; a store it never heard of has none.
+    #[tokio::test]
+    async fn a_postgres_history_kept_as_it_writes_equals_the_embedded_one() {
+        let pg = tokio::task::spawn_blocking(crate::testpg::TestPg::start)
+            .await
+            .unwrap()
+            .unwrap();
+        let p = postgres(&pg, i32::MAX).await;
+        for (s, at) in uploads() {
+            p.upsert(&s, at).await.unwrap();
+        }
+        let kept = p.history("shop-1").await.unwrap();
+        assert_eq!(kept, embedded_history());
+        let f: Vec<_> = kept
+            .frontier
+            .iter()
+            .map(|(k, f)| (k.as_str(), f.seq, f.since_ms))
+            .collect();
+        assert_eq!(f, vec![("a", 9, 500), ("b", 7, 200), ("c", 2, 700)]);
+        assert_eq!(p.history("shop-2").await.unwrap(), History::default());
+    }
+
+    /// A database written before the frontier was kept gets it filled from its summaries when it
+    /// migrates: the history an upload is checked against is the one it had, and it is kept from then.
+    #[tokio::test]
+    async fn migrating_fills_the_frontier_from_the_summaries_already_stored() {
+        let pg = tokio::task::spawn_blocking(crate::testpg::TestPg::start)
+            .await
+            .unwrap()
+            .unwrap();
+        let old = postgres(&pg, 2).await;
+        let c = &old.clients[0];
+        // What schema 2's upsert left for these uploads: the newest row of each period.
+        for (s, at) in [
+            uploads()[1].clone(),
+            uploads()[3].clone(),
+            uploads()[4].clone(),
+            uploads()[6].clone(),
+        ] {
+            c.execute(
+                "INSERT INTO summaries (store, period_start_ms, period_secs, vv, summary, received_at_ms)
+                 VALUES ($1, $2, 3600, $3::text::jsonb, '{}', $4)",
+                &[
+                    &s.store,
+                    &s.period_start_ms,
+                    &serde_json::to_string(&s.vv).unwrap(),
+                    &at,
+                ],
+            )
+            .await
+            .unwrap();
+        }
+        old.migrate().await.unwrap();
+        let h = old.history("shop-1").await.unwrap();
+        let f: Vec<_> = h
+            .frontier
+            .iter()
+            .map(|(k, f)| (k.as_str(), f.seq, f.since_ms))
+            .collect();
+        // Derived from the rows alone, b's 7 was first seen at 200 and a's 9 at 500; c's 2 at 700.
+        assert_eq!(f, vec![("a", 9, 500), ("b", 7, 200), ("c", 2, 700)]);
+        assert_eq!(h.period_secs, Some(3600));
+        // From now on each write raises it.
+        old.upsert(&summary(7 * HOUR, &[("a", 12), ("c", 2)]), 800)
+            .await
+            .unwrap();
+        let h = old.history("shop-1").await.unwrap();
+        assert_eq!((h.frontier["a"].seq, h.frontier["a"].since_ms), (12, 800));
+        assert_eq!(h.frontier["c"].since_ms, 700, "an equal entry keeps its first time");
     }
 }
