@@ -676,13 +676,72 @@ const MIGRATIONS: &[(i32, &str)] = &[
 const RAISE_FRONTIER: &str = "INSERT INTO store_frontier (store, node, seq, since_ms)
         SELECT $1, e.key, e.value::text::numeric, $3 FROM jsonb_each($2::text::jsonb) AS e
         WHERE EXISTS (SELECT 1 FROM written)
+          -- Entries that would not move are left out: an upsert that does nothing still locks its row.
+          AND NOT EXISTS (SELECT 1 FROM store_frontier f WHERE f.store = $1 AND f.node = e.key
+                          AND (f.seq > e.value::text::numeric
+                               OR (f.seq = e.value::text::numeric AND f.since_ms <= $3)))
         ON CONFLICT (store, node) DO UPDATE SET seq = EXCLUDED.seq, since_ms = EXCLUDED.since_ms
         WHERE store_frontier.seq < EXCLUDED.seq
            OR (store_frontier.seq = EXCLUDED.seq AND EXCLUDED.since_ms < store_frontier.since_ms)";
 
 pub struct Postgres {
-    clients: Vec<tokio_postgres::Client>,
+    conns: Vec<Conn>,
     next: AtomicUsize,
+}
+
+/// One connection and the statements every upload runs, prepared on it once: a query sent as text
+/// costs PostgreSQL a parse and a plan, and the connection a round trip to prepare it, every time.
+/// (A statement is tied to its connection and its schema: an HQ of a newer version migrating under
+/// an older one's statements is met by restarting the older.)
+struct Conn {
+    client: tokio_postgres::Client,
+    first_period: tokio_postgres::Statement,
+    frontier: tokio_postgres::Statement,
+    read_vv: tokio_postgres::Statement,
+    insert: tokio_postgres::Statement,
+    update: tokio_postgres::Statement,
+}
+
+impl Conn {
+    async fn prepare(client: tokio_postgres::Client) -> Result<Conn, StoreError> {
+        // The store's first period's length, and per node id the highest entry with the earliest time
+        // a summary naming it was stored (numeric: version vector entries are u64).
+        let first_period =
+            client.prepare("SELECT period_secs FROM summaries WHERE store = $1 ORDER BY period_start_ms LIMIT 1");
+        let frontier = client.prepare("SELECT node, seq::text, since_ms FROM store_frontier WHERE store = $1");
+        let read_vv = client.prepare("SELECT vv::text FROM summaries WHERE store = $1 AND period_start_ms = $2");
+        // One statement writes the summary and raises the frontier: atomic without a transaction's
+        // extra round trips. Each writes only if nobody changed the row since it was read.
+        let insert_sql = format!(
+            "WITH written AS (
+                INSERT INTO summaries (store, period_start_ms, period_secs, vv, summary, received_at_ms)
+                VALUES ($1, $4, $5, $2::text::jsonb, $6::text::jsonb, $3) ON CONFLICT DO NOTHING
+                RETURNING 1
+             ), raised AS ({RAISE_FRONTIER})
+             SELECT count(*) FROM written"
+        );
+        let update_sql = format!(
+            "WITH written AS (
+                UPDATE summaries SET vv = $2::text::jsonb, summary = $6::text::jsonb,
+                       received_at_ms = $3, period_secs = $5, updates = updates + 1
+                WHERE store = $1 AND period_start_ms = $4 AND vv = $7::text::jsonb
+                RETURNING 1
+             ), raised AS ({RAISE_FRONTIER})
+             SELECT count(*) FROM written"
+        );
+        let insert = client.prepare(&insert_sql);
+        let update = client.prepare(&update_sql);
+        let (first_period, frontier, read_vv, insert, update) =
+            futures::try_join!(first_period, frontier, read_vv, insert, update)?;
+        Ok(Conn {
+            client,
+            first_period,
+            frontier,
+            read_vv,
+            insert,
+            update,
+        })
+    }
 }
 
 /// Lets two HQ processes start against one database without racing through the migrations.
@@ -692,55 +751,26 @@ impl Postgres {
     /// Opens `connections` connections (each carries many concurrent queries) and migrates the schema.
     pub async fn connect(url: &str, connections: usize) -> Result<Postgres, StoreError> {
         let target = crate::pgtls::PgTarget::parse(url).map_err(|e| StoreError::Tls(e.into()))?;
-        let mut clients = Vec::new();
-        for _ in 0..connections.max(1) {
-            clients.push(crate::pgtls::connect(&target).await?);
+        let first = crate::pgtls::connect(&target).await?;
+        // Statements are prepared against the schema, so it is migrated first.
+        migrate_to(&first, i32::MAX).await?;
+        let mut conns = vec![Conn::prepare(first).await?];
+        for _ in 1..connections.max(1) {
+            conns.push(Conn::prepare(crate::pgtls::connect(&target).await?).await?);
         }
-        let pg = Postgres {
-            clients,
+        Ok(Postgres {
+            conns,
             next: AtomicUsize::new(0),
-        };
-        pg.migrate().await?;
-        Ok(pg)
+        })
+    }
+
+    fn conn(&self) -> &Conn {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.conns.len();
+        &self.conns[i]
     }
 
     fn client(&self) -> &tokio_postgres::Client {
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.clients.len();
-        &self.clients[i]
-    }
-
-    async fn migrate(&self) -> Result<(), StoreError> {
-        self.migrate_to(i32::MAX).await
-    }
-
-    /// Applies the migrations up to version `last` (tests start from an older schema).
-    async fn migrate_to(&self, last: i32) -> Result<(), StoreError> {
-        let c = &self.clients[0];
-        c.execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK]).await?;
-        let res = async {
-            c.batch_execute(
-                "CREATE TABLE IF NOT EXISTS lpmesh_schema (version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())",
-            )
-            .await?;
-            let done: Vec<i32> = c
-                .query("SELECT version FROM lpmesh_schema", &[])
-                .await?
-                .iter()
-                .map(|r| r.get(0))
-                .collect();
-            for (version, sql) in MIGRATIONS {
-                if done.contains(version) || *version > last {
-                    continue;
-                }
-                let script = format!("BEGIN; {sql}; INSERT INTO lpmesh_schema (version) VALUES ({version}); COMMIT;");
-                c.batch_execute(&script).await?;
-                tracing::info!(version, "HQ schema migrated");
-            }
-            Ok::<(), tokio_postgres::Error>(())
-        }
-        .await;
-        c.execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK]).await?;
-        res.map_err(Into::into)
+        &self.conn().client
     }
 
     pub async fn register_store(&self, store: &str, key: &str, now_ms: i64) -> Result<(), StoreError> {
@@ -766,18 +796,10 @@ impl Postgres {
     }
 
     pub async fn history(&self, store: &str) -> Result<History, StoreError> {
-        let c = self.client();
+        let c = self.conn();
         let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&store];
-        // The store's first period's length, and per node id the highest entry with the earliest
-        // time a summary naming it was stored (jsonb numbers compare as numeric: no bigint overflow).
-        let period = c.query_opt(
-            "SELECT period_secs FROM summaries WHERE store = $1 ORDER BY period_start_ms LIMIT 1",
-            &params,
-        );
-        let frontier = c.query(
-            "SELECT node, seq::text, since_ms FROM store_frontier WHERE store = $1",
-            &params,
-        );
+        let period = c.client.query_opt(&c.first_period, &params);
+        let frontier = c.client.query(&c.frontier, &params);
         let (period, frontier) = futures::try_join!(period, frontier)?;
         let mut h = History::default();
         if let Some(r) = period {
@@ -803,18 +825,13 @@ impl Postgres {
     }
 
     pub async fn upsert(&self, s: &Summary, received_at_ms: i64) -> Result<Upserted, StoreError> {
-        let c = self.client();
+        let c = self.conn();
         let vv_json = serde_json::to_string(&s.vv).map_err(|e| StoreError::Corrupt(e.into()))?;
         let body = serde_json::to_string(s).map_err(|e| StoreError::Corrupt(e.into()))?;
         let period_secs = i32::try_from(s.period_secs)
             .map_err(|_| StoreError::Corrupt(format!("period of {} s", s.period_secs).into()))?;
         for _ in 0..8 {
-            let row = c
-                .query_opt(
-                    "SELECT vv::text FROM summaries WHERE store = $1 AND period_start_ms = $2",
-                    &[&s.store, &s.period_start_ms],
-                )
-                .await?;
+            let row = c.client.query_opt(&c.read_vv, &[&s.store, &s.period_start_ms]).await?;
             let (stored_text, stored) = match row {
                 Some(r) => {
                     let t: String = r.get(0);
@@ -830,53 +847,37 @@ impl Postgres {
                     stored_vv: stored.unwrap_or_default(),
                 });
             }
-            // Written only if nobody changed the row since it was read.
-            // One statement writes the summary and raises the frontier: atomic without a transaction's
-            // extra round trips.
             let row = match stored_text {
                 None => {
-                    c.query_one(
-                        &format!(
-                            "WITH written AS (
-                                INSERT INTO summaries (store, period_start_ms, period_secs, vv, summary, received_at_ms)
-                                VALUES ($1, $4, $5, $2::text::jsonb, $6::text::jsonb, $3) ON CONFLICT DO NOTHING
-                                RETURNING 1
-                             ), raised AS ({RAISE_FRONTIER})
-                             SELECT count(*) FROM written"
-                        ),
-                        &[
-                            &s.store,
-                            &vv_json,
-                            &received_at_ms,
-                            &s.period_start_ms,
-                            &period_secs,
-                            &body,
-                        ],
-                    )
-                    .await?
+                    c.client
+                        .query_one(
+                            &c.insert,
+                            &[
+                                &s.store,
+                                &vv_json,
+                                &received_at_ms,
+                                &s.period_start_ms,
+                                &period_secs,
+                                &body,
+                            ],
+                        )
+                        .await?
                 }
                 Some(old) => {
-                    c.query_one(
-                        &format!(
-                            "WITH written AS (
-                                UPDATE summaries SET vv = $2::text::jsonb, summary = $6::text::jsonb,
-                                       received_at_ms = $3, period_secs = $5, updates = updates + 1
-                                WHERE store = $1 AND period_start_ms = $4 AND vv = $7::text::jsonb
-                                RETURNING 1
-                             ), raised AS ({RAISE_FRONTIER})
-                             SELECT count(*) FROM written"
-                        ),
-                        &[
-                            &s.store,
-                            &vv_json,
-                            &received_at_ms,
-                            &s.period_start_ms,
-                            &period_secs,
-                            &body,
-                            &old,
-                        ],
-                    )
-                    .await?
+                    c.client
+                        .query_one(
+                            &c.update,
+                            &[
+                                &s.store,
+                                &vv_json,
+                                &received_at_ms,
+                                &s.period_start_ms,
+                                &period_secs,
+                                &body,
+                                &old,
+                            ],
+                        )
+                        .await?
                 }
             };
             let n: i64 = row.get(0);
@@ -1135,6 +1136,36 @@ impl KeyCache {
     }
 }
 
+/// Applies the migrations up to version `last` (tests start from an older schema), under a lock so
+/// that HQ processes starting together do not race through them.
+async fn migrate_to(c: &tokio_postgres::Client, last: i32) -> Result<(), StoreError> {
+    c.execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK]).await?;
+    let res = async {
+        c.batch_execute(
+            "CREATE TABLE IF NOT EXISTS lpmesh_schema (version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())",
+        )
+        .await?;
+        let done: Vec<i32> = c
+            .query("SELECT version FROM lpmesh_schema", &[])
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        for (version, sql) in MIGRATIONS {
+            if done.contains(version) || *version > last {
+                continue;
+            }
+            let script = format!("BEGIN; {sql}; INSERT INTO lpmesh_schema (version) VALUES ({version}); COMMIT;");
+            c.batch_execute(&script).await?;
+            tracing::info!(version, "HQ schema migrated");
+        }
+        Ok::<(), tokio_postgres::Error>(())
+    }
+    .await;
+    c.execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK]).await?;
+    res.map_err(Into::into)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1198,13 +1229,8 @@ mod tests {
         ]
     }
 
-    async fn postgres(pg: &crate::testpg::TestPg, schema: i32) -> Postgres {
-        let target = crate::pgtls::PgTarget::parse(&pg.url()).unwrap();
-        let p = Postgres {
-            clients: vec![crate::pgtls::connect(&target).await.unwrap()],
-            next: AtomicUsize::new(0),
-        };
-        p.migrate_to(schema).await.unwrap();
+    async fn postgres(pg: &crate::testpg::TestPg) -> Postgres {
+        let p = Postgres::connect(&pg.url(), 2).await.unwrap();
         p.register_store("shop-1", "key", 0).await.unwrap();
         p
     }
@@ -1232,7 +1258,7 @@ mod tests {
             .await
             .unwrap()
             .unwrap();
-        let p = postgres(&pg, i32::MAX).await;
+        let p = postgres(&pg).await;
         for (s, at) in uploads() {
             p.upsert(&s, at).await.unwrap();
         }
@@ -1255,8 +1281,15 @@ mod tests {
             .await
             .unwrap()
             .unwrap();
-        let old = postgres(&pg, 2).await;
-        let c = &old.clients[0];
+        let target = crate::pgtls::PgTarget::parse(&pg.url()).unwrap();
+        let c = crate::pgtls::connect(&target).await.unwrap();
+        migrate_to(&c, 2).await.unwrap();
+        c.execute(
+            "INSERT INTO stores (store, signing_key, registered_at_ms) VALUES ('shop-1', 'key', 0)",
+            &[],
+        )
+        .await
+        .unwrap();
         // What schema 2's upsert left for these uploads: the newest row of each period.
         for (s, at) in [
             uploads()[1].clone(),
@@ -1277,7 +1310,7 @@ mod tests {
             .await
             .unwrap();
         }
-        old.migrate().await.unwrap();
+        let old = postgres(&pg).await;
         let h = old.history("shop-1").await.unwrap();
         let f: Vec<_> = h
             .frontier
