@@ -847,39 +847,23 @@ impl Postgres {
                     stored_vv: stored.unwrap_or_default(),
                 });
             }
-            let row = match stored_text {
-                None => {
-                    c.client
-                        .query_one(
-                            &c.insert,
-                            &[
-                                &s.store,
-                                &vv_json,
-                                &received_at_ms,
-                                &s.period_start_ms,
-                                &period_secs,
-                                &body,
-                            ],
-                        )
-                        .await?
-                }
+            // The update's one more parameter is the vector it expects to replace.
+            let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = vec![
+                &s.store,
+                &vv_json,
+                &received_at_ms,
+                &s.period_start_ms,
+                &period_secs,
+                &body,
+            ];
+            let statement = match &stored_text {
+                None => &c.insert,
                 Some(old) => {
-                    c.client
-                        .query_one(
-                            &c.update,
-                            &[
-                                &s.store,
-                                &vv_json,
-                                &received_at_ms,
-                                &s.period_start_ms,
-                                &period_secs,
-                                &body,
-                                &old,
-                            ],
-                        )
-                        .await?
+                    params.push(old);
+                    &c.update
                 }
             };
+            let row = c.client.query_one(statement, &params).await?;
             let n: i64 = row.get(0);
             if n == 1 {
                 return Ok(Upserted {

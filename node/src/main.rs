@@ -434,22 +434,31 @@ enum BenchWhat {
     },
 }
 
+/// Why a duration given on the command line was refused (clap prints it beside the option).
+#[derive(Debug, thiserror::Error)]
+enum DurationError {
+    #[error("{0:?}: give a number and a unit, like 15m")]
+    Number(String),
+    #[error("{0:?}: the unit is s, m, h or d")]
+    Unit(String),
+    #[error("an invitation must last more than zero seconds")]
+    Zero,
+}
+
 /// `90s`, `15m`, `2h`, `1d`, or plain seconds.
-fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+fn parse_duration(s: &str) -> Result<std::time::Duration, DurationError> {
     let s = s.trim();
     let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("{s:?}: give a number and a unit, like 15m"))?;
+    let n: u64 = num.parse().map_err(|_| DurationError::Number(s.to_string()))?;
     let secs = match unit {
         "" | "s" => n,
         "m" => n.saturating_mul(60),
         "h" => n.saturating_mul(3600),
         "d" => n.saturating_mul(86_400),
-        _ => return Err(format!("{s:?}: the unit is s, m, h or d")),
+        _ => return Err(DurationError::Unit(s.to_string())),
     };
     if secs == 0 {
-        return Err("an invitation must last more than zero seconds".into());
+        return Err(DurationError::Zero);
     }
     Ok(std::time::Duration::from_secs(secs))
 }
@@ -620,3 +629,21 @@ mod cli;
 #[cfg(feature = "vision")]
 use cli::vision;
 use cli::{bench, daemon, demo, hq, records, store};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_take_a_unit_and_refuse_zero_and_nonsense() {
+        let secs = |s| parse_duration(s).map(|d| d.as_secs());
+        assert_eq!(secs("90").unwrap(), 90);
+        assert_eq!(secs(" 15m ").unwrap(), 900);
+        assert_eq!(secs("2h").unwrap(), 7200);
+        assert_eq!(secs("1d").unwrap(), 86_400);
+        assert!(matches!(parse_duration("0m"), Err(DurationError::Zero)));
+        assert!(matches!(parse_duration("5w"), Err(DurationError::Unit(s)) if s == "5w"));
+        let e = parse_duration("soon").unwrap_err();
+        assert_eq!(e.to_string(), "\"soon\": give a number and a unit, like 15m");
+    }
+}
