@@ -73,7 +73,8 @@ pub struct Frontier {
     pub since_ms: i64,
 }
 
-/// What HQ holds of a store, as far as the checks need it: derived from the stored summaries.
+/// What HQ holds of a store, as far as the checks need it: what its stored summaries say, kept as
+/// each is written (see `HqStore::history`).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct History {
     /// The store's period length; `None` while HQ holds no summary of the store.

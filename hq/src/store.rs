@@ -654,7 +654,9 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (
         // Per store and node, the highest version-vector entry stored and since when: the upload check
         // reads it on every upload, and deriving it from the summaries read a store's whole history
-        // (8,760 rows a year) each time. Filled from the summaries already stored.
+        // (8,760 rows a year) each time. Filled from the summaries already stored, with their writers
+        // held off meanwhile. An HQ of an older version writes without raising it: stop them all before
+        // the first HQ of this version starts (the README's upgrade note).
         3,
         "CREATE TABLE store_frontier (
         store text NOT NULL REFERENCES stores(store),
@@ -663,6 +665,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
         since_ms bigint NOT NULL,
         PRIMARY KEY (store, node)
      );
+     LOCK TABLE summaries IN SHARE MODE;
      INSERT INTO store_frontier (store, node, seq, since_ms)
         SELECT DISTINCT ON (m.store, e.key) m.store, e.key, e.value::text::numeric, m.received_at_ms
         FROM summaries m, jsonb_each(m.vv) AS e
@@ -680,6 +683,8 @@ const RAISE_FRONTIER: &str = "INSERT INTO store_frontier (store, node, seq, sinc
           AND NOT EXISTS (SELECT 1 FROM store_frontier f WHERE f.store = $1 AND f.node = e.key
                           AND (f.seq > e.value::text::numeric
                                OR (f.seq = e.value::text::numeric AND f.since_ms <= $3)))
+        -- Rows are locked in one order by every upload, so two uploads of a store cannot deadlock.
+        ORDER BY e.key
         ON CONFLICT (store, node) DO UPDATE SET seq = EXCLUDED.seq, since_ms = EXCLUDED.since_ms
         WHERE store_frontier.seq < EXCLUDED.seq
            OR (store_frontier.seq = EXCLUDED.seq AND EXCLUDED.since_ms < store_frontier.since_ms)";
@@ -691,8 +696,7 @@ pub struct Postgres {
 
 /// One connection and the statements every upload runs, prepared on it once: a query sent as text
 /// costs PostgreSQL a parse and a plan, and the connection a round trip to prepare it, every time.
-/// (A statement is tied to its connection and its schema: an HQ of a newer version migrating under
-/// an older one's statements is met by restarting the older.)
+/// (A statement is tied to its connection; PostgreSQL plans it again by itself when the schema changes.)
 struct Conn {
     client: tokio_postgres::Client,
     first_period: tokio_postgres::Statement,
@@ -1146,8 +1150,15 @@ async fn migrate_to(c: &tokio_postgres::Client, last: i32) -> Result<(), StoreEr
         Ok::<(), tokio_postgres::Error>(())
     }
     .await;
+    if let Err(e) = res {
+        // A failed script leaves its transaction aborted, where the unlock would fail too and hide why:
+        // rolled back, and the session's end frees the lock if even that fails.
+        let _ = c.batch_execute("ROLLBACK").await;
+        let _ = c.execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK]).await;
+        return Err(e.into());
+    }
     c.execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK]).await?;
-    res.map_err(Into::into)
+    Ok(())
 }
 
 #[cfg(test)]
@@ -1255,6 +1266,28 @@ mod tests {
             .collect();
         assert_eq!(f, vec![("a", 9, 500), ("b", 7, 200), ("c", 2, 700)]);
         assert_eq!(p.history("shop-2").await.unwrap(), History::default());
+        // An update that lost the race (the row is no longer the one it read) writes nothing, so it
+        // raises nothing either.
+        let c = &p.conns[0];
+        let stale = serde_json::to_string(&VersionVector::default()).unwrap();
+        let row = c
+            .client
+            .query_one(
+                &c.update,
+                &[
+                    &"shop-1",
+                    &r#"{"a":50,"e":3}"#,
+                    &900i64,
+                    &(6 * HOUR),
+                    &3600i32,
+                    &"{}",
+                    &stale,
+                ],
+            )
+            .await
+            .unwrap();
+        assert_eq!(row.get::<_, i64>(0), 0);
+        assert_eq!(p.history("shop-1").await.unwrap(), kept);
     }
 
     /// A database written before the frontier was kept gets it filled from its summaries when it
@@ -1274,12 +1307,15 @@ mod tests {
         )
         .await
         .unwrap();
-        // What schema 2's upsert left for these uploads: the newest row of each period.
+        // What schema 2's upsert left for these uploads: the newest row of each period; and a node whose
+        // entries compare one way as numbers and the other as text (10 > 9, "10" < "9").
         for (s, at) in [
             uploads()[1].clone(),
             uploads()[3].clone(),
             uploads()[4].clone(),
             uploads()[6].clone(),
+            (summary(HOUR, &[("d", 9)]), 50),
+            (summary(2 * HOUR, &[("d", 10)]), 150),
         ] {
             c.execute(
                 "INSERT INTO summaries (store, period_start_ms, period_secs, vv, summary, received_at_ms)
@@ -1302,7 +1338,7 @@ mod tests {
             .map(|(k, f)| (k.as_str(), f.seq, f.since_ms))
             .collect();
         // Derived from the rows alone, b's 7 was first seen at 200 and a's 9 at 500; c's 2 at 700.
-        assert_eq!(f, vec![("a", 9, 500), ("b", 7, 200), ("c", 2, 700)]);
+        assert_eq!(f, vec![("a", 9, 500), ("b", 7, 200), ("c", 2, 700), ("d", 10, 150)]);
         assert_eq!(h.period_secs, Some(3600));
         // From now on each write raises it.
         old.upsert(&summary(7 * HOUR, &[("a", 12), ("c", 2)]), 800)
