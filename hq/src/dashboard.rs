@@ -452,8 +452,8 @@ async fn store_page(
 ) -> Result<Response, Fail> {
     let (from, to) = q.range()?;
     let now = now_ms();
-    let stores = st.store.stores().await?;
-    let Some(row) = stores.iter().find(|r| r.store == store && who.user.may_see(&r.store)) else {
+    let row = st.store.store_row(&store).await?;
+    let Some(row) = row.filter(|r| who.user.may_see(&r.store)) else {
         let body = format!(
             "<p>No store named <code>{}</code> is registered. <a href=\"/\">Back to the chain overview</a>.</p>",
             esc(&store)

@@ -171,9 +171,23 @@ impl HqStore {
 
     pub async fn stores(&self) -> Result<Vec<StoreRow>, StoreError> {
         match self {
-            HqStore::Embedded(e) => e.stores(),
-            HqStore::Postgres(p) => p.stores().await,
+            HqStore::Embedded(e) => e.stores(None),
+            HqStore::Postgres(p) => p.stores(None).await,
         }
+    }
+
+    /// One store's row (a store's page): its own summaries are counted, not the chain's.
+    pub async fn store_row(&self, store: &str) -> Result<Option<StoreRow>, StoreError> {
+        // No registered name holds a NUL (PostgreSQL's text cannot), and PostgreSQL refuses one as a
+        // parameter: a name from a URL with one is simply not a store.
+        if store.contains('\0') {
+            return Ok(None);
+        }
+        let rows = match self {
+            HqStore::Embedded(e) => e.stores(Some(store))?,
+            HqStore::Postgres(p) => p.stores(Some(store)).await?,
+        };
+        Ok(rows.into_iter().next())
     }
 
     /// Summaries by store, then period.
@@ -546,9 +560,13 @@ impl Embedded {
         })
     }
 
-    pub fn stores(&self) -> Result<Vec<StoreRow>, StoreError> {
+    /// Every registered store, or only `only`.
+    pub fn stores(&self, only: Option<&str>) -> Result<Vec<StoreRow>, StoreError> {
         let mut out = Vec::new();
         for r in self.read_registry()?.stores {
+            if only.is_some_and(|o| o != r.store) {
+                continue;
+            }
             let mut prefix = r.store.as_bytes().to_vec();
             prefix.push(0);
             let mut last_sync_ms = None;
@@ -882,15 +900,17 @@ impl Postgres {
         })
     }
 
-    pub async fn stores(&self) -> Result<Vec<StoreRow>, StoreError> {
+    /// Every registered store, or only `only`.
+    pub async fn stores(&self, only: Option<&str>) -> Result<Vec<StoreRow>, StoreError> {
         let rows = self
             .client()
             .query(
                 "SELECT s.store, s.signing_key, s.registered_at_ms, max(m.received_at_ms), count(m.period_start_ms),
                         s.unregistered_at_ms
                  FROM stores s LEFT JOIN summaries m ON m.store = s.store
+                 WHERE $1::text IS NULL OR s.store = $1
                  GROUP BY s.store, s.signing_key, s.registered_at_ms, s.unregistered_at_ms ORDER BY s.store",
-                &[],
+                &[&only],
             )
             .await?;
         Ok(rows
@@ -1266,6 +1286,22 @@ mod tests {
             .collect();
         assert_eq!(f, vec![("a", 9, 500), ("b", 7, 200), ("c", 2, 700)]);
         assert_eq!(p.history("shop-2").await.unwrap(), History::default());
+        // One store's row counts its own periods only.
+        p.register_store("shop-2", "key", 0).await.unwrap();
+        p.upsert(
+            &Summary {
+                store: "shop-2".into(),
+                ..summary(HOUR, &[("z", 1)])
+            },
+            50,
+        )
+        .await
+        .unwrap();
+        let row = |r: &StoreRow| (r.store.clone(), r.periods, r.last_sync_ms);
+        let one: Vec<_> = p.stores(Some("shop-1")).await.unwrap().iter().map(row).collect();
+        assert_eq!(one, vec![("shop-1".to_string(), 4, Some(700))]);
+        assert_eq!(p.stores(None).await.unwrap().len(), 2);
+        assert!(p.stores(Some("shop-3")).await.unwrap().is_empty());
         // An update that lost the race (the row is no longer the one it read) writes nothing, so it
         // raises nothing either.
         let c = &p.conns[0];
