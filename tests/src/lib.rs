@@ -38,6 +38,26 @@ pub fn footage() -> PathBuf {
     p
 }
 
+/// Starts `lpmesh ARGS` at info level, stdout and stderr appended to `log`, so one log covers a
+/// process started again and again (restart tests read what every run said); killed if the test
+/// fails before it stops it.
+pub fn spawn_appending(args: &[&str], log: &std::path::Path) -> ChildGuard {
+    use std::process::Stdio;
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .expect("log");
+    let child = lpmesh()
+        .args(args)
+        .env("LPMESH_LOG", "info")
+        .stdout(Stdio::from(f.try_clone().expect("log")))
+        .stderr(Stdio::from(f))
+        .spawn()
+        .expect("run lpmesh");
+    ChildGuard(child)
+}
+
 /// Starts `lpmesh ARGS` at info level, its stderr to `log` and its stdout beside it (`.out`); killed
 /// if the test fails before it stops it.
 pub fn spawn(args: &[&str], log: &std::path::Path) -> ChildGuard {

@@ -8,28 +8,18 @@
 //! (`LPMESH_SOAK_MINUTES`); `LPMESH_CHURN_SEED` replays a run.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use lpmesh_hq::store::{Embedded, Filter};
 use lpmesh_tests::{
-    free_port, interrupt, log_tail, lpmesh, lpmesh_path, metric, now_ms, ok, scrape, FaultProxy, HeldPort, Rng, TempDir,
+    free_port, interrupt, log_tail, lpmesh, metric, now_ms, ok, scrape, spawn_appending as spawn, ChildGuard,
+    FaultProxy, HeldPort, Rng, TempDir,
 };
 
 const NODES: usize = 5;
 const STORE: &str = "shop-churn";
-
-fn spawn(args: &[&str], log: &Path) -> Child {
-    let f = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
-    Command::new(lpmesh_path())
-        .args(args)
-        .env("LPMESH_LOG", "info")
-        .stdout(Stdio::from(f.try_clone().unwrap()))
-        .stderr(Stdio::from(f))
-        .spawn()
-        .unwrap()
-}
 
 struct Node {
     data: PathBuf,
@@ -37,7 +27,7 @@ struct Node {
     log: PathBuf,
     listen: HeldPort,
     ops: u16,
-    proc: Option<Child>,
+    proc: Option<ChildGuard>,
     started: Instant,
     id: String,
 }

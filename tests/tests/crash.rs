@@ -5,9 +5,8 @@
 
 use std::io::Write;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 
-use lpmesh_testkit::ChildGuard;
 use std::time::{Duration, Instant};
 
 use lpmesh_hq::client::HqClient;
@@ -16,7 +15,7 @@ use lpmesh_hq::store::{Filter, HqStore};
 use lpmesh_hq::summary::Summary;
 use lpmesh_hq::testpg::TestPg;
 use lpmesh_hq::vv::VersionVector;
-use lpmesh_tests::{free_port, interrupt, lpmesh_path, metric, ok, scrape, Rng, TempDir};
+use lpmesh_tests::{free_port, interrupt, metric, ok, scrape, spawn_appending as spawn, Rng, TempDir};
 
 fn rng_from_env() -> Rng {
     let seed = std::env::var("LPMESH_CRASH_SEED")
@@ -37,21 +36,6 @@ fn cycles() -> usize {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(50)
-}
-
-/// Starts `lpmesh ARGS`, its output appended to `log` (one log across restarts); killed if the test
-/// fails before it stops it.
-fn spawn(args: &[&str], log: &Path) -> ChildGuard {
-    let f = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
-    ChildGuard(
-        Command::new(lpmesh_path())
-            .args(args)
-            .env("LPMESH_LOG", "info")
-            .stdout(Stdio::from(f.try_clone().unwrap()))
-            .stderr(Stdio::from(f))
-            .spawn()
-            .unwrap(),
-    )
 }
 
 fn kill9(child: &mut Child) {
