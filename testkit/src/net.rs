@@ -51,6 +51,9 @@ pub fn http_get(port: u16, path: &str) -> (u16, String) {
 pub fn try_http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    // A port held by a listener that never answers (a test's held port, a stopped process's
+    // backlog) must not hang the test that asks it.
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))?;
     write!(s, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")?;
     let mut out = String::new();
     s.read_to_string(&mut out)?;

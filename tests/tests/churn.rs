@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use lpmesh_hq::store::{Embedded, Filter};
 use lpmesh_tests::{
-    free_port, interrupt, log_tail, lpmesh, metric, now_ms, ok, scrape, spawn_appending as spawn, ChildGuard,
-    FaultProxy, HeldPort, Rng, TempDir,
+    interrupt, log_tail, lpmesh, metric, now_ms, ok, scrape, spawn_appending as spawn, ChildGuard, FaultProxy,
+    HeldPort, Rng, TempDir,
 };
 
 const NODES: usize = 5;
@@ -26,7 +26,7 @@ struct Node {
     config: PathBuf,
     log: PathBuf,
     listen: HeldPort,
-    ops: u16,
+    ops: HeldPort,
     proc: Option<ChildGuard>,
     started: Instant,
     id: String,
@@ -45,7 +45,7 @@ impl Node {
     }
 
     fn write_config(&mut self, proxies: &BTreeMap<(usize, usize), FaultProxy>, me: usize, hq: &HqInfo) {
-        self.ops = free_port();
+        self.ops = HeldPort::new();
         let boot: Vec<String> = (0..NODES)
             .filter(|&j| j != me)
             .map(|j| format!("\"/ip4/127.0.0.1/tcp/{}\"", proxies[&(me, j)].port()))
@@ -58,7 +58,7 @@ impl Node {
                  anti_entropy_secs = 1.0\nheartbeat_secs = 0.5\nleader_timeout_secs = 2.0\n\
                  [hq]\nurl = \"https://localhost:{}\"\nrecipient = \"{}\"\nca_cert = \"{}\"\nprobe_secs = 0.5\nresend_secs = 0.5\ntimeout_secs = 2.0\n",
                 self.data.display(),
-                self.ops,
+                self.ops.port(),
                 self.listen.port(),
                 boot.join(", "),
                 hq.proxy_port,
@@ -72,6 +72,7 @@ impl Node {
     fn start(&mut self, until_ms: i64) {
         let until = until_ms.to_string();
         self.listen.release();
+        self.ops.release();
         self.started = Instant::now();
         self.proc = Some(spawn(
             &[
@@ -135,7 +136,7 @@ fn five_nodes_through_partitions_delays_loss_and_restarts_converge_with_hq_match
             config: dir.join(format!("n{i}.toml")),
             log: dir.join(format!("n{i}.log")),
             listen: HeldPort::new(),
-            ops: 0,
+            ops: HeldPort::new(),
             proc: None,
             started: Instant::now(),
             id: String::new(),
@@ -189,8 +190,9 @@ fn five_nodes_through_partitions_delays_loss_and_restarts_converge_with_hq_match
             std::thread::sleep(Duration::from_millis(200));
         }
     };
-    let seen_by_0 =
-        |n: &[Node]| scrape(n[0].ops).and_then(|m| metric(&m, &format!("lpmesh_log_origin_seq{{origin=\"{id1}\"}}")));
+    let seen_by_0 = |n: &[Node]| {
+        scrape(n[0].ops.port()).and_then(|m| metric(&m, &format!("lpmesh_log_origin_seq{{origin=\"{id1}\"}}")))
+    };
     let t = Instant::now();
     while seen_by_0(&nodes).is_none_or(|s| s < 4.0) {
         assert!(t.elapsed() < Duration::from_secs(30), "node 0 never heard of node 1");
@@ -202,12 +204,12 @@ fn five_nodes_through_partitions_delays_loss_and_restarts_converge_with_hq_match
     std::thread::sleep(Duration::from_millis(500));
     let (before, own_before) = (
         seen_by_0(&nodes),
-        scrape(nodes[1].ops).and_then(|m| metric(&m, "lpmesh_log_own_seq")),
+        scrape(nodes[1].ops.port()).and_then(|m| metric(&m, "lpmesh_log_own_seq")),
     );
     std::thread::sleep(Duration::from_secs(3));
     let (after, own_after) = (
         seen_by_0(&nodes),
-        scrape(nodes[1].ops).and_then(|m| metric(&m, "lpmesh_log_own_seq")),
+        scrape(nodes[1].ops.port()).and_then(|m| metric(&m, "lpmesh_log_own_seq")),
     );
     assert_eq!(
         before, after,
@@ -309,7 +311,7 @@ fn five_nodes_through_partitions_delays_loss_and_restarts_converge_with_hq_match
     }
     // Converged: every node holds every node's records up to what that node has appended.
     let converged = loop {
-        let scraped: Vec<Option<Vec<(String, f64)>>> = nodes.iter().map(|n| scrape(n.ops)).collect();
+        let scraped: Vec<Option<Vec<(String, f64)>>> = nodes.iter().map(|n| scrape(n.ops.port())).collect();
         if scraped.iter().all(Option::is_some) && now_ms() > load_until + 500 {
             let m: Vec<&Vec<(String, f64)>> = scraped.iter().flatten().collect();
             let own: Vec<f64> = m

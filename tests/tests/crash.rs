@@ -15,7 +15,7 @@ use lpmesh_hq::store::{Filter, HqStore};
 use lpmesh_hq::summary::Summary;
 use lpmesh_hq::testpg::TestPg;
 use lpmesh_hq::vv::VersionVector;
-use lpmesh_tests::{free_port, interrupt, metric, ok, scrape, spawn_appending as spawn, Rng, TempDir};
+use lpmesh_tests::{free_port, interrupt, metric, ok, scrape, spawn_appending as spawn, HeldPort, Rng, TempDir};
 
 fn rng_from_env() -> Rng {
     let seed = std::env::var("LPMESH_CRASH_SEED")
@@ -53,6 +53,43 @@ fn tail(path: &Path) -> String {
         .rev()
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+/// What the log gained since it was `from` bytes long: one start's output, not the starts before it.
+fn log_since(path: &Path, from: u64) -> String {
+    let s = std::fs::read(path).unwrap_or_default();
+    String::from_utf8_lossy(s.get(from as usize..).unwrap_or_default()).into_owned()
+}
+
+/// A start's warnings and errors, then its last lines (a node at 40 events/s fills any tail with them).
+fn start_report(log: &str) -> String {
+    let notable: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains(" WARN ") || l.contains(" ERROR ") || l.starts_with("error"))
+        .collect();
+    let last: Vec<&str> = log
+        .lines()
+        .rev()
+        .take(10)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect();
+    format!(
+        "warnings and errors:\n{}\nlast lines:\n{}",
+        notable.join("\n"),
+        last.join("\n")
+    )
+}
+
+/// A port found free a moment ago can be taken by another test's connection before the node binds
+/// it: the mesh port's loss stops the node; the metrics port's loss leaves it running without them.
+fn lost_a_port(log: &str) -> bool {
+    log.lines().any(|l| {
+        l.contains("error: network: listen on")
+            || l.contains("in use")
+            || l.contains("metrics and health endpoints are not available")
+    })
 }
 
 type Hq = lpmesh_tests::HqSetup;
@@ -132,9 +169,13 @@ fn a_node_killed_50_times_loses_no_durable_record_and_never_reuses_a_seq() {
     let mut cycle = 0;
     while cycle <= n {
         // Fresh ports every time: a killed process's ports may linger.
-        let a_ops = free_port();
-        node_config(&a_cfg, &a, "front", (a_ops, free_port()), Some(b_mesh), 10, &hq);
+        let (mut ops_port, mut mesh_port) = (HeldPort::new(), HeldPort::new());
+        let a_ops = ops_port.port();
+        node_config(&a_cfg, &a, "front", (a_ops, mesh_port.port()), Some(b_mesh), 10, &hq);
+        ops_port.release();
+        mesh_port.release();
         let started = Instant::now();
+        let log_from = std::fs::metadata(&a_log).map(|m| m.len()).unwrap_or(0);
         let mut node = spawn(
             &["run", "--config", &a_cfg.to_string_lossy(), "--synthetic", "40"],
             &a_log,
@@ -143,26 +184,26 @@ fn a_node_killed_50_times_loses_no_durable_record_and_never_reuses_a_seq() {
             if let Some(m) = scrape(a_ops) {
                 break Some(m);
             }
-            if let Ok(Some(status)) = node.try_wait() {
-                // A port found free a moment ago can be taken by another test's connection before
-                // the node binds it: that start is tried again on fresh ports, a few times at most.
-                let log = tail(&a_log);
-                if log
-                    .lines()
-                    .rev()
-                    .take(3)
-                    .any(|l| l.contains("error: network: listen on") || l.contains("in use"))
-                    && port_taken < 3
-                {
-                    port_taken += 1;
-                    break None;
+            let exited = node.try_wait().ok().flatten();
+            let log = log_since(&a_log, log_from);
+            // A start that lost a port is tried again on fresh ports, a few times at most.
+            if lost_a_port(&log) && port_taken < 3 {
+                port_taken += 1;
+                if exited.is_none() {
+                    kill9(&mut node);
                 }
-                panic!("cycle {cycle}: the node exited with {status} on start:\n{log}");
+                break None;
+            }
+            if let Some(status) = exited {
+                panic!(
+                    "cycle {cycle}: the node exited with {status} on start:\n{}",
+                    start_report(&log)
+                );
             }
             assert!(
                 started.elapsed() < Duration::from_secs(30),
-                "cycle {cycle}: the database did not open:\n{}",
-                tail(&a_log)
+                "cycle {cycle}: the node did not answer on its metrics port within 30 s:\n{}",
+                start_report(&log)
             );
             std::thread::sleep(Duration::from_millis(10));
         };
