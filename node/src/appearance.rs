@@ -43,13 +43,18 @@ impl Appearance {
         if tensor.len() != 3 * plane || frame_w == 0 || frame_h == 0 || plane == 0 {
             return None;
         }
-        let b = bbox.scaled(tw as f32 / frame_w as f32, th as f32 / frame_h as f32);
+        let at = spec.placement(frame_w, frame_h);
+        let b = at.to_input(bbox);
         let (w, h) = (b.width(), b.height());
         if !(w.is_finite() && h.is_finite()) || w <= 0.0 || h <= 0.0 {
             return None;
         }
-        let col = |x: f32| (x.max(0.0) as usize).min(tw);
-        let row = |y: f32| (y.max(0.0) as usize).min(th);
+        // Only the frame's part of the tensor: the grey around a letterboxed frame is nobody's clothes.
+        let (left, top) = (at.x as usize, at.y as usize);
+        let right = (left + at.width as usize).min(tw);
+        let bottom = (top + at.height as usize).min(th);
+        let col = |x: f32| (x.max(0.0) as usize).clamp(left, right);
+        let row = |y: f32| (y.max(0.0) as usize).clamp(top, bottom);
         let (x0, x1) = (col(b.x1 + SIDE_MARGIN * w), col(b.x2 - SIDE_MARGIN * w));
         let mut parts = [[0.0f32; BINS]; 2];
         for (part, (top, bottom)) in parts.iter_mut().zip(PARTS) {
@@ -172,6 +177,31 @@ mod tests {
         let swapped = (red_over_blue.0, red_over_blue.2, red_over_blue.1);
         let s = Appearance::from_tensor(&tensor(&spec, &[swapped]), &spec, 416, 416, &swapped.0).unwrap();
         assert!(a.distance(&s) > 0.9);
+    }
+
+    #[test]
+    fn a_letterboxed_person_is_read_where_the_frame_was_placed() {
+        let spec = InputSpec::nanodet_m_416();
+        // A 832 x 624 frame: halved into 416 x 312 with 52 grey rows above it.
+        let at = spec.placement(832, 624);
+        let in_tensor = BBox::from_xywh(100.0, 120.0, 40.0, 120.0);
+        let person = (in_tensor, [0.0, 0.0, 220.0], [200.0, 20.0, 20.0]);
+        let t = tensor(&spec, &[person]);
+        let seen = Appearance::from_tensor(&t, &spec, 832, 624, &at.to_frame(&in_tensor)).unwrap();
+        let square = Appearance::from_tensor(&t, &spec, 416, 416, &in_tensor).unwrap();
+        assert!(seen.distance(&square) < 1e-3, "{}", seen.distance(&square));
+        // A box reaching above the frame reads none of the band around it (painted green here): its
+        // torso lies wholly in the band, so there is nothing to describe.
+        let band = (
+            BBox::from_xywh(0.0, 0.0, 416.0, 52.0),
+            [20.0, 200.0, 20.0],
+            [20.0, 200.0, 20.0],
+        );
+        let t = tensor(&spec, &[band, person]);
+        let above = at.to_frame(&BBox::from_xywh(100.0, 0.0, 40.0, 104.0));
+        assert_eq!(above.y1, 0.0, "cut to the frame");
+        let raw = BBox::new(above.x1, -104.0, above.x2, above.y2);
+        assert!(Appearance::from_tensor(&t, &spec, 832, 624, &raw).is_none());
     }
 
     #[test]

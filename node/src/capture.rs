@@ -79,13 +79,18 @@ impl Preparer {
         let rows = frame.height as i32;
         let flat = Mat::new_rows_cols_with_data(rows, frame.width as i32 * 3, &frame.bgr).map_err(cv)?;
         let img = flat.reshape(3, rows).map_err(cv)?;
-        let size = Size::new(self.spec.width as i32, self.spec.height as i32);
+        let at = self.spec.placement(frame.width, frame.height);
+        let size = Size::new(at.width as i32, at.height as i32);
         imgproc::resize(&img, &mut self.resized, size, 0.0, 0.0, imgproc::INTER_LINEAR).map_err(cv)?;
         tensor.resize(self.spec.tensor_len(), 0.0);
-        if !self.normalizer.fill(self.resized.data_bytes().map_err(cv)?, tensor) {
+        if !self
+            .normalizer
+            .fill(self.resized.data_bytes().map_err(cv)?, &at, tensor)
+        {
             return Err(PrepareError::Size);
         }
-        // The small grey images come from the already small model input: cheaper than from the frame.
+        // The small grey images come from the frame as resized for the model (without the grey around
+        // it): cheaper than from the frame.
         imgproc::cvt_color_def(&self.resized, &mut self.gray, imgproc::COLOR_BGR2GRAY).map_err(cv)?;
         let thumb_size = Size::new(THUMB_WIDTH as i32, THUMB_HEIGHT as i32);
         imgproc::resize(&self.gray, &mut self.thumb, thumb_size, 0.0, 0.0, imgproc::INTER_AREA).map_err(cv)?;

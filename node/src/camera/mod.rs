@@ -51,6 +51,7 @@ pub fn load_detector(cfg: &NodeConfig, model: &std::path::Path) -> Result<OnnxDe
     let opts = OnnxOptions {
         score_threshold: cfg.decode_threshold().min(lowest_camera),
         nms_iou: cfg.detector.nms_iou,
+        fit: cfg.detector.fit,
     };
     OnnxDetector::load(model, &cfg.runtime, &opts)
 }

@@ -365,6 +365,8 @@ pub struct DetectorConfig {
     pub score_threshold: f32,
     /// Overlapping detections above this IoU are merged by non-maximum suppression.
     pub nms_iou: f32,
+    /// How a frame is fitted into the model's input: `letterbox` (proportions kept) or `stretch`.
+    pub fit: crate::detect::Fit,
 }
 
 impl Default for DetectorConfig {
@@ -373,6 +375,7 @@ impl Default for DetectorConfig {
             model: None,
             score_threshold: 0.5,
             nms_iou: 0.5,
+            fit: crate::detect::Fit::default(),
         }
     }
 }

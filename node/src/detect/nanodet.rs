@@ -4,7 +4,7 @@
 //! sigmoid) and, for each of the four sides (left, top, right, bottom), `reg_max + 1` logits whose softmax
 //! expectation is that side's distance from the cell centre in units of `s`.
 
-use super::Detection;
+use super::{Detection, Placement};
 use crate::geom::BBox;
 
 /// One output level of the model, as flat slices of its two heads.
@@ -51,18 +51,10 @@ impl NanoDetDecoder {
         }
     }
 
-    /// Appends every cell above the threshold, in pixels of a `frame_w` x `frame_h` frame (the model input
-    /// was the frame stretched to the input size). No NMS here.
-    pub fn decode(
-        &self,
-        levels: &[Level<'_>],
-        frame_w: u32,
-        frame_h: u32,
-        out: &mut Vec<Detection>,
-    ) -> Result<(), DecodeError> {
+    /// Appends every cell above the threshold, in pixels of the frame placed in the model's input `at`.
+    /// No NMS here.
+    pub fn decode(&self, levels: &[Level<'_>], at: &Placement, out: &mut Vec<Detection>) -> Result<(), DecodeError> {
         let bins = self.reg_max + 1;
-        let sx = frame_w as f32 / self.input_width as f32;
-        let sy = frame_h as f32 / self.input_height as f32;
         for level in levels {
             let gw = self.input_width.div_ceil(level.stride) as usize;
             let gh = self.input_height.div_ceil(level.stride) as usize;
@@ -98,9 +90,7 @@ impl NanoDetDecoder {
                     }
                     let cx = ((cell % gw) as f32 + 0.5) * s;
                     let cy = ((cell / gw) as f32 + 0.5) * s;
-                    let b = BBox::new(cx - d[0], cy - d[1], cx + d[2], cy + d[3])
-                        .clipped(self.input_width as f32, self.input_height as f32)
-                        .scaled(sx, sy);
+                    let b = at.to_frame(&BBox::new(cx - d[0], cy - d[1], cx + d[2], cy + d[3]));
                     if b.area() > 0.0 {
                         out.push(Detection { bbox: b, score, class });
                     }
@@ -131,6 +121,7 @@ fn expected_bin(logits: &[f32]) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::detect::{Fit, InputSpec};
 
     const BINS: usize = 11;
 
@@ -194,8 +185,12 @@ mod tests {
         ];
         let dec = NanoDetDecoder::nanodet_m_416(0.5);
         let mut out = Vec::new();
-        // Frame twice as wide and 1.5x as tall as the model input.
-        dec.decode(&levels, 832, 624, &mut out).unwrap();
+        // Frame twice as wide and 1.5x as tall as the model input, stretched to fill it.
+        let stretched = InputSpec {
+            fit: Fit::Stretch,
+            ..InputSpec::nanodet_m_416()
+        };
+        dec.decode(&levels, &stretched.placement(832, 624), &mut out).unwrap();
         assert_eq!(out.len(), 1, "{out:?}");
         let d = out[0];
         assert_eq!(d.class, 0);
@@ -213,6 +208,20 @@ mod tests {
             (d.bbox.y2, want.y2),
         ] {
             assert!((got - want).abs() < 1e-3, "{:?} vs {:?}", d.bbox, want);
+        }
+        // The same frame letterboxed: halved both ways into 416 x 312, 52 grey rows above it.
+        out.clear();
+        let boxed = InputSpec::nanodet_m_416().placement(832, 624);
+        dec.decode(&levels, &boxed, &mut out).unwrap();
+        let want = [
+            (84.0 - 16.0) * 2.0,
+            (164.0 - 24.0 - 52.0) * 2.0,
+            (84.0 + 32.0) * 2.0,
+            (164.0 + 40.0 - 52.0) * 2.0,
+        ];
+        let b = out[0].bbox;
+        for (got, want) in [b.x1, b.y1, b.x2, b.y2].into_iter().zip(want) {
+            assert!((got - want).abs() < 1e-3, "{b:?} vs {want:?}");
         }
     }
 
@@ -242,7 +251,7 @@ mod tests {
         ];
         let mut out = Vec::new();
         NanoDetDecoder::nanodet_m_416(0.5)
-            .decode(&levels, 416, 416, &mut out)
+            .decode(&levels, &InputSpec::nanodet_m_416().placement(416, 416), &mut out)
             .unwrap();
         assert_eq!(out.len(), 1);
         assert_eq!((out[0].bbox.x1, out[0].bbox.y1), (0.0, 0.0));
@@ -264,7 +273,11 @@ mod tests {
             boxes: &l8.boxes,
         }];
         let err = NanoDetDecoder::nanodet_m_416(0.5)
-            .decode(&levels, 416, 416, &mut Vec::new())
+            .decode(
+                &levels,
+                &InputSpec::nanodet_m_416().placement(416, 416),
+                &mut Vec::new(),
+            )
             .unwrap_err();
         assert!(err.to_string().contains("class scores"), "{err}");
     }

@@ -15,7 +15,7 @@ use ort::value::TensorRef;
 
 use super::nanodet::{Level, NanoDetDecoder};
 use super::nms::nms;
-use super::{BoxError, DetectError, DetectTimings, Detection, Detector, InputSpec};
+use super::{BoxError, DetectError, DetectTimings, Detection, Detector, Fit, InputSpec};
 use crate::config::{default_onnxruntime_path, default_openvino_plugin_path, OpenVinoConfig, RuntimeConfig};
 
 #[derive(Debug, thiserror::Error)]
@@ -307,6 +307,7 @@ pub struct OnnxDetector {
 pub struct OnnxOptions {
     pub score_threshold: f32,
     pub nms_iou: f32,
+    pub fit: Fit,
 }
 
 impl OnnxDetector {
@@ -385,7 +386,10 @@ impl OnnxDetector {
             path: model.to_path_buf(),
             reason,
         };
-        let spec = InputSpec::nanodet_m_416();
+        let spec = InputSpec {
+            fit: opts.fit,
+            ..InputSpec::nanodet_m_416()
+        };
         let input = session.inputs().first().ok_or_else(|| unsupported("no input".into()))?;
         let in_shape: Vec<i64> = input.dtype().tensor_shape().map(|s| s.to_vec()).unwrap_or_default();
         if in_shape.len() != 4
@@ -511,8 +515,9 @@ impl Detector for OnnxDetector {
             });
         }
         let start = out.len();
+        let at = self.spec.placement(frame_width, frame_height);
         self.decoder
-            .decode(&heads, frame_width, frame_height, out)
+            .decode(&heads, &at, out)
             .map_err(|e| DetectError::Output(e.into()))?;
         let mut mine = out.split_off(start);
         nms(&mut mine, self.nms_iou);

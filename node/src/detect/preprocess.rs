@@ -1,6 +1,6 @@
 //! Packed 8-bit BGR pixels to the planar, normalised float tensor a detector wants.
 
-use super::{ChannelOrder, InputSpec};
+use super::{ChannelOrder, InputSpec, Placement};
 
 /// Per-channel lookup tables: `(v - mean) / std` for every byte value, so normalising is one load and one
 /// store per value instead of a subtract and a divide.
@@ -33,12 +33,18 @@ impl Normalizer {
         }
     }
 
-    /// `bgr` is `width * height * 3` packed bytes already resized to the model's input size; `out` is the
-    /// NCHW tensor (`3 * width * height`). Returns false (and leaves `out` alone) on a size mismatch.
-    pub fn fill(&self, bgr: &[u8], out: &mut [f32]) -> bool {
+    /// `bgr` is the frame as packed bytes already resized to `at`'s `width` x `height`; `out` is the
+    /// NCHW tensor (`3 * width * height` of the model's input). The input outside the frame gets 0, the
+    /// model's mean colour: a neutral grey that looks like nothing. Returns false (and leaves `out`
+    /// alone) on a size mismatch.
+    pub fn fill(&self, bgr: &[u8], at: &Placement, out: &mut [f32]) -> bool {
         let n = self.width * self.height;
-        if bgr.len() != n * 3 || out.len() != n * 3 {
+        let (x, y, w, h) = (at.x as usize, at.y as usize, at.width as usize, at.height as usize);
+        if bgr.len() != w * h * 3 || out.len() != n * 3 || x + w > self.width || y + h > self.height {
             return false;
+        }
+        if w != self.width || h != self.height {
+            out.fill(0.0);
         }
         let (p0, rest) = out.split_at_mut(n);
         let (p1, p2) = rest.split_at_mut(n);
@@ -47,10 +53,22 @@ impl Normalizer {
             ChannelOrder::Rgb => (p2, p1, p0),
         };
         let [lb, lg, lr] = &self.lut;
-        for (((px, b), g), r) in bgr.chunks_exact(3).zip(b).zip(g).zip(r) {
-            *b = lb[px[0] as usize];
-            *g = lg[px[1] as usize];
-            *r = lr[px[2] as usize];
+        if w == 0 {
+            return true;
+        }
+        for (row, src) in bgr.chunks_exact(w * 3).enumerate() {
+            let start = (y + row) * self.width + x;
+            let dst = start..start + w;
+            for (((px, b), g), r) in src
+                .chunks_exact(3)
+                .zip(&mut b[dst.clone()])
+                .zip(&mut g[dst.clone()])
+                .zip(&mut r[dst])
+            {
+                *b = lb[px[0] as usize];
+                *g = lg[px[1] as usize];
+                *r = lr[px[2] as usize];
+            }
         }
         true
     }
@@ -59,15 +77,21 @@ impl Normalizer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::detect::Fit;
 
     fn spec(order: ChannelOrder) -> InputSpec {
         InputSpec {
             width: 2,
             height: 1,
+            fit: Fit::Stretch,
             channel_order: order,
             mean: [10.0, 20.0, 30.0],
             std: [2.0, 4.0, 5.0],
         }
+    }
+
+    fn whole() -> Placement {
+        spec(ChannelOrder::Bgr).placement(2, 1)
     }
 
     #[test]
@@ -75,7 +99,7 @@ mod tests {
         let n = Normalizer::new(&spec(ChannelOrder::Bgr));
         let px = [12u8, 24, 35, 10, 20, 30];
         let mut out = [0.0f32; 6];
-        assert!(n.fill(&px, &mut out));
+        assert!(n.fill(&px, &whole(), &mut out));
         // planes: B = [(12-10)/2, 0], G = [(24-20)/4, 0], R = [(35-30)/5, 0]
         assert_eq!(out, [1.0, 0.0, 1.0, 0.0, 1.0, 0.0]);
     }
@@ -86,7 +110,7 @@ mod tests {
         // pixel 0: B=0, G=20, R=20 -> planes R,G,B with means 10,20,30 and stds 2,4,5
         let px = [0u8, 20, 20, 0, 0, 0];
         let mut out = [0.0f32; 6];
-        assert!(n.fill(&px, &mut out));
+        assert!(n.fill(&px, &whole(), &mut out));
         assert_eq!(out[0], (20.0 - 10.0) / 2.0); // R plane
         assert_eq!(out[2], 0.0); // G plane
         assert_eq!(out[4], (0.0 - 30.0) / 5.0); // B plane
@@ -96,6 +120,30 @@ mod tests {
     fn size_mismatch_is_refused() {
         let n = Normalizer::new(&spec(ChannelOrder::Bgr));
         let mut out = [0.0f32; 6];
-        assert!(!n.fill(&[0u8; 5], &mut out));
+        assert!(!n.fill(&[0u8; 5], &whole(), &mut out));
+    }
+
+    #[test]
+    fn a_letterboxed_frame_sits_in_grey() {
+        let spec = InputSpec {
+            width: 4,
+            height: 4,
+            fit: Fit::Letterbox,
+            ..spec(ChannelOrder::Bgr)
+        };
+        let n = Normalizer::new(&spec);
+        // An 8 x 4 frame in a 4 x 4 input: 4 x 2, rows 1 and 2.
+        let at = spec.placement(8, 4);
+        assert_eq!((at.x, at.y, at.width, at.height), (0, 1, 4, 2));
+        let px = [12u8, 24, 35].repeat(8);
+        let mut out = vec![7.0f32; 48];
+        assert!(n.fill(&px, &at, &mut out));
+        for plane in out.chunks(16) {
+            assert_eq!(plane[..4], [0.0; 4], "the row above the frame is grey");
+            assert_eq!(plane[4..12], [1.0; 8], "the frame's rows");
+            assert_eq!(plane[12..], [0.0; 4], "the row below the frame is grey");
+        }
+        // The frame's bytes must be of the placement's size.
+        assert!(!n.fill(&px[..21], &at, &mut out));
     }
 }
