@@ -55,6 +55,11 @@ pub struct HqBench {
     pub connections: usize,
     /// HQ's connections to PostgreSQL (`database_connections`).
     pub database_connections: usize,
+    /// Reading what the chain overview shows (the stores, the day's totals, the newest serious
+    /// incidents) from the data just ingested, median of 5.
+    pub overview_ms: f64,
+    /// Decoding the week's summaries, as the overview did before schema 4, median of 5.
+    pub week_decoded_ms: f64,
 }
 
 fn sample(store: &str, period: i64, nodes: &[String], k: u64) -> Summary {
@@ -206,6 +211,7 @@ pub async fn run(
     if stored != total {
         return Err(err(format!("HQ stored {stored} of {total} summaries")));
     }
+    let (overview_ms, week_decoded_ms) = overview_reads(&state.store).await?;
     drop(state);
     drop(pg);
     let _ = std::fs::remove_dir_all(&dir);
@@ -237,5 +243,35 @@ pub async fn run(
             concurrency.min(total)
         },
         database_connections,
+        overview_ms,
+        week_decoded_ms,
     })
+}
+
+/// Times what the chain overview reads now, and what it read before (the whole week decoded).
+async fn overview_reads(store: &HqStore) -> Result<(f64, f64), BenchError> {
+    const DAY_MS: i64 = 86_400_000;
+    let now = lpmesh_web::clock::now_ms();
+    let (mut kept, mut decoded) = (Vec::new(), Vec::new());
+    for _ in 0..5 {
+        let t = Instant::now();
+        store.stores().await.map_err(err)?;
+        store
+            .overview(now - DAY_MS, now - 7 * DAY_MS, None, 200)
+            .await
+            .map_err(err)?;
+        kept.push(t.elapsed().as_secs_f64() * 1e3);
+        let t = Instant::now();
+        let week = crate::store::Filter {
+            from_ms: Some(now - 7 * DAY_MS),
+            ..Default::default()
+        };
+        store.summaries(&week).await.map_err(err)?;
+        decoded.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    Ok((median(kept), median(decoded)))
 }

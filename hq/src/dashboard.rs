@@ -13,7 +13,7 @@
 //! A viewer sees only the stores they are scoped to: another store is "not found" to them, on every
 //! page and in every export. Periods are selected by their start: `from` is inclusive, `to` exclusive.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::Arc;
 
@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::server::HqState;
 use crate::signin::{Analyst, NeedLogin};
-use crate::store::{Filter, StoreError, StoredSummary};
+use crate::store::{Filter, StoreError, StoredSummary, Totals};
 use crate::summary::{Incident, Summary, MAX_INCIDENTS};
 pub(crate) use lpmesh_web::html::escape as esc;
 
@@ -298,13 +298,22 @@ fn num(n: impl std::fmt::Display) -> String {
     format!("<td class=\"n\">{n}</td>")
 }
 
-fn serious_table(rows: &[StoredSummary]) -> String {
+/// What a serious-incident table was given.
+enum Read {
+    /// Every summary of the span: the table says how many they list and how many the stores counted.
+    All,
+    /// Only the summaries with the newest incidents (the chain overview): the table says how many
+    /// the stores counted in the span.
+    Newest { counted: u64 },
+}
+
+/// The serious incidents of `rows`, newest first.
+fn serious_table(rows: &[StoredSummary], read: Read) -> String {
     let mut all: Vec<(&str, &Incident)> = rows
         .iter()
         .flat_map(|r| r.summary.serious.iter().map(move |i| (r.summary.store.as_str(), i)))
         .collect();
     all.sort_by(|a, b| b.1.started_at_ms.cmp(&a.1.started_at_ms).then_with(|| a.0.cmp(b.0)));
-    let counted = rows.iter().fold(0u64, |t, r| t.saturating_add(r.summary.serious_total));
     let mut h = String::new();
     if all.is_empty() {
         h.push_str("<p class=\"muted\">None.</p>");
@@ -336,18 +345,28 @@ fn serious_table(rows: &[StoredSummary]) -> String {
         }
         h.push_str("</table></div>");
     }
-    if all.len() > MAX_SERIOUS_ROWS {
-        let _ = write!(
-            h,
-            "<p class=\"muted\">Newest {MAX_SERIOUS_ROWS} of {} listed.</p>",
-            all.len()
-        );
-    }
-    if counted > all.len() as u64 {
-        let _ = write!(
-            h,
-            "<p class=\"muted\">Stores counted {counted} serious incidents; each lists at most {MAX_INCIDENTS} a period.</p>"
-        );
+    let shown = all.len().min(MAX_SERIOUS_ROWS);
+    match read {
+        Read::All => {
+            if all.len() > shown {
+                let _ = write!(h, "<p class=\"muted\">Newest {shown} of {} listed.</p>", all.len());
+            }
+            let counted = rows.iter().fold(0u64, |t, r| t.saturating_add(r.summary.serious_total));
+            if counted > all.len() as u64 {
+                let _ = write!(
+                    h,
+                    "<p class=\"muted\">Stores counted {counted} serious incidents; each lists at most \
+                     {MAX_INCIDENTS} a period.</p>"
+                );
+            }
+        }
+        Read::Newest { counted } if counted > shown as u64 => {
+            let _ = write!(
+                h,
+                "<p class=\"muted\">Newest {shown} shown of the {counted} serious incidents the stores counted.</p>"
+            );
+        }
+        Read::Newest { .. } => {}
     }
     h
 }
@@ -357,29 +376,14 @@ async fn overview(State(st): State<Arc<HqState>>, who: Analyst) -> Result<Respon
     let mut stores = st.store.stores().await?;
     stores.retain(|r| who.user.may_see(&r.store));
     let week_from = now - 7 * DAY_MS;
-    let week = st
+    // Totals and the newest serious incidents only: not every summary of every store.
+    let view = st
         .store
-        .summaries(&Filter {
-            from_ms: Some(week_from),
-            stores: who.user.scope().map(<[String]>::to_vec),
-            ..Filter::default()
-        })
+        .overview(now - DAY_MS, week_from, who.user.scope(), MAX_SERIOUS_ROWS)
         .await?;
-    let day: Vec<&Summary> = week
-        .iter()
-        .map(|r| &r.summary)
-        .filter(|s| s.period_start_ms >= now - DAY_MS)
-        .collect();
-    let mut per: HashMap<&str, (u64, u64, u64)> = HashMap::new();
-    for s in &day {
-        let (i, o) = s.footfall_totals();
-        let e = per.entry(s.store.as_str()).or_default();
-        // Figures from the stores: saturate rather than wrap or panic.
-        *e = (
-            e.0.saturating_add(i),
-            e.1.saturating_add(o),
-            e.2.saturating_add(s.incidents_total()),
-        );
+    let mut chain = Totals::default();
+    for t in view.day.values() {
+        chain.add(t);
     }
     let synced = stores
         .iter()
@@ -388,12 +392,9 @@ async fn overview(State(st): State<Arc<HqState>>, who: Analyst) -> Result<Respon
     let cards = [
         (stores.len() as u64, "stores"),
         (synced as u64, "synced in the last 2 h"),
-        (per.values().fold(0u64, |t, v| t.saturating_add(v.0)), "footfall in"),
-        (per.values().fold(0u64, |t, v| t.saturating_add(v.2)), "incidents"),
-        (
-            day.iter().fold(0u64, |t, s| t.saturating_add(s.serious_total)),
-            "serious incidents",
-        ),
+        (chain.footfall_in, "footfall in"),
+        (chain.incidents, "incidents"),
+        (chain.serious, "serious incidents"),
     ];
     let mut h = String::from("<h2>Last 24 hours</h2><div class=\"cards\">");
     for (n, label) in cards {
@@ -408,7 +409,8 @@ async fn overview(State(st): State<Arc<HqState>>, who: Analyst) -> Result<Respon
          <th>Incidents, 24 h</th></tr>",
     );
     for r in &stores {
-        let (i, o, n) = per.get(r.store.as_str()).copied().unwrap_or_default();
+        let t = view.day.get(&r.store).copied().unwrap_or_default();
+        let (i, o, n) = (t.footfall_in, t.footfall_out, t.incidents);
         let mut sync = r
             .last_sync_ms
             .map_or_else(|| "never".into(), |t| format!("{} ({})", minute(t), ago(now, t)));
@@ -439,7 +441,12 @@ async fn overview(State(st): State<Arc<HqState>>, who: Analyst) -> Result<Respon
         "</table></div><h2>Serious incidents across stores, last 7 days</h2>{}\
          <p>Export the last 7 days: <a href=\"/export.csv?from={week_from}\">CSV</a> · \
          <a href=\"/export.json?from={week_from}\">JSON</a>.</p>",
-        serious_table(&week)
+        serious_table(
+            &view.serious,
+            Read::Newest {
+                counted: view.serious_counted
+            }
+        )
     );
     Ok(html(StatusCode::OK, "Chain overview", &h, Some(&who)))
 }
@@ -540,7 +547,7 @@ async fn store_page(
         h,
         "<h2>Serious incidents</h2>{}<p>Export these periods: <a href=\"/export.csv?{export}\">CSV</a> · \
          <a href=\"/export.json?{export}\">JSON</a>.</p>",
-        serious_table(&rows)
+        serious_table(&rows, Read::All)
     );
     Ok(html(StatusCode::OK, &format!("Store {store}"), &h, Some(&who)))
 }
@@ -968,7 +975,7 @@ mod tests {
         assert_eq!(lines.len(), 2);
         assert_eq!(lines[0], CSV_HEADER);
         let names: Vec<&str> = CSV_HEADER.split(',').collect();
-        let row: HashMap<&str, &str> = names.iter().copied().zip(lines[1].split(',')).collect();
+        let row: std::collections::HashMap<&str, &str> = names.iter().copied().zip(lines[1].split(',')).collect();
         assert_eq!(row.len(), names.len());
         assert_eq!(row["store"], "shop-1");
         assert_eq!(row["period_start"], rfc3339(fx.period));
@@ -1317,5 +1324,43 @@ mod tests {
             (ago(200_000, 20_000), duration(185.0)),
             ("3 min ago".to_string(), "3 min 5 s".to_string())
         );
+    }
+
+    /// The overview says how many serious incidents it shows of how many the stores counted; a store's
+    /// page, which reads all of its span, how many its summaries list.
+    #[test]
+    fn serious_tables_say_what_they_leave_out() {
+        let stored = |n: usize, total: u64| StoredSummary {
+            summary: Summary {
+                store: "shop-1".into(),
+                serious: (0..n)
+                    .map(|i| Incident {
+                        incident: format!("i{i}"),
+                        camera: "door".into(),
+                        kind: "restricted_entry".into(),
+                        severity: "high".into(),
+                        started_at_ms: i as i64,
+                        state: "open".into(),
+                        ..Incident::default()
+                    })
+                    .collect(),
+                serious_total: total,
+                ..Summary::default()
+            },
+            received_at_ms: 0,
+            updates: 1,
+        };
+        let rows = [stored(150, 150), stored(100, 130)];
+        let page = serious_table(&rows, Read::All);
+        assert!(page.contains("Newest 200 of 250 listed."), "{page}");
+        assert!(page.contains("Stores counted 280 serious incidents"), "{page}");
+        let overview = serious_table(&rows, Read::Newest { counted: 900 });
+        assert!(
+            overview.contains("Newest 200 shown of the 900 serious incidents the stores counted."),
+            "{overview}"
+        );
+        assert_eq!(overview.matches("<tr>").count(), 201, "a heading and 200 rows");
+        let small = serious_table(&rows[1..], Read::Newest { counted: 100 });
+        assert!(!small.contains("muted"), "nothing left out: {small}");
     }
 }

@@ -6,7 +6,7 @@
 //! again if someone else wrote in between), so it needs no transaction and one connection can carry
 //! many uploads at once.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
@@ -79,6 +79,83 @@ pub struct StoreRow {
     pub periods: u64,
     /// Set by `lpmesh hq unregister-store`: its uploads are refused, its history kept.
     pub unregistered_at_ms: Option<i64>,
+}
+
+/// What a store reported over some periods, added up (saturating: the figures come from the stores).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Totals {
+    pub footfall_in: u64,
+    pub footfall_out: u64,
+    pub incidents: u64,
+    pub serious: u64,
+}
+
+impl Totals {
+    pub fn of(s: &Summary) -> Totals {
+        let (footfall_in, footfall_out) = s.footfall_totals();
+        Totals {
+            footfall_in,
+            footfall_out,
+            incidents: s.incidents_total(),
+            // A period has at least the serious incidents it lists, whatever its count says.
+            serious: s.serious_total.max(s.serious.len() as u64),
+        }
+    }
+
+    pub fn add(&mut self, o: &Totals) {
+        self.footfall_in = self.footfall_in.saturating_add(o.footfall_in);
+        self.footfall_out = self.footfall_out.saturating_add(o.footfall_out);
+        self.incidents = self.incidents.saturating_add(o.incidents);
+        self.serious = self.serious.saturating_add(o.serious);
+    }
+}
+
+/// What the chain overview shows, read without going through every summary.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Overview {
+    /// Per store, the totals of its periods that started at or after the day's start.
+    pub day: BTreeMap<String, Totals>,
+    /// The summaries of the week whose newest listed serious incident is newest, as many as asked for:
+    /// the newest incidents that many summaries could list are all among them (each summary left out
+    /// has nothing newer than what every one of them lists).
+    pub serious: Vec<StoredSummary>,
+    /// Serious incidents the stores counted in the week (a summary lists at most `MAX_INCIDENTS`).
+    pub serious_counted: u64,
+}
+
+impl Overview {
+    /// The overview of `rows` (the week's summaries, in any order).
+    fn of(rows: impl IntoIterator<Item = StoredSummary>, day_from: i64, wanted: usize) -> Overview {
+        let mut o = Overview::default();
+        for r in rows {
+            let t = Totals::of(&r.summary);
+            if r.summary.period_start_ms >= day_from {
+                o.day.entry(r.summary.store.clone()).or_default().add(&t);
+            }
+            if t.serious > 0 {
+                o.serious_counted = o.serious_counted.saturating_add(t.serious);
+                o.serious.push(r);
+            }
+        }
+        o.serious.sort_by(|a, b| {
+            (newest_serious(&b.summary), &a.summary.store, b.summary.period_start_ms).cmp(&(
+                newest_serious(&a.summary),
+                &b.summary.store,
+                a.summary.period_start_ms,
+            ))
+        });
+        o.serious.truncate(wanted);
+        o
+    }
+}
+
+/// When a summary's newest listed serious incident started; its period's start if it lists none.
+fn newest_serious(s: &Summary) -> i64 {
+    s.serious
+        .iter()
+        .map(|i| i.started_at_ms)
+        .max()
+        .unwrap_or(s.period_start_ms)
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -188,6 +265,32 @@ impl HqStore {
             HqStore::Postgres(p) => p.stores(Some(store)).await?,
         };
         Ok(rows.into_iter().next())
+    }
+
+    /// The chain overview: per store, the totals of the periods since `day_from` (the day lies within
+    /// the week: an earlier `day_from` counts from `week_from`); and the `wanted` summaries since
+    /// `week_from` with the newest serious incidents (see [`Overview::serious`]; at least one).
+    /// `scope`: only these stores (a viewer's).
+    pub async fn overview(
+        &self,
+        day_from: i64,
+        week_from: i64,
+        scope: Option<&[String]>,
+        wanted: usize,
+    ) -> Result<Overview, StoreError> {
+        let (day_from, wanted) = (day_from.max(week_from), wanted.max(1));
+        match self {
+            // The embedded store is for a few stores: it reads the week.
+            HqStore::Embedded(e) => {
+                let week = e.summaries(&Filter {
+                    from_ms: Some(week_from),
+                    stores: scope.map(<[String]>::to_vec),
+                    ..Filter::default()
+                })?;
+                Ok(Overview::of(week, day_from, wanted))
+            }
+            HqStore::Postgres(p) => p.overview(day_from, week_from, scope, wanted).await,
+        }
     }
 
     /// Summaries by store, then period.
@@ -689,6 +792,31 @@ const MIGRATIONS: &[(i32, &str)] = &[
         FROM summaries m, jsonb_each(m.vv) AS e
         ORDER BY m.store, e.key, e.value::text::numeric DESC, m.received_at_ms;",
     ),
+    (
+        // What the chain overview reads, kept as the summaries are written: each store's count of
+        // periods and last sync, and each summary's totals. Counting and summing them from the
+        // summaries' JSON read every summary of every store on every page (87 million rows for 10,000
+        // stores after a year). Filled from the summaries stored (ALTER TABLE holds writers off); as
+        // with schema 3, stop every older HQ before the first of this version starts.
+        4,
+        "ALTER TABLE stores ADD COLUMN periods bigint NOT NULL DEFAULT 0, ADD COLUMN last_sync_ms bigint;
+     ALTER TABLE summaries ADD COLUMN footfall_in numeric(20, 0) NOT NULL DEFAULT 0,
+        ADD COLUMN footfall_out numeric(20, 0) NOT NULL DEFAULT 0,
+        ADD COLUMN incidents numeric(20, 0) NOT NULL DEFAULT 0,
+        ADD COLUMN serious numeric(20, 0) NOT NULL DEFAULT 0,
+        ADD COLUMN serious_newest_ms bigint NOT NULL DEFAULT 0;
+     UPDATE summaries SET
+        footfall_in = least(coalesce((SELECT sum((l->>'in')::numeric) FROM jsonb_array_elements(summary->'footfall') l), 0), 18446744073709551615),
+        footfall_out = least(coalesce((SELECT sum((l->>'out')::numeric) FROM jsonb_array_elements(summary->'footfall') l), 0), 18446744073709551615),
+        incidents = least(coalesce((SELECT sum(k.value::text::numeric) FROM jsonb_each(summary->'incidents_by_kind') k), 0), 18446744073709551615),
+        serious = greatest(coalesce((summary->>'serious_total')::numeric, 0), coalesce(jsonb_array_length(summary->'serious'), 0)),
+        serious_newest_ms = coalesce((SELECT max((i->>'started_at_ms')::bigint) FROM jsonb_array_elements(summary->'serious') i), period_start_ms);
+     UPDATE stores s SET periods = c.n, last_sync_ms = c.last
+        FROM (SELECT store, count(*) AS n, max(received_at_ms) AS last FROM summaries GROUP BY store) c
+        WHERE c.store = s.store;
+     CREATE INDEX summaries_with_serious ON summaries (period_start_ms) WHERE serious > 0;
+     CREATE INDEX summaries_newest_serious ON summaries (serious_newest_ms) WHERE serious > 0;",
+    ),
 ];
 
 /// Raises the frontier of `$1`'s nodes to the entries of the version vector `$2` (jsonb text) stored at
@@ -734,21 +862,33 @@ impl Conn {
         let read_vv = client.prepare("SELECT vv::text FROM summaries WHERE store = $1 AND period_start_ms = $2");
         // One statement writes the summary and raises the frontier: atomic without a transaction's
         // extra round trips. Each writes only if nobody changed the row since it was read.
+        // The summary's totals ($7-$10) and its newest serious incident's start ($11) are written
+        // beside it, and the store's row counts the period
+        // and the sync: what the chain overview reads.
         let insert_sql = format!(
             "WITH written AS (
-                INSERT INTO summaries (store, period_start_ms, period_secs, vv, summary, received_at_ms)
-                VALUES ($1, $4, $5, $2::text::jsonb, $6::text::jsonb, $3) ON CONFLICT DO NOTHING
+                INSERT INTO summaries (store, period_start_ms, period_secs, vv, summary, received_at_ms,
+                                       footfall_in, footfall_out, incidents, serious, serious_newest_ms)
+                VALUES ($1, $4, $5, $2::text::jsonb, $6::text::jsonb, $3,
+                        $7::text::numeric, $8::text::numeric, $9::text::numeric, $10::text::numeric, $11)
+                ON CONFLICT DO NOTHING
                 RETURNING 1
-             ), raised AS ({RAISE_FRONTIER})
+             ), raised AS ({RAISE_FRONTIER}),
+             synced AS (UPDATE stores SET periods = periods + 1, last_sync_ms = greatest(last_sync_ms, $3)
+                        WHERE store = $1 AND EXISTS (SELECT 1 FROM written))
              SELECT count(*) FROM written"
         );
         let update_sql = format!(
             "WITH written AS (
                 UPDATE summaries SET vv = $2::text::jsonb, summary = $6::text::jsonb,
-                       received_at_ms = $3, period_secs = $5, updates = updates + 1
-                WHERE store = $1 AND period_start_ms = $4 AND vv = $7::text::jsonb
+                       received_at_ms = $3, period_secs = $5, updates = updates + 1,
+                       footfall_in = $7::text::numeric, footfall_out = $8::text::numeric,
+                       incidents = $9::text::numeric, serious = $10::text::numeric, serious_newest_ms = $11
+                WHERE store = $1 AND period_start_ms = $4 AND vv = $12::text::jsonb
                 RETURNING 1
-             ), raised AS ({RAISE_FRONTIER})
+             ), raised AS ({RAISE_FRONTIER}),
+             synced AS (UPDATE stores SET last_sync_ms = greatest(last_sync_ms, $3)
+                        WHERE store = $1 AND EXISTS (SELECT 1 FROM written))
              SELECT count(*) FROM written"
         );
         let insert = client.prepare(&insert_sql);
@@ -764,6 +904,16 @@ impl Conn {
             update,
         })
     }
+}
+
+/// A row of `summary::text, received_at_ms, updates`.
+fn stored_row(r: &tokio_postgres::Row) -> Result<StoredSummary, StoreError> {
+    let text: String = r.get(0);
+    Ok(StoredSummary {
+        summary: serde_json::from_str(&text).map_err(|e| StoreError::Corrupt(e.into()))?,
+        received_at_ms: r.get(1),
+        updates: r.get::<_, i32>(2) as u32,
+    })
 }
 
 /// Lets two HQ processes start against one database without racing through the migrations.
@@ -852,6 +1002,9 @@ impl Postgres {
         let body = serde_json::to_string(s).map_err(|e| StoreError::Corrupt(e.into()))?;
         let period_secs = i32::try_from(s.period_secs)
             .map_err(|_| StoreError::Corrupt(format!("period of {} s", s.period_secs).into()))?;
+        let t = Totals::of(s);
+        let totals = [t.footfall_in, t.footfall_out, t.incidents, t.serious].map(|n| n.to_string());
+        let newest = newest_serious(s);
         for _ in 0..8 {
             let row = c.client.query_opt(&c.read_vv, &[&s.store, &s.period_start_ms]).await?;
             let (stored_text, stored) = match row {
@@ -877,6 +1030,11 @@ impl Postgres {
                 &s.period_start_ms,
                 &period_secs,
                 &body,
+                &totals[0],
+                &totals[1],
+                &totals[2],
+                &totals[3],
+                &newest,
             ];
             let statement = match &stored_text {
                 None => &c.insert,
@@ -905,11 +1063,8 @@ impl Postgres {
         let rows = self
             .client()
             .query(
-                "SELECT s.store, s.signing_key, s.registered_at_ms, max(m.received_at_ms), count(m.period_start_ms),
-                        s.unregistered_at_ms
-                 FROM stores s LEFT JOIN summaries m ON m.store = s.store
-                 WHERE $1::text IS NULL OR s.store = $1
-                 GROUP BY s.store, s.signing_key, s.registered_at_ms, s.unregistered_at_ms ORDER BY s.store",
+                "SELECT store, signing_key, registered_at_ms, last_sync_ms, periods, unregistered_at_ms
+                 FROM stores WHERE $1::text IS NULL OR store = $1 ORDER BY store",
                 &[&only],
             )
             .await?;
@@ -924,6 +1079,62 @@ impl Postgres {
                 unregistered_at_ms: r.get(5),
             })
             .collect())
+    }
+
+    pub async fn overview(
+        &self,
+        day_from: i64,
+        week_from: i64,
+        scope: Option<&[String]>,
+        wanted: usize,
+    ) -> Result<Overview, StoreError> {
+        let c = self.client();
+        let scope: Option<Vec<String>> = scope.map(<[String]>::to_vec);
+        let wanted = i64::try_from(wanted).unwrap_or(i64::MAX);
+        let day_params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&day_from, &scope];
+        let week_params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&week_from, &scope];
+        let newest_params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] = [&week_from, &scope, &wanted];
+        // Sums come back as text: numeric has no Rust type here, and a sum may pass u64's range.
+        let day = c.query(
+            "SELECT store, sum(footfall_in)::text, sum(footfall_out)::text, sum(incidents)::text, sum(serious)::text
+             FROM summaries WHERE period_start_ms >= $1 AND ($2::text[] IS NULL OR store = ANY($2))
+             GROUP BY store",
+            &day_params,
+        );
+        let counted = c.query_one(
+            "SELECT coalesce(sum(serious), 0)::text FROM summaries
+             WHERE period_start_ms >= $1 AND serious > 0 AND ($2::text[] IS NULL OR store = ANY($2))",
+            &week_params,
+        );
+        let serious = c.query(
+            "SELECT summary::text, received_at_ms, updates FROM summaries
+             WHERE period_start_ms >= $1 AND serious > 0 AND ($2::text[] IS NULL OR store = ANY($2))
+             ORDER BY serious_newest_ms DESC, store COLLATE \"C\", period_start_ms DESC LIMIT $3",
+            &newest_params,
+        );
+        let (day, counted, serious) = futures::try_join!(day, counted, serious)?;
+        let sum = |r: &tokio_postgres::Row, i: usize| -> u64 {
+            // Beyond u64 (or absent): saturated, as the embedded store's sums are.
+            r.get::<_, Option<String>>(i)
+                .map_or(0, |t| t.parse::<u64>().unwrap_or(u64::MAX))
+        };
+        let mut o = Overview {
+            serious_counted: sum(&counted, 0),
+            ..Overview::default()
+        };
+        for r in &day {
+            let t = Totals {
+                footfall_in: sum(r, 1),
+                footfall_out: sum(r, 2),
+                incidents: sum(r, 3),
+                serious: sum(r, 4),
+            };
+            o.day.insert(r.get(0), t);
+        }
+        for r in &serious {
+            o.serious.push(stored_row(r)?);
+        }
+        Ok(o)
     }
 
     pub async fn summaries(&self, f: &Filter) -> Result<Vec<StoredSummary>, StoreError> {
@@ -951,16 +1162,7 @@ impl Postgres {
                 ],
             )
             .await?;
-        rows.iter()
-            .map(|r| {
-                let text: String = r.get(0);
-                Ok(StoredSummary {
-                    summary: serde_json::from_str(&text).map_err(|e| StoreError::Corrupt(e.into()))?,
-                    received_at_ms: r.get(1),
-                    updates: r.get::<_, i32>(2) as u32,
-                })
-            })
-            .collect()
+        rows.iter().map(stored_row).collect()
     }
 }
 
@@ -1317,6 +1519,11 @@ mod tests {
                     &(6 * HOUR),
                     &3600i32,
                     &"{}",
+                    &"0",
+                    &"0",
+                    &"0",
+                    &"0",
+                    &0i64,
                     &stale,
                 ],
             )
@@ -1383,5 +1590,219 @@ mod tests {
         let h = old.history("shop-1").await.unwrap();
         assert_eq!((h.frontier["a"].seq, h.frontier["a"].since_ms), (12, 800));
         assert_eq!(h.frontier["c"].since_ms, 700, "an equal entry keeps its first time");
+        // The store's count and last sync were filled too, and go on with each write.
+        let row = |r: &StoreRow| (r.periods, r.last_sync_ms);
+        assert_eq!(
+            old.stores(Some("shop-1"))
+                .await
+                .unwrap()
+                .iter()
+                .map(row)
+                .collect::<Vec<_>>(),
+            vec![(7, Some(800))]
+        );
+    }
+
+    /// Summaries stored before their totals were kept get them when the database migrates, from their
+    /// own JSON, and the stores their counts: the overview reads what the summaries say.
+    #[tokio::test]
+    async fn migrating_fills_the_totals_and_counts_from_the_summaries_already_stored() {
+        let pg = tokio::task::spawn_blocking(crate::testpg::TestPg::start)
+            .await
+            .unwrap()
+            .unwrap();
+        let target = crate::pgtls::PgTarget::parse(&pg.url()).unwrap();
+        let c = crate::pgtls::connect(&target).await.unwrap();
+        migrate_to(&c, 3).await.unwrap();
+        for store in ["shop-1", "shop-2", "shop-3", "shop-4"] {
+            c.execute(
+                "INSERT INTO stores (store, signing_key, registered_at_ms) VALUES ($1, 'key', 5)",
+                &[&store],
+            )
+            .await
+            .unwrap();
+        }
+        let now = 1_800_000_000_000;
+        // What schema 3 kept: the newest row of each period.
+        let mut kept: BTreeMap<(String, i64), (Summary, i64)> = BTreeMap::new();
+        for (s, at) in chain(now) {
+            kept.insert((s.store.clone(), s.period_start_ms), (s, at));
+        }
+        for (s, at) in kept.values() {
+            c.execute(
+                "INSERT INTO summaries (store, period_start_ms, period_secs, vv, summary, received_at_ms)
+                 VALUES ($1, $2, 3600, $3::text::jsonb, $4::text::jsonb, $5)",
+                &[
+                    &s.store,
+                    &s.period_start_ms,
+                    &serde_json::to_string(&s.vv).unwrap(),
+                    &serde_json::to_string(s).unwrap(),
+                    at,
+                ],
+            )
+            .await
+            .unwrap();
+        }
+        let migrated = HqStore::Postgres(Postgres::connect(&pg.url(), 1).await.unwrap());
+        let dir = std::env::temp_dir().join(format!(
+            "lpmesh-hq-migrated-{}-{}",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
+        let e = Embedded::open(&dir).unwrap();
+        for store in ["shop-1", "shop-2", "shop-3", "shop-4"] {
+            e.register_store(store, "key", 5).unwrap();
+        }
+        for (s, at) in chain(now) {
+            e.upsert(&s, at).unwrap();
+        }
+        let e = HqStore::Embedded(e);
+        let (day, week) = (now - 24 * HOUR, now - 7 * 24 * HOUR);
+        let strip = |mut o: Overview| {
+            // A row written by schema 3 counts one write; the embedded store counted the replacement.
+            for r in &mut o.serious {
+                r.updates = 1;
+            }
+            o
+        };
+        assert_eq!(
+            strip(migrated.overview(day, week, None, 10).await.unwrap()),
+            strip(e.overview(day, week, None, 10).await.unwrap())
+        );
+        let row = |r: &StoreRow| (r.store.clone(), r.periods, r.last_sync_ms);
+        let a: Vec<_> = migrated.stores().await.unwrap().iter().map(row).collect();
+        let b: Vec<_> = e.stores().await.unwrap().iter().map(row).collect();
+        assert_eq!(a, b);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Summaries of three stores over more than a week: footfall on two lines, incidents, serious ones
+    /// (more counted than listed), a period two stores share and a replaced upload.
+    fn chain(now: i64) -> Vec<(Summary, i64)> {
+        use crate::summary::{Incident, LineCount};
+        let hour0 = now - now.rem_euclid(HOUR);
+        let s = |store: &str, hours_ago: i64, seq: u64, fin: u64, inc: u64, serious: u64| {
+            let start = hour0 - hours_ago * HOUR;
+            Summary {
+                store: store.into(),
+                period_start_ms: start,
+                period_secs: 3600,
+                vv: VersionVector([("n".to_string(), seq)].into_iter().collect()),
+                footfall: vec![
+                    LineCount {
+                        camera: "door".into(),
+                        line: "main".into(),
+                        entered: fin,
+                        left: fin / 2,
+                    },
+                    LineCount {
+                        camera: "side".into(),
+                        line: "back".into(),
+                        entered: 1,
+                        left: 0,
+                    },
+                ],
+                incidents_by_kind: [("loitering".to_string(), inc), ("crowding".to_string(), 1)]
+                    .into_iter()
+                    .collect(),
+                serious: (0..serious.min(2))
+                    .map(|i| Incident {
+                        incident: format!("{store}/{hours_ago}/{i}"),
+                        camera: "door".into(),
+                        kind: "exit_without_checkout".into(),
+                        severity: "high".into(),
+                        started_at_ms: start + i as i64,
+                        state: "open".into(),
+                        ..Incident::default()
+                    })
+                    .collect(),
+                serious_total: serious,
+                ..Summary::default()
+            }
+        };
+        vec![
+            (s("shop-1", 200, 1, 9, 9, 4), 10),  // more than a week ago
+            (s("shop-1", 30, 2, 100, 5, 1), 20), // this week, not today
+            (s("shop-1", 5, 3, 7, 2, 2), 30),
+            (s("shop-1", 2, 4, 10, 1, 0), 40),
+            (s("shop-2", 5, 1, 3, 0, 1), 50),
+            (s("shop-2", 5, 2, 3, 0, 3), 90), // replaces the one before, last
+            (s("shop-2", 1, 3, 4, 1, 0), 70),
+            (s("shop-3", 3, 1, 1, 1, 1), 80),
+        ]
+    }
+
+    /// PostgreSQL's overview, read from the totals and counts kept as it writes, is what the embedded
+    /// store adds up from the summaries themselves; and it is right.
+    #[tokio::test]
+    async fn the_chain_overview_from_kept_totals_equals_the_one_added_up_from_the_summaries() {
+        let pg = tokio::task::spawn_blocking(crate::testpg::TestPg::start)
+            .await
+            .unwrap()
+            .unwrap();
+        let p = Postgres::connect(&pg.url(), 2).await.unwrap();
+        let dir = std::env::temp_dir().join(format!(
+            "lpmesh-hq-overview-{}-{}",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
+        let e = Embedded::open(&dir).unwrap();
+        for store in ["shop-1", "shop-2", "shop-3", "shop-4"] {
+            p.register_store(store, "key", 5).await.unwrap();
+            e.register_store(store, "key", 5).unwrap();
+        }
+        let now = 1_800_000_000_000;
+        for (s, at) in chain(now) {
+            p.upsert(&s, at).await.unwrap();
+            e.upsert(&s, at).unwrap();
+        }
+        let (p, e) = (HqStore::Postgres(p), HqStore::Embedded(e));
+        assert_eq!(p.stores().await.unwrap(), e.stores().await.unwrap());
+        let row = |r: &StoreRow| (r.store.clone(), r.periods, r.last_sync_ms);
+        let rows: Vec<_> = p.stores().await.unwrap().iter().map(row).collect();
+        assert_eq!(
+            rows,
+            vec![
+                ("shop-1".into(), 4, Some(40)),
+                ("shop-2".into(), 2, Some(90)),
+                ("shop-3".into(), 1, Some(80)),
+                ("shop-4".into(), 0, None)
+            ]
+        );
+        let (day, week) = (now - 24 * HOUR, now - 7 * 24 * HOUR);
+        for (scope, wanted) in [(None, 2), (None, 10), (Some(vec!["shop-2".to_string()]), 1)] {
+            let a = p.overview(day, week, scope.as_deref(), wanted).await.unwrap();
+            let b = e.overview(day, week, scope.as_deref(), wanted).await.unwrap();
+            assert_eq!(a, b, "scope {scope:?}, {wanted} wanted");
+        }
+        let o = p.overview(day, week, None, 2).await.unwrap();
+        // Today: shop-1's periods 5 and 2 hours ago; shop-2's replaced period counts once.
+        assert_eq!(
+            o.day["shop-1"],
+            Totals {
+                footfall_in: 7 + 1 + 10 + 1,
+                footfall_out: 3 + 5,
+                incidents: 3 + 2,
+                serious: 2
+            }
+        );
+        assert_eq!(
+            (o.day["shop-2"].footfall_in, o.day["shop-2"].serious),
+            (4 + 1 + 3 + 1, 3)
+        );
+        assert!(!o.day.contains_key("shop-4"));
+        // The week counted 1 + 2 + 3 + 1 serious incidents. The newest listed one is shop-3's (3 hours
+        // ago); then shop-1's and shop-2's of 5 hours ago started together, and the store's name
+        // decides.
+        assert_eq!(o.serious_counted, 7);
+        let listed: Vec<_> = o
+            .serious
+            .iter()
+            .map(|r| (r.summary.store.as_str(), r.summary.serious_total))
+            .collect();
+        assert_eq!(listed, vec![("shop-3", 1), ("shop-1", 2)]);
+        let mine = p.overview(day, week, Some(&["shop-2".to_string()]), 5).await.unwrap();
+        assert_eq!((mine.day.len(), mine.serious.len(), mine.serious_counted), (1, 1, 3));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -87,6 +87,10 @@ pub fn hq(
             r.chain_10k_hourly_per_s,
             r.chain_10k_share * 100.0
         );
+        println!(
+            "chain overview   {:.1} ms to read (the whole week's summaries decoded, as before schema 4: {:.1} ms)",
+            r.overview_ms, r.week_decoded_ms
+        );
     })
 }
 
