@@ -1401,11 +1401,7 @@ mod tests {
     /// database (a restarted HQ), it is the same.
     #[test]
     fn an_embedded_history_kept_up_to_date_equals_one_derived_again() {
-        let dir = std::env::temp_dir().join(format!(
-            "lpmesh-hq-history-{}-{}",
-            std::process::id(),
-            rand::random::<u32>()
-        ));
+        let dir = scratch_dir("history");
         let hour = 3_600_000;
         let kept = {
             let db = Embedded::open(&dir).unwrap();
@@ -1452,12 +1448,29 @@ mod tests {
         p
     }
 
-    fn embedded_history() -> History {
-        let dir = std::env::temp_dir().join(format!(
-            "lpmesh-hq-history-{}-{}",
+    /// A directory of its own for one test's embedded store.
+    fn scratch_dir(what: &str) -> std::path::PathBuf {
+        std::env::temp_dir().join(format!(
+            "lpmesh-hq-{what}-{}-{}",
             std::process::id(),
             rand::random::<u32>()
-        ));
+        ))
+    }
+
+    /// A throw-away cluster (stopped when dropped) and a connection to it, migrated up to `schema`.
+    async fn cluster_at(schema: i32) -> (crate::testpg::TestPg, tokio_postgres::Client) {
+        let pg = tokio::task::spawn_blocking(crate::testpg::TestPg::start)
+            .await
+            .unwrap()
+            .unwrap();
+        let target = crate::pgtls::PgTarget::parse(&pg.url()).unwrap();
+        let c = crate::pgtls::connect(&target).await.unwrap();
+        migrate_to(&c, schema).await.unwrap();
+        (pg, c)
+    }
+
+    fn embedded_history() -> History {
+        let dir = scratch_dir("history");
         let db = Embedded::open(&dir).unwrap();
         for (s, at) in uploads() {
             db.upsert(&s, at).unwrap();
@@ -1537,13 +1550,7 @@ mod tests {
     /// migrates: the history an upload is checked against is the one it had, and it is kept from then.
     #[tokio::test]
     async fn migrating_fills_the_frontier_from_the_summaries_already_stored() {
-        let pg = tokio::task::spawn_blocking(crate::testpg::TestPg::start)
-            .await
-            .unwrap()
-            .unwrap();
-        let target = crate::pgtls::PgTarget::parse(&pg.url()).unwrap();
-        let c = crate::pgtls::connect(&target).await.unwrap();
-        migrate_to(&c, 2).await.unwrap();
+        let (pg, c) = cluster_at(2).await;
         c.execute(
             "INSERT INTO stores (store, signing_key, registered_at_ms) VALUES ('shop-1', 'key', 0)",
             &[],
@@ -1607,13 +1614,7 @@ mod tests {
     /// own JSON, and the stores their counts: the overview reads what the summaries say.
     #[tokio::test]
     async fn migrating_fills_the_totals_and_counts_from_the_summaries_already_stored() {
-        let pg = tokio::task::spawn_blocking(crate::testpg::TestPg::start)
-            .await
-            .unwrap()
-            .unwrap();
-        let target = crate::pgtls::PgTarget::parse(&pg.url()).unwrap();
-        let c = crate::pgtls::connect(&target).await.unwrap();
-        migrate_to(&c, 3).await.unwrap();
+        let (pg, c) = cluster_at(3).await;
         for store in ["shop-1", "shop-2", "shop-3", "shop-4"] {
             c.execute(
                 "INSERT INTO stores (store, signing_key, registered_at_ms) VALUES ($1, 'key', 5)",
@@ -1644,11 +1645,7 @@ mod tests {
             .unwrap();
         }
         let migrated = HqStore::Postgres(Postgres::connect(&pg.url(), 1).await.unwrap());
-        let dir = std::env::temp_dir().join(format!(
-            "lpmesh-hq-migrated-{}-{}",
-            std::process::id(),
-            rand::random::<u32>()
-        ));
+        let dir = scratch_dir("migrated");
         let e = Embedded::open(&dir).unwrap();
         for store in ["shop-1", "shop-2", "shop-3", "shop-4"] {
             e.register_store(store, "key", 5).unwrap();
@@ -1741,11 +1738,7 @@ mod tests {
             .unwrap()
             .unwrap();
         let p = Postgres::connect(&pg.url(), 2).await.unwrap();
-        let dir = std::env::temp_dir().join(format!(
-            "lpmesh-hq-overview-{}-{}",
-            std::process::id(),
-            rand::random::<u32>()
-        ));
+        let dir = scratch_dir("overview");
         let e = Embedded::open(&dir).unwrap();
         for store in ["shop-1", "shop-2", "shop-3", "shop-4"] {
             p.register_store(store, "key", 5).await.unwrap();
