@@ -15,7 +15,9 @@ use lpmesh_hq::store::{Filter, HqStore};
 use lpmesh_hq::summary::Summary;
 use lpmesh_hq::testpg::TestPg;
 use lpmesh_hq::vv::VersionVector;
-use lpmesh_tests::{free_port, interrupt, metric, ok, scrape, spawn_appending as spawn, HeldPort, Rng, TempDir};
+use lpmesh_tests::{
+    free_port, interrupt, log_tail, metric, ok, scrape, spawn_appending as spawn, HeldPort, Rng, TempDir,
+};
 
 fn rng_from_env() -> Rng {
     let seed = std::env::var("LPMESH_CRASH_SEED")
@@ -41,18 +43,6 @@ fn cycles() -> usize {
 fn kill9(child: &mut Child) {
     child.kill().unwrap();
     child.wait().unwrap();
-}
-
-fn tail(path: &Path) -> String {
-    let s = std::fs::read_to_string(path).unwrap_or_default();
-    s.lines()
-        .rev()
-        .take(30)
-        .collect::<Vec<_>>()
-        .into_iter()
-        .rev()
-        .collect::<Vec<_>>()
-        .join("\n")
 }
 
 /// What the log gained since it was `from` bytes long: one start's output, not the starts before it.
@@ -105,7 +95,7 @@ fn wait_healthy(hq: &Hq, log: &Path) {
         assert!(
             t.elapsed() < Duration::from_secs(30),
             "HQ did not come back:\n{}",
-            tail(log)
+            log_tail(log, 30)
         );
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -282,7 +272,7 @@ fn a_node_killed_50_times_loses_no_durable_record_and_never_reuses_a_seq() {
         assert!(
             t.elapsed() < Duration::from_secs(30),
             "HQ has seq {best} of the node, {durable} were durable:\n{}",
-            tail(&b_log)
+            log_tail(&b_log, 30)
         );
         std::thread::sleep(Duration::from_millis(200));
     };

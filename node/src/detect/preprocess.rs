@@ -43,11 +43,12 @@ impl Normalizer {
         if bgr.len() != w * h * 3 || out.len() != n * 3 || x + w > self.width || y + h > self.height {
             return false;
         }
-        if w != self.width || h != self.height {
-            out.fill(0.0);
-        }
         let (p0, rest) = out.split_at_mut(n);
         let (p1, p2) = rest.split_at_mut(n);
+        // Only the bands around the frame: the frame's own pixels are written once, below.
+        for plane in [&mut *p0, &mut *p1, &mut *p2] {
+            grey_around(plane, self.width, (x, y, w, h));
+        }
         let (b, g, r) = match self.order {
             ChannelOrder::Bgr => (p0, p1, p2),
             ChannelOrder::Rgb => (p2, p1, p0),
@@ -71,6 +72,20 @@ impl Normalizer {
             }
         }
         true
+    }
+}
+
+/// Sets a plane `width` wide to 0 (the mean colour) outside the rectangle (`x`, `y`, `w`, `h`), which
+/// the caller has checked lies within it.
+fn grey_around(plane: &mut [f32], width: usize, (x, y, w, h): (usize, usize, usize, usize)) {
+    let (top, bottom) = (y * width, (y + h) * width);
+    plane[..top].fill(0.0);
+    plane[bottom..].fill(0.0);
+    if w < width {
+        for row in plane[top..bottom].chunks_exact_mut(width) {
+            row[..x].fill(0.0);
+            row[x + w..].fill(0.0);
+        }
     }
 }
 
@@ -145,5 +160,13 @@ mod tests {
         }
         // The frame's bytes must be of the placement's size.
         assert!(!n.fill(&px[..21], &at, &mut out));
+        // A portrait 4 x 8 frame: 2 x 4, columns 1 and 2, grey beside it.
+        let at = spec.placement(4, 8);
+        assert_eq!((at.x, at.y, at.width, at.height), (1, 0, 2, 4));
+        let mut out = vec![7.0f32; 48];
+        assert!(n.fill(&px, &at, &mut out));
+        for row in out.chunks(4) {
+            assert_eq!(row, [0.0, 1.0, 1.0, 0.0], "grey, the frame, grey");
+        }
     }
 }
